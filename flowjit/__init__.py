@@ -1,0 +1,22 @@
+"""flowjit: a JIT-compiling deep-learning array library (graphs traced, fused and
+compiled by Numba)."""
+from . import ops as _ops  # noqa: F401  (registers every op)
+from . import errors
+from .dtypes import DType, as_dtype, float32, float64, int32, int64, bool_ as bool  # noqa: A004
+from .frontend.tensor import Tensor, TensorShape
+from .frontend.api import (  # noqa: F401
+    abs, add, add_n, argmax, argmin, broadcast_to, cast, ceil, clip_by_value, concat, constant,
+    convert_to_tensor, cos, divide, equal, exp, expand_dims, expm1, eye, fill, floor, floordiv,
+    floormod, gather, greater, greater_equal, identity, less, less_equal, log, log1p,
+    logical_and, logical_not, logical_or, logical_xor, matmul, maximum, minimum, mod, multiply,
+    negative, not_equal, one_hot, ones, ones_like, pad, pow, range, rank, reduce_all, reduce_any,
+    reduce_max, reduce_mean, reduce_min, reduce_prod, reduce_sum, reshape, rsqrt, shape,
+    sigmoid, sign, sin, size, split, sqrt, square, squeeze, stack, stop_gradient, subtract,
+    tanh, tile, transpose, truediv, unstack, where, zeros, zeros_like,
+)
+from .frontend import random  # noqa: F401
+from .frontend.jit import jit
+from .runtime.stats import stats, reset_stats
+
+__version__ = "0.1.0"
+newaxis = None

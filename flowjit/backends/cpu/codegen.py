@@ -1,0 +1,437 @@
+"""Numba CPU code generation: Python source for loop kernels and for the entry function.
+
+Every loop group becomes a kernel whose source depends only on its *structure* (op
+sequence, dtypes, ranks, broadcast pattern): sizes, offsets and constants are
+arguments, so equal kernels are compiled once and shared by every graph, layer and
+process (the disk cache is keyed by the source text). The entry function holds one
+line per step (allocate, call kernel / BLAS, view) and is compiled with `numba.njit`
+as a whole, so a call costs one dispatch.
+"""
+import hashlib
+
+from ...ir.registry import REGISTRY
+from ...ir.shapes import Sym, hint, is_one, render
+from ...ops.elementwise import npt
+
+PAR_MIN = 1 << 17          # elements: below this a loop runs serially (threads cost more)
+F64_TRANSCENDENTAL = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "pow", "sin", "cos"}
+
+
+def dim_src(d):
+    return render(d, lambda sid: f"d{sid}")
+
+
+def shape_src(shape):
+    if len(shape) == 0:
+        return "(1,)"
+    return "(" + "".join(dim_src(d) + ", " for d in shape) + ")"
+
+
+def prod_src(dims):
+    if not dims:
+        return "1"
+    return " * ".join(dim_src(d) for d in dims)
+
+
+class KernelSpec:
+    """A generated kernel: its source, name, and how the entry calls it."""
+
+    def __init__(self, name, source, call_args):
+        self.name, self.source, self.call_args = name, source, call_args
+
+
+def _hash(text):
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------
+# loop kernels
+# ----------------------------------------------------------------------------------
+def _leaf_index(g, grp, load, value_id):
+    """Index map of a load: per base dim (group dim or None, start dim, step), and
+    which base dims are pad-guarded."""
+    R = len(grp.shape)
+    shape = g.nodes[value_id].shape
+    r = len(shape)
+    idx = [(None, 0, 0) if is_one(shape[k]) else (R - r + k, 0, 1) for k in range(r)]
+    guards = set()
+    cur = value_id
+    for a in load.chain:
+        n = g.nodes[a]
+        src_shape = g.nodes[n.inputs[0]].shape
+        new = [(None, 0, 0)] * len(src_shape)
+        if n.op == "transpose":
+            for j, p in enumerate(n.attrs["perm"]):
+                new[p] = idx[j]
+        elif n.op == "slice":
+            j = 0
+            for k, e in enumerate(n.attrs["spec"]):
+                if e[0] == "index":
+                    new[k] = (None, e[1], 0)
+                else:
+                    d, s0, s1 = idx[j]
+                    new[k] = (d, e[1] + e[2] * s0, e[2] * s1) if d is not None else (None, e[1] + e[2] * s0, 0)
+                    j += 1
+        elif n.op == "pad":
+            for k, (lo, hi) in enumerate(n.attrs["paddings"]):
+                d, s0, s1 = idx[k]
+                new[k] = (d, s0 - int(lo), s1)
+                if int(lo) or int(hi):
+                    guards.add(k)
+        else:
+            raise AssertionError(n.op)
+        for k, dsz in enumerate(src_shape):
+            if is_one(dsz) and k not in guards:
+                new[k] = (None, 0, 0)
+        idx = new
+        cur = n.inputs[0]
+    return idx, guards
+
+
+def gen_loop(g, grp, bufname):
+    """Kernel source + call for one loop group. bufname(node id) -> entry variable."""
+    nodes = g.nodes
+    gshape = grp.shape
+    loop_dims = [d for d in range(len(gshape)) if not is_one(gshape[d])]
+    in_group = set(grp.nodes)
+
+    # classify loads
+    leaves = []   # dicts
+    for vid, load in grp.loads.items():
+        base = nodes[load.base]
+        idx, guards = _leaf_index(g, grp, load, vid)
+        identity = not load.chain
+        if identity:
+            present = [e[0] for e in idx if e[0] is not None]
+        else:
+            present = None
+        leaves.append(dict(vid=vid, load=load, idx=idx, guards=guards, identity=identity,
+                           present=present, scalar=identity and not present))
+
+    iotas = [i for i in grp.nodes if nodes[i].op == "iota"]
+    randoms = [i for i in grp.nodes if nodes[i].op == "random"]
+
+    # coalesce adjacent loop dims that every operand walks the same way
+    blocked = set()
+    for lf in leaves:
+        if not lf["identity"]:
+            blocked |= {e[0] for e in lf["idx"] if e[0] is not None}
+    for i in iotas:
+        blocked.add(nodes[i].attrs["axis"] + len(gshape) - len(nodes[i].shape))
+    red_axes = {r: set(nodes[r].attrs["axes"]) for r in grp.reduces}
+    cdims = []
+    for d in loop_dims:
+        if cdims:
+            prev = cdims[-1][-1]
+            ok = prev not in blocked and d not in blocked
+            ok = ok and all((prev in lf["present"]) == (d in lf["present"]) for lf in leaves if lf["identity"])
+            ok = ok and all((prev in ax) == (d in ax) for ax in red_axes.values())
+            if ok:
+                cdims[-1].append(d)
+                continue
+        cdims.append([d])
+    cof = {d: c for c, ds in enumerate(cdims) for d in ds}
+    C = len(cdims)
+    ivar = [f"i{c}" for c in range(C)]
+
+    # reduction layout
+    red_c = {r: sorted({cof[a] for a in ax if a in cof}) for r, ax in red_axes.items()}
+    kind_a = False
+    k_split = C
+    if grp.reduces:
+        sets = {tuple(v) for v in red_c.values()}
+        if len(sets) == 1:
+            rs = list(sets.pop())
+            if rs == list(range(C - len(rs), C)):
+                kind_a, k_split = True, C - len(rs)
+
+    params, call = [], []
+    for c in range(C):
+        params.append(f"n{c}")
+        call.append(prod_src([gshape[d] for d in cdims[c]]))
+
+    hoisted, loads_src, names = [], [], {}
+    starts = 0
+    for j, lf in enumerate(leaves):
+        p = f"L{j}"
+        params.append(p)
+        base = bufname(lf["load"].base)
+        if lf["identity"]:
+            cs = sorted({cof[d] for d in lf["present"]})
+            ext = [prod_src([gshape[d] for d in cdims[c]]) for c in cs]
+            call.append(f"{base}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
+            if lf["scalar"]:
+                hoisted.append(f"    v{j} = {p}[0]")
+            else:
+                loads_src.append(f"v{j} = {p}[{', '.join(ivar[c] for c in cs)}]")
+        else:
+            call.append(base)
+            exprs = []
+            for k, (d, s0, s1) in enumerate(lf["idx"]):
+                st = ""
+                if not (not isinstance(s0, Sym) and int(s0) == 0):
+                    params.append(f"P{starts}")
+                    call.append(dim_src(s0))
+                    st = f"P{starts}"
+                    starts += 1
+                if d is None:
+                    e = st or "0"
+                else:
+                    step = int(s1)
+                    term = ivar[cof[d]] if step == 1 else f"{step} * {ivar[cof[d]]}"
+                    e = f"{st} + {term}" if st else term
+                exprs.append(e)
+            if lf["guards"]:
+                for k in lf["guards"]:
+                    loads_src.append(f"e{j}_{k} = {exprs[k]}")
+                    exprs[k] = f"e{j}_{k}"
+                pad = nodes[lf["load"].chain[-1]]
+                cond = " and ".join(f"0 <= {exprs[k]} < {p}.shape[{k}]" for k in sorted(lf["guards"]))
+                pv = f"{npt(pad.dtype)}({pad.attrs['constant']!r})"
+                loads_src.append(f"v{j} = {p}[{', '.join(exprs)}] if {cond} else {pv}")
+            else:
+                loads_src.append(f"v{j} = {p}[{', '.join(exprs) or '0'}]")
+        names[lf["vid"]] = f"v{j}"
+
+    # body
+    body = []
+    lin = None
+    if randoms:
+        lin = ivar[0] if C else "0"
+        for c in range(1, C):
+            lin = f"({lin}) * n{c} + {ivar[c]}"
+        body.append(f"lin = {lin}")
+    for i in grp.nodes:
+        n = nodes[i]
+        op = REGISTRY[n.op]
+        if op.kind == "reduce":
+            continue
+        if n.op == "iota":
+            d = n.attrs["axis"] + len(gshape) - len(n.shape)
+            args = [ivar[cof[d]] if d in cof else "0"]
+        elif n.op == "random":
+            args = [names[n.inputs[0]], "lin"]
+        else:
+            args = [names[p] for p in n.inputs]
+        expr = op.emit(args, n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)
+        body.append(f"x{i} = {expr}")
+        names[i] = f"x{i}"
+
+    outs_params, out_allocs = [], []
+    stores = []
+    for j, s in enumerate(grp.stores):
+        p = f"O{j}"
+        params.append(p)
+        ext = [prod_src([gshape[d] for d in cdims[c]]) for c in range(C)]
+        call.append(f"{bufname(s)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
+        stores.append(f"{p}[{', '.join(ivar) or '0'}] = {names[s]}")
+
+    red_info = []
+    for j, r in enumerate(grp.reduces):
+        p = f"R{j}"
+        params.append(p)
+        n = nodes[r]
+        kept = [c for c in range(C) if c not in red_c[r]]
+        ext = [prod_src([gshape[d] for d in cdims[c]]) for c in kept]
+        call.append(f"{bufname(r)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
+        em = REGISTRY[n.op].emit
+        acc_dt = n.dtype
+        wide = em["kind"] == "sum" and n.dtype.name == "float32" and kind_a
+        ident = em["identity"](n.dtype)
+        ident_src = f"np.float64({ident})" if wide else f"{npt(n.dtype)}({ident})"
+        src_val = names[nodes[r].inputs[0]]
+        red_info.append(dict(p=p, kept=kept, em=em, dtype=acc_dt, wide=wide, ident=ident_src,
+                             val=f"np.float64({src_val})" if wide else src_val, kind=em["kind"]))
+
+    # -- assemble ----------------------------------------------------------------------
+    fname = "KERNEL"
+    total_hint = 1
+    for d in gshape:
+        total_hint *= max(hint(d), 1)
+    parallel = total_hint >= PAR_MIN and C > 0 and (
+        not grp.reduces or (kind_a and (k_split > 0 or all(ri["kind"] in ("sum", "prod") for ri in red_info))))
+    has_f64_trans = any(nodes[i].op in F64_TRANSCENDENTAL and nodes[i].dtype.name == "float64"
+                        for i in grp.nodes)
+    fm = {"nsz", "contract"} | (set() if has_f64_trans else {"reassoc"})
+
+    def nest(par):
+        out = []
+        ind = "    "
+        out.extend(hoisted)
+        if grp.reduces and not kind_a:
+            for ri in red_info:
+                lv = [f"q{c}" for c in ri["kept"]]
+                ii = ind
+                for c, v in zip(ri["kept"], lv):
+                    out.append(f"{ii}for {v} in range(n{c}):")
+                    ii += "    "
+                out.append(f"{ii}{ri['p']}[{', '.join(lv) or '0'}] = {ri['ident']}")
+        depth = ind
+        for c in range(C):
+            if kind_a and c == k_split:
+                for j, ri in enumerate(red_info):
+                    out.append(f"{depth}acc{j} = {ri['ident']}")
+            rng = "prange" if (par and c == 0) else "range"
+            out.append(f"{depth}for {ivar[c]} in {rng}(n{c}):")
+            depth += "    "
+        if kind_a and k_split == C:
+            for j, ri in enumerate(red_info):
+                out.append(f"{depth}acc{j} = {ri['ident']}")
+        for line in loads_src + body + stores:
+            out.append(depth + line)
+        for j, ri in enumerate(red_info):
+            if kind_a:
+                if ri["kind"] == "sum":
+                    out.append(f"{depth}acc{j} += {ri['val']}")
+                elif ri["kind"] == "prod":
+                    out.append(f"{depth}acc{j} *= {ri['val']}")
+                else:
+                    out.append(f"{depth}acc{j} = {ri['em']['update'](ri['dtype'], f'acc{j}', ri['val'])}")
+            else:
+                tgt = f"{ri['p']}[{', '.join(ivar[c] for c in ri['kept']) or '0'}]"
+                out.append(f"{depth}{tgt} = {ri['em']['update'](ri['dtype'], tgt, ri['val'])}")
+        if kind_a:
+            d2 = "    " * (k_split + 1)
+            for j, ri in enumerate(red_info):
+                tgt = f"{ri['p']}[{', '.join(ivar[c] for c in ri['kept']) or '0'}]"
+                conv = f"{npt(ri['dtype'])}(acc{j})" if ri["wide"] else f"acc{j}"
+                out.append(f"{d2}{tgt} = {conv}")
+        return out
+
+    lines = [f"def {fname}({', '.join(params)}):"]
+    if parallel:
+        lines.append(f"    if {' * '.join(f'n{c}' for c in range(C))} >= {PAR_MIN}:")
+        lines.extend("    " + l for l in nest(True))
+        lines.append("        return")
+        lines.extend(nest(False))
+    else:
+        lines.extend(nest(False))
+    if len(lines) == 1:
+        lines.append("    return")
+    body_src = "\n".join(lines) + "\n"
+    opts = "fastmath={" + ", ".join(repr(x) for x in sorted(fm)) + f"}}, parallel={parallel}"
+    key = _hash(opts + body_src)
+    name = f"k_{key}"
+    source = f"# fused loop: {' '.join(nodes[i].op for i in grp.nodes) or 'copy'}\n" \
+             f"@njit(cache=CACHE, error_model='numpy', {opts})\n" + body_src.replace(fname, name, 1)
+    return KernelSpec(name, source, call)
+
+
+# ----------------------------------------------------------------------------------
+# opaque kernels and the entry
+# ----------------------------------------------------------------------------------
+def gen_opaque_kernel(op, dtype):
+    body = REGISTRY[op].lower["kernel"]("KERNEL", dtype)
+    key = _hash(op + dtype.name + body)
+    name = f"k_{key}"
+    return name, f"# {op} ({dtype.name})\n@njit(cache=CACHE, error_model='numpy')" + \
+        body.replace("KERNEL", name, 1)
+
+
+def gen_entry(prog, arg_names):
+    """Entry source. Returns (source, kernels: list of (name, source)), err code -> node id."""
+    g = prog.graph
+    env = g.env
+    kernels = {}
+    err_codes = {}
+    names = {}
+    for k, a in enumerate(g.args):
+        names[a] = f"a{k}"
+    params = [names[a] for a in g.args]
+    for n in g.nodes:
+        if n.op == "const":
+            names[n.id] = f"c{n.attrs['index']}"
+        elif n.op == "rng_key":
+            names[n.id] = f"r{n.attrs['stream']}"
+    consts = sorted({n.attrs["index"] for n in g.nodes if n.op == "const"})
+    keys = sorted({n.attrs["stream"] for n in g.nodes if n.op == "rng_key"})
+    params += [f"c{i}" for i in consts] + [f"r{i}" for i in keys] + ["err"]
+
+    def buf(i):
+        return names.get(i, f"v{i}")
+
+    lines = []
+    # symbolic sizes: every representative symbol read from its input's shape
+    reps = sorted({env.find(s) for s in env.hints if env.find(s) not in env.fixed})
+    for s in reps:
+        a, d = env.sources[s]
+        lines.append(f"d{s} = {names.get(g.args[a], 'a%d' % a)}.shape[{d}]")
+
+    for n in g.nodes:
+        if n.op == "sym_scalar":
+            lines.append(f"v{n.id} = np.empty((1,), {npt(n.dtype)})")
+            lines.append(f"v{n.id}[0] = {dim_src(n.attrs['expr'])}")
+
+    for step in prog.steps:
+        if step.kind == "loop":
+            grp = step.group
+            spec = gen_loop(g, grp, buf)
+            kernels[spec.name] = spec.source
+            for o in grp.stores + grp.reduces:
+                n = g.nodes[o]
+                lines.append(f"{buf(o)} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
+            lines.append(f"{spec.name}({', '.join(spec.call_args)})")
+            continue
+        n = g.nodes[step.node]
+        out = buf(n.id)
+        if step.kind == "view":
+            lines.append(f"{out} = {buf(n.inputs[0])}.reshape({shape_src(n.shape)})")
+        elif step.kind == "matmul":
+            lines.extend(_matmul_lines(g, n, buf))
+        else:
+            kind = REGISTRY[n.op].lower["kind"]
+            kname, ksrc = gen_opaque_kernel(n.op, g.nodes[n.inputs[0]].dtype)
+            kernels[kname] = ksrc
+            lines.append(f"{out} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
+            x = g.nodes[n.inputs[0]]
+            if kind == "axis3":
+                ax = n.attrs["axis"]
+                o3 = f"({prod_src(x.shape[:ax])}, {dim_src(x.shape[ax])}, {prod_src(x.shape[ax + 1:])})"
+                o2 = f"({prod_src(x.shape[:ax])}, {prod_src(x.shape[ax + 1:])})"
+                lines.append(f"{kname}({buf(x.id)}.reshape({o3}), {out}.reshape({o2}))")
+            elif kind == "concat":
+                ax = n.attrs["axis"]
+                outer, inner = prod_src(n.shape[:ax]), prod_src(n.shape[ax + 1:])
+                off = "0"
+                for p in n.inputs:
+                    ps = g.nodes[p].shape
+                    lines.append(f"{kname}({buf(p)}.reshape(({outer}, {dim_src(ps[ax])}, {inner})), "
+                                 f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), {off})")
+                    off = f"{off} + {dim_src(ps[ax])}"
+            elif kind == "gather":
+                ax = n.attrs["axis"]
+                idx = g.nodes[n.inputs[1]]
+                outer, inner = prod_src(x.shape[:ax]), prod_src(x.shape[ax + 1:])
+                code = len(err_codes) + 1
+                err_codes[code] = n.id
+                lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {dim_src(x.shape[ax])}, {inner})), "
+                             f"{buf(idx.id)}.reshape(({prod_src(idx.shape)},)), "
+                             f"{out}.reshape(({outer}, {prod_src(idx.shape)}, {inner})), err, {code})")
+            else:
+                raise AssertionError(kind)
+    outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
+    lines.append(f"return ({''.join(o + ', ' for o in outs)})")
+    body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
+    return body, kernels, err_codes
+
+
+def _matmul_lines(g, n, buf):
+    a, b = (g.nodes[i] for i in n.inputs)
+    out = buf(n.id)
+    ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
+    lines = [f"{out} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})"]
+    if len(n.shape) == 2 and n.dtype.is_floating:
+        A = f"{buf(a.id)}.T" if ta else buf(a.id)
+        B = f"{buf(b.id)}.T" if tb else buf(b.id)
+        lines.append(f"np.dot({A}, {B}, {out})")
+        return lines
+    batch = n.shape[:-2]
+    nb = prod_src(batch)
+
+    def three(x):
+        xb = x.shape[:-2]
+        lead = prod_src(xb) if xb and not all(is_one(d) for d in xb) else "1"
+        return f"{buf(x.id)}.reshape(({lead}, {dim_src(x.shape[-2])}, {dim_src(x.shape[-1])}))"
+    lines.append(f"bmm({three(a)}, {three(b)}, {out}.reshape(({nb}, {dim_src(n.shape[-2])}, "
+                 f"{dim_src(n.shape[-1])})), {ta}, {tb})")
+    return lines

@@ -1,0 +1,283 @@
+"""The scalar function library of the CPU backend: vectorisable float32/float64
+exp, expm1, log, log1p, tanh, sigmoid, and the counter-based random draws.
+
+Numba from PyPI has no SVML, so `math.exp` in a loop is a scalar libm call that stops
+LLVM from vectorising the loop. These are branch-free (selects only) range reduction
++ polynomial implementations, inlined into the fused loops, accurate to a few ulp over
+the whole range (tests/test_scalar_math.py checks them against NumPy, with inf, nan,
+overflow, underflow and subnormals).
+
+Design notes: float32 exp reduces its argument in float64 (so the reduction stays
+exact even if a kernel is compiled with reassociation allowed) and evaluates a
+degree-7 polynomial in float32; float64 exp uses Cody-Waite reduction and a degree-13
+polynomial; 2**n is built from exponent bits in two steps so results in the
+subnormal range round once and no intermediate overflows early.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
+
+from ...ops import random_core as R
+
+inline = njit(inline="always", cache=True)
+
+
+# --- bit casts ------------------------------------------------------------------
+@intrinsic
+def f64_from_bits(typingctx, i):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def bits_from_f64(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, i):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def bits_from_f32(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+LN2_HI = 6.93147180369123816490e-01   # Cody-Waite split: n*LN2_HI is exact
+LN2_LO = 1.90821492927058770002e-10
+
+
+@inline
+def _pow2_f64(n):
+    """2.0**n for integer-valued float n in [-1074, 1024], via exponent bits, as 2 factors."""
+    ni = np.int64(n)
+    n1 = ni >> 1
+    n2 = ni - n1
+    return f64_from_bits((n1 + 1023) << 52), f64_from_bits((n2 + 1023) << 52)
+
+
+@inline
+def _pow2_f32(n):
+    ni = np.int32(n)
+    n1 = ni >> 1
+    n2 = ni - n1
+    return f32_from_bits((n1 + np.int32(127)) << 23), f32_from_bits((n2 + np.int32(127)) << 23)
+
+
+# --- exp ------------------------------------------------------------------------
+@inline
+def exp_f32(x):
+    xd = np.float64(x)
+    xc = min(max(xd, -104.0), 89.0)
+    n = np.floor(xc * LOG2E + 0.5)
+    r = np.float32(xc - n * LN2)
+    p = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (
+        np.float32(1.0 / 6) + r * (np.float32(1.0 / 24) + r * (np.float32(1.0 / 120) + r * (
+            np.float32(1.0 / 720) + r * np.float32(1.0 / 5040)))))))
+    s1, s2 = _pow2_f32(n)
+    res = p * s1 * s2
+    return x if x != x else res
+
+
+@inline
+def _expm1_poly_f64(r):
+    # exp(r) - 1 for |r| <= ln2/2, Taylor to degree 13 (error < 1 ulp)
+    return r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
+        1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (
+            1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600 + r * (
+                1.0 / 6227020800)))))))))))))
+
+
+@inline
+def _reduce_f64(x):
+    xc = min(max(x, -746.0), 710.0)
+    n = np.floor(xc * LOG2E + 0.5)
+    r = (xc - n * LN2_HI) - n * LN2_LO
+    return n, r
+
+
+@inline
+def exp_f64(x):
+    n, r = _reduce_f64(x)
+    p = 1.0 + _expm1_poly_f64(r)
+    s1, s2 = _pow2_f64(n)
+    res = p * s1 * s2
+    return x if x != x else res
+
+
+@inline
+def expm1_f64(x):
+    n, r = _reduce_f64(x)
+    em = _expm1_poly_f64(r)
+    s1, s2 = _pow2_f64(n)
+    small = (em * s1) * s2 + ((s1 * s2) - 1.0)     # exact (2**n - 1) for moderate n
+    big = ((em + 1.0) * s1) * s2 - 1.0
+    res = small if n < 60.0 else big
+    return x if x != x else res
+
+
+@inline
+def expm1_f32(x):
+    return np.float32(expm1_f64(np.float64(x)))
+
+
+# --- log ------------------------------------------------------------------------
+SQRT2 = 1.4142135623730951
+
+
+@inline
+def log_f64(x):
+    sub = x < 2.2250738585072014e-308
+    xs = x * 4503599627370496.0 if sub else x          # scale subnormals by 2**52
+    b = bits_from_f64(xs)
+    e = np.float64(((b >> 52) & 0x7FF) - 1023) - (52.0 if sub else 0.0)
+    m = f64_from_bits((b & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
+    hi = m > SQRT2
+    m = m * 0.5 if hi else m
+    e = e + 1.0 if hi else e
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    t = z * (1.0 / 3 + z * (1.0 / 5 + z * (1.0 / 7 + z * (1.0 / 9 + z * (1.0 / 11 + z * (
+        1.0 / 13 + z * (1.0 / 15 + z * (1.0 / 17 + z * (1.0 / 19 + z * (1.0 / 21))))))))))
+    # log(m) = 2s + 2s*t = f - s*(f - 2s*t)... kept in the simple accurate form:
+    logm = 2.0 * s + 2.0 * s * t
+    res = e * LN2_HI + (e * LN2_LO + logm)
+    res = -np.inf if x == 0.0 else res
+    res = np.nan if x < 0.0 else res
+    res = x if (x == np.inf or x != x) else res
+    return res
+
+
+@inline
+def log_f32(x):
+    sub = x < np.float32(1.1754943508222875e-38)
+    xs = x * np.float32(8388608.0) if sub else x       # scale subnormals by 2**23
+    b = bits_from_f32(xs)
+    e = np.float32(((b >> 23) & 0xFF) - 127) - (np.float32(23.0) if sub else np.float32(0.0))
+    m = f32_from_bits((b & np.int32(0x007FFFFF)) | np.int32(0x3F800000))
+    hi = m > np.float32(SQRT2)
+    m = m * np.float32(0.5) if hi else m
+    e = e + np.float32(1.0) if hi else e
+    f = m - np.float32(1.0)
+    s = f / (np.float32(2.0) + f)
+    z = s * s
+    t = z * (np.float32(1.0 / 3) + z * (np.float32(1.0 / 5) + z * (np.float32(1.0 / 7) + z * (
+        np.float32(1.0 / 9) + z * np.float32(1.0 / 11)))))
+    logm = np.float32(2.0) * s + np.float32(2.0) * s * t
+    res = e * np.float32(LN2_HI) + (e * np.float32(LN2 - np.float32(LN2_HI)) + logm)
+    res = -np.float32(np.inf) if x == np.float32(0.0) else res
+    res = np.float32(np.nan) if x < np.float32(0.0) else res
+    res = x if (x == np.float32(np.inf) or x != x) else res
+    return res
+
+
+@inline
+def log1p_f64(x):
+    u = 1.0 + x
+    # log(u) corrected by the rounding error of 1 + x
+    res = log_f64(u) - ((u - 1.0) - x) / u
+    res = x if u == 1.0 else res
+    return x if (x == np.inf) else res
+
+
+@inline
+def log1p_f32(x):
+    return np.float32(log1p_f64(np.float64(x)))
+
+
+# --- tanh and sigmoid -------------------------------------------------------------
+@inline
+def tanh_f64(x):
+    a = abs(x)
+    t = expm1_f64(-2.0 * a)             # in (-1, 0]
+    r = -t / (t + 2.0)
+    r = -r if x < 0.0 else r
+    return x if x != x else r
+
+
+@inline
+def tanh_f32(x):
+    a = abs(x)
+    z = a * a
+    small = a + a * z * (np.float32(-0.333333167989577) + z * (np.float32(0.13332564449866863) + z * (
+        np.float32(-0.05385029639075271) + z * (np.float32(0.02106413706699833)
+                                               + z * np.float32(-0.006264367955845983)))))
+    e = exp_f32(np.float32(2.0) * a)
+    big = np.float32(1.0) - np.float32(2.0) / (e + np.float32(1.0))
+    r = small if a < np.float32(0.55) else big
+    r = -r if x < np.float32(0.0) else r
+    return x if x != x else r
+
+
+@inline
+def sigmoid_f32(x):
+    e = exp_f32(-abs(x))
+    s = np.float32(1.0) / (np.float32(1.0) + e)
+    return s if x >= np.float32(0.0) else e * s
+
+
+@inline
+def sigmoid_f64(x):
+    e = exp_f64(-abs(x))
+    s = 1.0 / (1.0 + e)
+    r = s if x >= 0.0 else e * s
+    return x if x != x else r
+
+
+# --- random draws (the same algorithm as eager mode: ops/random_core.py) -----------
+_bits = njit(R.bits, cache=True)
+_mix = njit(R.mix, cache=True)
+_normal = njit(R.normal_f64, cache=True)
+_retry = njit(R.retry_key, cache=True)
+
+
+@njit(cache=True)
+def rand_uniform_f32(key, i):
+    return np.float32(_bits(np.uint64(key), np.uint64(i)) >> R.U40) * R.INV24
+
+
+@njit(cache=True)
+def rand_uniform_f64(key, i):
+    return np.float64(_bits(np.uint64(key), np.uint64(i)) >> R.U11) * R.INV53
+
+
+@njit(cache=True)
+def rand_normal_f64(key, i):
+    return _normal(np.uint64(key), np.uint64(i))
+
+
+@njit(cache=True)
+def rand_normal_f32(key, i):
+    return np.float32(rand_normal_f64(key, i))
+
+
+@njit(cache=True)
+def rand_truncated_normal_f64(key, i):
+    k = np.uint64(key)
+    z = _normal(k, np.uint64(i))
+    t = 1
+    while abs(z) > 2.0:
+        z = _normal(_retry(k, t), np.uint64(i))
+        t += 1
+    return z
+
+
+@njit(cache=True)
+def rand_truncated_normal_f32(key, i):
+    return np.float32(rand_truncated_normal_f64(key, i))
+
+
+NAMES = [n for n in dir() if n.endswith(("_f32", "_f64"))]

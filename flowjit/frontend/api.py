@@ -1,0 +1,666 @@
+"""The core namespace: creation, math, reductions, shape ops and the Python operators.
+
+Each function converts its arguments with TF's rules (a Python scalar takes the
+tensor's dtype; two tensors of different dtypes are an error that says to cast) and
+calls `apply_op`, or composes other functions here when the composition still fuses.
+"""
+import builtins
+import numbers
+
+import numpy as np
+
+from .. import dtypes as D
+from ..errors import DTypeError, OutOfRangeError, ShapeError, TracerError
+from ..ir.shapes import Sym, hint, is_one, prod as _prod
+from .tensor import Tensor, apply_op, convert, current_trace, to_numpy, user_src
+
+_pyrange = builtins.range
+
+
+def _is_tensor(x):
+    return isinstance(x, Tensor) or hasattr(x, "_flowjit_tensor")
+
+
+def _t(x):
+    return x._flowjit_tensor() if hasattr(x, "_flowjit_tensor") else x
+
+
+def _pair(x, y, name):
+    """Convert two operands of a binary op with TF's dtype rules."""
+    xt, yt = _is_tensor(x), _is_tensor(y)
+    try:
+        if xt and yt:
+            x, y = _t(x), _t(y)
+            if x.dtype is not y.dtype:
+                if x._weak and not y._weak and y.dtype.is_floating:
+                    x = cast(x, y.dtype)
+                elif y._weak and not x._weak and x.dtype.is_floating:
+                    y = cast(y, x.dtype)
+                else:
+                    raise DTypeError(f"{name}: cannot mix dtypes {x.dtype.name} and {y.dtype.name} "
+                                     f"(shapes {tuple(x.shape)} and {tuple(y.shape)}); "
+                                     f"use fj.cast to convert one of them")
+            return x, y
+        if xt:
+            x = _t(x)
+            return x, convert(y, x.dtype)
+        if yt:
+            y = _t(y)
+            return convert(x, y.dtype), y
+        x = convert(x)
+        return x, convert(y, x.dtype)
+    except DTypeError as e:
+        if str(e).startswith(name):
+            raise DTypeError(f"{e} (at {user_src()})") from None
+        raise DTypeError(f"{name} (at {user_src()}): {e}") from None
+
+
+def _binary(name):
+    def f(x, y, name=None):
+        a, b = _pair(x, y, opname)
+        return apply_op(opname, [a, b])
+    opname = name
+    f.__name__ = name
+    return f
+
+
+def _unary(name):
+    def f(x, name=None):
+        return apply_op(opname, [convert(x)])
+    opname = name
+    f.__name__ = name
+    return f
+
+
+add = _binary("add")
+subtract = _binary("subtract")
+multiply = _binary("multiply")
+divide = _binary("divide")
+truediv = divide
+floordiv = _binary("floordiv")
+floormod = _binary("floormod")
+mod = floormod
+pow = _binary("pow")
+maximum = _binary("maximum")
+minimum = _binary("minimum")
+equal = _binary("equal")
+not_equal = _binary("not_equal")
+less = _binary("less")
+less_equal = _binary("less_equal")
+greater = _binary("greater")
+greater_equal = _binary("greater_equal")
+logical_and = _binary("logical_and")
+logical_or = _binary("logical_or")
+logical_xor = _binary("logical_xor")
+
+negative = _unary("negative")
+abs = _unary("abs")
+sign = _unary("sign")
+square = _unary("square")
+sqrt = _unary("sqrt")
+rsqrt = _unary("rsqrt")
+exp = _unary("exp")
+expm1 = _unary("expm1")
+log = _unary("log")
+log1p = _unary("log1p")
+tanh = _unary("tanh")
+sigmoid = _unary("sigmoid")
+sin = _unary("sin")
+cos = _unary("cos")
+floor = _unary("floor")
+ceil = _unary("ceil")
+logical_not = _unary("logical_not")
+stop_gradient = _unary("stop_gradient")
+
+
+def identity(x, name=None):
+    return apply_op("identity", [convert(x)])
+
+
+def cast(x, dtype, name=None):
+    x = convert(x) if not _is_tensor(x) else _t(x)
+    dtype = D.as_dtype(dtype)
+    if x.dtype is dtype:
+        return x
+    return apply_op("cast", [x], {"dtype": dtype})
+
+
+def where(condition, x=None, y=None, name=None):
+    if x is None or y is None:
+        raise ValueError("where(condition) without x and y returns data-dependent shapes, "
+                         "which flowjit does not support; pass x and y")
+    c = convert(condition, D.bool_) if not _is_tensor(condition) else _t(condition)
+    a, b = _pair(x, y, "where")
+    return apply_op("where", [c, a, b])
+
+
+def clip_by_value(t, clip_value_min, clip_value_max, name=None):
+    return minimum(maximum(t, clip_value_min), clip_value_max)
+
+
+def add_n(inputs, name=None):
+    if not inputs:
+        raise ValueError("add_n needs at least one input")
+    out = inputs[0]
+    for x in inputs[1:]:
+        out = add(out, x)
+    return _t(out) if _is_tensor(out) else convert(out)
+
+
+# --- creation ----------------------------------------------------------------------
+def _dims(shape, what):
+    if _is_tensor(shape):
+        t = _t(shape)
+        if t.is_traced:
+            raise TracerError(f"{what}: a shape given as a traced tensor is data-dependent; pass "
+                              f"Python ints or dims from x.shape instead of fj.shape(x)")
+        shape = t.numpy().tolist()
+    if isinstance(shape, (int, np.integer, Sym)):
+        shape = (shape,)
+    out = []
+    for d in shape:
+        if isinstance(d, Sym):
+            out.append(d.norm())
+        elif _is_tensor(d):
+            out.append(int(_t(d)))
+        else:
+            out.append(int(d))
+    return tuple(out)
+
+
+def constant(value, dtype=None, shape=None, name=None):
+    arr = to_numpy(value, dtype)
+    if shape is not None:
+        shape = _dims(shape, "constant")
+        if arr.size == 1:
+            arr = np.full(shape, arr.reshape(()), arr.dtype)
+        elif arr.size == int(np.prod(shape)):
+            arr = arr.reshape(shape)
+        else:
+            raise ShapeError(f"constant (at {user_src()}): {arr.size} values do not fill shape {shape}")
+    t = Tensor(value=arr)
+    if current_trace() is not None:
+        return _as_traced(t)
+    return t
+
+
+def _as_traced(t):
+    from .tensor import node_of
+    ctx = current_trace()
+    node = node_of(t, ctx)
+    return Tensor(node=node, graph=ctx.graph)
+
+
+def convert_to_tensor(value, dtype=None, name=None):
+    if _is_tensor(value):
+        t = _t(value)
+        if dtype is not None and D.as_dtype(dtype) is not t.dtype:
+            raise DTypeError(f"convert_to_tensor (at {user_src()}): tensor has dtype {t.dtype.name}, "
+                             f"requested {D.as_dtype(dtype).name}")
+        return t
+    return constant(value, dtype)
+
+
+def fill(dims, value, name=None):
+    v = convert(value)
+    return broadcast_to(v, _dims(dims, "fill"))
+
+
+def zeros(shape, dtype=D.float32, name=None):
+    return fill(shape, constant(0, dtype))
+
+
+def ones(shape, dtype=D.float32, name=None):
+    return fill(shape, constant(1, dtype))
+
+
+def zeros_like(x, dtype=None, name=None):
+    x = convert(x) if not _is_tensor(x) else _t(x)
+    return zeros(x.shape, dtype or x.dtype)
+
+
+def ones_like(x, dtype=None, name=None):
+    x = convert(x) if not _is_tensor(x) else _t(x)
+    return ones(x.shape, dtype or x.dtype)
+
+
+def broadcast_to(x, shape, name=None):
+    x = convert(x) if not _is_tensor(x) else _t(x)
+    return apply_op("broadcast_to", [x], {"shape": _dims(shape, "broadcast_to")})
+
+
+def _iota(shape, axis, dtype):
+    return apply_op("iota", [], {"shape": tuple(shape), "axis": axis, "dtype": D.as_dtype(dtype)})
+
+
+def range(start, limit=None, delta=1, dtype=None, name=None):
+    if limit is None:
+        start, limit = 0, start
+    vals = [start, limit, delta]
+    if any(_is_tensor(v) for v in vals):
+        vals = [int(_t(v)) if _is_tensor(v) else v for v in vals]
+        start, limit, delta = vals
+    if dtype is None:
+        dtype = D.float32 if any(isinstance(v, float) for v in (start, limit, delta)) else D.int32
+    dtype = D.as_dtype(dtype)
+    if delta == 0:
+        raise ValueError(f"range (at {user_src()}): delta must not be 0")
+    n = builtins.max(0, int(np.ceil((limit - start) / delta)))
+    r = _iota((n,), 0, dtype)
+    if delta != 1:
+        r = multiply(r, delta)
+    if start != 0:
+        r = add(r, start)
+    return r
+
+
+def eye(num_rows, num_columns=None, batch_shape=None, dtype=D.float32, name=None):
+    num_columns = num_rows if num_columns is None else num_columns
+    shape = (num_rows, num_columns)
+    return cast(equal(_iota(shape, 0, D.int32), _iota(shape, 1, D.int32)), dtype)
+
+
+# --- reductions ----------------------------------------------------------------------
+def _axes(axis):
+    if axis is None:
+        return None
+    if _is_tensor(axis):
+        axis = _t(axis).numpy().tolist()
+    if isinstance(axis, (list, tuple)):
+        return tuple(int(a) for a in axis)
+    return int(axis)
+
+
+def _reduce(kind):
+    def f(input_tensor, axis=None, keepdims=False, name=None):
+        x = convert(input_tensor) if not _is_tensor(input_tensor) else _t(input_tensor)
+        if x.dtype.is_bool and kind in ("sum", "prod"):
+            raise DTypeError(f"reduce_{kind} (at {user_src()}): not defined for bool; cast first")
+        return apply_op("reduce_" + kind, [x], {"axes": _axes(axis), "keepdims": bool(keepdims)})
+    f.__name__ = "reduce_" + kind
+    return f
+
+
+reduce_sum = _reduce("sum")
+reduce_prod = _reduce("prod")
+reduce_max = _reduce("max")
+reduce_min = _reduce("min")
+
+
+def reduce_any(input_tensor, axis=None, keepdims=False, name=None):
+    return reduce_max(input_tensor, axis, keepdims)
+
+
+def reduce_all(input_tensor, axis=None, keepdims=False, name=None):
+    return reduce_min(input_tensor, axis, keepdims)
+
+
+def _count(x, axis):
+    rank = len(x.shape)
+    if axis is None:
+        axes = _pyrange(rank)
+    else:
+        a = _axes(axis)
+        axes = [a] if isinstance(a, int) else a
+        axes = [ax % rank if rank else 0 for ax in axes]
+    return _prod([x.shape[a] for a in set(axes)])
+
+
+def size_as_tensor(n, dtype):
+    if isinstance(n, Sym):
+        n = n.norm()
+    if isinstance(n, Sym):
+        return apply_op("sym_scalar", [], {"expr": n, "dtype": D.as_dtype(dtype)})
+    return constant(int(n), dtype)
+
+
+def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
+    x = convert(input_tensor) if not _is_tensor(input_tensor) else _t(input_tensor)
+    s = reduce_sum(x, axis, keepdims)
+    n = _count(x, axis)
+    if x.dtype.is_integer:     # TF: integer mean is the truncated quotient
+        return floordiv(s, size_as_tensor(n, x.dtype))
+    return divide(s, size_as_tensor(n, x.dtype))
+
+
+def _arg(kind):
+    def f(input, axis=None, output_type=D.int64, name=None):
+        x = convert(input) if not _is_tensor(input) else _t(input)
+        ax = 0 if axis is None else int(_axes(axis))
+        return apply_op("arg" + kind, [x], {"axis": ax, "output_type": D.as_dtype(output_type)})
+    f.__name__ = "arg" + kind
+    return f
+
+
+argmax = _arg("max")
+argmin = _arg("min")
+
+
+# --- shapes ----------------------------------------------------------------------------
+def shape(input, out_type=D.int32, name=None):
+    x = convert(input) if not _is_tensor(input) else _t(input)
+    if not x.shape:
+        return constant(np.zeros(0, np.int32), out_type)
+    return stack([size_as_tensor(d, out_type) for d in x.shape])
+
+
+def size(input, out_type=D.int32, name=None):
+    x = convert(input) if not _is_tensor(input) else _t(input)
+    return size_as_tensor(_prod(x.shape), out_type)
+
+
+def rank(input, name=None):
+    x = convert(input) if not _is_tensor(input) else _t(input)
+    return constant(len(x.shape), D.int32)
+
+
+def reshape(tensor, shape, name=None):
+    x = convert(tensor) if not _is_tensor(tensor) else _t(tensor)
+    return apply_op("reshape", [x], {"shape": _dims(shape, "reshape")})
+
+
+def expand_dims(input, axis, name=None):
+    x = convert(input) if not _is_tensor(input) else _t(input)
+    r = len(x.shape)
+    axis = int(axis)
+    if not -r - 1 <= axis <= r:
+        raise ShapeError(f"expand_dims (at {user_src()}): axis {axis} out of range for rank {r}")
+    axis %= r + 1
+    s = list(x.shape)
+    s.insert(axis, 1)
+    return reshape(x, s)
+
+
+def squeeze(input, axis=None, name=None):
+    x = convert(input) if not _is_tensor(input) else _t(input)
+    r = len(x.shape)
+    if axis is None:
+        keep = [d for d in x.shape if not is_one(d)]
+    else:
+        axes = {a % r for a in ([axis] if isinstance(axis, int) else axis)}
+        for a in axes:
+            if not is_one(x.shape[a]):
+                raise ShapeError(f"squeeze (at {user_src()}): dimension {a} of shape "
+                                 f"{tuple(x.shape)} is not 1")
+        keep = [d for i, d in enumerate(x.shape) if i not in axes]
+    return reshape(x, keep)
+
+
+def transpose(a, perm=None, conjugate=False, name=None):
+    x = convert(a) if not _is_tensor(a) else _t(a)
+    return apply_op("transpose", [x], {"perm": None if perm is None else tuple(int(p) for p in perm)})
+
+
+def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
+    x, y = _pair(a, b, "matmul")
+    if len(x.shape) > 2 or len(y.shape) > 2:
+        # batch dims: broadcast both to the common batch shape unless one side is 2-D
+        from ..ops.rules import broadcast_shapes
+        if len(x.shape) >= 2 and len(y.shape) >= 2:
+            try:
+                bs = broadcast_shapes(x.shape[:-2], y.shape[:-2])
+            except ShapeError:
+                bs = None
+            if bs is not None:
+                for side in (0, 1):
+                    t = (x, y)[side]
+                    tb = t.shape[:-2]
+                    full = len(tb) == len(bs) and all(not is_one(d) or is_one(e) for d, e in zip(tb, bs))
+                    if len(t.shape) > 2 and not full:
+                        t = broadcast_to(t, tuple(bs) + tuple(t.shape[-2:]))
+                    elif len(t.shape) == 2:
+                        pass
+                    if side == 0:
+                        x = t
+                    else:
+                        y = t
+    return apply_op("matmul", [x, y], {"transpose_a": bool(transpose_a), "transpose_b": bool(transpose_b)})
+
+
+def concat(values, axis, name=None):
+    ts = list(values)
+    if not ts:
+        raise ValueError("concat needs at least one tensor")
+    first = next((_t(v) for v in ts if _is_tensor(v)), None)
+    dt = first.dtype if first is not None else None
+    ts = [_t(v) if _is_tensor(v) else convert(v, dt) for v in ts]
+    if len(ts) == 1:
+        return ts[0]
+    return apply_op("concat", ts, {"axis": int(axis)})
+
+
+def stack(values, axis=0, name=None):
+    ts = [_t(v) if _is_tensor(v) else convert(v) for v in values]
+    if not ts:
+        raise ValueError("stack needs at least one tensor")
+    r = len(ts[0].shape)
+    axis = int(axis)
+    if not -r - 1 <= axis <= r:
+        raise ShapeError(f"stack (at {user_src()}): axis {axis} out of range for rank {r}")
+    return concat([expand_dims(t, axis) for t in ts], axis % (r + 1))
+
+
+def unstack(value, num=None, axis=0, name=None):
+    x = convert(value) if not _is_tensor(value) else _t(value)
+    axis %= len(x.shape)
+    n = int(x.shape[axis])
+    return [squeeze(slice_axis(x, axis, i, 1), axis) for i in _pyrange(n)]
+
+
+def slice_axis(x, axis, start, size):
+    spec = []
+    for k, d in enumerate(x.shape):
+        spec.append(("range", start, 1, size) if k == axis else ("range", 0, 1, d))
+    return apply_op("slice", [x], {"spec": tuple(spec)})
+
+
+def split(value, num_or_size_splits, axis=0, num=None, name=None):
+    x = convert(value) if not _is_tensor(value) else _t(value)
+    r = len(x.shape)
+    axis = int(axis) % r
+    n = x.shape[axis]
+    if isinstance(num_or_size_splits, int):
+        k = num_or_size_splits
+        if hint(n) % k:
+            raise ShapeError(f"split (at {user_src()}): dimension {axis} of size {hint(n)} does not "
+                             f"divide into {k} equal parts")
+        size_ = n // k
+        sizes = [size_] * k
+    else:
+        sizes = [int(s) for s in num_or_size_splits]
+        if sizes.count(-1) == 1:
+            sizes[sizes.index(-1)] = n - builtins.sum(s for s in sizes if s != -1)
+        total = builtins.sum(hint(s) for s in sizes)
+        if total != hint(n):
+            raise ShapeError(f"split (at {user_src()}): sizes {sizes} do not add up to {hint(n)}")
+    out, off = [], 0
+    for s in sizes:
+        out.append(slice_axis(x, axis, off, s))
+        off = off + s
+    return out
+
+
+def tile(input, multiples, name=None):
+    x = convert(input) if not _is_tensor(input) else _t(input)
+    m = [int(v) for v in (multiples.numpy().tolist() if _is_tensor(multiples) else multiples)]
+    if len(m) != len(x.shape):
+        raise ShapeError(f"tile (at {user_src()}): multiples {m} must have one entry per dim of "
+                         f"{tuple(x.shape)}")
+    inter, big, final = [], [], []
+    for k, d in zip(m, x.shape):
+        inter += [1, d]
+        big += [k, d]
+        final.append(d * k)
+    return reshape(broadcast_to(reshape(x, inter), big), final)
+
+
+def pad(tensor, paddings, mode="CONSTANT", constant_values=0, name=None):
+    x = convert(tensor) if not _is_tensor(tensor) else _t(tensor)
+    if str(mode).upper() != "CONSTANT":
+        raise NotImplementedError(f"pad mode {mode!r}: only CONSTANT is supported")
+    p = paddings.numpy().tolist() if _is_tensor(paddings) else paddings
+    p = tuple((int(a), int(b)) for a, b in p)
+    cv = constant_values
+    if _is_tensor(cv):
+        cv = _t(cv).numpy().item()
+    return apply_op("pad", [x], {"paddings": p, "constant": x.dtype.np.type(cv).item()})
+
+
+def gather(params, indices, axis=None, batch_dims=0, name=None):
+    p = convert(params) if not _is_tensor(params) else _t(params)
+    i = _t(indices) if _is_tensor(indices) else convert(indices, D.int32 if not isinstance(indices, np.ndarray) else None)
+    if batch_dims:
+        raise NotImplementedError("gather with batch_dims != 0")
+    return apply_op("gather", [p, i], {"axis": 0 if axis is None else int(axis)})
+
+
+def one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None, name=None):
+    i = _t(indices) if _is_tensor(indices) else convert(indices, D.int32 if not isinstance(indices, np.ndarray) else None)
+    if not i.dtype.is_integer:
+        raise DTypeError(f"one_hot (at {user_src()}): indices must be integers, got {i.dtype.name}")
+    dtype = D.as_dtype(dtype or D.float32)
+    on = constant(1 if on_value is None else on_value, dtype)
+    off = constant(0 if off_value is None else off_value, dtype)
+    r = len(i.shape)
+    axis = r if axis is None or axis == -1 else int(axis)
+    out_shape = list(i.shape)
+    out_shape.insert(axis, int(depth))
+    ie = expand_dims(i, axis)
+    hit = equal(ie, _iota(out_shape, axis, i.dtype))
+    return where(hit, on, off)
+
+
+# --- indexing ----------------------------------------------------------------------------
+def _norm_index(i, n, axis):
+    i = int(i)
+    j = i + n if i < 0 else i
+    if j < 0:
+        raise OutOfRangeError(f"index {i} is out of range for dimension {axis} of size {n!r}")
+    if j >= n:
+        raise OutOfRangeError(f"index {i} is out of range for dimension {axis} of size {n!r}")
+    return j
+
+
+def _norm_slice(s, n):
+    step = 1 if s.step is None else int(s.step)
+    if step == 0:
+        raise ValueError("slice step cannot be zero")
+    if step > 0:
+        lo, hi = 0, n
+        start, stop = (0 if s.start is None else s.start), (n if s.stop is None else s.stop)
+    else:
+        lo, hi = -1, n - 1
+        start, stop = (n - 1 if s.start is None else s.start), (-1 if s.stop is None else None)
+        if s.stop is not None:
+            stop = s.stop
+    def fix(v, explicit):
+        if not explicit:
+            return v
+        v = int(v)
+        if v < 0:
+            v = n + v
+            if v < lo:
+                v = lo
+        elif v > hi:
+            v = hi
+        return v
+    start = fix(start, s.start is not None)
+    stop = fix(stop, s.stop is not None)
+    if step > 0:
+        if stop <= start:
+            return start if not isinstance(start, Sym) else 0, step, 0
+        size = stop - start if step == 1 else (stop - start + step - 1) // step
+    else:
+        if stop >= start:
+            return 0, step, 0
+        size = start - stop if step == -1 else (start - stop - step - 1) // (-step)
+    return start, step, size
+
+
+def getitem(x, key):
+    x = _t(x)
+    if not isinstance(key, tuple):
+        key = (key,)
+    tensors = [k for k in key if _is_tensor(k) or isinstance(k, (list, np.ndarray))]
+    if tensors:
+        if len(key) == 1:
+            return gather(x, key[0], axis=0)
+        raise NotImplementedError("indexing with a tensor together with other indices; use fj.gather")
+    n_ell = builtins.sum(1 for k in key if k is Ellipsis)
+    if n_ell > 1:
+        raise IndexError("an index can only have a single ellipsis")
+    n_real = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
+    if n_real > len(x.shape):
+        raise OutOfRangeError(f"getitem (at {user_src()}): too many indices ({n_real}) for a tensor "
+                              f"of shape {tuple(x.shape)}")
+    if n_ell == 0:
+        key = key + (Ellipsis,)
+    expanded = []
+    for k in key:
+        if k is Ellipsis:
+            expanded.extend([slice(None)] * (len(x.shape) - n_real))
+        else:
+            expanded.append(k)
+    spec, final_shape = [], []
+    axis = 0
+    try:
+        for k in expanded:
+            if k is None:
+                final_shape.append(1)
+                continue
+            d = x.shape[axis]
+            if isinstance(k, slice):
+                st, step, sz = _norm_slice(k, d)
+                spec.append(("range", st, step, sz))
+                final_shape.append(sz)
+            elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+                spec.append(("index", _norm_index(k, d, axis)))
+            else:
+                raise TypeError(f"unsupported index {k!r}")
+            axis += 1
+    except OutOfRangeError as e:
+        raise OutOfRangeError(f"getitem (at {user_src()}): {e} (tensor shape {tuple(x.shape)})") from None
+    identity = all(e[0] == "range" and not isinstance(e[1], Sym) and e[1] == 0 and e[2] == 1
+                   and _same(e[3], d) for e, d in zip(spec, x.shape))
+    y = x if identity else apply_op("slice", [x], {"spec": tuple(spec)})
+    if len(final_shape) != len(y.shape):
+        y = reshape(y, final_shape)
+    return y
+
+
+def _same(a, b):
+    from ..ir.shapes import same
+    return same(a, b)
+
+
+# --- Python operators on Tensor --------------------------------------------------------
+def _install_operators():
+    def binop(fn, reverse=False):
+        if reverse:
+            return lambda self, other: fn(other, self)
+        return lambda self, other: fn(self, other)
+
+    T = Tensor
+    T.__add__, T.__radd__ = binop(add), binop(add, True)
+    T.__sub__, T.__rsub__ = binop(subtract), binop(subtract, True)
+    T.__mul__, T.__rmul__ = binop(multiply), binop(multiply, True)
+    T.__truediv__, T.__rtruediv__ = binop(divide), binop(divide, True)
+    T.__floordiv__, T.__rfloordiv__ = binop(floordiv), binop(floordiv, True)
+    T.__mod__, T.__rmod__ = binop(floormod), binop(floormod, True)
+    T.__pow__, T.__rpow__ = binop(pow), binop(pow, True)
+    T.__matmul__, T.__rmatmul__ = binop(matmul), binop(matmul, True)
+    T.__lt__, T.__le__ = binop(less), binop(less_equal)
+    T.__gt__, T.__ge__ = binop(greater), binop(greater_equal)
+    T.__eq__, T.__ne__ = binop(equal), binop(not_equal)
+    T.__and__, T.__rand__ = binop(logical_and), binop(logical_and, True)
+    T.__or__, T.__ror__ = binop(logical_or), binop(logical_or, True)
+    T.__xor__, T.__rxor__ = binop(logical_xor), binop(logical_xor, True)
+    T.__neg__ = lambda self: negative(self)
+    T.__abs__ = lambda self: abs(self)
+    T.__invert__ = lambda self: logical_not(self)
+    T.__pos__ = lambda self: self
+    T.__getitem__ = getitem
+    T.__hash__ = lambda self: id(self)
+
+
+_install_operators()

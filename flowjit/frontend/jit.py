@@ -1,0 +1,253 @@
+"""`@fj.jit`: trace once per signature, compile, cache, run.
+
+Signature (SPEC): the structure of the arguments, static values, and for every array
+input its dtype, rank and which dims are 1. Other sizes are symbols, so a new batch
+size reuses the compiled code; facts that tracing learned about sizes are guards
+checked on every call (see ir/shapes.py).
+
+Python floats are dynamic (weakly typed: they take the dtype of the tensor they meet);
+Python ints, bools, strings and None are static (a new value traces again), as are
+arguments named in `static_argnames`.
+"""
+import functools
+import inspect as _inspect
+
+import numpy as np
+
+from .. import dtypes as D
+from ..errors import OutOfRangeError, TracerError
+from ..ir.graph import Graph
+from ..runtime import stats as S
+from .pytree import flatten, unflatten
+from .tensor import Tensor, TraceContext, current_trace, node_of
+
+
+class _Dyn:
+    """Marks a dynamic leaf position in the flattened arguments."""
+    __slots__ = ("weak",)
+
+    def __init__(self, weak):
+        self.weak = weak
+
+
+def _is_leaf(x):
+    return isinstance(x, Tensor) or hasattr(x, "_flowjit_tensor")
+
+
+def _classify(leaves):
+    """Split argument leaves into dynamic arrays and static values (for the cache key)."""
+    arrays, spec, statics = [], [], []
+    for x in leaves:
+        if isinstance(x, Tensor):
+            a = x._value
+            if a is None:
+                raise TracerError("a traced tensor was passed into a jitted function from outside its trace")
+            weak = False
+        elif isinstance(x, np.ndarray):
+            a = x
+            weak = False
+        elif isinstance(x, np.generic):
+            a = np.asarray(x)
+            weak = False
+        elif isinstance(x, float):
+            a = np.asarray(x, np.float64)
+            weak = True
+        else:
+            try:
+                hash(x)
+            except TypeError:
+                raise TypeError(f"jit: argument {x!r} is neither an array nor a hashable static value")
+            statics.append(x)
+            spec.append(("s",))
+            continue
+        if a.dtype not in _OK_DTYPES:
+            a = a.astype(D.as_dtype(a.dtype).np)
+        arrays.append(a)
+        spec.append((a.dtype.num, a.ndim, tuple(d == 1 for d in a.shape), weak))
+    return arrays, tuple(spec), tuple(statics)
+
+
+_OK_DTYPES = {d.np for d in D.ALL}
+
+
+class Compiled:
+    """One traced signature: its graphs, program, executable and guard."""
+
+    def __init__(self, graph, program, exe, guard, out_struct, out_static, rank0_out, notes):
+        self.graph = graph
+        self.program = program
+        self.exe = exe
+        self.guard = guard
+        self.out_struct = out_struct
+        self.out_static = out_static       # list: None for a tensor output, else the value
+        self.rank0_out = rank0_out
+        self.notes = notes
+        g = program.graph
+        self.consts = [np.ascontiguousarray(c).reshape(1) if c.ndim == 0 else np.ascontiguousarray(c)
+                       for c in g.consts]
+        used = sorted({n.attrs["index"] for n in g.nodes if n.op == "const"})
+        self.consts = [self.consts[i] for i in used]
+        self.streams = [g.rng_streams[i] for i in
+                        sorted({n.attrs["stream"] for n in g.nodes if n.op == "rng_key"})]
+        self.compiled = False
+
+    def run(self, arrays):
+        args = [a.reshape(1) if a.ndim == 0 else (a if a.flags.c_contiguous else np.ascontiguousarray(a))
+                for a in arrays]
+        args.extend(self.consts)
+        for s in self.streams:
+            args.append(np.array([s.next_key()], np.int64))
+        err = np.zeros(3, np.int64)
+        args.append(err)
+        if not self.compiled:
+            self.exe.compile_for(args)
+            self.compiled = True
+        outs = self.exe.entry(*args)
+        if err[0]:
+            node = self.program.graph.nodes[self.exe.err_codes[int(err[0])]]
+            raise OutOfRangeError(f"{node.op} (at {node.src}): index {int(err[1])} is out of range "
+                                  f"[0, {int(err[2])})")
+        res = []
+        k = 0
+        for st in self.out_static:
+            if st is None:
+                o = outs[k]
+                if self.rank0_out[k]:
+                    o = o.reshape(())
+                res.append(Tensor(value=o))
+                k += 1
+            else:
+                res.append(st[0])
+        return unflatten(self.out_struct, res)
+
+
+class JitFunction:
+    def __init__(self, fn, static_argnames=()):
+        self.fn = fn
+        if isinstance(static_argnames, str):
+            static_argnames = (static_argnames,)
+        self.static_argnames = tuple(static_argnames)
+        self._sig = _inspect.signature(fn) if self.static_argnames else None
+        self._cache = {}
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
+    def _split_static(self, args, kwargs):
+        if not self.static_argnames:
+            return args, kwargs, ()
+        bound = self._sig.bind(*args, **kwargs)
+        static = tuple((n, bound.arguments.pop(n)) for n in self.static_argnames if n in bound.arguments)
+        return bound.args, bound.kwargs, static
+
+    def __call__(self, *args, **kwargs):
+        if current_trace() is not None:       # called inside another trace: inline it
+            return self.fn(*args, **kwargs)
+        c, arrays = self._lookup(args, kwargs)
+        S.bump("calls")
+        return c.run(arrays)
+
+    def _lookup(self, args, kwargs):
+        dargs, dkwargs, static = self._split_static(args, kwargs)
+        leaves, struct = flatten((dargs, dkwargs), _is_leaf)
+        arrays, spec, statics = _classify(leaves)
+        key = (struct, spec, statics, static)
+        entries = self._cache.get(key)
+        if entries:
+            shapes = tuple(a.shape for a in arrays)
+            for c in entries:
+                if c.guard is None or c.guard(shapes):
+                    S.bump("cache_hits")
+                    return c, arrays
+        c = self._trace(args, kwargs, leaves, struct, arrays, spec, static)
+        self._cache.setdefault(key, []).append(c)
+        return c, arrays
+
+    def _trace(self, args, kwargs, leaves, struct, arrays, spec, static):
+        from ..runtime.pipeline import build
+        S.bump("traces")
+        g = Graph()
+        traced_leaves = []
+        k = 0
+        with TraceContext(g) as ctx:
+            for x, sp in zip(leaves, spec):
+                if sp[0] == "s":
+                    traced_leaves.append(x)
+                    continue
+                a = arrays[k]
+                shape = tuple(1 if d == 1 else g.env.new_symbol(d, k, j) for j, d in enumerate(a.shape))
+                node = g.add("arg", (), {"index": k}, shape, D.as_dtype(a.dtype))
+                g.args.append(node.id)
+                t = Tensor(node=node, graph=g, weak=sp[3])
+                traced_leaves.append(t)
+                k += 1
+            dargs, dkwargs = unflatten(struct, traced_leaves)
+            for name, v in static:
+                dkwargs[name] = v
+            if static:
+                bound = self._sig.bind_partial(*dargs, **dkwargs)
+                result = self.fn(*bound.args, **bound.kwargs)
+            else:
+                result = self.fn(*dargs, **dkwargs)
+            out_leaves, out_struct = flatten(result, _is_leaf)
+            out_static, rank0 = [], []
+            for o in out_leaves:
+                if hasattr(o, "_flowjit_tensor"):
+                    o = o._flowjit_tensor()
+                if isinstance(o, Tensor):
+                    nid = node_of(o, ctx).id
+                    g.outputs.append(nid)
+                    out_static.append(None)
+                    rank0.append(len(g.nodes[nid].shape) == 0)
+                else:
+                    out_static.append((o,))
+        program, exe = build(g)
+        guard = _compile_guard(g.env.guards)
+        return Compiled(g, program, exe, guard, out_struct, out_static, rank0, list(g.env.notes))
+
+    def inspect(self, *args, **kwargs):
+        """The traced graph, fusion groups and generated source for these arguments."""
+        c, _ = self._lookup(args, kwargs)
+        return Inspection(c)
+
+
+def _compile_guard(guards):
+    if not guards:
+        return None
+    src = "lambda s: " + " and ".join(f"({g})" for g in guards)
+    return eval(src, {})
+
+
+class Inspection:
+    """What `jitted.inspect(*args)` returns; `str()` shows all of it."""
+
+    def __init__(self, c):
+        self.graph = c.graph.dump()
+        self.optimized_graph = c.program.graph.dump()
+        self.fusion_groups = c.program.describe()
+        self.num_fused_loops = sum(1 for s in c.program.steps if s.kind == "loop")
+        self.steps = [s.kind for s in c.program.steps]
+        self.forward_source = c.exe.source()
+        self.backward_source = None
+        self.specializations = c.notes
+        self.guards = list(c.graph.env.guards)
+
+    def __str__(self):
+        parts = ["== traced graph ==", self.graph, "== after simplification ==", self.optimized_graph,
+                 "== fusion groups ==", self.fusion_groups,
+                 "== specialisations ==", "\n".join(self.specializations) or "(none: all sizes symbolic)",
+                 "== forward function (Numba source) ==", self.forward_source,
+                 "== backward function ==", self.backward_source or "(none: no gradients taken)"]
+        return "\n".join(parts)
+
+    __repr__ = __str__
+
+
+def jit(fn=None, *, static_argnames=()):
+    """Trace `fn` into a graph per signature, fuse it and compile it with Numba."""
+    if fn is None:
+        return lambda f: JitFunction(f, static_argnames)
+    return JitFunction(fn, static_argnames)

@@ -1,0 +1,300 @@
+"""Tensors, the trace context and `apply_op`, the one door every op goes through.
+
+A `Tensor` is either eager (holds a NumPy array) or traced (holds a node of the graph
+being traced). `apply_op` checks shapes and dtypes with the op's rule from the
+registry, then either runs the op's NumPy reference (eager) or adds a node (traced),
+so eager and jitted code share one definition of every op.
+"""
+import linecache
+import os
+import sys
+import threading
+
+import numpy as np
+
+from .. import dtypes as D
+from ..errors import DTypeError, ShapeError, TracerError, FlowjitError
+from ..ir.registry import REGISTRY
+from ..ir.shapes import Sym, hint, render
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_state = threading.local()
+
+
+# --- trace context -------------------------------------------------------------
+class TraceContext:
+    """The graph being traced and the bookkeeping that goes with it."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.captured = {}        # id(eager tensor or array) -> (node id, keepalive)
+
+    def __enter__(self):
+        stack = getattr(_state, "stack", None)
+        if stack is None:
+            stack = _state.stack = []
+        stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _state.stack.pop()
+
+
+def current_trace():
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else None
+
+
+def user_src():
+    """'file.py:12: code' of the innermost frame outside the flowjit package."""
+    f = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back
+    if f is None:
+        return None
+    return SrcLoc(f.f_code.co_filename, f.f_lineno)
+
+
+class SrcLoc:
+    __slots__ = ("file", "line")
+
+    def __init__(self, file, line):
+        self.file, self.line = file, line
+
+    def __str__(self):
+        code = linecache.getline(self.file, self.line).strip()
+        return f"{os.path.basename(self.file)}:{self.line}" + (f": `{code}`" if code else "")
+
+    __repr__ = __str__
+
+
+# --- shapes seen by users ------------------------------------------------------
+class TensorShape(tuple):
+    """A tuple of dims (ints, or symbolic sizes while tracing) with TF's helpers."""
+
+    def as_list(self):
+        return [d if not isinstance(d, Sym) else None for d in self]
+
+    @property
+    def rank(self):
+        return len(self)
+
+    ndims = rank
+
+    def num_elements(self):
+        n = 1
+        for d in self:
+            n = n * d
+        return n
+
+    def __repr__(self):
+        return "(" + ", ".join(repr(d) if isinstance(d, Sym) else str(d) for d in self) + \
+               ("," if len(self) == 1 else "") + ")"
+
+
+# --- the tensor ----------------------------------------------------------------
+class Tensor:
+    __slots__ = ("_value", "_node", "_graph", "_weak", "__weakref__")
+    __array_priority__ = 100   # so ndarray + Tensor defers to Tensor.__radd__
+
+    def __init__(self, value=None, node=None, graph=None, weak=False):
+        self._value = value
+        self._node = node
+        self._graph = graph
+        self._weak = weak      # a Python float argument: takes the dtype of what it meets
+
+    # properties
+    @property
+    def is_traced(self):
+        return self._node is not None
+
+    @property
+    def shape(self):
+        if self._node is not None:
+            return TensorShape(self._node.shape)
+        return TensorShape(self._value.shape)
+
+    def get_shape(self):
+        return self.shape
+
+    @property
+    def dtype(self):
+        if self._node is not None:
+            return self._node.dtype
+        return D.as_dtype(self._value.dtype)
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def device(self):
+        return "/job:localhost/replica:0/task:0/device:CPU:0"
+
+    def numpy(self):
+        if self._node is not None:
+            raise TracerError(
+                "`.numpy()` was called on a traced tensor inside @fj.jit; its value exists only "
+                "when the compiled function runs. Return it from the function instead.")
+        return self._value
+
+    def __array__(self, dtype=None, copy=None):
+        v = self.numpy()
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+    def _concrete(self, what):
+        if self._node is not None:
+            raise TracerError(
+                f"{what} of a traced tensor inside @fj.jit: its value is not known while tracing "
+                f"(tensor created at {self._node.src}). Use fj.where / fj.cond-style ops, or mark "
+                f"the argument static with static_argnames.")
+        return self._value
+
+    def __bool__(self):
+        return bool(self._concrete("Python truth value"))
+
+    def __int__(self):
+        return int(self._concrete("int()"))
+
+    def __float__(self):
+        return float(self._concrete("float()"))
+
+    def __index__(self):
+        v = self._concrete("use as an index")
+        if not D.as_dtype(v.dtype).is_integer:
+            raise TypeError("only integer tensors can be used as Python indices")
+        return int(v)
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return int(self.shape[0])
+
+    def __iter__(self):
+        n = len(self)
+        return (self[i] for i in range(n))
+
+    def __hash__(self):
+        return id(self)
+
+    def ref(self):
+        return self
+
+    def __repr__(self):
+        if self._node is not None:
+            return f"<traced Tensor %{self._node.id} shape={self.shape!r} dtype={self.dtype.name}>"
+        body = np.array2string(self._value, separator=", ")
+        return f"<fj.Tensor: shape={self.shape!r}, dtype={self.dtype.name}, numpy={body}>"
+
+    __str__ = __repr__
+
+    # the Python operators are installed by frontend/api.py (one place, next to the ops)
+
+
+# --- conversion ----------------------------------------------------------------
+def _compatible(value_kind, target):
+    if target.is_bool:
+        return value_kind == "b"
+    if target.is_integer:
+        return value_kind in "biu"
+    return value_kind in "biuf"
+
+
+def to_numpy(value, dtype=None):
+    """A Python/NumPy value as an ndarray of a flowjit dtype (TF's conversion rules)."""
+    if isinstance(value, Tensor):
+        value = value.numpy()
+    if isinstance(value, np.ndarray):
+        arr = value
+        if dtype is None:
+            dtype = D.from_numpy_value(arr)
+    else:
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            raise TypeError(f"cannot convert {value!r} to a tensor")
+        if dtype is None:
+            if arr.dtype.kind == "f":
+                dtype = D.float32
+            elif arr.dtype.kind in "iu":
+                dtype = D.int32 if arr.size == 0 or (np.abs(arr).max() < 2**31) else D.int64
+            else:
+                dtype = D.from_numpy_value(arr)
+    dtype = D.as_dtype(dtype)
+    if not _compatible(arr.dtype.kind, dtype) and arr.size:
+        raise DTypeError(f"cannot convert a value of dtype {arr.dtype} to a tensor of dtype "
+                         f"{dtype.name}; use fj.cast on a tensor to change dtypes")
+    if arr.dtype != dtype.np:
+        arr = arr.astype(dtype.np)
+    return arr
+
+
+def convert(value, dtype=None):
+    """Any tensor-like value as a Tensor (a traced constant inside a trace)."""
+    if isinstance(value, Tensor):
+        if dtype is not None and D.as_dtype(dtype) is not value.dtype:
+            raise DTypeError(f"expected a tensor of dtype {D.as_dtype(dtype).name}, got "
+                             f"{value.dtype.name}; use fj.cast")
+        return value
+    if hasattr(value, "_flowjit_tensor"):            # Variables
+        return value._flowjit_tensor()
+    return Tensor(value=to_numpy(value, dtype))
+
+
+def node_of(t, ctx):
+    """The graph node for tensor t in trace ctx (eager tensors become constants)."""
+    if t._node is not None:
+        if t._graph is not ctx.graph:
+            raise TracerError("a tensor traced in one @fj.jit function leaked into another "
+                              "(store results, not traced tensors, outside the function)")
+        return t._node
+    key = id(t)
+    hit = ctx.captured.get(key)
+    if hit is None:
+        g = ctx.graph
+        g.consts.append(t._value)
+        node = g.add("const", (), {"index": len(g.consts) - 1}, t._value.shape, t.dtype)
+        hit = ctx.captured[key] = (node, t)
+    return hit[0]
+
+
+def apply_op(name, inputs, attrs=None, src=None):
+    """Check and run (eager) or record (traced) op `name` on Tensors `inputs`."""
+    op = REGISTRY[name]
+    attrs = attrs or {}
+    ctx = current_trace()
+    if ctx is not None:
+        nodes = [node_of(t, ctx) for t in inputs]
+        shapes = [n.shape for n in nodes]
+        dts = [n.dtype for n in nodes]
+    else:
+        for t in inputs:
+            if t._node is not None:
+                raise TracerError(f"{name}: a traced tensor was used outside its @fj.jit function")
+        shapes = [t._value.shape for t in inputs]
+        dts = [D.as_dtype(t._value.dtype) for t in inputs]
+    if src is None:
+        src = user_src()
+    try:
+        shape, dtype = op.infer(shapes, dts, attrs)
+    except (ShapeError, DTypeError, IndexError, ValueError, TypeError) as e:
+        if isinstance(e, FlowjitError) and str(e).startswith(name):
+            raise
+        described = "; ".join(f"input {i}: {d.name}{_fmt_shape(s)}" for i, (s, d) in enumerate(zip(shapes, dts)))
+        kind = type(e) if isinstance(e, FlowjitError) else (
+            ShapeError if isinstance(e, (ValueError, IndexError)) else DTypeError)
+        raise kind(f"{name} (at {src}): {e} [{described}]") from None
+    if ctx is not None:
+        node = ctx.graph.add(name, [n.id for n in nodes], attrs, shape, dtype, src)
+        return Tensor(node=node, graph=ctx.graph)
+    value = op.ref([t._value for t in inputs], attrs, shape, dtype)
+    value = np.asarray(value)
+    if value.dtype != dtype.np:
+        value = value.astype(dtype.np)
+    if value.shape != tuple(shape):
+        value = np.broadcast_to(value, tuple(shape)).copy()
+    return Tensor(value=value)
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join(repr(d) if isinstance(d, Sym) else str(d) for d in shape) + \
+           ("," if len(shape) == 1 else "") + ")"

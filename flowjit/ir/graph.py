@@ -1,0 +1,71 @@
+"""The traced program: an SSA graph of nodes, each an op with attributes, an inferred
+shape and dtype, and the user source line that created it."""
+from dataclasses import dataclass, field
+
+from .shapes import ShapeEnv, render
+
+
+@dataclass(eq=False)
+class Node:
+    id: int
+    op: str
+    inputs: tuple          # node ids
+    attrs: dict
+    shape: tuple           # ints and Syms
+    dtype: object          # flowjit DType
+    src: str = None        # "file.py:12: y = x + 1"
+
+    def attr_key(self):
+        return tuple(sorted((k, _hashable(v)) for k, v in self.attrs.items()))
+
+
+def _hashable(v):
+    from .shapes import Sym
+    if isinstance(v, Sym):
+        return ("sym", repr(v.norm()))
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, tuple):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    return v
+
+
+@dataclass(eq=False)
+class Graph:
+    env: ShapeEnv = field(default_factory=ShapeEnv)
+    nodes: list = field(default_factory=list)
+    args: list = field(default_factory=list)        # node ids of inputs, call order
+    consts: list = field(default_factory=list)      # NumPy values of 'const' nodes
+    outputs: list = field(default_factory=list)     # node ids
+    rng_streams: list = field(default_factory=list)  # per 'rng_key' node: stream object
+    effects: list = field(default_factory=list)      # (variable arg node, new value node)
+
+    def add(self, op, inputs, attrs, shape, dtype, src=None):
+        node = Node(len(self.nodes), op, tuple(inputs), dict(attrs), tuple(shape), dtype, src)
+        self.nodes.append(node)
+        return node
+
+    def users(self):
+        out = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.id)
+        return out
+
+    def shape_str(self, shape):
+        return "(" + ", ".join(render(d, lambda s: f"d{self.env.sources[s][0]}_{self.env.sources[s][1]}")
+                               .strip("()") for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+    def dump(self):
+        """Readable listing, one node per line."""
+        lines = []
+        for n in self.nodes:
+            ins = ", ".join(f"%{i}" for i in n.inputs)
+            attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items() if k != "value")
+            lines.append(f"%{n.id} = {n.op}({ins}{', ' if ins and attrs else ''}{attrs})"
+                         f" : {n.dtype.name}{self.shape_str(n.shape)}"
+                         + (f"    # {n.src}" if n.src else ""))
+        lines.append("return " + ", ".join(f"%{o}" for o in self.outputs))
+        return "\n".join(lines)

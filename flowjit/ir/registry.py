@@ -1,0 +1,40 @@
+"""The op registry: every op is defined once, here-registered from `flowjit/ops/`.
+
+An `OpDef` holds:
+- `kind`: how the passes treat it ('elementwise', 'reduce', 'access', 'view',
+  'source', 'opaque');
+- `infer(shapes, dtypes, attrs) -> (shape, dtype)`: the shape/dtype rule; it raises
+  ShapeError/DTypeError with a plain message that the frontend decorates;
+- `ref(arrays, attrs, shape, dtype) -> ndarray`: the NumPy reference (also what eager
+  mode runs);
+- `emit(args, attrs, in_dtypes, dtype) -> str` for elementwise ops: a scalar
+  expression in the backend-neutral scalar language (see backends/cpu/scalar.py);
+- `grad(...)`: the gradient rule (filled in by the autodiff layer);
+- `lower`: for opaque ops, a callable that emits the backend call.
+"""
+from dataclasses import dataclass
+
+REGISTRY = {}
+
+
+@dataclass
+class OpDef:
+    name: str
+    kind: str
+    infer: object
+    ref: object
+    emit: object = None
+    grad: object = None
+    lower: object = None
+    cost: int = 1          # relative cost of one element (transcendentals > 1)
+
+
+def register(name, kind, infer, ref, **kw):
+    if name in REGISTRY:
+        raise ValueError(f"op {name!r} registered twice")
+    REGISTRY[name] = OpDef(name, kind, infer, ref, **kw)
+    return REGISTRY[name]
+
+
+def get(name):
+    return REGISTRY[name]

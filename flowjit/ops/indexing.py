@@ -1,0 +1,53 @@
+"""gather with index validation (an out-of-range index raises, never reads memory)."""
+import numpy as np
+
+from ..errors import DTypeError, OutOfRangeError
+from ..ir.registry import register
+from .rules import norm_axis
+
+
+def _gather_infer(shapes, dts, attrs):
+    p, i = shapes
+    if not dts[1].is_integer:
+        raise DTypeError(f"gather indices must be int32 or int64, got {dts[1].name}")
+    ax = norm_axis(attrs["axis"], len(p))
+    attrs["axis"] = ax
+    return tuple(p[:ax]) + tuple(i) + tuple(p[ax + 1:]), dts[0]
+
+
+def _gather_ref(arrs, attrs, shape, dtype):
+    p, idx = arrs
+    ax = attrs["axis"]
+    n = p.shape[ax]
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        v = int(idx[bad].flat[0])
+        raise OutOfRangeError(f"gather: index {v} is out of range [0, {n}) along axis {ax} "
+                              f"of params with shape {p.shape}")
+    return np.take(p, idx, axis=ax)
+
+
+def _gather_source(fname, dtype):
+    # params viewed as (outer, n, inner), indices flat, out as (outer, m, inner).
+    # Every index is checked before it is used; the first bad one is reported via err.
+    return f'''
+def {fname}(p, idx, out, err, code):
+    n = p.shape[1]
+    for k in range(idx.shape[0]):
+        v = idx[k]
+        if v < 0 or v >= n:
+            if err[0] == 0:
+                err[0] = code
+                err[1] = v
+                err[2] = n
+            return
+    for o in range(p.shape[0]):
+        for k in range(idx.shape[0]):
+            v = idx[k]
+            for j in range(p.shape[2]):
+                out[o, k, j] = p[o, v, j]
+'''
+
+
+register("gather", "opaque", _gather_infer, _gather_ref,
+         lower={"kind": "gather", "kernel": _gather_source})

@@ -1,0 +1,108 @@
+"""Reductions (sum, prod, max, min over axes, keepdims) and arg-reductions."""
+import numpy as np
+
+from .. import dtypes as D
+from ..ir.registry import register
+from .rules import norm_axes, norm_axis, require
+from .elementwise import npt
+
+
+def reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def _identity(kind, dtype):
+    if kind == "sum":
+        return 0
+    if kind == "prod":
+        return 1
+    big = {"float32": "np.float32(np.inf)", "float64": "np.float64(np.inf)"}
+    if dtype.is_floating:
+        return ("-" if kind == "max" else "") + big[dtype.name]
+    if dtype.is_bool:
+        return "False" if kind == "max" else "True"
+    info = np.iinfo(dtype.np)
+    return str(info.min if kind == "max" else info.max)
+
+
+def _update(kind, dtype, acc, v):
+    if kind == "sum":
+        return f"{acc} + {v}"
+    if kind == "prod":
+        return f"{acc} * {v}"
+    cmp = ">" if kind == "max" else "<"
+    if dtype.is_floating:   # NaN propagates, as in np.max / tf.reduce_max
+        return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
+    return f"{v} if {v} {cmp} {acc} else {acc}"
+
+
+def _make(kind, np_fn, kinds):
+    name = "reduce_" + kind
+
+    def infer(shapes, dts, attrs):
+        require(dts[0], kinds, name)
+        axes = norm_axes(attrs["axes"], len(shapes[0]))
+        attrs["axes"] = axes
+        return reduced_shape(shapes[0], axes, attrs["keepdims"]), dts[0]
+
+    def ref(a, attrs, shape, dtype):
+        x = a[0]
+        kw = {}
+        if kind in ("max", "min") and x.dtype.kind == "f":
+            kw["initial"] = -np.inf if kind == "max" else np.inf
+        elif kind in ("max", "min"):
+            info = np.iinfo(x.dtype) if x.dtype.kind in "iu" else None
+            kw["initial"] = (info.min if kind == "max" else info.max) if info else (kind == "min")
+        return np_fn(x, axis=attrs["axes"], keepdims=attrs["keepdims"], **kw)
+
+    register(name, "reduce", infer, ref, emit={
+        "kind": kind,
+        "identity": lambda dtype: _identity(kind, dtype),
+        "update": lambda dtype, acc, v: _update(kind, dtype, acc, v)})
+
+
+_make("sum", np.sum, ("float", "int"))
+_make("prod", np.prod, ("float", "int"))
+_make("max", np.max, ("float", "int", "bool"))
+_make("min", np.min, ("float", "int", "bool"))
+
+
+# --- argmax / argmin: an opaque kernel over (outer, n, inner) ---------------------
+def _arg_make(kind):
+    name = "arg" + kind
+
+    def infer(shapes, dts, attrs):
+        require(dts[0], ("float", "int"), name)
+        ax = norm_axis(attrs["axis"], len(shapes[0]))
+        attrs["axis"] = ax
+        return tuple(d for i, d in enumerate(shapes[0]) if i != ax), attrs["output_type"]
+
+    def ref(a, attrs, shape, dtype):
+        fn = np.argmax if kind == "max" else np.argmin
+        return fn(a[0], axis=attrs["axis"])
+
+    cmp = ">" if kind == "max" else "<"
+
+    def kernel_source(fname, dtype):
+        # NaN wins like np.argmax: once a NaN is seen it stays the answer.
+        return f'''
+def {fname}(x, out):
+    for o in range(x.shape[0]):
+        for j in range(x.shape[2]):
+            best = x[o, 0, j]
+            bi = 0
+            for k in range(1, x.shape[1]):
+                v = x[o, k, j]
+                if best == best and (v {cmp} best or v != v):
+                    best = v
+                    bi = k
+            out[o, j] = bi
+'''
+
+    register(name, "opaque", infer, ref, lower={"kind": "axis3", "kernel": kernel_source})
+
+
+_arg_make("max")
+_arg_make("min")

@@ -1,0 +1,146 @@
+"""Shape ops: reshape (a view), transpose / slice / pad (fused as indexed loads),
+concat (its own copy kernel)."""
+import numpy as np
+
+from ..errors import ShapeError
+from ..ir.registry import register
+from ..ir.shapes import Sym, exact_div, hint, prod, same, unify_dims
+from .rules import fmt, norm_axis, same_dtype
+
+
+# --- reshape ---------------------------------------------------------------------
+def _reshape_infer(shapes, dts, attrs):
+    src = shapes[0]
+    target = list(attrs["shape"])
+    total = prod(src)
+    unknown = [i for i, d in enumerate(target) if not isinstance(d, Sym) and int(d) == -1]
+    if len(unknown) > 1:
+        raise ShapeError(f"only one -1 is allowed in the target shape {tuple(target)}")
+    for d in target:
+        if not isinstance(d, Sym) and int(d) < -1:
+            raise ShapeError(f"invalid target shape {tuple(target)}")
+    known = prod([d for i, d in enumerate(target) if i not in unknown])
+    if unknown:
+        q = exact_div(total, known) if hint(known) != 0 else None
+        if q is None:
+            if hint(known) == 0 or hint(total) % hint(known):
+                raise ShapeError(f"cannot reshape {fmt(src)} ({hint(total)} elements) into "
+                                 f"{tuple(target)}")
+            if isinstance(total, Sym):
+                total.env.specialise(total, f"reshape to {tuple(target)} needs a fixed size")
+            if isinstance(known, Sym):
+                known.env.specialise(known, f"reshape to {tuple(target)} needs a fixed size")
+            q = hint(total) // hint(known)
+        target[unknown[0]] = q
+    elif not same(total, known):
+        if hint(total) != hint(known):
+            raise ShapeError(f"cannot reshape {fmt(src)} ({hint(total)} elements) into "
+                             f"{fmt(target)} ({hint(known)} elements)")
+        unify_dims(total, known)
+    out = tuple(d.norm() if isinstance(d, Sym) else int(d) for d in target)
+    attrs["shape"] = out
+    return out, dts[0]
+
+
+register("reshape", "view", _reshape_infer,
+         lambda a, at, s, d: a[0].reshape(tuple(int(x) for x in s)))
+
+
+# --- transpose -------------------------------------------------------------------
+def _transpose_infer(shapes, dts, attrs):
+    perm = attrs["perm"]
+    rank = len(shapes[0])
+    if perm is None:
+        perm = tuple(reversed(range(rank)))
+    perm = tuple(norm_axis(int(p), rank) for p in perm)
+    if sorted(perm) != list(range(rank)):
+        raise ShapeError(f"perm {perm} is not a permutation of {rank} axes")
+    attrs["perm"] = perm
+    return tuple(shapes[0][p] for p in perm), dts[0]
+
+
+register("transpose", "access", _transpose_infer,
+         lambda a, at, s, d: np.ascontiguousarray(np.transpose(a[0], at["perm"])))
+
+
+# --- slice (basic indexing) ------------------------------------------------------
+# attrs["spec"]: one entry per input dim: ("range", start, step, size) or ("index", i).
+# start and size may be symbolic; the frontend computed them with Python's rules.
+def _slice_infer(shapes, dts, attrs):
+    spec = attrs["spec"]
+    if len(spec) != len(shapes[0]):
+        raise ShapeError("too many indices for a tensor of shape " + fmt(shapes[0]))
+    out = [e[3] for e in spec if e[0] == "range"]
+    return tuple(out), dts[0]
+
+
+def _slice_ref(a, attrs, shape, dtype):
+    x = a[0]
+    idx = []
+    for e in attrs["spec"]:
+        if e[0] == "index":
+            idx.append(int(e[1]))
+        else:
+            start, step, size = int(e[1]), int(e[2]), int(e[3])
+            stop = start + step * size
+            idx.append(slice(start, stop if stop >= 0 else None, step))
+    return np.ascontiguousarray(x[tuple(idx)])
+
+
+register("slice", "access", _slice_infer, _slice_ref)
+
+
+# --- pad -------------------------------------------------------------------------
+def _pad_infer(shapes, dts, attrs):
+    pads = attrs["paddings"]
+    if len(pads) != len(shapes[0]):
+        raise ShapeError(f"paddings {pads} must have one (before, after) pair per dim of "
+                         f"{fmt(shapes[0])}")
+    if any(int(p) < 0 for pr in pads for p in pr):
+        raise ShapeError(f"paddings must be non-negative, got {pads}")
+    return tuple(d + int(lo) + int(hi) for d, (lo, hi) in zip(shapes[0], pads)), dts[0]
+
+
+register("pad", "access", _pad_infer,
+         lambda a, at, s, d: np.pad(a[0], [(int(l), int(h)) for l, h in at["paddings"]],
+                                    constant_values=at["constant"]))
+
+
+# --- concat ----------------------------------------------------------------------
+def _concat_infer(shapes, dts, attrs):
+    dt = same_dtype(dts)
+    rank = len(shapes[0])
+    if rank == 0:
+        raise ShapeError("cannot concatenate 0-d tensors (use stack)")
+    ax = norm_axis(attrs["axis"], rank)
+    attrs["axis"] = ax
+    total = 0
+    out = list(shapes[0])
+    for s in shapes:
+        if len(s) != rank:
+            raise ShapeError("all inputs must have the same rank: " + ", ".join(fmt(x) for x in shapes))
+        for i in range(rank):
+            if i == ax:
+                continue
+            if not same(out[i], s[i]):
+                if hint(out[i]) != hint(s[i]):
+                    raise ShapeError(f"dimension {i} differs: " + ", ".join(fmt(x) for x in shapes))
+                out[i] = unify_dims(out[i], s[i])
+        total = total + s[ax]
+    out[ax] = total
+    return tuple(out), dt
+
+
+def _copy3_source(fname, dtype):
+    return f'''
+def {fname}(src, dst, offset):
+    for o in range(src.shape[0]):
+        for k in range(src.shape[1]):
+            for j in range(src.shape[2]):
+                dst[o, offset + k, j] = src[o, k, j]
+'''
+
+
+register("concat", "opaque", _concat_infer,
+         lambda a, at, s, d: np.concatenate(a, axis=at["axis"]),
+         lower={"kind": "concat", "kernel": _copy3_source})
