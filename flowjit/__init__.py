@@ -17,6 +17,7 @@ from .frontend.api import (  # noqa: F401
 from .frontend import random  # noqa: F401
 from .frontend.jit import jit
 from .runtime.stats import stats, reset_stats
+from .config import config
 
 __version__ = "0.1.0"
 newaxis = None

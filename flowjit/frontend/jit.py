@@ -99,10 +99,7 @@ class Compiled:
             args.append(np.array([s.next_key()], np.int64))
         err = np.zeros(3, np.int64)
         args.append(err)
-        if not self.compiled:
-            self.exe.compile_for(args)
-            self.compiled = True
-        outs = self.exe.entry(*args)
+        outs = self.exe.run(args)
         if err[0]:
             node = self.program.graph.nodes[self.exe.err_codes[int(err[0])]]
             raise OutOfRangeError(f"{node.op} (at {node.src}): index {int(err[1])} is out of range "

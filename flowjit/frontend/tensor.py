@@ -204,6 +204,8 @@ def to_numpy(value, dtype=None):
     """A Python/NumPy value as an ndarray of a flowjit dtype (TF's conversion rules)."""
     if isinstance(value, Tensor):
         value = value.numpy()
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
     if isinstance(value, np.ndarray):
         arr = value
         if dtype is None:

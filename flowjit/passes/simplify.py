@@ -2,7 +2,7 @@
 and dead-code elimination, done in one forward rebuild plus one backward sweep."""
 import numpy as np
 
-from ..ir.graph import Graph
+from ..ir.graph import Graph, _hashable
 from ..ir.registry import REGISTRY
 from ..ir.shapes import Sym
 
@@ -70,13 +70,25 @@ def simplify(g):
         if n.op == "transpose" and n.attrs["perm"] == tuple(range(len(n.shape))):
             remap[n.id] = ins[0]
             continue
+        attrs = n.attrs
+        if n.op == "matmul":       # matmul(transpose(x)) -> matmul(x, transpose_a=True): BLAS reads x.T
+            ins = list(ins)
+            attrs = dict(attrs)
+            for k, flag in ((0, "transpose_a"), (1, "transpose_b")):
+                src = out.nodes[ins[k]]
+                r = len(src.shape)
+                if src.op == "transpose" and r >= 2 and \
+                        src.attrs["perm"] == tuple(range(r - 2)) + (r - 1, r - 2):
+                    ins[k] = src.inputs[0]
+                    attrs[flag] = not attrs[flag]
+            ins = tuple(ins)
         key = None
         if n.op not in NO_CSE:
-            key = (n.op, ins, n.attr_key())
+            key = (n.op, ins, tuple(sorted((k, _hashable(v)) for k, v in attrs.items())))
             if key in seen:
                 remap[n.id] = seen[key]
                 continue
-        nn = out.add(n.op, ins, n.attrs, n.shape, n.dtype, n.src)
+        nn = out.add(n.op, ins, attrs, n.shape, n.dtype, n.src)
         if n.op == "arg":
             out.args.append(nn.id)
         if key is not None:

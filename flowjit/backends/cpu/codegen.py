@@ -201,7 +201,7 @@ def gen_loop(g, grp, bufname):
         for c in range(1, C):
             lin = f"({lin}) * n{c} + {ivar[c]}"
         body.append(f"lin = {lin}")
-    for i in grp.nodes:
+    for local, i in enumerate(grp.nodes):
         n = nodes[i]
         op = REGISTRY[n.op]
         if op.kind == "reduce":
@@ -214,8 +214,8 @@ def gen_loop(g, grp, bufname):
         else:
             args = [names[p] for p in n.inputs]
         expr = op.emit(args, n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)
-        body.append(f"x{i} = {expr}")
-        names[i] = f"x{i}"
+        body.append(f"x{local} = {expr}")
+        names[i] = f"x{local}"
 
     outs_params, out_allocs = [], []
     stores = []
@@ -252,7 +252,9 @@ def gen_loop(g, grp, bufname):
         not grp.reduces or (kind_a and (k_split > 0 or all(ri["kind"] in ("sum", "prod") for ri in red_info))))
     has_f64_trans = any(nodes[i].op in F64_TRANSCENDENTAL and nodes[i].dtype.name == "float64"
                         for i in grp.nodes)
-    fm = {"nsz", "contract"} | (set() if has_f64_trans else {"reassoc"})
+    # reassociation lets LLVM vectorise reductions; nothing else needs it, and float64
+    # Cody-Waite range reduction must not be reassociated.
+    fm = {"nsz", "contract"} | ({"reassoc"} if grp.reduces and not has_f64_trans else set())
 
     def nest(par):
         out = []

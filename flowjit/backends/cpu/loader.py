@@ -74,9 +74,12 @@ def load(name, body):
         current = None
     if current != text:
         _write_atomic(path, text)
-    spec = importlib.util.spec_from_file_location(f"flowjit_gen.{name}", path)
+    modname = f"flowjit_gen_{name}"
+    spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
     mod.CACHE = cfg.disk_cache_enabled()
+    # Numba's cache rebuilds a function's environment by importing its module by name
+    sys.modules[modname] = mod
     spec.loader.exec_module(mod)
     _modules[name] = mod
     return mod
@@ -91,8 +94,16 @@ def forget(names):
     d = module_dir()
     for name in names:
         _modules.pop(name, None)
+        sys.modules.pop(f"flowjit_gen_{name}", None)
         for f in glob.glob(os.path.join(d, "__pycache__", f"{name}.*")):
             try:
                 os.unlink(f)
             except OSError:
                 pass
+
+
+def has_disk_cache(name):
+    """Whether Numba's disk cache holds an index for module `name` (compiled before)."""
+    if not cfg.disk_cache_enabled():
+        return False
+    return bool(glob.glob(os.path.join(module_dir(), "__pycache__", f"{name}.*.nbi")))

@@ -60,20 +60,26 @@ LN2_LO = 1.90821492927058770002e-10
 
 
 @inline
-def _pow2_f64(n):
-    """2.0**n for integer-valued float n in [-1074, 1024], via exponent bits, as 2 factors."""
+def _scale_f64(p, n):
+    """p * 2**n for p in [0.7, 1.5) and integer-valued n in [-1075, 1025], through exponent
+    bits, so the result is exact (or correctly rounded once, for subnormal results) and no
+    floating-point reassociation by the compiler can change it."""
     ni = np.int64(n)
-    n1 = ni >> 1
-    n2 = ni - n1
-    return f64_from_bits((n1 + 1023) << 52), f64_from_bits((n2 + 1023) << 52)
+    pb = bits_from_f64(p)
+    normal = f64_from_bits(pb + (ni << 52))
+    hi = f64_from_bits(pb + ((ni - 1) << 52)) * 2.0
+    lo = f64_from_bits(pb + ((ni + 512) << 52)) * 7.458340731200207e-155   # 2**-512
+    return normal if (ni >= -1021 and ni <= 1022) else (hi if ni > 1022 else lo)
 
 
 @inline
-def _pow2_f32(n):
+def _scale_f32(p, n):
     ni = np.int32(n)
-    n1 = ni >> 1
-    n2 = ni - n1
-    return f32_from_bits((n1 + np.int32(127)) << 23), f32_from_bits((n2 + np.int32(127)) << 23)
+    pb = bits_from_f32(p)
+    normal = f32_from_bits(pb + (ni << np.int32(23)))
+    hi = f32_from_bits(pb + ((ni - np.int32(1)) << np.int32(23))) * np.float32(2.0)
+    lo = f32_from_bits(pb + ((ni + np.int32(64)) << np.int32(23))) * np.float32(5.421010862427522e-20)
+    return normal if (ni >= np.int32(-125) and ni <= np.int32(126)) else (hi if ni > np.int32(126) else lo)
 
 
 # --- exp ------------------------------------------------------------------------
@@ -86,8 +92,7 @@ def exp_f32(x):
     p = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (
         np.float32(1.0 / 6) + r * (np.float32(1.0 / 24) + r * (np.float32(1.0 / 120) + r * (
             np.float32(1.0 / 720) + r * np.float32(1.0 / 5040)))))))
-    s1, s2 = _pow2_f32(n)
-    res = p * s1 * s2
+    res = _scale_f32(p, n)
     return x if x != x else res
 
 
@@ -112,8 +117,7 @@ def _reduce_f64(x):
 def exp_f64(x):
     n, r = _reduce_f64(x)
     p = 1.0 + _expm1_poly_f64(r)
-    s1, s2 = _pow2_f64(n)
-    res = p * s1 * s2
+    res = _scale_f64(p, n)
     return x if x != x else res
 
 
@@ -121,10 +125,12 @@ def exp_f64(x):
 def expm1_f64(x):
     n, r = _reduce_f64(x)
     em = _expm1_poly_f64(r)
-    s1, s2 = _pow2_f64(n)
-    small = (em * s1) * s2 + ((s1 * s2) - 1.0)     # exact (2**n - 1) for moderate n
-    big = ((em + 1.0) * s1) * s2 - 1.0
-    res = small if n < 60.0 else big
+    # 2**n * (em + 1) - 1, arranged so that small n loses nothing to cancellation
+    nc = min(max(n, -60.0), 60.0)
+    t = _scale_f64(1.0, nc)
+    small = em * t + (t - 1.0)
+    big = _scale_f64(em + 1.0, n) - 1.0
+    res = small if (n < 60.0 and n > -60.0) else big
     return x if x != x else res
 
 
@@ -188,7 +194,8 @@ def log_f32(x):
 def log1p_f64(x):
     u = 1.0 + x
     # log(u) corrected by the rounding error of 1 + x
-    res = log_f64(u) - ((u - 1.0) - x) / u
+    lu = log_f64(u)
+    res = lu if (u == 0.0 or u == np.inf or u != u) else lu - ((u - 1.0) - x) / u
     res = x if u == 1.0 else res
     return x if (x == np.inf) else res
 
@@ -238,10 +245,9 @@ def sigmoid_f64(x):
 
 
 # --- random draws (the same algorithm as eager mode: ops/random_core.py) -----------
-_bits = njit(R.bits, cache=True)
-_mix = njit(R.mix, cache=True)
-_normal = njit(R.normal_f64, cache=True)
-_retry = njit(R.retry_key, cache=True)
+_bits = R.bits
+_normal = R.normal_f64
+_retry = R.retry_key
 
 
 @njit(cache=True)

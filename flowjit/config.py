@@ -1,0 +1,15 @@
+"""Runtime settings (`fj.config`)."""
+import os
+
+
+class _Config:
+    def __init__(self):
+        # The entry function of a signature first runs as plain Python that calls the
+        # compiled (shared, disk-cached) kernels; on this call number it is compiled
+        # with numba.njit too, which removes the per-step Python overhead. Programs
+        # called once or twice (tests, evaluation) never pay for an entry compile.
+        self.compile_entry_after = int(os.environ.get("FLOWJIT_COMPILE_ENTRY_AFTER", "3"))
+        self.log_device_placement = False
+
+
+config = _Config()

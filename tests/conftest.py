@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+import flowjit as fj
+
+
+def assert_close(actual, expected, dtype=None, rtol=None, atol=None):
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    dt = np.dtype(dtype) if dtype is not None else expected.dtype
+    if dt.kind in "biu":
+        np.testing.assert_array_equal(actual, expected)
+        return
+    if rtol is None:
+        rtol = 2e-6 if dt == np.float32 else 1e-13
+    if atol is None:
+        atol = 1e-6 if dt == np.float32 else 1e-13
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

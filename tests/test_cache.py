@@ -1,0 +1,75 @@
+"""Disk cache: a second process compiles nothing; corrupt entries are survived."""
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROGRAM = textwrap.dedent("""
+    import json, numpy as np, flowjit as fj
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    @fj.jit
+    def f(x, w):
+        return fj.reduce_sum(fj.sigmoid(x @ w + 1.0) * 3.0, axis=1)
+    out = [f(x, w).numpy().tolist() for _ in range(4)]
+    ref = (3.0 / (1.0 + np.exp(-(x @ w + 1.0)))).sum(axis=1)
+    assert np.allclose(out[-1], ref, rtol=1e-5), (out[-1], ref)
+    print(json.dumps(fj.stats()))
+""")
+
+
+def run(cache_dir, extra_env=None):
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(cache_dir),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.update(extra_env or {})
+    p = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_compiles_nothing(tmp_path):
+    first = run(tmp_path)
+    assert first["compiles"] > 0
+    second = run(tmp_path)
+    assert second["compiles"] == 0
+    assert second["disk_cache_hits"] >= 1
+    assert second["traces"] == 1
+
+
+def test_corrupted_cache_is_survived(tmp_path):
+    run(tmp_path)
+    cpu = tmp_path / "cpu"
+    nbc = glob.glob(str(cpu / "__pycache__" / "*.nbc"))
+    nbi = glob.glob(str(cpu / "__pycache__" / "*.nbi"))
+    assert nbc and nbi
+    for f in nbc[: len(nbc) // 2 + 1]:
+        with open(f, "wb") as fh:
+            fh.write(b"\x00garbage")
+    for f in nbi[:1]:
+        with open(f, "r+b") as fh:           # half-written index
+            data = fh.read()
+            fh.seek(0)
+            fh.truncate()
+            fh.write(data[: len(data) // 2])
+    src = sorted(glob.glob(str(cpu / "*.py")))
+    with open(src[0], "w") as fh:            # truncated generated module
+        fh.write("import numpy as np\ndef broken(:\n")
+    stats = run(tmp_path)
+    assert stats["traces"] == 1
+    again = run(tmp_path)                    # and the rebuilt entries are good again
+    assert again["compiles"] == 0
+
+
+def test_cache_can_be_disabled(tmp_path):
+    stats = run(tmp_path, {"FLOWJIT_CACHE": "0"})
+    assert stats["compiles"] > 0
+    assert not (tmp_path / "cpu").exists()

@@ -1,0 +1,189 @@
+"""The compile model: fusion, signatures, symbolic sizes, specialisation, statics."""
+import numpy as np
+import pytest
+
+import flowjit as fj
+from conftest import assert_close
+
+
+def test_elementwise_chain_and_reduction_is_one_fused_loop(rng):
+    @fj.jit
+    def f(x, y):
+        z = fj.maximum(fj.abs(x * y + 1.0) - y, 0.5) * x    # 6 elementwise ops
+        return fj.reduce_sum(fj.exp(-z * z))                 # + 3 more and a reduction
+    x = rng.standard_normal(1000).astype(np.float32)
+    y = rng.standard_normal(1000).astype(np.float32)
+    info = f.inspect(x, y)
+    assert info.steps == ["loop"]
+    assert info.num_fused_loops == 1
+    assert "reduce_sum" in info.fusion_groups
+    assert info.forward_source.count("for i0 in range") >= 1
+    z = np.maximum(np.abs(x * y + 1) - y, 0.5) * x
+    assert_close(f(x, y), np.sum(np.exp(-z * z)), rtol=1e-5)
+    assert "fused loop" in str(info)
+
+
+def test_new_batch_size_does_not_recompile(rng):
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+
+    @fj.jit
+    def f(x, w):
+        return fj.reduce_mean(fj.tanh(x @ w), axis=0)
+    for _ in range(fj.config.compile_entry_after):     # reach the njit-compiled entry tier
+        f(rng.standard_normal((16, 8)).astype(np.float32), w)
+    before = fj.stats()
+    for batch in (5, 100, 7, 33):
+        x = rng.standard_normal((batch, 8)).astype(np.float32)
+        assert_close(f(x, w), np.mean(np.tanh(x @ w), axis=0), rtol=1e-5)
+    after = fj.stats()
+    assert after["traces"] == before["traces"]
+    assert after["compiles"] == before["compiles"]
+    assert after["cache_hits"] == before["cache_hits"] + 4
+
+
+def test_size_one_dims_are_part_of_the_signature(rng):
+    f = fj.jit(lambda x, y: x + y)
+    a = rng.standard_normal((3, 4)).astype(np.float32)
+    f(a, a)
+    t0 = fj.stats()["traces"]
+    assert_close(f(a, a[:1]), a + a[:1])          # broadcasting pattern changed
+    assert fj.stats()["traces"] == t0 + 1
+
+
+def test_shape_mismatch_between_calls_retraces_and_errors(rng):
+    f = fj.jit(lambda x, y: x + y)
+    f(np.ones((4, 3), np.float32), np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="broadcastable"):
+        f(np.ones((4, 3), np.float32), np.ones((5, 3), np.float32))
+
+
+def test_python_int_on_a_size_specialises_and_says_so(rng):
+    @fj.jit
+    def f(x):
+        n = int(x.shape[0])          # a Python value: the trace depends on it
+        return x * float(n)
+    x = np.ones((3, 2), np.float32)
+    assert_close(f(x), x * 3)
+    info = f.inspect(x)
+    assert any("specialised to 3" in s for s in info.specializations)
+    t0 = fj.stats()["traces"]
+    assert_close(f(np.ones((5, 2), np.float32)), np.full((5, 2), 5, np.float32))
+    assert fj.stats()["traces"] == t0 + 1
+
+
+def test_fj_shape_keeps_sizes_symbolic(rng):
+    @fj.jit
+    def f(x):
+        n = fj.shape(x)[0]
+        return fj.reduce_sum(x) / fj.cast(n, fj.float32)
+    info = f.inspect(np.ones((3, 2), np.float32))
+    assert info.specializations == []
+    t0 = fj.stats()["traces"]
+    for b in (3, 4, 9):
+        x = rng.standard_normal((b, 2)).astype(np.float32)
+        assert_close(f(x), x.sum() / b, rtol=1e-5)
+    assert fj.stats()["traces"] == t0
+
+
+def test_reduce_mean_uses_runtime_count(rng):
+    f = fj.jit(lambda x: fj.reduce_mean(x, axis=0))
+    for b in (2, 7):
+        x = rng.standard_normal((b, 3)).astype(np.float32)
+        assert_close(f(x), x.mean(0), rtol=1e-6)
+
+
+def test_slices_with_symbolic_sizes(rng):
+    f = fj.jit(lambda x: x[1:] - x[:-1])
+    for n in (5, 9):
+        x = rng.standard_normal(n).astype(np.float32)
+        assert_close(f(x), x[1:] - x[:-1])
+
+
+def test_pytrees_statics_and_weak_floats(rng):
+    @fj.jit
+    def f(params, x, scale, flag):
+        y = x @ params["w"] + params["b"]
+        return {"y": y * scale if flag else y, "n": 3}
+    p = {"w": rng.standard_normal((3, 2)).astype(np.float32), "b": np.zeros(2, np.float32)}
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    out = f(p, x, 0.5, True)
+    assert out["n"] == 3
+    assert out["y"].dtype is fj.float32            # the Python float took float32
+    assert_close(out["y"], (x @ p["w"]) * 0.5, rtol=1e-6)
+    t0 = fj.stats()["traces"]
+    assert_close(f(p, x, 2.0, True)["y"], (x @ p["w"]) * 2, rtol=1e-6)
+    assert fj.stats()["traces"] == t0              # floats are dynamic
+    f(p, x, 2.0, False)
+    assert fj.stats()["traces"] == t0 + 1          # bools are static
+
+
+def test_static_argnames(rng):
+    @fj.jit(static_argnames=("axis",))
+    def f(x, axis):
+        return fj.reduce_sum(x, axis=axis)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    assert_close(f(x, axis=0), x.sum(0), rtol=1e-6)
+    assert_close(f(x, axis=1), x.sum(1), rtol=1e-6)
+
+
+def test_eager_tensors_captured_as_constants(rng):
+    w = fj.constant(rng.standard_normal((3, 3)).astype(np.float32))
+    f = fj.jit(lambda x: x @ w)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    assert_close(f(x), x @ w.numpy(), rtol=1e-6)
+    out = f(fj.constant(x))
+    assert isinstance(out, fj.Tensor)
+
+
+def test_cse_and_constant_folding(rng):
+    @fj.jit
+    def f(x):
+        a = fj.exp(x) + fj.exp(x)              # exp computed once
+        c = fj.constant(2.0) * 3.0 + 1.0       # folded to 7
+        return a * c
+    x = rng.standard_normal(5).astype(np.float32)
+    info = f.inspect(x)
+    ops = [line.split(" = ")[1].split("(")[0] for line in info.optimized_graph.splitlines()
+           if line.startswith("%")]
+    assert ops.count("exp") == 1
+    assert ops.count("multiply") == 1 and "const" in ops
+    assert_close(f(x), 2 * np.exp(x) * 7, rtol=1e-6)
+
+
+def test_nested_jit_is_inlined(rng):
+    inner = fj.jit(lambda x: x * 2.0)
+    outer = fj.jit(lambda x: inner(x) + 1.0)
+    x = rng.standard_normal(4).astype(np.float32)
+    assert_close(outer(x), x * 2 + 1)
+    assert outer.inspect(x).num_fused_loops == 1
+
+
+def test_entry_tiers_give_the_same_results(rng, monkeypatch):
+    # calls 1-2 run the Python entry, call 3 on the njit-compiled entry
+    f = fj.jit(lambda x, w: fj.reduce_sum(fj.sigmoid(x @ w) * 2.0, axis=1))
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    w = rng.standard_normal((5, 4)).astype(np.float32)
+    outs = [f(x, w).numpy() for _ in range(4)]
+    for o in outs[1:]:
+        assert_close(o, outs[0])
+    c, _ = f._lookup((x, w), {})
+    assert c.exe.run == c.exe._run_njit
+
+
+def test_tracer_misuse_is_a_clear_error():
+    f = fj.jit(lambda x: x.numpy())
+    with pytest.raises(TypeError, match="traced"):
+        f(np.ones(2, np.float32))
+    g = fj.jit(lambda x: 1.0 if x[0] > 0 else 2.0)
+    with pytest.raises(TypeError, match="truth value"):
+        g(np.ones(2, np.float32))
+
+
+def test_large_parallel_kernels(rng):
+    # above the parallel threshold the kernel has a prange path
+    x = rng.standard_normal(300_000).astype(np.float32)
+    f = fj.jit(lambda a: (fj.sigmoid(a) * 2.0, fj.reduce_sum(a * a)))
+    s, t = f(x)
+    assert "prange" in f.inspect(x).forward_source
+    assert_close(s, 2 / (1 + np.exp(-x)), rtol=1e-5)
+    assert_close(t, np.sum(x.astype(np.float64) ** 2), rtol=1e-5)
