@@ -8,7 +8,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numba
 import numpy as np
@@ -119,7 +118,6 @@ def _torch_forward(cfg, x, params):
 def _jax_forward(cfg, x, params):
     try:
         import jax
-        import jax.numpy as jnp
     except ImportError as e:
         cfg.skip("jax", f"not importable ({e})")
         return None

@@ -194,3 +194,19 @@ def test_mixing_tensor_dtypes_is_type_error():
 def test_float_literal_into_int_tensor_is_type_error():
     with pytest.raises(TypeError):
         fj.constant([1, 2]) + 0.5
+
+
+def test_trig_identity_stop_gradient(rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    for f, ref in ((fj.sin, np.sin), (fj.cos, np.cos), (fj.identity, lambda a: a),
+                   (fj.stop_gradient, lambda a: a)):
+        assert_close(f(x), ref(x))
+        assert_close(fj.jit(lambda a: f(a) * 1.0)(x), ref(x))
+
+
+def test_reduce_any_all(rng):
+    b = rng.random((3, 4)) > 0.3
+    for f, ref in ((fj.reduce_any, np.any), (fj.reduce_all, np.all)):
+        for axis in (None, 0, 1):
+            assert_close(f(b, axis=axis), ref(b, axis=axis))
+            assert_close(fj.jit(lambda a: f(a, axis=axis))(b), ref(b, axis=axis))

@@ -68,6 +68,28 @@ def _classify(leaves):
 
 
 _OK_DTYPES = {d.np for d in D.ALL}
+_OK_NUMS = {d.np.num for d in D.ALL}
+_is_one = (1).__eq__
+
+
+def _fast_key(args):
+    """Signature key of an all-array positional call, or (None, None)."""
+    key = []
+    arrays = []
+    for a in args:
+        t = type(a)
+        if t is Tensor:
+            a = a._value
+            if a is None:
+                return None, None
+        elif t is not np.ndarray:
+            return None, None
+        num = a.dtype.num
+        if num not in _OK_NUMS:
+            return None, None
+        key.append((num, a.ndim, tuple(map(_is_one, a.shape))))
+        arrays.append(a)
+    return tuple(key), arrays
 
 
 class Compiled:
@@ -89,21 +111,29 @@ class Compiled:
         self.consts = [self.consts[i] for i in used]
         self.streams = [g.rng_streams[i] for i in
                         sorted({n.attrs["stream"] for n in g.nodes if n.op == "rng_key"})]
-        self.compiled = False
+        # the error word kernels write on a bad index (one per signature: calls of one
+        # jitted function are not reentrant)
+        self.err = np.zeros(3, np.int64)
+        self.single = out_struct == "*" and out_static == [None]
 
     def run(self, arrays):
-        args = [a.reshape(1) if a.ndim == 0 else (a if a.flags.c_contiguous else np.ascontiguousarray(a))
-                for a in arrays]
-        args.extend(self.consts)
+        args = [a if (a.ndim and a.flags.c_contiguous) else
+                (a.reshape(1) if a.ndim == 0 else np.ascontiguousarray(a)) for a in arrays]
+        if self.consts:
+            args.extend(self.consts)
         for s in self.streams:
             args.append(np.array([s.next_key()], np.int64))
-        err = np.zeros(3, np.int64)
+        err = self.err
         args.append(err)
         outs = self.exe.run(args)
         if err[0]:
             node = self.program.graph.nodes[self.exe.err_codes[int(err[0])]]
-            raise OutOfRangeError(f"{node.op} (at {node.src}): index {int(err[1])} is out of range "
-                                  f"[0, {int(err[2])})")
+            bad, n = int(err[1]), int(err[2])
+            err[:] = 0
+            raise OutOfRangeError(f"{node.op} (at {node.src}): index {bad} is out of range [0, {n})")
+        if self.single:
+            o = outs[0]
+            return Tensor(value=o.reshape(()) if self.rank0_out[0] else o)
         res = []
         k = 0
         for st in self.out_static:
@@ -126,6 +156,7 @@ class JitFunction:
         self.static_argnames = tuple(static_argnames)
         self._sig = _inspect.signature(fn) if self.static_argnames else None
         self._cache = {}
+        self._fast = {}     # all-positional-array calls: per-array key -> same entry list
         functools.update_wrapper(self, fn)
 
     def __get__(self, obj, objtype=None):
@@ -143,6 +174,22 @@ class JitFunction:
     def __call__(self, *args, **kwargs):
         if current_trace() is not None:       # called inside another trace: inline it
             return self.fn(*args, **kwargs)
+        if not kwargs:
+            # fast path: every argument a positional array or eager Tensor
+            key, arrays = _fast_key(args)
+            if key is not None:
+                entries = self._fast.get(key)
+                if entries:
+                    shapes = None
+                    for c in entries:
+                        if c.guard is not None:
+                            if shapes is None:
+                                shapes = tuple(a.shape for a in arrays)
+                            if not c.guard(shapes):
+                                continue
+                        S._counters["cache_hits"] += 1
+                        S._counters["calls"] += 1
+                        return c.run(arrays)
         c, arrays = self._lookup(args, kwargs)
         S.bump("calls")
         return c.run(arrays)
@@ -160,7 +207,12 @@ class JitFunction:
                     S.bump("cache_hits")
                     return c, arrays
         c = self._trace(args, kwargs, leaves, struct, arrays, spec, static)
-        self._cache.setdefault(key, []).append(c)
+        entries = self._cache.setdefault(key, [])
+        entries.append(c)
+        if not kwargs and not self.static_argnames:
+            fk, _ = _fast_key(args)
+            if fk is not None:
+                self._fast[fk] = entries
         return c, arrays
 
     def _trace(self, args, kwargs, leaves, struct, arrays, spec, static):

@@ -434,6 +434,7 @@ def _matmul_lines(g, n, buf):
         xb = x.shape[:-2]
         lead = prod_src(xb) if xb and not all(is_one(d) for d in xb) else "1"
         return f"{buf(x.id)}.reshape(({lead}, {dim_src(x.shape[-2])}, {dim_src(x.shape[-1])}))"
-    lines.append(f"bmm({three(a)}, {three(b)}, {out}.reshape(({nb}, {dim_src(n.shape[-2])}, "
+    fn = "bmm" if n.dtype.is_floating else "bmm_loop"
+    lines.append(f"{fn}({three(a)}, {three(b)}, {out}.reshape(({nb}, {dim_src(n.shape[-2])}, "
                  f"{dim_src(n.shape[-1])})), {ta}, {tb})")
     return lines

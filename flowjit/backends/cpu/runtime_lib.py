@@ -5,7 +5,26 @@ from numba import njit
 
 @njit(cache=True, error_model="numpy")
 def bmm(a, b, out, ta, tb):
-    """Batched matmul over (batch, rows, cols) arrays; a batch of 1 broadcasts."""
+    """Batched float matmul over (batch, rows, cols) arrays, BLAS per batch entry; a
+    batch of 1 broadcasts. (Never called inside prange: BLAS brings its own threads.)"""
+    nb = out.shape[0]
+    for i in range(nb):
+        x = a[i if a.shape[0] > 1 else 0]
+        y = b[i if b.shape[0] > 1 else 0]
+        o = out[i]
+        if ta and tb:
+            np.dot(x.T, y.T, o)
+        elif ta:
+            np.dot(x.T, y, o)
+        elif tb:
+            np.dot(x, y.T, o)
+        else:
+            np.dot(x, y, o)
+
+
+@njit(cache=True, error_model="numpy")
+def bmm_loop(a, b, out, ta, tb):
+    """Batched integer matmul (BLAS has no integer gemm)."""
     nb = out.shape[0]
     for i in range(nb):
         x = a[i if a.shape[0] > 1 else 0]
