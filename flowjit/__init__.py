@@ -15,6 +15,8 @@ from .frontend.api import (  # noqa: F401
     tanh, tile, transpose, truediv, unstack, where, zeros, zeros_like,
 )
 from .frontend import random  # noqa: F401
+from .frontend.variables import Variable
+from .frontend.autodiff import GradientTape, grad, value_and_grad
 from .frontend.jit import jit
 from .runtime.stats import stats, reset_stats
 from .config import config

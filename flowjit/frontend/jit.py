@@ -92,59 +92,109 @@ def _fast_key(args):
     return tuple(key), arrays
 
 
-class Compiled:
-    """One traced signature: its graphs, program, executable and guard."""
+class StageRunner:
+    """Runs one compiled program (forward or backward): appends its constants, fresh
+    random keys and the error word to the arguments, and turns a kernel-reported bad
+    index into an exception naming the op."""
 
-    def __init__(self, graph, program, exe, guard, out_struct, out_static, rank0_out, notes):
-        self.graph = graph
-        self.program = program
-        self.exe = exe
-        self.guard = guard
-        self.out_struct = out_struct
-        self.out_static = out_static       # list: None for a tensor output, else the value
-        self.rank0_out = rank0_out
-        self.notes = notes
-        g = program.graph
-        self.consts = [np.ascontiguousarray(c).reshape(1) if c.ndim == 0 else np.ascontiguousarray(c)
-                       for c in g.consts]
+    def __init__(self, stage):
+        self.program = stage.program
+        self.exe = stage.exe
+        g = stage.program.graph
         used = sorted({n.attrs["index"] for n in g.nodes if n.op == "const"})
-        self.consts = [self.consts[i] for i in used]
+        self.consts = [np.ascontiguousarray(g.consts[i]).reshape(1) if g.consts[i].ndim == 0
+                       else np.ascontiguousarray(g.consts[i]) for i in used]
         self.streams = [g.rng_streams[i] for i in
                         sorted({n.attrs["stream"] for n in g.nodes if n.op == "rng_key"})]
-        # the error word kernels write on a bad index (one per signature: calls of one
-        # jitted function are not reentrant)
+        # the error word kernels write on a bad index (calls are not reentrant)
         self.err = np.zeros(3, np.int64)
-        self.single = out_struct == "*" and out_static == [None]
 
-    def run(self, arrays):
-        args = [a if (a.ndim and a.flags.c_contiguous) else
-                (a.reshape(1) if a.ndim == 0 else np.ascontiguousarray(a)) for a in arrays]
+    def __call__(self, args):
         if self.consts:
-            args.extend(self.consts)
-        for s in self.streams:
-            args.append(np.array([s.next_key()], np.int64))
+            args = args + self.consts
+        if self.streams:
+            args = args + [np.array([s.next_key()], np.int64) for s in self.streams]
         err = self.err
-        args.append(err)
-        outs = self.exe.run(args)
+        outs = self.exe.run(args + [err])
         if err[0]:
             node = self.program.graph.nodes[self.exe.err_codes[int(err[0])]]
             bad, n = int(err[1]), int(err[2])
             err[:] = 0
             raise OutOfRangeError(f"{node.op} (at {node.src}): index {bad} is out of range [0, {n})")
+        return outs
+
+
+class Compiled:
+    """One traced signature: forward (and backward) programs, guard, output layout."""
+
+    def __init__(self, traced, joint, stages, split, guard, out_struct, out_static, variables, notes):
+        self.graph = traced
+        self.joint = joint
+        self.split = split
+        self.program = stages[0].program
+        self.exe = stages[0].exe
+        self.fwd = StageRunner(stages[0])
+        self.bwd = StageRunner(stages[1]) if len(stages) > 1 else None
+        self.stages = stages
+        self.guard = guard
+        self.out_struct = out_struct
+        self.out_static = out_static
+        self.variables = variables
+        self.notes = notes
+        n_dyn = len(traced.args) - len(variables)
+        pos = {a: k for k, a in enumerate(joint.args)}
+        self.effect_vars = [variables[pos[a] - n_dyn] for a, _ in joint.effects]
+        self.rank0_out = [len(joint.nodes[o].shape) == 0 for o in joint.outputs]
+        self.copy_out = [joint.nodes[o].op == "arg" for o in joint.outputs]
+        self.single = (out_struct == "*" and out_static == [None] and not joint.effects
+                       and self.bwd is None and not self.copy_out[0])
+
+    def run(self, arrays):
+        args = [a if (a.ndim and a.flags.c_contiguous) else
+                (a.reshape(1) if a.ndim == 0 else np.ascontiguousarray(a)) for a in arrays]
+        if self.variables:
+            args.extend(v._buf.reshape(1) if v._buf.ndim == 0 else v._buf for v in self.variables)
+        outs = self.fwd(args)
         if self.single:
             o = outs[0]
             return Tensor(value=o.reshape(()) if self.rank0_out[0] else o)
+        n_out = len(self.joint.outputs)
+        if self.bwd is None:
+            values = list(outs[:n_out])
+            effects = outs[n_out:]
+        else:
+            sp = self.split
+            nf = len(sp.fwd_outputs)
+            residuals = list(outs[nf:nf + len(sp.saved)])
+            fwd_eff = outs[nf + len(sp.saved):]
+            bouts = self.bwd(args + residuals)
+            nb = len(sp.bwd_outputs)
+            values = [None] * n_out
+            for k, v in zip(sp.fwd_outputs, outs[:nf]):
+                values[k] = v
+            for k, v in zip(sp.bwd_outputs, bouts[:nb]):
+                values[k] = v
+            effects = [None] * len(self.joint.effects)
+            for k, v in zip(sp.fwd_effects, fwd_eff):
+                effects[k] = v
+            for k, v in zip(sp.bwd_effects, bouts[nb:]):
+                effects[k] = v
+        # outputs first (they may read a variable's old buffer), then write variables
         res = []
         k = 0
         for st in self.out_static:
             if st is None:
-                o = outs[k]
+                o = values[k]
+                if self.copy_out[k]:
+                    o = o.copy()
                 if self.rank0_out[k]:
                     o = o.reshape(())
                 res.append(Tensor(value=o))
                 k += 1
             else:
                 res.append(st[0])
+        for var, v in zip(self.effect_vars, effects):
+            np.copyto(var._buf, v.reshape(var._buf.shape))
         return unflatten(self.out_struct, res)
 
 
@@ -241,6 +291,7 @@ class JitFunction:
                 result = self.fn(*bound.args, **bound.kwargs)
             else:
                 result = self.fn(*dargs, **dkwargs)
+            ctx.finish_effects()
             out_leaves, out_struct = flatten(result, _is_leaf)
             out_static, rank0 = [], []
             for o in out_leaves:
@@ -253,9 +304,10 @@ class JitFunction:
                     rank0.append(len(g.nodes[nid].shape) == 0)
                 else:
                     out_static.append((o,))
-        program, exe = build(g)
+        joint, stages, split = build(g)
         guard = _compile_guard(g.env.guards)
-        return Compiled(g, program, exe, guard, out_struct, out_static, rank0, list(g.env.notes))
+        return Compiled(g, joint, stages, split, guard, out_struct, out_static, list(ctx.variables),
+                        list(g.env.notes))
 
     def inspect(self, *args, **kwargs):
         """The traced graph, fusion groups and generated source for these arguments."""
@@ -275,12 +327,20 @@ class Inspection:
 
     def __init__(self, c):
         self.graph = c.graph.dump()
-        self.optimized_graph = c.program.graph.dump()
+        self.optimized_graph = c.joint.dump()
         self.fusion_groups = c.program.describe()
         self.num_fused_loops = sum(1 for s in c.program.steps if s.kind == "loop")
         self.steps = [s.kind for s in c.program.steps]
-        self.forward_source = c.exe.source()
-        self.backward_source = None
+        self.forward_source = c.stages[0].exe.source()
+        self.backward_source = c.stages[1].exe.source() if len(c.stages) > 1 else None
+        if c.split is not None:
+            self.backward_fusion_groups = c.stages[1].program.describe()
+            jn = c.joint.nodes
+            self.saved = [f"%{i}={jn[i].op}{c.joint.shape_str(jn[i].shape)}" for i in c.split.saved]
+            self.recomputed = [f"%{i}={jn[i].op}" for i in c.split.recomputed]
+        else:
+            self.backward_fusion_groups = None
+            self.saved, self.recomputed = [], []
         self.specializations = c.notes
         self.guards = list(c.graph.env.guards)
 
@@ -289,6 +349,9 @@ class Inspection:
                  "== fusion groups ==", self.fusion_groups,
                  "== specialisations ==", "\n".join(self.specializations) or "(none: all sizes symbolic)",
                  "== forward function (Numba source) ==", self.forward_source,
+                 "== residuals saved by the forward ==", "\n".join(self.saved) or "(none)",
+                 "== recomputed in the backward ==", "\n".join(self.recomputed) or "(none)",
+                 "== backward fusion groups ==", self.backward_fusion_groups or "(none)",
                  "== backward function ==", self.backward_source or "(none: no gradients taken)"]
         return "\n".join(parts)
 

@@ -28,6 +28,32 @@ class TraceContext:
     def __init__(self, graph):
         self.graph = graph
         self.captured = {}        # id(eager tensor or array) -> (node id, keepalive)
+        self.phase = "fwd"        # "bwd" while a tape computes gradients
+        self.variables = []       # Variables read or written, in order of first use
+        self.var_initial = {}     # id(var) -> arg node id holding its value at call time
+        self.var_current = {}     # id(var) -> node id of its current value in the trace
+
+    def read_variable(self, var):
+        key = id(var)
+        cur = self.var_current.get(key)
+        g = self.graph
+        if cur is None:
+            node = g.add("arg", (), {"index": len(g.args), "variable": var.name},
+                         var._buf.shape, var.dtype)
+            g.args.append(node.id)
+            self.variables.append(var)
+            cur = self.var_initial[key] = self.var_current[key] = node.id
+        return Tensor(node=g.nodes[cur], graph=g)
+
+    def assign_variable(self, var, value):
+        self.read_variable(var)
+        self.var_current[id(var)] = node_of(value, self).id
+
+    def finish_effects(self):
+        for var in self.variables:
+            a, b = self.var_initial[id(var)], self.var_current[id(var)]
+            if a != b:
+                self.graph.effects.append((a, b))
 
     def __enter__(self):
         stack = getattr(_state, "stack", None)
@@ -287,14 +313,29 @@ def apply_op(name, inputs, attrs=None, src=None):
         raise kind(f"{name} (at {src}): {e} [{described}]") from None
     if ctx is not None:
         node = ctx.graph.add(name, [n.id for n in nodes], attrs, shape, dtype, src)
-        return Tensor(node=node, graph=ctx.graph)
-    value = op.ref([t._value for t in inputs], attrs, shape, dtype)
-    value = np.asarray(value)
-    if value.dtype != dtype.np:
-        value = value.astype(dtype.np)
-    if value.shape != tuple(shape):
-        value = np.broadcast_to(value, tuple(shape)).copy()
-    return Tensor(value=value)
+        node.phase = ctx.phase
+        out = Tensor(node=node, graph=ctx.graph)
+    else:
+        with np.errstate(all="ignore"):
+            value = op.ref([t._value for t in inputs], attrs, shape, dtype)
+        value = np.asarray(value)
+        if value.dtype != dtype.np:
+            value = value.astype(dtype.np)
+        if value.shape != tuple(shape):
+            value = np.broadcast_to(value, tuple(shape)).copy()
+        out = Tensor(value=value)
+    tapes = getattr(_state, "tapes", None)
+    if tapes:
+        for tape in tapes:
+            tape._maybe_record(name, inputs, attrs, out)
+    return out
+
+
+def active_tapes():
+    tapes = getattr(_state, "tapes", None)
+    if tapes is None:
+        tapes = _state.tapes = []
+    return tapes
 
 
 def _fmt_shape(shape):

@@ -14,6 +14,7 @@ class Node:
     shape: tuple           # ints and Syms
     dtype: object          # flowjit DType
     src: str = None        # "file.py:12: y = x + 1"
+    phase: str = "fwd"     # "bwd" for nodes created while a tape computes gradients
 
     def attr_key(self):
         return tuple(sorted((k, _hashable(v)) for k, v in self.attrs.items()))

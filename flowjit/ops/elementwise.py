@@ -184,3 +184,77 @@ register("stop_gradient", "elementwise", lambda s, d, a: (s[0], d[0]), lambda a,
 # --- a size known only at run time, as a scalar tensor ---------------------------
 register("sym_scalar", "source", lambda s, d, a: ((), a["dtype"]),
          lambda a, at, s, d: np.asarray(int(at["expr"]), d.np))
+
+
+# --- gradient rules (side by side with the ops above, registered here) -----------
+def _grads():
+    from .grads import api, defgrad, unbroadcast
+
+    def u(fn):
+        return lambda ins, out, g, at: [fn(api(), ins[0], out, g)]
+
+    defgrad("negative", u(lambda F, x, z, g: -g))
+    defgrad("abs", u(lambda F, x, z, g: g * F.sign(x)))
+    defgrad("sign", lambda ins, out, g, at: [None])
+    defgrad("square", u(lambda F, x, z, g: g * (x * 2.0)))
+    defgrad("sqrt", u(lambda F, x, z, g: g * 0.5 / z))
+    defgrad("rsqrt", u(lambda F, x, z, g: g * -0.5 * z * z * z))
+    defgrad("exp", u(lambda F, x, z, g: g * z))
+    defgrad("expm1", u(lambda F, x, z, g: g * (z + 1.0)))
+    defgrad("log", u(lambda F, x, z, g: g / x))
+    defgrad("log1p", u(lambda F, x, z, g: g / (x + 1.0)))
+    defgrad("tanh", u(lambda F, x, z, g: g * (1.0 - z * z)))
+    defgrad("sigmoid", u(lambda F, x, z, g: g * z * (1.0 - z)))
+    defgrad("sin", u(lambda F, x, z, g: g * F.cos(x)))
+    defgrad("cos", u(lambda F, x, z, g: -g * F.sin(x)))
+    for name in ("floor", "ceil", "logical_not", "stop_gradient", "iota", "sym_scalar",
+                 "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+                 "logical_and", "logical_or", "logical_xor", "floordiv", "floormod"):
+        defgrad(name, lambda ins, out, g, at: [None] * len(ins))
+    defgrad("identity", lambda ins, out, g, at: [g])
+    defgrad("broadcast_to", lambda ins, out, g, at: [unbroadcast(g, ins[0].shape)])
+
+    def cast_grad(ins, out, g, at):
+        if ins[0].dtype.is_floating and out.dtype.is_floating:
+            return [api().cast(g, ins[0].dtype)]
+        return [None]
+    defgrad("cast", cast_grad)
+
+    def b(fx, fy):
+        def rule(ins, out, g, at):
+            F = api()
+            x, y = ins
+            return [unbroadcast(fx(F, x, y, out, g), x.shape) if fx else None,
+                    unbroadcast(fy(F, x, y, out, g), y.shape) if fy else None]
+        return rule
+
+    defgrad("add", b(lambda F, x, y, z, g: g, lambda F, x, y, z, g: g))
+    defgrad("subtract", b(lambda F, x, y, z, g: g, lambda F, x, y, z, g: -g))
+    defgrad("multiply", b(lambda F, x, y, z, g: g * y, lambda F, x, y, z, g: g * x))
+    defgrad("divide", b(lambda F, x, y, z, g: g / y, lambda F, x, y, z, g: -g * x / (y * y)))
+    defgrad("pow", b(lambda F, x, y, z, g: g * y * F.pow(x, y - 1.0),
+                     lambda F, x, y, z, g: g * z * F.where(x > 0.0, F.log(F.where(x > 0.0, x, F.ones_like(x))),
+                                                           F.zeros_like(x))))
+    # TF: maximum sends the gradient to x where x >= y, minimum where x <= y
+    defgrad("maximum", b(lambda F, x, y, z, g: F.where(x >= y, g, F.zeros_like(g)),
+                         lambda F, x, y, z, g: F.where(x >= y, F.zeros_like(g), g)))
+    defgrad("minimum", b(lambda F, x, y, z, g: F.where(x <= y, g, F.zeros_like(g)),
+                         lambda F, x, y, z, g: F.where(x <= y, F.zeros_like(g), g)))
+
+    def where_grad(ins, out, g, at):
+        F = api()
+        c, x, y = ins
+        zero = F.zeros_like(g)
+        return [None, unbroadcast(F.where(c, g, zero), x.shape), unbroadcast(F.where(c, zero, g), y.shape)]
+    defgrad("where", where_grad)
+
+    def relu_grad(ins, out, g, at):
+        F = api()
+        return [F.where(out > 0.0, g, F.zeros_like(g))]
+    defgrad("relu", relu_grad)
+
+
+register("relu", "elementwise", lambda s, d, a: (require(d[0], NUM, "relu") or (s[0], d[0])),
+         lambda a, at, s, d: np.maximum(a[0], 0).astype(a[0].dtype),
+         emit=lambda a, at, i, d: f"({a[0]} if {a[0]} > 0 else {npt(d)}(0))")
+_grads()

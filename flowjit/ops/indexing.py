@@ -51,3 +51,65 @@ def {fname}(p, idx, out, err, code):
 
 register("gather", "opaque", _gather_infer, _gather_ref,
          lower={"kind": "gather", "kernel": _gather_source})
+
+
+# --- scatter-add: the gradient of gather --------------------------------------------
+def _scatter_infer(shapes, dts, attrs):
+    upd, idx = shapes
+    return tuple(attrs["shape"]), dts[0]
+
+
+def _scatter_ref(arrs, attrs, shape, dtype):
+    upd, idx = arrs
+    ax = attrs["axis"]
+    out = np.zeros(tuple(int(s) for s in shape), dtype.np)
+    n = out.shape[ax]
+    if ((idx < 0) | (idx >= n)).any():
+        raise OutOfRangeError(f"scatter_add: an index is out of range [0, {n})")
+    o = np.moveaxis(out, ax, 0)
+    u = np.moveaxis(upd.reshape(out.shape[:ax] + idx.shape + out.shape[ax + 1:]), ax, 0)
+    np.add.at(o, idx.reshape(-1), u.reshape((-1,) + u.shape[idx.ndim:]))
+    return out
+
+
+def _scatter_source(fname, dtype):
+    return f'''
+def {fname}(upd, idx, out, err, code):
+    n = out.shape[1]
+    for o in range(out.shape[0]):
+        for k in range(n):
+            for j in range(out.shape[2]):
+                out[o, k, j] = 0
+    for k in range(idx.shape[0]):
+        v = idx[k]
+        if v < 0 or v >= n:
+            if err[0] == 0:
+                err[0] = code
+                err[1] = v
+                err[2] = n
+            return
+    for o in range(out.shape[0]):
+        for k in range(idx.shape[0]):
+            v = idx[k]
+            for j in range(out.shape[2]):
+                out[o, v, j] += upd[o, k, j]
+'''
+
+
+register("scatter_add", "opaque", _scatter_infer, _scatter_ref,
+         lower={"kind": "scatter", "kernel": _scatter_source})
+
+
+def _grads():
+    from .grads import defgrad
+    from ..frontend.tensor import apply_op
+
+    def gather_grad(ins, out, g, at):
+        p, idx = ins
+        return [apply_op("scatter_add", [g, idx], {"axis": at["axis"], "shape": tuple(p.shape)}), None]
+    defgrad("gather", gather_grad)
+    defgrad("scatter_add", lambda ins, out, g, at: [
+        apply_op("gather", [g, ins[1]], {"axis": at["axis"]}), None])
+
+
+_grads()

@@ -34,3 +34,27 @@ def _matmul_ref(arrs, attrs, shape, dtype):
 
 
 register("matmul", "matmul", _matmul_infer, _matmul_ref)
+
+
+def _grads():
+    from .grads import api, defgrad, unbroadcast
+
+    def matmul_grad(ins, out, g, at):
+        F = api()
+        a, b = ins
+        ta, tb = at["transpose_a"], at["transpose_b"]
+        # C = op(A) op(B): dA = g op(B)^T (transposed back if A was), dB likewise
+        if not ta:
+            da = F.matmul(g, b, transpose_b=not tb)
+        else:
+            da = F.matmul(b, g, transpose_a=tb, transpose_b=True)
+        if not tb:
+            db = F.matmul(a, g, transpose_a=not ta)
+        else:
+            db = F.matmul(g, a, transpose_a=True, transpose_b=ta)
+        return [unbroadcast(da, a.shape) if len(a.shape) != len(da.shape) or len(a.shape) > 2 else da,
+                unbroadcast(db, b.shape) if len(b.shape) != len(db.shape) or len(b.shape) > 2 else db]
+    defgrad("matmul", matmul_grad)
+
+
+_grads()

@@ -46,3 +46,11 @@ def _emit(a, attrs, ins, d):
 
 
 register("random", "elementwise", _infer, _ref, emit=_emit, cost=20)
+
+
+def _grads():
+    from .grads import defgrad
+    defgrad("random", lambda ins, out, g, at: [None])
+
+
+_grads()

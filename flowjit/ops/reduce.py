@@ -106,3 +106,43 @@ def {fname}(x, out):
 
 _arg_make("max")
 _arg_make("min")
+
+
+def _grads():
+    from .grads import api, defgrad
+
+    def expand(F, g, x, axes, keepdims):
+        if not keepdims:
+            shape = [1 if i in axes else d for i, d in enumerate(x.shape)]
+            g = F.reshape(g, shape)
+        return g
+
+    def sum_grad(ins, out, g, at):
+        F = api()
+        x = ins[0]
+        return [F.broadcast_to(expand(F, g, x, at["axes"], at["keepdims"]), x.shape)]
+
+    def minmax_grad(ins, out, g, at):
+        # TF: the gradient is shared equally among the elements equal to the extremum
+        F = api()
+        x = ins[0]
+        z = expand(F, out, x, at["axes"], at["keepdims"])
+        mask = F.cast(F.equal(x, z), x.dtype)
+        count = F.reduce_sum(mask, axis=at["axes"], keepdims=True)
+        return [mask * expand(F, g, x, at["axes"], at["keepdims"]) / count]
+
+    def prod_grad(ins, out, g, at):
+        F = api()
+        x = ins[0]
+        z = expand(F, out, x, at["axes"], at["keepdims"])
+        return [expand(F, g, x, at["axes"], at["keepdims"]) * z / x]
+
+    defgrad("reduce_sum", sum_grad)
+    defgrad("reduce_max", minmax_grad)
+    defgrad("reduce_min", minmax_grad)
+    defgrad("reduce_prod", prod_grad)
+    defgrad("argmax", lambda ins, out, g, at: [None])
+    defgrad("argmin", lambda ins, out, g, at: [None])
+
+
+_grads()

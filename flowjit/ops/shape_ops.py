@@ -144,3 +144,100 @@ def {fname}(src, dst, offset):
 register("concat", "opaque", _concat_infer,
          lambda a, at, s, d: np.concatenate(a, axis=at["axis"]),
          lower={"kind": "concat", "kernel": _copy3_source})
+
+
+def _grads():
+    from .grads import api, defgrad
+
+    defgrad("reshape", lambda ins, out, g, at: [api().reshape(g, ins[0].shape)])
+
+    def transpose_grad(ins, out, g, at):
+        perm = at["perm"]
+        inv = [0] * len(perm)
+        for i, p in enumerate(perm):
+            inv[p] = i
+        return [api().transpose(g, inv)]
+    defgrad("transpose", transpose_grad)
+
+    def slice_grad(ins, out, g, at):
+        # scatter g back: per dim, undo the step (interleave zeros), then pad to size
+        F = api()
+        x = ins[0]
+        spec = at["spec"]
+        shape = []
+        for e in spec:                       # put the indexed dims back as size 1
+            shape.append(1 if e[0] == "index" else e[3])
+        g = F.reshape(g, shape)
+        for k, e in enumerate(spec):
+            n = x.shape[k]
+            if e[0] == "index":
+                start, step, size = e[1], 1, 1
+            else:
+                start, step, size = e[1], e[2], e[3]
+            if step < 0:                     # walk the dim forwards instead
+                g = _reverse(F, g, k)
+                start = start + step * (size - 1)
+                step = -step
+            if step > 1:
+                sh = list(g.shape)
+                g = F.expand_dims(g, k + 1)
+                pads = [[0, 0]] * len(g.shape)
+                pads[k + 1] = [0, step - 1]
+                g = F.pad(g, pads)
+                sh[k] = sh[k] * step
+                g = F.reshape(g, sh)
+                g = F.slice_axis(g, k, 0, (size - 1) * step + 1) if size else F.slice_axis(g, k, 0, 0)
+                size = (size - 1) * step + 1 if size else 0
+            pads = [[0, 0]] * len(g.shape)
+            pads[k] = [start, n - start - size]
+            g = _pad_dyn(F, g, k, start, n - start - size)
+        return [g]
+
+    def _reverse(F, g, k):
+        spec = []
+        for i, d in enumerate(g.shape):
+            spec.append(("range", d - 1, -1, d) if i == k else ("range", 0, 1, d))
+        from ..frontend.tensor import apply_op
+        return apply_op("slice", [g], {"spec": tuple(spec)})
+
+    def _pad_dyn(F, g, k, lo, hi):
+        from ..frontend.tensor import apply_op
+        from ..ir.shapes import Sym
+        if isinstance(lo, Sym) or isinstance(hi, Sym):
+            # symbolic padding: concatenate zero blocks instead
+            parts = []
+            for amount in (lo, None, hi):
+                if amount is None:
+                    parts.append(g)
+                elif not (not isinstance(amount, Sym) and int(amount) == 0):
+                    shape = list(g.shape)
+                    shape[k] = amount
+                    parts.append(F.zeros(shape, g.dtype))
+            return F.concat(parts, k) if len(parts) > 1 else parts[0]
+        pads = [(0, 0)] * len(g.shape)
+        pads[k] = (int(lo), int(hi))
+        if int(lo) == 0 and int(hi) == 0:
+            return g
+        return apply_op("pad", [g], {"paddings": tuple(pads), "constant": 0.0 if g.dtype.is_floating else 0})
+
+    defgrad("slice", slice_grad)
+
+    def pad_grad(ins, out, g, at):
+        F = api()
+        spec = tuple(("range", int(lo), 1, d) for (lo, hi), d in zip(at["paddings"], ins[0].shape))
+        from ..frontend.tensor import apply_op
+        return [apply_op("slice", [g], {"spec": spec})]
+    defgrad("pad", pad_grad)
+
+    def concat_grad(ins, out, g, at):
+        F = api()
+        ax = at["axis"]
+        res, off = [], 0
+        for x in ins:
+            res.append(F.slice_axis(g, ax, off, x.shape[ax]))
+            off = off + x.shape[ax]
+        return res
+    defgrad("concat", concat_grad)
+
+
+_grads()

@@ -89,6 +89,7 @@ def simplify(g):
                 remap[n.id] = seen[key]
                 continue
         nn = out.add(n.op, ins, attrs, n.shape, n.dtype, n.src)
+        nn.phase = n.phase
         if n.op == "arg":
             out.args.append(nn.id)
         if key is not None:
@@ -128,6 +129,7 @@ def _dce(g):
     for n in g.nodes:
         if n.id in live:
             nn = out.add(n.op, tuple(remap[i] for i in n.inputs), n.attrs, n.shape, n.dtype, n.src)
+            nn.phase = n.phase
             remap[n.id] = nn.id
     out.args = [remap[a] for a in g.args]
     out.outputs = [remap[o] for o in g.outputs]

@@ -409,6 +409,15 @@ def gen_entry(prog, arg_names):
                 lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {dim_src(x.shape[ax])}, {inner})), "
                              f"{buf(idx.id)}.reshape(({prod_src(idx.shape)},)), "
                              f"{out}.reshape(({outer}, {prod_src(idx.shape)}, {inner})), err, {code})")
+            elif kind == "scatter":
+                ax = n.attrs["axis"]
+                idx = g.nodes[n.inputs[1]]
+                outer, inner = prod_src(n.shape[:ax]), prod_src(n.shape[ax + 1:])
+                code = len(err_codes) + 1
+                err_codes[code] = n.id
+                lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {prod_src(idx.shape)}, {inner})), "
+                             f"{buf(idx.id)}.reshape(({prod_src(idx.shape)},)), "
+                             f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), err, {code})")
             else:
                 raise AssertionError(kind)
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
