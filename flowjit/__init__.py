@@ -17,6 +17,8 @@ from .frontend.api import (  # noqa: F401
 from .frontend import random  # noqa: F401
 from .frontend.variables import Variable
 from .frontend.autodiff import GradientTape, grad, value_and_grad
+from .frontend import nn, optimizers  # noqa: F401
+from . import data  # noqa: F401
 from .frontend.jit import jit
 from .runtime.stats import stats, reset_stats
 from .config import config

@@ -524,7 +524,7 @@ def one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None
     r = len(i.shape)
     axis = r if axis is None or axis == -1 else int(axis)
     out_shape = list(i.shape)
-    out_shape.insert(axis, int(depth))
+    out_shape.insert(axis, depth.norm() if isinstance(depth, Sym) else int(depth))
     ie = expand_dims(i, axis)
     hit = equal(ie, _iota(out_shape, axis, i.dtype))
     return where(hit, on, off)

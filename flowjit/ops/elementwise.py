@@ -43,8 +43,8 @@ def _sigmoid_ref(x):
 _unary("negative", np.negative, lambda a, at, i, d: f"(-{a[0]})", NUM)
 _unary("abs", np.abs, lambda a, at, i, d: f"abs({a[0]})", NUM)
 _unary("sign", np.sign, lambda a, at, i, d: (
-    f"({a[0]} if {a[0]} != {a[0]} else {npt(d)}(({a[0]} > 0) - ({a[0]} < 0)))" if d.is_floating
-    else f"{npt(d)}(({a[0]} > 0) - ({a[0]} < 0))"), NUM)
+    f"({a[0]} if {a[0]} != {a[0]} else {npt(d)}(1 if {a[0]} > 0 else (-1 if {a[0]} < 0 else 0)))"
+    if d.is_floating else f"{npt(d)}(1 if {a[0]} > 0 else (-1 if {a[0]} < 0 else 0))"), NUM)
 _unary("square", np.square, lambda a, at, i, d: f"({a[0]} * {a[0]})", NUM)
 _unary("sqrt", np.sqrt, lambda a, at, i, d: f"np.sqrt({a[0]})", FLOAT)
 _unary("rsqrt", lambda x: (1 / np.sqrt(x)).astype(x.dtype),

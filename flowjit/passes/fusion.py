@@ -96,11 +96,40 @@ def fuse(g):
             i = parent[i]
         return i
 
+    def body_shape(merged):
+        for i in merged:
+            if kinds[i] == "reduce":
+                return iter_shape(i)
+        return None
+
+    def is_epilogue(i, merged):
+        """An elementwise node computed after the reductions of its group finish: it has
+        the reductions' keepdims shape and (transitively) reads a reduction."""
+        bs = body_shape(merged)
+        return bs is not None and kinds[i] == "elementwise" and not _same_shape(nodes[i].shape, bs)
+
     def conflict(merged):
         m = set(merged)
+        reds = [i for i in merged if kinds[i] == "reduce"]
+        if reds:
+            r0 = nodes[reds[0]]
+            rank = len(r0.shape)
+            axes = r0.attrs["axes"]
+            for r in reds:
+                if nodes[r].attrs["axes"] != axes:
+                    return True if any(is_epilogue(i, merged) for i in merged) else False
+            for i in merged:
+                if is_epilogue(i, merged):
+                    # epilogues need keepdims reductions over trailing axes, and their own
+                    # shape must be that keepdims shape
+                    if not all(nodes[r].attrs["keepdims"] for r in reds) or \
+                            axes != tuple(range(rank - len(axes), rank)) or \
+                            not _same_shape(nodes[i].shape, r0.shape):
+                        return True
         for i in merged:
             for p in nodes[i].inputs:
-                if p in m and kinds[p] == "reduce":
+                if p in m and (kinds[p] == "reduce" or is_epilogue(p, merged)) \
+                        and not is_epilogue(i, merged):
                     return True
         # a path leaving the merged group and coming back would be a cycle of steps
         stack = [u for i in merged for u in users[i] if u not in m]
@@ -120,10 +149,17 @@ def fuse(g):
         if kinds[n.id] not in ("elementwise", "reduce"):
             continue
         for p in n.inputs:
-            if kinds[p] != "elementwise":
+            if kinds[p] not in ("elementwise", "reduce"):
                 continue
             gp, gc = find(p), find(n.id)
-            if gp == gc or not _same_shape(iter_shape(p), iter_shape(n.id)):
+            if gp == gc:
+                continue
+            if kinds[p] == "reduce":
+                # a reduction's consumer may run as its epilogue (same keepdims shape)
+                if kinds[n.id] != "elementwise" or not nodes[p].attrs["keepdims"] or \
+                        not _same_shape(nodes[p].shape, n.shape):
+                    continue
+            elif not _same_shape(iter_shape(p), iter_shape(n.id)):
                 continue
             merged = members[gp] + members[gc]
             if conflict(merged):
@@ -165,7 +201,8 @@ def fuse(g):
     steps = []
     producer = {}
     for root, mem in members.items():
-        grp = LoopGroup(iter_shape(root))
+        bs = body_shape(mem)
+        grp = LoopGroup(bs if bs is not None else iter_shape(root))
         grp.nodes = sorted(mem)
         ms = set(mem)
         for i in grp.nodes:

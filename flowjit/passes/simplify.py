@@ -67,6 +67,9 @@ def simplify(g):
                 _same_shape(out.nodes[ins[0]].shape, n.shape) and n.op != "identity":
             remap[n.id] = ins[0]
             continue
+        if n.op in ("stop_gradient", "identity") and n.id not in g.outputs:
+            remap[n.id] = ins[0]          # only meaningful while tracing/differentiating
+            continue
         if n.op == "transpose" and n.attrs["perm"] == tuple(range(len(n.shape))):
             remap[n.id] = ins[0]
             continue

@@ -108,6 +108,12 @@ def gen_loop(g, grp, bufname):
         leaves.append(dict(vid=vid, load=load, idx=idx, guards=guards, identity=identity,
                            present=present, scalar=identity and not present))
 
+    epilogue = {i for i in grp.nodes if grp.reduces and REGISTRY[nodes[i].op].kind == "elementwise"
+                and not (len(nodes[i].shape) == len(gshape) and
+                         all(hint(a) == hint(b) for a, b in zip(nodes[i].shape, gshape)))}
+    epi_inputs = {p for i in epilogue for p in nodes[i].inputs}
+    body_inputs = {p for i in grp.nodes if i not in epilogue for p in nodes[i].inputs}
+    body_inputs |= {s for s in grp.stores if s not in grp.nodes}     # a copy loop stores a load
     iotas = [i for i in grp.nodes if nodes[i].op == "iota"]
     randoms = [i for i in grp.nodes if nodes[i].op == "random"]
 
@@ -145,14 +151,17 @@ def gen_loop(g, grp, bufname):
             if rs == list(range(C - len(rs), C)):
                 kind_a, k_split = True, C - len(rs)
 
+    if epilogue and not kind_a:
+        raise AssertionError("fusion gave a reduction epilogue to a non-trailing reduction")
     params, call = [], []
     for c in range(C):
         params.append(f"n{c}")
         call.append(prod_src([gshape[d] for d in cdims[c]]))
 
-    hoisted, loads_src, names = [], [], {}
+    hoisted, loads_src, epi_loads, names = [], [], [], {}
     starts = 0
     for j, lf in enumerate(leaves):
+        mark = len(loads_src)
         p = f"L{j}"
         params.append(p)
         base = bufname(lf["load"].base)
@@ -192,6 +201,11 @@ def gen_loop(g, grp, bufname):
             else:
                 loads_src.append(f"v{j} = {p}[{', '.join(exprs) or '0'}]")
         names[lf["vid"]] = f"v{j}"
+        mine = loads_src[mark:]
+        if lf["vid"] in epi_inputs:
+            epi_loads.extend(mine)
+        if lf["vid"] not in body_inputs:
+            del loads_src[mark:]
 
     # body
     body = []
@@ -201,10 +215,13 @@ def gen_loop(g, grp, bufname):
         for c in range(1, C):
             lin = f"({lin}) * n{c} + {ivar[c]}"
         body.append(f"lin = {lin}")
+    epi_body = []
     for local, i in enumerate(grp.nodes):
         n = nodes[i]
         op = REGISTRY[n.op]
         if op.kind == "reduce":
+            continue
+        if i in epilogue:
             continue
         if n.op == "iota":
             d = n.attrs["axis"] + len(gshape) - len(n.shape)
@@ -217,11 +234,27 @@ def gen_loop(g, grp, bufname):
         body.append(f"x{local} = {expr}")
         names[i] = f"x{local}"
 
-    outs_params, out_allocs = [], []
-    stores = []
+    red_kept = [c for c in range(C) if c not in (next(iter(red_c.values())) if red_c else [])]
+    for j, r in enumerate(grp.reduces):
+        names[r] = f"r{j}"
+    for local, i in enumerate(grp.nodes):
+        if i not in epilogue:
+            continue
+        n = nodes[i]
+        expr = REGISTRY[n.op].emit([names[p] for p in n.inputs], n.attrs,
+                                   [nodes[p].dtype for p in n.inputs], n.dtype)
+        epi_body.append(f"x{local} = {expr}")
+        names[i] = f"x{local}"
+
+    stores, epi_stores = [], []
     for j, s in enumerate(grp.stores):
         p = f"O{j}"
         params.append(p)
+        if s in epilogue:
+            ext = [prod_src([gshape[d] for d in cdims[c]]) for c in red_kept]
+            call.append(f"{bufname(s)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
+            epi_stores.append(f"{p}[{', '.join(ivar[c] for c in red_kept) or '0'}] = {names[s]}")
+            continue
         ext = [prod_src([gshape[d] for d in cdims[c]]) for c in range(C)]
         call.append(f"{bufname(s)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
         stores.append(f"{p}[{', '.join(ivar) or '0'}] = {names[s]}")
@@ -239,7 +272,7 @@ def gen_loop(g, grp, bufname):
         wide = em["kind"] == "sum" and n.dtype.name == "float32" and kind_a
         ident = em["identity"](n.dtype)
         ident_src = f"np.float64({ident})" if wide else f"{npt(n.dtype)}({ident})"
-        src_val = names[nodes[r].inputs[0]]
+        src_val = names.get(nodes[r].inputs[0]) or f"x{grp.nodes.index(nodes[r].inputs[0])}"
         red_info.append(dict(p=p, kept=kept, em=em, dtype=acc_dt, wide=wide, ident=ident_src,
                              val=f"np.float64({src_val})" if wide else src_val, kind=em["kind"]))
 
@@ -297,7 +330,10 @@ def gen_loop(g, grp, bufname):
             for j, ri in enumerate(red_info):
                 tgt = f"{ri['p']}[{', '.join(ivar[c] for c in ri['kept']) or '0'}]"
                 conv = f"{npt(ri['dtype'])}(acc{j})" if ri["wide"] else f"acc{j}"
-                out.append(f"{d2}{tgt} = {conv}")
+                out.append(f"{d2}r{j} = {conv}")
+                out.append(f"{d2}{tgt} = r{j}")
+            for line in epi_loads + epi_body + epi_stores:
+                out.append(d2 + line)
         return out
 
     lines = [f"def {fname}({', '.join(params)}):"]
@@ -367,6 +403,10 @@ def gen_entry(prog, arg_names):
     for step in prog.steps:
         if step.kind == "loop":
             grp = step.group
+            inline = _scalar_inline(g, grp, buf)
+            if inline is not None:      # a scalar computation: no kernel to compile
+                lines.extend(inline)
+                continue
             spec = gen_loop(g, grp, buf)
             kernels[spec.name] = spec.source
             for o in grp.stores + grp.reduces:
@@ -424,6 +464,31 @@ def gen_entry(prog, arg_names):
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
     body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
     return body, kernels, err_codes
+
+
+def _scalar_inline(g, grp, buf):
+    """Entry lines computing a loop group whose iteration space is one element, or None."""
+    if any(not is_one(d) for d in grp.shape) or grp.reduces:
+        return None
+    names, lines = {}, []
+    for vid, load in grp.loads.items():
+        if load.chain:
+            return None
+        names[vid] = f"s{vid}"
+        lines.append(f"s{vid} = {buf(load.base)}.reshape((1,))[0]")
+    for local, i in enumerate(grp.nodes):
+        n = g.nodes[i]
+        if n.op in ("iota", "random"):
+            return None
+        op = REGISTRY[n.op]
+        expr = op.emit([names[p] for p in n.inputs], n.attrs, [g.nodes[p].dtype for p in n.inputs], n.dtype)
+        names[i] = f"s{i}"
+        lines.append(f"s{i} = {npt(n.dtype)}({expr})")
+    for o in grp.stores:
+        n = g.nodes[o]
+        lines.append(f"{buf(o)} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
+        lines.append(f"{buf(o)}.reshape((1,))[0] = {names[o]}")
+    return lines
 
 
 def _matmul_lines(g, n, buf):

@@ -1,0 +1,102 @@
+"""`fj.nn`: activations, losses and layers' building blocks, composed from core ops
+so they fuse (and differentiate) like them. Every loss is numerically stable for
+large logits: softmax/log-softmax shift by the row max, the sigmoid cross-entropy uses
+max(x, 0) - x*z + log1p(exp(-|x|))."""
+from .. import dtypes as D
+from . import api as F
+from .api import _is_tensor, _t, sigmoid, tanh  # noqa: F401
+from .tensor import apply_op, convert
+
+
+def _x(x):
+    return _t(x) if _is_tensor(x) else convert(x)
+
+
+def relu(features, name=None):
+    return apply_op("relu", [_x(features)])
+
+
+def relu6(features, name=None):
+    return F.minimum(relu(features), 6.0)
+
+
+def leaky_relu(features, alpha=0.2, name=None):
+    x = _x(features)
+    return F.where(x > 0.0, x, x * alpha)
+
+
+def elu(features, name=None):
+    x = _x(features)
+    # expm1 of min(x, 0): the unused branch never overflows, so its gradient stays finite
+    return F.where(x > 0.0, x, F.expm1(F.minimum(x, 0.0)))
+
+
+def softmax(logits, axis=-1, name=None):
+    x = _x(logits)
+    e = F.exp(x - F.stop_gradient(F.reduce_max(x, axis=axis, keepdims=True)))
+    return e / F.reduce_sum(e, axis=axis, keepdims=True)
+
+
+def log_softmax(logits, axis=-1, name=None):
+    x = _x(logits)
+    z = x - F.stop_gradient(F.reduce_max(x, axis=axis, keepdims=True))
+    return z - F.log(F.reduce_sum(F.exp(z), axis=axis, keepdims=True))
+
+
+def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
+    x = _x(logits)
+    lab = _t(labels) if _is_tensor(labels) else convert(labels, x.dtype)
+    return -F.reduce_sum(lab * log_softmax(x, axis), axis=axis)
+
+
+def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
+    x = _x(logits)
+    lab = _t(labels) if _is_tensor(labels) else convert(labels, D.int64)
+    if not lab.dtype.is_integer:
+        raise TypeError(f"sparse_softmax_cross_entropy_with_logits: labels must be integers, got "
+                        f"{lab.dtype.name}")
+    onehot = F.one_hot(lab, x.shape[-1], dtype=x.dtype)
+    return -F.reduce_sum(onehot * log_softmax(x), axis=-1)
+
+
+def sigmoid_cross_entropy_with_logits(labels=None, logits=None, name=None):
+    x = _x(logits)
+    z = _t(labels) if _is_tensor(labels) else convert(labels, x.dtype)
+    return relu(x) - x * z + F.log1p(F.exp(-F.abs(x)))
+
+
+def l2_loss(t, name=None):
+    x = _x(t)
+    return F.reduce_sum(x * x) * 0.5
+
+
+def bias_add(value, bias, data_format=None, name=None):
+    x = _x(value)
+    b = _t(bias) if _is_tensor(bias) else convert(bias, x.dtype)
+    if data_format in ("NCHW", "NCW", "NCDHW"):
+        b = F.reshape(b, [-1] + [1] * (len(x.shape) - 2))
+    return x + b
+
+
+def dropout(x, rate, noise_shape=None, seed=None, name=None):
+    """Zero each element with probability `rate`, scale the rest by 1/(1-rate)
+    (identity when rate is 0); a fresh mask per call, seeded like fj.random."""
+    x = _x(x)
+    if isinstance(rate, (int, float)):
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        if rate == 0:
+            return x
+    from . import random as R
+    shape = x.shape if noise_shape is None else noise_shape
+    keep = R.uniform(shape, dtype=x.dtype if x.dtype.is_floating else D.float32, seed=seed) >= rate
+    return x * F.cast(keep, x.dtype) * (1.0 / (1.0 - rate))
+
+
+def moments(x, axes, keepdims=False, name=None):
+    x = _x(x)
+    mean = F.reduce_mean(x, axis=axes, keepdims=True)
+    var = F.reduce_mean(F.square(x - F.stop_gradient(mean)), axis=axes, keepdims=True)
+    if not keepdims:
+        mean, var = F.squeeze(mean, axes), F.squeeze(var, axes)
+    return mean, var
