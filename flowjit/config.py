@@ -7,8 +7,12 @@ class _Config:
         # The entry function of a signature first runs as plain Python that calls the
         # compiled (shared, disk-cached) kernels; on this call number it is compiled
         # with numba.njit too, which removes the per-step Python overhead. Programs
-        # called once or twice (tests, evaluation) never pay for an entry compile.
+        # called once or twice (tests, evaluation) never pay for an entry compile...
         self.compile_entry_after = int(os.environ.get("FLOWJIT_COMPILE_ENTRY_AFTER", "3"))
+        # ... but only when the Python tier's estimated interpretation overhead is at least
+        # this share of a call (a big training step is dominated by its kernels and BLAS,
+        # so compiling its entry would cost seconds and save nothing measurable).
+        self.entry_overhead_share = float(os.environ.get("FLOWJIT_ENTRY_OVERHEAD_SHARE", "0.05"))
         self.log_device_placement = False
 
 

@@ -181,7 +181,7 @@ def test_tracer_misuse_is_a_clear_error():
 
 def test_large_parallel_kernels(rng):
     # above the parallel threshold the kernel has a prange path
-    x = rng.standard_normal(300_000).astype(np.float32)
+    x = rng.standard_normal(600_000).astype(np.float32)
     f = fj.jit(lambda a: (fj.sigmoid(a) * 2.0, fj.reduce_sum(a * a)))
     s, t = f(x)
     assert "prange" in f.inspect(x).forward_source

@@ -12,6 +12,9 @@ from . import loader
 from .codegen import gen_entry
 
 
+PY_STEP_SECONDS = 1.5e-6      # what one interpreted entry line costs (allocate, call, view)
+
+
 class CpuExecutable:
     """A compiled program. `__call__(*args)` runs it.
 
@@ -29,6 +32,8 @@ class CpuExecutable:
         self.err_codes = err_codes
         self.entry = None          # the njit dispatcher
         self.calls = 0
+        self.n_steps = entry_src.count("\n    ")        # lines the Python tier interprets
+        self._python_share = 1.0
         self._load()
         ns = dict(vars(self._module))
         exec(compile(self._py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
@@ -54,9 +59,19 @@ class CpuExecutable:
                 return self.entry(*args)
             return self._counted(self.py_entry, args)
         if self.calls >= config.compile_entry_after:
-            self.compile_for(args)
-            self.run = self._run_njit
-            return self.entry(*args)
+            # compile the entry only where the Python tier's overhead is worth removing
+            if self._python_share >= config.entry_overhead_share:
+                self.compile_for(args)
+                self.run = self._run_njit
+                return self.entry(*args)
+            self.run = self._run_python_only
+        t0 = time.perf_counter()
+        out = self.py_entry(*args)
+        took = time.perf_counter() - t0
+        self._python_share = min(1.0, PY_STEP_SECONDS * self.n_steps / max(took, 1e-9))
+        return out
+
+    def _run_python_only(self, args):
         return self.py_entry(*args)
 
     def _run_njit(self, args):

@@ -13,7 +13,7 @@ from ...ir.registry import REGISTRY
 from ...ir.shapes import Sym, hint, is_one, render
 from ...ops.elementwise import npt
 
-PAR_MIN = 1 << 17          # elements: below this a loop runs serially (threads cost more)
+PAR_MIN = 1 << 18          # elements: below this a loop runs serially (threads cost more)
 F64_TRANSCENDENTAL = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "pow", "sin", "cos"}
 
 
@@ -25,6 +25,12 @@ def shape_src(shape):
     if len(shape) == 0:
         return "(1,)"
     return "(" + "".join(dim_src(d) + ", " for d in shape) + ")"
+
+
+def int_arg(src):
+    """An integer kernel argument. Wrapped so Numba types it int64, not Literal[int]:
+    a literal would make it compile the kernel once per distinct constant."""
+    return f"np.int64({src})"
 
 
 def prod_src(dims):
@@ -156,7 +162,7 @@ def gen_loop(g, grp, bufname):
     params, call = [], []
     for c in range(C):
         params.append(f"n{c}")
-        call.append(prod_src([gshape[d] for d in cdims[c]]))
+        call.append(int_arg(prod_src([gshape[d] for d in cdims[c]])))
 
     hoisted, loads_src, epi_loads, names = [], [], [], {}
     starts = 0
@@ -180,7 +186,7 @@ def gen_loop(g, grp, bufname):
                 st = ""
                 if not (not isinstance(s0, Sym) and int(s0) == 0):
                     params.append(f"P{starts}")
-                    call.append(dim_src(s0))
+                    call.append(int_arg(dim_src(s0)))
                     st = f"P{starts}"
                     starts += 1
                 if d is None:
@@ -438,7 +444,7 @@ def gen_entry(prog, arg_names):
                 for p in n.inputs:
                     ps = g.nodes[p].shape
                     lines.append(f"{kname}({buf(p)}.reshape(({outer}, {dim_src(ps[ax])}, {inner})), "
-                                 f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), {off})")
+                                 f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), {int_arg(off)})")
                     off = f"{off} + {dim_src(ps[ax])}"
             elif kind == "gather":
                 ax = n.attrs["axis"]
@@ -448,7 +454,7 @@ def gen_entry(prog, arg_names):
                 err_codes[code] = n.id
                 lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {dim_src(x.shape[ax])}, {inner})), "
                              f"{buf(idx.id)}.reshape(({prod_src(idx.shape)},)), "
-                             f"{out}.reshape(({outer}, {prod_src(idx.shape)}, {inner})), err, {code})")
+                             f"{out}.reshape(({outer}, {prod_src(idx.shape)}, {inner})), err, {int_arg(code)})")
             elif kind == "scatter":
                 ax = n.attrs["axis"]
                 idx = g.nodes[n.inputs[1]]
@@ -457,7 +463,7 @@ def gen_entry(prog, arg_names):
                 err_codes[code] = n.id
                 lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {prod_src(idx.shape)}, {inner})), "
                              f"{buf(idx.id)}.reshape(({prod_src(idx.shape)},)), "
-                             f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), err, {code})")
+                             f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), err, {int_arg(code)})")
             else:
                 raise AssertionError(kind)
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
@@ -497,9 +503,8 @@ def _matmul_lines(g, n, buf):
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
     lines = [f"{out} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})"]
     if len(n.shape) == 2 and n.dtype.is_floating:
-        A = f"{buf(a.id)}.T" if ta else buf(a.id)
-        B = f"{buf(b.id)}.T" if tb else buf(b.id)
-        lines.append(f"np.dot({A}, {B}, {out})")
+        fn = "gemm_" + ("t" if ta else "n") + ("t" if tb else "n")
+        lines.append(f"{fn}({buf(a.id)}, {buf(b.id)}, {out})")
         return lines
     batch = n.shape[:-2]
     nb = prod_src(batch)

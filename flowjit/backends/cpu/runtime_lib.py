@@ -3,6 +3,28 @@ import numpy as np
 from numba import njit
 
 
+# 2-D float matmuls, one per transpose combination. Compiled once per machine (disk
+# cache) and called by every entry, so no entry pays for typing np.dot itself.
+@njit(cache=True, error_model="numpy")
+def gemm_nn(a, b, out):
+    np.dot(a, b, out)
+
+
+@njit(cache=True, error_model="numpy")
+def gemm_tn(a, b, out):
+    np.dot(a.T, b, out)
+
+
+@njit(cache=True, error_model="numpy")
+def gemm_nt(a, b, out):
+    np.dot(a, b.T, out)
+
+
+@njit(cache=True, error_model="numpy")
+def gemm_tt(a, b, out):
+    np.dot(a.T, b.T, out)
+
+
 @njit(cache=True, error_model="numpy")
 def bmm(a, b, out, ta, tb):
     """Batched float matmul over (batch, rows, cols) arrays, BLAS per batch entry; a
