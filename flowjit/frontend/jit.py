@@ -146,6 +146,14 @@ class Compiled:
         self.effect_vars = [variables[pos[a] - n_dyn] for a, _ in joint.effects]
         self.rank0_out = [len(joint.nodes[o].shape) == 0 for o in joint.outputs]
         self.copy_out = [joint.nodes[o].op == "arg" for o in joint.outputs]
+        # effects the compiled code already wrote into the variable's own buffer
+        done = set()
+        if split is None:
+            done = set(stages[0].exe.inplace)
+        else:
+            done = {split.fwd_effects[k] for k in stages[0].exe.inplace} | \
+                   {split.bwd_effects[k] for k in stages[1].exe.inplace}
+        self.effect_copy = [k not in done for k in range(len(joint.effects))]
         self.single = (out_struct == "*" and out_static == [None] and not joint.effects
                        and self.bwd is None and not self.copy_out[0])
 
@@ -193,8 +201,9 @@ class Compiled:
                 k += 1
             else:
                 res.append(st[0])
-        for var, v in zip(self.effect_vars, effects):
-            np.copyto(var._buf, v.reshape(var._buf.shape))
+        for var, v, copy in zip(self.effect_vars, effects, self.effect_copy):
+            if copy:
+                np.copyto(var._buf, v.reshape(var._buf.shape))
         return unflatten(self.out_struct, res)
 
 

@@ -50,6 +50,9 @@ class Program:
     graph: object
     steps: list
     materialised: set
+    # variable updates may be written into the variable's buffer by the compiled code;
+    # off for a forward function whose backward still reads the old values
+    allow_inplace: bool = True
 
     def describe(self):
         """Human-readable fusion groups (used by `inspect`)."""

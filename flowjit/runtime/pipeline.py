@@ -23,6 +23,7 @@ def build(graph):
     fwd = simplify(split.forward)
     # simplify may renumber; residual outputs keep their positions in fwd.outputs
     fprog = fuse(fwd)
+    fprog.allow_inplace = False     # the backward reads the variables' old values
     bwd = simplify(split.backward)
     bprog = fuse(bwd)
     return g, [Stage(fprog, compile_program(fprog)), Stage(bprog, compile_program(bprog))], split

@@ -24,12 +24,13 @@ class CpuExecutable:
     it, the entry itself runs as one `numba.njit` function.
     """
 
-    def __init__(self, entry_name, kernel_names, entry_src, kernel_srcs, err_codes):
+    def __init__(self, entry_name, kernel_names, entry_src, kernel_srcs, err_codes, inplace=()):
         self.entry_name = entry_name
         self.kernel_names = kernel_names
         self.entry_src = entry_src
         self.kernel_srcs = kernel_srcs
         self.err_codes = err_codes
+        self.inplace = list(inplace)   # effect indices written straight into variable buffers
         self.entry = None          # the njit dispatcher
         self.calls = 0
         self.n_steps = entry_src.count("\n    ")        # lines the Python tier interprets
@@ -122,10 +123,10 @@ class CpuExecutable:
 
 
 def compile_program(prog):
-    body, kernels, err_codes = gen_entry(prog, None)
+    body, kernels, err_codes, inplace = gen_entry(prog, None)
     names = sorted(kernels)
     key = hashlib.sha1((body + "".join(names)).encode()).hexdigest()[:16]
     ename = f"e_{key}"
     src = "".join(f"{k} = kernel({k!r})\n" for k in names) + \
         "\n@njit(cache=CACHE, error_model='numpy')\n" + body.replace("ENTRY", ename, 1)
-    return CpuExecutable(ename, names, src, kernels, err_codes)
+    return CpuExecutable(ename, names, src, kernels, err_codes, inplace)

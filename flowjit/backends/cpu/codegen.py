@@ -394,6 +394,8 @@ def gen_entry(prog, arg_names):
     def buf(i):
         return names.get(i, f"v{i}")
 
+    inplace = _inplace_effects(prog)
+    alias = {g.effects[k][1]: g.effects[k][0] for k in inplace}
     lines = []
     # symbolic sizes: every representative symbol read from its input's shape
     reps = sorted({env.find(s) for s in env.hints if env.find(s) not in env.fixed})
@@ -409,7 +411,7 @@ def gen_entry(prog, arg_names):
     for step in prog.steps:
         if step.kind == "loop":
             grp = step.group
-            inline = _scalar_inline(g, grp, buf)
+            inline = _scalar_inline(g, grp, buf, alias)
             if inline is not None:      # a scalar computation: no kernel to compile
                 lines.extend(inline)
                 continue
@@ -417,7 +419,10 @@ def gen_entry(prog, arg_names):
             kernels[spec.name] = spec.source
             for o in grp.stores + grp.reduces:
                 n = g.nodes[o]
-                lines.append(f"{buf(o)} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
+                if o in alias:      # a variable's new value, written over its buffer
+                    lines.append(f"{buf(o)} = {buf(alias[o])}")
+                else:
+                    lines.append(f"{buf(o)} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
             lines.append(f"{spec.name}({', '.join(spec.call_args)})")
             continue
         n = g.nodes[step.node]
@@ -469,10 +474,55 @@ def gen_entry(prog, arg_names):
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
     body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
-    return body, kernels, err_codes
+    return body, kernels, err_codes, inplace
 
 
-def _scalar_inline(g, grp, buf):
+def _inplace_effects(prog):
+    """Effects (variable updates) the compiled code may write straight into the
+    variable's buffer: the new value comes from a loop that reads the old value only
+    at the element it writes, nothing reads the old value afterwards, and no step can
+    fail (so a failing step still leaves every variable unchanged)."""
+    g = prog.graph
+    if not prog.allow_inplace:
+        return []
+    if any(s.kind == "opaque" and REGISTRY[g.nodes[s.node].op].lower["kind"] in ("gather", "scatter")
+           for s in prog.steps):
+        return []
+    order = {id(s): k for k, s in enumerate(prog.steps)}
+    writer = {}
+    for s in prog.steps:
+        if s.kind == "loop":
+            for o in s.group.stores:
+                writer[o] = s
+    outputs = set(g.outputs)
+    out = []
+    for k, (a, v) in enumerate(g.effects):
+        s = writer.get(v)
+        if s is None or a in outputs or g.nodes[v].op == "arg":
+            continue
+        if not all(len(g.nodes[a].shape) == len(s.group.shape) and
+                   all(hint(x) == hint(y) for x, y in zip(g.nodes[a].shape, s.group.shape)) for _ in [0]):
+            continue
+        ok = True
+        for t in prog.steps:
+            if t.kind == "loop":
+                reads = [ld for ld in t.group.loads.values() if ld.base == a]
+                if not reads:
+                    continue
+                if t is s and all(not ld.chain for ld in reads):
+                    continue
+                if order[id(t)] < order[id(s)]:
+                    continue
+                ok = False
+            elif a in g.nodes[t.node].inputs:
+                if t.kind == "view" or order[id(t)] > order[id(s)]:
+                    ok = False     # a view aliases the old value; a later reader needs it
+        if ok:
+            out.append(k)
+    return out
+
+
+def _scalar_inline(g, grp, buf, alias):
     """Entry lines computing a loop group whose iteration space is one element, or None."""
     if any(not is_one(d) for d in grp.shape) or grp.reduces:
         return None
@@ -492,7 +542,10 @@ def _scalar_inline(g, grp, buf):
         lines.append(f"s{i} = {npt(n.dtype)}({expr})")
     for o in grp.stores:
         n = g.nodes[o]
-        lines.append(f"{buf(o)} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
+        if o in alias:
+            lines.append(f"{buf(o)} = {buf(alias[o])}")
+        else:
+            lines.append(f"{buf(o)} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
         lines.append(f"{buf(o)}.reshape((1,))[0] = {names[o]}")
     return lines
 
