@@ -55,10 +55,18 @@ def _pair(x, y, name):
         raise DTypeError(f"{name} (at {user_src()}): {e}") from None
 
 
+def _weak_or_literal(v):
+    return (isinstance(v, Tensor) and v._weak) or isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _binary(name):
     def f(x, y, name=None):
         a, b = _pair(x, y, opname)
-        return apply_op(opname, [a, b])
+        out = apply_op(opname, [a, b])
+        # a Python float argument combined with Python scalars is still "weak"
+        if _weak_or_literal(x) and _weak_or_literal(y) and out.dtype.is_floating:
+            out._weak = True
+        return out
     opname = name
     f.__name__ = name
     return f
@@ -66,7 +74,11 @@ def _binary(name):
 
 def _unary(name):
     def f(x, name=None):
-        return apply_op(opname, [convert(x)])
+        x = convert(x)
+        out = apply_op(opname, [x])
+        if x._weak and out.dtype.is_floating:
+            out._weak = True
+        return out
     opname = name
     f.__name__ = name
     return f

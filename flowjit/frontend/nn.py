@@ -17,7 +17,9 @@ def relu(features, name=None):
 
 
 def relu6(features, name=None):
-    return F.minimum(relu(features), 6.0)
+    x = _x(features)
+    # where, not minimum: TF's gradient is 0 at exactly 6 (and at 0)
+    return F.where(x >= 6.0, F.zeros_like(x) + 6.0, relu(x))
 
 
 def leaky_relu(features, alpha=0.2, name=None):
@@ -55,14 +57,19 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
     if not lab.dtype.is_integer:
         raise TypeError(f"sparse_softmax_cross_entropy_with_logits: labels must be integers, got "
                         f"{lab.dtype.name}")
-    onehot = F.one_hot(lab, x.shape[-1], dtype=x.dtype)
+    # rows of an identity matrix picked by gather: an out-of-range label raises (as TF
+    # does on the CPU) instead of giving an all-zero row and a silent loss of 0
+    onehot = F.gather(F.eye(x.shape[-1], dtype=x.dtype), lab)
     return -F.reduce_sum(onehot * log_softmax(x), axis=-1)
 
 
 def sigmoid_cross_entropy_with_logits(labels=None, logits=None, name=None):
     x = _x(logits)
     z = _t(labels) if _is_tensor(labels) else convert(labels, x.dtype)
-    return relu(x) - x * z + F.log1p(F.exp(-F.abs(x)))
+    # TF's formulation: its gradient at x == 0 is 0.5 - z
+    pos = x >= 0.0
+    zero = F.zeros_like(x)
+    return F.where(pos, x, zero) - x * z + F.log1p(F.exp(F.where(pos, -x, x)))
 
 
 def l2_loss(t, name=None):
@@ -73,6 +80,12 @@ def l2_loss(t, name=None):
 def bias_add(value, bias, data_format=None, name=None):
     x = _x(value)
     b = _t(bias) if _is_tensor(bias) else convert(bias, x.dtype)
+    from ..ir.shapes import hint
+    ch = x.shape[1] if data_format in ("NCHW", "NCW", "NCDHW") else x.shape[-1]
+    if len(b.shape) != 1 or hint(b.shape[0]) != hint(ch):
+        from ..errors import ShapeError
+        raise ShapeError(f"bias_add: bias must be 1-D with {hint(ch)} entries (the channel "
+                         f"dimension of {tuple(x.shape)}), got shape {tuple(b.shape)}")
     if data_format in ("NCHW", "NCW", "NCDHW"):
         b = F.reshape(b, [-1] + [1] * (len(x.shape) - 2))
     return x + b

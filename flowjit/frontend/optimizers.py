@@ -12,10 +12,27 @@ from .variables import Variable
 
 class Optimizer:
     def __init__(self, learning_rate, name):
-        self.learning_rate = learning_rate
         self.name = name
         self.iterations = Variable(np.int64(0), name=f"{name}/iter", trainable=False)
         self._slots = {}
+        self._lr_var = None
+        self.learning_rate = learning_rate
+
+    @property
+    def learning_rate(self):
+        return float(self._lr_var.numpy()) if self._lr_value is None else self._lr_value
+
+    @learning_rate.setter
+    def learning_rate(self, lr):
+        # a number lives in a variable (as in TF2), so changing it needs no retrace
+        if callable(lr) or isinstance(lr, Tensor):
+            self._lr_value = lr
+            return
+        self._lr_value = None
+        if self._lr_var is None:
+            self._lr_var = Variable(np.float64(lr), name=f"{self.name}/learning_rate", trainable=False)
+        else:
+            self._lr_var.assign(np.float64(lr))
 
     def add_slot(self, var, slot_name, initial=0.0):
         key = (id(var), slot_name)
@@ -32,7 +49,9 @@ class Optimizer:
         return [self.iterations] + [v for _, v in self._slots.values()]
 
     def _lr(self, dtype):
-        lr = self.learning_rate
+        lr = self._lr_value
+        if lr is None:
+            return F.cast(self._lr_var.read_value(), dtype)
         if callable(lr):
             lr = lr(self.iterations.read_value())
         if isinstance(lr, (int, float)):
@@ -40,7 +59,11 @@ class Optimizer:
         return F.cast(lr, dtype)
 
     def apply_gradients(self, grads_and_vars):
-        pairs = [(g, v) for g, v in grads_and_vars if g is not None]
+        pairs = list(grads_and_vars)
+        if pairs and all(g is None for g, _ in pairs):
+            raise ValueError("No gradients provided for any variable: "
+                             + ", ".join(v.name for _, v in pairs))
+        pairs = [(g, v) for g, v in pairs if g is not None]
         for g, v in pairs:
             g = g if isinstance(g, Tensor) else F.convert_to_tensor(g, v.dtype)
             self._update(g, v, self._lr(v.dtype))
@@ -81,12 +104,12 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """t = iterations + 1; lr_t = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t);
     m = beta_1*m + (1-beta_1)*g; v = beta_2*v + (1-beta_2)*g*g;
-    var -= lr_t * m / (sqrt(v) + epsilon)."""
+    var -= lr_t * m / (sqrt(v) + epsilon)  (amsgrad: vhat = max(vhat, v) replaces v)."""
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
                  name="Adam"):
         super().__init__(learning_rate, name)
-        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.beta_1, self.beta_2, self.epsilon, self.amsgrad = beta_1, beta_2, epsilon, amsgrad
 
     def _update(self, g, v, lr):
         m = self.add_slot(v, "m")
@@ -99,6 +122,10 @@ class Adam(Optimizer):
         s_new = s * self.beta_2 + g * g * (1.0 - self.beta_2)
         m.assign(m_new)
         s.assign(s_new)
+        if self.amsgrad:       # AMSGrad: divide by the running maximum of v
+            vhat = self.add_slot(v, "vhat")
+            s_new = F.maximum(vhat, s_new)
+            vhat.assign(s_new)
         v.assign_sub(lr_t * m_new / (F.sqrt(s_new) + self.epsilon))
 
 

@@ -20,6 +20,7 @@ def set_seed(seed):
     """Set the global seed; resets the op counter so sequences repeat (as in TF)."""
     _global["seed"] = None if seed is None else int(seed)
     _global["ops"] = 0
+    _eager_streams.clear()
 
 
 def get_seed():

@@ -13,6 +13,9 @@ _names = itertools.count()
 
 
 class Variable:
+    __array_ufunc__ = None        # ndarray <op> Variable defers to the Variable's operators
+    __array_priority__ = 200
+
     def __init__(self, initial_value, name=None, trainable=True, dtype=None, shape=None):
         if callable(initial_value) and not isinstance(initial_value, (Tensor, np.ndarray)):
             initial_value = initial_value()
@@ -75,11 +78,14 @@ class Variable:
                                  f"{t.dtype.name}, the variable {self.dtype.name}; use fj.cast")
         else:
             t = convert(t, self.dtype)
-        from ..ir.shapes import hint
+        from ..ir.shapes import Sym, hint, unify_dims
         vs = tuple(t.shape)
         if len(vs) != self._buf.ndim or any(hint(a) != b for a, b in zip(vs, self._buf.shape)):
             raise ShapeError(f"assign to {self._name} (at {user_src()}): value shape "
                              f"{tuple(vs)} differs from the variable's {self._buf.shape}")
+        for a, b in zip(vs, self._buf.shape):
+            if isinstance(a, Sym):       # the trace is only valid for values of this shape
+                unify_dims(a, b)
         if ctx is not None:
             ctx.assign_variable(self, t)
         else:
