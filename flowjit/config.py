@@ -12,7 +12,7 @@ class _Config:
         # ... but only when the Python tier's estimated interpretation overhead is at least
         # this share of a call (a big training step is dominated by its kernels and BLAS,
         # so compiling its entry would cost seconds and save nothing measurable).
-        self.entry_overhead_share = float(os.environ.get("FLOWJIT_ENTRY_OVERHEAD_SHARE", "0.05"))
+        self.entry_overhead_share = float(os.environ.get("FLOWJIT_ENTRY_OVERHEAD_SHARE", "0.2"))
         self.log_device_placement = False
 
 
