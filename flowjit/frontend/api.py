@@ -32,10 +32,10 @@ def _pair(x, y, name):
         if xt and yt:
             x, y = _t(x), _t(y)
             if x.dtype is not y.dtype:
-                if x._weak and not y._weak and y.dtype.is_floating:
-                    x = cast(x, y.dtype)
-                elif y._weak and not x._weak and x.dtype.is_floating:
-                    y = cast(y, x.dtype)
+                if x._weak is not False and y._weak is False and y.dtype.is_floating:
+                    x = cast(_exact(x), y.dtype)
+                elif y._weak is not False and x._weak is False and x.dtype.is_floating:
+                    y = cast(_exact(y), x.dtype)
                 else:
                     raise DTypeError(f"{name}: cannot mix dtypes {x.dtype.name} and {y.dtype.name} "
                                      f"(shapes {tuple(x.shape)} and {tuple(y.shape)}); "
@@ -55,8 +55,14 @@ def _pair(x, y, name):
         raise DTypeError(f"{name} (at {user_src()}): {e}") from None
 
 
+def _exact(t):
+    """The most exact tensor behind a weakly typed one (a float64 Python float)."""
+    return t._weak if isinstance(t._weak, Tensor) else t
+
+
 def _weak_or_literal(v):
-    return (isinstance(v, Tensor) and v._weak) or isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (isinstance(v, Tensor) and v._weak is not False) or \
+        (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _binary(name):
@@ -76,7 +82,7 @@ def _unary(name):
     def f(x, name=None):
         x = convert(x)
         out = apply_op(opname, [x])
-        if x._weak and out.dtype.is_floating:
+        if x._weak is not False and out.dtype.is_floating:
             out._weak = True
         return out
     opname = name

@@ -146,7 +146,7 @@ def value_and_grad(f, argnums=0):
     """f -> a function returning (f(*args), gradients of f w.r.t. args[argnums])."""
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
-    @functools.wraps(f)
+    @functools.wraps(f, updated=())
     def wrapped(*args, **kwargs):
         args = list(args)
         with GradientTape(watch_accessed_variables=False) as tape:
@@ -165,7 +165,7 @@ def grad(f, argnums=0):
     """f -> a function returning the gradient of f w.r.t. args[argnums]."""
     vg = value_and_grad(f, argnums)
 
-    @functools.wraps(f)
+    @functools.wraps(f, updated=())
     def wrapped(*args, **kwargs):
         return vg(*args, **kwargs)[1]
     return wrapped

@@ -19,7 +19,7 @@ from ..errors import OutOfRangeError, TracerError
 from ..ir.graph import Graph
 from ..runtime import stats as S
 from .pytree import flatten, unflatten
-from .tensor import Tensor, TraceContext, current_trace, node_of
+from .tensor import Tensor, TraceContext, active_tapes, current_trace, node_of
 
 
 class _Dyn:
@@ -214,9 +214,10 @@ class JitFunction:
             static_argnames = (static_argnames,)
         self.static_argnames = tuple(static_argnames)
         self._sig = _inspect.signature(fn) if self.static_argnames else None
+        # name/doc only: copying fn.__dict__ would copy another JitFunction's caches
+        functools.update_wrapper(self, fn, updated=())
         self._cache = {}
         self._fast = {}     # all-positional-array calls: per-array key -> same entry list
-        functools.update_wrapper(self, fn)
 
     def __get__(self, obj, objtype=None):
         if obj is None:
@@ -232,6 +233,9 @@ class JitFunction:
 
     def __call__(self, *args, **kwargs):
         if current_trace() is not None:       # called inside another trace: inline it
+            return self.fn(*args, **kwargs)
+        if any(t._recording for t in active_tapes()):
+            # an eager tape is recording: run the ops eagerly so it can differentiate them
             return self.fn(*args, **kwargs)
         if not kwargs:
             # fast path: every argument a positional array or eager Tensor
@@ -289,7 +293,14 @@ class JitFunction:
                 shape = tuple(1 if d == 1 else g.env.new_symbol(d, k, j) for j, d in enumerate(a.shape))
                 node = g.add("arg", (), {"index": k}, shape, D.as_dtype(a.dtype))
                 g.args.append(node.id)
-                t = Tensor(node=node, graph=g, weak=sp[3])
+                t = Tensor(node=node, graph=g)
+                if sp[3]:
+                    # a Python float: float32 like eagerly, but it keeps its exact float64
+                    # value for when it meets a float64 tensor
+                    exact = Tensor(node=node, graph=g, weak=True)
+                    from .api import cast
+                    t = cast(exact, D.float32)
+                    t._weak = exact
                 traced_leaves.append(t)
                 k += 1
             dargs, dkwargs = unflatten(struct, traced_leaves)

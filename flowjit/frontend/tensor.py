@@ -127,7 +127,9 @@ class Tensor:
         self._value = value
         self._node = node
         self._graph = graph
-        self._weak = weak      # a Python float argument: takes the dtype of what it meets
+        # False, or (a Python float argument) True / the exact float64 tensor behind it:
+        # a weak tensor takes the dtype of the tensor it meets
+        self._weak = weak
 
     # properties
     @property

@@ -209,7 +209,7 @@ def _grads():
     defgrad("cos", u(lambda F, x, z, g: -g * F.sin(x)))
     for name in ("floor", "ceil", "logical_not", "stop_gradient", "iota", "sym_scalar",
                  "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
-                 "logical_and", "logical_or", "logical_xor", "floordiv", "floormod"):
+                 "logical_and", "logical_or", "logical_xor", "floordiv"):
         defgrad(name, lambda ins, out, g, at: [None] * len(ins))
     defgrad("identity", lambda ins, out, g, at: [g])
     defgrad("broadcast_to", lambda ins, out, g, at: [unbroadcast(g, ins[0].shape)])
@@ -229,6 +229,7 @@ def _grads():
         return rule
 
     defgrad("add", b(lambda F, x, y, z, g: g, lambda F, x, y, z, g: g))
+    defgrad("floormod", b(lambda F, x, y, z, g: g, lambda F, x, y, z, g: -g * F.floor(x / y)))
     defgrad("subtract", b(lambda F, x, y, z, g: g, lambda F, x, y, z, g: -g))
     defgrad("multiply", b(lambda F, x, y, z, g: g * y, lambda F, x, y, z, g: g * x))
     defgrad("divide", b(lambda F, x, y, z, g: g / y, lambda F, x, y, z, g: -g * x / (y * y)))

@@ -66,9 +66,10 @@ def _scatter_ref(arrs, attrs, shape, dtype):
     n = out.shape[ax]
     if ((idx < 0) | (idx >= n)).any():
         raise OutOfRangeError(f"scatter_add: an index is out of range [0, {n})")
-    o = np.moveaxis(out, ax, 0)
-    u = np.moveaxis(upd.reshape(out.shape[:ax] + idx.shape + out.shape[ax + 1:]), ax, 0)
-    np.add.at(o, idx.reshape(-1), u.reshape((-1,) + u.shape[idx.ndim:]))
+    outer = int(np.prod(out.shape[:ax], dtype=np.int64))
+    inner = int(np.prod(out.shape[ax + 1:], dtype=np.int64))
+    o3 = out.reshape(outer, n, inner)
+    np.add.at(o3, (slice(None), idx.reshape(-1), slice(None)), upd.reshape(outer, idx.size, inner))
     return out
 
 

@@ -132,10 +132,20 @@ def _grads():
         return [mask * expand(F, g, x, at["axes"], at["keepdims"]) / count]
 
     def prod_grad(ins, out, g, at):
+        # d prod / d x_i = product of the other elements, exact with zeros: with no zero
+        # it is prod / x_i; with one zero only that element gets the others' product
         F = api()
         x = ins[0]
-        z = expand(F, out, x, at["axes"], at["keepdims"])
-        return [expand(F, g, x, at["axes"], at["keepdims"]) * z / x]
+        axes = at["axes"]
+        is_zero = F.equal(x, 0.0)
+        zeros = F.reduce_sum(F.cast(is_zero, x.dtype), axis=axes, keepdims=True)
+        nonzero_prod = F.reduce_prod(F.where(is_zero, F.ones_like(x), x), axis=axes, keepdims=True)
+        safe_x = F.where(is_zero, F.ones_like(x), x)
+        others = F.where(zeros > 0.0,
+                         F.where(F.logical_and(is_zero, F.equal(zeros, 1.0)), nonzero_prod + x * 0.0,
+                                 F.zeros_like(x)),
+                         nonzero_prod / safe_x)
+        return [expand(F, g, x, axes, at["keepdims"]) * others]
 
     defgrad("reduce_sum", sum_grad)
     defgrad("reduce_max", minmax_grad)

@@ -84,7 +84,7 @@ def _slice_ref(a, attrs, shape, dtype):
             start, step, size = int(e[1]), int(e[2]), int(e[3])
             stop = start + step * size
             idx.append(slice(start, stop if stop >= 0 else None, step))
-    return np.ascontiguousarray(x[tuple(idx)])
+    return np.array(x[tuple(idx)], copy=True)      # (ascontiguousarray would make 0-d 1-d)
 
 
 register("slice", "access", _slice_infer, _slice_ref)

@@ -134,18 +134,20 @@ def fuse(g):
                 if p in m and (kinds[p] == "reduce" or is_epilogue(p, merged)) \
                         and not is_epilogue(i, merged):
                     return True
-        # a path leaving the merged group and coming back would be a cycle of steps
+        # a path leaving the merged group and coming back would be a cycle of steps;
+        # another group runs as one unit, so reaching any member reaches all its users
         stack = [u for i in merged for u in users[i] if u not in m]
         seen = set()
         while stack:
             u = stack.pop()
             if u in seen:
                 continue
+            if u in m:
+                return True
             seen.add(u)
-            for w in users[u]:
-                if w in m:
-                    return True
-                stack.append(w)
+            if u in parent:
+                stack.extend(x for x in members[find(u)] if x not in seen)
+            stack.extend(users[u])
         return False
 
     for n in nodes:

@@ -451,24 +451,20 @@ def gen_entry(prog, arg_names):
                     lines.append(f"{kname}({buf(p)}.reshape(({outer}, {dim_src(ps[ax])}, {inner})), "
                                  f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), {int_arg(off)})")
                     off = f"{off} + {dim_src(ps[ax])}"
-            elif kind == "gather":
+            elif kind in ("gather", "scatter"):
+                # (outer, n, inner) views on both sides of the indexed axis; the kernel
+                # checks every index and reports the first bad one through `err`
                 ax = n.attrs["axis"]
                 idx = g.nodes[n.inputs[1]]
-                outer, inner = prod_src(x.shape[:ax]), prod_src(x.shape[ax + 1:])
+                big = x if kind == "gather" else n          # the side indexed by idx
+                outer, inner = prod_src(big.shape[:ax]), prod_src(big.shape[ax + 1:])
+                m = prod_src(idx.shape)
+                src_mid, out_mid = (dim_src(x.shape[ax]), m) if kind == "gather" else (m, dim_src(n.shape[ax]))
                 code = len(err_codes) + 1
                 err_codes[code] = n.id
-                lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {dim_src(x.shape[ax])}, {inner})), "
-                             f"{buf(idx.id)}.reshape(({prod_src(idx.shape)},)), "
-                             f"{out}.reshape(({outer}, {prod_src(idx.shape)}, {inner})), err, {int_arg(code)})")
-            elif kind == "scatter":
-                ax = n.attrs["axis"]
-                idx = g.nodes[n.inputs[1]]
-                outer, inner = prod_src(n.shape[:ax]), prod_src(n.shape[ax + 1:])
-                code = len(err_codes) + 1
-                err_codes[code] = n.id
-                lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {prod_src(idx.shape)}, {inner})), "
-                             f"{buf(idx.id)}.reshape(({prod_src(idx.shape)},)), "
-                             f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), err, {int_arg(code)})")
+                lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {src_mid}, {inner})), "
+                             f"{buf(idx.id)}.reshape(({m},)), "
+                             f"{out}.reshape(({outer}, {out_mid}, {inner})), err, {int_arg(code)})")
             else:
                 raise AssertionError(kind)
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
