@@ -33,8 +33,7 @@ class CpuExecutable:
         self.inplace = list(inplace)   # effect indices written straight into variable buffers
         self.entry = None          # the njit dispatcher
         self.calls = 0
-        self.n_steps = entry_src.count("\n    ")        # lines the Python tier interprets
-        self._python_share = 1.0
+        self.python_share = 1.0    # estimated share of a Python-tier call spent interpreting
         self._load()
         ns = dict(vars(self._module))
         exec(compile(self._py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
@@ -60,17 +59,14 @@ class CpuExecutable:
                 return self.entry(*args)
             return self._counted(self.py_entry, args)
         if self.calls >= config.compile_entry_after:
-            # compile the entry only where the Python tier's overhead is worth removing
-            if self._python_share >= config.entry_overhead_share:
+            # compile the entry only where the Python tier's overhead is worth removing;
+            # decided from the traced sizes, so every process decides the same way
+            if self.python_share >= config.entry_overhead_share:
                 self.compile_for(args)
                 self.run = self._run_njit
                 return self.entry(*args)
             self.run = self._run_python_only
-        t0 = time.perf_counter()
-        out = self.py_entry(*args)
-        took = time.perf_counter() - t0
-        self._python_share = min(1.0, PY_STEP_SECONDS * self.n_steps / max(took, 1e-9))
-        return out
+        return self.py_entry(*args)
 
     def _run_python_only(self, args):
         return self.py_entry(*args)
@@ -122,6 +118,35 @@ class CpuExecutable:
         return "\n".join(parts)
 
 
+def estimate_python_share(prog, n_lines):
+    """Share of a Python-tier call spent interpreting the entry, from the traced sizes:
+    interpretation ~1.5 us a line; loops ~1 ns an element; BLAS ~20 GFLOP/s."""
+    from ...ir.shapes import hint
+    work = 0.0
+    g = prog.graph
+    for s in prog.steps:
+        if s.kind == "loop":
+            n = 1
+            for d in s.group.shape:
+                n *= max(hint(d), 1)
+            work += n * 1e-9
+        elif s.kind == "matmul":
+            node = g.nodes[s.node]
+            a = g.nodes[node.inputs[0]]
+            k = a.shape[-2] if node.attrs["transpose_a"] else a.shape[-1]
+            n = 2 * hint(k)
+            for d in node.shape:
+                n *= max(hint(d), 1)
+            work += n * 5e-11
+        elif s.kind == "opaque":
+            n = 1
+            for d in g.nodes[s.node].shape:
+                n *= max(hint(d), 1)
+            work += n * 2e-9
+    overhead = n_lines * PY_STEP_SECONDS
+    return overhead / (overhead + work)
+
+
 def compile_program(prog):
     body, kernels, err_codes, inplace = gen_entry(prog, None)
     names = sorted(kernels)
@@ -129,4 +154,6 @@ def compile_program(prog):
     ename = f"e_{key}"
     src = "".join(f"{k} = kernel({k!r})\n" for k in names) + \
         "\n@njit(cache=CACHE, error_model='numpy')\n" + body.replace("ENTRY", ename, 1)
-    return CpuExecutable(ename, names, src, kernels, err_codes, inplace)
+    exe = CpuExecutable(ename, names, src, kernels, err_codes, inplace)
+    exe.python_share = estimate_python_share(prog, body.count("\n    "))
+    return exe
