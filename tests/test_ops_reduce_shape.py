@@ -209,3 +209,22 @@ def test_gather_one_hot(rng):
           ref=np.where(np.eye(4, dtype=bool)[:, labels % 4], 5.0, -1.0).astype(np.float32))
     # out of range one_hot index: an all-zero row, as TF does
     check(lambda l: fj.one_hot(l, 3), np.array([1, 7, -1]), ref=np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]], np.float32))
+
+
+@pytest.mark.parametrize("mode", ["REFLECT", "SYMMETRIC"])
+def test_mirror_pad_and_its_gradient(mode, rng):
+    x = rng.standard_normal((3, 4))
+    pads = [[2, 1], [1, 3]]
+    check(lambda a: fj.pad(a, pads, mode), x, ref=np.pad(x, pads, mode=mode.lower()))
+    w = rng.standard_normal(np.pad(x, pads).shape)
+    f = lambda a: fj.reduce_sum(fj.pad(a, pads, mode) * w)
+    g = fj.grad(f)(x).numpy()
+    eps, num = 1e-6, np.zeros_like(x)
+    for i in np.ndindex(*x.shape):
+        d = np.zeros_like(x)
+        d[i] = eps
+        num[i] = (float(f(x + d)) - float(f(x - d))) / (2 * eps)
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(fj.jit(fj.grad(f))(x).numpy(), g, rtol=1e-12)
+    with pytest.raises(ValueError, match="too large"):
+        fj.pad(x, [[3, 0], [0, 0]], "REFLECT")

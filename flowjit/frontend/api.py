@@ -514,14 +514,40 @@ def tile(input, multiples, name=None):
 
 def pad(tensor, paddings, mode="CONSTANT", constant_values=0, name=None):
     x = convert(tensor) if not _is_tensor(tensor) else _t(tensor)
-    if str(mode).upper() != "CONSTANT":
-        raise NotImplementedError(f"pad mode {mode!r}: only CONSTANT is supported")
+    mode = str(mode).upper()
     p = paddings.numpy().tolist() if _is_tensor(paddings) else paddings
     p = tuple((int(a), int(b)) for a, b in p)
+    if mode in ("REFLECT", "SYMMETRIC"):
+        return _mirror_pad(x, p, mode)
+    if mode != "CONSTANT":
+        raise ValueError(f"pad (at {user_src()}): mode must be CONSTANT, REFLECT or SYMMETRIC, got {mode!r}")
     cv = constant_values
     if _is_tensor(cv):
         cv = _t(cv).numpy().item()
     return apply_op("pad", [x], {"paddings": p, "constant": x.dtype.np.type(cv).item()})
+
+
+def _mirror_pad(x, paddings, mode):
+    """REFLECT / SYMMETRIC padding, one dim at a time, from reversed slices and concat."""
+    if len(paddings) != len(x.shape):
+        raise ShapeError(f"pad (at {user_src()}): paddings {paddings} must have one pair per dim "
+                         f"of {tuple(x.shape)}")
+    edge = 1 if mode == "REFLECT" else 0       # REFLECT leaves out the border element
+    for k, (lo, hi) in enumerate(paddings):
+        n = hint(x.shape[k])
+        if lo < 0 or hi < 0 or lo > n - edge or hi > n - edge:
+            raise ShapeError(f"pad (at {user_src()}): {mode} padding ({lo}, {hi}) is too large for "
+                             f"dimension {k} of size {n}")
+        parts = []
+        if lo:
+            left = slice(lo, 0, -1) if edge else slice(lo - 1, None, -1)   # mirrored border
+            parts.append(getitem(x, (slice(None),) * k + (left,)))
+        parts.append(x)
+        if hi:
+            parts.append(getitem(x, (slice(None),) * k + (slice(-1 - edge, -1 - edge - hi, -1),)))
+        if len(parts) > 1:
+            x = concat(parts, k)
+    return x
 
 
 def gather(params, indices, axis=None, batch_dims=0, name=None):
