@@ -228,3 +228,17 @@ def test_mirror_pad_and_its_gradient(mode, rng):
     np.testing.assert_allclose(fj.jit(fj.grad(f))(x).numpy(), g, rtol=1e-12)
     with pytest.raises(ValueError, match="too large"):
         fj.pad(x, [[3, 0], [0, 0]], "REFLECT")
+
+
+def test_gather_batch_dims_and_tensor_index_positions(rng):
+    p = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    idx = np.array([[4, 0, 1], [2, 2, 3]], np.int32)
+    ref = np.stack([p[b][idx[b]] for b in range(2)])
+    check(lambda a, i: fj.gather(a, i, batch_dims=1), p, idx, ref=ref)
+    with pytest.raises(IndexError):
+        fj.gather(p, np.array([[5, 0, 0], [0, 0, 0]], np.int32), batch_dims=1)
+    with pytest.raises(IndexError):
+        fj.jit(lambda a, i: fj.gather(a, i, batch_dims=1))(p, np.array([[0, 0, 0], [0, -1, 0]], np.int32))
+    check(lambda a, i: fj.convert_to_tensor(a)[:, i], p, idx[0], ref=p[:, idx[0]])
+    with pytest.raises(TypeError, match="fj.gather"):
+        fj.constant(p)[1, idx[0]]

@@ -554,8 +554,28 @@ def gather(params, indices, axis=None, batch_dims=0, name=None):
     p = convert(params) if not _is_tensor(params) else _t(params)
     i = _t(indices) if _is_tensor(indices) else convert(indices, D.int32 if not isinstance(indices, np.ndarray) else None)
     if batch_dims:
-        raise NotImplementedError("gather with batch_dims != 0")
+        return _batched_gather(p, i, int(batch_dims), axis)
     return apply_op("gather", [p, i], {"axis": 0 if axis is None else int(axis)})
+
+
+def _batched_gather(p, i, b, axis):
+    """TF's gather with batch_dims=b (axis == b): per batch entry, gather along axis b.
+    Done as one flat gather with batch offsets; an index outside its row is mapped past
+    the end, so the flat gather's range check still rejects it."""
+    axis = b if axis is None else int(axis) % len(p.shape)
+    if b < 0 or b >= len(p.shape) or axis != b or len(i.shape) < b:
+        raise ValueError(f"gather (at {user_src()}): batch_dims={b} is supported with axis == "
+                         f"batch_dims and indices of rank >= batch_dims")
+    batch = p.shape[:b]
+    n = p.shape[b]
+    nb = _prod(batch)
+    flat_p = reshape(p, [nb * n] + list(p.shape[b + 1:]))
+    ib = reshape(i, [nb] + list(i.shape[b:]))
+    rows = _iota(ib.shape, 0, ib.dtype)
+    bad = logical_or(less(ib, 0), greater_equal(ib, cast(size_as_tensor(n, ib.dtype), ib.dtype)))
+    flat_i = where(bad, ib * 0 + cast(size_as_tensor(nb * n, ib.dtype), ib.dtype), ib + rows * cast(size_as_tensor(n, ib.dtype), ib.dtype))
+    out = apply_op("gather", [flat_p, flat_i], {"axis": 0})
+    return reshape(out, list(batch) + list(i.shape[b:]) + list(p.shape[b + 1:]))
 
 
 def one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None, name=None):
@@ -627,9 +647,13 @@ def getitem(x, key):
         key = (key,)
     tensors = [k for k in key if _is_tensor(k) or isinstance(k, (list, np.ndarray))]
     if tensors:
-        if len(key) == 1:
-            return gather(x, key[0], axis=0)
-        raise NotImplementedError("indexing with a tensor together with other indices; use fj.gather")
+        pos = [j for j, k in enumerate(key) if _is_tensor(k) or isinstance(k, (list, np.ndarray))]
+        others_full = all(isinstance(k, slice) and (k.start, k.stop, k.step) == (None, None, None)
+                          for j, k in enumerate(key) if j not in pos)
+        if len(pos) == 1 and others_full and not any(k is Ellipsis for k in key):
+            return gather(x, key[pos[0]], axis=pos[0])     # x[:, t] == gather(x, t, axis=1)
+        raise TypeError(f"getitem (at {user_src()}): a tensor index can only be combined with "
+                        f"full slices ':' (advanced indexing is not supported); use fj.gather")
     n_ell = builtins.sum(1 for k in key if k is Ellipsis)
     if n_ell > 1:
         raise IndexError("an index can only have a single ellipsis")
