@@ -33,8 +33,6 @@ class Dataset:
         while need:
             if self._pos >= n:
                 self._order = self._rng.permutation(n) if shuffle else np.arange(n)
-                if self._pos != n or self.epochs_completed or parts:
-                    pass
                 self._pos = 0
             take = min(need, n - self._pos)
             parts.append(self._order[self._pos:self._pos + take])

@@ -43,20 +43,22 @@ def numpy_adam_mlp(params, batches, lr, b1=0.9, b2=0.999, eps=1e-7):
     return np.array(losses)
 
 
-def test_loss_curve_matches_numpy_first_20_steps():
-    data = fj.data.load_digits()
-    params = mlp_digits.build()
-    init = [p.numpy() for p in params]
-    batches = [data.train.next_batch(64) for _ in range(20)]
-    opt = fj.optimizers.Adam(0.005)
-
+def jitted_step(params, opt):
     @fj.jit
     def step(x, y):
         with fj.GradientTape() as tape:
             loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, mlp_digits.model(params, x)))
         opt.apply_gradients(zip(tape.gradient(loss, params), params))
         return loss
+    return step
 
+
+def test_loss_curve_matches_numpy_first_20_steps():
+    data = fj.data.load_digits()
+    params = mlp_digits.build()
+    init = [p.numpy() for p in params]
+    batches = [data.train.next_batch(64) for _ in range(20)]
+    step = jitted_step(params, fj.optimizers.Adam(0.005))
     ours = np.array([float(step(x, y)) for x, y in batches])
     ref = numpy_adam_mlp(init, batches, 0.005)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
@@ -74,16 +76,9 @@ def test_mlp_example_reaches_96_percent():
 def test_variable_updates_are_written_in_place():
     params = mlp_digits.build()
     bufs = [p._buf for p in params]
-    opt = fj.optimizers.SGD(0.1, momentum=0.9)
+    step = jitted_step(params, fj.optimizers.SGD(0.1, momentum=0.9))
     x = np.random.default_rng(0).random((8, 64)).astype(np.float32)
     y = np.eye(10, dtype=np.float32)[np.arange(8)]
-
-    @fj.jit
-    def step(x, y):
-        with fj.GradientTape() as tape:
-            loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, mlp_digits.model(params, x)))
-        opt.apply_gradients(zip(tape.gradient(loss, params), params))
-        return loss
     before = [b.copy() for b in bufs]
     step(x, y)
     c, _ = step._lookup((x, y), {})

@@ -27,13 +27,9 @@ def _gather_ref(arrs, attrs, shape, dtype):
     return np.take(p, idx, axis=ax)
 
 
-def _gather_source(fname, dtype):
-    # params viewed as (outer, n, inner), indices flat, out as (outer, m, inner).
-    # Every index is checked before it is used; the first bad one is reported via err.
-    return f'''
-def {fname}(p, idx, out, err, code):
-    n = p.shape[1]
-    for k in range(idx.shape[0]):
+# Every index is checked before any is used; the first bad one is reported via `err`
+# (the executor turns it into an exception naming the op) and nothing is read or written.
+_CHECK = """    for k in range(idx.shape[0]):
         v = idx[k]
         if v < 0 or v >= n:
             if err[0] == 0:
@@ -41,7 +37,15 @@ def {fname}(p, idx, out, err, code):
                 err[1] = v
                 err[2] = n
             return
-    for o in range(p.shape[0]):
+"""
+
+
+def _gather_source(fname, dtype):
+    # params viewed as (outer, n, inner), indices flat, out as (outer, m, inner)
+    return f'''
+def {fname}(p, idx, out, err, code):
+    n = p.shape[1]
+{_CHECK}    for o in range(p.shape[0]):
         for k in range(idx.shape[0]):
             v = idx[k]
             for j in range(p.shape[2]):
@@ -81,15 +85,7 @@ def {fname}(upd, idx, out, err, code):
         for k in range(n):
             for j in range(out.shape[2]):
                 out[o, k, j] = 0
-    for k in range(idx.shape[0]):
-        v = idx[k]
-        if v < 0 or v >= n:
-            if err[0] == 0:
-                err[0] = code
-                err[1] = v
-                err[2] = n
-            return
-    for o in range(out.shape[0]):
+{_CHECK}    for o in range(out.shape[0]):
         for k in range(idx.shape[0]):
             v = idx[k]
             for j in range(out.shape[2]):
