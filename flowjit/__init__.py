@@ -1,7 +1,5 @@
 """flowjit: a JIT-compiling deep-learning array library (graphs traced, fused and
 compiled by Numba)."""
-from . import runtime_config as _rc
-_rc.tune_malloc()          # before big arrays exist: see runtime_config.tune_malloc
 from . import ops as _ops  # noqa: F401  (registers every op)
 from . import errors
 from .dtypes import DType, as_dtype, float32, float64, int32, int64, bool_ as bool  # noqa: A004
