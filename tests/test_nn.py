@@ -181,8 +181,7 @@ def _np_sigmoid_ce(z, x):
     return np.maximum(x, 0) - x * z + np.log1p(np.exp(-np.abs(x)))
 
 
-@fj.jit
-def _jit_losses(labels, sparse_labels, logits):
+def _losses(labels, sparse_labels, logits):
     with fj.GradientTape(persistent=True) as tape:
         tape.watch(logits)
         ce = N.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -190,17 +189,13 @@ def _jit_losses(labels, sparse_labels, logits):
         bce = N.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
         sums = [fj.reduce_sum(t) for t in (ce, sce, bce)]
     return (ce, sce, bce) + tuple(tape.gradient(s, logits) for s in sums)
+
+
+_jit_losses = fj.jit(_losses)
 
 
 def _eager_losses(labels, sparse_labels, logits):
-    logits = fj.constant(logits)
-    with fj.GradientTape(persistent=True) as tape:
-        tape.watch(logits)
-        ce = N.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        sce = N.sparse_softmax_cross_entropy_with_logits(labels=sparse_labels, logits=logits)
-        bce = N.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-        sums = [fj.reduce_sum(t) for t in (ce, sce, bce)]
-    return (ce, sce, bce) + tuple(tape.gradient(s, logits) for s in sums)
+    return _losses(labels, sparse_labels, fj.constant(logits))
 
 
 def _np_losses(labels, sparse_labels, logits):

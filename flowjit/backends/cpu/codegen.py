@@ -496,8 +496,9 @@ def _inplace_effects(prog):
         s = writer.get(v)
         if s is None or a in outputs or g.nodes[v].op == "arg":
             continue
-        if not all(len(g.nodes[a].shape) == len(s.group.shape) and
-                   all(hint(x) == hint(y) for x, y in zip(g.nodes[a].shape, s.group.shape)) for _ in [0]):
+        shape = g.nodes[a].shape
+        if len(shape) != len(s.group.shape) or \
+                any(hint(x) != hint(y) for x, y in zip(shape, s.group.shape)):
             continue
         ok = True
         for t in prog.steps:
