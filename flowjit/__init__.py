@@ -22,6 +22,7 @@ from . import data  # noqa: F401
 from .frontend.jit import jit
 from .runtime.stats import stats, reset_stats
 from .config import config
+from .frontend.device import device, list_devices, DeviceSpec  # noqa: F401
 
 __version__ = "0.1.0"
 newaxis = None

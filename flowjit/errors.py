@@ -21,6 +21,10 @@ class OutOfRangeError(InvalidArgumentError, IndexError):
     """An index out of range in gather or integer indexing."""
 
 
+class DeviceError(InvalidArgumentError):
+    """A device that does not exist here (e.g. a GPU on a machine without one)."""
+
+
 class TracerError(FlowjitError, TypeError):
     """A traced (symbolic) tensor used where a concrete value is needed."""
 
