@@ -8,12 +8,13 @@ line per step (allocate, call kernel / BLAS, view) and is compiled with `numba.n
 as a whole, so a call costs one dispatch.
 """
 import hashlib
+import os
 
 from ...ir.registry import REGISTRY
 from ...ir.shapes import Sym, hint, is_one, render
 from ...ops.elementwise import npt
 
-PAR_MIN = 1 << 18          # elements: below this a loop runs serially (threads cost more)
+PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a loop runs serially
 F64_TRANSCENDENTAL = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "pow", "sin", "cos"}
 
 
@@ -94,8 +95,9 @@ def _leaf_index(g, grp, load, value_id):
     return idx, guards
 
 
-def gen_loop(g, grp, bufname):
-    """Kernel source + call for one loop group. bufname(node id) -> entry variable."""
+def gen_loop(g, grp, bufname, alias=None):
+    """Kernel source + call for one loop group. bufname(node id) -> entry variable;
+    alias: store node id -> the variable (arg node) whose buffer it is written over."""
     nodes = g.nodes
     gshape = grp.shape
     loop_dims = [d for d in range(len(gshape)) if not is_one(gshape[d])]
@@ -253,7 +255,17 @@ def gen_loop(g, grp, bufname):
         names[i] = f"x{local}"
 
     stores, epi_stores = [], []
+    # An in-place variable update is stored through the parameter its old value was
+    # loaded from: the same array passed twice makes LLVM's runtime alias check fail,
+    # and the loop falls back to scalar code (5x slower on an optimizer update).
+    same_param = {}
+    for j, lf in enumerate(leaves):
+        if lf["identity"] and set(lf["present"]) >= set(loop_dims):
+            same_param.setdefault(lf["load"].base, f"L{j}")
     for j, s in enumerate(grp.stores):
+        if alias and s in alias and s not in epilogue and alias[s] in same_param:
+            stores.append(f"{same_param[alias[s]]}[{', '.join(ivar) or '0'}] = {names[s]}")
+            continue
         p = f"O{j}"
         params.append(p)
         if s in epilogue:
@@ -415,7 +427,7 @@ def gen_entry(prog, arg_names):
             if inline is not None:      # a scalar computation: no kernel to compile
                 lines.extend(inline)
                 continue
-            spec = gen_loop(g, grp, buf)
+            spec = gen_loop(g, grp, buf, alias)
             kernels[spec.name] = spec.source
             for o in grp.stores + grp.reduces:
                 n = g.nodes[o]
