@@ -1,4 +1,6 @@
 """The compile model: fusion, signatures, symbolic sizes, specialisation, statics."""
+import weakref
+
 import numpy as np
 import pytest
 
@@ -187,3 +189,26 @@ def test_large_parallel_kernels(rng):
     assert "prange" in f.inspect(x).forward_source
     assert_close(s, 2 / (1 + np.exp(-x)), rtol=1e-5)
     assert_close(t, np.sum(x.astype(np.float64) ** 2), rtol=1e-5)
+
+
+def test_big_buffers_are_reused_only_once_the_caller_dropped_them():
+    # 512 KB outputs: the Python tier recycles them across calls, but never one the
+    # caller still holds (directly or through a view)
+    f = fj.jit(lambda x: x * 2.0 + 1.0)
+    x = np.arange(1 << 17, dtype=np.float32)
+    held = []
+    for k in range(4):
+        held.append(f(x + k).numpy())
+    view = held[0][10:]
+    for k, h in enumerate(held):
+        np.testing.assert_array_equal(h, (x + k) * 2.0 + 1.0)
+    assert len({h.ctypes.data for h in held}) == 4
+    refs = [weakref.ref(h) for h in held[1:]]
+    del held[1:]
+    again = [f(x - k).numpy() for k in range(2)]
+    for k, a in enumerate(again):
+        np.testing.assert_array_equal(a, (x - k) * 2.0 + 1.0)
+    np.testing.assert_array_equal(view, ((x * 2.0) + 1.0)[10:])     # untouched
+    np.testing.assert_array_equal(held[0], x * 2.0 + 1.0)
+    assert any(again[0] is r() for r in refs)    # recycled: no fresh pages to fault in
+    assert held[0].ctypes.data not in {a.ctypes.data for a in again}

@@ -1,5 +1,7 @@
 """The CPU backend: compile a fused Program into one Numba entry function."""
 import hashlib
+import re
+import sys
 import time
 
 import numba
@@ -13,6 +15,48 @@ from .codegen import gen_entry
 
 
 PY_STEP_SECONDS = 1.5e-6      # what one interpreted entry line costs (allocate, call, view)
+REUSE_MIN_BYTES = 1 << 18     # below this, malloc recycles memory by itself
+_EMPTY = re.compile(r"\bnp\.empty\(")
+
+
+class BufferCache:
+    """Buffers of the Python tier's allocation sites, reused across calls.
+
+    A big `np.empty` comes from a fresh mmap, and its first write page-faults every
+    page: for a 4M-element gradient that costs as much as the kernel computing it. So
+    each allocation site keeps its last two big arrays and hands one out again when
+    nobody else holds it any more (its reference count is ours alone): intermediates
+    are free at the end of the call, and returned outputs once the caller dropped them
+    (two per site, so the usual `out = step(...)` loop, which still holds the previous
+    output during the call, alternates between them). Kernels write every element of
+    their outputs, so a reused buffer behaves exactly like `np.empty`. Like the error
+    word, this makes a compiled program non-reentrant (one call at a time)."""
+
+    def __init__(self, n_sites):
+        self.slots = [[] for _ in range(n_sites)]
+
+    def alloc(self, site, shape, dtype):
+        slot = self.slots[site]
+        for a in slot:
+            # references: the slot list, `a`, getrefcount's argument
+            if sys.getrefcount(a) == 3 and a.shape == shape and a.dtype == dtype:
+                return a
+        a = np.empty(shape, dtype)
+        if a.nbytes >= REUSE_MIN_BYTES:
+            if len(slot) == 2:
+                slot.pop(0)
+            slot.append(a)
+        return a
+
+
+def with_buffer_cache(py_src):
+    """The Python-tier entry source with each `np.empty(` site numbered: `_alloc(k, `."""
+    count = [0]
+
+    def sub(m):
+        count[0] += 1
+        return f"_alloc({count[0] - 1}, "
+    return _EMPTY.sub(sub, py_src), count[0]
 
 
 class CpuExecutable:
@@ -36,7 +80,10 @@ class CpuExecutable:
         self.python_share = 1.0    # estimated share of a Python-tier call spent interpreting
         self._load()
         ns = dict(vars(self._module))
-        exec(compile(self._py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
+        py_src, n_sites = with_buffer_cache(self._py_src)
+        self.buffers = BufferCache(n_sites)
+        ns["_alloc"] = self.buffers.alloc
+        exec(compile(py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
         self.py_entry = ns[self.entry_name]
         self.run = self._run_python
 
