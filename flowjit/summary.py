@@ -237,10 +237,10 @@ class SummaryWriter:
             yield self
         finally:
             _default_step[0] = old_step
-            if self in _default_writers:
-                _default_writers.reverse()
-                _default_writers.remove(self)      # the innermost entry
-                _default_writers.reverse()
+            for i in range(len(_default_writers) - 1, -1, -1):     # the innermost entry
+                if _default_writers[i] is self:
+                    del _default_writers[i]
+                    break
             self.flush()
 
     def set_as_default(self, step=None):

@@ -238,7 +238,7 @@ class Checkpoint:
         if current_trace() is not None:
             raise TypeError("Checkpoint.save inside @fj.jit; save between steps")
         named, _, _, _ = self._state()
-        return save_arrays(path, {n: v._buf for n, v in named.items()},
+        return save_arrays(path, {n: v.numpy() for n, v in named.items()},
                            metadata={"kind": "Checkpoint"})
 
     def restore(self, path):
