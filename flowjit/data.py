@@ -7,6 +7,7 @@ sizes. `Dataset.next_batch` reshuffles (seeded) at every epoch, and iterating a 
 yields one epoch of batches.
 """
 import gzip
+import json
 import os
 import zlib
 
@@ -48,6 +49,36 @@ class Dataset:
                 self.epochs_completed += 1
         idx = np.concatenate(parts)
         return self.images[idx], self.labels[idx]
+
+    def get_state(self):
+        """Where `next_batch` stands (this epoch's order, the position in it, the epoch
+        count and the shuffling RNG's state), as arrays: what a checkpoint saves so a
+        resumed run sees the same batches."""
+        rng = json.dumps(self._rng.bit_generator.state).encode("utf-8")
+        return {"order": self._order.astype(np.int64), "position": np.int64(self._pos),
+                "epochs_completed": np.int64(self.epochs_completed),
+                "rng_state": np.frombuffer(rng, np.uint8).copy()}
+
+    def set_state(self, state):
+        rng_state = self.check_state(state)
+        self._rng.bit_generator.state = rng_state
+        self._order = np.asarray(state["order"]).astype(np.int64)
+        self._pos = int(state["position"])
+        self.epochs_completed = int(state["epochs_completed"])
+
+    def check_state(self, state):
+        """ValueError unless `state` (from `get_state`) fits this dataset; returns the RNG state."""
+        order = np.asarray(state["order"])
+        if order.shape != (self.num_examples,) or not np.array_equal(np.sort(order), np.arange(self.num_examples)):
+            raise ValueError(f"Dataset.set_state: the saved order is not a permutation of this dataset's "
+                             f"{self.num_examples} examples (a different dataset?)")
+        rng_state = json.loads(np.asarray(state["rng_state"], np.uint8).tobytes().decode("utf-8"))
+        if rng_state.get("bit_generator") != type(self._rng.bit_generator).__name__:
+            raise ValueError(f"Dataset.set_state: RNG {rng_state.get('bit_generator')!r} saved, this "
+                             f"dataset uses {type(self._rng.bit_generator).__name__}")
+        if not 0 <= int(state["position"]) <= self.num_examples:
+            raise ValueError(f"Dataset.set_state: position {int(state['position'])} outside 0..{self.num_examples}")
+        return rng_state
 
     def batches(self, batch_size, shuffle=True, drop_remainder=False):
         """One epoch of batches (the last one smaller unless drop_remainder)."""

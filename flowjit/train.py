@@ -24,6 +24,7 @@ import uuid
 
 import numpy as np
 
+from .data import Dataset
 from .frontend.optimizers import Optimizer
 from .frontend.tensor import current_trace
 from .frontend.variables import Variable
@@ -167,10 +168,11 @@ def list_arrays(path):
 
 
 class Checkpoint:
-    """`Checkpoint(model=[w, b], optimizer=opt, step=step_var).save(path)` saves every
-    Variable (found in nested lists/tuples/dicts) and each optimizer's iterations,
-    learning rate and slot variables under names built from the keyword and the
-    position (`model/0`, `optimizer/slots/model/0/m`); `.restore(path)` puts them back.
+    """`Checkpoint(model=[w, b], optimizer=opt, data=ds.train).save(path)` saves every
+    Variable (found in nested lists/tuples/dicts), each optimizer's iterations, learning
+    rate and slot variables, and each `fj.data.Dataset`'s batch order and shuffling RNG,
+    under names built from the keyword and the position (`model/0`,
+    `optimizer/slots/model/0/m`, `data/order`); `.restore(path)` puts them back.
 
     Restoring checks everything before assigning anything: a missing name, an unexpected
     one, or a shape/dtype mismatch is a `CheckpointError` naming the variable. Slot
@@ -186,13 +188,15 @@ class Checkpoint:
     # -- what is tracked ---------------------------------------------------------------
     def _walk(self):
         """(path, Variable) and (path, Optimizer) pairs in a fixed order."""
-        variables, optimizers = [], []
+        variables, optimizers, datasets = [], [], []
 
         def visit(path, obj):
             if isinstance(obj, Variable):
                 variables.append((path, obj))
             elif isinstance(obj, Optimizer):
                 optimizers.append((path, obj))
+            elif isinstance(obj, Dataset):
+                datasets.append((path, obj))
             elif isinstance(obj, dict):
                 for k in obj:
                     visit(f"{path}/{k}", obj[k])
@@ -201,16 +205,17 @@ class Checkpoint:
                     visit(f"{path}/{i}", x)
             elif obj is not None:
                 raise TypeError(f"Checkpoint: {path} is a {type(obj).__name__}; a checkpoint tracks "
-                                f"fj.Variable, fj.optimizers.* and lists/tuples/dicts of them")
+                                f"fj.Variable, fj.optimizers.*, fj.data.Dataset and lists/tuples/dicts "
+                                f"of them")
 
         for k, v in self._objects.items():
             visit(k, v)
-        return variables, optimizers
+        return variables, optimizers, datasets
 
     def _state(self):
         """name -> Variable for everything that exists now, plus, per optimizer, the
         slots it could still create: (optimizer, tracked variable, slot name) by name."""
-        variables, optimizers = self._walk()
+        variables, optimizers, _ = self._walk()
         by_id = {}
         named = {}
         for path, v in variables:
@@ -238,8 +243,10 @@ class Checkpoint:
         if current_trace() is not None:
             raise TypeError("Checkpoint.save inside @fj.jit; save between steps")
         named, _, _, _ = self._state()
-        return save_arrays(path, {n: v.numpy() for n, v in named.items()},
-                           metadata={"kind": "Checkpoint"})
+        arrays = {n: v.numpy() for n, v in named.items()}
+        for dpath, ds in self._walk()[2]:
+            arrays.update({f"{dpath}/{k}": a for k, a in ds.get_state().items()})
+        return save_arrays(path, arrays, metadata={"kind": "Checkpoint"})
 
     def restore(self, path):
         """Assign every tracked Variable and optimizer state from checkpoint `path`
@@ -254,6 +261,14 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {_prefix(path)!r} has no value for {', '.join(missing)} "
                                   f"(it holds {', '.join(sorted(arrays)) or 'nothing'})")
         consumed = set()
+        data_states = []
+        for dpath, ds in self._walk()[2]:
+            keys = {k: f"{dpath}/{k}" for k in ds.get_state()}
+            lost = [n for n in keys.values() if n not in arrays]
+            if lost:
+                raise CheckpointError(f"checkpoint {_prefix(path)!r} has no value for {', '.join(lost)}")
+            data_states.append((dpath, ds, {k: arrays[n] for k, n in keys.items()}))
+            consumed.update(keys.values())
         for name, var in named.items():
             if name in arrays:
                 plan.append((name, var, arrays[name]))
@@ -282,6 +297,13 @@ class Checkpoint:
                 raise CheckpointError(f"restore {name!r} ({what}): the checkpoint holds "
                                       f"{a.dtype}{tuple(a.shape)}, the {what} is "
                                       f"{ref.dtype.np}{tuple(ref.shape)}")
+        for dpath, ds, state in data_states:
+            try:
+                ds.check_state(state)
+            except (ValueError, KeyError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"restore {dpath!r} (Dataset): {e}") from None
+        for dpath, ds, state in data_states:
+            ds.set_state(state)
         for name, target, a in plan:
             if not isinstance(target, Variable):
                 opt, var, slot_name = target

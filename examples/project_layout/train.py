@@ -1,5 +1,6 @@
 """The project-layout example's entry point: builds the model (model.py), trains it with
-the losses of losses.py, evaluates every epoch, and saves / resumes a checkpoint with
+the losses of losses.py, evaluates every epoch, and saves / resumes a checkpoint (the
+weights, the optimizer state and where the data order stands) with
 fj.train.Checkpoint (--ckpt).
 
     python examples/project_layout/train.py [--epochs 15] [--ckpt /tmp/pl/ckpt]
@@ -27,7 +28,7 @@ def main(argv=None):
     with common.session(args):
         model = MLP([data.train.images.shape[1], args.hidden, 10], seed=args.seed)
         opt = fj.optimizers.Adam(args.lr)
-        ckpt = fj.train.Checkpoint(model=model.variables, optimizer=opt)
+        ckpt = fj.train.Checkpoint(model=model.variables, optimizer=opt, data=data.train)
         if args.ckpt and os.path.exists(args.ckpt + ".index.json"):
             ckpt.restore(args.ckpt)
             print(f"restored {args.ckpt} at step {int(opt.iterations.numpy())}")
