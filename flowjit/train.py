@@ -11,8 +11,10 @@ then replaces the index the same way, then deletes the data file the old index n
 Until the new index is in place the old index still names the old, untouched data file,
 so a crash at any point leaves the previous checkpoint loadable.
 
-`save_arrays` / `load_arrays` are that format for a plain dict name -> ndarray (what a
-TF1-style `Saver` maps onto); `Checkpoint` names the state of Variables and optimizers
+`save_arrays` / `load_arrays` are that format for a plain dict name -> ndarray: a TF1
+`Saver().save(sess, path, global_step=n)` maps onto `save_arrays(f"{path}-{n}",
+{variable name: value})`, `restore` onto `load_arrays` (+ `list_arrays` to check names
+and shapes first), `tf.train.latest_checkpoint` onto `latest_checkpoint`; `Checkpoint` names the state of Variables and optimizers
 (iterations, learning rate, slot variables) and restores it, creating an optimizer's
 slot variables that do not exist yet so a fresh optimizer resumes exactly.
 """
@@ -165,6 +167,14 @@ def list_arrays(path):
     """name -> (shape, dtype) of the arrays in checkpoint `path`, from the index alone."""
     index = _read_index(_prefix(path))
     return {n: (tuple(e["shape"]), np.dtype(e["dtype"])) for n, e in index["arrays"].items()}
+
+
+def latest_checkpoint(directory):
+    """The prefix of the most recently saved checkpoint in `directory` (by the index
+    file's modification time), or None: what `tf.train.latest_checkpoint` answers."""
+    found = [(os.path.getmtime(f), f) for f in glob.glob(os.path.join(glob.escape(os.fspath(directory)),
+                                                                       "*" + _INDEX_SUFFIX))]
+    return _prefix(max(found)[1]) if found else None
 
 
 class Checkpoint:

@@ -104,6 +104,8 @@ def test_arrays_round_trip_and_corruption(tmp_path):
     for k in arrays:
         np.testing.assert_array_equal(out[k], arrays[k])
         assert out[k].dtype == np.asarray(arrays[k]).dtype
+    assert fj.train.latest_checkpoint(str(tmp_path / "sub")) == p
+    assert fj.train.latest_checkpoint(str(tmp_path)) is None
     with pytest.raises(TypeError, match="only bool/int/float"):
         fj.train.save_arrays(str(tmp_path / "o"), {"x": np.array([{"a": 1}], dtype=object)})
     data = glob.glob(p + ".data-*.npz")[0]
