@@ -104,7 +104,8 @@ def accuracy(logits, labels):
 def report(name, metrics, seconds=None, steps=None, step=None):
     """Print the final metrics line (and log the metrics as scalars); returns `metrics`."""
     for k, v in metrics.items():
-        fj.summary.scalar(f"final/{k}", v, step=step if step is not None else (steps or 0))
+        if isinstance(v, (int, float)):
+            fj.summary.scalar(f"final/{k}", v, step=step if step is not None else (steps or 0))
     s = fj.stats()
     parts = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
     extra = []
