@@ -27,6 +27,7 @@ from .frontend.variables import Variable
 from .frontend.autodiff import GradientTape, grad, value_and_grad
 from .frontend import nn, optimizers  # noqa: F401
 from . import data  # noqa: F401
+from . import train, summary  # noqa: F401
 from .frontend.jit import jit
 from .runtime.stats import stats, reset_stats
 from .config import config

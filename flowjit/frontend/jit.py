@@ -346,6 +346,8 @@ class Inspection:
     """What `jitted.inspect(*args)` returns; `str()` shows all of it."""
 
     def __init__(self, c):
+        self.graph_ir = c.graph              # the ir.Graph objects (fj.summary.graph draws them)
+        self.optimized_graph_ir = c.joint
         self.graph = c.graph.dump()
         self.optimized_graph = c.joint.dump()
         self.fusion_groups = c.program.describe()

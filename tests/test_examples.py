@@ -1,0 +1,87 @@
+"""Every example in quick mode (--steps), in this process so compiled kernels are shared;
+the metrics each returns are checked, and --logdir / --mnist / --device are exercised."""
+import importlib
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import flowjit as fj
+
+pytest.importorskip("sklearn")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+QUICK = ["--no-progress", "--steps"]
+HAS_TB = importlib.util.find_spec("tensorboard") is not None
+
+
+def run(name, *argv):
+    return importlib.import_module(name).main(list(argv))
+
+
+def test_quadratics():
+    m = run("minimize_quadratic", *QUICK, "100", "--a", "-2.5")
+    assert m["error"] < 1e-4
+    m = run("constrained_quadratic", *QUICK, "240", "--phases", "3", "--epochs", "5")
+    # 3 phases (mu = 1, 10, 100) of 80 steps: x sits at the penalty optimum (a + 100 b) / 101
+    assert m["error_vs_optimum"] < 1e-4 and m["penalty_optimum"] == pytest.approx((3 + 100) / 101)
+
+
+def test_linear_regression_gd_matches_closed_form():
+    m = run("linear_regression", *QUICK, "150")
+    assert m["max_gap"] < 1e-3 and abs(m["W_closed"] - 0.1) < 0.02 and abs(m["b_closed"] - 0.3) < 0.02
+
+
+@pytest.mark.parametrize("name,steps,floor", [("softmax_regression", "40", 0.7), ("logistic_regression", "40", 0.85),
+                                              ("sigmoid_mlp", "40", 0.3)])
+def test_classifiers(name, steps, floor):
+    m = run(name, *QUICK, steps)
+    assert m["test_accuracy"] >= floor and math.isfinite(m["final_loss"])
+
+
+def test_mlp_with_logdir(tmp_path):
+    acc = run("mlp_digits", *QUICK, "30", "--logdir", str(tmp_path)) if HAS_TB else run("mlp_digits", *QUICK, "30")
+    assert acc > 0.5
+    if HAS_TB:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        ea = EventAccumulator(str(tmp_path))
+        ea.Reload()
+        assert [e.step for e in ea.Scalars("loss")] == [0, 10, 20, 29]
+        assert ea.Scalars("final/test_accuracy")[0].value == pytest.approx(acc)
+        assert "w1" in ea.Tags()["histograms"] and ea.Graph().node
+
+
+def test_autoencoder(tmp_path):
+    png = tmp_path / "ae.png"
+    m = run("autoencoder", *QUICK, "60", "--png", str(png))
+    assert m["test_mse"] < m["mean_image_mse"] * 1.2
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert png.stat().st_size > 1000
+    else:
+        assert "matplotlib" in m["png"]
+
+
+def test_project_layout_resumes_from_checkpoint(tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    first = run("project_layout.train", *QUICK, "20", "--ckpt", ckpt)
+    second = run("project_layout.train", *QUICK, "20", "--ckpt", ckpt)
+    assert first["step"] == 20 and second["step"] == 40
+    assert fj.train.list_arrays(ckpt)["model/0"][0] == (64, 96)
+
+
+def test_mnist_flag_and_missing_gpu(tmp_path):
+    rng = np.random.default_rng(0)
+    for stem, arr in [("train-images-idx3-ubyte", rng.integers(0, 256, (40, 4, 4))),
+                      ("train-labels-idx1-ubyte", rng.integers(0, 10, 40)),
+                      ("t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 4, 4))),
+                      ("t10k-labels-idx1-ubyte", rng.integers(0, 10, 10))]:
+        head = (0x0800 | arr.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (tmp_path / stem).write_bytes(head + arr.astype(np.uint8).tobytes())
+    m = run("softmax_regression", *QUICK, "5", "--mnist", str(tmp_path), "--batch-size", "8")
+    assert 0.0 <= m["test_accuracy"] <= 1.0
+    if all(d.kind != "GPU" for d in fj.list_devices()):
+        with pytest.raises(fj.errors.DeviceError):
+            run("minimize_quadratic", *QUICK, "5", "--device", "/gpu:0")
