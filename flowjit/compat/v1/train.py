@@ -74,7 +74,7 @@ class Optimizer:
         g0 = pairs[0][1].graph
         with g0.as_default():
             self._create_slots([v for _, v in pairs])
-            self._create_non_slots()
+            self._create_non_slots(pairs[0][1].dtype)
         lr = self._learning_rate
         inputs = [g for g, _ in pairs] + ([lr] if isinstance(lr, Tensor) else [])
         reads = [v for _, v in pairs] + [s for (_, v), s in self._slots.items()
@@ -116,7 +116,7 @@ class Optimizer:
                                  name=sname)
                 self._slots[(slot, var)] = s
 
-    def _create_non_slots(self):
+    def _create_non_slots(self, dtype):
         pass
 
     def _finish(self, ev):
@@ -184,14 +184,15 @@ class AdamOptimizer(Optimizer):
         super().__init__(use_locking, name)
         self._learning_rate, self._beta1, self._beta2, self._epsilon = learning_rate, beta1, beta2, epsilon
 
-    def _create_non_slots(self):
+    def _create_non_slots(self, dtype):
+        # as in TF1: float variables of the first variable's dtype
         if self._non_slots:
             return
         g = get_default_graph()
         with g.name_scope(None), g.control_dependencies(None):
-            self._non_slots["beta1_power"] = Variable(np.float32(self._beta1), trainable=False,
+            self._non_slots["beta1_power"] = Variable(np.asarray(self._beta1, dtype.np), trainable=False,
                                                       name="beta1_power")
-            self._non_slots["beta2_power"] = Variable(np.float32(self._beta2), trainable=False,
+            self._non_slots["beta2_power"] = Variable(np.asarray(self._beta2, dtype.np), trainable=False,
                                                       name="beta2_power")
 
     def _apply_dense(self, ev, g, fv, lr, slots):
