@@ -90,8 +90,8 @@ def test_linear_regression_fed_one_sample_at_a_time():
 
     X = tf.placeholder("float")
     Y = tf.placeholder("float")
-    W = tf.Variable(rng.randn(), name="weight", dtype=tf.float32)
-    b = tf.Variable(rng.randn(), name="bias", dtype=tf.float32)
+    W = tf.Variable(rng.randn(), name="weight")
+    b = tf.Variable(rng.randn(), name="bias")
     pred = tf.add(tf.multiply(X, W), b)
     cost = tf.reduce_mean(tf.pow(pred - Y, 2))
     optimizer = tf.train.GradientDescentOptimizer(0.5).minimize(cost)
