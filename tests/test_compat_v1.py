@@ -11,7 +11,10 @@ from conftest import assert_close
 
 @pytest.fixture(autouse=True)
 def _fresh_graph(monkeypatch):
-    # each program builds its graph from scratch, as a TF1 script does
+    # each program builds its graph from scratch, as a TF1 script does (a failed test
+    # may have left an InteractiveSession installed as the default)
+    while tf.get_default_session() is not None:
+        tf.get_default_session().close()
     tf.reset_default_graph()
     # keep compiled plans on the kernel-compiled Python entry tier: the njit entry
     # compile costs seconds per signature and is covered by tests/test_jit.py
@@ -362,6 +365,31 @@ def test_names_scopes_and_shapes():
         tf.matmul(tf.zeros([2, 3]), tf.zeros([4, 5]))
     tf.reset_default_graph()
     assert tf.constant(0.0).name == "Const:0"
+
+
+def test_get_variable_scopes_and_dense_layers():
+    x = tf.placeholder(tf.float32, [None, 4])
+    with tf.variable_scope("layer1"):
+        w = tf.get_variable("W", [4, 3], initializer=tf.constant_initializer(0.5))
+        h = tf.matmul(x, w)
+    with tf.variable_scope("layer1", reuse=True):
+        assert tf.get_variable("W") is w
+    with pytest.raises(ValueError, match="layer1/W already exists"):
+        with tf.variable_scope("layer1"):
+            tf.get_variable("W", [4, 3])
+    out = tf.layers.dense(h, 2, activation=tf.nn.relu, kernel_initializer=tf.ones_initializer())
+    g = tf.get_variable("g", [30, 10], initializer=tf.glorot_uniform_initializer(seed=5))
+    assert [v.name for v in tf.trainable_variables()] == [
+        "layer1/W:0", "dense/kernel:0", "dense/bias:0", "g:0"]
+    assert out.get_shape().as_list() == [None, 2]
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        xv = np.array([[1.0, -2.0, 3.0, 0.5]], np.float32)
+        assert_close(sess.run(out, {x: xv}), np.maximum(xv @ np.full((4, 3), 0.5) @ np.ones((3, 2)), 0)
+                     .astype(np.float32))
+        gv = sess.run(g)
+    limit = np.sqrt(6.0 / 40)
+    assert np.abs(gv).max() <= limit and np.abs(gv).max() > 0.8 * limit
 
 
 def test_control_dependencies_identity_and_group():

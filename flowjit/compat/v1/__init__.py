@@ -38,6 +38,13 @@ from .session import (  # noqa: F401
     get_default_session,
 )
 from .placeholders import placeholder, placeholder_with_default  # noqa: F401
+from .scopes import (  # noqa: F401
+    AUTO_REUSE, VariableScope, constant_initializer, get_variable, get_variable_scope,
+    glorot_normal_initializer, glorot_uniform_initializer, ones_initializer,
+    random_normal_initializer, random_uniform_initializer, truncated_normal_initializer,
+    variable_scope, zeros_initializer,
+)
+from . import scopes as _scopes
 
 __version__ = "1.15.0"     # the TF1 API level this module follows
 
@@ -48,6 +55,10 @@ DType = _D.DType
 as_dtype = _D.as_dtype
 newaxis = None
 random = _types.SimpleNamespace(set_random_seed=set_random_seed)
+layers = _types.SimpleNamespace(dense=_scopes.dense)
+contrib = _types.SimpleNamespace(layers=_types.SimpleNamespace(
+    xavier_initializer=lambda uniform=True, seed=None, dtype=None:
+        (glorot_uniform_initializer if uniform else glorot_normal_initializer)(seed=seed, dtype=dtype)))
 sub, mul = subtract, multiply          # pre-1.0 names still in the classic talks
 
 
