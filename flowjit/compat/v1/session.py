@@ -190,6 +190,8 @@ class _Plan:
                         f"CPU") from None
                 devs.add(_device.CPU0)
         dev = devs.pop() if len(devs) == 1 else _device.CPU0
+        if dev == _device.CPU0:
+            dev = _device.CPU0          # the shared object: run() tests it with `is`
         if cfg is not None and cfg.log_device_placement:
             for op in self.order:
                 print(f"{op.name}: ({op.type}): {dev.name}", file=sys.stderr)
@@ -209,11 +211,14 @@ class _Plan:
             self.checked = True
         cfg = sess._config
         log = cfg is not None and cfg.log_device_placement
-        with _device.device(self.device), _log_placement(log):
-            if self.init_only:
-                values = _evaluate(self, [FjTensor(value=a) for a in arrays])
-            else:
-                values = self.jitted(*arrays)
+        if self.device is _device.CPU0 and not log and not self.init_only:
+            values = self.jitted(*arrays)         # the per-step path: nothing else to set up
+        else:
+            with _device.device(self.device), _log_placement(log):
+                if self.init_only:
+                    values = _evaluate(self, [FjTensor(value=a) for a in arrays])
+                else:
+                    values = self.jitted(*arrays)
         return [v.numpy() for v in values]
 
 
@@ -346,10 +351,12 @@ def _rebuild(s, vals):
 
 
 def _to_feed_array(t, value):
-    if isinstance(value, (Tensor, Operation)):
-        raise TypeError(f"The value of a feed cannot be a tf.Tensor ({value.name}); feed Python "
-                        f"scalars, lists or NumPy arrays (use sess.run to get a value first)")
-    arr = value.numpy() if isinstance(value, FjTensor) else np.asarray(value)
+    arr = value
+    if type(arr) is not np.ndarray:
+        if isinstance(value, (Tensor, Operation)):
+            raise TypeError(f"The value of a feed cannot be a tf.Tensor ({value.name}); feed Python "
+                            f"scalars, lists or NumPy arrays (use sess.run to get a value first)")
+        arr = value.numpy() if isinstance(value, FjTensor) else np.asarray(value)
     target = t.dtype.np
     if arr.dtype != target:
         k = arr.dtype.kind
@@ -361,9 +368,12 @@ def _to_feed_array(t, value):
                 f"{t.op.type} '{t.name}', which has dtype {t.dtype.name} and shape {t.shape} "
                 f"(created at {t.op._src})")
         arr = arr.astype(target)
-    if not t.shape.is_compatible_with(arr.shape):
-        raise ShapeError(f"Cannot feed value of shape {arr.shape} for Tensor '{t.name}', which has "
-                         f"shape {t.shape} (created at {t.op._src})")
+    dims = t._shape._dims
+    if dims is not None:
+        shape = arr.shape
+        if len(dims) != len(shape) or any(d is not None and d != n for d, n in zip(dims, shape)):
+            raise ShapeError(f"Cannot feed value of shape {arr.shape} for Tensor '{t.name}', which "
+                             f"has shape {t.shape} (created at {t.op._src})")
     return arr
 
 
@@ -394,14 +404,20 @@ class Session:
             raise RuntimeError("Attempted to use a closed Session.")
         g = self._graph
         leaves = []
-        struct = _flatten_fetch(fetches, g, leaves)
+        if isinstance(fetches, (Tensor, Operation)) and fetches.graph is g:
+            leaves.append(fetches)
+            struct = 0
+        else:
+            struct = _flatten_fetch(fetches, g, leaves)
         feed_ts, arrays = [], []
         if feed_dict:
             for k, v in feed_dict.items():
-                t = g.as_graph_element(k) if isinstance(k, str) else k
-                if isinstance(t, Operation) or not isinstance(t, Tensor):
-                    raise TypeError(f"feed_dict key {k!r} is not a tf.Tensor")
-                if t.graph is not g:
+                t = k
+                if not isinstance(t, Tensor):
+                    t = g.as_graph_element(k) if isinstance(k, str) else None
+                    if not isinstance(t, Tensor):
+                        raise TypeError(f"feed_dict key {k!r} is not a tf.Tensor")
+                if t.op.graph is not g:
                     raise ValueError(f"feed_dict key {t.name} belongs to another graph than the session's")
                 feed_ts.append(t)
                 arrays.append(_to_feed_array(t, v))
@@ -469,9 +485,6 @@ class Session:
         cm_g.__exit__(*exc)
         cm_s.__exit__(*exc)
         self.close()
-
-    def __del__(self):
-        pass
 
 
 @contextlib.contextmanager
