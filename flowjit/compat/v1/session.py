@@ -211,14 +211,22 @@ class _Plan:
             self.checked = True
         cfg = sess._config
         log = cfg is not None and cfg.log_device_placement
-        if self.device is _device.CPU0 and not log and not self.init_only:
-            values = self.jitted(*arrays)         # the per-step path: nothing else to set up
-        else:
-            with _device.device(self.device), _log_placement(log):
-                if self.init_only:
-                    values = _evaluate(self, [FjTensor(value=a) for a in arrays])
-                else:
-                    values = self.jitted(*arrays)
+        try:
+            if self.device is _device.CPU0 and not log and not self.init_only:
+                values = self.jitted(*arrays)         # the per-step path: nothing else to set up
+            else:
+                with _device.device(self.device), _log_placement(log):
+                    if self.init_only:
+                        values = _evaluate(self, [FjTensor(value=a) for a in arrays])
+                    else:
+                        values = self.jitted(*arrays)
+        except FlowjitError as e:
+            if not arrays:
+                raise
+            # sizes inside the message may be symbolic (d0_1 is dim 1 of fed value 0)
+            fed = ", ".join(f"d{i}: {t.name} {a.shape}" for i, (t, a) in
+                            enumerate(zip(self.feed_tensors, arrays)))
+            raise type(e)(f"{e} [fed values: {fed}]") from None
         return [v.numpy() for v in values]
 
 
