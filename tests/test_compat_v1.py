@@ -299,6 +299,7 @@ def test_thousand_runs_compile_once_and_new_batch_size_reuses(digits):
         # a new batch size: same compiled code
         for n in (37, 64, 100):
             sess.run(train, feed_dict={x: bx[:n], y_: by[:n]})
+        sess.run(train, feed_dict={y_: by, x: bx})        # the feed dict's order does not matter
         assert fj.stats()["traces"] == after["traces"]
         # an evaluation fetch needs no gradient: its plan has no backward function
         sess.run(acc, feed_dict={x: bx, y_: by})

@@ -147,8 +147,10 @@ def conv2d(input, filter=None, strides=None, padding=None, use_cudnn_on_gpu=True
     w = filter if filter is not None else filters
     st = static_value(strides, "conv2d strides")
     dil = static_value(dilations, "conv2d dilations")
-    return apply("Conv2D", lambda x, k: fn(x, k, st, padding, data_format=data_format, dilations=dil),
-                 (input, w), name=name)
+    kw = {"data_format": data_format}
+    if dil not in (1, [1, 1], [1, 1, 1, 1]):
+        kw["dilations"] = dil
+    return apply("Conv2D", lambda x, k: fn(x, k, st, padding, **kw), (input, w), name=name)
 
 
 def max_pool(value, ksize, strides, padding, data_format="NHWC", name=None, input=None):

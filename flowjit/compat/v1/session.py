@@ -429,6 +429,12 @@ class Session:
                     raise ValueError(f"feed_dict key {t.name} belongs to another graph than the session's")
                 feed_ts.append(t)
                 arrays.append(_to_feed_array(t, v))
+            if len(feed_ts) > 1:
+                # one plan per *set* of fed tensors, whatever the dict's order
+                order = sorted(range(len(feed_ts)), key=lambda i: (feed_ts[i].op._id,
+                                                                   feed_ts[i].value_index))
+                feed_ts = [feed_ts[i] for i in order]
+                arrays = [arrays[i] for i in order]
         key = (tuple(map(id, leaves)), tuple(map(id, feed_ts)))
         plan = self._plans.get(key)
         if plan is None:

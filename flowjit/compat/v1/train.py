@@ -256,7 +256,8 @@ class RMSPropOptimizer(Optimizer):
         super().__init__(use_locking, name)
         self._learning_rate, self._decay, self._momentum = learning_rate, decay, momentum
         self._epsilon, self._centered = epsilon, centered
-        self._slot_specs = (("rms", 1.0), ("momentum", 0.0)) + ((("mg", 0.0),) if centered else ())
+        # TF1's slot order (names W/RMSProp, W/RMSProp_1, ...): rms, mg if centered, momentum
+        self._slot_specs = (("rms", 1.0),) + ((("mg", 0.0),) if centered else ()) + (("momentum", 0.0),)
 
     def _apply_dense(self, ev, g, fv, lr, slots):
         d = self._decay
