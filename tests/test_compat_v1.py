@@ -342,6 +342,85 @@ def test_fetch_structures_and_names():
         assert isinstance(sess.run(b), np.float32)
 
 
+CORE_NAMES = """add subtract multiply divide pow square sqrt rsqrt exp log abs negative sign maximum
+minimum where clip_by_value equal not_equal less less_equal greater greater_equal logical_and
+logical_or logical_not cast matmul transpose reshape expand_dims squeeze concat stack split tile pad
+gather one_hot add_n reduce_sum reduce_mean reduce_max reduce_min reduce_prod argmax argmin tanh
+sigmoid stop_gradient constant zeros ones zeros_like ones_like fill range eye convert_to_tensor
+placeholder Variable Session InteractiveSession global_variables_initializer initialize_all_variables
+variables_initializer assign assign_add assign_sub gradients random_normal random_uniform
+truncated_normal name_scope device ConfigProto group control_dependencies identity float32 float64
+int32 int64 bool reset_default_graph get_default_graph Graph""".split()
+NN_NAMES = """relu relu6 leaky_relu elu sigmoid tanh softmax log_softmax softmax_cross_entropy_with_logits
+sparse_softmax_cross_entropy_with_logits sigmoid_cross_entropy_with_logits l2_loss bias_add dropout
+conv2d max_pool avg_pool""".split()
+TRAIN_NAMES = """GradientDescentOptimizer MomentumOptimizer AdamOptimizer AdagradOptimizer
+AdadeltaOptimizer RMSPropOptimizer Saver get_or_create_global_step exponential_decay""".split()
+
+
+def test_namespace_has_the_spec_names():
+    missing = [n for n in CORE_NAMES if not hasattr(tf, n)]
+    missing += ["nn." + n for n in NN_NAMES if not hasattr(tf.nn, n)]
+    missing += ["train." + n for n in TRAIN_NAMES if not hasattr(tf.train, n)]
+    missing += ["summary." + n for n in ("scalar", "histogram", "merge_all", "FileWriter")
+                if not hasattr(tf.summary, n)]
+    assert not missing
+
+
+def test_math_delegation_matches_numpy():
+    a = np.array([[0.5, -1.5, 2.0], [3.0, 0.25, -0.75]])
+    b = np.array([[1.0, 2.0, -1.0], [0.5, 0.5, 4.0]])
+    ta, tb = tf.constant(a), tf.constant(b)
+    cases = [
+        (tf.add(ta, tb), a + b), (tf.subtract(ta, tb), a - b), (tf.multiply(ta, tb), a * b),
+        (tf.divide(ta, tb), a / b), (tf.pow(tf.abs(ta), 1.5), np.abs(a) ** 1.5),
+        (tf.maximum(ta, tb), np.maximum(a, b)), (tf.clip_by_value(ta, -1.0, 1.0), np.clip(a, -1, 1)),
+        (tf.where(ta > tb, ta, tb), np.where(a > b, a, b)), (tf.sign(ta), np.sign(a)),
+        (tf.matmul(ta, tb, transpose_b=True), a @ b.T), (tf.transpose(ta), a.T),
+        (tf.reshape(ta, [3, 2]), a.reshape(3, 2)), (tf.expand_dims(ta, 0), a[None]),
+        (tf.concat([ta, tb], 0), np.concatenate([a, b])), (tf.stack([ta, tb], 1), np.stack([a, b], 1)),
+        (tf.tile(ta, [1, 2]), np.tile(a, (1, 2))), (tf.pad(ta, [[1, 0], [0, 2]]), np.pad(a, [[1, 0], [0, 2]])),
+        (tf.gather(ta, [1, 0, 1]), a[[1, 0, 1]]), (tf.add_n([ta, tb, ta]), 2 * a + b),
+        (tf.reduce_sum(ta, reduction_indices=1), a.sum(1)),
+        (tf.reduce_mean(ta, axis=0, keep_dims=True), a.mean(0, keepdims=True)),
+        (tf.reduce_max(ta), a.max()), (tf.reduce_min(ta, 1), a.min(1)), (tf.reduce_prod(ta, 0), a.prod(0)),
+        (tf.argmax(ta, 1), a.argmax(1)), (tf.argmin(ta, axis=0), a.argmin(0)),
+        (tf.cast(tf.equal(ta, tb), tf.float64), (a == b).astype(np.float64)),
+        (tf.split(ta, 3, axis=1)[2], a[:, 2:]), (tf.squeeze(tf.reshape(ta, [1, 6])), a.ravel()),
+        (tf.one_hot([2, 0], 3), np.eye(3, dtype=np.float32)[[2, 0]]),
+        (tf.nn.relu(ta), np.maximum(a, 0)), (tf.nn.relu6(ta * 4.0), np.clip(a * 4, 0, 6)),
+        (tf.nn.softmax(ta), np.exp(a) / np.exp(a).sum(1, keepdims=True)),
+        (tf.nn.l2_loss(ta), (a * a).sum() / 2), (tf.nn.bias_add(ta, tb[0]), a + b[0]),
+        (tf.nn.elu(ta), np.where(a > 0, a, np.expm1(np.minimum(a, 0)))),
+        (tf.nn.leaky_relu(ta), np.where(a > 0, a, 0.2 * a)),
+        (tf.zeros_like(ta), np.zeros_like(a)), (tf.fill([2], 7.0), np.full(2, 7.0, np.float32)),
+        (tf.range(5), np.arange(5, dtype=np.int32)), (tf.eye(2), np.eye(2, dtype=np.float32)),
+    ]
+    with tf.Session() as sess:
+        got = sess.run([t for t, _ in cases])
+    for (t, want), g in zip(cases, got):
+        assert_close(g, np.asarray(want).astype(t.dtype.np), rtol=1e-6, atol=1e-6)
+        assert t.get_shape().as_list() == list(np.shape(want)), t
+
+
+def test_losses_match_numpy():
+    labels = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    logits = np.array([[1.0, 2.0, -0.5], [3.0, -1.0, 0.25]])
+    y, x = tf.constant(labels), tf.constant(logits)
+    mse = tf.losses.mean_squared_error(y, x)
+    sce = tf.losses.softmax_cross_entropy(y, x, weights=2.0)
+    sparse = tf.losses.sparse_softmax_cross_entropy(tf.constant([1, 0]), x)
+    sig = tf.losses.sigmoid_cross_entropy(y, x)
+    with tf.Session() as sess:
+        got = sess.run([mse, sce, sparse, sig])
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ce = -(labels * logp).sum(1).mean()
+    sig_np = np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits))))
+    assert_close(np.array(got), np.array([np.mean((logits - labels) ** 2), 2 * ce, ce, sig_np]),
+                 rtol=1e-12, atol=1e-12)
+    assert len(tf.losses.get_losses()) == 4
+
+
 def test_names_scopes_and_shapes():
     x = tf.placeholder(tf.float32, shape=[None, 784], name="x")
     with tf.name_scope("layer1"):

@@ -8,7 +8,7 @@ import types as _types
 
 from ... import dtypes as _D
 from ...frontend import api as _F
-from . import errors, nn, summary, train  # noqa: F401
+from . import errors, losses, nn, summary, train  # noqa: F401
 from .graph import (  # noqa: F401
     Dimension, Graph, GraphKeys, Operation, Tensor, TensorShape, get_default_graph,
     reset_default_graph,
