@@ -1,5 +1,4 @@
 """`tf.nn` with TF1's signatures, delegating to `fj.nn`."""
-from ... import dtypes as D
 from ...frontend import api as F
 from ...frontend import nn as N
 from .errors import UnimplementedError

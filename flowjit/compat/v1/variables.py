@@ -1,8 +1,6 @@
 """TF1 variables. A `tf.Variable` is a graph node; its *value* lives in a session
 (one `fj.Variable` per tf.Variable per Session, created when its initializer or an
 assignment first runs), so two sessions on one graph are independent."""
-import numpy as np
-
 from ... import dtypes as D
 from ...errors import ShapeError, DTypeError
 from .graph import GraphKeys, Tensor, TensorShape, get_default_graph, make_op, Operation
