@@ -689,6 +689,45 @@ def test_runtime_errors_name_the_tf1_op_line():
             sess.run(picked, feed_dict={idx: [5]})
 
 
+def test_failed_step_leaves_variables_unchanged():
+    table = tf.Variable(np.arange(6.0).reshape(3, 2))
+    idx = tf.placeholder(tf.int32, [None])
+    loss = tf.reduce_sum(tf.square(tf.gather(table, idx)))
+    train = tf.train.GradientDescentOptimizer(0.1).minimize(loss)
+    with tf.Session() as sess:
+        sess.run(table.initializer)
+        before = sess.run(table)
+        with pytest.raises(fj.errors.OutOfRangeError, match="out of range"):
+            sess.run(train, feed_dict={idx: [0, 7]})
+        assert_close(sess.run(table), before)
+        sess.run(train, feed_dict={idx: [1]})
+        assert_close(sess.run(table), before * np.array([[1.0], [0.8], [1.0]]))
+
+
+def test_dropout_defaults_decay_and_gradients_of_tensors():
+    x = tf.placeholder(tf.float32, [None, 1000])
+    keep_prob = tf.placeholder_with_default(1.0, [])
+    d = tf.nn.dropout(x, keep_prob, seed=1)
+    step = tf.Variable(0, trainable=False)
+    lr = tf.train.exponential_decay(0.5, step, 10, 0.1, staircase=True)
+    h = x * 3.0
+    y = tf.reduce_sum(h * h)
+    gh = tf.gradients(y, h)[0]
+    ones = np.ones((4, 1000), np.float32)
+    with tf.Session() as sess:
+        sess.run(step.initializer)
+        assert_close(sess.run(d, {x: ones}), ones)                   # default keep_prob 1: identity
+        half = sess.run(d, {x: ones, keep_prob: 0.5})
+        assert set(np.unique(half)) <= {0.0, 2.0} and abs(half.mean() - 1.0) < 0.05
+        assert not np.array_equal(half, sess.run(d, {x: ones, keep_prob: 0.5}))   # new mask per run
+        assert_close(sess.run(lr), np.float32(0.5))
+        sess.run(step.assign(25))
+        assert_close(sess.run(lr), np.float32(0.5 * 0.1 ** 2))
+        assert_close(sess.run(gh, {x: ones[:1]}), np.full((1, 1000), 6.0, np.float32))
+        step.load(3, sess)
+        assert sess.run(step) == 3
+
+
 def test_devices_config_and_not_yet_available_parts(capsys):
     with tf.device("/cpu:0"):
         a = tf.constant([1.0, 2.0], name="a")
