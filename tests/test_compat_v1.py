@@ -479,11 +479,16 @@ def test_control_dependencies_identity_and_group():
         after = tf.identity(v)
     w = tf.Variable(10.0)
     both = tf.group(tf.assign_add(v, 1.0), tf.assign_sub(w, 1.0))
+    flag = tf.placeholder(tf.bool, [])
+    picked = tf.cond(flag, lambda: w * 2.0, lambda: w - 1.0)
+    with pytest.raises(NotImplementedError, match="side-effect-free"):
+        tf.cond(flag, lambda: tf.assign(w, 0.0), lambda: w)
     with tf.Session() as sess:
         sess.run(tf.variables_initializer([v, w]))
         assert sess.run(after) == 2.0
         sess.run(both)
         assert sess.run([v, w]) == [3.0, 9.0]
+        assert sess.run(picked, {flag: True}) == 18.0 and sess.run(picked, {flag: False}) == 8.0
 
 
 def test_sessions_on_one_graph_are_independent_and_interactive_eval():

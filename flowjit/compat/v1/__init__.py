@@ -14,7 +14,7 @@ from .graph import (  # noqa: F401
     reset_default_graph,
 )
 from .ops import (  # noqa: F401
-    abs, add, add_n, arg_max, arg_min, argmax, argmin, cast, ceil, clip_by_value, concat, constant,
+    abs, add, add_n, arg_max, arg_min, argmax, argmin, cast, ceil, clip_by_value, concat, cond, constant,
     control_dependencies, convert_to_tensor, cos, div, divide, equal, exp, expand_dims, expm1, eye,
     fill, floor, floor_div, floordiv, floormod, gather, greater, greater_equal, group, identity,
     less, less_equal, linspace, log, log1p, logical_and, logical_not, logical_or, logical_xor,

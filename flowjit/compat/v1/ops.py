@@ -461,3 +461,37 @@ def _install_operators():
 
 
 _install_operators()
+
+
+# --- tf.cond for side-effect-free branches ---------------------------------------------------------
+def cond(pred, true_fn=None, false_fn=None, strict=False, name=None, fn1=None, fn2=None):
+    """Both branches are built and computed, and the result is selected with `where`
+    (element-wise, so it fuses). That equals TF1's cond for branches without side
+    effects, which is checked: a branch that assigns variables or draws random numbers
+    is refused (TF1 would run only the taken branch's effects)."""
+    true_fn = true_fn or fn1
+    false_fn = false_fn or fn2
+    if not callable(true_fn) or not callable(false_fn):
+        raise TypeError("tf.cond needs callables true_fn and false_fn")
+    g = get_default_graph()
+    pred = convert_to_tensor(pred)
+    if not pred.dtype.is_bool or (pred.shape.ndims not in (None, 0)):
+        raise TypeError(f"tf.cond: pred must be a scalar bool tensor, got {pred}")
+    start = len(g._ops)
+    a = true_fn()
+    b = false_fn()
+    effects = [op for op in g._ops[start:] if op.stateful and op.type not in ("NoOp",)]
+    if effects:
+        raise NotImplementedError(
+            f"tf.cond: the branches create stateful ops ({', '.join(op.name for op in effects[:3])}); "
+            f"flowjit.compat.v1 computes both branches and selects, so only side-effect-free "
+            f"branches are supported")
+    single = not isinstance(a, (list, tuple))
+    a_list = [a] if single else list(a)
+    b_list = [b] if single else list(b)
+    if len(a_list) != len(b_list):
+        raise ValueError("tf.cond: true_fn and false_fn must return the same number of tensors")
+    outs = [apply("Select", lambda p, x, y: F.where(p, x, y), (pred, convert_to_tensor(x),
+                                                               convert_to_tensor(y)),
+                  name=name, default_name="cond") for x, y in zip(a_list, b_list)]
+    return outs[0] if single else (tuple(outs) if isinstance(a, tuple) else outs)
