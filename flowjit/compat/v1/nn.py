@@ -156,14 +156,15 @@ def max_pool(value, ksize, strides, padding, data_format="NHWC", name=None, inpu
     fn = _need("max_pool2d", "max_pool")
     x = value if value is not None else input
     ks, st = static_value(ksize, "max_pool ksize"), static_value(strides, "max_pool strides")
-    return apply("MaxPool", lambda v: fn(v, ks, st, padding), (x,), name=name)
+    return apply("MaxPool", lambda v: fn(v, ks, st, padding, data_format=data_format), (x,), name=name)
 
 
 def avg_pool(value, ksize, strides, padding, data_format="NHWC", name=None, input=None):
     fn = _need("avg_pool2d", "avg_pool")
     x = value if value is not None else input
     ks, st = static_value(ksize, "avg_pool ksize"), static_value(strides, "avg_pool strides")
-    return apply("AvgPool", lambda v: fn(v, ks, st, padding), (x,), name=name)
+    return apply("AvgPool", lambda v: fn(v, ks, st, padding, data_format=data_format), (x,),
+                 name=name)
 
 
 max_pool2d, avg_pool2d = max_pool, avg_pool
