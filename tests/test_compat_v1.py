@@ -48,6 +48,29 @@ def test_constant_addition_printed_and_run(capsys):
     assert "5.0" in out[3]
 
 
+def test_hello_world_and_basic_operations(capsys):
+    hello = tf.constant("Hello, TensorFlow!")
+    sess = tf.Session()
+    print(sess.run(hello))
+    a = tf.placeholder(tf.int16)
+    b = tf.placeholder(tf.int16)
+    add = tf.add(a, b)
+    mul = tf.multiply(a, b)
+    with tf.Session() as sess:
+        print("Addition with variables: %i" % sess.run(add, feed_dict={a: 2, b: 3}))
+        print("Multiplication with variables: %i" % sess.run(mul, feed_dict={a: 2, b: 3}))
+    matrix1 = tf.constant([[3., 3.]])
+    matrix2 = tf.constant([[2.], [2.]])
+    product = tf.matmul(matrix1, matrix2)
+    with tf.Session() as sess:
+        result = sess.run(product)
+        print(result)
+    assert capsys.readouterr().out.splitlines() == [
+        "b'Hello, TensorFlow!'", "Addition with variables: 5", "Multiplication with variables: 6", "[[12.]]"]
+    with pytest.raises(TypeError, match="string tensor"):
+        tf.identity(hello)
+
+
 def test_counter_built_from_assign(capsys):
     state = tf.Variable(0, name="counter")
     one = tf.constant(1)

@@ -9,6 +9,7 @@ import types as _types
 from ... import dtypes as _D
 from ...frontend import api as _F
 from . import errors, losses, nn, summary, train  # noqa: F401
+from .graph import string as _graph_string
 from .graph import (  # noqa: F401
     Dimension, Graph, GraphKeys, Operation, Tensor, TensorShape, get_default_graph,
     reset_default_graph,
@@ -49,8 +50,10 @@ from . import scopes as _scopes
 __version__ = "1.15.0"     # the TF1 API level this module follows
 
 float32, float64, int32, int64, bool = _D.float32, _D.float64, _D.int32, _D.int64, _D.bool_  # noqa: A001
-float16 = None
+# TF1's narrower types run as the nearest flowjit type (as fj.as_dtype maps NumPy's)
+float16, int8, int16, uint8, uint16 = _D.float32, _D.int32, _D.int32, _D.int32, _D.int32
 double = float64
+string = _graph_string
 DType = _D.DType
 as_dtype = _D.as_dtype
 newaxis = None

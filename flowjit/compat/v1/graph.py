@@ -163,6 +163,11 @@ def _static_int(d):
     return None if d >= _UNKNOWN_HINT and d % _UNKNOWN_HINT == 0 else d
 
 
+# TF1's string dtype: only string *constants* exist, and a session returns them as they
+# are (hello-world programs); no op computes with them.
+string = D.DType("string", object)
+
+
 # --- the graph ----------------------------------------------------------------------
 class GraphKeys:
     GLOBAL_VARIABLES = "variables"
@@ -418,7 +423,7 @@ class Tensor:
     def __init__(self, op, index, dtype, shape, abstract=None):
         self.op = op
         self.value_index = index
-        self.dtype = D.as_dtype(dtype)
+        self.dtype = dtype if dtype is string else D.as_dtype(dtype)
         self._shape = as_shape(shape)
         self._abstract = abstract     # the flowjit traced tensor standing for it, or None
 
@@ -527,6 +532,9 @@ def make_op(type, compute, inputs=(), name=None, attrs=None, stateful=False, out
     for t in inputs:
         if t.graph is not graph:
             raise ValueError(f"{type}: tensor {t.name} belongs to another graph than the op's")
+        if t.dtype is string:
+            raise TypeError(f"{type}: {t.name} is a string tensor; flowjit computes only with "
+                            f"numbers, so string constants can be fetched but not used in ops")
     full = graph.unique_name(name or default_name or type)
     ctrl = [op for level in graph._control_stack for op in level]
     op = Operation(graph, type, full, inputs, compute, ctrl, attrs, stateful)

@@ -6,7 +6,7 @@ import numpy as np
 
 from ... import dtypes as D
 from ...frontend import api as F
-from .graph import Operation, Tensor, TensorShape, get_default_graph, make_op
+from .graph import Operation, Tensor, TensorShape, get_default_graph, make_op, string
 
 
 class _Slot:
@@ -64,11 +64,35 @@ def apply(type, fn, args=(), kwargs=None, name=None, default_name=None, multi=Fa
 def constant(value, dtype=None, shape=None, name="Const", verify_shape=False):
     if isinstance(value, Tensor):
         raise TypeError("tf.constant needs a Python or NumPy value, not a tf.Tensor")
+    if dtype is string or _is_text(value):
+        arr = np.array(_as_bytes(value), dtype=object)
+        g = get_default_graph()
+        op = Operation(g, "Const", g.unique_name(name or "Const"), [], None, (),
+                       {"value": arr, "host": True})
+        op.outputs.append(Tensor(op, 0, string, arr.shape))
+        g._add_op(op)
+        return op.outputs[0]
     arr = F.constant(value, dtype, shape).numpy()
 
     def compute():
         return F.constant(arr)
     return make_op("Const", compute, (), name=name, attrs={"value": arr}).outputs[0]
+
+
+def _is_text(v):
+    if isinstance(v, (str, bytes)):
+        return True
+    if isinstance(v, (list, tuple)) and v:
+        return _is_text(v[0])
+    return isinstance(v, np.ndarray) and v.dtype.kind in "SUO"
+
+
+def _as_bytes(v):
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_as_bytes(x) for x in v]
+    return v
 
 
 def _const_out(value, dtype=None, shape=None, name="Const"):

@@ -112,7 +112,10 @@ class _Plan:
     def __init__(self, session, leaves, feed_tensors):
         self.session = session
         self.leaves = leaves
-        self.fetch_tensors = [x for x in leaves if isinstance(x, Tensor)]
+        # string constants are answered on the host; everything else is computed
+        self.host = {i: x.op.attrs["value"] for i, x in enumerate(leaves)
+                     if isinstance(x, Tensor) and x.op.attrs.get("host")}
+        self.fetch_tensors = [x for i, x in enumerate(leaves) if isinstance(x, Tensor) and i not in self.host]
         self.fetch_ops = [x for x in leaves if isinstance(x, Operation)]
         self.feed_tensors = feed_tensors
         fed = set(feed_tensors)
@@ -152,7 +155,8 @@ class _Plan:
                            if isinstance(x, Variable) and x not in fed]
         self.watch_tensors = {x for op in self.grad_ops for x in op.attrs["xs"]
                               if not isinstance(x, Variable) or x in fed}
-        self.init_only = (not self.fetch_tensors and bool(self.fetch_ops)
+        # initializers only (or nothing to compute): replayed eagerly, not compiled
+        self.init_only = (not self.fetch_tensors
                           and all(op.attrs.get("initializer") for op in self.fetch_ops))
         self.checked = False
         self.device = self._placement()
@@ -443,9 +447,10 @@ class Session:
         values = plan.run(arrays)
         out = [None] * len(leaves)
         it = iter(values)
+        host = plan.host
         for i, x in enumerate(leaves):
             if isinstance(x, Tensor):
-                v = next(it)
+                v = host[i] if host and i in host else next(it)
                 out[i] = v[()] if v.ndim == 0 else v
         return _rebuild(struct, out)
 
