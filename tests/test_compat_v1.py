@@ -133,6 +133,7 @@ def test_linear_regression_fed_one_sample_at_a_time():
     assert abs(w_val - 0.1) < 1e-2 and abs(b_val - 0.3) < 1e-2
     assert training_cost < 1e-5
     assert X.get_shape().ndims is None and str(X.shape) == "<unknown>"
+    assert str(pred.shape) == "<unknown>" and cost.get_shape().as_list() == []   # as TF1 infers
 
 
 def test_softmax_regression_on_digits(digits):

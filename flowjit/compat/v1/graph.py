@@ -560,10 +560,27 @@ def _infer(graph, op, compute, inputs):
             # session runs (TF1 too accepts them while building the graph)
             if not any(None in (t.shape._dims or []) for t in inputs):
                 raise type(e)(f"{op.type} op '{op.name}': {e}") from None
-    # unknown rank (or a size question about None dims): dtype from scalar stand-ins
-    try:
-        stand = [ab.new_input((), t.dtype) for t in inputs]
-        res = _flatten_outputs(ab.run(compute, stand))
-        return [(r.dtype, TensorShape(None), None) for r in res]
-    except Exception:
+    # unknown rank (or a size question about None dims): try the op with stand-ins of two
+    # ranks for the unknown inputs; what both agree on is known (a full reduction is a
+    # scalar whatever its input), the rest unknown
+    trials = []
+    for rank in (0, 3):
+        try:
+            stand = [t._abstract if t._abstract is not None else ab.new_input([None] * rank, t.dtype)
+                     for t in inputs]
+            trials.append(_flatten_outputs(ab.run(compute, stand)))
+        except Exception:
+            trials.append(None)
+    first, second = trials
+    if first is None and second is None:
         return [(inputs[0].dtype if inputs else D.float32, TensorShape(None), None)]
+    res = first or second
+    out = []
+    for k, r in enumerate(res):
+        shape = TensorShape(None)
+        if first is not None and second is not None and len(first) == len(second):
+            a, b = _static_dims(first[k].shape), _static_dims(second[k].shape)
+            if a == b and None not in a:
+                shape = TensorShape(a)
+        out.append((r.dtype, shape, ab.new_input(shape, r.dtype) if shape.ndims is not None else None))
+    return out
