@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from ... import dtypes as D
-from ...errors import FlowjitError
+from ...errors import DTypeError, FlowjitError
 from ...frontend.tensor import Tensor as FjTensor, TraceContext, user_src
 from ...ir.graph import Graph as IRGraph
 from ...ir.shapes import Sym
@@ -563,16 +563,19 @@ def _infer(graph, op, compute, inputs):
     # unknown rank (or a size question about None dims): try the op with stand-ins of two
     # ranks for the unknown inputs; what both agree on is known (a full reduction is a
     # scalar whatever its input), the rest unknown
-    trials = []
+    trials, errors = [], []
     for rank in (0, 3):
         try:
             stand = [t._abstract if t._abstract is not None else ab.new_input([None] * rank, t.dtype)
                      for t in inputs]
             trials.append(_flatten_outputs(ab.run(compute, stand)))
-        except Exception:
+        except Exception as e:
             trials.append(None)
+            errors.append(e)
     first, second = trials
     if first is None and second is None:
+        if all(isinstance(e, DTypeError) for e in errors):     # wrong whatever the shapes
+            raise DTypeError(f"{op.type} op '{op.name}': {errors[0]}") from None
         return [(inputs[0].dtype if inputs else D.float32, TensorShape(None), None)]
     res = first or second
     out = []
