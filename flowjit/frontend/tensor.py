@@ -73,12 +73,30 @@ def current_trace():
 
 def user_src():
     """'file.py:12: code' of the innermost frame outside the flowjit package."""
+    override = getattr(_state, "src_override", None)
+    if override is not None:      # set while flowjit.compat.v1 replays a TF1 op
+        return override
     f = sys._getframe(1)
     while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
         f = f.f_back
     if f is None:
         return None
     return SrcLoc(f.f_code.co_filename, f.f_lineno)
+
+
+class src_override:
+    """Within this block, ops are attributed to `src` (the line that built a TF1 op
+    which a session is now replaying) instead of the caller's line."""
+
+    def __init__(self, src):
+        self.src = src
+
+    def __enter__(self):
+        self.saved = getattr(_state, "src_override", None)
+        _state.src_override = self.src
+
+    def __exit__(self, *exc):
+        _state.src_override = self.saved
 
 
 class SrcLoc:

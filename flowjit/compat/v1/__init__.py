@@ -1,0 +1,98 @@
+"""`import flowjit.compat.v1 as tf`: TensorFlow 1 graph mode on flowjit.
+
+Build a graph with placeholders, variables and ops; `tf.Session().run(fetches,
+feed_dict)` compiles the subgraph the fetches need with `fj.jit` (once per fetches
+and fed tensors) and runs it. See session.py for the execution model, train.py for
+the optimizers' TF1 formulas."""
+import types as _types
+
+from ... import dtypes as _D
+from ...frontend import api as _F
+from . import errors, losses, nn, summary, train  # noqa: F401
+from .graph import string as _graph_string
+from .graph import (  # noqa: F401
+    Dimension, Graph, GraphKeys, Operation, Tensor, TensorShape, get_default_graph,
+    reset_default_graph,
+)
+from .ops import (  # noqa: F401
+    abs, add, add_n, arg_max, arg_min, argmax, argmin, cast, ceil, clip_by_value, concat, cond, constant,
+    control_dependencies, convert_to_tensor, cos, div, divide, equal, exp, expand_dims, expm1, eye,
+    fill, floor, floor_div, floordiv, floormod, gather, greater, greater_equal, group, identity,
+    less, less_equal, linspace, log, log1p, logical_and, logical_not, logical_or, logical_xor,
+    matmul, maximum, minimum, mod, multiply, neg, negative, no_op, not_equal, one_hot, ones,
+    ones_like, pack, pad, pow, range, rank, realdiv, reciprocal, reduce_all, reduce_any,
+    reduce_max, reduce_mean, reduce_min, reduce_prod, reduce_sum, reshape, rsqrt, shape, sigmoid,
+    sign, sin, size, split, sqrt, square, squared_difference, squeeze, stack, stop_gradient,
+    subtract, tanh, tile, to_double, to_float, to_int32, to_int64, transpose, truediv, tuple_ as tuple,
+    unstack, where, zeros, zeros_like,
+)
+from .random_ops import random_normal, random_uniform, set_random_seed, truncated_normal  # noqa: F401
+from .variables import (  # noqa: F401
+    Variable, all_variables, assign, assign_add, assign_sub, global_variables,
+    global_variables_initializer, initialize_all_variables, initialize_local_variables,
+    local_variables, local_variables_initializer, tables_initializer, trainable_variables,
+    variables_initializer,
+)
+from .gradients import gradients  # noqa: F401
+from .session import (  # noqa: F401
+    ConfigProto, GPUOptions, InteractiveSession, RunMetadata, RunOptions, Session,
+    get_default_session,
+)
+from .placeholders import placeholder, placeholder_with_default  # noqa: F401
+from .scopes import (  # noqa: F401
+    AUTO_REUSE, VariableScope, constant_initializer, get_variable, get_variable_scope,
+    glorot_normal_initializer, glorot_uniform_initializer, ones_initializer,
+    random_normal_initializer, random_uniform_initializer, truncated_normal_initializer,
+    variable_scope, zeros_initializer,
+)
+from . import scopes as _scopes
+
+__version__ = "1.15.0"     # the TF1 API level this module follows
+
+float32, float64, int32, int64, bool = _D.float32, _D.float64, _D.int32, _D.int64, _D.bool_  # noqa: A001
+# TF1's narrower types run as the nearest flowjit type (as fj.as_dtype maps NumPy's)
+float16, int8, int16, uint8, uint16 = _D.float32, _D.int32, _D.int32, _D.int32, _D.int32
+double = float64
+string = _graph_string
+DType = _D.DType
+as_dtype = _D.as_dtype
+newaxis = None
+random = _types.SimpleNamespace(set_random_seed=set_random_seed)
+layers = _types.SimpleNamespace(dense=_scopes.dense)
+contrib = _types.SimpleNamespace(layers=_types.SimpleNamespace(
+    xavier_initializer=lambda uniform=True, seed=None, dtype=None:
+        (glorot_uniform_initializer if uniform else glorot_normal_initializer)(seed=seed, dtype=dtype)))
+sub, mul = subtract, multiply          # pre-1.0 names still in the classic talks
+
+
+def name_scope(name, default_name=None, values=None):
+    return get_default_graph().name_scope(name if name is not None else default_name)
+
+
+def device(device_name_or_function):
+    return get_default_graph().device(device_name_or_function)
+
+
+def get_collection(key, scope=None):
+    return get_default_graph().get_collection(key, scope)
+
+
+def add_to_collection(name, value):
+    get_default_graph().add_to_collection(name, value)
+
+
+def get_seed(op_seed):
+    from .random_ops import get_seed as _gs
+    return _gs(op_seed, len(get_default_graph()._ops))
+
+
+def disable_eager_execution():
+    """Graph mode is the only mode of flowjit.compat.v1 (kept so TF2-era scripts run)."""
+
+
+def disable_v2_behavior():
+    """See disable_eager_execution."""
+
+
+def executing_eagerly():
+    return False
