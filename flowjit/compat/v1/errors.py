@@ -12,3 +12,10 @@ class FailedPreconditionError(OpError, RuntimeError):
 
 class UnimplementedError(OpError, NotImplementedError):
     """A TF1 feature that flowjit.compat.v1 does not provide yet."""
+
+
+class NotFoundError(OpError, KeyError):
+    """Something named does not exist, e.g. a variable missing from a checkpoint."""
+
+    def __str__(self):          # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -316,6 +316,12 @@ class Graph:
     def get_collection_ref(self, name):
         return self._collections.setdefault(name, [])
 
+    def as_graph_def(self, from_version=None, add_shapes=False):
+        """This graph as a TensorFlow `GraphDef` proto (needs the tensorboard package;
+        see summary.graph_def)."""
+        from .summary import graph_def
+        return graph_def(self)
+
     def finalize(self):
         self._finalized = True
 

@@ -112,13 +112,36 @@ class _Plan:
     def __init__(self, session, leaves, feed_tensors):
         self.session = session
         self.leaves = leaves
-        # string constants are answered on the host; everything else is computed
-        self.host = {i: x.op.attrs["value"] for i, x in enumerate(leaves)
-                     if isinstance(x, Tensor) and x.op.attrs.get("host")}
-        self.fetch_tensors = [x for i, x in enumerate(leaves) if isinstance(x, Tensor) and i not in self.host]
-        self.fetch_ops = [x for x in leaves if isinstance(x, Operation)]
+        # host ops (string constants, summaries) are answered on the host from the numeric
+        # values they need, which the compiled plan fetches with the others
         self.feed_tensors = feed_tensors
         fed = set(feed_tensors)
+        self.fetch_tensors = []
+        position = {}               # id(numeric tensor) -> its index in fetch_tensors
+        self.leaf_index = []        # per leaf: index in fetch_tensors, or None (op / host)
+
+        def fetch(t):
+            k = position.get(id(t))
+            if k is None:
+                k = position[id(t)] = len(self.fetch_tensors)
+                self.fetch_tensors.append(t)
+            return k
+        self.host = {}
+        for i, x in enumerate(leaves):
+            if isinstance(x, Tensor) and x.op.attrs.get("host") and x not in fed:
+                self.host[i] = x
+                self.leaf_index.append(None)
+            elif isinstance(x, Tensor):
+                self.leaf_index.append(len(self.fetch_tensors))
+                self.fetch_tensors.append(x)
+                position.setdefault(id(x), self.leaf_index[-1])
+            else:
+                self.leaf_index.append(None)
+        for x in self.host.values():
+            for t in _host_inputs(x.op, fed):
+                fetch(t)
+        self.host_position = position
+        self.fetch_ops = [x for x in leaves if isinstance(x, Operation)]
         reads, written, order, done = set(), set(), [], set()
         roots = []
         for t in self.fetch_tensors:
@@ -130,6 +153,14 @@ class _Plan:
         while stack:
             op, expanded = stack.pop()
             if op in done:
+                continue
+            if op.attrs.get("host"):
+                # a host op fetched as an op or named as a control input: what it reads runs
+                done.add(op)
+                for t in _host_inputs(op, fed):
+                    d = self._producer(t, fed, reads)
+                    if d is not None and d not in done:
+                        stack.append((d, False))
                 continue
             if expanded:
                 done.add(op)
@@ -200,6 +231,42 @@ class _Plan:
             for op in self.order:
                 print(f"{op.name}: ({op.type}): {dev.name}", file=sys.stderr)
         return dev
+
+    def leaf_values(self, values, feeds):
+        """The value of each fetch leaf (None for ops) from the plan's numeric values:
+        host tensors are built here, e.g. a summary's serialized Summary from the values
+        of its inputs."""
+        fed = dict(zip(map(id, self.feed_tensors), feeds))
+        memo = {}
+
+        def host_value(t):
+            if id(t) in fed:
+                return fed[id(t)]
+            if not t.op.attrs.get("host"):
+                return values[self.host_position[id(t)]]
+            v = memo.get(id(t))
+            if v is None:
+                op = t.op
+                if "summary" not in op.attrs:          # a string constant
+                    v = op.attrs["value"]
+                else:
+                    vals = [host_value(x) for x in op.inputs]
+                    try:
+                        v = np.array(op.attrs["summary"](vals), dtype=object)
+                    except (ValueError, TypeError) as e:
+                        raise InvalidArgumentError(f"{op.type} op '{op.name}' (created at {op._src}): "
+                                                   f"{e}") from None
+                memo[id(t)] = v
+            return v
+        out = []
+        for i, k in enumerate(self.leaf_index):
+            if k is not None:
+                out.append(values[k])
+            elif i in self.host:
+                out.append(host_value(self.host[i]))
+            else:
+                out.append(None)
+        return out
 
     def _traced(self, *feeds):
         return tuple(_evaluate(self, feeds))
@@ -324,6 +391,17 @@ def _run_op(ev, op):
         ev.set(t, v)
 
 
+def _host_inputs(op, fed):
+    """The numeric tensors a host op's value is made from (through merged summaries)."""
+    out = []
+    for t in op.inputs:
+        if t in fed or not t.op.attrs.get("host"):
+            out.append(t)
+        else:
+            out.extend(_host_inputs(t.op, fed))
+    return out
+
+
 # --- fetches ------------------------------------------------------------------------------------
 def _flatten_fetch(f, graph, leaves):
     if f is None:
@@ -408,6 +486,10 @@ class Session:
         return self._graph
 
     @property
+    def graph_def(self):
+        return self._graph.as_graph_def()
+
+    @property
     def sess_str(self):
         return ""
 
@@ -445,13 +527,13 @@ class Session:
             plan = _Plan(self, leaves, feed_ts)
             self._plans[key] = plan
         values = plan.run(arrays)
-        out = [None] * len(leaves)
-        it = iter(values)
-        host = plan.host
-        for i, x in enumerate(leaves):
-            if isinstance(x, Tensor):
-                v = host[i] if host and i in host else next(it)
-                out[i] = v[()] if v.ndim == 0 else v
+        if plan.host:
+            out = plan.leaf_values(values, arrays)
+        else:
+            out = [None if k is None else values[k] for k in plan.leaf_index]
+        for i, v in enumerate(out):
+            if v is not None and v.ndim == 0:
+                out[i] = v[()]
         return _rebuild(struct, out)
 
     def partial_run_setup(self, *a, **k):

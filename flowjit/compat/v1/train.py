@@ -8,12 +8,18 @@ variables created by `apply_gradients`/`minimize`, so `global_variables_initiali
 (called after `minimize`, as in TF1) initializes them and each Session has its own.
 Where TF1's formula is the one `fj.optimizers` already implements (plain gradient
 descent, Adagrad without epsilon, Adadelta), that code does the update."""
+import glob
+import json
+import os
+
 import numpy as np
 
 from ... import dtypes as D
 from ...frontend import api as F
 from ...frontend import optimizers as fjopt
-from .errors import UnimplementedError
+from ... import train as fj_train
+from ...errors import InvalidArgumentError
+from .errors import FailedPreconditionError, NotFoundError, UnimplementedError
 from .graph import GraphKeys, Tensor, get_default_graph, make_op
 from .gradients import gradients
 from .variables import Variable, trainable_variables
@@ -308,20 +314,202 @@ def exponential_decay(learning_rate, global_step, decay_steps, decay_rate, stair
     return O.apply("ExponentialDecay", fn, (global_step,), name=name)
 
 
+# --- checkpoints -------------------------------------------------------------------------------
+_STATE_FILE = "checkpoint"
+
+
+class CheckpointState:
+    """What the `checkpoint` state file of a directory says (TF1's CheckpointState)."""
+
+    def __init__(self, model_checkpoint_path, all_model_checkpoint_paths):
+        self.model_checkpoint_path = model_checkpoint_path
+        self.all_model_checkpoint_paths = list(all_model_checkpoint_paths)
+
+    def __repr__(self):
+        return (f"CheckpointState(model_checkpoint_path={self.model_checkpoint_path!r}, "
+                f"all_model_checkpoint_paths={self.all_model_checkpoint_paths!r})")
+
+
+def _state_text(latest, paths):
+    lines = [f"model_checkpoint_path: {json.dumps(latest)}"]
+    lines += [f"all_model_checkpoint_paths: {json.dumps(p)}" for p in paths]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _update_state(directory, latest, paths, latest_filename=None):
+    """Rewrite the state file atomically; paths inside `directory` are written relative
+    to it (TF1's save_relative_paths), so a moved directory still resolves."""
+    def rel(p):
+        return os.path.relpath(p, directory) if os.path.dirname(os.path.abspath(p)) == \
+            os.path.abspath(directory) else p
+    text = _state_text(rel(latest), [rel(p) for p in paths])
+    fj_train._atomic_write(os.path.join(directory, latest_filename or _STATE_FILE), lambda f: f.write(text))
+
+
+def get_checkpoint_state(checkpoint_dir, latest_filename=None):
+    """The `CheckpointState` of `checkpoint_dir` (paths joined to the directory when
+    relative), or None when it has no state file."""
+    fname = os.path.join(os.fspath(checkpoint_dir), latest_filename or _STATE_FILE)
+    try:
+        with open(fname, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    latest, paths = None, []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        try:
+            value = json.loads(value.strip()) if sep else None
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, str) or key.strip() not in ("model_checkpoint_path",
+                                                            "all_model_checkpoint_paths"):
+            raise ValueError(f"{fname}, line {n}: not a checkpoint state line: {line!r}")
+        value = value if os.path.isabs(value) else os.path.join(os.fspath(checkpoint_dir), value)
+        if key.strip() == "model_checkpoint_path":
+            latest = value
+        else:
+            paths.append(value)
+    if latest is None:
+        raise ValueError(f"{fname}: no model_checkpoint_path")
+    return CheckpointState(latest, paths)
+
+
+def checkpoint_exists(checkpoint_prefix):
+    return os.path.isfile(fj_train._prefix(os.fspath(checkpoint_prefix)) + fj_train._INDEX_SUFFIX)
+
+
+def latest_checkpoint(checkpoint_dir, latest_filename=None):
+    """The prefix of the newest checkpoint a Saver recorded in `checkpoint_dir`'s state
+    file, or None (no state file, or its checkpoint is gone), as in TF1."""
+    state = get_checkpoint_state(checkpoint_dir, latest_filename)
+    if state is None or not checkpoint_exists(state.model_checkpoint_path):
+        return None
+    return state.model_checkpoint_path
+
+
+def _delete_checkpoint(prefix):
+    for f in [prefix + fj_train._INDEX_SUFFIX] + glob.glob(glob.escape(prefix) + ".data-*.npz"):
+        try:
+            os.remove(f)
+        except FileNotFoundError:
+            pass
+
+
 class Saver:
-    """Checkpoints are not available in flowjit.compat.v1 yet (fj.train.Checkpoint is
-    being built); constructing a Saver says so instead of failing later."""
+    """`tf.train.Saver(var_list=None, max_to_keep=5)`: saves the session's values of
+    `var_list` (default: all global variables, optimizer slots included, as in TF1)
+    keyed by their TF1 names (`W:0` is saved as `W`) with `fj.train.save_arrays` (`.npz`
+    + a JSON index, atomic commit, no pickle), and keeps a `checkpoint` state file in
+    the directory like TF1 for `latest_checkpoint`. At most `max_to_keep` checkpoints
+    of this Saver are kept (None or 0: all are kept, the state file lists the last).
+    `restore(sess, path)` checks every name, shape and dtype before assigning anything
+    and initializes the variables it restores (no initializer run is needed)."""
 
-    def __init__(self, *args, **kwargs):
-        raise UnimplementedError("tf.train.Saver is not yet available in flowjit.compat.v1: "
-                                 "checkpoints arrive with fj.train.Checkpoint")
+    def __init__(self, var_list=None, reshape=False, sharded=False, max_to_keep=5,
+                 keep_checkpoint_every_n_hours=10000.0, name=None, restore_sequentially=False,
+                 saver_def=None, builder=None, defer_build=False, allow_empty=False,
+                 write_version=2, pad_step_number=False, save_relative_paths=False, filename=None):
+        if reshape:
+            raise UnimplementedError("tf.train.Saver(reshape=True) is not supported by flowjit.compat.v1")
+        if var_list is None:
+            var_list = get_default_graph().get_collection(GraphKeys.GLOBAL_VARIABLES)
+        if isinstance(var_list, dict):
+            named = dict(var_list)
+        else:
+            named = {}
+            for v in var_list:
+                if not isinstance(v, Variable):
+                    raise TypeError(f"tf.train.Saver: {v!r} is not a tf.Variable")
+                if v.op.name in named:
+                    raise ValueError(f"tf.train.Saver: at least two variables have the same name: {v.op.name}")
+                named[v.op.name] = v
+        for k, v in named.items():
+            if not isinstance(v, Variable):
+                raise TypeError(f"tf.train.Saver: {k!r} maps to {v!r}, which is not a tf.Variable")
+        if not named and not allow_empty:
+            raise ValueError("No variables to save")
+        graphs = {v.graph for v in named.values()}
+        self._graph = graphs.pop() if len(graphs) == 1 else get_default_graph()
+        if graphs:
+            raise ValueError("tf.train.Saver: the variables belong to more than one graph")
+        self._vars = named
+        self._max_to_keep = max_to_keep
+        self._pad = pad_step_number
+        self._last = []                # prefixes this Saver saved, oldest first
+
+    @property
+    def last_checkpoints(self):
+        return list(self._last)
+
+    def set_last_checkpoints(self, last_checkpoints):
+        self._last = list(last_checkpoints)
+
+    def recover_last_checkpoints(self, checkpoint_paths):
+        self._last = [p for p in checkpoint_paths if checkpoint_exists(p)]
+
+    def _check_session(self, sess, what):
+        if sess.graph is not self._graph:
+            raise ValueError(f"Saver.{what}: the session runs another graph than the Saver's variables'")
+
+    def save(self, sess, save_path, global_step=None, latest_filename=None, meta_graph_suffix="meta",
+             write_meta_graph=True, write_state=True, strip_default_attrs=False, save_debug_info=False):
+        """Save the variables' values in `sess` at prefix `save_path` (`save_path-<step>`
+        with `global_step`, an int or a tensor); returns the prefix."""
+        self._check_session(sess, "save")
+        save_path = os.fspath(save_path)
+        if global_step is not None:
+            if isinstance(global_step, Tensor):
+                global_step = sess.run(global_step)
+            step = int(np.asarray(global_step))
+            save_path = f"{save_path}-{step:08d}" if self._pad else f"{save_path}-{step}"
+        arrays = {}
+        for name, v in self._vars.items():
+            fv = sess._vars.get(v)
+            if fv is None:
+                raise FailedPreconditionError(
+                    f"Saver.save: variable {v.op.name} (created at {v.op._src}) is not initialized in "
+                    f"this session; run tf.global_variables_initializer() first")
+            arrays[name] = fv.numpy()
+        prefix = fj_train.save_arrays(save_path, arrays, metadata={"kind": "tf.train.Saver"})
+        if prefix in self._last:
+            self._last.remove(prefix)
+        self._last.append(prefix)
+        if self._max_to_keep:
+            while len(self._last) > self._max_to_keep:
+                _delete_checkpoint(self._last.pop(0))
+        if write_state:
+            directory = os.path.dirname(prefix) or "."
+            _update_state(directory, prefix, self._last if self._max_to_keep else [prefix], latest_filename)
+        return prefix
+
+    def restore(self, sess, save_path):
+        """Assign the saved values to the variables in `sess` (all or nothing): every
+        variable must be in the checkpoint with its shape and dtype."""
+        self._check_session(sess, "restore")
+        if save_path is None:
+            raise ValueError("Can't load save_path when it is None.")
+        save_path = os.fspath(save_path)
+        if not checkpoint_exists(save_path):
+            raise ValueError(f"The passed save_path is not a valid checkpoint: {save_path}")
+        saved = fj_train.list_arrays(save_path)
+        for name, v in self._vars.items():
+            if name not in saved:
+                raise NotFoundError(f"Saver.restore: key {name} (variable {v.op.name}) not found in "
+                                    f"checkpoint {save_path} (it holds {', '.join(sorted(saved))})")
+            shape, dtype = saved[name]
+            want = tuple(v.shape.as_list())
+            if shape != want or dtype != v.dtype.np:
+                raise InvalidArgumentError(
+                    f"Saver.restore: variable {v.op.name} (created at {v.op._src}) is {v.dtype.name}"
+                    f"{list(want)} but checkpoint {save_path} holds {name} as {dtype}{list(shape)}")
+        arrays = fj_train.load_arrays(save_path)
+        for name, v in self._vars.items():
+            fv = sess._vars.get(v)
+            if fv is None:
+                fv = sess._new_variable(v)
+            fv.assign(arrays[name])
 
 
-def _not_yet(name):
-    def f(*args, **kwargs):
-        raise UnimplementedError(f"tf.train.{name} is not yet available in flowjit.compat.v1")
-    f.__name__ = name
-    return f
-
-
-latest_checkpoint = _not_yet("latest_checkpoint")
