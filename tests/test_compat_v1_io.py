@@ -124,7 +124,15 @@ def test_summary_ops_errors_and_edges():
         assert h.op.name == "log_x"                      # TF1 cleans the tag
         with pytest.raises(tf.errors.UnimplementedError, match="not supported"):
             tf.summary.image("img", x)
+        count = tf.Variable(0.0, name="count")
+        with tf.control_dependencies([tf.assign_add(count, 1.0)]):
+            counted = tf.summary.scalar("five", tf.constant(5.0), collections=[])
+    assert g.get_collection(tf.GraphKeys.SUMMARIES) == [h]
     with tf.Session(graph=g) as sess:
+        sess.run(count.initializer)
+        sess.run(counted)
+        sess.run(counted.op)
+        assert sess.run(count) == 2.0              # a summary's control inputs run with it
         with pytest.raises(fj.errors.InvalidArgumentError, match="placeholder tensor 'x'"):
             sess.run(h)
         assert sess.run(h, {x: [1.0, 2.0]})

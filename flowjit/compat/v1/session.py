@@ -149,18 +149,22 @@ class _Plan:
             if dep is not None:
                 roots.append(dep)
         roots.extend(self.fetch_ops)
+        roots.extend(x.op for x in self.host.values())
         stack = [(op, False) for op in reversed(roots)]
         while stack:
             op, expanded = stack.pop()
             if op in done:
                 continue
             if op.attrs.get("host"):
-                # a host op fetched as an op or named as a control input: what it reads runs
+                # not replayed (made on the host after the run), but what it reads and its
+                # control inputs run
                 done.add(op)
-                for t in _host_inputs(op, fed):
-                    d = self._producer(t, fed, reads)
-                    if d is not None and d not in done:
-                        stack.append((d, False))
+                deps = list(op.control_inputs)
+                for t in op.inputs:
+                    d = t.op if t not in fed and t.op.attrs.get("host") else self._producer(t, fed, reads)
+                    if d is not None:
+                        deps.append(d)
+                stack.extend((d, False) for d in reversed(deps) if d not in done)
                 continue
             if expanded:
                 done.add(op)
