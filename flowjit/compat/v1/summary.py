@@ -98,7 +98,7 @@ def merge(inputs, collections=None, name=None):
         if t.graph is not g:
             raise ValueError(f"tf.summary.merge: {t.name} belongs to another graph than {inputs[0].name}")
     with g.name_scope(name or "Merge"):
-        full = g.unique_name("MergeSummary")
+        full = g.unique_name(name or "MergeSummary")     # TF1: Merge/MergeSummary, or name/name
     ctrl = [op for level in g._control_stack for op in level]
     op = Operation(g, "MergeSummary", full, inputs, _no_compute, ctrl,
                    {"host": True, "summary": _merge_values})
