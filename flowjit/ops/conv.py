@@ -28,10 +28,10 @@ from ..ir.registry import register
 from ..ir.shapes import Sym, hint, same, unify_dims
 from .rules import fmt, require, same_dtype
 
-# per call: im2col chunk size in elements (the unfolded chunk stays in L2/L3) and the
+# im2col chunk size in elements (the unfolded chunk stays in L2) and the
 # largest K = KH*KW*C_in for which direct loops beat unfolding + BLAS
-CHUNK_ELEMS = 1 << 18
-DIRECT_MAX_K = 48
+CHUNK_ELEMS = 1 << 17
+DIRECT_MAX_K = 16
 
 
 # --------------------------------------------------------------------------------------
@@ -307,99 +307,100 @@ def _avg_pool_grad_ref(arrs, attrs, shape, dtype):
 # --------------------------------------------------------------------------------------
 # CPU kernels (source templates; sizes, strides, dilations and pads are run-time values)
 # --------------------------------------------------------------------------------------
-# Shared helpers, text included in each kernel module that needs them.
-_HELPERS = f'''
+# Shared helpers, text included in each kernel module that needs them. The unfolding
+# runs serially a chunk of rows at a time (the chunk stays in L2) and each chunk is one
+# BLAS call, which brings its own threads: a Numba-parallel unfold between BLAS calls
+# would wake a second thread pool while BLAS's idle workers still spin on the cores.
+_HELPERS = f"""
 CHUNK_ELEMS = {CHUNK_ELEMS}
 DIRECT_MAX_K = {DIRECT_MAX_K}
 
 
-@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True)
-def im2col(x, col, n0, n1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
-    """Rows (n, oh, ow) for images n0..n1 of the unfolded input: col[r, (i*KW+j)*C + c]
-    = x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c] (0 outside the input)."""
-    H, W, C = x.shape[1], x.shape[2], x.shape[3]
-    for t in prange((n1 - n0) * OH):
-        n = n0 + t // OH
-        oh = t % OH
-        for ow in range(OW):
-            r = t * OW + ow
-            for i in range(KH):
-                ih = oh * sh - pt + i * dh
-                for j in range(KW):
-                    iw = ow * sw - pl + j * dw
-                    base = (i * KW + j) * C
-                    if 0 <= ih < H and 0 <= iw < W:
-                        for c in range(C):
-                            col[r, base + c] = x[n, ih, iw, c]
-                    else:
-                        for c in range(C):
-                            col[r, base + c] = 0
-
-
-@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True)
-def col2im(col, dx, n0, n1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
-    """dx[n0:n1] = the sum, for each input element, of the unfolded rows that read it
-    (the adjoint of im2col), written as a gather so input rows are independent."""
-    H, W, C = dx.shape[1], dx.shape[2], dx.shape[3]
-    for t in prange((n1 - n0) * H):
-        n = n0 + t // H
-        ih = t % H
-        for iw in range(W):
-            for c in range(C):
-                dx[n, ih, iw, c] = 0
-            for i in range(KH):
-                a = ih + pt - i * dh
-                if a < 0 or a % sh != 0:
-                    continue
-                oh = a // sh
-                if oh >= OH:
-                    continue
-                for j in range(KW):
-                    b = iw + pl - j * dw
-                    if b < 0 or b % sw != 0:
-                        continue
-                    ow = b // sw
-                    if ow >= OW:
-                        continue
-                    r = ((n - n0) * OH + oh) * OW + ow
-                    base = (i * KW + j) * C
-                    for c in range(C):
-                        dx[n, ih, iw, c] += col[r, base + c]
-
-
 @njit(cache=CACHE, error_model='numpy')
-def chunk_images(N, rows_per_image, K):
-    per = rows_per_image * K
-    return max(1, min(N, CHUNK_ELEMS // max(per, 1)))
-'''
+def chunk_rows(M, K, scale):
+    return max(64, min(M, scale * CHUNK_ELEMS // max(K, 1)))
+
+
+@njit(cache=CACHE, error_model='numpy', fastmath=True)
+def im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    \"\"\"Rows r0..r1 (r = (n*OH + oh)*OW + ow) of the unfolded input:
+    col[r - r0, (i*KW + j)*C + c] = x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c], 0 outside.\"\"\"
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    for r in range(r0, r1):
+        ow = r % OW
+        t = r // OW
+        oh = t % OH
+        n = t // OH
+        q = r - r0
+        for i in range(KH):
+            ih = oh * sh - pt + i * dh
+            for j in range(KW):
+                iw = ow * sw - pl + j * dw
+                base = (i * KW + j) * C
+                if 0 <= ih < H and 0 <= iw < W:
+                    for c in range(C):
+                        col[q, base + c] = x[n, ih, iw, c]
+                else:
+                    for c in range(C):
+                        col[q, base + c] = 0
+
+
+@njit(cache=CACHE, error_model='numpy', fastmath=True)
+def col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    \"\"\"The adjoint of im2col: add unfolded rows r0..r1 back onto the input positions they
+    were read from.\"\"\"
+    H, W, C = dx.shape[1], dx.shape[2], dx.shape[3]
+    for r in range(r0, r1):
+        ow = r % OW
+        t = r // OW
+        oh = t % OH
+        n = t // OH
+        q = r - r0
+        for i in range(KH):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= H:
+                continue
+            for j in range(KW):
+                iw = ow * sw - pl + j * dw
+                if iw < 0 or iw >= W:
+                    continue
+                base = (i * KW + j) * C
+                for c in range(C):
+                    dx[n, ih, iw, c] += col[q, base + c]
+"""
+
+
+# a 1x1 filter at stride 1 without padding: the input itself is the unfolded matrix
+_IS_MATMUL = "KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W"
 
 
 def _conv_source(fname, dtype):
-    return f'''
+    return f"""
 def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
     N, H, W, C = x.shape
     KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
     OH, OW = out.shape[1], out.shape[2]
     K = KH * KW * C
+    M = N * OH * OW
     w2 = w.reshape((K, CO))
-    o2 = out.reshape((N * OH * OW, CO))
-    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
-        np.dot(x.reshape((N * H * W, C)), w2, o2)
+    o2 = out.reshape((M, CO))
+    if {_IS_MATMUL}:
+        np.dot(x.reshape((M, C)), w2, o2)
         return
     if K <= DIRECT_MAX_K:
         conv_direct(x, w, out, sh, sw, dh, dw, pt, pl)
         return
-    P = OH * OW
-    nb = chunk_images(N, P, K)
-    col = np.empty((nb * P, K), x.dtype)
-    for n0 in range(0, N, nb):
-        n1 = min(N, n0 + nb)
-        im2col(x, col, n0, n1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
-        np.dot(col[:(n1 - n0) * P], w2, o2[n0 * P:n1 * P])
+    R = chunk_rows(M, K, 1)
+    col = np.empty((R, K), x.dtype)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        np.dot(col[:r1 - r0], w2, o2[r0:r1])
 
 
 @njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True)
 def conv_direct(x, w, out, sh, sw, dh, dw, pt, pl):
+    # few taps per output: loops vectorised over output channels, parallel over rows
     N, H, W, C = x.shape
     KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
     OH, OW = out.shape[1], out.shape[2]
@@ -424,56 +425,57 @@ def conv_direct(x, w, out, sh, sw, dh, dw, pt, pl):
                             acc[co] += v * w[i, j, c, co]
             for co in range(CO):
                 out[n, oh, ow, co] = acc[co]
-{_HELPERS}'''
+{_HELPERS}"""
 
 
 def _bp_input_source(fname, dtype):
-    return f'''
+    return f"""
 def {fname}(g, w, dx, sh, sw, dh, dw, pt, pl):
     N, H, W, C = dx.shape
     KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
     OH, OW = g.shape[1], g.shape[2]
     K = KH * KW * C
+    M = N * OH * OW
     w2 = w.reshape((K, CO))
-    g2 = g.reshape((N * OH * OW, CO))
-    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
-        np.dot(g2, w2.T, dx.reshape((N * H * W, C)))
+    g2 = g.reshape((M, CO))
+    if {_IS_MATMUL}:
+        np.dot(g2, w2.T, dx.reshape((M, C)))
         return
-    P = OH * OW
-    nb = chunk_images(N, P, K)
-    col = np.empty((nb * P, K), g.dtype)
-    for n0 in range(0, N, nb):
-        n1 = min(N, n0 + nb)
-        np.dot(g2[n0 * P:n1 * P], w2.T, col[:(n1 - n0) * P])
-        col2im(col, dx, n0, n1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
-{_HELPERS}'''
+    dx[...] = 0
+    R = chunk_rows(M, K, 1)
+    col = np.empty((R, K), g.dtype)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        np.dot(g2[r0:r1], w2.T, col[:r1 - r0])
+        col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+{_HELPERS}"""
 
 
 def _bp_filter_source(fname, dtype):
-    return f'''
+    return f"""
 def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
     N, H, W, C = x.shape
     KH, KW, CO = dw_.shape[0], dw_.shape[1], dw_.shape[3]
     OH, OW = g.shape[1], g.shape[2]
     K = KH * KW * C
+    M = N * OH * OW
     d2 = dw_.reshape((K, CO))
-    g2 = g.reshape((N * OH * OW, CO))
-    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
-        np.dot(x.reshape((N * H * W, C)).T, g2, d2)
+    g2 = g.reshape((M, CO))
+    if {_IS_MATMUL}:
+        np.dot(x.reshape((M, C)).T, g2, d2)
         return
-    P = OH * OW
-    nb = chunk_images(N, P, K)
-    col = np.empty((nb * P, K), x.dtype)
+    R = chunk_rows(M, K, 4)
+    col = np.empty((R, K), x.dtype)
     part = np.empty((K, CO), x.dtype)
-    for n0 in range(0, N, nb):
-        n1 = min(N, n0 + nb)
-        im2col(x, col, n0, n1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
-        if n0 == 0:
-            np.dot(col[:(n1 - n0) * P].T, g2[n0 * P:n1 * P], d2)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        if r0 == 0:
+            np.dot(col[:r1 - r0].T, g2[r0:r1], d2)
         else:
-            np.dot(col[:(n1 - n0) * P].T, g2[n0 * P:n1 * P], part)
+            np.dot(col[:r1 - r0].T, g2[r0:r1], part)
             d2 += part
-{_HELPERS}'''
+{_HELPERS}"""
 
 
 def _max_pool_source(fname, dtype):
