@@ -15,11 +15,14 @@ why); batch and channel sizes stay symbolic.
 CPU kernels take every size, stride, dilation and pad as a run-time value, so one
 compiled kernel per op and dtype serves every layer and shape. Per call they choose:
 1x1 stride-1 unpadded filters are one BLAS matmul on the input as it lies; filters
-with few taps per output channel (K = KH*KW*C_in small) run direct loops vectorised
-over output channels, parallel over output rows; otherwise the input is unfolded
-(im2col) a chunk of images at a time (the chunk stays in cache), in parallel over
-output rows, and each chunk is one BLAS call. BLAS is never called inside a parallel
-loop (its own thread pool would fight Numba's).
+with very few taps (K = KH*KW*C_in <= 16) run direct loops vectorised over output
+channels; otherwise the input is unfolded (im2col) a chunk of rows at a time (the
+chunk stays in L2) and each chunk is one BLAS call (the backprops likewise: BLAS, then
+the unfold's adjoint; or unfold, then BLAS accumulating the filter gradient). The
+threads are BLAS's: the Numba loops are serial, because on a small machine a Numba
+thread pool woken between BLAS calls waits for the cores that BLAS's idle workers still
+spin on (measured: a conv step 10x slower under load), and BLAS is never called
+inside a parallel loop.
 """
 import numpy as np
 
@@ -95,7 +98,7 @@ def _channels(a, b, what_a, what_b, shape_a, shape_b):
 def _conv_infer(shapes, dts, attrs):
     x, w = shapes
     dt = same_dtype(dts)
-    require(dt, ("float",), "conv2d")
+    require(dt, ("float",), "convolution")
     _check_rank(x, "input")
     _check_rank(w, "filters (HWIO)")
     kh = _static(w[0], "filter height", "conv2d")
@@ -136,7 +139,7 @@ def _pool_infer_for(name):
     def infer(shapes, dts, attrs):
         x = shapes[0]
         dt = dts[0]
-        require(dt, ("float",), name)
+        require(dt, ("float",), "pooling")
         _check_rank(x, "input")
         kh, kw = attrs["ksize"]
         attrs["dilations"] = (1, 1)
@@ -398,13 +401,13 @@ def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
         np.dot(col[:r1 - r0], w2, o2[r0:r1])
 
 
-@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True)
+@njit(cache=CACHE, error_model='numpy', fastmath=True)
 def conv_direct(x, w, out, sh, sw, dh, dw, pt, pl):
-    # few taps per output: loops vectorised over output channels, parallel over rows
+    # few taps per output: loops vectorised over output channels
     N, H, W, C = x.shape
     KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
     OH, OW = out.shape[1], out.shape[2]
-    for t in prange(N * OH):
+    for t in range(N * OH):
         n = t // OH
         oh = t % OH
         acc = np.empty(CO, out.dtype)
@@ -485,7 +488,7 @@ def _max_pool_source(fname, dtype):
 def {fname}(x, out, KH, KW, sh, sw, pt, pl):
     N, H, W, C = x.shape
     OH, OW = out.shape[1], out.shape[2]
-    for t in prange(N * OH):
+    for t in range(N * OH):
         n = t // OH
         oh = t % OH
         for ow in range(OW):
@@ -507,12 +510,11 @@ def {fname}(x, out, KH, KW, sh, sw, pt, pl):
 
 
 def _max_pool_grad_source(fname, dtype):
-    # parallel over images: windows of one image may share their maximum
     return f'''
 def {fname}(x, g, dx, KH, KW, sh, sw, pt, pl):
     N, H, W, C = x.shape
     OH, OW = g.shape[1], g.shape[2]
-    for n in prange(N):
+    for n in range(N):
         best = np.empty(C, x.dtype)
         at = np.empty(C, np.int64)
         for ih in range(H):
@@ -549,7 +551,7 @@ def _avg_pool_source(fname, dtype):
 def {fname}(x, out, KH, KW, sh, sw, pt, pl):
     N, H, W, C = x.shape
     OH, OW = out.shape[1], out.shape[2]
-    for t in prange(N * OH):
+    for t in range(N * OH):
         n = t // OH
         oh = t % OH
         for ow in range(OW):
@@ -576,7 +578,7 @@ def _avg_pool_grad_source(fname, dtype):
 def {fname}(g, dx, KH, KW, sh, sw, pt, pl):
     N, H, W, C = dx.shape
     OH, OW = g.shape[1], g.shape[2]
-    for n in prange(N):
+    for n in range(N):
         for ih in range(H):
             for iw in range(W):
                 for c in range(C):
@@ -609,10 +611,12 @@ def _pool_args(attrs):
     return [kh, kw, sh, sw, pt, pl]
 
 
-# The driver functions call BLAS, so only their helpers are parallel; pooling kernels
-# are parallel loops themselves.
+# Serial Numba code: the threads are BLAS's. On a small machine, Numba's thread pool
+# between BLAS calls waits on the cores that BLAS's idle workers still spin on (and
+# parallel=True costs seconds of compile time per kernel).
 _DRIVER = "fastmath=True"
-_PARALLEL = "fastmath=True, parallel=True"
+_LOOPS = "fastmath=True"
+_MAX_LOOPS = ""        # comparisons keep their IEEE meaning (no fast-math NaN assumptions)
 
 register("conv2d", "opaque", _conv_infer, _conv_ref,
          lower={"kind": "call", "kernel": _conv_source, "args": _conv_args, "njit": _DRIVER})
@@ -621,15 +625,15 @@ register("conv2d_backprop_input", "opaque", _bp_input_infer, _bp_input_ref,
 register("conv2d_backprop_filter", "opaque", _bp_filter_infer, _bp_filter_ref,
          lower={"kind": "call", "kernel": _bp_filter_source, "args": _conv_args, "njit": _DRIVER})
 register("max_pool2d", "opaque", _pool_infer_for("max_pool2d"), _max_pool_ref,
-         lower={"kind": "call", "kernel": _max_pool_source, "args": _pool_args, "njit": _PARALLEL})
+         lower={"kind": "call", "kernel": _max_pool_source, "args": _pool_args, "njit": _MAX_LOOPS})
 register("max_pool2d_grad", "opaque", _pool_grad_infer_for("max_pool2d_grad"), _max_pool_grad_ref,
          lower={"kind": "call", "kernel": _max_pool_grad_source, "args": _pool_args,
-                "njit": _PARALLEL})
+                "njit": _MAX_LOOPS})
 register("avg_pool2d", "opaque", _pool_infer_for("avg_pool2d"), _avg_pool_ref,
-         lower={"kind": "call", "kernel": _avg_pool_source, "args": _pool_args, "njit": _PARALLEL})
+         lower={"kind": "call", "kernel": _avg_pool_source, "args": _pool_args, "njit": _LOOPS})
 register("avg_pool2d_grad", "opaque", _pool_grad_infer_for("avg_pool2d_grad"), _avg_pool_grad_ref,
          lower={"kind": "call", "kernel": _avg_pool_grad_source, "args": _pool_args,
-                "njit": _PARALLEL})
+                "njit": _LOOPS})
 
 
 # --------------------------------------------------------------------------------------
