@@ -321,3 +321,37 @@ def test_errors_name_op_shapes_and_line():
     _raises(ValueError, lambda: N.avg_pool2d(x, [1, 2, 2, 2], 1, "SAME"), "avg_pool2d", "ksize")
     f = fj.jit(lambda a, b: N.conv2d(a, b, 1, "SAME"))
     _raises(ValueError, lambda: f(x, w[:, :, :2]), "conv2d", "channels")
+
+
+# ------------------------------------------------------------------------------------
+# the example trainer, quick mode
+# ------------------------------------------------------------------------------------
+def _example():
+    import os
+    import sys
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import cnn_digits
+    return cnn_digits
+
+
+def test_cnn_example_quick_runs_and_learns(capsys):
+    ex = _example()
+    acc = ex.main(["--steps", "40", "--logdir", "/nonexistent-ignored"])
+    out = capsys.readouterr().out
+    assert acc > 0.5, out                        # 10 classes: chance is 0.1
+    assert "conv2 at stride 1" in out and "test accuracy" in out
+    acc = ex.main(["--model", "deep", "--steps", "3", "--batch-size", "16"])
+    assert 0.0 <= acc <= 1.0
+
+
+def test_small_cnn_on_28x28_has_the_talks_layout():
+    ex = _example()
+    params, model, how = ex.small_cnn(28)
+    assert "7x7x12 = 588 features" in how
+    want = (5 * 5 * 1 * 16 + 16) + (5 * 5 * 16 * 8 + 8) + (4 * 4 * 8 * 12 + 12) + \
+        (588 * 200 + 200) + (200 * 10 + 10)
+    assert ex.count_params(params) == want
+    x = np.random.default_rng(0).random((2, 784), dtype=np.float32)
+    assert model(params, fj.constant(x)).shape == (2, 10)

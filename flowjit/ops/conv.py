@@ -33,7 +33,7 @@ from .rules import fmt, require, same_dtype
 
 # im2col chunk size in elements (the unfolded chunk stays in L2) and the
 # largest K = KH*KW*C_in for which direct loops beat unfolding + BLAS
-CHUNK_ELEMS = 1 << 17
+CHUNK_ELEMS = 1 << 20
 DIRECT_MAX_K = 16
 
 
@@ -467,7 +467,7 @@ def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
     if {_IS_MATMUL}:
         np.dot(x.reshape((M, C)).T, g2, d2)
         return
-    R = chunk_rows(M, K, 4)
+    R = chunk_rows(M, K, 1)
     col = np.empty((R, K), x.dtype)
     part = np.empty((K, CO), x.dtype)
     for r0 in range(0, M, R):
