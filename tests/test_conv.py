@@ -159,13 +159,13 @@ def test_conv2d_matches_reference_eager_and_jit(xs, k, co, s, padding, d):
 
 
 def test_conv2d_float32_jit_matches_eager_and_many_chunks():
-    # 2*28*28 unfolded rows of K = 400: more than one chunk (conv.CHUNK_ELEMS) per kernel
+    # 4*28*28 unfolded rows of K = 400: more than one chunk (conv.CHUNK_ELEMS) per kernel
     from flowjit.ops import conv
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 28, 28, 16)).astype(np.float32)
+    x = rng.standard_normal((4, 28, 28, 16)).astype(np.float32)
     w = rng.standard_normal((5, 5, 16, 3)).astype(np.float32)
-    g = rng.standard_normal((2, 28, 28, 3)).astype(np.float32)
-    assert 2 * 28 * 28 * 400 > 2 * conv.CHUNK_ELEMS
+    g = rng.standard_normal((4, 28, 28, 3)).astype(np.float32)
+    assert 4 * 28 * 28 * 400 > conv.CHUNK_ELEMS
     e = _eager(_conv_loss, x, w, g, strides=1, padding="SAME", dilations=1)
     j = _jitted(conv_jit, x, w, g, strides=1, padding="SAME", dilations=1)
     for a, b in zip(j, e):

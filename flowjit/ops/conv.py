@@ -17,7 +17,7 @@ compiled kernel per op and dtype serves every layer and shape. Per call they cho
 1x1 stride-1 unpadded filters are one BLAS matmul on the input as it lies; filters
 with very few taps (K = KH*KW*C_in <= 16) run direct loops vectorised over output
 channels; otherwise the input is unfolded (im2col) a chunk of rows at a time (the
-chunk stays in L2) and each chunk is one BLAS call (the backprops likewise: BLAS, then
+chunk stays in L3) and each chunk is one BLAS call (the backprops likewise: BLAS, then
 the unfold's adjoint; or unfold, then BLAS accumulating the filter gradient). The
 threads are BLAS's: the Numba loops are serial, because on a small machine a Numba
 thread pool woken between BLAS calls waits for the cores that BLAS's idle workers still
@@ -31,9 +31,10 @@ from ..ir.registry import register
 from ..ir.shapes import Sym, hint, same, unify_dims
 from .rules import fmt, require, same_dtype
 
-# im2col chunk size in elements (the unfolded chunk stays in L2) and the
-# largest K = KH*KW*C_in for which direct loops beat unfolding + BLAS
-CHUNK_ELEMS = 1 << 18
+# im2col chunk size in elements: 4 MiB of float32 stays in L3, and few chunks mean few
+# BLAS calls (each multi-threaded call is a synchronisation, costly on a busy machine);
+# and the largest K = KH*KW*C_in for which direct loops beat unfolding + BLAS
+CHUNK_ELEMS = 1 << 20
 DIRECT_MAX_K = 16
 
 
@@ -311,7 +312,7 @@ def _avg_pool_grad_ref(arrs, attrs, shape, dtype):
 # CPU kernels (source templates; sizes, strides, dilations and pads are run-time values)
 # --------------------------------------------------------------------------------------
 # Shared helpers, text included in each kernel module that needs them. The unfolding
-# runs serially a chunk of rows at a time (the chunk stays in L2) and each chunk is one
+# runs serially a chunk of rows at a time (the chunk stays in cache) and each chunk is one
 # BLAS call, which brings its own threads: a Numba-parallel unfold between BLAS calls
 # would wake a second thread pool while BLAS's idle workers still spin on the cores.
 _HELPERS = f"""
