@@ -357,3 +357,42 @@ def test_small_cnn_on_28x28_has_the_talks_layout():
     assert ex.count_params(params) == want
     x = np.random.default_rng(0).random((2, 784), dtype=np.float32)
     assert model(params, fj.constant(x)).shape == (2, 10)
+
+
+def test_conv2d_explicit_padding():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 5, 6, 2))
+    w = rng.standard_normal((3, 3, 2, 3))
+    pads = [[0, 0], [2, 0], [1, 3], [0, 0]]
+    want = ref_conv(np.pad(x, pads), w, (2, 2), "VALID")
+    got = N.conv2d(fj.constant(x), w, 2, pads).numpy()
+    assert_close(got, want)
+    f = fj.jit(lambda a, b: N.conv2d(a, b, 2, [[0, 0], [2, 0], [1, 3], [0, 0]]))
+    assert_close(f(x, w).numpy(), want)
+
+
+def test_conv2d_second_derivative_matches_finite_differences():
+    # z(w) = sum(dx^2) with dx = d sum(conv(x, w) * g) / dx: differentiates the backprop op
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((1, 4, 5, 2))
+    w = rng.standard_normal((2, 3, 2, 2))
+    g = rng.standard_normal(ref_conv(x, w, (2, 1), "SAME").shape)
+    xt, wt = fj.constant(x), fj.constant(w)
+    with fj.GradientTape() as outer:
+        outer.watch(wt)
+        with fj.GradientTape() as inner:
+            inner.watch(xt)
+            loss = fj.reduce_sum(N.conv2d(xt, wt, (2, 1), "SAME") * g)
+        dx = inner.gradient(loss, xt)
+        z = fj.reduce_sum(dx * dx)
+    got = outer.gradient(z, wt).numpy()
+
+    def zf(ww):
+        return float(np.sum(ref_conv_grads(x, ww, g, (2, 1), "SAME")[0] ** 2))
+    num = np.zeros_like(w)
+    for idx in itertools.product(*map(range, w.shape)):
+        p, m = w.copy(), w.copy()
+        p[idx] += 1e-6
+        m[idx] -= 1e-6
+        num[idx] = (zf(p) - zf(m)) / 2e-6
+    assert_close(got, num, rtol=1e-6, atol=1e-6)
