@@ -683,7 +683,8 @@ def _grads():
     def bp_input_grad(ins, out, gg, at):
         g, w = ins       # out = backprop_input(g, w), linear in g and in w
         return [apply_op("conv2d", [gg, w], conv_attrs(at)),
-                apply_op("conv2d_backprop_filter", [gg, g], dict(conv_attrs(at), filter_shape=tuple(w.shape)))]
+                apply_op("conv2d_backprop_filter", [gg, g],
+                         dict(conv_attrs(at), filter_shape=tuple(w.shape)))]
 
     def bp_filter_grad(ins, out, gg, at):
         x, g = ins       # out = backprop_filter(x, g)
