@@ -321,8 +321,8 @@ DIRECT_MAX_K = {DIRECT_MAX_K}
 
 
 @njit(cache=CACHE, error_model='numpy')
-def chunk_rows(M, K, scale):
-    return max(64, min(M, scale * CHUNK_ELEMS // max(K, 1)))
+def chunk_rows(M, K):
+    return max(64, min(M, CHUNK_ELEMS // max(K, 1)))
 
 
 @njit(cache=CACHE, error_model='numpy', fastmath=True)
@@ -420,7 +420,7 @@ def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
     if K <= DIRECT_MAX_K:
         conv_direct(x, w, out, sh, sw, dh, dw, pt, pl)
         return
-    R = chunk_rows(M, K, 1)
+    R = chunk_rows(M, K)
     col = np.empty((R, K), x.dtype)
     for r0 in range(0, M, R):
         r1 = min(M, r0 + R)
@@ -472,7 +472,7 @@ def {fname}(g, w, dx, sh, sw, dh, dw, pt, pl):
         np.dot(g2, w2.T, dx.reshape((M, C)))
         return
     dx[...] = 0
-    R = chunk_rows(M, K, 1)
+    R = chunk_rows(M, K)
     col = np.empty((R, K), g.dtype)
     for r0 in range(0, M, R):
         r1 = min(M, r0 + R)
@@ -494,7 +494,7 @@ def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
     if {_IS_MATMUL}:
         np.dot(x.reshape((M, C)).T, g2, d2)
         return
-    R = chunk_rows(M, K, 1)
+    R = chunk_rows(M, K)
     col = np.empty((R, K), x.dtype)
     part = np.empty((K, CO), x.dtype)
     for r0 in range(0, M, R):
