@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 from perf import common  # noqa: E402
 
 # Modules whose @register'ed functions make up the run, in this order.
-BENCH_MODULES = ["perf.bench_core", "perf.bench_train", "perf.bench_compat"]
+BENCH_MODULES = ["perf.bench_core", "perf.bench_train", "perf.bench_conv", "perf.bench_compat"]
 
 COLUMNS = ["benchmark", "flowjit", "baseline", "ratio", "GB/s", "compile s", "target", "notes"]
 

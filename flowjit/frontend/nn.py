@@ -113,3 +113,101 @@ def moments(x, axes, keepdims=False, name=None):
     if not keepdims:
         mean, var = F.squeeze(mean, axes), F.squeeze(var, axes)
     return mean, var
+
+
+# --- convolution and pooling (ops in flowjit/ops/conv.py) -------------------------------
+def _arg_error(op, msg, x):
+    from .tensor import user_src
+    return ValueError(f"{op} (at {user_src()}): {msg} [input: {x.dtype.name}"
+                      f"{tuple(x.shape)}]")
+
+
+def _format(op, data_format, x):
+    if data_format not in ("NHWC", "NCHW"):
+        raise _arg_error(op, f"data_format must be 'NHWC' or 'NCHW', got {data_format!r}", x)
+    if len(x.shape) != 4:
+        raise _arg_error(op, f"input must be 4-D ({data_format}), got shape {tuple(x.shape)}", x)
+    return data_format == "NCHW"
+
+
+def _pair(op, what, v, nchw, x):
+    """TF's int / [h, w] / [1, h, w, 1] (NHWC) or [1, 1, h, w] (NCHW) as (h, w)."""
+    vals = [v] if isinstance(v, int) else list(v) if isinstance(v, (list, tuple)) else None
+    if vals is None or not all(isinstance(a, int) and not isinstance(a, bool) for a in vals) \
+            or len(vals) not in (1, 2, 4):
+        raise _arg_error(op, f"{what} must be an int or a list of 1, 2 or 4 ints, got {v!r}", x)
+    if len(vals) == 4:
+        outer = (vals[0], vals[1]) if nchw else (vals[0], vals[3])
+        if outer != (1, 1):
+            raise _arg_error(op, f"{what} {vals} must be 1 in the batch and channel dimensions", x)
+        vals = vals[2:] if nchw else vals[1:3]
+    if len(vals) == 1:
+        vals = vals * 2
+    if min(vals) < 1:
+        raise _arg_error(op, f"{what} must be >= 1, got {v!r}", x)
+    return tuple(vals)
+
+
+def _padding(op, padding, nchw, x, explicit_ok):
+    if isinstance(padding, str):
+        p = padding.upper()
+        if p in ("SAME", "VALID"):
+            return p
+        raise _arg_error(op, f"padding must be 'SAME' or 'VALID', got {padding!r}", x)
+    if explicit_ok and isinstance(padding, (list, tuple)) and len(padding) == 4:
+        try:
+            pads = [tuple(int(a) for a in p) for p in padding]
+        except (TypeError, ValueError):
+            pads = None
+        if pads and all(len(p) == 2 and min(p) >= 0 for p in pads):
+            outer, hw = ((pads[0], pads[1]), pads[2:]) if nchw else ((pads[0], pads[3]), pads[1:3])
+            if outer == ((0, 0), (0, 0)):
+                return tuple(hw)
+    raise _arg_error(op, "padding must be 'SAME', 'VALID'" +
+                     (" or [[0, 0], [top, bottom], [left, right], [0, 0]] (non-negative ints)"
+                      if explicit_ok else "") + f", got {padding!r}", x)
+
+
+def _to_nhwc(x, nchw):
+    return F.transpose(x, [0, 2, 3, 1]) if nchw else x
+
+
+def _from_nhwc(y, nchw):
+    return F.transpose(y, [0, 3, 1, 2]) if nchw else y
+
+
+def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=1, name=None):
+    """2-D convolution, TF semantics: NHWC (or NCHW) input, HWIO filters; strides and
+    dilations an int or a list of 2 or 4; padding 'SAME' (the odd pad at the end),
+    'VALID', or explicit [[0, 0], [top, bottom], [left, right], [0, 0]]."""
+    x = _x(input)
+    w = _t(filters) if _is_tensor(filters) else convert(filters, x.dtype)
+    nchw = _format("conv2d", data_format, x)
+    attrs = {"strides": _pair("conv2d", "strides", strides, nchw, x),
+             "dilations": _pair("conv2d", "dilations", dilations, nchw, x),
+             "padding": _padding("conv2d", padding, nchw, x, explicit_ok=True)}
+    return _from_nhwc(apply_op("conv2d", [_to_nhwc(x, nchw), w], attrs), nchw)
+
+
+def _pool(op, input, ksize, strides, padding, data_format):
+    x = _x(input)
+    nchw = _format(op, data_format, x)
+    attrs = {"ksize": _pair(op, "ksize", ksize, nchw, x),
+             "strides": _pair(op, "strides", strides, nchw, x),
+             "padding": _padding(op, padding, nchw, x, explicit_ok=False)}
+    return _from_nhwc(apply_op(op, [_to_nhwc(x, nchw)], attrs), nchw)
+
+
+def max_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):
+    """Max over each window (padding never wins); the gradient goes to the window's first
+    maximum in row-major order, as TF's."""
+    return _pool("max_pool2d", input, ksize, strides, padding, data_format)
+
+
+def avg_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):
+    """Mean over each window's elements inside the input (padding is not counted), as TF's."""
+    return _pool("avg_pool2d", input, ksize, strides, padding, data_format)
+
+
+max_pool = max_pool2d
+avg_pool = avg_pool2d

@@ -377,10 +377,12 @@ def gen_loop(g, grp, bufname, alias=None):
 # opaque kernels and the entry
 # ----------------------------------------------------------------------------------
 def gen_opaque_kernel(op, dtype):
-    body = REGISTRY[op].lower["kernel"]("KERNEL", dtype)
-    key = _hash(op + dtype.name + body)
+    lower = REGISTRY[op].lower
+    body = lower["kernel"]("KERNEL", dtype)
+    opts = lower.get("njit", "")          # e.g. "fastmath=True, parallel=True"
+    key = _hash(op + dtype.name + opts + body)
     name = f"k_{key}"
-    return name, f"# {op} ({dtype.name})\n@njit(cache=CACHE, error_model='numpy')" + \
+    return name, f"# {op} ({dtype.name})\n@njit(cache=CACHE, error_model='numpy'{', ' + opts if opts else ''})" + \
         body.replace("KERNEL", name, 1)
 
 
@@ -477,6 +479,12 @@ def gen_entry(prog, arg_names):
                 lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {src_mid}, {inner})), "
                              f"{buf(idx.id)}.reshape(({m},)), "
                              f"{out}.reshape(({outer}, {out_mid}, {inner})), err, {int_arg(code)})")
+            elif kind == "call":
+                # generic: kernel(input buffers..., output buffer, *int attrs of the op)
+                lower_args = REGISTRY[n.op].lower.get("args")
+                extra = lower_args(n.attrs) if lower_args else []
+                lines.append(f"{kname}({''.join(buf(p) + ', ' for p in n.inputs)}{out}"
+                             f"{''.join(', ' + int_arg(dim_src(a)) for a in extra)})")
             else:
                 raise AssertionError(kind)
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]

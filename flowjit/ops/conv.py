@@ -1,0 +1,718 @@
+"""2-D convolution and pooling (NHWC, HWIO filters) with TensorFlow's semantics.
+
+Ops: conv2d, its two backprops (conv2d_backprop_input / conv2d_backprop_filter, ops of
+their own so eager mode, jit and second derivatives share them), max_pool2d with
+max_pool2d_grad (the gradient goes to the first maximum of each window in row-major
+window order, as TF's CPU kernel does), avg_pool2d with avg_pool2d_grad (the mean over
+the window's elements inside the input: padding is not counted).
+
+Padding is "SAME" (TF's rule: out = ceil(in / stride), pad_total = max((out - 1) *
+stride + (k - 1) * dilation + 1 - in, 0), the odd pad at the end), "VALID", or explicit
+per-side amounts (conv2d). The shape rule fixes the spatial sizes and the filter's
+spatial sizes (the pads depend on them): under jit they are specialised (inspect says
+why); batch and channel sizes stay symbolic.
+
+CPU kernels take every size, stride, dilation and pad as a run-time value, so one
+compiled kernel per op and dtype serves every layer and shape. Per call they choose:
+1x1 stride-1 unpadded filters are one BLAS matmul on the input as it lies; filters
+with very few taps (K = KH*KW*C_in <= 16) run direct loops vectorised over output
+channels; otherwise the input is unfolded (im2col) a chunk of rows at a time (the
+chunk stays in L3) and each chunk is one BLAS call (the backprops likewise: BLAS, then
+the unfold's adjoint; or unfold, then BLAS accumulating the filter gradient). The
+threads are BLAS's: the Numba loops are serial, because on a small machine a Numba
+thread pool woken between BLAS calls waits for the cores that BLAS's idle workers still
+spin on (measured: a conv step 10x slower under load), and BLAS is never called
+inside a parallel loop.
+"""
+import numpy as np
+
+from ..errors import ShapeError
+from ..ir.registry import register
+from ..ir.shapes import Sym, hint, same, unify_dims
+from .rules import fmt, require, same_dtype
+
+# im2col chunk size in elements: 4 MiB of float32 stays in L3, and few chunks mean few
+# BLAS calls (each multi-threaded call is a synchronisation, costly on a busy machine);
+# and the largest K = KH*KW*C_in for which direct loops beat unfolding + BLAS
+CHUNK_ELEMS = 1 << 20
+DIRECT_MAX_K = 16
+
+
+# --------------------------------------------------------------------------------------
+# shape rules
+# --------------------------------------------------------------------------------------
+def _static(d, what, op):
+    """A spatial size as a Python int (specialising a symbolic one, with the reason)."""
+    if isinstance(d, Sym):
+        return d.env.specialise(d, f"{op}: the {what} fixes the padding and output size")
+    return int(d)
+
+
+def out_size(n, k, stride, dilation, padding):
+    """(output size, pad before, pad after) of one spatial dim, TF's rules."""
+    eff = (k - 1) * dilation + 1
+    if padding == "SAME":
+        out = -(-n // stride)
+        total = max((out - 1) * stride + eff - n, 0)
+        return out, total // 2, total - total // 2
+    if padding == "VALID":
+        lo = hi = 0
+    else:
+        lo, hi = padding
+    out = (n + lo + hi - eff) // stride + 1
+    return out, lo, hi
+
+
+def _spatial(op, in_shape, kh, kw, attrs, what="input"):
+    """Output (OH, OW) and pads for an NHWC input shape; errors name the sizes."""
+    h = _static(in_shape[1], f"{what} height", op)
+    w = _static(in_shape[2], f"{what} width", op)
+    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
+    pad = attrs["padding"]
+    ph = pad if isinstance(pad, str) else tuple(pad[0])
+    pw = pad if isinstance(pad, str) else tuple(pad[1])
+    oh, pt, pb = out_size(h, kh, sh, dh, ph)
+    ow, pl, pr = out_size(w, kw, sw, dw, pw)
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"the {(kh - 1) * dh + 1}x{(kw - 1) * dw + 1} window (kernel {kh}x{kw}, "
+                         f"dilations {dh}x{dw}) does not fit the {h}x{w} input with padding "
+                         f"{pad if isinstance(pad, str) else list(map(list, pad))}: the output "
+                         f"would be empty")
+    attrs["pads"] = (pt, pb, pl, pr)
+    return oh, ow
+
+
+def _check_rank(shape, what):
+    if len(shape) != 4:
+        raise ShapeError(f"{what} must be 4-D, got shape {fmt(shape)}")
+
+
+def _channels(a, b, what_a, what_b, shape_a, shape_b):
+    if same(a, b):
+        return a
+    if hint(a) != hint(b):
+        raise ShapeError(f"{what_a} has {hint(a)} channels but {what_b} expects {hint(b)} "
+                         f"({fmt(shape_a)} vs {fmt(shape_b)})")
+    return unify_dims(a, b)
+
+
+def _conv_infer(shapes, dts, attrs):
+    x, w = shapes
+    dt = same_dtype(dts)
+    require(dt, ("float",), "convolution")
+    _check_rank(x, "input")
+    _check_rank(w, "filters (HWIO)")
+    kh = _static(w[0], "filter height", "conv2d")
+    kw = _static(w[1], "filter width", "conv2d")
+    _channels(x[3], w[2], "input", "filters", x, w)
+    oh, ow = _spatial("conv2d", x, kh, kw, attrs)
+    return (x[0], oh, ow, w[3]), dt
+
+
+def _bp_input_infer(shapes, dts, attrs):
+    g, w = shapes
+    dt = same_dtype(dts)
+    xs = tuple(attrs["input_shape"])
+    _check_rank(g, "gradient")
+    kh = _static(w[0], "filter height", "conv2d_backprop_input")
+    kw = _static(w[1], "filter width", "conv2d_backprop_input")
+    oh, ow = _spatial("conv2d_backprop_input", xs, kh, kw, attrs)
+    if hint(g[1]) != oh or hint(g[2]) != ow:
+        raise ShapeError(f"gradient {fmt(g)} does not match the conv2d output size {oh}x{ow}")
+    _channels(g[3], w[3], "gradient", "filters", g, w)
+    return xs, dt
+
+
+def _bp_filter_infer(shapes, dts, attrs):
+    x, g = shapes
+    dt = same_dtype(dts)
+    ws = tuple(attrs["filter_shape"])
+    _check_rank(x, "input")
+    kh = _static(ws[0], "filter height", "conv2d_backprop_filter")
+    kw = _static(ws[1], "filter width", "conv2d_backprop_filter")
+    oh, ow = _spatial("conv2d_backprop_filter", x, kh, kw, attrs)
+    if hint(g[1]) != oh or hint(g[2]) != ow:
+        raise ShapeError(f"gradient {fmt(g)} does not match the conv2d output size {oh}x{ow}")
+    return ws, dt
+
+
+def _pool_infer_for(name):
+    def infer(shapes, dts, attrs):
+        x = shapes[0]
+        dt = dts[0]
+        require(dt, ("float",), "pooling")
+        _check_rank(x, "input")
+        kh, kw = attrs["ksize"]
+        attrs["dilations"] = (1, 1)
+        oh, ow = _spatial(name, x, kh, kw, attrs)
+        return (x[0], oh, ow, x[3]), dt
+    return infer
+
+
+def _pool_grad_infer_for(name):
+    def infer(shapes, dts, attrs):
+        xs = tuple(attrs["input_shape"]) if "input_shape" in attrs else tuple(shapes[0])
+        g = shapes[-1]
+        attrs["dilations"] = (1, 1)
+        kh, kw = attrs["ksize"]
+        oh, ow = _spatial(name, xs, kh, kw, attrs)
+        if hint(g[1]) != oh or hint(g[2]) != ow or hint(g[3]) != hint(xs[3]):
+            raise ShapeError(f"gradient {fmt(g)} does not match the pooling output "
+                             f"{oh}x{ow}x{hint(xs[3])}")
+        return xs, dts[-1]
+    return infer
+
+
+# --------------------------------------------------------------------------------------
+# NumPy references (what eager mode runs): one strided window view per filter tap
+# --------------------------------------------------------------------------------------
+def _taps(xp, kh, kw, oh, ow, attrs):
+    """Yield (i, j, view): for filter tap (i, j) the [N, OH, OW, C] view of the padded
+    input xp that the tap multiplies."""
+    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dh, j * dw
+            yield i, j, (slice(None), slice(r0, r0 + (oh - 1) * sh + 1, sh),
+                         slice(c0, c0 + (ow - 1) * sw + 1, sw), slice(None))
+
+
+def _padded_shape(xs, attrs, oh, ow, kh, kw):
+    """Padded extent: the pads, extended where VALID/stride leave input rows unused
+    (they are cropped again) or cut where explicit/VALID windows stop early."""
+    pt, pb, pl, pr = attrs["pads"]
+    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
+    hp = max(xs[1] + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(xs[2] + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
+    return hp, wp
+
+
+def _pad(x, attrs, oh, ow, kh, kw, value=0.0):
+    pt, pb, pl, pr = attrs["pads"]
+    hp, wp = _padded_shape(x.shape, attrs, oh, ow, kh, kw)
+    xp = np.full((x.shape[0], hp, wp, x.shape[3]), value, x.dtype)
+    xp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]] = x
+    return xp
+
+
+def _conv_ref(arrs, attrs, shape, dtype):
+    x, w = arrs
+    kh, kw = w.shape[:2]
+    n, oh, ow, co = (int(s) for s in shape)
+    xp = _pad(x, attrs, oh, ow, kh, kw)
+    out = np.zeros((n, oh, ow, co), x.dtype)
+    for i, j, sl in _taps(xp, kh, kw, oh, ow, attrs):
+        out += np.matmul(xp[sl], w[i, j])
+    return out
+
+
+def _bp_input_ref(arrs, attrs, shape, dtype):
+    g, w = arrs
+    xs = tuple(int(s) for s in shape)
+    kh, kw = w.shape[:2]
+    oh, ow = g.shape[1:3]
+    pt, pb, pl, pr = attrs["pads"]
+    hp, wp = _padded_shape(xs, attrs, oh, ow, kh, kw)
+    dxp = np.zeros((xs[0], hp, wp, xs[3]), g.dtype)
+    for i, j, sl in _taps(dxp, kh, kw, oh, ow, attrs):
+        dxp[sl] += np.matmul(g, w[i, j].T)
+    return dxp[:, pt:pt + xs[1], pl:pl + xs[2]]
+
+
+def _bp_filter_ref(arrs, attrs, shape, dtype):
+    x, g = arrs
+    kh, kw = int(shape[0]), int(shape[1])
+    oh, ow = g.shape[1:3]
+    xp = _pad(x, attrs, oh, ow, kh, kw)
+    dw = np.zeros(tuple(int(s) for s in shape), x.dtype)
+    for i, j, sl in _taps(xp, kh, kw, oh, ow, attrs):
+        dw[i, j] = np.tensordot(xp[sl], g, axes=([0, 1, 2], [0, 1, 2]))
+    return dw
+
+
+def _max_pool_ref(arrs, attrs, shape, dtype):
+    x = arrs[0]
+    kh, kw = attrs["ksize"]
+    oh, ow = int(shape[1]), int(shape[2])
+    xp = _pad(x, attrs, oh, ow, kh, kw, -np.inf)
+    out = None
+    for i, j, sl in _taps(xp, kh, kw, oh, ow, attrs):
+        out = xp[sl].copy() if out is None else np.maximum(out, xp[sl])
+    return out
+
+
+def _window_argmax(x, attrs, oh, ow):
+    """Flat index into the padded input of each window's first maximum (row-major window
+    order, padding never chosen) and the padded shape."""
+    kh, kw = attrs["ksize"]
+    xp = _pad(x, attrs, oh, ow, kh, kw)
+    valid = _pad(np.ones(x.shape[:3] + (1,), bool), attrs, oh, ow, kh, kw, False)
+    hp, wp = xp.shape[1:3]
+    n, c = x.shape[0], x.shape[3]
+    flat = (np.arange(n)[:, None, None, None] * hp + np.arange(hp)[None, :, None, None]) * wp + \
+        np.arange(wp)[None, None, :, None]
+    flat = flat * c + np.arange(c)
+    best = bidx = have = None
+    for i, j, sl in _taps(xp, kh, kw, oh, ow, attrs):
+        v, ok, f = xp[sl], np.broadcast_to(valid[sl], (n, oh, ow, c)), flat[sl]
+        if best is None:
+            best, bidx, have = v.copy(), f.copy(), ok.copy()
+            continue
+        take = ok & (~have | (v > best))
+        best = np.where(take, v, best)
+        bidx = np.where(take, f, bidx)
+        have |= ok
+    return bidx, xp.shape
+
+
+def _max_pool_grad_ref(arrs, attrs, shape, dtype):
+    x, g = arrs
+    bidx, pshape = _window_argmax(x, attrs, g.shape[1], g.shape[2])
+    dxp = np.zeros(pshape, g.dtype)
+    np.add.at(dxp.reshape(-1), bidx.reshape(-1), g.reshape(-1))
+    pt, pb, pl, pr = attrs["pads"]
+    return dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]]
+
+
+def _avg_counts(xs, attrs, oh, ow, dtype):
+    kh, kw = attrs["ksize"]
+    ones = _pad(np.ones((1, xs[1], xs[2], 1), dtype), attrs, oh, ow, kh, kw)
+    cnt = np.zeros((1, oh, ow, 1), dtype)
+    for i, j, sl in _taps(ones, kh, kw, oh, ow, attrs):
+        cnt += ones[sl]
+    return cnt
+
+
+def _avg_pool_ref(arrs, attrs, shape, dtype):
+    x = arrs[0]
+    kh, kw = attrs["ksize"]
+    oh, ow = int(shape[1]), int(shape[2])
+    xp = _pad(x, attrs, oh, ow, kh, kw)
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3]), x.dtype)
+    for i, j, sl in _taps(xp, kh, kw, oh, ow, attrs):
+        out += xp[sl]
+    return out / _avg_counts(x.shape, attrs, oh, ow, x.dtype)
+
+
+def _avg_pool_grad_ref(arrs, attrs, shape, dtype):
+    g = arrs[0]
+    xs = tuple(int(s) for s in shape)
+    kh, kw = attrs["ksize"]
+    oh, ow = g.shape[1:3]
+    pt, pb, pl, pr = attrs["pads"]
+    hp, wp = _padded_shape(xs, attrs, oh, ow, kh, kw)
+    dxp = np.zeros((xs[0], hp, wp, xs[3]), g.dtype)
+    gs = g / _avg_counts(xs, attrs, oh, ow, g.dtype)
+    for i, j, sl in _taps(dxp, kh, kw, oh, ow, attrs):
+        dxp[sl] += gs
+    return dxp[:, pt:pt + xs[1], pl:pl + xs[2]]
+
+
+# --------------------------------------------------------------------------------------
+# CPU kernels (source templates; sizes, strides, dilations and pads are run-time values)
+# --------------------------------------------------------------------------------------
+# Shared helpers, text included in each kernel module that needs them. The unfolding
+# runs serially a chunk of rows at a time (the chunk stays in cache) and each chunk is one
+# BLAS call, which brings its own threads: a Numba-parallel unfold between BLAS calls
+# would wake a second thread pool while BLAS's idle workers still spin on the cores.
+_HELPERS = f"""
+CHUNK_ELEMS = {CHUNK_ELEMS}
+DIRECT_MAX_K = {DIRECT_MAX_K}
+
+
+@njit(cache=CACHE, error_model='numpy')
+def chunk_rows(M, K):
+    return max(64, min(M, CHUNK_ELEMS // max(K, 1)))
+
+
+@njit(cache=CACHE, error_model='numpy', fastmath=True)
+def im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    \"\"\"Rows r0..r1 (r = (n*OH + oh)*OW + ow) of the unfolded input:
+    col[r - r0, (i*KW + j)*C + c] = x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c], 0 outside.
+    A window row wholly inside the input (dilation 1, few channels) is one copy of KW*C.\"\"\"
+    N, H, W, C = x.shape
+    xf = x.reshape((N, H, W * C))
+    KC = KW * C
+    narrow = dw == 1 and C < 8       # measured: the per-tap copy is faster for C >= 8
+    for r in range(r0, r1):
+        ow = r % OW
+        t = r // OW
+        oh = t % OH
+        n = t // OH
+        q = r - r0
+        iw0 = ow * sw - pl
+        inside = narrow and iw0 >= 0 and iw0 + KW <= W
+        for i in range(KH):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= H:
+                for e in range(i * KC, (i + 1) * KC):
+                    col[q, e] = 0
+            elif inside:
+                src = iw0 * C
+                dst = i * KC
+                for e in range(KC):
+                    col[q, dst + e] = xf[n, ih, src + e]
+            else:
+                for j in range(KW):
+                    iw = iw0 + j * dw
+                    base = (i * KW + j) * C
+                    if 0 <= iw < W:
+                        for c in range(C):
+                            col[q, base + c] = x[n, ih, iw, c]
+                    else:
+                        for c in range(C):
+                            col[q, base + c] = 0
+
+
+@njit(cache=CACHE, error_model='numpy', fastmath=True)
+def col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    \"\"\"The adjoint of im2col: add unfolded rows r0..r1 back onto the input positions they
+    were read from.\"\"\"
+    N, H, W, C = dx.shape
+    df = dx.reshape((N, H, W * C))
+    KC = KW * C
+    narrow = dw == 1 and C < 8
+    for r in range(r0, r1):
+        ow = r % OW
+        t = r // OW
+        oh = t % OH
+        n = t // OH
+        q = r - r0
+        iw0 = ow * sw - pl
+        inside = narrow and iw0 >= 0 and iw0 + KW <= W
+        for i in range(KH):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= H:
+                continue
+            if inside:
+                dst = iw0 * C
+                src = i * KC
+                for e in range(KC):
+                    df[n, ih, dst + e] += col[q, src + e]
+                continue
+            for j in range(KW):
+                iw = iw0 + j * dw
+                if iw < 0 or iw >= W:
+                    continue
+                base = (i * KW + j) * C
+                for c in range(C):
+                    dx[n, ih, iw, c] += col[q, base + c]
+"""
+
+
+# a 1x1 filter at stride 1 without padding: the input itself is the unfolded matrix
+_IS_MATMUL = "KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W"
+
+
+def _conv_source(fname, dtype):
+    return f"""
+def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
+    N, H, W, C = x.shape
+    KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
+    OH, OW = out.shape[1], out.shape[2]
+    K = KH * KW * C
+    M = N * OH * OW
+    w2 = w.reshape((K, CO))
+    o2 = out.reshape((M, CO))
+    if {_IS_MATMUL}:
+        np.dot(x.reshape((M, C)), w2, o2)
+        return
+    if K <= DIRECT_MAX_K:
+        conv_direct(x, w, out, sh, sw, dh, dw, pt, pl)
+        return
+    R = chunk_rows(M, K)
+    col = np.empty((R, K), x.dtype)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        np.dot(col[:r1 - r0], w2, o2[r0:r1])
+
+
+@njit(cache=CACHE, error_model='numpy', fastmath=True)
+def conv_direct(x, w, out, sh, sw, dh, dw, pt, pl):
+    # few taps per output: loops vectorised over output channels
+    N, H, W, C = x.shape
+    KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
+    OH, OW = out.shape[1], out.shape[2]
+    for t in range(N * OH):
+        n = t // OH
+        oh = t % OH
+        acc = np.empty(CO, out.dtype)
+        for ow in range(OW):
+            for co in range(CO):
+                acc[co] = 0
+            for i in range(KH):
+                ih = oh * sh - pt + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                for j in range(KW):
+                    iw = ow * sw - pl + j * dw
+                    if iw < 0 or iw >= W:
+                        continue
+                    for c in range(C):
+                        v = x[n, ih, iw, c]
+                        for co in range(CO):
+                            acc[co] += v * w[i, j, c, co]
+            for co in range(CO):
+                out[n, oh, ow, co] = acc[co]
+{_HELPERS}"""
+
+
+def _bp_input_source(fname, dtype):
+    return f"""
+def {fname}(g, w, dx, sh, sw, dh, dw, pt, pl):
+    N, H, W, C = dx.shape
+    KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
+    OH, OW = g.shape[1], g.shape[2]
+    K = KH * KW * C
+    M = N * OH * OW
+    w2 = w.reshape((K, CO))
+    g2 = g.reshape((M, CO))
+    if {_IS_MATMUL}:
+        np.dot(g2, w2.T, dx.reshape((M, C)))
+        return
+    dx[...] = 0
+    R = chunk_rows(M, K)
+    col = np.empty((R, K), g.dtype)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        np.dot(g2[r0:r1], w2.T, col[:r1 - r0])
+        col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+{_HELPERS}"""
+
+
+def _bp_filter_source(fname, dtype):
+    return f"""
+def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
+    N, H, W, C = x.shape
+    KH, KW, CO = dw_.shape[0], dw_.shape[1], dw_.shape[3]
+    OH, OW = g.shape[1], g.shape[2]
+    K = KH * KW * C
+    M = N * OH * OW
+    d2 = dw_.reshape((K, CO))
+    g2 = g.reshape((M, CO))
+    if {_IS_MATMUL}:
+        np.dot(x.reshape((M, C)).T, g2, d2)
+        return
+    R = chunk_rows(M, K)
+    col = np.empty((R, K), x.dtype)
+    part = np.empty((K, CO), x.dtype)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        if r0 == 0:
+            np.dot(col[:r1 - r0].T, g2[r0:r1], d2)
+        else:
+            np.dot(col[:r1 - r0].T, g2[r0:r1], part)
+            d2 += part
+{_HELPERS}"""
+
+
+def _max_pool_source(fname, dtype):
+    # the first element of the window inside the input starts the maximum (padding is
+    # never a candidate); a strict > keeps the first maximum, as the gradient does
+    return f'''
+def {fname}(x, out, KH, KW, sh, sw, pt, pl):
+    N, H, W, C = x.shape
+    OH, OW = out.shape[1], out.shape[2]
+    for t in range(N * OH):
+        n = t // OH
+        oh = t % OH
+        for ow in range(OW):
+            ih0 = oh * sh - pt
+            iw0 = ow * sw - pl
+            i_lo = max(0, -ih0)
+            i_hi = min(KH, H - ih0)
+            j_lo = max(0, -iw0)
+            j_hi = min(KW, W - iw0)
+            for c in range(C):
+                out[n, oh, ow, c] = x[n, ih0 + i_lo, iw0 + j_lo, c]
+            for i in range(i_lo, i_hi):
+                for j in range(j_lo, j_hi):
+                    for c in range(C):
+                        v = x[n, ih0 + i, iw0 + j, c]
+                        if v > out[n, oh, ow, c]:
+                            out[n, oh, ow, c] = v
+'''
+
+
+def _max_pool_grad_source(fname, dtype):
+    return f'''
+def {fname}(x, g, dx, KH, KW, sh, sw, pt, pl):
+    N, H, W, C = x.shape
+    OH, OW = g.shape[1], g.shape[2]
+    for n in range(N):
+        best = np.empty(C, x.dtype)
+        at = np.empty(C, np.int64)
+        for ih in range(H):
+            for iw in range(W):
+                for c in range(C):
+                    dx[n, ih, iw, c] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                ih0 = oh * sh - pt
+                iw0 = ow * sw - pl
+                i_lo = max(0, -ih0)
+                i_hi = min(KH, H - ih0)
+                j_lo = max(0, -iw0)
+                j_hi = min(KW, W - iw0)
+                for c in range(C):
+                    best[c] = x[n, ih0 + i_lo, iw0 + j_lo, c]
+                    at[c] = (ih0 + i_lo) * W + iw0 + j_lo
+                for i in range(i_lo, i_hi):
+                    for j in range(j_lo, j_hi):
+                        p = (ih0 + i) * W + iw0 + j
+                        for c in range(C):
+                            v = x[n, ih0 + i, iw0 + j, c]
+                            if v > best[c]:
+                                best[c] = v
+                                at[c] = p
+                for c in range(C):
+                    p = at[c]
+                    dx[n, p // W, p % W, c] += g[n, oh, ow, c]
+'''
+
+
+def _avg_pool_source(fname, dtype):
+    return f'''
+def {fname}(x, out, KH, KW, sh, sw, pt, pl):
+    N, H, W, C = x.shape
+    OH, OW = out.shape[1], out.shape[2]
+    for t in range(N * OH):
+        n = t // OH
+        oh = t % OH
+        for ow in range(OW):
+            ih0 = oh * sh - pt
+            iw0 = ow * sw - pl
+            i_lo = max(0, -ih0)
+            i_hi = min(KH, H - ih0)
+            j_lo = max(0, -iw0)
+            j_hi = min(KW, W - iw0)
+            for c in range(C):
+                out[n, oh, ow, c] = 0
+            for i in range(i_lo, i_hi):
+                for j in range(j_lo, j_hi):
+                    for c in range(C):
+                        out[n, oh, ow, c] += x[n, ih0 + i, iw0 + j, c]
+            inv = 1.0 / ((i_hi - i_lo) * (j_hi - j_lo))
+            for c in range(C):
+                out[n, oh, ow, c] *= inv
+'''
+
+
+def _avg_pool_grad_source(fname, dtype):
+    return f'''
+def {fname}(g, dx, KH, KW, sh, sw, pt, pl):
+    N, H, W, C = dx.shape
+    OH, OW = g.shape[1], g.shape[2]
+    for n in range(N):
+        for ih in range(H):
+            for iw in range(W):
+                for c in range(C):
+                    dx[n, ih, iw, c] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                ih0 = oh * sh - pt
+                iw0 = ow * sw - pl
+                i_lo = max(0, -ih0)
+                i_hi = min(KH, H - ih0)
+                j_lo = max(0, -iw0)
+                j_hi = min(KW, W - iw0)
+                inv = 1.0 / ((i_hi - i_lo) * (j_hi - j_lo))
+                for i in range(i_lo, i_hi):
+                    for j in range(j_lo, j_hi):
+                        for c in range(C):
+                            dx[n, ih0 + i, iw0 + j, c] += g[n, oh, ow, c] * inv
+'''
+
+
+def _conv_args(attrs):
+    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
+    pt, pb, pl, pr = attrs["pads"]
+    return [sh, sw, dh, dw, pt, pl]
+
+
+def _pool_args(attrs):
+    (kh, kw), (sh, sw) = attrs["ksize"], attrs["strides"]
+    pt, pb, pl, pr = attrs["pads"]
+    return [kh, kw, sh, sw, pt, pl]
+
+
+# Serial Numba code: the threads are BLAS's. On a small machine, Numba's thread pool
+# between BLAS calls waits on the cores that BLAS's idle workers still spin on (and
+# parallel=True costs seconds of compile time per kernel).
+_DRIVER = "fastmath=True"
+_LOOPS = "fastmath=True"
+_MAX_LOOPS = ""        # comparisons keep their IEEE meaning (no fast-math NaN assumptions)
+
+register("conv2d", "opaque", _conv_infer, _conv_ref,
+         lower={"kind": "call", "kernel": _conv_source, "args": _conv_args, "njit": _DRIVER})
+register("conv2d_backprop_input", "opaque", _bp_input_infer, _bp_input_ref,
+         lower={"kind": "call", "kernel": _bp_input_source, "args": _conv_args, "njit": _DRIVER})
+register("conv2d_backprop_filter", "opaque", _bp_filter_infer, _bp_filter_ref,
+         lower={"kind": "call", "kernel": _bp_filter_source, "args": _conv_args, "njit": _DRIVER})
+register("max_pool2d", "opaque", _pool_infer_for("max_pool2d"), _max_pool_ref,
+         lower={"kind": "call", "kernel": _max_pool_source, "args": _pool_args, "njit": _MAX_LOOPS})
+register("max_pool2d_grad", "opaque", _pool_grad_infer_for("max_pool2d_grad"), _max_pool_grad_ref,
+         lower={"kind": "call", "kernel": _max_pool_grad_source, "args": _pool_args,
+                "njit": _MAX_LOOPS})
+register("avg_pool2d", "opaque", _pool_infer_for("avg_pool2d"), _avg_pool_ref,
+         lower={"kind": "call", "kernel": _avg_pool_source, "args": _pool_args, "njit": _LOOPS})
+register("avg_pool2d_grad", "opaque", _pool_grad_infer_for("avg_pool2d_grad"), _avg_pool_grad_ref,
+         lower={"kind": "call", "kernel": _avg_pool_grad_source, "args": _pool_args,
+                "njit": _LOOPS})
+
+
+# --------------------------------------------------------------------------------------
+# gradient rules (written with the ops above, so jit and eager share them; the conv
+# backprops are linear in each input, so their own gradients are convolutions too)
+# --------------------------------------------------------------------------------------
+def _grads():
+    from .grads import defgrad
+    from ..frontend.tensor import apply_op
+
+    def conv_attrs(at):
+        return {k: at[k] for k in ("strides", "dilations", "padding")}
+
+    def conv_grad(ins, out, g, at):
+        x, w = ins
+        dx = apply_op("conv2d_backprop_input", [g, w], dict(conv_attrs(at), input_shape=tuple(x.shape)))
+        dw = apply_op("conv2d_backprop_filter", [x, g], dict(conv_attrs(at), filter_shape=tuple(w.shape)))
+        return [dx, dw]
+
+    def bp_input_grad(ins, out, gg, at):
+        g, w = ins       # out = backprop_input(g, w), linear in g and in w
+        return [apply_op("conv2d", [gg, w], conv_attrs(at)),
+                apply_op("conv2d_backprop_filter", [gg, g],
+                         dict(conv_attrs(at), filter_shape=tuple(w.shape)))]
+
+    def bp_filter_grad(ins, out, gg, at):
+        x, g = ins       # out = backprop_filter(x, g)
+        return [apply_op("conv2d_backprop_input", [g, gg], dict(conv_attrs(at), input_shape=tuple(x.shape))),
+                apply_op("conv2d", [x, gg], conv_attrs(at))]
+
+    def pool_attrs(at):
+        return {k: at[k] for k in ("ksize", "strides", "padding")}
+
+    def max_pool_grad(ins, out, g, at):
+        return [apply_op("max_pool2d_grad", [ins[0], g], pool_attrs(at))]
+
+    def avg_pool_grad(ins, out, g, at):
+        return [apply_op("avg_pool2d_grad", [g], dict(pool_attrs(at), input_shape=tuple(ins[0].shape)))]
+
+    def avg_pool_grad_grad(ins, out, gg, at):
+        return [apply_op("avg_pool2d", [gg], pool_attrs(at))]
+
+    def max_pool_grad_grad(ins, out, gg, at):
+        raise NotImplementedError("second derivatives through max_pool2d are not implemented")
+
+    defgrad("conv2d", conv_grad)
+    defgrad("conv2d_backprop_input", bp_input_grad)
+    defgrad("conv2d_backprop_filter", bp_filter_grad)
+    defgrad("max_pool2d", max_pool_grad)
+    defgrad("max_pool2d_grad", max_pool_grad_grad)
+    defgrad("avg_pool2d", avg_pool_grad)
+    defgrad("avg_pool2d_grad", avg_pool_grad_grad)
+
+
+_grads()
