@@ -21,12 +21,11 @@ x64 relu, max-pool 2x2, dense 1024 relu, dropout 0.5 while training, dense 10.
 The whole training step (forward, backward, Adam update) is one jitted function:
 traced once, compiled into a forward and a backward function.
 """
-import argparse
 import contextlib
-import time
 
 import numpy as np
 
+import common
 import flowjit as fj
 
 
@@ -95,34 +94,21 @@ def count_params(params):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__, epochs=20, batch_size=64, lr=0.003)
+    ap.set_defaults(lr=None, epochs=None)
     ap.add_argument("--model", choices=["small", "deep"], default="small")
-    ap.add_argument("--mnist", metavar="DIR", help="train on MNIST (IDX files in DIR) instead of digits")
-    ap.add_argument("--epochs", type=int, default=None, help="default: 20 on digits, 2 on MNIST")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 0.003 "
-                    "small, 0.001 deep)")
-    ap.add_argument("--steps", type=int, default=None, help="train this many steps only (quick run)")
-    ap.add_argument("--logdir", default=None, help="TensorBoard log directory (accepted; "
-                    "summaries are not written yet)")
-    ap.add_argument("--device", default="/cpu:0", help="device to train on, e.g. /cpu:0")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    args.epochs = args.epochs if args.epochs is not None else (2 if args.mnist else 20)
+    args.lr = args.lr if args.lr is not None else (0.003 if args.model == "small" else 0.001)
 
-    if args.mnist:
-        data, side, name = fj.data.load_mnist(args.mnist), 28, "MNIST"
-    else:
-        data, side, name = fj.data.load_digits(), 8, "digits"
-    epochs = args.epochs if args.epochs is not None else (2 if args.mnist else 20)
-    lr = args.lr if args.lr is not None else (0.003 if args.model == "small" else 0.001)
-    if args.logdir:
-        print(f"--logdir {args.logdir}: accepted, no summaries written yet")
-
-    with fj.device(args.device):
+    data = common.load_data(args, reshape=False)          # images [n, side, side, 1]
+    side = data.train.images.shape[1]
+    name = "MNIST" if args.mnist else "digits"
+    with common.session(args):
         fj.random.set_seed(args.seed)
         build = small_cnn if args.model == "small" else deep_cnn
         params, model, how = build(side, args.seed)
-        opt = fj.optimizers.Adam(lr)
+        opt = fj.optimizers.Adam(args.lr)
         print(f"{how}; {count_params(params):,} parameters; {name}: "
               f"{data.train.num_examples} train / {data.test.num_examples} test images; "
               f"device {args.device}")
@@ -140,29 +126,11 @@ def main(argv=None):
             hit = fj.equal(fj.argmax(model(params, x), 1), fj.argmax(y, 1))
             return fj.reduce_sum(fj.cast(hit, fj.float32))
 
-        def accuracy(ds):
-            hits = sum(float(correct(x, y)) for x, y in ds.batches(1000, shuffle=False))
-            return hits / ds.num_examples
-
-        steps = args.steps if args.steps is not None else \
-            epochs * (data.train.num_examples // args.batch_size)
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        it = tqdm(range(steps), desc="train", mininterval=0.5) if tqdm else range(steps)
-        t0 = time.perf_counter()
-        loss = float("nan")
-        for step in it:
-            loss = train_step(*data.train.next_batch(args.batch_size))
-            if tqdm and step % 20 == 0:
-                it.set_postfix(loss=f"{float(loss):.4f}")
-        elapsed = time.perf_counter() - t0
-        acc = accuracy(data.test)
-    s = fj.stats()
-    print(f"test accuracy {acc:.4f}  final loss {float(loss):.4f}  [{args.model} CNN, {steps} steps "
-          f"of {args.batch_size}, {elapsed:.1f}s, traces={s['traces']}, compiles={s['compiles']}, "
-          f"compile {s['compile_seconds']:.1f}s]")
+        n = common.num_steps(args, data.train.num_examples)
+        loss, secs = common.train(args, train_step, lambda: data.train.next_batch(args.batch_size), n)
+        hits = sum(float(correct(x, y)) for x, y in data.test.batches(1000, shuffle=False))
+        acc = hits / data.test.num_examples
+        common.report(f"cnn_digits ({args.model})", {"test_accuracy": acc, "final_loss": loss}, secs, n)
     return acc
 
 
