@@ -65,3 +65,26 @@ def test_fused_chain_with_reduction_keeps_accuracy():
     with np.errstate(all="ignore"):
         assert ulp_error(got[1].numpy(), np.exp(x.astype(np.float64)).astype(np.float32), np.float32).max() <= 2
     assert abs(float(got[0]) - np.tanh(x.astype(np.float64)).sum()) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["exp", "tanh", "sigmoid"])
+def test_accuracy_inside_a_reduction_kernel(name):
+    # a loop with a reduction is compiled with reassociation and uses the float32
+    # functions whose range reduction runs in float64; the plain elementwise loop above
+    # uses the float32-only ones: both stay within the same ulp bound
+    fn, ref = FUNCS[name]
+    x = inputs(name, np.float32)
+    with np.errstate(all="ignore"):
+        expected = ref(x.astype(np.float64)).astype(np.float32)
+
+    @fj.jit
+    def both(a):
+        y = fn(a)
+        return y, fj.reduce_sum(y * 0.0)
+    f = both.inspect(x)
+    assert "reassoc" in f.forward_source and f"{name}_f32(" in f.forward_source
+    got = both(x)[0].numpy()
+    err = ulp_error(got, expected, np.float32)
+    assert err.max() <= ULPS[name], (name, x[int(np.argmax(err))], err.max())
+    plain = fj.jit(lambda a: fn(a)).inspect(x).forward_source
+    assert f"{name}_f32_ordered(" in plain

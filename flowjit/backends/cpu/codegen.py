@@ -13,6 +13,7 @@ import os
 from ...ir.registry import REGISTRY
 from ...ir.shapes import Sym, hint, is_one, render
 from ...ops.elementwise import npt
+from .scalar import ORDERED
 
 PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a loop runs serially
 F64_TRANSCENDENTAL = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "pow", "sin", "cos"}
@@ -365,6 +366,9 @@ def gen_loop(g, grp, bufname, alias=None):
     if len(lines) == 1:
         lines.append("    return")
     body_src = "\n".join(lines) + "\n"
+    if "reassoc" not in fm:      # the operation order is kept: float32 range reduction is exact
+        for fn in ORDERED:
+            body_src = body_src.replace(fn + "(", fn + "_ordered(")
     opts = "fastmath={" + ", ".join(repr(x) for x in sorted(fm)) + f"}}, parallel={parallel}"
     key = _hash(opts + body_src)
     name = f"k_{key}"

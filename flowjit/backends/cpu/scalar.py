@@ -215,25 +215,30 @@ def tanh_f64(x):
     return x if x != x else r
 
 
-@inline
-def tanh_f32(x):
-    a = abs(x)
-    z = a * a
-    small = a + a * z * (np.float32(-0.333333167989577) + z * (np.float32(0.13332564449866863) + z * (
-        np.float32(-0.05385029639075271) + z * (np.float32(0.02106413706699833)
-                                               + z * np.float32(-0.006264367955845983)))))
-    e = exp_f32(np.float32(2.0) * a)
-    big = np.float32(1.0) - np.float32(2.0) / (e + np.float32(1.0))
-    r = small if a < np.float32(0.55) else big
-    r = -r if x < np.float32(0.0) else r
-    return x if x != x else r
+def _f32_tanh_sigmoid(exp32):
+    """float32 tanh and sigmoid on top of a float32 exp (one definition, two families)."""
+    @inline
+    def tanh32(x):
+        a = abs(x)
+        z = a * a
+        small = a + a * z * (np.float32(-0.333333167989577) + z * (np.float32(0.13332564449866863) + z * (
+            np.float32(-0.05385029639075271) + z * (np.float32(0.02106413706699833)
+                                                   + z * np.float32(-0.006264367955845983)))))
+        e = exp32(np.float32(2.0) * a)
+        big = np.float32(1.0) - np.float32(2.0) / (e + np.float32(1.0))
+        r = small if a < np.float32(0.55) else big
+        r = -r if x < np.float32(0.0) else r
+        return x if x != x else r
+
+    @inline
+    def sigmoid32(x):
+        e = exp32(-abs(x))
+        s = np.float32(1.0) / (np.float32(1.0) + e)
+        return s if x >= np.float32(0.0) else e * s
+    return tanh32, sigmoid32
 
 
-@inline
-def sigmoid_f32(x):
-    e = exp_f32(-abs(x))
-    s = np.float32(1.0) / (np.float32(1.0) + e)
-    return s if x >= np.float32(0.0) else e * s
+tanh_f32, sigmoid_f32 = _f32_tanh_sigmoid(exp_f32)
 
 
 @inline
@@ -243,6 +248,32 @@ def sigmoid_f64(x):
     r = s if x >= 0.0 else e * s
     return x if x != x else r
 
+
+
+# --- float32 exp/tanh/sigmoid for kernels compiled WITHOUT reassociation -----------
+# exp_f32 reduces its argument in float64 so that reassociation (allowed in kernels
+# with reductions, to vectorise them) cannot break the Cody-Waite split; that costs
+# half-width float64 vectors. Kernels without reductions are compiled without
+# `reassoc`, so there the split can stay in float32 (8 lanes on AVX2 instead of 4):
+# the code generator renames exp_f32 -> exp_f32_ordered (and tanh, sigmoid) there.
+C1_F32 = 0.693359375              # ln2 high part: 9 significant bits, so n * C1 is exact
+C2_F32 = -2.12194440e-4           # ln2 - C1
+
+
+@inline
+def exp_f32_ordered(x):
+    xc = min(max(x, np.float32(-104.0)), np.float32(89.0))
+    n = np.floor(xc * np.float32(LOG2E) + np.float32(0.5))
+    r = (xc - n * np.float32(C1_F32)) - n * np.float32(C2_F32)
+    p = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (
+        np.float32(1.0 / 6) + r * (np.float32(1.0 / 24) + r * (np.float32(1.0 / 120) + r * (
+            np.float32(1.0 / 720) + r * np.float32(1.0 / 5040)))))))
+    res = _scale_f32(p, n)
+    return x if x != x else res
+
+
+tanh_f32_ordered, sigmoid_f32_ordered = _f32_tanh_sigmoid(exp_f32_ordered)
+ORDERED = ("exp_f32", "tanh_f32", "sigmoid_f32")
 
 # --- random draws (the same algorithm as eager mode: ops/random_core.py) -----------
 _bits = R.bits
