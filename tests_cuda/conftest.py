@@ -1,0 +1,12 @@
+"""The GPU suite: run as `NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests_cuda` (no GPU
+needed: Numba's CUDA simulator) or plainly on a machine with a CUDA GPU."""
+import pytest
+
+import flowjit as fj
+
+
+def pytest_collection_modifyitems(config, items):
+    if not any(d.kind == "GPU" for d in fj.list_devices()):
+        skip = pytest.mark.skip(reason="no CUDA GPU (set NUMBA_ENABLE_CUDASIM=1 for the simulator)")
+        for item in items:
+            item.add_marker(skip)
