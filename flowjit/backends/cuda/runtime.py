@@ -11,9 +11,9 @@ from numba import cuda
 SIM = bool(_nb_config.ENABLE_CUDASIM)
 
 # threads per block of the loop/reduction kernels (a power of two: tree reductions)
-TPB = 32 if SIM else 256
+TPB = 8 if SIM else 256
 # matmul tiling: block tile BM x BN, k-step BK, each thread computes TM x TN outputs
-MM = dict(BM=8, BN=8, BK=4, TM=2, TN=2) if SIM else dict(BM=64, BN=64, BK=16, TM=4, TN=4)
+MM = dict(BM=16, BN=16, BK=8, TM=4, TN=4) if SIM else dict(BM=64, BN=64, BK=16, TM=4, TN=4)
 _max_blocks = None
 
 
@@ -39,7 +39,7 @@ def row_splits(rows, length):
     rows to fill the GPU, more for a few long rows (then a final pass combines them)."""
     rows, length = int(rows), int(length)
     if SIM:
-        return 2 if (rows == 1 and length > 2 * TPB) else 1
+        return 2 if (rows == 1 and length > 4 * TPB) else 1
     want = max_blocks()
     if rows >= want // 4 or length <= 4 * TPB:
         return 1
@@ -111,7 +111,7 @@ def row_threads(length, splits):
     """Threads per block of a row reduction: a power of two covering a row's share,
     at least a warp, at most TPB."""
     want = (int(length) + int(splits) - 1) // max(int(splits), 1)
-    t = 32 if not SIM else 4
+    t = 32 if not SIM else 2
     while t < want and t < TPB:
         t *= 2
     return t

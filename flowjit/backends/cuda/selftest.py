@@ -224,6 +224,9 @@ def check_bad_index():
 
 
 def main(argv=None):
+    from .runtime import SIM
+    if SIM:      # simulated threads: a short GIL switch interval speeds barriers up
+        sys.setswitchinterval(1e-5)
     names = list(CASES) + ["training", "bad_index"]
     devices = fj.list_devices()
     print("devices:", ", ".join(d.name for d in devices))
