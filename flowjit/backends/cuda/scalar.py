@@ -202,4 +202,4 @@ def _make_np_shim():
 
 np_shim = _make_np_shim()
 
-NAMES = [n for n in dir() if n.endswith(("_f32", "_f64"))]
+NAMES = [n for n in dir() if n.endswith(("_f32", "_f64")) and not n.startswith("_")]
