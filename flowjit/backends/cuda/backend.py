@@ -14,6 +14,7 @@ from Numba's disk cache.
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 import time
@@ -154,11 +155,35 @@ def gen_entry(prog):
                                                   else " (no CUDA kernel: NumPy on the host)"), sorted(ks)))
         kernels.update(ks)
         lines.extend(ls)
+    lines = _scratch_temporaries(prog, lines, buf)
     outs = [f"RT.shaped({buf(o)}, {shape_tuple(g.nodes[o].shape)})" for o in g.outputs] + \
         [buf(v) for _, v in g.effects]
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
     body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
     return body, kernels, err_codes, inplace, placement
+
+
+_ALLOC = re.compile(r"^(\s*)(\w+) = RT\.(empty|zeros)\((.*), ([\w.]+)\)$")
+
+
+def _scratch_temporaries(prog, lines, buf):
+    """Buffers that never leave the call (not an output, a residual or a variable's new
+    value, nor viewed by one) are kept by the executable and reused by the next call
+    (kernels run in stream order, so the next call cannot overwrite them early)."""
+    g = prog.graph
+    keep = set(g.outputs) | {v for _, v in g.effects}
+    for s in reversed(prog.steps):
+        if s.kind == "view" and s.node in keep:
+            keep.add(g.nodes[s.node].inputs[0])
+    kept_names = {buf(i) for i in keep}
+    out = []
+    for line in lines:
+        m = _ALLOC.match(line)
+        if m and m.group(2) not in kept_names:
+            ind, name, kind, size, dt = m.groups()
+            line = f"{ind}{name} = RT.scratch(POOL, {name!r}, {size}, {dt}, {kind == 'zeros'})"
+        out.append(line)
+    return out
 
 
 def _in_loop(prog, node_id):
@@ -178,7 +203,7 @@ class CudaExecutable:
         self.err_codes = err_codes
         self.inplace = list(inplace)
         self.placement = placement
-        ns = {"np": np, "RT": RT, "RT_host_op": self._host_op}
+        ns = {"np": np, "RT": RT, "RT_host_op": self._host_op, "POOL": {}}
         for k, src in kernels.items():
             ns[k] = _load_kernel(k, src)
         exec(compile(body, "<flowjit cuda entry>", "exec"), ns)

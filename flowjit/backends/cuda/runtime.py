@@ -147,3 +147,15 @@ def copy(a):
     out = cuda.device_array(a.shape, a.dtype)
     out.copy_to_device(a)
     return out
+
+
+def scratch(pool, key, n, dtype, zero=False):
+    """A temporary buffer kept by an executable between calls (reallocated when the
+    size changes); `zero` clears it on every call."""
+    n = int(n)
+    a = pool.get(key)
+    if a is None or a.shape[0] != n or a.dtype != np.dtype(dtype):
+        a = pool[key] = cuda.device_array(n, dtype)
+    if zero and n:
+        _fill_zero[grid(n), TPB](a)
+    return a
