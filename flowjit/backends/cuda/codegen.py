@@ -15,7 +15,7 @@ Loop groups become one of three kernel shapes:
   batch): one thread per output element looping over the reduced elements, so
   neighbouring threads read neighbouring memory.
 Reductions over different axes in one group get one kernel per axis set (the cheap
-elementwise body is recomputed; only the first kernel writes the group's stores).
+elementwise body is recomputed; only the last kernel writes the group's stores).
 Kernel text depends only on structure; sizes are arguments, so kernels are shared.
 """
 import hashlib
@@ -226,7 +226,9 @@ class LoopCode:
             if self.epilogue and (len(parts) > 1 or not trailing):
                 raise AssertionError("fusion gave an epilogue to a non-trailing reduction")
             fn = self._rows if trailing else self._columns
-            ks, ls = fn(list(rc), reds, with_stores=(k == 0))
+            # the last kernel writes the group's stores: a store may overwrite a buffer
+            # (a variable updated in place) that the earlier kernels still read
+            ks, ls = fn(list(rc), reds, with_stores=(k == len(parts) - 1))
             kernels.update(ks)
             lines.extend(ls)
         return kernels, lines
