@@ -10,6 +10,38 @@ from numba import cuda
 
 SIM = bool(_nb_config.ENABLE_CUDASIM)
 
+
+def _patch_simulator_shared_arrays():
+    """Numba's simulator gives a block's threads one shared array per source line, but
+    checks-then-sets its table without a lock: two threads can each create their own
+    "shared" array, and a block-level reduction then silently reads garbage. Same
+    lookup, under a lock."""
+    import sys
+    import threading
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+    lock = threading.Lock()
+    original = kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:
+            return original(self, shape, dtype)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        f = sys._getframe(1)
+        caller = (f.f_code.co_filename, f.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+    kernelapi.FakeCUDAShared.array = array
+
+
+if SIM:
+    _patch_simulator_shared_arrays()
+
 # threads per block of the loop/reduction kernels (a power of two: tree reductions)
 TPB = 8 if SIM else 256
 # matmul tiling: block tile BM x BN, k-step BK, each thread computes TM x TN outputs
