@@ -92,7 +92,8 @@ def as_device_array(x):
         if type(x).__name__ == "FakeCUDAArray":
             return x
         raise TypeError("foreign CUDA arrays cannot be used under the CUDA simulator")
-    if isinstance(x, cuda.devicearray.DeviceNDArray):
+    devicearray = getattr(cuda, "devicearray", None)
+    if devicearray is not None and isinstance(x, devicearray.DeviceNDArray):
         return x
     return cuda.as_cuda_array(x)
 
