@@ -127,10 +127,3 @@ def to_device(a):
     from ..backends.cuda import runtime as RT
     return RT.to_device(a)
 
-
-def make_device_tensor(dev, shape):
-    """A flowjit Tensor holding a device array (a jitted function's output on the GPU).
-    `.numpy()` (and any eager op, which runs NumPy on the host) copies it to the host
-    once; passing it to a jitted GPU function uses the device memory directly."""
-    from .tensor import GpuTensor
-    return GpuTensor(dev, shape)

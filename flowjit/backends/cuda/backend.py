@@ -22,7 +22,6 @@ import time
 import numpy as np
 
 from ... import runtime_config as cfg
-from ...config import config
 from ...ir.registry import REGISTRY
 from ...runtime import stats as S
 from ..cpu.codegen import _inplace_effects, dim_src, prod_src
