@@ -176,3 +176,25 @@ def test_mlp_trained_with_jit_tape_and_optimizer_on_gpu():
     assert all(p.device.endswith("GPU:0") for p in params)
     assert losses[-1] < 0.5 * losses[0], losses
     assert acc > 0.8
+
+
+def test_in_place_update_in_a_group_with_two_reduction_axes():
+    # one loop group: the variable's new value (written over its buffer) and two
+    # reductions over different axes, i.e. two kernels that both read the old value
+    with fj.device("/gpu:0"):
+        v = fj.Variable(np.arange(12, dtype=np.float32).reshape(3, 4))
+
+    @fj.jit
+    def step():
+        new = v * 2.0
+        v.assign(new)
+        return fj.reduce_sum(new, axis=0), fj.reduce_sum(new, axis=1)
+
+    a, b = step()
+    base = np.arange(12, dtype=np.float32).reshape(3, 4) * 2
+    np.testing.assert_allclose(a.numpy(), base.sum(0))
+    np.testing.assert_allclose(b.numpy(), base.sum(1))
+    np.testing.assert_allclose(v.numpy(), base)
+    with fj.device("/gpu:0"):
+        src = step.inspect().forward_source
+    assert src.count("(column reduction)") + src.count("(row reduction)") == 2
