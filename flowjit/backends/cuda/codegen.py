@@ -354,18 +354,25 @@ class LoopCode:
         return {pname: psrc, fname: fsrc}, lines
 
     def _columns(self, rc, reds, with_stores):
-        """One thread per output element, looping over the reduced elements."""
+        """One thread per output element looping over the reduced elements (neighbouring
+        threads read neighbouring memory). When outputs are few and the reduction long
+        (a bias gradient over a big batch), the reduced range is split into `ns` chunks
+        whose partial results a final pass combines."""
         C = self.C
         kept = [c for c in range(C) if c not in rc]
-        L = [f"def KERNEL({self._sig()}):",
-             f"    rows = {' * '.join(f'n{c}' for c in kept) or '1'}",
-             f"    rlen = {' * '.join(f'n{c}' for c in rc) or '1'}",
-             "    row = cuda.grid(1)",
-             "    stride = cuda.gridsize(1)",
-             "    while row < rows:"]
+        extra = ["ns"] + [f"PP{ri['j']}" for ri in reds]
+        head = [f"def KERNEL({self._sig(extra)}):",
+                f"    rows = {' * '.join(f'n{c}' for c in kept) or '1'}",
+                f"    rlen = {' * '.join(f'n{c}' for c in rc) or '1'}",
+                "    stride = cuda.gridsize(1)"]
+        L = head + ["    chunk = (rlen + ns - 1) // ns",
+                    "    w = cuda.grid(1)",
+                    "    while w < rows * ns:",
+                    "        part = w // rows",
+                    "        row = w - part * rows"]
         L += unravel("row", kept, " " * 8)
         L += [f"        acc{ri['j']} = {ri['ident']}" for ri in reds]
-        L += ["        rr = 0", "        while rr < rlen:"]
+        L += ["        rr = part * chunk", "        rend = rr + chunk if rr + chunk < rlen else rlen", "        while rr < rend:"]
         ind = " " * 12
         L += unravel("rr", rc, ind)
         if self.uses_lin:
@@ -374,12 +381,36 @@ class LoopCode:
         for ri in reds:
             L.append(f"{ind}acc{ri['j']} = {self._acc_update(ri, 'acc%d' % ri['j'], ri['val'])}")
         L.append(f"{ind}rr += 1")
+        L.append("        if ns == 1:")
         for ri in reds:
-            L += self._result(ri, " " * 8, f"acc{ri['j']}")
-        L.append("        row += stride")
-        name, src = self._finish("KERNEL", "\n".join(L) + "\n", self._comment() + " (column reduction)")
+            L += self._result(ri, " " * 12, f"acc{ri['j']}")
+        L.append("        else:")
+        L += [f"            PP{ri['j']}[w] = acc{ri['j']}" for ri in reds]
+        L.append("        w += stride")
+        pname, psrc = self._finish("KERNEL", "\n".join(L) + "\n", self._comment() + " (column reduction)")
+
+        F = head + ["    row = cuda.grid(1)", "    while row < rows:"]
+        F += [f"        acc{ri['j']} = {ri['ident']}" for ri in reds]
+        F += ["        for q in range(ns):"]
+        for ri in reds:
+            F.append(f"            acc{ri['j']} = {self._acc_update(ri, 'acc%d' % ri['j'], 'PP%d[q * rows + row]' % ri['j'])}")
+        for ri in reds:
+            F += self._result(ri, " " * 8, f"acc{ri['j']}")
+        F.append("        row += stride")
+        fname, fsrc = self._finish("KERNEL", "\n".join(F) + "\n", self._comment() + " (column final pass)")
+
         kept_src = " * ".join(f"({self.extents[c]})" for c in kept) or "1"
-        return {name: src}, [f"{name}[RT.grid({kept_src}), RT.TPB]({', '.join(self.call)})"]
+        rlen_src = " * ".join(f"({self.extents[c]})" for c in rc) or "1"
+        lines = [f"_rows = {kept_src}", f"_rlen = {rlen_src}", "_ns = RT.col_splits(_rows, _rlen)"]
+        pp = []
+        for ri in reds:
+            lines.append(f"_pp{ri['j']} = RT.empty(_rows * _ns if _ns > 1 else 1, {ri['acc_t']})")
+            pp.append(f"_pp{ri['j']}")
+        args = ", ".join(["np.int64(_ns)"] + pp + self.call)
+        lines.append(f"{pname}[RT.grid(_rows * _ns), RT.TPB]({args})")
+        lines.append("if _ns > 1:")
+        lines.append(f"    {fname}[RT.grid(_rows), RT.TPB]({args})")
+        return {pname: psrc, fname: fsrc}, lines
 
 
 def gen_loop(g, grp, buf, scalar_src):

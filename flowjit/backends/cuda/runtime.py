@@ -78,6 +78,18 @@ def row_splits(rows, length):
     return max(1, min(want // max(rows, 1), (length + 4 * TPB - 1) // (4 * TPB), 1024))
 
 
+def col_splits(rows, length):
+    """Chunks of a column reduction's reduced range: enough threads to fill the GPU,
+    each summing at least 16 elements."""
+    rows, length = int(rows), int(length)
+    if SIM:
+        return 2 if length > 4 else 1
+    if length < 64:
+        return 1
+    target = max_blocks() * TPB // 2
+    return max(1, min((target + rows - 1) // max(rows, 1), (length + 15) // 16, 1024))
+
+
 def is_device_array(x):
     """A numba device array (real or simulated) or anything with __cuda_array_interface__."""
     if hasattr(x, "__cuda_array_interface__"):
