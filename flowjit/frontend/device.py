@@ -90,3 +90,40 @@ def device(spec):
 def list_devices():
     """The devices this process can use: the CPU, then each CUDA GPU numba.cuda sees."""
     return [CPU0] + [DeviceSpec("GPU", i) for i in range(_gpu_count())]
+
+
+def explicit():
+    """The innermost `fj.device` block's device, or None outside every block."""
+    s = getattr(_local, "stack", None)
+    return s[-1] if s else None
+
+
+GPU0 = DeviceSpec("GPU", 0)
+placed_on_gpu = [False]     # set once any variable moves to the GPU (CPU calls then check)
+
+
+def is_device_array(x):
+    """Whether x is GPU memory (a numba device array or anything with
+    __cuda_array_interface__: CuPy arrays, PyTorch CUDA tensors)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    if type(x).__name__ == "FakeCUDAArray":        # numba's CUDA simulator
+        return True
+    return False
+
+
+def as_device_array(x):
+    from ..backends.cuda import runtime as RT
+    return RT.as_device_array(x)
+
+
+def to_host(x):
+    """A NumPy copy of device memory."""
+    from ..backends.cuda import runtime as RT
+    return RT.to_host(as_device_array(x))
+
+
+def to_device(a):
+    from ..backends.cuda import runtime as RT
+    return RT.to_device(a)
+

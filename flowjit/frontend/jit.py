@@ -18,8 +18,9 @@ from .. import dtypes as D
 from ..errors import OutOfRangeError, TracerError
 from ..ir.graph import Graph
 from ..runtime import stats as S
+from . import device as _device
 from .pytree import flatten, unflatten
-from .tensor import Tensor, TraceContext, active_tapes, current_trace, node_of
+from .tensor import GpuTensor, Tensor, TraceContext, active_tapes, current_trace, node_of
 
 
 class _Dyn:
@@ -34,11 +35,26 @@ def _is_leaf(x):
     return isinstance(x, Tensor) or hasattr(x, "_flowjit_tensor")
 
 
+class _DeviceInput:
+    """A dynamic argument already in GPU memory (a GpuTensor, a CuPy array, a PyTorch
+    CUDA tensor, a numba device array): used where it is, without a host round trip."""
+    __slots__ = ("dev", "shape", "dtype", "ndim")
+
+    def __init__(self, dev, shape):
+        self.dev, self.shape, self.dtype, self.ndim = dev, tuple(shape), dev.dtype, len(shape)
+
+    def host(self):
+        return _device.to_host(self.dev).reshape(self.shape)
+
+
 def _classify(leaves):
     """Split argument leaves into dynamic arrays and static values (for the cache key)."""
     arrays, spec, statics = [], [], []
     for x in leaves:
-        if isinstance(x, Tensor):
+        if type(x) is GpuTensor:
+            a = _DeviceInput(x._dev, x._shape)
+            weak = False
+        elif isinstance(x, Tensor):
             a = x._value
             if a is None:
                 raise TracerError("a traced tensor was passed into a jitted function from outside its trace")
@@ -52,6 +68,10 @@ def _classify(leaves):
         elif isinstance(x, float):
             a = np.asarray(x, np.float64)
             weak = True
+        elif _device.is_device_array(x):
+            dev = _device.as_device_array(x)
+            a = _DeviceInput(dev, dev.shape)
+            weak = False
         else:
             try:
                 hash(x)
@@ -61,9 +81,10 @@ def _classify(leaves):
             spec.append(("s",))
             continue
         if a.dtype not in _OK_DTYPES:
-            a = a.astype(D.as_dtype(a.dtype).np)
+            a = (a.host() if type(a) is _DeviceInput else a).astype(D.as_dtype(a.dtype).np)
         arrays.append(a)
-        spec.append((a.dtype.num, a.ndim, tuple(d == 1 for d in a.shape), weak))
+        spec.append((a.dtype.num, a.ndim, tuple(d == 1 for d in a.shape), weak)
+                    + (("gpu",) if type(a) is _DeviceInput else ()))
     return arrays, tuple(spec), tuple(statics)
 
 
@@ -104,6 +125,8 @@ class StageRunner:
         used = sorted({n.attrs["index"] for n in g.nodes if n.op == "const"})
         self.consts = [np.ascontiguousarray(g.consts[i]).reshape(1) if g.consts[i].ndim == 0
                        else np.ascontiguousarray(g.consts[i]) for i in used]
+        if hasattr(self.exe, "place_constants"):      # a device backend: upload them once
+            self.consts = self.exe.place_constants(self.consts)
         self.streams = [g.rng_streams[i] for i in
                         sorted({n.attrs["stream"] for n in g.nodes if n.op == "rng_key"})]
         # the error word kernels write on a bad index (calls are not reentrant)
@@ -127,8 +150,11 @@ class StageRunner:
 class Compiled:
     """One traced signature: forward (and backward) programs, guard, output layout."""
 
-    def __init__(self, traced, joint, stages, split, guard, out_struct, out_static, variables, notes):
+    def __init__(self, traced, joint, stages, split, guard, out_struct, out_static, variables, notes,
+                 device=_device.CPU0):
         self.graph = traced
+        self.device = device
+        self.on_host = device.kind == "CPU"
         self.joint = joint
         self.split = split
         self.program = stages[0].program
@@ -158,14 +184,69 @@ class Compiled:
                        and self.bwd is None and not self.copy_out[0])
 
     def run(self, arrays):
+        if not self.on_host:
+            return self._run_device(arrays)
         args = [a if (a.ndim and a.flags.c_contiguous) else
                 (a.reshape(1) if a.ndim == 0 else np.ascontiguousarray(a)) for a in arrays]
         if self.variables:
+            if _device.placed_on_gpu[0]:
+                for v in self.variables:
+                    v._place("CPU")
             args.extend(v._buf.reshape(1) if v._buf.ndim == 0 else v._buf for v in self.variables)
         outs = self.fwd(args)
         if self.single:
             o = outs[0]
             return Tensor(value=o.reshape(()) if self.rank0_out[0] else o)
+        values, effects = self._combine(args, outs)
+        # outputs first (they may read a variable's old buffer), then write variables
+        res = []
+        k = 0
+        for st in self.out_static:
+            if st is None:
+                o = values[k]
+                if self.copy_out[k]:
+                    o = o.copy()
+                if self.rank0_out[k]:
+                    o = o.reshape(())
+                res.append(Tensor(value=o))
+                k += 1
+            else:
+                res.append(st[0])
+        for var, v, copy in zip(self.effect_vars, effects, self.effect_copy):
+            if copy:
+                np.copyto(var._buf, v.reshape(var._buf.shape))
+        return unflatten(self.out_struct, res)
+
+    def _run_device(self, arrays):
+        """The same call for a program compiled for the GPU: host inputs are uploaded,
+        device inputs used in place, variables read and updated in device memory, and
+        outputs returned as GpuTensors (fetched to the host only when asked)."""
+        exe = self.exe
+        args = [exe.device_input(a) for a in arrays]
+        for v in self.variables:
+            if v._device != "GPU":
+                v._place("GPU")
+            args.append(v._buf)
+        outs = self.fwd(args)
+        values, effects = self._combine(args, outs)
+        res = []
+        k = 0
+        for st in self.out_static:
+            if st is None:
+                o = values[k]
+                if self.copy_out[k]:
+                    o = exe.copy(o)
+                res.append(GpuTensor(o, () if self.rank0_out[k] else o.shape))
+                k += 1
+            else:
+                res.append(st[0])
+        for var, v, copy in zip(self.effect_vars, effects, self.effect_copy):
+            if copy:
+                var._write(v, copy=True)
+        return unflatten(self.out_struct, res)
+
+    def _combine(self, args, outs):
+        """(program outputs, variable updates) from the forward (and backward) runs."""
         n_out = len(self.joint.outputs)
         if self.bwd is None:
             values = list(outs[:n_out])
@@ -187,24 +268,7 @@ class Compiled:
                 effects[k] = v
             for k, v in zip(sp.bwd_effects, bouts[nb:]):
                 effects[k] = v
-        # outputs first (they may read a variable's old buffer), then write variables
-        res = []
-        k = 0
-        for st in self.out_static:
-            if st is None:
-                o = values[k]
-                if self.copy_out[k]:
-                    o = o.copy()
-                if self.rank0_out[k]:
-                    o = o.reshape(())
-                res.append(Tensor(value=o))
-                k += 1
-            else:
-                res.append(st[0])
-        for var, v, copy in zip(self.effect_vars, effects, self.effect_copy):
-            if copy:
-                np.copyto(var._buf, v.reshape(var._buf.shape))
-        return unflatten(self.out_struct, res)
+        return values, effects
 
 
 class JitFunction:
@@ -241,7 +305,7 @@ class JitFunction:
             # fast path: every argument a positional array or eager Tensor
             key, arrays = _fast_key(args)
             if key is not None:
-                entries = self._fast.get(key)
+                entries = self._fast.get((_device.explicit(), key))
                 if entries:
                     shapes = None
                     for c in entries:
@@ -261,24 +325,30 @@ class JitFunction:
         dargs, dkwargs, static = self._split_static(args, kwargs)
         leaves, struct = flatten((dargs, dkwargs), _is_leaf)
         arrays, spec, statics = _classify(leaves)
-        key = (struct, spec, statics, static)
+        dev = _device.explicit()
+        key = (struct, spec, statics, static, dev)
         entries = self._cache.get(key)
+        c = None
         if entries:
             shapes = tuple(a.shape for a in arrays)
-            for c in entries:
-                if c.guard is None or c.guard(shapes):
+            for e in entries:
+                if e.guard is None or e.guard(shapes):
                     S.bump("cache_hits")
-                    return c, arrays
-        c = self._trace(args, kwargs, leaves, struct, arrays, spec, static)
-        entries = self._cache.setdefault(key, [])
-        entries.append(c)
-        if not kwargs and not self.static_argnames:
-            fk, _ = _fast_key(args)
-            if fk is not None:
-                self._fast[fk] = entries
+                    c = e
+                    break
+        if c is None:
+            c = self._trace(args, kwargs, leaves, struct, arrays, spec, static, dev)
+            entries = self._cache.setdefault(key, [])
+            entries.append(c)
+            if not kwargs and not self.static_argnames:
+                fk, _ = _fast_key(args)
+                if fk is not None:
+                    self._fast[(dev, fk)] = entries
+        if c.on_host and any(type(a) is _DeviceInput for a in arrays):
+            arrays = [a.host() if type(a) is _DeviceInput else a for a in arrays]
         return c, arrays
 
-    def _trace(self, args, kwargs, leaves, struct, arrays, spec, static):
+    def _trace(self, args, kwargs, leaves, struct, arrays, spec, static, dev=None):
         from ..runtime.pipeline import build
         S.bump("traces")
         g = Graph()
@@ -324,10 +394,14 @@ class JitFunction:
                     rank0.append(len(g.nodes[nid].shape) == 0)
                 else:
                     out_static.append((o,))
-        joint, stages, split = build(g)
+        if dev is None:     # no fj.device block: the GPU if the data already lives there
+            on_gpu = any(type(a) is _DeviceInput for a in arrays) or \
+                any(v._device == "GPU" for v in ctx.variables)
+            dev = _device.GPU0 if on_gpu else _device.CPU0
+        joint, stages, split = build(g, dev)
         guard = _compile_guard(g.env.guards)
         return Compiled(g, joint, stages, split, guard, out_struct, out_static, list(ctx.variables),
-                        list(g.env.notes))
+                        list(g.env.notes), dev)
 
     def inspect(self, *args, **kwargs):
         """The traced graph, fusion groups and generated source for these arguments."""

@@ -39,7 +39,7 @@ class TraceContext:
         g = self.graph
         if cur is None:
             node = g.add("arg", (), {"index": len(g.args), "variable": var.name},
-                         var._buf.shape, var.dtype)
+                         var._shape, var.dtype)
             g.args.append(node.id)
             self.variables.append(var)
             cur = self.var_initial[key] = self.var_current[key] = node.id
@@ -235,6 +235,42 @@ class Tensor:
     __str__ = __repr__
 
     # the Python operators are installed by frontend/api.py (one place, next to the ops)
+
+
+class GpuTensor(Tensor):
+    """An eager tensor whose value lives in GPU memory (what a jitted function placed on
+    the GPU returns). Its host value is fetched once, on first use: `.numpy()`,
+    `np.asarray(t)`, printing, or an eager op (eager ops run NumPy on the host). Passed
+    to a jitted function on the GPU, the device memory is used directly."""
+    __slots__ = ("_dev", "_shape", "_host")
+
+    def __init__(self, dev, shape):
+        self._node = self._graph = None
+        self._weak = False
+        self._dev, self._shape, self._host = dev, tuple(shape), None
+
+    @property
+    def _value(self):
+        if self._host is None:
+            from .device import to_host
+            self._host = to_host(self._dev).reshape(self._shape)
+        return self._host
+
+    @property
+    def shape(self):
+        return TensorShape(self._shape)
+
+    @property
+    def dtype(self):
+        return D.as_dtype(self._dev.dtype)
+
+    @property
+    def device(self):
+        return "/job:localhost/replica:0/task:0/device:GPU:0"
+
+    @property
+    def __cuda_array_interface__(self):
+        return self._dev.__cuda_array_interface__
 
 
 # --- conversion ----------------------------------------------------------------

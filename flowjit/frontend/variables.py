@@ -1,6 +1,11 @@
 """`fj.Variable`: mutable state. Eagerly a NumPy buffer; inside `@fj.jit` an implicit
 input of the compiled function whose assignments are graph effects written back into
-the same buffer after the step succeeded (a step that raises changes nothing)."""
+the same buffer after the step succeeded (a step that raises changes nothing).
+
+Placement: a variable created inside `with fj.device("/gpu:0")` keeps its value in
+GPU memory (a flat device array) between steps; the compiled GPU code reads and
+updates it there. A program compiled for another device that uses the variable moves
+it there once (later calls find it in place)."""
 import itertools
 
 import numpy as np
@@ -24,13 +29,47 @@ class Variable:
                             "initial value); build them before the first call")
         arr = to_numpy(initial_value, dtype)
         self._buf = np.array(arr, order="C", copy=True)
+        self._shape = self._buf.shape
+        self._device = "CPU"
         self._name = name or f"Variable_{next(_names)}"
         self.trainable = bool(trainable)
+        from .device import current
+        if current().kind == "GPU":
+            self._place("GPU")
+
+    # -- placement ---------------------------------------------------------------------
+    def _place(self, kind):
+        """Move the value to device kind "CPU" (NumPy buffer) or "GPU" (flat device array)."""
+        if kind == self._device:
+            return
+        from .device import placed_on_gpu, to_device, to_host
+        if kind == "GPU":
+            self._buf = to_device(self._buf.reshape(-1))
+            placed_on_gpu[0] = True
+        else:
+            self._buf = to_host(self._buf).reshape(self._shape)
+        self._device = kind
+
+    def _write(self, value, copy):
+        """Store a compiled step's new value (an array on this variable's device).
+        `copy=False` lets a GPU variable adopt the new buffer instead of copying it."""
+        if self._device == "CPU":
+            np.copyto(self._buf, value.reshape(self._shape))
+        elif copy:
+            self._buf.copy_to_device(value.reshape(-1) if len(value.shape) != 1 else value)
+        else:
+            self._buf = value if len(value.shape) == 1 else value.reshape(-1)
+
+    def _host_value(self):
+        if self._device == "CPU":
+            return self._buf.copy()
+        from .device import to_host
+        return to_host(self._buf).reshape(self._shape)
 
     # -- reading ---------------------------------------------------------------------
     def _flowjit_tensor(self):
         ctx = current_trace()
-        t = ctx.read_variable(self) if ctx is not None else Tensor(value=self._buf.copy())
+        t = ctx.read_variable(self) if ctx is not None else Tensor(value=self._host_value())
         for tape in active_tapes():
             tape._on_variable_read(self, t)
         return t
@@ -43,7 +82,7 @@ class Variable:
     def numpy(self):
         if current_trace() is not None:
             raise TypeError(f"Variable {self._name}: .numpy() inside @fj.jit; return the value instead")
-        return self._buf.copy()
+        return self._host_value()
 
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
@@ -51,7 +90,7 @@ class Variable:
 
     @property
     def shape(self):
-        return TensorShape(self._buf.shape)
+        return TensorShape(self._shape)
 
     def get_shape(self):
         return self.shape
@@ -66,7 +105,7 @@ class Variable:
 
     @property
     def device(self):
-        return "/job:localhost/replica:0/task:0/device:CPU:0"
+        return f"/job:localhost/replica:0/task:0/device:{self._device}:0"
 
     # -- writing ---------------------------------------------------------------------
     def assign(self, value, read_value=True, name=None):
@@ -80,16 +119,18 @@ class Variable:
             t = convert(t, self.dtype)
         from ..ir.shapes import Sym, hint, unify_dims
         vs = tuple(t.shape)
-        if len(vs) != self._buf.ndim or any(hint(a) != b for a, b in zip(vs, self._buf.shape)):
+        if len(vs) != len(self._shape) or any(hint(a) != b for a, b in zip(vs, self._shape)):
             raise ShapeError(f"assign to {self._name} (at {user_src()}): value shape "
-                             f"{tuple(vs)} differs from the variable's {self._buf.shape}")
-        for a, b in zip(vs, self._buf.shape):
+                             f"{tuple(vs)} differs from the variable's {self._shape}")
+        for a, b in zip(vs, self._shape):
             if isinstance(a, Sym):       # the trace is only valid for values of this shape
                 unify_dims(a, b)
         if ctx is not None:
             ctx.assign_variable(self, t)
-        else:
+        elif self._device == "CPU":
             np.copyto(self._buf, t.numpy())
+        else:
+            self._buf.copy_to_device(np.ascontiguousarray(t.numpy()).reshape(-1))
         return self
 
     def assign_add(self, delta, read_value=True, name=None):
@@ -100,7 +141,7 @@ class Variable:
 
     def __repr__(self):
         return (f"<fj.Variable '{self.name}' shape={self.shape!r} dtype={self.dtype.name}, "
-                f"numpy={np.array2string(self._buf, separator=', ')}>")
+                f"numpy={np.array2string(self._host_value(), separator=', ')}>")
 
     def __hash__(self):
         return id(self)

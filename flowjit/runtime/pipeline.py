@@ -1,10 +1,16 @@
-"""Graph -> simplified graph -> (forward[, backward]) fused programs -> executables."""
+"""Graph -> simplified graph -> (forward[, backward]) fused programs -> executables.
+
+The backend is chosen by the device the function is placed on: every backend
+implements `compile_program(prog)` for the same backend-neutral `Program`."""
+import importlib
 from dataclasses import dataclass
 
+from ..config import config
 from ..passes.simplify import simplify
 from ..passes.fusion import fuse
 from ..passes.partition import partition
-from ..backends.cpu.backend import compile_program
+
+BACKENDS = {"CPU": "flowjit.backends.cpu.backend", "GPU": "flowjit.backends.cuda.backend"}
 
 
 @dataclass
@@ -13,17 +19,42 @@ class Stage:
     exe: object
 
 
-def build(graph):
+def backend_for(device):
+    return importlib.import_module(BACKENDS[device.kind])
+
+
+def build(graph, device=None):
     """Returns (joint simplified graph, [forward stage, backward stage or None], split)."""
+    from ..frontend.device import CPU0
+    device = device or CPU0
+    compile_program = backend_for(device).compile_program
+
+    def stage(prog, what):
+        exe = compile_program(prog)
+        if config.log_device_placement:
+            _log_placement(prog, exe, device, what)
+        return Stage(prog, exe)
+
     g = simplify(graph)
     split = partition(g)
     if split is None:
         prog = fuse(g)
-        return g, [Stage(prog, compile_program(prog))], None
+        return g, [stage(prog, "function")], None
     fwd = simplify(split.forward)
     # simplify may renumber; residual outputs keep their positions in fwd.outputs
     fprog = fuse(fwd)
     fprog.allow_inplace = False     # the backward reads the variables' old values
     bwd = simplify(split.backward)
     bprog = fuse(bwd)
-    return g, [Stage(fprog, compile_program(fprog)), Stage(bprog, compile_program(bprog))], split
+    return g, [stage(fprog, "forward"), stage(bprog, "backward")], split
+
+
+def _log_placement(prog, exe, device, what):
+    describe = getattr(exe, "describe_placement", None)
+    if describe is not None:
+        lines = describe(device.name)
+    else:
+        lines = [line + f" -> {device.name}" for line in prog.describe().splitlines()]
+    print(f"[flowjit] {what} placement:")
+    for line in lines:
+        print(f"[flowjit]   {line}")

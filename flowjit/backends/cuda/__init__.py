@@ -1,0 +1,1 @@
+"""The CUDA backend: the same fused Programs compiled into numba.cuda kernels."""

@@ -1,0 +1,306 @@
+"""CUDA kernels for the non-loop steps: the tiled matmul and the opaque ops.
+
+Opaque ops are lowered through `LOWERINGS`, a table from op name to a function that
+returns the kernel sources and entry lines for one node. Adding a GPU kernel for a
+new op (conv2d, pooling...) is one `@lowering("op")` function here; an op with no
+entry runs its NumPy reference on the host (copy in, compute, copy out) and says so
+when `fj.config.log_device_placement` is on.
+
+Index checks (gather, scatter_add) report the first bad index they see through the
+device error word: (code, index, bound); the executor turns it into an exception
+naming the op, and nothing outside the arrays is read or written.
+"""
+import hashlib
+
+from ...ops.elementwise import npt
+from ...ir.shapes import is_one
+from ..cpu.codegen import dim_src, prod_src
+from .runtime import MM
+
+KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
+LOWERINGS = {}
+
+
+def lowering(op):
+    def deco(fn):
+        LOWERINGS[op] = fn
+        return fn
+    return deco
+
+
+def _named(src, comment):
+    name = "k_" + hashlib.sha1(src.encode()).hexdigest()[:16]
+    return name, f"# {comment}\n" + KERNEL_HEADER + src.replace("KERNEL", name, 1)
+
+
+class Ctx:
+    """What a lowering needs from the entry generator."""
+
+    def __init__(self, g, buf, new_err_code):
+        self.g, self.buf, self.new_err_code = g, buf, new_err_code
+
+
+# ----------------------------------------------------------------------------------
+# matmul: block tile BM x BN in shared memory, k-steps of BK, each thread TM x TN
+# outputs in registers; batched over blockIdx.z, a batch of 1 broadcasts
+# ----------------------------------------------------------------------------------
+def matmul_source(ta, tb, dtype):
+    BM, BN, BK, TM, TN = (MM[k] for k in ("BM", "BN", "BK", "TM", "TN"))
+    NTX, NTY = BN // TN, BM // TM
+    dt = npt(dtype)
+    if ta:      # A stored (K, M)
+        a_idx = ["kk = e // BM_", "m = e - kk * BM_"]
+        a_val = "A[aoff + gk * M + gm]"
+    else:       # A stored (M, K)
+        a_idx = ["m = e // BK_", "kk = e - m * BK_"]
+        a_val = "A[aoff + gm * K + gk]"
+    if tb:      # B stored (N, K)
+        b_idx = ["nn = e // BK_", "kk = e - nn * BK_"]
+        b_val = "B[boff + gn * K + gk]"
+    else:       # B stored (K, N)
+        b_idx = ["kk = e // BN_", "nn = e - kk * BN_"]
+        b_val = "B[boff + gk * N + gn]"
+    src = f'''
+def KERNEL(A, B, C, M, N, K, sa, sb):
+    BM_ = {BM}
+    BN_ = {BN}
+    BK_ = {BK}
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    tid = ty * {NTX} + tx
+    row0 = cuda.blockIdx.y * BM_
+    col0 = cuda.blockIdx.x * BN_
+    bz = cuda.blockIdx.z
+    aoff = bz * sa
+    boff = bz * sb
+    coff = bz * M * N
+    As = cuda.shared.array(({BK}, {BM}), {dt})
+    Bs = cuda.shared.array(({BK}, {BN}), {dt})
+    acc = cuda.local.array(({TM}, {TN}), {dt})
+    ra = cuda.local.array({TM}, {dt})
+    rb = cuda.local.array({TN}, {dt})
+    for i in range({TM}):
+        for j in range({TN}):
+            acc[i, j] = 0
+    for k0 in range(0, K, BK_):
+        e = tid
+        while e < BM_ * BK_:
+            {a_idx[0]}
+            {a_idx[1]}
+            gm = row0 + m
+            gk = k0 + kk
+            if gm < M and gk < K:
+                As[kk, m] = {a_val}
+            else:
+                As[kk, m] = 0
+            e += {NTX * NTY}
+        e = tid
+        while e < BN_ * BK_:
+            {b_idx[0]}
+            {b_idx[1]}
+            gn = col0 + nn
+            gk = k0 + kk
+            if gn < N and gk < K:
+                Bs[kk, nn] = {b_val}
+            else:
+                Bs[kk, nn] = 0
+            e += {NTX * NTY}
+        cuda.syncthreads()
+        for kk in range({BK}):
+            for i in range({TM}):
+                ra[i] = As[kk, ty + i * {NTY}]
+            for j in range({TN}):
+                rb[j] = Bs[kk, tx + j * {NTX}]
+            for i in range({TM}):
+                for j in range({TN}):
+                    acc[i, j] += ra[i] * rb[j]
+        cuda.syncthreads()
+    for i in range({TM}):
+        gm = row0 + ty + i * {NTY}
+        for j in range({TN}):
+            gn = col0 + tx + j * {NTX}
+            if gm < M and gn < N:
+                C[coff + gm * N + gn] = acc[i, j]
+'''
+    return _named(src, f"matmul ta={ta} tb={tb} ({dtype.name})")
+
+
+def matmul_lines(ctx, n):
+    g, buf = ctx.g, ctx.buf
+    a, b = (g.nodes[i] for i in n.inputs)
+    ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
+    name, src = matmul_source(ta, tb, n.dtype)
+    M, N = dim_src(n.shape[-2]), dim_src(n.shape[-1])
+    K = dim_src(a.shape[-2] if ta else a.shape[-1])
+    nb = prod_src(n.shape[:-2])
+
+    def batched(x):
+        xb = x.shape[:-2]
+        return bool(xb) and not all(is_one(d) for d in xb)
+    sa = f"({M}) * ({K})" if batched(a) else "0"
+    sb = f"({K}) * ({N})" if batched(b) else "0"
+    BM, BN, TM, TN = MM["BM"], MM["BN"], MM["TM"], MM["TN"]
+    out = buf(n.id)
+    lines = [f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})",
+             f"{name}[(RT.cdiv({N}, {BN}), RT.cdiv({M}, {BM}), max(1, {nb})), ({BN // TN}, {BM // TM})]"
+             f"({buf(a.id)}, {buf(b.id)}, {out}, np.int64({M}), np.int64({N}), np.int64({K}), "
+             f"np.int64({sa}), np.int64({sb}))"]
+    return {name: src}, lines
+
+
+# ----------------------------------------------------------------------------------
+# opaque ops
+# ----------------------------------------------------------------------------------
+_SET_ERR = """                if cuda.atomic.compare_and_swap(err, 0, code) == 0:
+                    err[1] = v
+                    err[2] = n
+"""
+
+
+def _three(shape, ax):
+    return prod_src(shape[:ax]), dim_src(shape[ax]), prod_src(shape[ax + 1:])
+
+
+@lowering("gather")
+def _gather(ctx, n):
+    g, buf = ctx.g, ctx.buf
+    x, idx = g.nodes[n.inputs[0]], g.nodes[n.inputs[1]]
+    ax = n.attrs["axis"]
+    outer, nn, inner = _three(x.shape, ax)
+    m = prod_src(idx.shape)
+    src = f'''
+def KERNEL(p, idx, out, outer, n, m, inner, err, code):
+    total = outer * m * inner
+    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < total:
+        j = t % inner
+        q = t // inner
+        k = q % m
+        o = q // m
+        v = idx[k]
+        if v < 0 or v >= n:
+            if err[0] == 0:
+{_SET_ERR}            out[t] = 0
+        else:
+            out[t] = p[(o * n + v) * inner + j]
+        t += stride
+'''
+    name, ksrc = _named(src, f"gather ({x.dtype.name})")
+    code = ctx.new_err_code(n.id)
+    out = buf(n.id)
+    return {name: ksrc}, [
+        f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})",
+        f"{name}[RT.grid(({outer}) * ({m}) * ({inner})), RT.TPB]({buf(x.id)}, {buf(idx.id)}, {out}, "
+        f"np.int64({outer}), np.int64({nn}), np.int64({m}), np.int64({inner}), err, np.int64({code}))"]
+
+
+@lowering("scatter_add")
+def _scatter(ctx, n):
+    g, buf = ctx.g, ctx.buf
+    upd, idx = g.nodes[n.inputs[0]], g.nodes[n.inputs[1]]
+    ax = n.attrs["axis"]
+    outer, nn, inner = _three(n.shape, ax)
+    m = prod_src(idx.shape)
+    src = f'''
+def KERNEL(upd, idx, out, outer, n, m, inner, err, code):
+    total = outer * m * inner
+    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < total:
+        j = t % inner
+        q = t // inner
+        k = q % m
+        o = q // m
+        v = idx[k]
+        if v < 0 or v >= n:
+            if err[0] == 0:
+{_SET_ERR}        else:
+            cuda.atomic.add(out, (o * n + v) * inner + j, upd[t])
+        t += stride
+'''
+    name, ksrc = _named(src, f"scatter_add ({n.dtype.name})")
+    code = ctx.new_err_code(n.id)
+    out = buf(n.id)
+    return {name: ksrc}, [
+        f"{out} = RT.zeros({prod_src(n.shape)}, {npt(n.dtype)})",
+        f"{name}[RT.grid(({outer}) * ({m}) * ({inner})), RT.TPB]({buf(upd.id)}, {buf(idx.id)}, {out}, "
+        f"np.int64({outer}), np.int64({nn}), np.int64({m}), np.int64({inner}), err, np.int64({code}))"]
+
+
+def _arg_reduce(kind):
+    cmp = ">" if kind == "max" else "<"
+
+    def lower(ctx, n):
+        g, buf = ctx.g, ctx.buf
+        x = g.nodes[n.inputs[0]]
+        ax = n.attrs["axis"]
+        outer, nn, inner = _three(x.shape, ax)
+        # NaN wins like np.argmax: once a NaN is seen it stays the answer
+        src = f'''
+def KERNEL(x, out, outer, n, inner):
+    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < outer * inner:
+        j = t % inner
+        o = t // inner
+        best = x[o * n * inner + j]
+        bi = 0
+        for k in range(1, n):
+            v = x[(o * n + k) * inner + j]
+            if best == best and (v {cmp} best or v != v):
+                best = v
+                bi = k
+        out[t] = bi
+        t += stride
+'''
+        name, ksrc = _named(src, f"arg{kind}")
+        out = buf(n.id)
+        return {name: ksrc}, [
+            f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})",
+            f"{name}[RT.grid(({outer}) * ({inner})), RT.TPB]({buf(x.id)}, {out}, np.int64({outer}), "
+            f"np.int64({nn}), np.int64({inner}))"]
+    return lower
+
+
+LOWERINGS["argmax"] = _arg_reduce("max")
+LOWERINGS["argmin"] = _arg_reduce("min")
+
+_COPY3 = '''
+def KERNEL(x, out, outer, pn, inner, total_n, off):
+    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < outer * pn * inner:
+        j = t % inner
+        q = t // inner
+        k = q % pn
+        o = q // pn
+        out[(o * total_n + off + k) * inner + j] = x[t]
+        t += stride
+'''
+
+
+@lowering("concat")
+def _concat(ctx, n):
+    g, buf = ctx.g, ctx.buf
+    ax = n.attrs["axis"]
+    name, ksrc = _named(_COPY3, "concat copy")
+    out = buf(n.id)
+    outer, inner = prod_src(n.shape[:ax]), prod_src(n.shape[ax + 1:])
+    lines = [f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})"]
+    off = "0"
+    for p in n.inputs:
+        pn = dim_src(g.nodes[p].shape[ax])
+        lines.append(f"{name}[RT.grid(({outer}) * ({pn}) * ({inner})), RT.TPB]({buf(p)}, {out}, "
+                     f"np.int64({outer}), np.int64({pn}), np.int64({inner}), "
+                     f"np.int64({dim_src(n.shape[ax])}), np.int64({off}))")
+        off = f"{off} + {pn}"
+    return {name: ksrc}, lines
+
+
+def host_fallback(ctx, n):
+    """An op without a CUDA kernel: its NumPy reference on host copies of the inputs."""
+    g, buf = ctx.g, ctx.buf
+    from .codegen import shape_tuple
+    ins = ", ".join(f"({buf(p)}, {shape_tuple(g.nodes[p].shape)})" for p in n.inputs)
+    return {}, [f"{buf(n.id)} = RT_host_op({n.id}, {shape_tuple(n.shape)}, [{ins}])"]

@@ -1,0 +1,206 @@
+"""Device memory and launch geometry for the CUDA backend.
+
+Works on a real GPU (numba.cuda / numba-cuda) and under the Numba CUDA simulator
+(`NUMBA_ENABLE_CUDASIM=1`), where every CUDA thread is a Python thread: there the
+launch geometry is tiny (a warp-sized block, a few blocks) so tests stay fast.
+"""
+import numpy as np
+from numba import config as _nb_config
+from numba import cuda
+
+SIM = bool(_nb_config.ENABLE_CUDASIM)
+
+
+def _patch_simulator_shared_arrays():
+    """Numba's simulator gives a block's threads one shared array per source line, but
+    checks-then-sets its table without a lock: two threads can each create their own
+    "shared" array, and a block-level reduction then silently reads garbage. Same
+    lookup, under a lock."""
+    import sys
+    import threading
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+    lock = threading.Lock()
+    original = kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:
+            return original(self, shape, dtype)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        f = sys._getframe(1)
+        caller = (f.f_code.co_filename, f.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+    kernelapi.FakeCUDAShared.array = array
+
+
+if SIM:
+    _patch_simulator_shared_arrays()
+
+# threads per block of the loop/reduction kernels (a power of two: tree reductions)
+TPB = 8 if SIM else 256
+# matmul tiling: block tile BM x BN, k-step BK, each thread computes TM x TN outputs
+MM = dict(BM=16, BN=16, BK=8, TM=4, TN=4) if SIM else dict(BM=64, BN=64, BK=16, TM=4, TN=4)
+_max_blocks = None
+
+
+def max_blocks():
+    """Grid-stride kernels launch at most this many blocks (enough to fill the GPU)."""
+    global _max_blocks
+    if _max_blocks is None:
+        if SIM:
+            _max_blocks = 2
+        else:
+            dev = cuda.get_current_device()
+            _max_blocks = dev.MULTIPROCESSOR_COUNT * (2048 // TPB) * 2
+    return _max_blocks
+
+
+def grid(total):
+    """Blocks for a grid-stride loop over `total` elements."""
+    return max(1, min((int(total) + TPB - 1) // TPB, max_blocks()))
+
+
+def row_splits(rows, length):
+    """How many blocks share one row of a row-wise reduction: 1 when there are enough
+    rows to fill the GPU, more for a few long rows (then a final pass combines them)."""
+    rows, length = int(rows), int(length)
+    if SIM:
+        return 2 if (rows == 1 and length > 4 * TPB) else 1
+    want = max_blocks()
+    if rows >= want // 4 or length <= 4 * TPB:
+        return 1
+    return max(1, min(want // max(rows, 1), (length + 4 * TPB - 1) // (4 * TPB), 1024))
+
+
+def col_splits(rows, length):
+    """Chunks of a column reduction's reduced range: enough threads to fill the GPU,
+    each summing at least 16 elements."""
+    rows, length = int(rows), int(length)
+    if SIM:
+        return 2 if length > 4 else 1
+    if length < 64:
+        return 1
+    target = max_blocks() * TPB // 2
+    return max(1, min((target + rows - 1) // max(rows, 1), (length + 15) // 16, 1024))
+
+
+def is_device_array(x):
+    """A numba device array (real or simulated) or anything with __cuda_array_interface__."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    return SIM and type(x).__name__ == "FakeCUDAArray"
+
+
+def as_device_array(x):
+    """A numba device array over x's memory (no copy): CuPy arrays, torch CUDA tensors,
+    numba device arrays."""
+    if SIM:
+        if type(x).__name__ == "FakeCUDAArray":
+            return x
+        raise TypeError("foreign CUDA arrays cannot be used under the CUDA simulator")
+    devicearray = getattr(cuda, "devicearray", None)
+    if devicearray is not None and isinstance(x, devicearray.DeviceNDArray):
+        return x
+    return cuda.as_cuda_array(x)
+
+
+def is_contiguous(a):
+    if SIM:
+        return a._ary.flags.c_contiguous
+    return a.is_c_contiguous()
+
+
+def to_device(host):
+    return cuda.to_device(np.ascontiguousarray(host))
+
+
+def empty(n, dtype):
+    return cuda.device_array(int(n), dtype)
+
+
+def to_host(dev):
+    return dev.copy_to_host()
+
+
+def flat(a):
+    """A 1-d view of a C-contiguous device array (0-d becomes shape (1,))."""
+    if len(a.shape) == 1:
+        return a
+    n = 1
+    for d in a.shape:
+        n *= d
+    return a.reshape(max(n, 1) if len(a.shape) == 0 else n)
+
+
+def contiguous(a):
+    """A C-contiguous copy of a strided device array (done on the host: rare)."""
+    return to_device(np.ascontiguousarray(a.copy_to_host()))
+
+
+def synchronize():
+    cuda.synchronize()
+
+
+def blocks(n):
+    """Blocks for a kernel that loops over n block-sized work items (rows)."""
+    return max(1, min(int(n), 1 << 16 if not SIM else 4))
+
+
+def row_threads(length, splits):
+    """Threads per block of a row reduction: a power of two covering a row's share,
+    at least a warp, at most TPB."""
+    want = (int(length) + int(splits) - 1) // max(int(splits), 1)
+    t = 32 if not SIM else 2
+    while t < want and t < TPB:
+        t *= 2
+    return t
+
+
+def cdiv(a, b):
+    return max(1, (int(a) + b - 1) // b)
+
+
+@cuda.jit
+def _fill_zero(a):
+    t = cuda.grid(1)
+    while t < a.shape[0]:
+        a[t] = 0
+        t += cuda.gridsize(1)
+
+
+def zeros(n, dtype):
+    a = cuda.device_array(int(n), dtype)
+    if n:
+        _fill_zero[grid(n), TPB](a)
+    return a
+
+
+def shaped(a, shape):
+    """A flat buffer with the program output's shape (rank 0 keeps shape (1,))."""
+    if len(shape) <= 1:
+        return a
+    return a.reshape(shape)
+
+
+def copy(a):
+    out = cuda.device_array(a.shape, a.dtype)
+    out.copy_to_device(a)
+    return out
+
+
+def scratch(pool, key, n, dtype, zero=False):
+    """A temporary buffer kept by an executable between calls (reallocated when the
+    size changes); `zero` clears it on every call."""
+    n = int(n)
+    a = pool.get(key)
+    if a is None or a.shape[0] != n or a.dtype != np.dtype(dtype):
+        a = pool[key] = cuda.device_array(n, dtype)
+    if zero and n:
+        _fill_zero[grid(n), TPB](a)
+    return a
