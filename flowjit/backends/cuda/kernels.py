@@ -41,39 +41,57 @@ class Ctx:
 
 
 # ----------------------------------------------------------------------------------
-# matmul: block tile BM x BN in shared memory, k-steps of BK, each thread TM x TN
-# outputs in registers; batched over blockIdx.z, a batch of 1 broadcasts
+# matmul: a block computes a BM x BN tile of C; per k-step of BK it stages the A and B
+# tiles in shared memory (each thread loads a few consecutive elements, so the index
+# arithmetic is done once, outside the k loop) and each thread accumulates TM x TN
+# outputs in registers. Operands are 3-D views (batch, rows, cols); a batch extent of 1
+# broadcasts; blockIdx.z is the batch entry.
 # ----------------------------------------------------------------------------------
 def matmul_source(ta, tb, dtype):
     BM, BN, BK, TM, TN = (MM[k] for k in ("BM", "BN", "BK", "TM", "TN"))
-    NTX, NTY = BN // TN, BM // TM
+    NTX = BN // TN
+    NT = NTX * (BM // TM)
+    LA, LB = BM * BK // NT, BN * BK // NT
+    assert LA * NT == BM * BK and LB * NT == BN * BK
+    assert (BM if ta else BK) % LA == 0 and (BK if tb else BN) % LB == 0
     dt = npt(dtype)
-    if ta:      # A stored (K, M)
-        a_idx = ["kk = e // BM_", "m = e - kk * BM_"]
-        a_val = "A[aoff + gk * M + gm]"
-    else:       # A stored (M, K)
-        a_idx = ["m = e // BK_", "kk = e - m * BK_"]
-        a_val = "A[aoff + gm * K + gk]"
-    if tb:      # B stored (N, K)
-        b_idx = ["nn = e // BK_", "kk = e - nn * BK_"]
-        b_val = "B[boff + gn * K + gk]"
-    else:       # B stored (K, N)
-        b_idx = ["kk = e // BN_", "nn = e - kk * BN_"]
-        b_val = "B[boff + gk * N + gn]"
+    if ta:   # tile element (k, m) is A[za, k, m]: a thread loads LA consecutive m
+        a_setup = f"ak = (tid * {LA}) // {BM}\n    am = (tid * {LA}) % {BM}"
+        a_load = f"""        gk = k0 + ak
+        for q in range({LA}):
+            gm = row0 + am + q
+            As[ak, am + q] = A[za, gk, gm] if (gk < K and gm < M) else {dt}(0)"""
+    else:    # tile element (k, m) is A[za, m, k]: a thread loads LA consecutive k
+        a_setup = f"am = (tid * {LA}) // {BK}\n    ak = (tid * {LA}) % {BK}"
+        a_load = f"""        gm = row0 + am
+        for q in range({LA}):
+            gk = k0 + ak + q
+            As[ak + q, am] = A[za, gm, gk] if (gm < M and gk < K) else {dt}(0)"""
+    if tb:   # tile element (k, n) is B[zb, n, k]: a thread loads LB consecutive k
+        b_setup = f"bn = (tid * {LB}) // {BK}\n    bk = (tid * {LB}) % {BK}"
+        b_load = f"""        gn = col0 + bn
+        for q in range({LB}):
+            gk = k0 + bk + q
+            Bs[bk + q, bn] = B[zb, gn, gk] if (gn < N and gk < K) else {dt}(0)"""
+    else:    # tile element (k, n) is B[zb, k, n]: a thread loads LB consecutive n
+        b_setup = f"bk = (tid * {LB}) // {BN}\n    bn = (tid * {LB}) % {BN}"
+        b_load = f"""        gk = k0 + bk
+        for q in range({LB}):
+            gn = col0 + bn + q
+            Bs[bk, bn + q] = B[zb, gk, gn] if (gk < K and gn < N) else {dt}(0)"""
     src = f'''
-def KERNEL(A, B, C, M, N, K, sa, sb):
-    BM_ = {BM}
-    BN_ = {BN}
-    BK_ = {BK}
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    tid = ty * {NTX} + tx
-    row0 = cuda.blockIdx.y * BM_
-    col0 = cuda.blockIdx.x * BN_
+def KERNEL(A, B, C):
+    M = C.shape[1]
+    N = C.shape[2]
+    K = A.shape[{1 if ta else 2}]
+    tid = cuda.threadIdx.x
+    tx = tid % {NTX}
+    ty = tid // {NTX}
+    row0 = cuda.blockIdx.y * {BM}
+    col0 = cuda.blockIdx.x * {BN}
     bz = cuda.blockIdx.z
-    aoff = bz * sa
-    boff = bz * sb
-    coff = bz * M * N
+    za = bz if A.shape[0] > 1 else 0
+    zb = bz if B.shape[0] > 1 else 0
     As = cuda.shared.array(({BK}, {BM}), {dt})
     Bs = cuda.shared.array(({BK}, {BN}), {dt})
     acc = cuda.local.array(({TM}, {TN}), {dt})
@@ -82,33 +100,15 @@ def KERNEL(A, B, C, M, N, K, sa, sb):
     for i in range({TM}):
         for j in range({TN}):
             acc[i, j] = 0
-    for k0 in range(0, K, BK_):
-        e = tid
-        while e < BM_ * BK_:
-            {a_idx[0]}
-            {a_idx[1]}
-            gm = row0 + m
-            gk = k0 + kk
-            if gm < M and gk < K:
-                As[kk, m] = {a_val}
-            else:
-                As[kk, m] = 0
-            e += {NTX * NTY}
-        e = tid
-        while e < BN_ * BK_:
-            {b_idx[0]}
-            {b_idx[1]}
-            gn = col0 + nn
-            gk = k0 + kk
-            if gn < N and gk < K:
-                Bs[kk, nn] = {b_val}
-            else:
-                Bs[kk, nn] = 0
-            e += {NTX * NTY}
+    {a_setup}
+    {b_setup}
+    for k0 in range(0, K, {BK}):
+{a_load}
+{b_load}
         cuda.syncthreads()
         for kk in range({BK}):
             for i in range({TM}):
-                ra[i] = As[kk, ty + i * {NTY}]
+                ra[i] = As[kk, ty * {TM} + i]
             for j in range({TN}):
                 rb[j] = Bs[kk, tx + j * {NTX}]
             for i in range({TM}):
@@ -116,11 +116,11 @@ def KERNEL(A, B, C, M, N, K, sa, sb):
                     acc[i, j] += ra[i] * rb[j]
         cuda.syncthreads()
     for i in range({TM}):
-        gm = row0 + ty + i * {NTY}
+        gm = row0 + ty * {TM} + i
         for j in range({TN}):
             gn = col0 + tx + j * {NTX}
             if gm < M and gn < N:
-                C[coff + gm * N + gn] = acc[i, j]
+                C[bz, gm, gn] = acc[i, j]
 '''
     return _named(src, f"matmul ta={ta} tb={tb} ({dtype.name})")
 
@@ -131,20 +131,18 @@ def matmul_lines(ctx, n):
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
     name, src = matmul_source(ta, tb, n.dtype)
     M, N = dim_src(n.shape[-2]), dim_src(n.shape[-1])
-    K = dim_src(a.shape[-2] if ta else a.shape[-1])
     nb = prod_src(n.shape[:-2])
 
-    def batched(x):
+    def three(x):
         xb = x.shape[:-2]
-        return bool(xb) and not all(is_one(d) for d in xb)
-    sa = f"({M}) * ({K})" if batched(a) else "0"
-    sb = f"({K}) * ({N})" if batched(b) else "0"
+        lead = prod_src(xb) if xb and not all(is_one(d) for d in xb) else "1"
+        return f"{buf(x.id)}.reshape(({lead}, {dim_src(x.shape[-2])}, {dim_src(x.shape[-1])}))"
     BM, BN, TM, TN = MM["BM"], MM["BN"], MM["TM"], MM["TN"]
+    nt = (BN // TN) * (BM // TM)
     out = buf(n.id)
     lines = [f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})",
-             f"{name}[(RT.cdiv({N}, {BN}), RT.cdiv({M}, {BM}), max(1, {nb})), ({BN // TN}, {BM // TM})]"
-             f"({buf(a.id)}, {buf(b.id)}, {out}, np.int64({M}), np.int64({N}), np.int64({K}), "
-             f"np.int64({sa}), np.int64({sb}))"]
+             f"{name}[(RT.cdiv({N}, {BN}), RT.cdiv({M}, {BM}), max(1, {nb})), {nt}]"
+             f"({three(a)}, {three(b)}, {out}.reshape((max(1, {nb}), {M}, {N})))"]
     return {name: src}, lines
 
 
