@@ -9,6 +9,7 @@ as a whole, so a call costs one dispatch.
 """
 import hashlib
 import os
+from dataclasses import dataclass
 
 from ...ir.registry import REGISTRY
 from ...ir.shapes import Sym, hint, is_one, render
@@ -63,7 +64,6 @@ def _leaf_index(g, grp, load, value_id):
     r = len(shape)
     idx = [(None, 0, 0) if is_one(shape[k]) else (R - r + k, 0, 1) for k in range(r)]
     guards = set()
-    cur = value_id
     for a in load.chain:
         n = g.nodes[a]
         src_shape = g.nodes[n.inputs[0]].shape
@@ -92,47 +92,49 @@ def _leaf_index(g, grp, load, value_id):
             if is_one(dsz) and k not in guards:
                 new[k] = (None, 0, 0)
         idx = new
-        cur = n.inputs[0]
     return idx, guards
 
 
-def gen_loop(g, grp, bufname, alias=None):
-    """Kernel source + call for one loop group. bufname(node id) -> entry variable;
-    alias: store node id -> the variable (arg node) whose buffer it is written over."""
+@dataclass
+class LoopAnalysis:
+    """What both code generators need to know about a loop group before emitting it."""
+    loop_dims: list      # group dims that are not 1
+    leaves: list         # one dict per load: vid, load, idx, guards, identity, present, scalar
+    epilogue: set        # elementwise nodes that run after a reduction's row loop
+    epi_inputs: set
+    body_inputs: set
+    red_axes: dict       # reduce node -> its axes
+    cdims: list          # coalesced dims: lists of adjacent group dims walked alike
+    cof: dict            # group dim -> its coalesced dim
+    C: int
+
+
+def analyse_loop(g, grp):
+    """Classify the group's loads, find the reduction epilogue, and coalesce adjacent
+    loop dims that every operand (and every reduction) walks the same way."""
     nodes = g.nodes
     gshape = grp.shape
     loop_dims = [d for d in range(len(gshape)) if not is_one(gshape[d])]
-    in_group = set(grp.nodes)
-
-    # classify loads
-    leaves = []   # dicts
+    leaves = []
     for vid, load in grp.loads.items():
-        base = nodes[load.base]
         idx, guards = _leaf_index(g, grp, load, vid)
         identity = not load.chain
-        if identity:
-            present = [e[0] for e in idx if e[0] is not None]
-        else:
-            present = None
+        present = [e[0] for e in idx if e[0] is not None] if identity else None
         leaves.append(dict(vid=vid, load=load, idx=idx, guards=guards, identity=identity,
                            present=present, scalar=identity and not present))
-
     epilogue = {i for i in grp.nodes if grp.reduces and REGISTRY[nodes[i].op].kind == "elementwise"
                 and not (len(nodes[i].shape) == len(gshape) and
                          all(hint(a) == hint(b) for a, b in zip(nodes[i].shape, gshape)))}
     epi_inputs = {p for i in epilogue for p in nodes[i].inputs}
     body_inputs = {p for i in grp.nodes if i not in epilogue for p in nodes[i].inputs}
     body_inputs |= {s for s in grp.stores if s not in grp.nodes}     # a copy loop stores a load
-    iotas = [i for i in grp.nodes if nodes[i].op == "iota"]
-    randoms = [i for i in grp.nodes if nodes[i].op == "random"]
-
-    # coalesce adjacent loop dims that every operand walks the same way
     blocked = set()
     for lf in leaves:
         if not lf["identity"]:
             blocked |= {e[0] for e in lf["idx"] if e[0] is not None}
-    for i in iotas:
-        blocked.add(nodes[i].attrs["axis"] + len(gshape) - len(nodes[i].shape))
+    for i in grp.nodes:
+        if nodes[i].op == "iota":
+            blocked.add(nodes[i].attrs["axis"] + len(gshape) - len(nodes[i].shape))
     red_axes = {r: set(nodes[r].attrs["axes"]) for r in grp.reduces}
     cdims = []
     for d in loop_dims:
@@ -146,7 +148,20 @@ def gen_loop(g, grp, bufname, alias=None):
                 continue
         cdims.append([d])
     cof = {d: c for c, ds in enumerate(cdims) for d in ds}
-    C = len(cdims)
+    return LoopAnalysis(loop_dims, leaves, epilogue, epi_inputs, body_inputs, red_axes,
+                        cdims, cof, len(cdims))
+
+
+def gen_loop(g, grp, bufname, alias=None):
+    """Kernel source + call for one loop group. bufname(node id) -> entry variable;
+    alias: store node id -> the variable (arg node) whose buffer it is written over."""
+    nodes = g.nodes
+    gshape = grp.shape
+    an = analyse_loop(g, grp)
+    loop_dims, leaves, epilogue = an.loop_dims, an.leaves, an.epilogue
+    epi_inputs, body_inputs, cdims, cof, C = an.epi_inputs, an.body_inputs, an.cdims, an.cof, an.C
+    red_axes = an.red_axes
+    randoms = [i for i in grp.nodes if nodes[i].op == "random"]
     ivar = [f"i{c}" for c in range(C)]
 
     # reduction layout
@@ -390,15 +405,10 @@ def gen_opaque_kernel(op, dtype):
         body.replace("KERNEL", name, 1)
 
 
-def gen_entry(prog, arg_names):
-    """Entry source. Returns (source, kernels: list of (name, source)), err code -> node id."""
-    g = prog.graph
-    env = g.env
-    kernels = {}
-    err_codes = {}
-    names = {}
-    for k, a in enumerate(g.args):
-        names[a] = f"a{k}"
+def entry_params(g):
+    """The entry's parameter names, in the executor's order: inputs a<k>, constants c<i>,
+    random keys r<s>, the error word; and node id -> name for those source nodes."""
+    names = {a: f"a{k}" for k, a in enumerate(g.args)}
     params = [names[a] for a in g.args]
     for n in g.nodes:
         if n.op == "const":
@@ -408,6 +418,16 @@ def gen_entry(prog, arg_names):
     consts = sorted({n.attrs["index"] for n in g.nodes if n.op == "const"})
     keys = sorted({n.attrs["stream"] for n in g.nodes if n.op == "rng_key"})
     params += [f"c{i}" for i in consts] + [f"r{i}" for i in keys] + ["err"]
+    return names, params
+
+
+def gen_entry(prog, arg_names):
+    """Entry source. Returns (source, kernels: list of (name, source)), err code -> node id."""
+    g = prog.graph
+    env = g.env
+    kernels = {}
+    err_codes = {}
+    names, params = entry_params(g)
 
     def buf(i):
         return names.get(i, f"v{i}")

@@ -28,15 +28,22 @@ from flowjit.backends.cpu.loader import kernel
 _modules = {}
 
 
-def _salt():
-    here = os.path.dirname(os.path.abspath(__file__))
+def files_salt(folder, files, *extra):
+    """A short hash of some source files (and extra strings): generated modules record
+    it, so a change to the code generator or its runtime library invalidates them."""
     h = hashlib.sha1()
-    for f in ("scalar.py", "runtime_lib.py", "codegen.py", "loader.py"):
-        with open(os.path.join(here, f), "rb") as fh:
+    for f in files:
+        with open(os.path.join(folder, f), "rb") as fh:
             h.update(fh.read())
-    import numba
-    h.update(numba.__version__.encode())
+    for e in extra:
+        h.update(str(e).encode())
     return h.hexdigest()[:12]
+
+
+def _salt():
+    import numba
+    return files_salt(os.path.dirname(os.path.abspath(__file__)),
+                      ("scalar.py", "runtime_lib.py", "codegen.py", "loader.py"), numba.__version__)
 
 
 SALT = _salt()
@@ -48,7 +55,9 @@ def module_dir():
     return d
 
 
-def _write_atomic(path, text):
+def write_atomic(path, text):
+    """Write `text` to `path` through a temporary file and a rename: readers see the old
+    file or the new one, never half of it."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".py")
     try:
         with os.fdopen(fd, "w") as f:
@@ -73,7 +82,7 @@ def load(name, body):
     except (OSError, UnicodeDecodeError):
         current = None
     if current != text:
-        _write_atomic(path, text)
+        write_atomic(path, text)
     modname = f"flowjit_gen_{name}"
     spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)

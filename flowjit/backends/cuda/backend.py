@@ -11,12 +11,10 @@ Kernel modules are written to `$FLOWJIT_CACHE_DIR/cuda/<hash>.py` and compiled b
 `numba.cuda.jit(cache=True)` on first launch, so a second process loads the PTX/cubin
 from Numba's disk cache.
 """
-import hashlib
 import importlib.util
 import os
 import re
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -24,7 +22,8 @@ import numpy as np
 from ... import runtime_config as cfg
 from ...ir.registry import REGISTRY
 from ...runtime import stats as S
-from ..cpu.codegen import _inplace_effects, dim_src, prod_src
+from ..cpu import loader
+from ..cpu.codegen import _inplace_effects, dim_src, entry_params, prod_src
 from . import runtime as RT
 from .codegen import gen_loop, shape_tuple
 from .kernels import Ctx, LOWERINGS, host_fallback, matmul_lines
@@ -39,13 +38,8 @@ _modules = {}
 
 
 def _salt():
-    here = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha1()
-    for f in ("scalar.py", "codegen.py", "kernels.py", "runtime.py"):
-        with open(os.path.join(here, f), "rb") as fh:
-            h.update(fh.read())
-    h.update(str(RT.SIM).encode())
-    return h.hexdigest()[:12]
+    return loader.files_salt(os.path.dirname(os.path.abspath(__file__)),
+                             ("scalar.py", "codegen.py", "kernels.py", "runtime.py"), RT.SIM)
 
 
 SALT = _salt()
@@ -65,10 +59,7 @@ def _load_kernel(name, body):
         except (OSError, UnicodeDecodeError):
             current = None
         if current != text:
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".py")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            loader.write_atomic(path, text)
         modname = f"flowjit_cuda_{name}"
         spec = importlib.util.spec_from_file_location(modname, path)
         mod = importlib.util.module_from_spec(spec)
@@ -84,16 +75,7 @@ def gen_entry(prog):
     g = prog.graph
     env = g.env
     kernels, placement, err_codes = {}, [], {}
-    names = {a: f"a{k}" for k, a in enumerate(g.args)}
-    params = [names[a] for a in g.args]
-    for n in g.nodes:
-        if n.op == "const":
-            names[n.id] = f"c{n.attrs['index']}"
-        elif n.op == "rng_key":
-            names[n.id] = f"r{n.attrs['stream']}"
-    consts = sorted({n.attrs["index"] for n in g.nodes if n.op == "const"})
-    keys = sorted({n.attrs["stream"] for n in g.nodes if n.op == "rng_key"})
-    params += [f"c{i}" for i in consts] + [f"r{i}" for i in keys] + ["err"]
+    names, params = entry_params(g)
 
     def buf(i):
         return names.get(i, f"v{i}")

@@ -21,9 +21,9 @@ Kernel text depends only on structure; sizes are arguments, so kernels are share
 import hashlib
 
 from ...ir.registry import REGISTRY
-from ...ir.shapes import Sym, hint, is_one
+from ...ir.shapes import Sym
 from ...ops.elementwise import npt
-from ..cpu.codegen import _leaf_index, dim_src, prod_src
+from ..cpu.codegen import analyse_loop, dim_src, prod_src
 from .runtime import TPB
 
 KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
@@ -66,43 +66,11 @@ class LoopCode:
         nodes = g.nodes
         self.g, self.grp = g, grp
         gshape = grp.shape
-        loop_dims = [d for d in range(len(gshape)) if not is_one(gshape[d])]
-        leaves = []
-        for vid, load in grp.loads.items():
-            idx, guards = _leaf_index(g, grp, load, vid)
-            identity = not load.chain
-            present = [e[0] for e in idx if e[0] is not None] if identity else None
-            leaves.append(dict(vid=vid, load=load, idx=idx, guards=guards, identity=identity,
-                               present=present, scalar=identity and not present,
-                               hostscalar=identity and scalar_src(load.base) is not None))
-        self.epilogue = {i for i in grp.nodes if grp.reduces and REGISTRY[nodes[i].op].kind == "elementwise"
-                         and not (len(nodes[i].shape) == len(gshape) and
-                                  all(hint(a) == hint(b) for a, b in zip(nodes[i].shape, gshape)))}
-        epi_inputs = {p for i in self.epilogue for p in nodes[i].inputs}
-        body_inputs = {p for i in grp.nodes if i not in self.epilogue for p in nodes[i].inputs}
-        body_inputs |= {s for s in grp.stores if s not in grp.nodes}
-        iotas = [i for i in grp.nodes if nodes[i].op == "iota"]
-
-        # coalesce adjacent loop dims that every operand walks the same way
-        blocked = set()
+        an = analyse_loop(g, grp)
+        leaves, self.epilogue, cdims, cof = an.leaves, an.epilogue, an.cdims, an.cof
+        epi_inputs, body_inputs, red_axes = an.epi_inputs, an.body_inputs, an.red_axes
         for lf in leaves:
-            if not lf["identity"]:
-                blocked |= {e[0] for e in lf["idx"] if e[0] is not None}
-        for i in iotas:
-            blocked.add(nodes[i].attrs["axis"] + len(gshape) - len(nodes[i].shape))
-        red_axes = {r: set(nodes[r].attrs["axes"]) for r in grp.reduces}
-        cdims = []
-        for d in loop_dims:
-            if cdims:
-                prev = cdims[-1][-1]
-                ok = prev not in blocked and d not in blocked
-                ok = ok and all((prev in lf["present"]) == (d in lf["present"]) for lf in leaves if lf["identity"])
-                ok = ok and all((prev in ax) == (d in ax) for ax in red_axes.values())
-                if ok:
-                    cdims[-1].append(d)
-                    continue
-            cdims.append([d])
-        cof = {d: c for c, ds in enumerate(cdims) for d in ds}
+            lf["hostscalar"] = lf["identity"] and scalar_src(lf["load"].base) is not None
         C = self.C = len(cdims)
         self.red_c = {r: tuple(sorted({cof[a] for a in ax if a in cof})) for r, ax in red_axes.items()}
 

@@ -159,13 +159,16 @@ def _three(shape, ax):
     return prod_src(shape[:ax]), dim_src(shape[ax]), prod_src(shape[ax + 1:])
 
 
-@lowering("gather")
-def _gather(ctx, n):
-    g, buf = ctx.g, ctx.buf
-    x, idx = g.nodes[n.inputs[0]], g.nodes[n.inputs[1]]
-    ax = n.attrs["axis"]
-    outer, nn, inner = _three(x.shape, ax)
+def _indexed(ctx, n, kind, first, idx, shape):
+    """gather / scatter_add: a grid-stride loop over (outer, m, inner) whose index is
+    checked before it touches memory (a bad one is reported through `err`)."""
+    buf = ctx.buf
+    outer, nn, inner = _three(shape, n.attrs["axis"])
     m = prod_src(idx.shape)
+    if kind == "gather":
+        on_bad, on_good = "            out[t] = 0\n", "out[t] = p[(o * n + v) * inner + j]"
+    else:
+        on_bad, on_good = "", "cuda.atomic.add(out, (o * n + v) * inner + j, p[t])"
     src = f'''
 def KERNEL(p, idx, out, outer, n, m, inner, err, code):
     total = outer * m * inner
@@ -179,51 +182,30 @@ def KERNEL(p, idx, out, outer, n, m, inner, err, code):
         v = idx[k]
         if v < 0 or v >= n:
             if err[0] == 0:
-{_SET_ERR}            out[t] = 0
-        else:
-            out[t] = p[(o * n + v) * inner + j]
+{_SET_ERR}{on_bad}        else:
+            {on_good}
         t += stride
 '''
-    name, ksrc = _named(src, f"gather ({x.dtype.name})")
+    name, ksrc = _named(src, f"{kind} ({n.dtype.name})")
     code = ctx.new_err_code(n.id)
     out = buf(n.id)
+    alloc = "empty" if kind == "gather" else "zeros"
     return {name: ksrc}, [
-        f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})",
-        f"{name}[RT.grid(({outer}) * ({m}) * ({inner})), RT.TPB]({buf(x.id)}, {buf(idx.id)}, {out}, "
+        f"{out} = RT.{alloc}({prod_src(n.shape)}, {npt(n.dtype)})",
+        f"{name}[RT.grid(({outer}) * ({m}) * ({inner})), RT.TPB]({buf(first.id)}, {buf(idx.id)}, {out}, "
         f"np.int64({outer}), np.int64({nn}), np.int64({m}), np.int64({inner}), err, np.int64({code}))"]
+
+
+@lowering("gather")
+def _gather(ctx, n):
+    x, idx = (ctx.g.nodes[i] for i in n.inputs)
+    return _indexed(ctx, n, "gather", x, idx, x.shape)
 
 
 @lowering("scatter_add")
 def _scatter(ctx, n):
-    g, buf = ctx.g, ctx.buf
-    upd, idx = g.nodes[n.inputs[0]], g.nodes[n.inputs[1]]
-    ax = n.attrs["axis"]
-    outer, nn, inner = _three(n.shape, ax)
-    m = prod_src(idx.shape)
-    src = f'''
-def KERNEL(upd, idx, out, outer, n, m, inner, err, code):
-    total = outer * m * inner
-    t = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    while t < total:
-        j = t % inner
-        q = t // inner
-        k = q % m
-        o = q // m
-        v = idx[k]
-        if v < 0 or v >= n:
-            if err[0] == 0:
-{_SET_ERR}        else:
-            cuda.atomic.add(out, (o * n + v) * inner + j, upd[t])
-        t += stride
-'''
-    name, ksrc = _named(src, f"scatter_add ({n.dtype.name})")
-    code = ctx.new_err_code(n.id)
-    out = buf(n.id)
-    return {name: ksrc}, [
-        f"{out} = RT.zeros({prod_src(n.shape)}, {npt(n.dtype)})",
-        f"{name}[RT.grid(({outer}) * ({m}) * ({inner})), RT.TPB]({buf(upd.id)}, {buf(idx.id)}, {out}, "
-        f"np.int64({outer}), np.int64({nn}), np.int64({m}), np.int64({inner}), err, np.int64({code}))"]
+    upd, idx = (ctx.g.nodes[i] for i in n.inputs)
+    return _indexed(ctx, n, "scatter_add", upd, idx, n.shape)
 
 
 def _arg_reduce(kind):
