@@ -147,6 +147,22 @@ class StageRunner:
         return outs
 
 
+def _host_tensor(o, rank0):
+    return Tensor(value=o.reshape(()) if rank0 else o)
+
+
+def _gpu_tensor(o, rank0):
+    return GpuTensor(o, () if rank0 else o.shape)
+
+
+def _host_write(var, v):
+    np.copyto(var._buf, v.reshape(var._buf.shape))
+
+
+def _device_write(var, v):
+    var._write(v, copy=True)
+
+
 class Compiled:
     """One traced signature: forward (and backward) programs, guard, output layout."""
 
@@ -198,24 +214,7 @@ class Compiled:
             o = outs[0]
             return Tensor(value=o.reshape(()) if self.rank0_out[0] else o)
         values, effects = self._combine(args, outs)
-        # outputs first (they may read a variable's old buffer), then write variables
-        res = []
-        k = 0
-        for st in self.out_static:
-            if st is None:
-                o = values[k]
-                if self.copy_out[k]:
-                    o = o.copy()
-                if self.rank0_out[k]:
-                    o = o.reshape(())
-                res.append(Tensor(value=o))
-                k += 1
-            else:
-                res.append(st[0])
-        for var, v, copy in zip(self.effect_vars, effects, self.effect_copy):
-            if copy:
-                np.copyto(var._buf, v.reshape(var._buf.shape))
-        return unflatten(self.out_struct, res)
+        return self._results(values, effects, _host_tensor, np.copy, _host_write)
 
     def _run_device(self, arrays):
         """The same call for a program compiled for the GPU: host inputs are uploaded,
@@ -229,20 +228,26 @@ class Compiled:
             args.append(v._buf)
         outs = self.fwd(args)
         values, effects = self._combine(args, outs)
+        return self._results(values, effects, _gpu_tensor, exe.copy, _device_write)
+
+    def _results(self, values, effects, wrap, copy_out, write):
+        """The user's outputs (statics put back, arguments returned as copies), then the
+        variable updates the compiled code did not already make in place. Outputs come
+        first: they may read a variable's old buffer."""
         res = []
         k = 0
         for st in self.out_static:
             if st is None:
                 o = values[k]
                 if self.copy_out[k]:
-                    o = exe.copy(o)
-                res.append(GpuTensor(o, () if self.rank0_out[k] else o.shape))
+                    o = copy_out(o)
+                res.append(wrap(o, self.rank0_out[k]))
                 k += 1
             else:
                 res.append(st[0])
         for var, v, copy in zip(self.effect_vars, effects, self.effect_copy):
             if copy:
-                var._write(v, copy=True)
+                write(var, v)
         return unflatten(self.out_struct, res)
 
     def _combine(self, args, outs):

@@ -152,6 +152,37 @@ def analyse_loop(g, grp):
                         cdims, cof, len(cdims))
 
 
+def index_term(d, s0, s1, cof, params, call, starts):
+    """One base dim's index in an access-chain load: its start (a kernel argument
+    P<k> unless 0) plus step * the coalesced loop variable i<c>. Returns (expr, starts)."""
+    st = ""
+    if not (not isinstance(s0, Sym) and int(s0) == 0):
+        params.append(f"P{starts}")
+        call.append(int_arg(dim_src(s0)))
+        st = f"P{starts}"
+        starts += 1
+    if d is None:
+        return st or "0", starts
+    step = int(s1)
+    term = f"i{cof[d]}" if step == 1 else f"{step} * i{cof[d]}"
+    return (f"{st} + {term}" if st else term), starts
+
+
+def load_lines(j, p, lf, exprs, bounds, index, nodes, out):
+    """`v<j> = p[...]` for an access-chain load; a padded dim reads the pad constant
+    when its index falls outside `bounds`. `index(exprs)` renders the subscript."""
+    if lf["guards"]:
+        for k in lf["guards"]:
+            out.append(f"e{j}_{k} = {exprs[k]}")
+            exprs[k] = f"e{j}_{k}"
+        pad = nodes[lf["load"].chain[-1]]
+        cond = " and ".join(f"0 <= {exprs[k]} < {bounds[k]}" for k in sorted(lf["guards"]))
+        pv = f"{npt(pad.dtype)}({pad.attrs['constant']!r})"
+        out.append(f"v{j} = {p}[{index(exprs)}] if {cond} else {pv}")
+    else:
+        out.append(f"v{j} = {p}[{index(exprs)}]")
+
+
 def gen_loop(g, grp, bufname, alias=None):
     """Kernel source + call for one loop group. bufname(node id) -> entry variable;
     alias: store node id -> the variable (arg node) whose buffer it is written over."""
@@ -200,30 +231,11 @@ def gen_loop(g, grp, bufname, alias=None):
         else:
             call.append(base)
             exprs = []
-            for k, (d, s0, s1) in enumerate(lf["idx"]):
-                st = ""
-                if not (not isinstance(s0, Sym) and int(s0) == 0):
-                    params.append(f"P{starts}")
-                    call.append(int_arg(dim_src(s0)))
-                    st = f"P{starts}"
-                    starts += 1
-                if d is None:
-                    e = st or "0"
-                else:
-                    step = int(s1)
-                    term = ivar[cof[d]] if step == 1 else f"{step} * {ivar[cof[d]]}"
-                    e = f"{st} + {term}" if st else term
+            for d, s0, s1 in lf["idx"]:
+                e, starts = index_term(d, s0, s1, cof, params, call, starts)
                 exprs.append(e)
-            if lf["guards"]:
-                for k in lf["guards"]:
-                    loads_src.append(f"e{j}_{k} = {exprs[k]}")
-                    exprs[k] = f"e{j}_{k}"
-                pad = nodes[lf["load"].chain[-1]]
-                cond = " and ".join(f"0 <= {exprs[k]} < {p}.shape[{k}]" for k in sorted(lf["guards"]))
-                pv = f"{npt(pad.dtype)}({pad.attrs['constant']!r})"
-                loads_src.append(f"v{j} = {p}[{', '.join(exprs)}] if {cond} else {pv}")
-            else:
-                loads_src.append(f"v{j} = {p}[{', '.join(exprs) or '0'}]")
+            bounds = [f"{p}.shape[{k}]" for k in range(len(exprs))]
+            load_lines(j, p, lf, exprs, bounds, lambda ex: ", ".join(ex) or "0", nodes, loads_src)
         names[lf["vid"]] = f"v{j}"
         mine = loads_src[mark:]
         if lf["vid"] in epi_inputs:

@@ -21,9 +21,8 @@ Kernel text depends only on structure; sizes are arguments, so kernels are share
 import hashlib
 
 from ...ir.registry import REGISTRY
-from ...ir.shapes import Sym
 from ...ops.elementwise import npt
-from ..cpu.codegen import analyse_loop, dim_src, prod_src
+from ..cpu.codegen import analyse_loop, dim_src, index_term, load_lines, prod_src
 from .runtime import TPB
 
 KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
@@ -101,29 +100,9 @@ class LoopCode:
                     params.append(f"B{j}_{k}")
                     call.append(int_arg(dim_src(bshape[k])))
                     dims.append(f"B{j}_{k}")
-                    st = ""
-                    if not (not isinstance(s0, Sym) and int(s0) == 0):
-                        params.append(f"P{starts}")
-                        call.append(int_arg(dim_src(s0)))
-                        st = f"P{starts}"
-                        starts += 1
-                    if d is None:
-                        e = st or "0"
-                    else:
-                        step = int(s1)
-                        term = f"i{cof[d]}" if step == 1 else f"{step} * i{cof[d]}"
-                        e = f"{st} + {term}" if st else term
+                    e, starts = index_term(d, s0, s1, cof, params, call, starts)
                     exprs.append(e)
-                if lf["guards"]:
-                    for k in lf["guards"]:
-                        code.append(f"e{j}_{k} = {exprs[k]}")
-                        exprs[k] = f"e{j}_{k}"
-                    pad = nodes[lf["load"].chain[-1]]
-                    cond = " and ".join(f"0 <= {exprs[k]} < {dims[k]}" for k in sorted(lf["guards"]))
-                    pv = f"{npt(pad.dtype)}({pad.attrs['constant']!r})"
-                    code.append(f"v{j} = {p}[{horner(list(zip(exprs, dims)))}] if {cond} else {pv}")
-                else:
-                    code.append(f"v{j} = {p}[{horner(list(zip(exprs, dims)))}]")
+                load_lines(j, p, lf, exprs, dims, lambda ex: horner(list(zip(ex, dims))), nodes, code)
             names[lf["vid"]] = f"v{j}"
             if lf["vid"] in epi_inputs:
                 epi_loads.extend(code)
