@@ -18,7 +18,9 @@ compiled kernel per op and dtype serves every layer and shape. Per call they cho
 with very few taps (K = KH*KW*C_in <= 16) run direct loops vectorised over output
 channels; otherwise the input is unfolded (im2col) a chunk of rows at a time (the
 chunk stays in L3) and each chunk is one BLAS call (the backprops likewise: BLAS, then
-the unfold's adjoint; or unfold, then BLAS accumulating the filter gradient). The
+the unfold's adjoint; or unfold, then BLAS accumulating the filter gradient; with very
+few input channels the filter gradient unfolds transposed, K x R with runs of whole
+output rows, which is both a cheaper copy and a faster GEMM shape for BLAS). The
 threads are BLAS's: the Numba loops are serial, because on a small machine a Numba
 thread pool woken between BLAS calls waits for the cores that BLAS's idle workers still
 spin on (measured: a conv step 10x slower under load), and BLAS is never called
