@@ -2,11 +2,17 @@
 compiled by Numba)."""
 import os as _os
 
-# Numba's OpenMP threads otherwise spin after each parallel loop, and on a machine with
-# few cores (or one shared with other jobs) the spinning threads steal the cores the
-# next kernel or BLAS call needs: a 4M-element training step ran 2.8x slower. An
-# explicit setting of the user's wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numba as _numba
+
+# Numba's OpenMP threading layer keeps its threads spinning after each parallel loop; on
+# a machine with few cores (or one shared with other jobs) the spinning threads steal
+# the cores the next kernel or BLAS call needs (a 4M-element training step ran 2.8x
+# slower). OMP_WAIT_POLICY=PASSIVE fixes that but is read once per OpenMP runtime, and
+# PyTorch can share that runtime with Numba: setting it made torch's own ops 2x slower
+# in the same process. The workqueue layer's threads sleep between loops and share
+# nothing with other libraries, so flowjit picks it unless the user chose a layer.
+if "NUMBA_THREADING_LAYER" not in _os.environ:
+    _numba.config.THREADING_LAYER = "workqueue"
 
 from . import ops as _ops  # noqa: F401  (registers every op)
 from . import errors
