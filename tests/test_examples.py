@@ -85,3 +85,17 @@ def test_mnist_flag_and_missing_gpu(tmp_path):
     if all(d.kind != "GPU" for d in fj.list_devices()):
         with pytest.raises(fj.errors.DeviceError):
             run("minimize_quadratic", *QUICK, "5", "--device", "/gpu:0")
+
+
+def test_tf1_examples(tmp_path):
+    w, b = run("tf1_linear_regression", *QUICK, "300")
+    assert abs(w - 0.1) < 0.01 and abs(b - 0.3) < 0.01
+    logdir = str(tmp_path) if HAS_TB else None
+    acc = run("tf1_softmax_digits", *QUICK, "60", *(["--logdir", logdir] if logdir else []))
+    assert acc > 0.8
+    if HAS_TB:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        ea = EventAccumulator(str(tmp_path))
+        ea.Reload()
+        assert [e.step for e in ea.Scalars("loss")] == [0, 10, 20, 30, 40, 50]
+        assert any(n.op == "MatMul" for n in ea.Graph().node)
