@@ -586,6 +586,14 @@ def bp_filter_transposed(x, g2, d2, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
 {_HELPERS}"""
 
 
+def _window(indent):
+    """Kernel lines clipping the pooling window of output (oh, ow) to the input: rows
+    ih0 + i for i in [i_lo, i_hi), columns iw0 + j for j in [j_lo, j_hi)."""
+    lines = ("ih0 = oh * sh - pt", "iw0 = ow * sw - pl", "i_lo = max(0, -ih0)",
+             "i_hi = min(KH, H - ih0)", "j_lo = max(0, -iw0)", "j_hi = min(KW, W - iw0)")
+    return "".join(" " * indent + line + "\n" for line in lines)
+
+
 def _max_pool_source(fname, dtype):
     # the first element of the window inside the input starts the maximum (padding is
     # never a candidate); a strict > keeps the first maximum, as the gradient does
@@ -597,13 +605,7 @@ def {fname}(x, out, KH, KW, sh, sw, pt, pl):
         n = t // OH
         oh = t % OH
         for ow in range(OW):
-            ih0 = oh * sh - pt
-            iw0 = ow * sw - pl
-            i_lo = max(0, -ih0)
-            i_hi = min(KH, H - ih0)
-            j_lo = max(0, -iw0)
-            j_hi = min(KW, W - iw0)
-            for c in range(C):
+{_window(12)}            for c in range(C):
                 out[n, oh, ow, c] = x[n, ih0 + i_lo, iw0 + j_lo, c]
             for i in range(i_lo, i_hi):
                 for j in range(j_lo, j_hi):
@@ -628,13 +630,7 @@ def {fname}(x, g, dx, KH, KW, sh, sw, pt, pl):
                     dx[n, ih, iw, c] = 0
         for oh in range(OH):
             for ow in range(OW):
-                ih0 = oh * sh - pt
-                iw0 = ow * sw - pl
-                i_lo = max(0, -ih0)
-                i_hi = min(KH, H - ih0)
-                j_lo = max(0, -iw0)
-                j_hi = min(KW, W - iw0)
-                for c in range(C):
+{_window(16)}                for c in range(C):
                     best[c] = x[n, ih0 + i_lo, iw0 + j_lo, c]
                     at[c] = (ih0 + i_lo) * W + iw0 + j_lo
                 for i in range(i_lo, i_hi):
@@ -660,13 +656,7 @@ def {fname}(x, out, KH, KW, sh, sw, pt, pl):
         n = t // OH
         oh = t % OH
         for ow in range(OW):
-            ih0 = oh * sh - pt
-            iw0 = ow * sw - pl
-            i_lo = max(0, -ih0)
-            i_hi = min(KH, H - ih0)
-            j_lo = max(0, -iw0)
-            j_hi = min(KW, W - iw0)
-            for c in range(C):
+{_window(12)}            for c in range(C):
                 out[n, oh, ow, c] = 0
             for i in range(i_lo, i_hi):
                 for j in range(j_lo, j_hi):
@@ -690,13 +680,7 @@ def {fname}(g, dx, KH, KW, sh, sw, pt, pl):
                     dx[n, ih, iw, c] = 0
         for oh in range(OH):
             for ow in range(OW):
-                ih0 = oh * sh - pt
-                iw0 = ow * sw - pl
-                i_lo = max(0, -ih0)
-                i_hi = min(KH, H - ih0)
-                j_lo = max(0, -iw0)
-                j_hi = min(KW, W - iw0)
-                inv = 1.0 / ((i_hi - i_lo) * (j_hi - j_lo))
+{_window(16)}                inv = 1.0 / ((i_hi - i_lo) * (j_hi - j_lo))
                 for i in range(i_lo, i_hi):
                     for j in range(j_lo, j_hi):
                         for c in range(C):

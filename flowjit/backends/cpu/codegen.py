@@ -276,10 +276,7 @@ def gen_loop(g, grp, bufname, alias=None):
     for local, i in enumerate(grp.nodes):
         if i not in epilogue:
             continue
-        n = nodes[i]
-        expr = REGISTRY[n.op].emit([names[p] for p in n.inputs], n.attrs,
-                                   [nodes[p].dtype for p in n.inputs], n.dtype)
-        epi_body.append(f"x{local} = {expr}")
+        epi_body.append(f"x{local} = {emit_expr(nodes[i], names, nodes)}")
         names[i] = f"x{local}"
 
     stores, epi_stores = [], []
@@ -417,6 +414,23 @@ def gen_opaque_kernel(op, dtype):
         body.replace("KERNEL", name, 1)
 
 
+def size_lines(g, names):
+    """Entry lines reading every representative size symbol from its input's shape."""
+    env = g.env
+    reps = sorted({env.find(s) for s in env.hints if env.find(s) not in env.fixed})
+    out = []
+    for s in reps:
+        a, d = env.sources[s]
+        out.append(f"d{s} = {names.get(g.args[a], 'a%d' % a)}.shape[{d}]")
+    return out
+
+
+def emit_expr(n, names, nodes):
+    """The scalar expression of elementwise node n over the loop's local names."""
+    return REGISTRY[n.op].emit([names[p] for p in n.inputs], n.attrs,
+                               [nodes[p].dtype for p in n.inputs], n.dtype)
+
+
 def entry_params(g):
     """The entry's parameter names, in the executor's order: inputs a<k>, constants c<i>,
     random keys r<s>, the error word; and node id -> name for those source nodes."""
@@ -436,7 +450,6 @@ def entry_params(g):
 def gen_entry(prog, arg_names):
     """Entry source. Returns (source, kernels: list of (name, source)), err code -> node id."""
     g = prog.graph
-    env = g.env
     kernels = {}
     err_codes = {}
     names, params = entry_params(g)
@@ -447,11 +460,7 @@ def gen_entry(prog, arg_names):
     inplace = _inplace_effects(prog)
     alias = {g.effects[k][1]: g.effects[k][0] for k in inplace}
     lines = []
-    # symbolic sizes: every representative symbol read from its input's shape
-    reps = sorted({env.find(s) for s in env.hints if env.find(s) not in env.fixed})
-    for s in reps:
-        a, d = env.sources[s]
-        lines.append(f"d{s} = {names.get(g.args[a], 'a%d' % a)}.shape[{d}]")
+    lines.extend(size_lines(g, names))
 
     for n in g.nodes:
         if n.op == "sym_scalar":

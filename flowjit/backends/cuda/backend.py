@@ -23,7 +23,7 @@ from ... import runtime_config as cfg
 from ...ir.registry import REGISTRY
 from ...runtime import stats as S
 from ..cpu import loader
-from ..cpu.codegen import _inplace_effects, dim_src, entry_params, prod_src
+from ..cpu.codegen import _inplace_effects, dim_src, entry_params, prod_src, size_lines
 from . import runtime as RT
 from .codegen import gen_loop, shape_tuple
 from .kernels import Ctx, LOWERINGS, host_fallback, matmul_lines
@@ -73,7 +73,6 @@ def _load_kernel(name, body):
 
 def gen_entry(prog):
     g = prog.graph
-    env = g.env
     kernels, placement, err_codes = {}, [], {}
     names, params = entry_params(g)
 
@@ -88,10 +87,7 @@ def gen_entry(prog):
     inplace = _inplace_effects(prog)
     alias = {g.effects[k][1]: g.effects[k][0] for k in inplace}
     lines = []
-    reps = sorted({env.find(s) for s in env.hints if env.find(s) not in env.fixed})
-    for s in reps:
-        a, d = env.sources[s]
-        lines.append(f"d{s} = {names.get(g.args[a], 'a%d' % a)}.shape[{d}]")
+    lines.extend(size_lines(g, names))
     for a in g.args:
         lines.append(f"{names[a]} = RT.flat({names[a]})")
     users = g.users()

@@ -22,7 +22,7 @@ import hashlib
 
 from ...ir.registry import REGISTRY
 from ...ops.elementwise import npt
-from ..cpu.codegen import analyse_loop, dim_src, index_term, load_lines, prod_src
+from ..cpu.codegen import analyse_loop, dim_src, emit_expr, index_term, load_lines, prod_src
 from .runtime import TPB
 
 KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
@@ -128,10 +128,7 @@ class LoopCode:
         epi_body = []
         for local, i in enumerate(grp.nodes):
             if i in self.epilogue:
-                n = nodes[i]
-                expr = REGISTRY[n.op].emit([names[p] for p in n.inputs], n.attrs,
-                                           [nodes[p].dtype for p in n.inputs], n.dtype)
-                epi_body.append(f"x{local} = {expr}")
+                epi_body.append(f"x{local} = {emit_expr(nodes[i], names, nodes)}")
                 names[i] = f"x{local}"
         stores, epi_stores = [], []
         for j, s in enumerate(grp.stores):
