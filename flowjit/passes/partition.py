@@ -5,7 +5,10 @@ depends on them (e.g. optimizer updates), form the backward graph; the rest is t
 forward graph. Forward values the backward reads are either *saved* (returned by the
 forward function as residuals: matmul/reduction/opaque results and expensive chains)
 or *recomputed* inside the backward's fused loops (cheap elementwise chains, index
-maps and views), which saves memory traffic. Both graphs share the symbolic shape
+maps and views), which saves memory traffic. An elementwise value the forward writes to
+memory anyway (a matmul or opaque op reads it, or it is an output) is saved: reading it
+back costs the backward no more than reading the cone's inputs, and recomputing it would
+repeat the cone's arithmetic (a sigmoid's exp per element, say). Both graphs share the symbolic shape
 environment: the backward function receives every original input first, then the
 residuals.
 """
@@ -48,6 +51,12 @@ def partition(g):
         if is_b[n.id]:
             need.update(i for i in n.inputs if not is_b[i])
 
+    fwd_outs = {o for o in g.outputs if not is_b[o]}
+    read_from_memory = set()       # forward values a matmul / opaque op reads as a buffer
+    for n in nodes:
+        if not is_b[n.id] and _kind(n) in ("matmul", "opaque"):
+            read_from_memory.update(n.inputs)
+
     cost_memo = {}
 
     def cone_cost(i):
@@ -76,6 +85,9 @@ def partition(g):
             return
         if n.op == "rng_key" or k in ("reduce", "matmul", "opaque"):
             saved.add(i)
+            return
+        if k == "elementwise" and (i in read_from_memory or i in fwd_outs):
+            saved.add(i)              # written by the forward anyway
             return
         if k in ("access", "view") or cone_cost(i) <= RECOMPUTE_MAX_COST:
             recompute.add(i)
