@@ -174,6 +174,43 @@ def test_conv2d_float32_jit_matches_eager_and_many_chunks():
     assert_close(j[0], want.astype(np.float32), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("strides,padding,dilations", [(1, "SAME", 1), ((2, 1), "VALID", (1, 2))])
+def test_conv2d_one_channel_specialised_unfold(strides, padding, dilations):
+    # a one-channel input this big gets an unfold specialised to the layer (filter size,
+    # strides, dilations, pads as literals) in the forward and filter-gradient kernels;
+    # the same compiled kernels must still be right for a later call with 2 channels
+    from flowjit.ops import conv
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((48, 28, 28, 1)).astype(np.float32)
+    w = rng.standard_normal((5, 5, 1, 3)).astype(np.float32)
+    s = (strides, strides) if isinstance(strides, int) else strides
+    d = (dilations, dilations) if isinstance(dilations, int) else dilations
+    y = ref_conv(x.astype(np.float64), w.astype(np.float64), s, padding, d)
+    assert y.shape[0] * y.shape[1] * y.shape[2] * 25 >= conv.FIXED_MIN_ELEMS
+    assert conv._fixed_conv({"strides": s, "dilations": d, "pads": _pads(x.shape, w.shape, s, d, padding)},
+                            [x.shape, w.shape]) is not None
+    for c in (1, 2):
+        xc = np.concatenate([x] * c, axis=3)
+        wc = np.concatenate([w] * c, axis=2)
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        want = ref_conv(xc.astype(np.float64), wc.astype(np.float64), s, padding, d)
+        want_dx, want_dw = ref_conv_grads(xc.astype(np.float64), wc.astype(np.float64), g, s, padding, d)
+        got = _jitted(conv_jit, xc, wc, g, strides=strides, padding=padding, dilations=dilations)
+        assert_close(got[0], want.astype(np.float32), rtol=1e-4, atol=1e-3)
+        assert_close(got[1], want_dx.astype(np.float32), rtol=1e-4, atol=1e-3)
+        assert_close(got[2], want_dw.astype(np.float32), rtol=1e-4, atol=2e-3)
+
+
+def _pads(xs, ws, s, d, padding):
+    """(top, bottom, left, right) as TF pads a conv of input xs with filter ws."""
+    out = []
+    for n, k, st, dl in ((xs[1], ws[0], s[0], d[0]), (xs[2], ws[1], s[1], d[1])):
+        o, lo = tf_out_and_pad(n, k, st, dl, padding)
+        total = max((o - 1) * st + (k - 1) * dl + 1 - n, 0) if padding == "SAME" else 0
+        out += [lo, total - lo]
+    return tuple(out)
+
+
 def test_conv2d_gradients_match_finite_differences():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 5, 4, 2))

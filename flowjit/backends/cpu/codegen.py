@@ -404,9 +404,14 @@ def gen_loop(g, grp, bufname, alias=None):
 # ----------------------------------------------------------------------------------
 # opaque kernels and the entry
 # ----------------------------------------------------------------------------------
-def gen_opaque_kernel(op, dtype):
+def gen_opaque_kernel(n, g):
+    """(name, source) of opaque node n's kernel. An op whose lowering has "fixed" may
+    specialise its kernel to the node (attrs, traced input shapes) when that returns
+    literals; otherwise one kernel per op and dtype serves every node."""
+    op, dtype = n.op, g.nodes[n.inputs[0]].dtype
     lower = REGISTRY[op].lower
-    body = lower["kernel"]("KERNEL", dtype)
+    fixed = lower["fixed"](n.attrs, [g.nodes[p].shape for p in n.inputs]) if "fixed" in lower else None
+    body = lower["kernel"]("KERNEL", dtype) if fixed is None else lower["kernel"]("KERNEL", dtype, fixed)
     opts = lower.get("njit", "")          # e.g. "fastmath=True, parallel=True"
     key = _hash(op + dtype.name + opts + body)
     name = f"k_{key}"
@@ -492,7 +497,7 @@ def gen_entry(prog, arg_names):
             lines.extend(_matmul_lines(g, n, buf))
         else:
             kind = REGISTRY[n.op].lower["kind"]
-            kname, ksrc = gen_opaque_kernel(n.op, g.nodes[n.inputs[0]].dtype)
+            kname, ksrc = gen_opaque_kernel(n, g)
             kernels[kname] = ksrc
             lines.append(f"{out} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
             x = g.nodes[n.inputs[0]]
