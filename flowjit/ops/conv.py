@@ -13,7 +13,11 @@ spatial sizes (the pads depend on them): under jit they are specialised (inspect
 why); batch and channel sizes stay symbolic.
 
 CPU kernels take every size, stride, dilation and pad as a run-time value, so one
-compiled kernel per op and dtype serves every layer and shape. Per call they choose:
+compiled kernel per op and dtype serves every layer and shape; the one exception is a
+big one-channel input (the first layer of an image model), whose forward and
+filter-gradient kernels get an unfold specialised to the layer (its sizes as literals:
+the generic unfold's per-tap copies of one element cost ~5x more) and still take the
+generic path when a later call brings more channels. Per call they choose:
 1x1 stride-1 unpadded filters are one BLAS matmul on the input as it lies; filters
 with very few taps (K = KH*KW*C_in <= 16) run direct loops vectorised over output
 channels; otherwise the input is unfolded (im2col) a chunk of rows at a time (the
