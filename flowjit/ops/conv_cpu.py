@@ -1,0 +1,273 @@
+"""CPU kernels shared by the generated conv2d drivers (ops/conv.py writes a small driver
+per op and dtype that calls these). They live in one module so that Numba compiles
+each of them once per process and caches it on disk, instead of once per driver.
+
+The unfolding runs serially a chunk of rows at a time (the chunk stays in cache) and
+each chunk is one BLAS call, which brings its own threads: a Numba-parallel unfold
+between BLAS calls would wake a second thread pool while BLAS's idle workers still spin
+on the cores. Every size, stride, dilation and pad is a run-time value.
+"""
+import numpy as np
+from numba import njit
+
+# im2col chunk size in elements: 4 MiB of float32 stays in L3, and few chunks mean few
+# BLAS calls (each multi-threaded call is a synchronisation, costly on a busy machine);
+# and the largest K = KH*KW*C_in for which direct loops beat unfolding + BLAS
+CHUNK_ELEMS = 1 << 20
+DIRECT_MAX_K = 16
+# below this many input channels the filter gradient unfolds transposed (whole output
+# rows as runs; measured at C = 1: 3.0 vs 5.5 ms; at C = 16 the strided gathers lose)
+TRANSPOSED_MAX_C = 4
+
+@njit(cache=True, error_model='numpy')
+def chunk_rows(M, K):
+    return max(64, min(M, CHUNK_ELEMS // max(K, 1)))
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    """Rows r0..r1 (r = (n*OH + oh)*OW + ow) of the unfolded input:
+    col[r - r0, (i*KW + j)*C + c] = x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c], 0 outside.
+    A window row wholly inside the input (dilation 1, few channels) is one copy of KW*C."""
+    N, H, W, C = x.shape
+    xf = x.reshape((N, H, W * C))
+    KC = KW * C
+    narrow = dw == 1 and C < 8       # measured: the per-tap copy is faster for C >= 8
+    for r in range(r0, r1):
+        ow = r % OW
+        t = r // OW
+        oh = t % OH
+        n = t // OH
+        q = r - r0
+        iw0 = ow * sw - pl
+        inside = narrow and iw0 >= 0 and iw0 + KW <= W
+        for i in range(KH):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= H:
+                for e in range(i * KC, (i + 1) * KC):
+                    col[q, e] = 0
+            elif inside:
+                src = iw0 * C
+                dst = i * KC
+                for e in range(KC):
+                    col[q, dst + e] = xf[n, ih, src + e]
+            else:
+                for j in range(KW):
+                    iw = iw0 + j * dw
+                    base = (i * KW + j) * C
+                    if 0 <= iw < W:
+                        for c in range(C):
+                            col[q, base + c] = x[n, ih, iw, c]
+                    else:
+                        for c in range(C):
+                            col[q, base + c] = 0
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    """The adjoint of im2col: add unfolded rows r0..r1 back onto the input positions they
+    were read from."""
+    N, H, W, C = dx.shape
+    df = dx.reshape((N, H, W * C))
+    KC = KW * C
+    narrow = dw == 1 and C < 8
+    for r in range(r0, r1):
+        ow = r % OW
+        t = r // OW
+        oh = t % OH
+        n = t // OH
+        q = r - r0
+        iw0 = ow * sw - pl
+        inside = narrow and iw0 >= 0 and iw0 + KW <= W
+        for i in range(KH):
+            ih = oh * sh - pt + i * dh
+            if ih < 0 or ih >= H:
+                continue
+            if inside:
+                dst = iw0 * C
+                src = i * KC
+                for e in range(KC):
+                    df[n, ih, dst + e] += col[q, src + e]
+                continue
+            for j in range(KW):
+                iw = iw0 + j * dw
+                if iw < 0 or iw >= W:
+                    continue
+                base = (i * KW + j) * C
+                for c in range(C):
+                    dx[n, ih, iw, c] += col[q, base + c]
+
+
+@njit(cache=True, error_model='numpy')
+def ow_span(OW, W, sw, off):
+    """The output columns ow with 0 <= ow*sw + off < W, as lo..hi."""
+    lo = 0
+    if off < 0:
+        lo = min(OW, (sw - 1 - off) // sw)
+    hi = 0
+    if W - 1 - off >= 0:
+        hi = min(OW, (W - 1 - off) // sw + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, error_model='numpy')
+def chunk_out_rows(T, OW, K):
+    """Whole output rows (n, oh) per chunk of the transposed unfolding."""
+    return max(1, min(T, CHUNK_ELEMS // max(K * OW, 1)))
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def im2col_t(x, colT, t0, t1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    """Output rows t0..t1 (t = n*OH + oh, OW pixels each) of the unfolded input,
+    transposed: colT[(i*KW + j)*C + c, (t - t0)*OW + ow] =
+    x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c], 0 outside. Each write is a run of OW
+    consecutive elements (BLAS then reads colT as a plain row-major K x R matrix, which
+    it multiplies faster than the transposed row-layout unfolding)."""
+    N, H, W, C = x.shape
+    for t in range(t0, t1):
+        n = t // OH
+        oh = t % OH
+        q0 = (t - t0) * OW
+        for i in range(KH):
+            ih = oh * sh - pt + i * dh
+            for j in range(KW):
+                k0 = (i * KW + j) * C
+                off = j * dw - pl
+                lo, hi = ow_span(OW, W, sw, off)
+                if ih < 0 or ih >= H:
+                    lo = hi = 0
+                for c in range(C):
+                    for ow in range(lo):
+                        colT[k0 + c, q0 + ow] = 0
+                    for ow in range(lo, hi):
+                        colT[k0 + c, q0 + ow] = x[n, ih, ow * sw + off, c]
+                    for ow in range(max(lo, hi), OW):
+                        colT[k0 + c, q0 + ow] = 0
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def conv_direct(x, w, out, sh, sw, dh, dw, pt, pl):
+    # few taps per output: loops vectorised over output channels
+    N, H, W, C = x.shape
+    KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
+    OH, OW = out.shape[1], out.shape[2]
+    for t in range(N * OH):
+        n = t // OH
+        oh = t % OH
+        acc = np.empty(CO, out.dtype)
+        for ow in range(OW):
+            for co in range(CO):
+                acc[co] = 0
+            for i in range(KH):
+                ih = oh * sh - pt + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                for j in range(KW):
+                    iw = ow * sw - pl + j * dw
+                    if iw < 0 or iw >= W:
+                        continue
+                    for c in range(C):
+                        v = x[n, ih, iw, c]
+                        for co in range(CO):
+                            acc[co] += v * w[i, j, c, co]
+            for co in range(CO):
+                out[n, oh, ow, co] = acc[co]
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def bp_filter_transposed(x, g2, d2, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    # few input channels: the transposed unfolding copies runs of whole output rows, and
+    # BLAS multiplies the row-major K x R colT by G faster than the transposed col
+    N, H, W, C = x.shape
+    K, CO = d2.shape
+    T = N * OH
+    RT = chunk_out_rows(T, OW, K)
+    buf = np.empty(K * RT * OW, x.dtype)
+    part = np.empty((K, CO), x.dtype)
+    for t0 in range(0, T, RT):
+        t1 = min(T, t0 + RT)
+        rr = (t1 - t0) * OW
+        colT = buf[:K * rr].reshape((K, rr))
+        im2col_t(x, colT, t0, t1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        if t0 == 0:
+            np.dot(colT, g2[t0 * OW:t1 * OW], d2)
+        else:
+            np.dot(colT, g2[t0 * OW:t1 * OW], part)
+            d2 += part
+
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl):
+    """The generic conv2d driver (any sizes; see ops/conv.py for the paths)."""
+    N, H, W, C = x.shape
+    KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
+    OH, OW = out.shape[1], out.shape[2]
+    K = KH * KW * C
+    M = N * OH * OW
+    w2 = w.reshape((K, CO))
+    o2 = out.reshape((M, CO))
+    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
+        np.dot(x.reshape((M, C)), w2, o2)
+        return
+    if K <= DIRECT_MAX_K:
+        conv_direct(x, w, out, sh, sw, dh, dw, pt, pl)
+        return
+    R = chunk_rows(M, K)
+    col = np.empty((R, K), x.dtype)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        np.dot(col[:r1 - r0], w2, o2[r0:r1])
+
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def conv2d_backprop_input(g, w, dx, sh, sw, dh, dw, pt, pl):
+    """The generic input-gradient driver: BLAS, then the unfold's adjoint."""
+    N, H, W, C = dx.shape
+    KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
+    OH, OW = g.shape[1], g.shape[2]
+    K = KH * KW * C
+    M = N * OH * OW
+    w2 = w.reshape((K, CO))
+    g2 = g.reshape((M, CO))
+    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
+        np.dot(g2, w2.T, dx.reshape((M, C)))
+        return
+    dx[...] = 0
+    R = chunk_rows(M, K)
+    col = np.empty((R, K), g.dtype)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        np.dot(g2[r0:r1], w2.T, col[:r1 - r0])
+        col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl):
+    """The generic filter-gradient driver: unfold, then BLAS accumulating."""
+    N, H, W, C = x.shape
+    KH, KW, CO = dw_.shape[0], dw_.shape[1], dw_.shape[3]
+    OH, OW = g.shape[1], g.shape[2]
+    K = KH * KW * C
+    M = N * OH * OW
+    d2 = dw_.reshape((K, CO))
+    g2 = g.reshape((M, CO))
+    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
+        np.dot(x.reshape((M, C)).T, g2, d2)
+        return
+    if C < TRANSPOSED_MAX_C:
+        bp_filter_transposed(x, g2, d2, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        return
+    R = chunk_rows(M, K)
+    col = np.empty((R, K), x.dtype)
+    part = np.empty((K, CO), x.dtype)
+    for r0 in range(0, M, R):
+        r1 = min(M, r0 + R)
+        im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        if r0 == 0:
+            np.dot(col[:r1 - r0].T, g2[r0:r1], d2)
+        else:
+            np.dot(col[:r1 - r0].T, g2[r0:r1], part)
+            d2 += part
