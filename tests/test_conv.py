@@ -211,6 +211,27 @@ def _pads(xs, ws, s, d, padding):
     return tuple(out)
 
 
+@pytest.mark.parametrize("batch,strides", [(8, 1), (16, 2)])
+def test_conv2d_parallel_chunks_for_few_output_channels(batch, strides):
+    # few output channels and enough work: the kernels unfold and multiply chunks in a
+    # Numba prange (one thread and one small BLAS call per chunk; the input gradient one
+    # image per task); results must match the reference like the serial path's
+    from flowjit.ops import conv_cpu
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((batch, 28, 28, 16)).astype(np.float32)
+    w = rng.standard_normal((5, 5, 16, 8)).astype(np.float32)
+    s = (strides, strides)
+    y = ref_conv(x.astype(np.float64), w.astype(np.float64), s, "SAME")
+    m = y.shape[0] * y.shape[1] * y.shape[2]
+    assert conv_cpu.par_rows.py_func(m, 400, 8) > 0
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    want_dx, want_dw = ref_conv_grads(x.astype(np.float64), w.astype(np.float64), g, s, "SAME")
+    got = _jitted(conv_jit, x, w, g, strides=strides, padding="SAME", dilations=1)
+    assert_close(got[0], y.astype(np.float32), rtol=1e-4, atol=1e-3)
+    assert_close(got[1], want_dx.astype(np.float32), rtol=1e-4, atol=1e-3)
+    assert_close(got[2], want_dw.astype(np.float32), rtol=1e-4, atol=5e-3)
+
+
 def test_conv2d_gradients_match_finite_differences():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 5, 4, 2))

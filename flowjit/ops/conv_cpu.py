@@ -2,13 +2,19 @@
 per op and dtype that calls these). They live in one module so that Numba compiles
 each of them once per process and caches it on disk, instead of once per driver.
 
-The unfolding runs serially a chunk of rows at a time (the chunk stays in cache) and
-each chunk is one BLAS call, which brings its own threads: a Numba-parallel unfold
-between BLAS calls would wake a second thread pool while BLAS's idle workers still spin
-on the cores. Every size, stride, dilation and pad is a run-time value.
+Two ways to use the cores, chosen per call:
+- serial chunks: the unfolding runs serially a chunk of rows at a time (the chunk stays
+  in cache) and each chunk is one BLAS call, which brings its own threads;
+- parallel chunks, for "skinny" layers (few output channels: K*CO small, so a GEMM
+  small enough for OpenBLAS to run on the calling thread still has many rows): a Numba
+  prange over chunks, each unfolded and multiplied by one thread. The unfold/fold
+  then runs on every core too, and the call has one synchronisation instead of one
+  per BLAS call. Measured on 2 cores at 64x28x28x16 -> 8, 5x5 stride 2: forward
+  8.2 -> 5.6 ms, filter gradient 13.4 -> 9.0, input gradient 6.7 -> 5.2.
+Every size, stride, dilation and pad is a run-time value.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 # im2col chunk size in elements: 4 MiB of float32 stays in L3, and few chunks mean few
 # BLAS calls (each multi-threaded call is a synchronisation, costly on a busy machine);
@@ -18,6 +24,26 @@ DIRECT_MAX_K = 16
 # below this many input channels the filter gradient unfolds transposed (whole output
 # rows as runs; measured at C = 1: 3.0 vs 5.5 ms; at C = 16 the strided gathers lose)
 TRANSPOSED_MAX_C = 4
+# OpenBLAS runs a GEMM of at most this many multiply-adds (m*n*k) on the calling
+# thread (its threading threshold: 65536 * GEMM_MULTITHREAD_THRESHOLD 4), so such
+# chunks never nest its thread pool inside Numba's
+SERIAL_GEMM_MNK = 262144
+# parallel chunks only when a chunk keeps at least this many rows (thinner GEMMs run
+# far below BLAS speed) and the call has at least this many multiply-adds (below, the
+# threads' wake-up costs more than it saves)
+PAR_MIN_ROWS = 48
+PAR_MIN_MACS = 1 << 23
+
+
+
+@njit(cache=True, error_model='numpy')
+def par_rows(M, K, CO):
+    """Rows per parallel chunk for an M x K by K x CO product, or 0: use serial chunks."""
+    R = SERIAL_GEMM_MNK // max(K * CO, 1)
+    if R < PAR_MIN_ROWS or M * K * CO < PAR_MIN_MACS:
+        return 0
+    return R
+
 
 @njit(cache=True, error_model='numpy')
 def chunk_rows(M, K):
@@ -196,6 +222,64 @@ def bp_filter_transposed(x, g2, d2, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
 
 
 
+@njit(cache=True, error_model='numpy', fastmath=True, parallel=True)
+def forward_par(x, w2, o2, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    """o2 = unfold(x) @ w2, chunks of R rows in parallel (one thread each)."""
+    M, K = o2.shape[0], w2.shape[0]
+    for b in prange((M + R - 1) // R):
+        r0 = b * R
+        r1 = min(M, r0 + R)
+        col = np.empty((r1 - r0, K), x.dtype)
+        im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        np.dot(col, w2, o2[r0:r1])
+
+
+@njit(cache=True, error_model='numpy', fastmath=True, parallel=True)
+def backprop_filter_par(x, g2, d2, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    """d2 = unfold(x).T @ g2: each task sums its share of R-row chunks into its own
+    partial gradient, then the partials are added in task order (deterministic)."""
+    M = g2.shape[0]
+    K, CO = d2.shape
+    nch = (M + R - 1) // R
+    P = min(nch, 8)
+    parts = np.empty((P, K, CO), x.dtype)
+    for p in prange(P):
+        col = np.empty((R, K), x.dtype)
+        tmp = np.empty((K, CO), x.dtype)
+        acc = parts[p]
+        acc[...] = 0
+        for b in range(p * nch // P, (p + 1) * nch // P):
+            r0 = b * R
+            r1 = min(M, r0 + R)
+            im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+            np.dot(col[:r1 - r0].T, g2[r0:r1], tmp)
+            for k in range(K):
+                for c in range(CO):
+                    acc[k, c] += tmp[k, c]
+    for k in range(K):
+        for c in range(CO):
+            s = parts[0, k, c]
+            for p in range(1, P):
+                s += parts[p, k, c]
+            d2[k, c] = s
+
+
+@njit(cache=True, error_model='numpy', fastmath=True, parallel=True)
+def backprop_input_par(g2, w2, dx, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
+    """dx = fold(g2 @ w2.T), one image per task (the fold of one image's rows touches
+    only that image, so tasks never write the same element), R-row chunks within."""
+    N = dx.shape[0]
+    K = w2.shape[0]
+    per = OH * OW
+    for n in prange(N):
+        dx[n] = 0
+        col = np.empty((min(R, per), K), g2.dtype)
+        for r0 in range(n * per, (n + 1) * per, R):
+            r1 = min((n + 1) * per, r0 + R)
+            np.dot(g2[r0:r1], w2.T, col[:r1 - r0])
+            col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+
+
 @njit(cache=True, error_model='numpy', fastmath=True)
 def conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl):
     """The generic conv2d driver (any sizes; see ops/conv.py for the paths)."""
@@ -211,6 +295,10 @@ def conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl):
         return
     if K <= DIRECT_MAX_K:
         conv_direct(x, w, out, sh, sw, dh, dw, pt, pl)
+        return
+    R = par_rows(M, K, CO)
+    if R > 0:
+        forward_par(x, w2, o2, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
         return
     R = chunk_rows(M, K)
     col = np.empty((R, K), x.dtype)
@@ -234,6 +322,10 @@ def conv2d_backprop_input(g, w, dx, sh, sw, dh, dw, pt, pl):
     if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
         np.dot(g2, w2.T, dx.reshape((M, C)))
         return
+    R = par_rows(M, K, CO)
+    if R > 0:
+        backprop_input_par(g2, w2, dx, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
+        return
     dx[...] = 0
     R = chunk_rows(M, K)
     col = np.empty((R, K), g.dtype)
@@ -256,6 +348,10 @@ def conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl):
     g2 = g.reshape((M, CO))
     if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
         np.dot(x.reshape((M, C)).T, g2, d2)
+        return
+    R = par_rows(M, K, CO)
+    if R > 0 and C >= TRANSPOSED_MAX_C:
+        backprop_filter_par(x, g2, d2, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
         return
     if C < TRANSPOSED_MAX_C:
         bp_filter_transposed(x, g2, d2, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
