@@ -73,3 +73,32 @@ def test_cache_can_be_disabled(tmp_path):
     stats = run(tmp_path, {"FLOWJIT_CACHE": "0"})
     assert stats["compiles"] > 0
     assert not (tmp_path / "cpu").exists()
+
+
+CONV_PROGRAM = textwrap.dedent("""
+    import json, numpy as np, flowjit as fj
+    from flowjit.ops import conv_cpu
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 28, 28, 16)).astype(np.float32)
+    w = rng.standard_normal((5, 5, 16, 8)).astype(np.float32)
+    assert conv_cpu.par_rows.py_func(8 * 28 * 28, 400, 8) > 0     # the prange path
+    f = fj.jit(lambda x, w: fj.nn.conv2d(x, w, 1, "SAME"))
+    y = f(x, w).numpy()
+    xp = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    ref = sum(xp[:, i:i + 28, j:j + 28] @ w[i, j] for i in range(5) for j in range(5))
+    assert np.allclose(y, ref, rtol=1e-4, atol=1e-3)
+    print(json.dumps(fj.stats()))
+""")
+
+
+def test_second_process_runs_cached_parallel_conv(tmp_path):
+    # a cached conv driver holds a parallel loop of ops/conv_cpu.py; loading it from the
+    # disk cache must start Numba's thread pool first (it used to segfault here)
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in range(2):
+        p = subprocess.run([sys.executable, "-c", CONV_PROGRAM], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, (k, p.returncode, p.stderr[-3000:])
+        if k == 1:
+            assert json.loads(p.stdout.strip().splitlines()[-1])["compiles"] == 0

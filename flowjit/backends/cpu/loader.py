@@ -69,11 +69,29 @@ def write_atomic(path, text):
         raise
 
 
+_threads_started = False
+
+
+def _start_numba_threads():
+    """Start Numba's thread pool before any compiled code runs. A kernel loaded from
+    Numba's disk cache may contain a parallel loop it inherited from a function it
+    calls (a conv driver calling a prange kernel of ops/conv_cpu.py): loading the
+    caller does not start the pool, and the loop then jumps through a null launch
+    pointer (a segfault in the second process). Compiling or loading a parallel
+    function through its own dispatcher starts it; this covers the other case."""
+    global _threads_started
+    if not _threads_started:
+        from numba.np.ufunc.parallel import _launch_threads
+        _launch_threads()
+        _threads_started = True
+
+
 def load(name, body):
     """The module `name` holding `body` (loaded from disk or written first)."""
     mod = _modules.get(name)
     if mod is not None:
         return mod
+    _start_numba_threads()
     text = HEADER + f"# runtime {SALT}\n" + body
     path = os.path.join(module_dir(), name + ".py")
     try:
