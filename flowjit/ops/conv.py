@@ -333,8 +333,8 @@ def _source_hash(path):
 # conv_cpu.py is a new driver module, compiled afresh
 _IMPORTS = ("\n\n# the shared kernels (compiled once per process, cached on disk); "
             f"conv_cpu {_source_hash(os.path.join(os.path.dirname(__file__), 'conv_cpu.py'))}\n"
-            "from flowjit.ops.conv_cpu import (chunk_rows, conv2d_backprop_filter, conv2d_backprop_input,\n"
-            "                                  conv2d_forward)\n")
+            "from flowjit.ops.conv_cpu import (add_into, chunk_rows, conv2d_backprop_filter, conv2d_backprop_input,\n"
+            "                                  conv2d_forward, par_rows, sum_parts, zero_fill)\n")
 
 
 
@@ -361,14 +361,22 @@ def _fixed_conv(attrs, shapes):
 def _fixed_chunks(fixed, gemm, accumulate=False):
     """Driver lines: for a one-channel input, unfold whole output rows with the
     specialised im2col_fixed a chunk at a time and run `gemm` on each chunk (x, the
-    filter/out or filter-gradient as 2-D w2/o2/d2, and the upstream g2 in scope)."""
+    filter/out or filter-gradient as 2-D w2/o2/d2, and the upstream g2 in scope); with
+    enough work, chunks run in parallel instead (fixed_forward_par /
+    fixed_filter_par, as conv_cpu's parallel chunks)."""
     if fixed is None:
         return ""
     acc = ("            if t0 > 0:\n"
            "                d2 += part\n") if accumulate else ""
     part = "        part = np.empty((K, CO), x.dtype)\n" if accumulate else ""
+    par = ("fixed_filter_par(x, g2, d2, RP // OW, OH, OW)" if accumulate
+           else "fixed_forward_par(x, w2, o2, RP // OW, OH, OW)")
     return ("    N, H, W, C = x.shape\n"
             "    if C == 1:\n"
+            "        RP = par_rows(M, K, CO)\n"
+            "        if RP >= OW:\n"
+            f"            {par}\n"
+            "            return\n"
             "        T = N * OH\n"
             "        RT = max(1, chunk_rows(M, K) // OW)\n"
             f"        col = np.empty((RT * OW, K), x.dtype)\n{part}"
@@ -416,6 +424,38 @@ def im2col_fixed(x, col, t0, t1, OH, OW):
                     for j in range({f['KW']}):
                         iw = iw0 + j * {f['DW']}
                         col[q0 + ow, k0 + j] = xf[row, iw] if iw >= 0 and iw < W else 0
+
+
+@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True)
+def fixed_forward_par(x, w2, o2, RT, OH, OW):
+    T = x.shape[0] * OH
+    K = w2.shape[0]
+    for b in prange((T + RT - 1) // RT):
+        t0 = b * RT
+        t1 = min(T, t0 + RT)
+        col = np.empty(((t1 - t0) * OW, K), x.dtype)
+        im2col_fixed(x, col, t0, t1, OH, OW)
+        np.dot(col, w2, o2[t0 * OW:t1 * OW])
+
+
+@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True)
+def fixed_filter_par(x, g2, d2, RT, OH, OW):
+    T = x.shape[0] * OH
+    K, CO = d2.shape
+    nch = (T + RT - 1) // RT
+    P = min(nch, 8)
+    parts = np.empty((P, K, CO), x.dtype)
+    for p in prange(P):
+        col = np.empty((RT * OW, K), x.dtype)
+        tmp = np.empty((K, CO), x.dtype)
+        zero_fill(parts[p])
+        for b in range(p * nch // P, (p + 1) * nch // P):
+            t0 = b * RT
+            t1 = min(T, t0 + RT)
+            im2col_fixed(x, col, t0, t1, OH, OW)
+            np.dot(col[:(t1 - t0) * OW].T, g2[t0 * OW:t1 * OW], tmp)
+            add_into(parts[p], tmp)
+    sum_parts(parts, d2)
 """
 
 

@@ -246,20 +246,37 @@ def backprop_filter_par(x, g2, d2, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
     for p in prange(P):
         col = np.empty((R, K), x.dtype)
         tmp = np.empty((K, CO), x.dtype)
-        acc = parts[p]
-        acc[...] = 0
+        zero_fill(parts[p])
         for b in range(p * nch // P, (p + 1) * nch // P):
             r0 = b * R
             r1 = min(M, r0 + R)
             im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
             np.dot(col[:r1 - r0].T, g2[r0:r1], tmp)
-            for k in range(K):
-                for c in range(CO):
-                    acc[k, c] += tmp[k, c]
-    for k in range(K):
-        for c in range(CO):
+            add_into(parts[p], tmp)
+    sum_parts(parts, d2)
+
+
+@njit(cache=True, error_model='numpy')
+def zero_fill(a):
+    for k in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            a[k, c] = 0
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def add_into(acc, tmp):
+    for k in range(acc.shape[0]):
+        for c in range(acc.shape[1]):
+            acc[k, c] += tmp[k, c]
+
+
+@njit(cache=True, error_model='numpy', fastmath=True)
+def sum_parts(parts, d2):
+    """d2 = the sum of the per-task partial gradients, added in task order."""
+    for k in range(d2.shape[0]):
+        for c in range(d2.shape[1]):
             s = parts[0, k, c]
-            for p in range(1, P):
+            for p in range(1, parts.shape[0]):
                 s += parts[p, k, c]
             d2[k, c] = s
 
