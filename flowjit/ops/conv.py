@@ -334,7 +334,7 @@ def _source_hash(path):
 _IMPORTS = ("\n\n# the shared kernels (compiled once per process, cached on disk); "
             f"conv_cpu {_source_hash(os.path.join(os.path.dirname(__file__), 'conv_cpu.py'))}\n"
             "from flowjit.ops.conv_cpu import (add_into, chunk_rows, conv2d_backprop_filter, conv2d_backprop_input,\n"
-            "                                  conv2d_forward, par_rows, sum_parts, zero_fill)\n")
+            "                                  conv2d_forward, conv_dims, par_rows, sum_parts, zero_fill)\n")
 
 
 
@@ -371,8 +371,7 @@ def _fixed_chunks(fixed, gemm, accumulate=False):
     part = "        part = np.empty((K, CO), x.dtype)\n" if accumulate else ""
     par = ("fixed_filter_par(x, g2, d2, RP // OW, OH, OW)" if accumulate
            else "fixed_forward_par(x, w2, o2, RP // OW, OH, OW)")
-    return ("    N, H, W, C = x.shape\n"
-            "    if C == 1:\n"
+    return ("    if C == 1:\n"
             "        RP = par_rows(M, K, CO)\n"
             "        if RP >= OW:\n"
             f"            {par}\n"
@@ -467,9 +466,7 @@ def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
 {_IMPORTS}"""
     return f"""
 def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
-    OH, OW, CO = out.shape[1], out.shape[2], out.shape[3]
-    K = w.shape[0] * w.shape[1] * w.shape[2]
-    M = x.shape[0] * OH * OW
+    N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(x.shape, w.shape, out.shape)
     w2 = w.reshape((K, CO))
     o2 = out.reshape((M, CO))
 {_fixed_chunks(fixed, "np.dot(col[:rr], w2, o2[t0 * OW:t1 * OW])")}    conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl)
@@ -491,9 +488,7 @@ def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
 {_IMPORTS}"""
     return f"""
 def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
-    OH, OW, CO = g.shape[1], g.shape[2], g.shape[3]
-    K = dw_.shape[0] * dw_.shape[1] * dw_.shape[2]
-    M = x.shape[0] * OH * OW
+    N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(x.shape, dw_.shape, g.shape)
     d2 = dw_.reshape((K, CO))
     g2 = g.reshape((M, CO))
 {_fixed_chunks(fixed, "np.dot(col[:rr].T, g2[t0 * OW:t1 * OW], d2 if t0 == 0 else part)", True)}    conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl)

@@ -35,7 +35,6 @@ PAR_MIN_ROWS = 48
 PAR_MIN_MACS = 1 << 23
 
 
-
 @njit(cache=True, error_model='numpy')
 def par_rows(M, K, CO):
     """Rows per parallel chunk for an M x K by K x CO product, or 0: use serial chunks."""
@@ -221,7 +220,6 @@ def bp_filter_transposed(x, g2, d2, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
             d2 += part
 
 
-
 @njit(cache=True, error_model='numpy', fastmath=True, parallel=True)
 def forward_par(x, w2, o2, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
     """o2 = unfold(x) @ w2, chunks of R rows in parallel (one thread each)."""
@@ -297,17 +295,29 @@ def backprop_input_par(g2, w2, dx, R, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
             col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
 
 
+@njit(cache=True, error_model='numpy')
+def conv_dims(xs, ws, ys):
+    """(N, H, W, C, KH, KW, CO, OH, OW, K, M) from the input, filter and output shapes
+    (M output pixels, K = KH*KW*C unfolded columns)."""
+    N, H, W, C = xs
+    KH, KW, CO = ws[0], ws[1], ws[3]
+    OH, OW = ys[1], ys[2]
+    return N, H, W, C, KH, KW, CO, OH, OW, KH * KW * C, N * OH * OW
+
+
+@njit(cache=True, error_model='numpy')
+def is_pointwise(KH, KW, sh, sw, pt, pl, OH, OW, H, W):
+    """A 1x1 filter at stride 1 without padding: the input is the unfolded matrix."""
+    return KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W
+
+
 @njit(cache=True, error_model='numpy', fastmath=True)
 def conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl):
     """The generic conv2d driver (any sizes; see ops/conv.py for the paths)."""
-    N, H, W, C = x.shape
-    KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
-    OH, OW = out.shape[1], out.shape[2]
-    K = KH * KW * C
-    M = N * OH * OW
+    N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(x.shape, w.shape, out.shape)
     w2 = w.reshape((K, CO))
     o2 = out.reshape((M, CO))
-    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
+    if is_pointwise(KH, KW, sh, sw, pt, pl, OH, OW, H, W):
         np.dot(x.reshape((M, C)), w2, o2)
         return
     if K <= DIRECT_MAX_K:
@@ -325,18 +335,13 @@ def conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl):
         np.dot(col[:r1 - r0], w2, o2[r0:r1])
 
 
-
 @njit(cache=True, error_model='numpy', fastmath=True)
 def conv2d_backprop_input(g, w, dx, sh, sw, dh, dw, pt, pl):
     """The generic input-gradient driver: BLAS, then the unfold's adjoint."""
-    N, H, W, C = dx.shape
-    KH, KW, CO = w.shape[0], w.shape[1], w.shape[3]
-    OH, OW = g.shape[1], g.shape[2]
-    K = KH * KW * C
-    M = N * OH * OW
+    N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(dx.shape, w.shape, g.shape)
     w2 = w.reshape((K, CO))
     g2 = g.reshape((M, CO))
-    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
+    if is_pointwise(KH, KW, sh, sw, pt, pl, OH, OW, H, W):
         np.dot(g2, w2.T, dx.reshape((M, C)))
         return
     R = par_rows(M, K, CO)
@@ -352,18 +357,13 @@ def conv2d_backprop_input(g, w, dx, sh, sw, dh, dw, pt, pl):
         col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
 
 
-
 @njit(cache=True, error_model='numpy', fastmath=True)
 def conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl):
     """The generic filter-gradient driver: unfold, then BLAS accumulating."""
-    N, H, W, C = x.shape
-    KH, KW, CO = dw_.shape[0], dw_.shape[1], dw_.shape[3]
-    OH, OW = g.shape[1], g.shape[2]
-    K = KH * KW * C
-    M = N * OH * OW
+    N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(x.shape, dw_.shape, g.shape)
     d2 = dw_.reshape((K, CO))
     g2 = g.reshape((M, CO))
-    if KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and OH == H and OW == W:
+    if is_pointwise(KH, KW, sh, sw, pt, pl, OH, OW, H, W):
         np.dot(x.reshape((M, C)).T, g2, d2)
         return
     R = par_rows(M, K, CO)
