@@ -25,6 +25,22 @@ def test_reductions(name, dtype, rng):
             assert_close(jf(x), eager, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("shape,axis", [(((1 << 20) + 7,), None), ((3, 2500), 1), ((3, 2500), None),
+                                        ((2, 1024), 1)])
+def test_float32_sum_blocks_are_accurate(shape, axis, rng):
+    # jitted float32 sums over the innermost axis add blocks of SUM_BLOCK terms in float32
+    # and the block sums in float64: a million terms, block remainders, exact block sizes
+    from flowjit.backends.cpu import codegen
+    assert max(shape) > codegen.SUM_BLOCK or shape[-1] == codegen.SUM_BLOCK
+    x = (rng.random(shape) + 0.5).astype(np.float32)        # no cancellation: rtol is fair
+    expected = np.sum(x.astype(np.float64), axis=axis)
+    got = fj.jit(lambda a: fj.reduce_sum(a, axis=axis))(x).numpy().astype(np.float64)
+    np.testing.assert_allclose(got, expected, rtol=2e-7)
+    ones = np.ones(shape, np.float32)                       # exact: every partial is an integer
+    assert np.array_equal(fj.jit(lambda a: fj.reduce_sum(a, axis=axis))(ones).numpy(),
+                          np.sum(ones, axis=axis, dtype=np.float64).astype(np.float32))
+
+
 @pytest.mark.parametrize("shape,axis", [((), None), ((6,), 0), ((3, 1, 4), 1), ((3, 1, 4), (0, 2)),
                                         ((1, 5), None)])
 def test_reduction_shapes(shape, axis, rng):

@@ -17,6 +17,7 @@ from ...ops.elementwise import npt
 from .scalar import ORDERED
 
 PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a loop runs serially
+SUM_BLOCK = 1024     # float32 terms summed in float32 before a float64 add (see the loop kernels)
 F64_TRANSCENDENTAL = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "pow", "sin", "cos"}
 
 
@@ -317,7 +318,8 @@ def gen_loop(g, grp, bufname, alias=None):
         ident_src = f"np.float64({ident})" if wide else f"{npt(n.dtype)}({ident})"
         src_val = names.get(nodes[r].inputs[0]) or f"x{grp.nodes.index(nodes[r].inputs[0])}"
         red_info.append(dict(p=p, kept=kept, em=em, dtype=acc_dt, wide=wide, ident=ident_src,
-                             val=f"np.float64({src_val})" if wide else src_val, kind=em["kind"]))
+                             val=f"np.float64({src_val})" if wide else src_val, kind=em["kind"],
+                             val32=src_val, ident32=f"{npt(n.dtype)}({ident})"))
 
     # -- assemble ----------------------------------------------------------------------
     fname = "KERNEL"
@@ -345,12 +347,25 @@ def gen_loop(g, grp, bufname, alias=None):
                     ii += "    "
                 out.append(f"{ii}{ri['p']}[{', '.join(lv) or '0'}] = {ri['ident']}")
         depth = ind
+        # a float32 sum whose innermost loop is reduced adds blocks of at most SUM_BLOCK
+        # terms in float32 (vectorised 8 wide) and the block sums in float64: as
+        # accurate as pairwise summation, about twice as fast as widening every term
+        blocked = kind_a and k_split < C and any(ri["wide"] for ri in red_info)
         for c in range(C):
             if kind_a and c == k_split:
                 for j, ri in enumerate(red_info):
                     out.append(f"{depth}acc{j} = {ri['ident']}")
             rng = "prange" if (par and c == 0) else "range"
-            out.append(f"{depth}for {ivar[c]} in {rng}(n{c}):")
+            if blocked and c == C - 1:
+                # (prange takes unit steps only: count blocks, not their starts)
+                out.append(f"{depth}for b{c} in {rng}((n{c} + {SUM_BLOCK - 1}) // {SUM_BLOCK}):")
+                depth += "    "
+                for j, ri in enumerate(red_info):
+                    if ri["wide"]:
+                        out.append(f"{depth}pacc{j} = {ri['ident32']}")
+                out.append(f"{depth}for {ivar[c]} in range(b{c} * {SUM_BLOCK}, min(n{c}, (b{c} + 1) * {SUM_BLOCK})):")
+            else:
+                out.append(f"{depth}for {ivar[c]} in {rng}(n{c}):")
             depth += "    "
         if kind_a and k_split == C:
             for j, ri in enumerate(red_info):
@@ -358,7 +373,9 @@ def gen_loop(g, grp, bufname, alias=None):
         for line in loads_src + body + stores:
             out.append(depth + line)
         for j, ri in enumerate(red_info):
-            if kind_a:
+            if kind_a and blocked and ri["wide"]:
+                out.append(f"{depth}pacc{j} += {ri['val32']}")
+            elif kind_a:
                 if ri["kind"] == "sum":
                     out.append(f"{depth}acc{j} += {ri['val']}")
                 elif ri["kind"] == "prod":
@@ -368,6 +385,11 @@ def gen_loop(g, grp, bufname, alias=None):
             else:
                 tgt = f"{ri['p']}[{', '.join(ivar[c] for c in ri['kept']) or '0'}]"
                 out.append(f"{depth}{tgt} = {ri['em']['update'](ri['dtype'], tgt, ri['val'])}")
+        if blocked:
+            d1 = depth[:-4]
+            for j, ri in enumerate(red_info):
+                if ri["wide"]:
+                    out.append(f"{d1}acc{j} += np.float64(pacc{j})")
         if kind_a:
             d2 = "    " * (k_split + 1)
             for j, ri in enumerate(red_info):
