@@ -330,9 +330,12 @@ def gen_loop(g, grp, bufname, alias=None):
         not grp.reduces or (kind_a and (k_split > 0 or all(ri["kind"] in ("sum", "prod") for ri in red_info))))
     has_f64_trans = any(nodes[i].op in F64_TRANSCENDENTAL and nodes[i].dtype.name == "float64"
                         for i in grp.nodes)
-    # reassociation lets LLVM vectorise reductions; nothing else needs it, and float64
-    # Cody-Waite range reduction must not be reassociated.
-    fm = {"nsz", "contract"} | ({"reassoc"} if grp.reduces and not has_f64_trans else set())
+    # reassociation lets LLVM vectorise reductions over the innermost loops (kind A:
+    # one accumulator across iterations); nothing else needs it: reductions over outer
+    # loops (column sums) vectorise across the kept inner dims as they are, and then the
+    # float32 exp/tanh/sigmoid can stay in float32 (8 lanes). Float64 Cody-Waite range
+    # reduction must not be reassociated.
+    fm = {"nsz", "contract"} | ({"reassoc"} if grp.reduces and kind_a and not has_f64_trans else set())
 
     def nest(par):
         out = []
