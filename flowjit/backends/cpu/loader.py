@@ -78,7 +78,10 @@ def _start_numba_threads():
     calls (a conv driver calling a prange kernel of ops/conv_cpu.py): loading the
     caller does not start the pool, and the loop then jumps through a null launch
     pointer (a segfault in the second process). Compiling or loading a parallel
-    function through its own dispatcher starts it; this covers the other case."""
+    function through its own dispatcher starts it; this covers the other case. Only
+    modules that can hold a parallel loop start it (a loop kernel compiled with
+    parallel=True, or a driver calling ops/conv_cpu.py), so a program without one
+    does not pay the ~35 ms of starting the pool on its first call."""
     global _threads_started
     if not _threads_started:
         from numba.np.ufunc.parallel import _launch_threads
@@ -91,7 +94,8 @@ def load(name, body):
     mod = _modules.get(name)
     if mod is not None:
         return mod
-    _start_numba_threads()
+    if "parallel=True" in body or "prange" in body or "conv_cpu" in body:
+        _start_numba_threads()
     text = HEADER + f"# runtime {SALT}\n" + body
     path = os.path.join(module_dir(), name + ".py")
     try:
