@@ -96,8 +96,16 @@ def load(name, body):
         return mod
     if "parallel=True" in body or "prange" in body or "conv_cpu" in body:
         _start_numba_threads()
-    text = HEADER + f"# runtime {SALT}\n" + body
-    path = os.path.join(module_dir(), name + ".py")
+    mod = import_generated(os.path.join(module_dir(), name + ".py"), HEADER + f"# runtime {SALT}\n" + body,
+                           f"flowjit_gen_{name}", cfg.disk_cache_enabled())
+    _modules[name] = mod
+    return mod
+
+
+def import_generated(path, text, modname, cache):
+    """Import the generated module `text` from `path` as `modname` (the file is written
+    first, atomically, unless it already holds exactly `text`); its `CACHE` global is
+    `cache` (Numba's disk cache on or off). Shared by the CPU and CUDA backends."""
     try:
         with open(path) as f:
             current = f.read()
@@ -105,14 +113,12 @@ def load(name, body):
         current = None
     if current != text:
         write_atomic(path, text)
-    modname = f"flowjit_gen_{name}"
     spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
-    mod.CACHE = cfg.disk_cache_enabled()
+    mod.CACHE = cache
     # Numba's cache rebuilds a function's environment by importing its module by name
     sys.modules[modname] = mod
     spec.loader.exec_module(mod)
-    _modules[name] = mod
     return mod
 
 

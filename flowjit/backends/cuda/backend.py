@@ -11,10 +11,8 @@ Kernel modules are written to `$FLOWJIT_CACHE_DIR/cuda/<hash>.py` and compiled b
 `numba.cuda.jit(cache=True)` on first launch, so a second process loads the PTX/cubin
 from Numba's disk cache.
 """
-import importlib.util
 import os
 import re
-import sys
 import time
 
 import numpy as np
@@ -51,21 +49,8 @@ def _load_kernel(name, body):
     if mod is None:
         d = os.path.join(cfg.cache_dir(), "cuda")
         os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, name + ".py")
-        text = HEADER + f"# runtime {SALT}\n" + body
-        try:
-            with open(path) as f:
-                current = f.read()
-        except (OSError, UnicodeDecodeError):
-            current = None
-        if current != text:
-            loader.write_atomic(path, text)
-        modname = f"flowjit_cuda_{name}"
-        spec = importlib.util.spec_from_file_location(modname, path)
-        mod = importlib.util.module_from_spec(spec)
-        mod.CACHE = cfg.disk_cache_enabled() and not RT.SIM
-        sys.modules[modname] = mod
-        spec.loader.exec_module(mod)
+        mod = loader.import_generated(os.path.join(d, name + ".py"), HEADER + f"# runtime {SALT}\n" + body,
+                                      f"flowjit_cuda_{name}", cfg.disk_cache_enabled() and not RT.SIM)
         _modules[name] = mod
         S.bump("compiles")
     return getattr(mod, name)
