@@ -174,7 +174,7 @@ def test_conv2d_float32_jit_matches_eager_and_many_chunks():
     assert_close(j[0], want.astype(np.float32), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("strides,padding,dilations", [(1, "SAME", 1), ((2, 1), "VALID", (1, 2))])
+@pytest.mark.parametrize("strides,padding,dilations", [(1, "SAME", 1), (1, "VALID", (2, 1)), ((2, 1), "VALID", (1, 2))])
 def test_conv2d_one_channel_specialised_unfold(strides, padding, dilations):
     # a one-channel input this big gets an unfold specialised to the layer (filter size,
     # strides, dilations, pads as literals) in the forward and filter-gradient kernels;
@@ -211,25 +211,73 @@ def _pads(xs, ws, s, d, padding):
     return tuple(out)
 
 
-@pytest.mark.parametrize("batch,strides", [(8, 1), (16, 2)])
-def test_conv2d_parallel_chunks_for_few_output_channels(batch, strides):
-    # few output channels and enough work: the kernels unfold and multiply chunks in a
-    # Numba prange (one thread and one small BLAS call per chunk; the input gradient one
-    # image per task); results must match the reference like the serial path's
-    from flowjit.ops import conv_cpu
+def test_conv2d_parallel_chunks_for_few_output_channels():
+    # few output channels and enough work, but dilated (no direct kernels): the kernels
+    # unfold and multiply chunks in a Numba prange (one thread and one small BLAS call
+    # per chunk; the input gradient one image per task); results must match the
+    # reference like the serial path's
+    from flowjit.ops import conv, conv_cpu
     rng = np.random.default_rng(9)
-    x = rng.standard_normal((batch, 28, 28, 16)).astype(np.float32)
+    x = rng.standard_normal((8, 28, 28, 16)).astype(np.float32)
     w = rng.standard_normal((5, 5, 16, 8)).astype(np.float32)
-    s = (strides, strides)
-    y = ref_conv(x.astype(np.float64), w.astype(np.float64), s, "SAME")
+    s, d = (1, 1), (2, 2)
+    y = ref_conv(x.astype(np.float64), w.astype(np.float64), s, "SAME", d)
     m = y.shape[0] * y.shape[1] * y.shape[2]
     assert conv_cpu.par_rows.py_func(m, 400, 8) > 0
+    assert conv._fixed_conv({"strides": s, "dilations": d, "pads": _pads(x.shape, w.shape, s, d, "SAME")},
+                            [x.shape, w.shape]) is None
     g = rng.standard_normal(y.shape).astype(np.float32)
-    want_dx, want_dw = ref_conv_grads(x.astype(np.float64), w.astype(np.float64), g, s, "SAME")
-    got = _jitted(conv_jit, x, w, g, strides=strides, padding="SAME", dilations=1)
+    want_dx, want_dw = ref_conv_grads(x.astype(np.float64), w.astype(np.float64), g, s, "SAME", d)
+    got = _jitted(conv_jit, x, w, g, strides=s, padding="SAME", dilations=d)
     assert_close(got[0], y.astype(np.float32), rtol=1e-4, atol=1e-3)
     assert_close(got[1], want_dx.astype(np.float32), rtol=1e-4, atol=1e-3)
     assert_close(got[2], want_dw.astype(np.float32), rtol=1e-4, atol=5e-3)
+
+
+def test_conv2d_direct_kernels_small_cnn_layer():
+    # the small CNN's second layer (5x5 stride 2, 16 -> 8 channels) at batch 16: direct
+    # kernels specialised to the layer, in float32
+    from flowjit.ops import conv
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((16, 28, 28, 16)).astype(np.float32)
+    w = rng.standard_normal((5, 5, 16, 8)).astype(np.float32)
+    s = (2, 2)
+    fixed = conv._fixed_conv({"strides": s, "dilations": (1, 1), "pads": _pads(x.shape, w.shape, s, (1, 1), "SAME")},
+                             [x.shape, w.shape])
+    assert fixed is not None and fixed.get("direct")
+    y = ref_conv(x.astype(np.float64), w.astype(np.float64), s, "SAME")
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    want_dx, want_dw = ref_conv_grads(x.astype(np.float64), w.astype(np.float64), g, s, "SAME")
+    got = _jitted(conv_jit, x, w, g, strides=s, padding="SAME", dilations=1)
+    assert_close(got[0], y.astype(np.float32), rtol=1e-4, atol=1e-3)
+    assert_close(got[1], want_dx.astype(np.float32), rtol=1e-4, atol=1e-3)
+    assert_close(got[2], want_dw.astype(np.float32), rtol=1e-4, atol=5e-3)
+
+
+def test_conv2d_direct_kernels_float64_edges_tails_and_fallback(monkeypatch):
+    # direct kernels on a small float64 layer (thresholds lowered): odd sizes, mixed
+    # strides, SAME and explicit pads cutting windows at every edge, 7 output channels
+    # (a tail after every channel block); then the same compiled kernels with another
+    # channel count (symbolic) must take the generic path and still be right
+    from flowjit.ops import conv
+    monkeypatch.setattr(conv, "DIRECT_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "DIRECT_MIN_BLOCKED", 0.0)
+    rng = np.random.default_rng(12)
+    s = (2, 1)
+    for c in (4, 6):
+        x = rng.standard_normal((3, 13, 17, c))
+        w = rng.standard_normal((3, 4, c, 7))
+        if c == 4:
+            assert conv._fixed_conv({"strides": s, "dilations": (1, 1),
+                                     "pads": _pads(x.shape, w.shape, s, (1, 1), "SAME")},
+                                    [x.shape, w.shape]).get("direct")
+        y = ref_conv(x, w, s, "SAME")
+        g = rng.standard_normal(y.shape)
+        want_dx, want_dw = ref_conv_grads(x, w, g, s, "SAME")
+        got = _jitted(conv_jit, x, w, g, strides=s, padding="SAME", dilations=1)
+        assert_close(got[0], y, rtol=1e-12, atol=1e-12)
+        assert_close(got[1], want_dx, rtol=1e-12, atol=1e-12)
+        assert_close(got[2], want_dw, rtol=1e-12, atol=1e-12)
 
 
 def test_conv2d_gradients_match_finite_differences():

@@ -12,23 +12,21 @@ per-side amounts (conv2d). The shape rule fixes the spatial sizes and the filter
 spatial sizes (the pads depend on them): under jit they are specialised (inspect says
 why); batch and channel sizes stay symbolic.
 
-CPU kernels take every size, stride, dilation and pad as a run-time value, so one
-compiled kernel per op and dtype serves every layer and shape; the one exception is a
-big one-channel input (the first layer of an image model), whose forward and
-filter-gradient kernels get an unfold specialised to the layer (its sizes as literals:
-the generic unfold's per-tap copies of one element cost ~5x more) and still take the
-generic path when a later call brings more channels. Per call they choose:
-1x1 stride-1 unpadded filters are one BLAS matmul on the input as it lies; filters
-with very few taps (K = KH*KW*C_in <= 16) run direct loops vectorised over output
-channels; otherwise the input is unfolded (im2col) a chunk of rows at a time (the
-chunk stays in L3) and each chunk is one BLAS call (the backprops likewise: BLAS, then
-the unfold's adjoint; or unfold, then BLAS accumulating the filter gradient; with very
-few input channels the filter gradient unfolds transposed, K x R with runs of whole
-output rows, which is both a cheaper copy and a faster GEMM shape for BLAS). The
-threads are BLAS's: the Numba loops are serial, because on a small machine a Numba
-thread pool woken between BLAS calls waits for the cores that BLAS's idle workers still
-spin on (measured: a conv step 10x slower under load), and BLAS is never called
-inside a parallel loop.
+CPU kernels. The generic ones (ops/conv_cpu.py) take every size, stride, dilation and
+pad as a run-time value, so one compiled kernel per op and dtype serves every layer.
+Per call they choose: 1x1 stride-1 unpadded filters are one BLAS matmul on the input
+as it lies; filters with very few taps (K = KH*KW*C_in <= 16) run direct loops
+vectorised over output channels; otherwise the input is unfolded (im2col) a chunk of
+rows at a time and each chunk is one BLAS call (the backprops likewise), the chunks
+run in parallel when the layer has few output channels (see conv_cpu).
+Big layers whose GEMMs would be thin get kernels specialised to the node instead
+(lower["fixed"], sizes as literals; each checks its channel and filter sizes at run
+time and takes the generic path when a later call brings others):
+- few output channels, window rows of >= 16 values, no dilation, most windows wholly
+  inside the input: direct kernels for the forward and both backprops (conv_direct);
+- one input channel: an unfold specialised to the layer for the forward (the generic
+  unfold's per-tap copies of one element cost ~5x more), and at stride 1 a direct
+  filter gradient (conv_direct.c1_filter_source), else the specialised unfold again.
 """
 import hashlib
 import os
@@ -38,6 +36,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.registry import register
 from ..ir.shapes import Sym, hint, same, unify_dims
+from . import conv_direct
 from .conv_cpu import DIRECT_MAX_K
 from .rules import fmt, require, same_dtype
 
@@ -46,6 +45,17 @@ from .rules import fmt, require, same_dtype
 # dilations and pads as literals, so each window row is a copy of a known length
 # (measured at 64x28x28x1, 5x5: 0.8 vs 4.0 ms; the cost is one compile per layer)
 FIXED_MIN_ELEMS = 1 << 18
+# a layer with at most this many output channels, window rows of at least
+# DIRECT_MIN_ROW = KW*C_in values (vectors of a useful length), no dilation and at
+# least DIRECT_MIN_MACS multiply-adds in the traced call gets direct kernels
+# specialised to it (ops/conv_direct.py): its GEMMs are too thin for BLAS to amortise
+# the unfolding (measured at CO = 64, 3x3, C = 32: direct and im2col + BLAS tie),
+# unless too few of its windows lie wholly inside the input (measured at 14x14x8 ->
+# 12, 4x4 stride 2, 4 of 7 columns: every direct kernel slower than the generic one)
+DIRECT_MAX_CO = 32
+DIRECT_MIN_ROW = 16
+DIRECT_MIN_MACS = 1 << 22
+DIRECT_MIN_BLOCKED = 0.75
 
 
 # --------------------------------------------------------------------------------------
@@ -338,13 +348,35 @@ _IMPORTS = ("\n\n# the shared kernels (compiled once per process, cached on disk
 
 
 
+def _direct(xs, ws, attrs):
+    """conv_direct's literals for a layer (input shape xs, filter shape ws), or None."""
+    try:
+        kh, kw = int(ws[0]), int(ws[1])
+    except TypeError:
+        return None
+    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
+    pt, pb, pl, pr = attrs["pads"]
+    c, co = hint(xs[3]), hint(ws[3])
+    oh = (hint(xs[1]) + pt + pb - kh) // sh + 1
+    ow = (hint(xs[2]) + pl + pr - kw) // sw + 1
+    if ((dh, dw) != (1, 1) or c < 2 or kw * c < DIRECT_MIN_ROW or co > DIRECT_MAX_CO
+            or hint(xs[0]) * oh * ow * kh * kw * c * co < DIRECT_MIN_MACS
+            or conv_direct.block_share(ow, hint(xs[2]), kw, sw, pl) < DIRECT_MIN_BLOCKED):
+        return None
+    return dict(conv_direct.direct_literals((0, 0, 0, c), (kh, kw, c, co), attrs), direct=True)
+
+
 def _fixed_conv(attrs, shapes):
-    """The literals of a specialised one-channel unfold for this conv2d or
-    conv2d_backprop_filter node (inputs x first), or None for the generic kernel. The
-    kernel still checks C == 1 at run time: a later call with more channels (the
-    channel size is symbolic) takes the generic path."""
+    """The literals of a kernel specialised to this conv2d or conv2d_backprop_filter
+    node (inputs x first), or None for the generic kernel: direct kernels for a layer
+    with few output channels (_direct), or a specialised one-channel unfold. Either
+    checks its channel sizes at run time: a later call with other sizes (the channel
+    size is symbolic) takes the generic path."""
     xs = shapes[0]
     ws = attrs["filter_shape"] if "filter_shape" in attrs else shapes[1]
+    direct = _direct(xs, ws, attrs)
+    if direct is not None:
+        return direct
     try:
         kh, kw = int(ws[0]), int(ws[1])
     except TypeError:
@@ -355,7 +387,14 @@ def _fixed_conv(attrs, shapes):
     ow = (hint(xs[2]) + pl + pr - (kw - 1) * dw - 1) // sw + 1
     if hint(xs[3]) != 1 or hint(xs[0]) * oh * ow * kh * kw < FIXED_MIN_ELEMS or kh * kw <= DIRECT_MAX_K:
         return None
+    if (sh, sw) == (1, 1):
+        return conv_direct.c1_literals([hint(d) for d in xs], [hint(d) for d in ws], attrs, (oh, ow))
     return dict(KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw, PT=pt, PL=pl)
+
+
+def _fixed_bp_input(attrs, shapes):
+    """Direct kernels for conv2d_backprop_input (inputs g, w) under _direct's rule."""
+    return _direct(attrs["input_shape"], shapes[1], attrs)
 
 
 def _fixed_chunks(fixed, gemm, accumulate=False):
@@ -458,7 +497,18 @@ def fixed_filter_par(x, g2, d2, RT, OH, OW):
 """
 
 
+def _direct_driver(fname, args, call, generic, kernel_src):
+    return f"""
+def {fname}({args}, sh, sw, dh, dw, pt, pl):
+    if not {call}:
+        {generic}({args}, sh, sw, dh, dw, pt, pl)
+{kernel_src}{_IMPORTS}"""
+
+
 def _conv_source(fname, dtype, fixed=None):
+    if fixed is not None and fixed.get("direct"):
+        return _direct_driver(fname, "x, w, out", "direct_forward(x, w, out)", "conv2d_forward",
+                              conv_direct.forward_source(fixed, dtype.name))
     if fixed is None:
         return f"""
 def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
@@ -473,7 +523,10 @@ def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
 {_im2col_fixed(fixed)}{_IMPORTS}"""
 
 
-def _bp_input_source(fname, dtype):
+def _bp_input_source(fname, dtype, fixed=None):
+    if fixed is not None:
+        return _direct_driver(fname, "g, w, dx", "direct_input(g, w, dx)", "conv2d_backprop_input",
+                              conv_direct.input_source(fixed, dtype.name))
     return f"""
 def {fname}(g, w, dx, sh, sw, dh, dw, pt, pl):
     conv2d_backprop_input(g, w, dx, sh, sw, dh, dw, pt, pl)
@@ -481,6 +534,12 @@ def {fname}(g, w, dx, sh, sw, dh, dw, pt, pl):
 
 
 def _bp_filter_source(fname, dtype, fixed=None):
+    if fixed is not None and fixed.get("direct"):
+        return _direct_driver(fname, "x, g, dw_", "direct_filter(x, g, dw_)", "conv2d_backprop_filter",
+                              conv_direct.filter_source(fixed, dtype.name))
+    if fixed is not None and fixed.get("c1"):
+        return _direct_driver(fname, "x, g, dw_", "c1_filter(x, g, dw_)", "conv2d_backprop_filter",
+                              conv_direct.c1_filter_source(fixed, dtype.name))
     if fixed is None:
         return f"""
 def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
@@ -620,7 +679,8 @@ register("conv2d", "opaque", _conv_infer, _conv_ref,
          lower={"kind": "call", "kernel": _conv_source, "args": _conv_args, "njit": _DRIVER,
                 "fixed": _fixed_conv})
 register("conv2d_backprop_input", "opaque", _bp_input_infer, _bp_input_ref,
-         lower={"kind": "call", "kernel": _bp_input_source, "args": _conv_args, "njit": _DRIVER})
+         lower={"kind": "call", "kernel": _bp_input_source, "args": _conv_args, "njit": _DRIVER,
+                "fixed": _fixed_bp_input})
 register("conv2d_backprop_filter", "opaque", _bp_filter_infer, _bp_filter_ref,
          lower={"kind": "call", "kernel": _bp_filter_source, "args": _conv_args, "njit": _DRIVER,
                 "fixed": _fixed_conv})
