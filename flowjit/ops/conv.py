@@ -348,17 +348,29 @@ _IMPORTS = ("\n\n# the shared kernels (compiled once per process, cached on disk
 
 
 
-def _direct(xs, ws, attrs):
-    """conv_direct's literals for a layer (input shape xs, filter shape ws), or None."""
+def _layer(xs, ws, attrs):
+    """(kh, kw, oh, ow) of a conv with input shape xs and filter shape ws (traced
+    sizes), or None when the filter's spatial size is not static."""
     try:
         kh, kw = int(ws[0]), int(ws[1])
     except TypeError:
         return None
     (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
     pt, pb, pl, pr = attrs["pads"]
+    oh = (hint(xs[1]) + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (hint(xs[2]) + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    return kh, kw, oh, ow
+
+
+def _direct(xs, ws, attrs):
+    """conv_direct's literals for a layer (input shape xs, filter shape ws), or None."""
+    layer = _layer(xs, ws, attrs)
+    if layer is None:
+        return None
+    kh, kw, oh, ow = layer
+    sw, (dh, dw) = attrs["strides"][1], attrs["dilations"]
+    pl = attrs["pads"][2]
     c, co = hint(xs[3]), hint(ws[3])
-    oh = (hint(xs[1]) + pt + pb - kh) // sh + 1
-    ow = (hint(xs[2]) + pl + pr - kw) // sw + 1
     if ((dh, dw) != (1, 1) or c < 2 or kw * c < DIRECT_MIN_ROW or co > DIRECT_MAX_CO
             or hint(xs[0]) * oh * ow * kh * kw * c * co < DIRECT_MIN_MACS
             or conv_direct.block_share(ow, hint(xs[2]), kw, sw, pl) < DIRECT_MIN_BLOCKED):
@@ -377,14 +389,12 @@ def _fixed_conv(attrs, shapes):
     direct = _direct(xs, ws, attrs)
     if direct is not None:
         return direct
-    try:
-        kh, kw = int(ws[0]), int(ws[1])
-    except TypeError:
+    layer = _layer(xs, ws, attrs)
+    if layer is None:
         return None
+    kh, kw, oh, ow = layer
     (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
     pt, pb, pl, pr = attrs["pads"]
-    oh = (hint(xs[1]) + pt + pb - (kh - 1) * dh - 1) // sh + 1
-    ow = (hint(xs[2]) + pl + pr - (kw - 1) * dw - 1) // sw + 1
     if hint(xs[3]) != 1 or hint(xs[0]) * oh * ow * kh * kw < FIXED_MIN_ELEMS or kh * kw <= DIRECT_MAX_K:
         return None
     if (sh, sw) == (1, 1):

@@ -71,6 +71,67 @@ class _Src:
         return "\n".join(self.lines) + "\n"
 
 
+def _row_walk(s, f, ind, P):
+    """Lines opening the walk over output row t (image n, row oh, the filter rows
+    ilo..ihi inside the input) and its pixels ow: an `if` whose body (at ind + 8) is
+    a block of P pixels whose windows lie wholly inside the input; the caller adds the
+    block, its `ow += P`, and the `else:` for a single cut window."""
+    s(ind, "n = t // OH")
+    s(ind, "oh = t - n * OH")
+    s(ind, f"ih0 = oh * {f['SH']} - {f['PT']}")
+    s(ind, "ilo = max(0, -ih0)")
+    s(ind, f"ihi = min({f['KH']}, H - ih0)")
+    s(ind, "ow = 0")
+    s(ind, "while ow < OW:")
+    s(ind + 4, f"iw0 = ow * {f['SW']} - {f['PL']}")
+    s(ind + 4, f"if ow + {P} <= OW and iw0 >= 0 and iw0 + {(P - 1) * f['SW'] + f['KW']} <= W:")
+
+
+def _channel_blocks(s, ind, n, q, emit):
+    """A run-time loop over the full blocks of q channels and a literal tail block:
+    emit(indent, first channel, count) writes one block's lines."""
+    main, tail = _blocks(n, q)
+    if main:
+        s(ind, f"for co in range(0, {main}, {q}):")
+        emit(ind + 4, "co", q)
+    if tail:
+        emit(ind, str(main), tail)
+
+
+def _pixel_cases(s, f, ind, P, q, block, edge):
+    """The body of _row_walk's `if` (at ind): channel blocks of q for the P-pixel
+    block, then the `else:` case of one window cut by the padding (its filter columns
+    jlo..jhi inside the input), in channel blocks of INP_CO."""
+    _channel_blocks(s, ind, f["CO"], q, block)
+    s(ind, f"ow += {P}")
+    s(ind - 4, "else:")
+    s(ind, "jlo = max(0, -iw0)")
+    s(ind, f"jhi = min({f['KW']}, W - iw0)")
+    _channel_blocks(s, ind, f["CO"], INP_CO, edge)
+    s(ind, "ow += 1")
+
+
+def _cut_window(s, f, ind, co, q, name, arr):
+    """Lines opening the loops over a window cut by the padding: filter rows i, the
+    window row's inside part xs, the matching parts name0.. of arr's rows co.. (filter
+    or gradient rows), and the loop over its values v (body at ind + 8)."""
+    C = f["C"]
+    s(ind, "for i in range(ilo, ihi):")
+    s(ind + 4, f"xs = xf[n, ih0 + i, (iw0 + jlo) * {C}:(iw0 + jhi) * {C}]")
+    for k in range(q):
+        s(ind + 4, f"{name}{k} = {arr}[{co} + {k}, i, jlo * {C}:jhi * {C}]")
+    s(ind + 4, "for m in range(xs.shape[0]):")
+    s(ind + 8, "v = xs[m]")
+
+
+def _window_rows(s, f, ind, P):
+    """Lines slicing the window rows (filter row i) of the block's P pixels: xs0.."""
+    s(ind, "xr = xf[n, ih0 + i]")
+    C, SW, KC = f["C"], f["SW"], f["KW"] * f["C"]
+    for p in range(P):
+        s(ind, f"xs{p} = xr[(iw0 + {p * SW}) * {C}:(iw0 + {p * SW}) * {C} + {KC}]")
+
+
 def _check(s, f, xname, wname):
     s(4, f"if {xname}.shape[3] != {f['C']} or {wname}.shape[0] != {f['KH']} or "
          f"{wname}.shape[1] != {f['KW']} or {wname}.shape[3] != {f['CO']}:")
@@ -93,7 +154,9 @@ def filter_rows(w):
 
 
 def forward_source(f, dtype):
-    C, CO, KH, KW, SH, SW, PT, PL = (f[k] for k in ("C", "CO", "KH", "KW", "SH", "SW", "PT", "PL"))
+    """out[n, oh, ow, co] = sum over filter rows i of dot(window row i, wt[co, i]):
+    one output row per task; blocks of FWD_PIX pixels x FWD_CO channels."""
+    C, CO, KW = f["C"], f["CO"], f["KW"]
     KC, P, zero = KW * C, FWD_PIX, f"np.{dtype}(0)"
     s = _Src()
     s(0, "@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True, boundscheck=False)")
@@ -105,24 +168,14 @@ def forward_source(f, dtype):
     s(4, f"xf = x.reshape((N, H, W * {C}))")
     s(4, f"of = out.reshape((N * OH, OW, {CO}))")
     s(4, "for t in prange(N * OH):")
-    s(8, "n = t // OH")
-    s(8, "oh = t - n * OH")
-    s(8, f"ih0 = oh * {SH} - {PT}")
-    s(8, "ilo = max(0, -ih0)")
-    s(8, f"ihi = min({KH}, H - ih0)")
-    s(8, "ow = 0")
-    s(8, "while ow < OW:")
-    s(12, f"iw0 = ow * {SW} - {PL}")
-    s(12, f"if ow + {P} <= OW and iw0 >= 0 and iw0 + {(P - 1) * SW + KW} <= W:")
+    _row_walk(s, f, 8, P)
 
     def block(ind, co, q):
         for p in range(P):
             for k in range(q):
                 s(ind, f"a{p}{k} = {zero}")
         s(ind, "for i in range(ilo, ihi):")
-        s(ind + 4, "xr = xf[n, ih0 + i]")
-        for p in range(P):
-            s(ind + 4, f"xs{p} = xr[(iw0 + {p * SW}) * {C}:(iw0 + {p * SW}) * {C} + {KC}]")
+        _window_rows(s, f, ind + 4, P)
         for k in range(q):
             s(ind + 4, f"w{k} = wt[{co} + {k}, i]")
             for p in range(P):
@@ -144,34 +197,13 @@ def forward_source(f, dtype):
     def edge(ind, co, q):
         for k in range(q):
             s(ind, f"a{k} = {zero}")
-        s(ind, "for i in range(ilo, ihi):")
-        s(ind + 4, f"xs = xf[n, ih0 + i, (iw0 + jlo) * {C}:(iw0 + jhi) * {C}]")
-        for k in range(q):
-            s(ind + 4, f"w{k} = wt[{co} + {k}, i, jlo * {C}:jhi * {C}]")
-        s(ind + 4, "for m in range(xs.shape[0]):")
-        s(ind + 8, "v = xs[m]")
+        _cut_window(s, f, ind, co, q, "w", "wt")
         for k in range(q):
             s(ind + 8, f"a{k} += v * w{k}[m]")
         for k in range(q):
             s(ind, f"of[t, ow, {co} + {k}] = a{k}")
 
-    main, tail = _blocks(CO, FWD_CO)
-    if main:
-        s(16, f"for co in range(0, {main}, {FWD_CO}):")
-        block(20, "co", FWD_CO)
-    if tail:
-        block(16, str(main), tail)
-    s(16, f"ow += {P}")
-    s(12, "else:")
-    s(16, "jlo = max(0, -iw0)")
-    s(16, f"jhi = min({KW}, W - iw0)")
-    main, tail = _blocks(CO, INP_CO)
-    if main:
-        s(16, f"for co in range(0, {main}, {INP_CO}):")
-        edge(20, "co", INP_CO)
-    if tail:
-        edge(16, str(main), tail)
-    s(16, "ow += 1")
+    _pixel_cases(s, f, 16, P, FWD_CO, block, edge)
     s(4, "return True")
     return s.text() + filter_rows(f, dtype)
 
@@ -180,7 +212,7 @@ def filter_source(f, dtype):
     """dw[i, j, c, co] = sum over output pixels of g[pixel, co] * x[window(pixel)]:
     FLT_PARTS tasks each sum a share of the output rows into a partial gradient laid
     out (CO, KH, KW*C); the partials are added in task order."""
-    C, CO, KH, KW, SH, SW, PT, PL = (f[k] for k in ("C", "CO", "KH", "KW", "SH", "SW", "PT", "PL"))
+    C, CO, KH, KW = f["C"], f["CO"], f["KH"], f["KW"]
     KC, P = KW * C, FLT_PIX
     s = _Src()
     s(0, "@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True, boundscheck=False)")
@@ -195,24 +227,14 @@ def filter_source(f, dtype):
     s(4, f"for part in prange({FLT_PARTS}):")
     s(8, "d = parts[part]")
     s(8, f"for t in range(part * T // {FLT_PARTS}, (part + 1) * T // {FLT_PARTS}):")
-    s(12, "n = t // OH")
-    s(12, "oh = t - n * OH")
-    s(12, f"ih0 = oh * {SH} - {PT}")
-    s(12, "ilo = max(0, -ih0)")
-    s(12, f"ihi = min({KH}, H - ih0)")
-    s(12, "ow = 0")
-    s(12, "while ow < OW:")
-    s(16, f"iw0 = ow * {SW} - {PL}")
-    s(16, f"if ow + {P} <= OW and iw0 >= 0 and iw0 + {(P - 1) * SW + KW} <= W:")
+    _row_walk(s, f, 12, P)
 
     def block(ind, co, q):
         for p in range(P):
             for k in range(q):
                 s(ind, f"g{p}{k} = gf[t, ow + {p}, {co} + {k}]")
         s(ind, "for i in range(ilo, ihi):")
-        s(ind + 4, "xr = xf[n, ih0 + i]")
-        for p in range(P):
-            s(ind + 4, f"xs{p} = xr[(iw0 + {p * SW}) * {C}:(iw0 + {p * SW}) * {C} + {KC}]")
+        _window_rows(s, f, ind + 4, P)
         for k in range(q):
             s(ind + 4, f"d{k} = d[{co} + {k}, i]")
         s(ind + 4, f"for m in range({KC}):")
@@ -224,32 +246,11 @@ def filter_source(f, dtype):
     def edge(ind, co, q):
         for k in range(q):
             s(ind, f"g{k} = gf[t, ow, {co} + {k}]")
-        s(ind, "for i in range(ilo, ihi):")
-        s(ind + 4, f"xs = xf[n, ih0 + i, (iw0 + jlo) * {C}:(iw0 + jhi) * {C}]")
-        for k in range(q):
-            s(ind + 4, f"d{k} = d[{co} + {k}, i, jlo * {C}:jhi * {C}]")
-        s(ind + 4, "for m in range(xs.shape[0]):")
-        s(ind + 8, "v = xs[m]")
+        _cut_window(s, f, ind, co, q, "d", "d")
         for k in range(q):
             s(ind + 8, f"d{k}[m] += g{k} * v")
 
-    main, tail = _blocks(CO, FLT_CO)
-    if main:
-        s(20, f"for co in range(0, {main}, {FLT_CO}):")
-        block(24, "co", FLT_CO)
-    if tail:
-        block(20, str(main), tail)
-    s(20, f"ow += {P}")
-    s(16, "else:")
-    s(20, "jlo = max(0, -iw0)")
-    s(20, f"jhi = min({KW}, W - iw0)")
-    main, tail = _blocks(CO, INP_CO)
-    if main:
-        s(20, f"for co in range(0, {main}, {INP_CO}):")
-        edge(24, "co", INP_CO)
-    if tail:
-        edge(20, str(main), tail)
-    s(20, "ow += 1")
+    _pixel_cases(s, f, 20, P, FLT_CO, block, edge)
     # dw_[i, j, c, co] = sum over the parts, in order
     s(4, f"for i in range({KH}):")
     s(8, f"for j in range({KW}):")
@@ -301,19 +302,12 @@ def input_source(f, dtype):
             s(ind + 4, "for m in range(ds.shape[0]):")
         s(ind + 8, "ds[m] += " + " + ".join(f"g{k} * w{k}[m]" for k in range(q)))
 
-    main, tail = _blocks(CO, INP_CO)
-    for full, ind in ((True, 20), (False, 20)):
-        if full:
-            s(16, f"if iw0 >= 0 and iw0 + {KW} <= W:")
-        else:
-            s(16, "else:")
-            s(20, "jlo = max(0, -iw0)")
-            s(20, f"jhi = min({KW}, W - iw0)")
-        if main:
-            s(ind, f"for co in range(0, {main}, {INP_CO}):")
-            block(ind + 4, "co", INP_CO, full)
-        if tail:
-            block(ind, str(main), tail, full)
+    s(16, f"if iw0 >= 0 and iw0 + {KW} <= W:")
+    _channel_blocks(s, 20, CO, INP_CO, lambda ind, co, q: block(ind, co, q, True))
+    s(16, "else:")
+    s(20, "jlo = max(0, -iw0)")
+    s(20, f"jhi = min({KW}, W - iw0)")
+    _channel_blocks(s, 20, CO, INP_CO, lambda ind, co, q: block(ind, co, q, False))
     s(4, "return True")
     return s.text() + filter_rows(f, dtype)
 
