@@ -507,6 +507,14 @@ def fixed_filter_par(x, g2, d2, RT, OH, OW):
 """
 
 
+def _generic_driver(fname, args, generic):
+    """A driver that calls conv_cpu's generic kernel `generic`."""
+    return f"""
+def {fname}({args}, sh, sw, dh, dw, pt, pl):
+    {generic}({args}, sh, sw, dh, dw, pt, pl)
+{_IMPORTS}"""
+
+
 def _direct_driver(fname, args, call, generic, kernel_src):
     return f"""
 def {fname}({args}, sh, sw, dh, dw, pt, pl):
@@ -520,10 +528,7 @@ def _conv_source(fname, dtype, fixed=None):
         return _direct_driver(fname, "x, w, out", "direct_forward(x, w, out)", "conv2d_forward",
                               conv_direct.forward_source(fixed, dtype.name))
     if fixed is None:
-        return f"""
-def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
-    conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl)
-{_IMPORTS}"""
+        return _generic_driver(fname, "x, w, out", "conv2d_forward")
     return f"""
 def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
     N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(x.shape, w.shape, out.shape)
@@ -537,10 +542,7 @@ def _bp_input_source(fname, dtype, fixed=None):
     if fixed is not None:
         return _direct_driver(fname, "g, w, dx", "direct_input(g, w, dx)", "conv2d_backprop_input",
                               conv_direct.input_source(fixed, dtype.name))
-    return f"""
-def {fname}(g, w, dx, sh, sw, dh, dw, pt, pl):
-    conv2d_backprop_input(g, w, dx, sh, sw, dh, dw, pt, pl)
-{_IMPORTS}"""
+    return _generic_driver(fname, "g, w, dx", "conv2d_backprop_input")
 
 
 def _bp_filter_source(fname, dtype, fixed=None):
@@ -551,10 +553,7 @@ def _bp_filter_source(fname, dtype, fixed=None):
         return _direct_driver(fname, "x, g, dw_", "c1_filter(x, g, dw_)", "conv2d_backprop_filter",
                               conv_direct.c1_filter_source(fixed, dtype.name))
     if fixed is None:
-        return f"""
-def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
-    conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl)
-{_IMPORTS}"""
+        return _generic_driver(fname, "x, g, dw_", "conv2d_backprop_filter")
     return f"""
 def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
     N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(x.shape, dw_.shape, g.shape)
