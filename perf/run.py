@@ -82,6 +82,8 @@ def thread_info():
             f"{p['internal_api']}:{p['num_threads']}" for p in pools))
     except ImportError:
         pass
+    from flowjit.backends.cpu import blas_pool
+    parts.append(blas_pool.describe())
     return ", ".join(parts)
 
 
