@@ -82,8 +82,9 @@ def thread_info():
             f"{p['internal_api']}:{p['num_threads']}" for p in pools))
     except ImportError:
         pass
-    from flowjit.backends.cpu import blas_pool
+    from flowjit.backends.cpu import blas_pool, pool
     parts.append(blas_pool.describe())
+    parts.append("parallel loops on the OpenBLAS pool" if pool.available() else "parallel loops on prange")
     return ", ".join(parts)
 
 

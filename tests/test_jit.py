@@ -181,12 +181,19 @@ def test_tracer_misuse_is_a_clear_error():
         g(np.ones(2, np.float32))
 
 
-def test_large_parallel_kernels(rng):
-    # above the parallel threshold the kernel has a prange path
-    x = rng.standard_normal(600_000).astype(np.float32)
+@pytest.mark.parametrize("pool_available", [True, False])
+def test_large_parallel_kernels(rng, monkeypatch, pool_available):
+    # above the parallel threshold both kernels get a parallel path: row blocks on the
+    # BLAS thread pool, or Numba's prange where there is no usable OpenBLAS
+    from flowjit.backends.cpu import pool
+    if pool_available and not pool.available():
+        pytest.skip("no OpenBLAS thread pool here")
+    monkeypatch.setitem(pool.state, "available", pool_available)
+    x = rng.standard_normal(600_000 + pool_available).astype(np.float32)
     f = fj.jit(lambda a: (fj.sigmoid(a) * 2.0, fj.reduce_sum(a * a)))
     s, t = f(x)
-    assert "prange" in f.inspect(x).forward_source
+    src = f.inspect(x).forward_source
+    assert src.count("pool_run(" if pool_available else "prange(") == 2, src
     assert_close(s, 2 / (1 + np.exp(-x)), rtol=1e-5)
     assert_close(t, np.sum(x.astype(np.float64) ** 2), rtol=1e-5)
 

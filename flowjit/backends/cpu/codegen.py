@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from ...ir.registry import REGISTRY
 from ...ir.shapes import Sym, hint, is_one, render
 from ...ops.elementwise import npt
+from . import pool
 from .scalar import ORDERED
 
 PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a loop runs serially
+# Loops that can run on the BLAS thread pool (pool.py) pay off much earlier: handing
+# work to a worker still awake after a GEMM costs microseconds. Such a kernel compiles a
+# task function too (~0.3-0.8 s more on a cold cache), so smaller loops stay serial.
+POOL_MIN = int(os.environ.get("FLOWJIT_POOL_MIN", 1 << 16))
 SUM_BLOCK = 1024     # float32 terms summed in float32 before a float64 add (see the loop kernels)
 F64_TRANSCENDENTAL = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "pow", "sin", "cos"}
 
@@ -210,6 +215,18 @@ def gen_loop(g, grp, bufname, alias=None):
     if epilogue and not kind_a:
         raise AssertionError("fusion gave a reduction epilogue to a non-trailing reduction")
     params, call = [], []
+    # the rank and dtype of every array parameter, while every one is a C-contiguous
+    # buffer of a known kind (what a task on the BLAS pool can rebuild from an address)
+    arrays = {}
+    poolable = True
+
+    def array_param(p, node_id, ndim):
+        nonlocal poolable
+        dt = nodes[node_id].dtype.name
+        arrays[p] = (dt, max(ndim, 1))
+        if dt not in pool.POINTER_TYPES:
+            poolable = False
+
     for c in range(C):
         params.append(f"n{c}")
         call.append(int_arg(prod_src([gshape[d] for d in cdims[c]])))
@@ -225,12 +242,14 @@ def gen_loop(g, grp, bufname, alias=None):
             cs = sorted({cof[d] for d in lf["present"]})
             ext = [prod_src([gshape[d] for d in cdims[c]]) for c in cs]
             call.append(f"{base}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
+            array_param(p, lf["load"].base, len(ext))
             if lf["scalar"]:
                 hoisted.append(f"    v{j} = {p}[0]")
             else:
                 loads_src.append(f"v{j} = {p}[{', '.join(ivar[c] for c in cs)}]")
         else:
             call.append(base)
+            poolable = False            # gathers, slices: buffers of any rank, extra index params
             exprs = []
             for d, s0, s1 in lf["idx"]:
                 e, starts = index_term(d, s0, s1, cof, params, call, starts)
@@ -297,10 +316,12 @@ def gen_loop(g, grp, bufname, alias=None):
         if s in epilogue:
             ext = [prod_src([gshape[d] for d in cdims[c]]) for c in red_kept]
             call.append(f"{bufname(s)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
+            array_param(p, s, len(ext))
             epi_stores.append(f"{p}[{', '.join(ivar[c] for c in red_kept) or '0'}] = {names[s]}")
             continue
         ext = [prod_src([gshape[d] for d in cdims[c]]) for c in range(C)]
         call.append(f"{bufname(s)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
+        array_param(p, s, len(ext))
         stores.append(f"{p}[{', '.join(ivar) or '0'}] = {names[s]}")
 
     red_info = []
@@ -311,6 +332,7 @@ def gen_loop(g, grp, bufname, alias=None):
         kept = [c for c in range(C) if c not in red_c[r]]
         ext = [prod_src([gshape[d] for d in cdims[c]]) for c in kept]
         call.append(f"{bufname(r)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
+        array_param(p, r, len(ext))
         em = REGISTRY[n.op].emit
         acc_dt = n.dtype
         wide = em["kind"] == "sum" and n.dtype.name == "float32" and kind_a
@@ -326,7 +348,16 @@ def gen_loop(g, grp, bufname, alias=None):
     total_hint = 1
     for d in gshape:
         total_hint *= max(hint(d), 1)
-    parallel = total_hint >= PAR_MIN and C > 0 and (
+    # On the BLAS pool a kernel's rows are split into blocks. A reduction that keeps the
+    # first loop leaves each block its own outputs; one that sums over it (a loss, a
+    # bias gradient) gives each block its own partial result, combined after the run
+    # (so no epilogue may read the result inside the loop nest).
+    reduces_rows = bool(grp.reduces) and all(0 in red_c[r] for r in grp.reduces)
+    rows_ok = not grp.reduces or (kind_a and k_split > 0) or (reduces_rows and not epilogue)
+    # (iota and random read the loop index as a value: it stays signed, off the pool)
+    pooled = poolable and not randoms and not any(nodes[i].op == "iota" for i in grp.nodes) \
+        and C > 0 and rows_ok and total_hint >= POOL_MIN and pool.available()
+    parallel = not pooled and total_hint >= PAR_MIN and C > 0 and (
         not grp.reduces or (kind_a and (k_split > 0 or all(ri["kind"] in ("sum", "prod") for ri in red_info))))
     has_f64_trans = any(nodes[i].op in F64_TRANSCENDENTAL and nodes[i].dtype.name == "float64"
                         for i in grp.nodes)
@@ -337,7 +368,8 @@ def gen_loop(g, grp, bufname, alias=None):
     # reduction must not be reassociated.
     fm = {"nsz", "contract"} | ({"reassoc"} if grp.reduces and kind_a and not has_f64_trans else set())
 
-    def nest(par):
+    def nest(par, rows=False):
+        """The loops; par: the first one is a prange; rows: it runs over r0..r1 only."""
         out = []
         ind = "    "
         out.extend(hoisted)
@@ -359,7 +391,19 @@ def gen_loop(g, grp, bufname, alias=None):
                 for j, ri in enumerate(red_info):
                     out.append(f"{depth}acc{j} = {ri['ident']}")
             rng = "prange" if (par and c == 0) else "range"
-            if blocked and c == C - 1:
+            if rows and c == 0 and not (blocked and C == 1):
+                # unsigned: an index that might be negative gets Numba's wraparound
+                # test, and the loop is no longer vectorised (8x slower)
+                out.append(f"{depth}for {ivar[c]} in range(np.uint64(r0), np.uint64(r1)):")
+            elif rows and c == 0:       # one loop, a blocked float32 sum: blocks of this row range
+                out.append(f"{depth}for b0 in range((r1 - r0 + {SUM_BLOCK - 1}) // {SUM_BLOCK}):")
+                depth += "    "
+                for j, ri in enumerate(red_info):
+                    if ri["wide"]:
+                        out.append(f"{depth}pacc{j} = {ri['ident32']}")
+                out.append(f"{depth}for i0 in range(np.uint64(r0 + b0 * {SUM_BLOCK}), "
+                           f"np.uint64(min(r1, r0 + (b0 + 1) * {SUM_BLOCK}))):")
+            elif blocked and c == C - 1:
                 # (prange takes unit steps only: count blocks, not their starts)
                 out.append(f"{depth}for b{c} in {rng}((n{c} + {SUM_BLOCK - 1}) // {SUM_BLOCK}):")
                 depth += "    "
@@ -405,7 +449,12 @@ def gen_loop(g, grp, bufname, alias=None):
         return out
 
     lines = [f"def {fname}({', '.join(params)}):"]
-    if parallel:
+    if pooled:
+        lines += pool_dispatch(params, arrays, C, red_info if reduces_rows else [])
+        # below the threshold, or with one thread: the same rows function over all rows
+        # (one compiled copy of the loop nest, not two)
+        lines.append(f"    __ROWS__(np.int64(0), n0, {', '.join(params)})")
+    elif parallel:
         lines.append(f"    if {' * '.join(f'n{c}' for c in range(C))} >= {PAR_MIN}:")
         lines.extend("    " + l for l in nest(True))
         lines.append("        return")
@@ -415,15 +464,59 @@ def gen_loop(g, grp, bufname, alias=None):
     if len(lines) == 1:
         lines.append("    return")
     body_src = "\n".join(lines) + "\n"
+    if pooled:
+        body_src = "\n".join([f"def __ROWS__(r0, r1, {', '.join(params)}):"] + nest(False, rows=True)) \
+            + "\n\n\n" + pool.task_source("__KEY__", "__ROWS__", params, arrays) + "\n\n" + body_src
     if "reassoc" not in fm:      # the operation order is kept: float32 range reduction is exact
         for fn in ORDERED:
             body_src = body_src.replace(fn + "(", fn + "_ordered(")
     opts = "fastmath={" + ", ".join(repr(x) for x in sorted(fm)) + f"}}, parallel={parallel}"
     key = _hash(opts + body_src)
     name = f"k_{key}"
+    deco = f"@njit(cache=CACHE, error_model='numpy', {opts})\n"
+    if pooled:
+        # rows function, task, then the kernel: the two Numba functions share the options
+        body_src = deco + body_src.replace(f"def {fname}(", deco + f"def {fname}(", 1)
+        body_src = body_src.replace("__ROWS__", name + "_rows").replace("__KEY__", key)
+    else:
+        body_src = deco + body_src
     source = f"# fused loop: {' '.join(nodes[i].op for i in grp.nodes) or 'copy'}\n" \
-             f"@njit(cache=CACHE, error_model='numpy', {opts})\n" + body_src.replace(fname, name, 1)
+        + body_src.replace(f"def {fname}(", f"def {name}(", 1)
     return KernelSpec(name, source, call)
+
+
+def pool_dispatch(params, arrays, C, partials):
+    """Kernel lines that split a big loop into row blocks, one record per block (see
+    pool.record_lines), run on the BLAS pool. partials: the reductions over the first
+    loop (red_info entries): each block writes its own slice of a (blocks, ...) array,
+    combined into the output afterwards."""
+    out = [f"    if {' * '.join(f'n{c}' for c in range(C))} >= {POOL_MIN}:",
+           "        nt = min(pool_threads(), n0)",
+           "        if nt > 1:",
+           f"            rec = np.empty((nt, {pool.record_width(params, arrays)}), np.int64)",
+           "            step = (n0 + nt - 1) // nt"]
+    part = {ri["p"]: f"part_{ri['p']}" for ri in partials}
+    for ri in partials:
+        out.append(f"            {part[ri['p']]} = np.empty((nt,) + {ri['p']}.shape, {ri['p']}.dtype)")
+    out += ["            for t in range(nt):",
+            "                rec[t, 0] = t * step",
+            "                rec[t, 1] = min(n0, (t + 1) * step)"]
+    out += pool.record_lines(params, arrays, " " * 16, lambda p: f"{part[p]}[t]" if p in part else p)
+    out.append("            pool_run(nt, '__KEY__', rec)")
+    for ri in partials:
+        # blocks combined in order (float32 sums in float64, as the loop's own blocks are)
+        pa = part[ri["p"]]
+        first = f"np.float64({pa}2[0, e])" if ri["wide"] else f"{pa}2[0, e]"
+        out += [f"            {pa}2 = {pa}.reshape((nt, -1))",
+                f"            out_{ri['p']} = {ri['p']}.reshape(-1)",
+                f"            for e in range(out_{ri['p']}.shape[0]):",
+                f"                acc = {first}",
+                "                for t in range(1, nt):",
+                f"                    acc = {ri['em']['update'](ri['dtype'], 'acc', pa + '2[t, e]')}",
+                f"                out_{ri['p']}[e] = acc"]
+    out.append("            return")
+    return out
+
 
 
 # ----------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ from numba import njit, prange
 from flowjit.backends.cpu.scalar import *
 from flowjit.backends.cpu.runtime_lib import bmm, bmm_loop, gemm_nn, gemm_nt, gemm_tn, gemm_tt
 from flowjit.backends.cpu.loader import kernel
+from numba import carray, cfunc
+from flowjit.backends.cpu.pool import (TASK_SIG, c_address, pool_run, pool_threads, ptr_float32,
+                                       ptr_float64, ptr_int32, ptr_int64, register_task)
 """
 
 _modules = {}
@@ -43,7 +46,7 @@ def files_salt(folder, files, *extra):
 def _salt():
     import numba
     return files_salt(os.path.dirname(os.path.abspath(__file__)),
-                      ("scalar.py", "runtime_lib.py", "codegen.py", "loader.py"), numba.__version__)
+                      ("scalar.py", "runtime_lib.py", "codegen.py", "loader.py", "pool.py"), numba.__version__)
 
 
 SALT = _salt()
@@ -96,8 +99,16 @@ def load(name, body):
         return mod
     if "parallel=True" in body or "prange" in body or "conv_cpu" in body:
         _start_numba_threads()
-    mod = import_generated(os.path.join(module_dir(), name + ".py"), HEADER + f"# runtime {SALT}\n" + body,
-                           f"flowjit_gen_{name}", cfg.disk_cache_enabled())
+    path, text = os.path.join(module_dir(), name + ".py"), HEADER + f"# runtime {SALT}\n" + body
+    try:
+        mod = import_generated(path, text, f"flowjit_gen_{name}", cfg.disk_cache_enabled())
+    except Exception:
+        # a pool task (a cfunc) is compiled, or read from Numba's cache, on import: a
+        # corrupted cache entry fails here, not at the kernel's first call
+        if not cfg.disk_cache_enabled():
+            raise
+        forget([name])
+        mod = import_generated(path, text, f"flowjit_gen_{name}", True)
     _modules[name] = mod
     return mod
 

@@ -1,0 +1,145 @@
+"""Loop kernels on the BLAS thread pool (backends/cpu/pool.py): with the size threshold
+lowered to one element, every poolable kernel of these small programs is split into
+row blocks run on OpenBLAS's threads; results must equal NumPy's (and the serial
+kernels', with the pool limited to one thread)."""
+import numpy as np
+import pytest
+
+import flowjit as fj
+from flowjit.backends.cpu import codegen, loader, pool
+from conftest import assert_close
+
+pytestmark = pytest.mark.skipif(not pool.available(), reason="no OpenBLAS thread pool here")
+
+
+@pytest.fixture
+def pooled(monkeypatch):
+    """Kernels generated inside the test run on the pool from one element up; returns a
+    function listing the loaded kernel modules generated that way."""
+    monkeypatch.setattr(codegen, "POOL_MIN", 1)
+
+    def pooled_modules():
+        out = []
+        for name, mod in loader._modules.items():
+            with open(mod.__file__) as f:
+                text = f.read()
+            if "pool_run(" in text and " >= 1:\n" in text:
+                out.append(name)
+        return out
+    return pooled_modules
+
+
+def test_broadcast_elementwise_on_pool(pooled, rng):
+    x = rng.standard_normal((7, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+
+    @fj.jit
+    def f(x, b):
+        return fj.sigmoid(x + b) * 3.0 - fj.tanh(x)
+
+    got = f(x, b).numpy()
+    want = 3.0 / (1.0 + np.exp(-(x + b))) - np.tanh(x)
+    assert_close(got, want.astype(np.float32), rtol=2e-6, atol=2e-6)
+    assert pooled(), "no kernel was generated for the pool"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_full_and_column_reductions_combine_blocks(pooled, rng, dtype):
+    x = rng.standard_normal((9, 6)).astype(dtype)
+    y = rng.standard_normal((9, 6)).astype(dtype)
+
+    @fj.jit
+    def f(x, y):
+        d = x * 1.5 - y
+        return (fj.reduce_sum(fj.square(d)), fj.reduce_sum(d * y, axis=0),
+                fj.reduce_max(x - y, axis=0), fj.reduce_min(x + y, axis=0), fj.reduce_sum(d, axis=1))
+
+    got = [t.numpy() for t in f(x, y)]
+    d = x * 1.5 - y
+    want = [np.sum(d * d), np.sum(d * y, axis=0), np.max(x - y, axis=0), np.min(x + y, axis=0),
+            np.sum(d, axis=1)]
+    for g, w in zip(got, want):
+        assert_close(g, w.astype(dtype), rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert pooled()
+
+
+def test_integer_kernels_on_pool(pooled, rng):
+    a = rng.integers(-50, 50, size=(6, 4)).astype(np.int32)
+    b = rng.integers(-50, 50, size=(4,)).astype(np.int32)
+
+    @fj.jit
+    def f(a, b):
+        return a * b + a, fj.reduce_sum(a - b, axis=0)
+
+    s, c = f(a, b)
+    np.testing.assert_array_equal(s.numpy(), a * b + a)
+    np.testing.assert_array_equal(c.numpy(), np.sum(a - b, axis=0))
+    assert pooled()
+
+
+def test_train_step_in_place_updates_on_pool(pooled, rng):
+    """An RMSprop step whose updates write the variables in place from pool threads,
+    against the same step computed in NumPy."""
+    w0 = rng.standard_normal((5, 3)).astype(np.float32)
+    b0 = rng.standard_normal(3).astype(np.float32) * 0.1
+    x = rng.random((8, 5)).astype(np.float32)
+    y = rng.random((8, 3)).astype(np.float32)
+    w, b = fj.Variable(w0.copy()), fj.Variable(b0.copy())
+    opt = fj.optimizers.RMSprop(0.01)
+
+    @fj.jit
+    def step(x, y):
+        with fj.GradientTape() as tape:
+            loss = fj.reduce_mean(fj.square(fj.sigmoid(fj.matmul(x, w) + b) - y))
+        opt.apply_gradients(zip(tape.gradient(loss, [w, b]), [w, b]))
+        return loss
+
+    ws, bs = w0.astype(np.float64), b0.astype(np.float64)
+    ms_w, ms_b = np.zeros_like(ws), np.zeros_like(bs)
+    for _ in range(3):
+        loss = step(x, y).numpy()
+        z = x @ ws + bs
+        s = 1 / (1 + np.exp(-z))
+        want_loss = np.mean((s - y) ** 2)
+        dz = 2 * (s - y) / s.size * s * (1 - s)
+        gw, gb = x.T @ dz, dz.sum(0)
+        ms_w = 0.9 * ms_w + 0.1 * gw * gw
+        ms_b = 0.9 * ms_b + 0.1 * gb * gb
+        ws = ws - 0.01 * gw / (np.sqrt(ms_w) + 1e-7)
+        bs = bs - 0.01 * gb / (np.sqrt(ms_b) + 1e-7)
+        assert_close(loss, np.float32(want_loss), rtol=1e-5)
+    assert_close(w.numpy(), ws.astype(np.float32), rtol=1e-4, atol=1e-5)
+    assert_close(b.numpy(), bs.astype(np.float32), rtol=1e-4, atol=1e-5)
+    assert pooled()
+
+
+def test_one_blas_thread_runs_the_same_kernels_serially(pooled, rng):
+    """Limited to one thread (threadpoolctl), the pooled kernel takes its serial loop:
+    same results as with the pool."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x = rng.standard_normal((11, 3)).astype(np.float32)
+
+    @fj.jit
+    def f(x):
+        return fj.exp(x) * 0.5, fj.reduce_sum(fj.exp(x), axis=0)
+
+    a1, s1 = (t.numpy() for t in f(x))
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        a2, s2 = (t.numpy() for t in f(x))
+    np.testing.assert_array_equal(a1, a2)
+    assert_close(s1, s2, rtol=1e-6)
+    assert_close(a1, (np.exp(x) * 0.5).astype(np.float32))
+    assert pooled()
+
+
+def test_fewer_rows_than_threads_and_uneven_blocks(pooled, rng):
+    for rows in (1, 3):
+        x = rng.standard_normal((rows, 40)).astype(np.float64)
+
+        @fj.jit
+        def f(x):
+            return fj.reduce_sum(x * x), x * 2.0
+
+        s, d = f(x)
+        assert_close(s.numpy(), np.sum(x * x))
+        assert_close(d.numpy(), x * 2.0)
