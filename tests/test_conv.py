@@ -254,14 +254,27 @@ def test_conv2d_direct_kernels_small_cnn_layer():
     assert_close(got[2], want_dw.astype(np.float32), rtol=1e-4, atol=5e-3)
 
 
-def test_conv2d_direct_kernels_float64_edges_tails_and_fallback(monkeypatch):
+@pytest.mark.parametrize("parallel", ["blas_pool", "blas_pool_one_thread", "prange"])
+def test_conv2d_direct_kernels_float64_edges_tails_and_fallback(monkeypatch, parallel):
     # direct kernels on a small float64 layer (thresholds lowered): odd sizes, mixed
     # strides, SAME and explicit pads cutting windows at every edge, 7 output channels
     # (a tail after every channel block); then the same compiled kernels with another
-    # channel count (symbolic) must take the generic path and still be right
+    # channel count (symbolic) must take the generic path and still be right. Their
+    # parallel loops run on the BLAS thread pool (or serially, with one BLAS thread),
+    # or as a Numba prange where there is no pool.
+    import contextlib
+    from flowjit.backends.cpu import pool
     from flowjit.ops import conv
+    if parallel.startswith("blas_pool") and not pool.available():
+        pytest.skip("no OpenBLAS thread pool here")
+    monkeypatch.setitem(pool.state, "available", parallel != "prange")
     monkeypatch.setattr(conv, "DIRECT_MIN_MACS", 0)
     monkeypatch.setattr(conv, "DIRECT_MIN_BLOCKED", 0.0)
+    limit = contextlib.nullcontext
+    if parallel == "blas_pool_one_thread":
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        limit = lambda: threadpoolctl.threadpool_limits(1, user_api="blas")  # noqa: E731
+    jitted = fj.jit(_conv_loss, static_argnames=("strides", "padding", "dilations", "data_format"))
     rng = np.random.default_rng(12)
     s = (2, 1)
     for c in (4, 6):
@@ -274,7 +287,8 @@ def test_conv2d_direct_kernels_float64_edges_tails_and_fallback(monkeypatch):
         y = ref_conv(x, w, s, "SAME")
         g = rng.standard_normal(y.shape)
         want_dx, want_dw = ref_conv_grads(x, w, g, s, "SAME")
-        got = _jitted(conv_jit, x, w, g, strides=s, padding="SAME", dilations=1)
+        with limit():
+            got = _jitted(jitted, x, w, g, strides=s, padding="SAME", dilations=1)
         assert_close(got[0], y, rtol=1e-12, atol=1e-12)
         assert_close(got[1], want_dx, rtol=1e-12, atol=1e-12)
         assert_close(got[2], want_dw, rtol=1e-12, atol=1e-12)

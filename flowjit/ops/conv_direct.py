@@ -15,7 +15,13 @@ Measured on 2 cores (64x28x28x16 -> 8, 5x5 stride 2): forward 3.2-4.7 -> 1.7 ms;
 perf/RESULTS.md for the backprops and the CNN step.
 
 Each kernel checks the input's channel and filter sizes against its literals and
-returns False when they differ (the driver then takes the generic path)."""
+returns False when they differ (the driver then takes the generic path).
+
+Each kernel's parallel loop (over output rows, filter-gradient parts, images) runs on
+the BLAS thread pool (backends/cpu/pool.py) as a rows function, one block of
+iterations per thread: the step's GEMMs and loop kernels already use that pool, and a
+second pool (Numba's) would pay a wake-up per loop and fight it for the cores. Without
+a usable pool the loop is a Numba prange."""
 
 # output pixels x output channels per register block: forward sums (dot products),
 # filter-gradient updates (axpys into the gradient rows), input-gradient updates and
@@ -28,6 +34,36 @@ INP_CO = 8
 # filter-gradient partial sums: a fixed count, so the result does not depend on the
 # number of threads
 FLT_PARTS = 8
+
+import hashlib  # noqa: E402
+
+from ..backends.cpu import pool  # noqa: E402
+
+_KERNEL = "@njit(cache=CACHE, error_model='numpy', fastmath=True, boundscheck=False)"
+
+
+def _parallel_loop(name, var, count, params, arrays, body, args=None):
+    """The kernel's parallel loop `for var in range(count)` whose body lines (at indent
+    8) read only `params`: (source placed before the kernel, the kernel's lines). On
+    the BLAS thread pool (backends/cpu/pool.py) the body becomes a rows function run in
+    one block of iterations per thread, called with `args` (default: the params; the
+    arrays must be C-contiguous); without a pool it stays a prange."""
+    if not pool.available():
+        return "", [f"    for {var} in prange({count}):"] + body.lines
+    rows = "\n".join([_KERNEL, f"def {name}_rows(r0, r1, {', '.join(params)}):",
+                      f"    for {var} in range(r0, r1):"] + body.lines) + "\n"
+    key = f"{name}_{hashlib.sha1(rows.encode()).hexdigest()[:16]}"
+    return (rows + "\n\n" + pool.run_rows_source(key, f"{name}_rows", params, arrays) + "\n\n",
+            [f"    {name}_rows_run({count}, {', '.join(args or params)})"])
+
+
+def _kernel(head, main, loop, tail):
+    """A kernel's text: the parallel loop's own functions (loop[0]), then the kernel
+    (its `def` line head, main lines, the loop's lines, tail lines)."""
+    before, lines = loop
+    parallel = any("prange(" in line for line in lines)
+    deco = _KERNEL.replace("fastmath=True", f"fastmath=True, parallel={parallel}")
+    return before + "\n".join([deco, head] + main.lines + lines + tail.lines) + "\n"
 
 
 def direct_literals(x_shape, w_shape, attrs):
@@ -132,6 +168,12 @@ def _window_rows(s, f, ind, P):
         s(ind, f"xs{p} = xr[(iw0 + {p * SW}) * {C}:(iw0 + {p * SW}) * {C} + {KC}]")
 
 
+def _ret():
+    r = _Src()
+    r(4, "return True")
+    return r
+
+
 def _check(s, f, xname, wname):
     s(4, f"if {xname}.shape[3] != {f['C']} or {wname}.shape[0] != {f['KH']} or "
          f"{wname}.shape[1] != {f['KW']} or {wname}.shape[3] != {f['CO']}:")
@@ -158,16 +200,14 @@ def forward_source(f, dtype):
     one output row per task; blocks of FWD_PIX pixels x FWD_CO channels."""
     C, CO, KW = f["C"], f["CO"], f["KW"]
     KC, P, zero = KW * C, FWD_PIX, f"np.{dtype}(0)"
-    s = _Src()
-    s(0, "@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True, boundscheck=False)")
-    s(0, "def direct_forward(x, w, out):")
-    _check(s, f, "x", "w")
-    s(4, "wt = filter_rows(w)")
-    s(4, "N, H, W, _ = x.shape")
-    s(4, "OH, OW = out.shape[1], out.shape[2]")
-    s(4, f"xf = x.reshape((N, H, W * {C}))")
-    s(4, f"of = out.reshape((N * OH, OW, {CO}))")
-    s(4, "for t in prange(N * OH):")
+    m = _Src()
+    _check(m, f, "x", "w")
+    m(4, "wt = filter_rows(w)")
+    m(4, "N, H, W, _ = x.shape")
+    m(4, "OH, OW = out.shape[1], out.shape[2]")
+    m(4, f"xf = x.reshape((N, H, W * {C}))")
+    m(4, f"of = out.reshape((N * OH, OW, {CO}))")
+    s = _Src()                          # the body of the loop over output rows t
     _row_walk(s, f, 8, P)
 
     def block(ind, co, q):
@@ -204,8 +244,9 @@ def forward_source(f, dtype):
             s(ind, f"of[t, ow, {co} + {k}] = a{k}")
 
     _pixel_cases(s, f, 16, P, FWD_CO, block, edge)
-    s(4, "return True")
-    return s.text() + filter_rows(f, dtype)
+    loop = _parallel_loop("direct_forward", "t", "N * OH", ["xf", "wt", "of", "OH", "OW", "H", "W"],
+                          {"xf": (dtype, 3), "wt": (dtype, 3), "of": (dtype, 3)}, s)
+    return _kernel("def direct_forward(x, w, out):", m, loop, _ret()) + filter_rows(f, dtype)
 
 
 def filter_source(f, dtype):
@@ -214,17 +255,15 @@ def filter_source(f, dtype):
     out (CO, KH, KW*C); the partials are added in task order."""
     C, CO, KH, KW = f["C"], f["CO"], f["KH"], f["KW"]
     KC, P = KW * C, FLT_PIX
-    s = _Src()
-    s(0, "@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True, boundscheck=False)")
-    s(0, "def direct_filter(x, g, dw_):")
-    _check(s, f, "x", "dw_")
-    s(4, "N, H, W, _ = x.shape")
-    s(4, "OH, OW = g.shape[1], g.shape[2]")
-    s(4, f"xf = x.reshape((N, H, W * {C}))")
-    s(4, f"gf = g.reshape((N * OH, OW, {CO}))")
-    s(4, "T = N * OH")
-    s(4, f"parts = np.zeros(({FLT_PARTS}, {CO}, {KH}, {KC}), x.dtype)")
-    s(4, f"for part in prange({FLT_PARTS}):")
+    m = _Src()
+    _check(m, f, "x", "dw_")
+    m(4, "N, H, W, _ = x.shape")
+    m(4, "OH, OW = g.shape[1], g.shape[2]")
+    m(4, f"xf = x.reshape((N, H, W * {C}))")
+    m(4, f"gf = g.reshape((N * OH, OW, {CO}))")
+    m(4, "T = N * OH")
+    m(4, f"parts = np.zeros(({FLT_PARTS}, {CO}, {KH}, {KC}), x.dtype)")
+    s = _Src()                          # the body of the loop over the parts
     s(8, "d = parts[part]")
     s(8, f"for t in range(part * T // {FLT_PARTS}, (part + 1) * T // {FLT_PARTS}):")
     _row_walk(s, f, 12, P)
@@ -252,16 +291,19 @@ def filter_source(f, dtype):
 
     _pixel_cases(s, f, 20, P, FLT_CO, block, edge)
     # dw_[i, j, c, co] = sum over the parts, in order
-    s(4, f"for i in range({KH}):")
-    s(8, f"for j in range({KW}):")
-    s(12, f"for c in range({C}):")
-    s(16, f"for co in range({CO}):")
-    s(20, f"v = parts[0, co, i, j * {C} + c]")
-    s(20, f"for part in range(1, {FLT_PARTS}):")
-    s(24, f"v += parts[part, co, i, j * {C} + c]")
-    s(20, "dw_[i, j, c, co] = v")
-    s(4, "return True")
-    return s.text()
+    e = _Src()
+    e(4, f"for i in range({KH}):")
+    e(8, f"for j in range({KW}):")
+    e(12, f"for c in range({C}):")
+    e(16, f"for co in range({CO}):")
+    e(20, f"v = parts[0, co, i, j * {C} + c]")
+    e(20, f"for part in range(1, {FLT_PARTS}):")
+    e(24, f"v += parts[part, co, i, j * {C} + c]")
+    e(20, "dw_[i, j, c, co] = v")
+    e(4, "return True")
+    loop = _parallel_loop("direct_filter", "part", str(FLT_PARTS), ["parts", "xf", "gf", "T", "OH", "OW", "H", "W"],
+                          {"parts": (dtype, 4), "xf": (dtype, 3), "gf": (dtype, 3)}, s)
+    return _kernel("def direct_filter(x, g, dw_):", m, loop, e)
 
 
 def input_source(f, dtype):
@@ -269,14 +311,12 @@ def input_source(f, dtype):
     window; one image per task, so tasks never write the same element."""
     C, CO, KH, KW, SH, SW, PT, PL = (f[k] for k in ("C", "CO", "KH", "KW", "SH", "SW", "PT", "PL"))
     KC = KW * C
-    s = _Src()
-    s(0, "@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True, boundscheck=False)")
-    s(0, "def direct_input(g, w, dx):")
-    _check(s, f, "dx", "w")
-    s(4, "wt = filter_rows(w)")
-    s(4, "N, H, W, _ = dx.shape")
-    s(4, "OH, OW = g.shape[1], g.shape[2]")
-    s(4, "for n in prange(N):")
+    m = _Src()
+    _check(m, f, "dx", "w")
+    m(4, "wt = filter_rows(w)")
+    m(4, "N, H, W, _ = dx.shape")
+    m(4, "OH, OW = g.shape[1], g.shape[2]")
+    s = _Src()                          # the body of the loop over images n
     s(8, f"dxf = dx[n].reshape((H, W * {C}))")
     s(8, "dxf[:] = 0")
     s(8, "for oh in range(OH):")
@@ -308,8 +348,10 @@ def input_source(f, dtype):
     s(20, "jlo = max(0, -iw0)")
     s(20, f"jhi = min({KW}, W - iw0)")
     _channel_blocks(s, 20, CO, INP_CO, lambda ind, co, q: block(ind, co, q, False))
-    s(4, "return True")
-    return s.text() + filter_rows(f, dtype)
+    loop = _parallel_loop("direct_input", "n", "N", ["g", "wt", "dx", "H", "W", "OH", "OW"],
+                          {"g": (dtype, 4), "wt": (dtype, 3), "dx": (dtype, 4)}, s,
+                          ["np.ascontiguousarray(g)", "wt", "dx", "H", "W", "OH", "OW"])
+    return _kernel("def direct_input(g, w, dx):", m, loop, _ret()) + filter_rows(f, dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -352,14 +394,12 @@ def c1_filter_source(f, dtype):
     KH, KW, CO, DH, DW = f["KH"], f["KW"], f["CO"], f["DH"], f["DW"]
     WB, OH, OW = f["PL"] + f["W"] + f["PR"], f["OH"], f["OW"]
     L = OH * WB
-    s = _Src()
-    s(0, "@njit(cache=CACHE, error_model='numpy', fastmath=True, parallel=True, boundscheck=False)")
-    s(0, "def c1_filter(x, g, dw_):")
-    _c1_common(s, f, "g", "dw_", FLT_PARTS)
-    s(4, f"parts = np.zeros((NB, {CO}, {KH * KW}), x.dtype)")
-    s(4, "for b in prange(NB):")
-    s(8, f"xp = np.zeros({(OH + (KH - 1) * DH + 1) * WB}, x.dtype)")
-    s(8, f"gt = np.zeros(({CO}, {L}), x.dtype)")
+    m = _Src()
+    _c1_common(m, f, "g", "dw_", FLT_PARTS)
+    m(4, f"parts = np.zeros((NB, {CO}, {KH * KW}), x.dtype)")
+    s = _Src()                          # the body of the loop over image blocks b
+    s(8, f"xp = np.zeros({(OH + (KH - 1) * DH + 1) * WB}, np.{dtype})")
+    s(8, f"gt = np.zeros(({CO}, {L}), np.{dtype})")
     s(8, "pn = parts[b]")
     s(8, "for n in range(b * N // NB, (b + 1) * N // NB):")
     s(12, f"for h in range({f['H']}):")
@@ -395,12 +435,16 @@ def c1_filter_source(f, dtype):
         block(16, "co", 2)
     if tail:
         block(12, str(main), tail)
-    s(4, f"for i in range({KH}):")
-    s(8, f"for j in range({KW}):")
-    s(12, f"for co in range({CO}):")
-    s(16, f"v = parts[0, co, i * {KW} + j]")
-    s(16, "for b in range(1, NB):")
-    s(20, f"v += parts[b, co, i * {KW} + j]")
-    s(16, "dw_[i, j, 0, co] = v")
-    s(4, "return True")
-    return s.text()
+    e = _Src()
+    e(4, f"for i in range({KH}):")
+    e(8, f"for j in range({KW}):")
+    e(12, f"for co in range({CO}):")
+    e(16, f"v = parts[0, co, i * {KW} + j]")
+    e(16, "for b in range(1, NB):")
+    e(20, f"v += parts[b, co, i * {KW} + j]")
+    e(16, "dw_[i, j, 0, co] = v")
+    e(4, "return True")
+    loop = _parallel_loop("c1_filter", "b", "NB", ["parts", "xf", "g", "N", "NB"],
+                          {"parts": (dtype, 3), "xf": (dtype, 3), "g": (dtype, 4)}, s,
+                          ["parts", "xf", "np.ascontiguousarray(g)", "N", "NB"])
+    return _kernel("def c1_filter(x, g, dw_):", m, loop, e)
