@@ -521,3 +521,22 @@ def test_conv2d_second_derivative_matches_finite_differences():
         m[idx] -= 1e-6
         num[idx] = (zf(p) - zf(m)) / 2e-6
     assert_close(got, num, rtol=1e-6, atol=1e-6)
+
+
+def test_direct_kernel_pool_tasks_are_named_per_dtype():
+    # a pool task is found by its registered name in every process: a float32 and a
+    # float64 kernel for the same layer must not share one (the float32 kernel would
+    # run the float64 task on its buffers)
+    import re
+    from flowjit.ops import conv_direct
+    f = dict(C=16, CO=8, KH=5, KW=5, SH=2, SW=2, PT=1, PL=1)
+    names = set()
+    for gen in (conv_direct.forward_source, conv_direct.filter_source, conv_direct.input_source):
+        for dt in ("float32", "float64"):
+            names.update(re.findall(r"register_task\('([^']+)'", gen(f, dt)))
+    c1 = conv_direct.c1_literals((2, 12, 12, 1), (5, 5, 1, 4), {"strides": (1, 1), "dilations": (1, 1),
+                                                                 "pads": (2, 2, 2, 2)}, (12, 12))
+    for dt in ("float32", "float64"):
+        names.update(re.findall(r"register_task\('([^']+)'", conv_direct.c1_filter_source(c1, dt)))
+    from flowjit.backends.cpu import pool
+    assert len(names) == (8 if pool.available() else 0)

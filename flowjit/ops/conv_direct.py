@@ -50,9 +50,11 @@ def _parallel_loop(name, var, count, params, arrays, body, args=None):
     arrays must be C-contiguous); without a pool it stays a prange."""
     if not pool.available():
         return "", [f"    for {var} in prange({count}):"] + body.lines
-    rows = "\n".join([_KERNEL, f"def {name}_rows(r0, r1, {', '.join(params)}):",
-                      f"    for {var} in range(r0, r1):"] + body.lines) + "\n"
-    key = f"{name}_{hashlib.sha1(rows.encode()).hexdigest()[:16]}"
+    rows = "\n".join([_KERNEL, f"def {name}_rows(row_lo, row_hi, {', '.join(params)}):",
+                      f"    for {var} in range(row_lo, row_hi):"] + body.lines) + "\n"
+    # the key names the task for every process: it must cover the dtypes the task
+    # rebuilds its arrays with, not only the loop text (equal for float32 and float64)
+    key = f"{name}_{hashlib.sha1((rows + repr(sorted(arrays.items()))).encode()).hexdigest()[:16]}"
     return (rows + "\n\n" + pool.run_rows_source(key, f"{name}_rows", params, arrays) + "\n\n",
             [f"    {name}_rows_run({count}, {', '.join(args or params)})"])
 
@@ -397,9 +399,13 @@ def c1_filter_source(f, dtype):
     m = _Src()
     _c1_common(m, f, "g", "dw_", FLT_PARTS)
     m(4, f"parts = np.zeros((NB, {CO}, {KH * KW}), x.dtype)")
+    # each block's padded plane and transposed gradient, allocated here: a loop body
+    # run on the BLAS pool must not allocate (see backends/cpu/pool.py)
+    m(4, f"xps = np.zeros((NB, {(OH + (KH - 1) * DH + 1) * WB}), x.dtype)")
+    m(4, f"gts = np.zeros((NB, {CO}, {L}), x.dtype)")
     s = _Src()                          # the body of the loop over image blocks b
-    s(8, f"xp = np.zeros({(OH + (KH - 1) * DH + 1) * WB}, np.{dtype})")
-    s(8, f"gt = np.zeros(({CO}, {L}), np.{dtype})")
+    s(8, "xp = xps[b]")
+    s(8, "gt = gts[b]")
     s(8, "pn = parts[b]")
     s(8, "for n in range(b * N // NB, (b + 1) * N // NB):")
     s(12, f"for h in range({f['H']}):")
@@ -444,7 +450,8 @@ def c1_filter_source(f, dtype):
     e(20, f"v += parts[b, co, i * {KW} + j]")
     e(16, "dw_[i, j, 0, co] = v")
     e(4, "return True")
-    loop = _parallel_loop("c1_filter", "b", "NB", ["parts", "xf", "g", "N", "NB"],
-                          {"parts": (dtype, 3), "xf": (dtype, 3), "g": (dtype, 4)}, s,
-                          ["parts", "xf", "np.ascontiguousarray(g)", "N", "NB"])
+    loop = _parallel_loop("c1_filter", "b", "NB", ["parts", "xps", "gts", "xf", "g", "N", "NB"],
+                          {"parts": (dtype, 3), "xps": (dtype, 2), "gts": (dtype, 3), "xf": (dtype, 3),
+                           "g": (dtype, 4)}, s,
+                          ["parts", "xps", "gts", "xf", "np.ascontiguousarray(g)", "N", "NB"])
     return _kernel("def c1_filter(x, g, dw_):", m, loop, e)

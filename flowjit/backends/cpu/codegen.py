@@ -369,7 +369,7 @@ def gen_loop(g, grp, bufname, alias=None):
     fm = {"nsz", "contract"} | ({"reassoc"} if grp.reduces and kind_a and not has_f64_trans else set())
 
     def nest(par, rows=False):
-        """The loops; par: the first one is a prange; rows: it runs over r0..r1 only."""
+        """The loops; par: the first one is a prange; rows: it runs over row_lo..row_hi only."""
         out = []
         ind = "    "
         out.extend(hoisted)
@@ -394,15 +394,15 @@ def gen_loop(g, grp, bufname, alias=None):
             if rows and c == 0 and not (blocked and C == 1):
                 # unsigned: an index that might be negative gets Numba's wraparound
                 # test, and the loop is no longer vectorised (8x slower)
-                out.append(f"{depth}for {ivar[c]} in range(np.uint64(r0), np.uint64(r1)):")
+                out.append(f"{depth}for {ivar[c]} in range(np.uint64(row_lo), np.uint64(row_hi)):")
             elif rows and c == 0:       # one loop, a blocked float32 sum: blocks of this row range
-                out.append(f"{depth}for b0 in range((r1 - r0 + {SUM_BLOCK - 1}) // {SUM_BLOCK}):")
+                out.append(f"{depth}for b0 in range((row_hi - row_lo + {SUM_BLOCK - 1}) // {SUM_BLOCK}):")
                 depth += "    "
                 for j, ri in enumerate(red_info):
                     if ri["wide"]:
                         out.append(f"{depth}pacc{j} = {ri['ident32']}")
-                out.append(f"{depth}for i0 in range(np.uint64(r0 + b0 * {SUM_BLOCK}), "
-                           f"np.uint64(min(r1, r0 + (b0 + 1) * {SUM_BLOCK}))):")
+                out.append(f"{depth}for i0 in range(np.uint64(row_lo + b0 * {SUM_BLOCK}), "
+                           f"np.uint64(min(row_hi, row_lo + (b0 + 1) * {SUM_BLOCK}))):")
             elif blocked and c == C - 1:
                 # (prange takes unit steps only: count blocks, not their starts)
                 out.append(f"{depth}for b{c} in {rng}((n{c} + {SUM_BLOCK - 1}) // {SUM_BLOCK}):")
@@ -465,7 +465,7 @@ def gen_loop(g, grp, bufname, alias=None):
         lines.append("    return")
     body_src = "\n".join(lines) + "\n"
     if pooled:
-        body_src = "\n".join([f"def __ROWS__(r0, r1, {', '.join(params)}):"] + nest(False, rows=True)) \
+        body_src = "\n".join([f"def __ROWS__(row_lo, row_hi, {', '.join(params)}):"] + nest(False, rows=True)) \
             + "\n\n\n" + pool.task_source("__KEY__", "__ROWS__", params, arrays) + "\n\n" + body_src
     if "reassoc" not in fm:      # the operation order is kept: float32 range reduction is exact
         for fn in ORDERED:
@@ -504,7 +504,8 @@ def pool_dispatch(params, arrays, C, partials):
     out += pool.record_lines(params, arrays, " " * 16, lambda p: f"{part[p]}[t]" if p in part else p)
     out.append("            pool_run(nt, '__KEY__', rec)")
     for ri in partials:
-        # blocks combined in order (float32 sums in float64, as the loop's own blocks are)
+        # blocks combined in order; a float32 sum's block partials are float32 (what the
+        # rows function stores), added in float64
         pa = part[ri["p"]]
         first = f"np.float64({pa}2[0, e])" if ri["wide"] else f"{pa}2[0, e]"
         out += [f"            {pa}2 = {pa}.reshape((nt, -1))",

@@ -74,7 +74,7 @@ def available():
             ll.add_symbol(THREADS_SYMBOL, ctypes.cast(threads, ctypes.c_void_p).value)
             _keep.extend([lib, run, threads])
             state.update(available=True, library=path, why="OpenBLAS thread pool (found through " + path + ")")
-        except (ImportError, OSError, AttributeError, KeyError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001  (any failure here only means: no pool)
             state.update(available=False, why=f"no OpenBLAS pool ({e}); loops use Numba's prange")
     return state["available"]
 
@@ -170,8 +170,10 @@ TASK_SIG = types.void(types.CPointer(types.int64))
 
 # ---- source helpers for generated modules ------------------------------------------
 # A record is [first row, end row, then per parameter: its value (an integer) or its
-# address and shape (an array, `arrays[name] = (dtype name, rank)`)]. Tasks must not
-# call BLAS: they run on BLAS's own threads.
+# address and shape (an array, `arrays[name] = (dtype name, rank)`)]. A task must not
+# call BLAS (it runs on BLAS's own threads) and must not allocate or raise: Numba
+# reports a cfunc's exception by taking the GIL, which the caller holds while it waits
+# for the task.
 def record_width(params, arrays):
     return 2 + sum(1 + arrays[p][1] if p in arrays else 1 for p in params)
 
@@ -193,7 +195,7 @@ def record_lines(params, arrays, ind, source=None):
 
 
 def task_source(key, rows_name, params, arrays):
-    """A C-callable task `<rows_name>_task` running `rows_name(r0, r1, *params)` on one
+    """A C-callable task `<rows_name>_task` running `rows_name(row_lo, row_hi, *params)` on one
     record, registered under `key`."""
     args, k = [], 2
     for p in params:
