@@ -8,8 +8,13 @@ spinning worker holds a core that one of Numba's threads needs, and a statically
 parallel loop waits for its slowest thread: on a 2-core machine a 0.6 ms parallel loop
 took 1.0 ms right after a small GEMM, and 0.6 ms again with the spin cut short.
 
-A short spin keeps most of the benefit of spinning (back-to-back GEMMs of a dense
-network find the worker awake) without holding a core through the next kernel.
+A shorter spin keeps the benefit of spinning (the next GEMM, or the next loop kernel,
+which flowjit runs on these same threads (pool.py), finds the worker awake) without
+holding a core through a long stretch of other work, such as a Numba prange loop of a
+generic convolution. 2^22 cycles (~1.7 ms at 2.4 GHz) covered the gaps inside the
+benchmark steps: in paired runs it did as well as 2^18 on the CNN step (1.40-1.68x vs
+1.37-1.57x of torch) and better on the MLP and autoencoder steps.
+
 OpenBLAS reads the limit (`OPENBLAS_THREAD_TIMEOUT`, log2 of cycles, 4..30) only when
 it loads, and has no call to change it later, so `configure()` sets the variable while
 it loads SciPy's BLAS and removes it right after: NumPy's own OpenBLAS (already loaded)
@@ -19,7 +24,7 @@ variable, or when SciPy's BLAS was loaded before flowjit was imported.
 import os
 import sys
 
-DEFAULT_LOG2_CYCLES = 18
+DEFAULT_LOG2_CYCLES = 22
 ENV = "FLOWJIT_BLAS_IDLE_SPIN"          # log2 of cycles; "off" leaves OpenBLAS's default
 
 state = {"log2_cycles": None, "why": "not configured"}
