@@ -30,12 +30,13 @@ from numba.extending import intrinsic
 RUN_SYMBOL = "flowjit_pool_run"          # int gotoblas_pthread(int n, void (*)(int64*), int64*, int)
 THREADS_SYMBOL = "flowjit_pool_threads"  # int openblas_get_num_threads(void)
 
-state = {"available": None, "why": "", "library": None}
+state = {"available": None, "why": ""}
 _keep = []          # ctypes objects whose addresses LLVM holds
 
 
-def _openblas_path():
-    """The file of the BLAS SciPy's cython_blas calls (found from its sgemm pointer)."""
+def _cython_blas_path():
+    """The file holding SciPy's cython_blas wrappers (found from its sgemm pointer). The
+    OpenBLAS it calls is among that file's dependencies, which dlsym on it searches."""
     import scipy.linalg.cython_blas as cb
     capsule = cb.__pyx_capi__["sgemm"]
     api = ctypes.pythonapi
@@ -60,7 +61,7 @@ def available():
     registered once)."""
     if state["available"] is None:
         try:
-            path = _openblas_path()
+            path = _cython_blas_path()
             lib = ctypes.CDLL(path)
             run = lib.gotoblas_pthread
             threads = None
@@ -73,7 +74,7 @@ def available():
             ll.add_symbol(RUN_SYMBOL, ctypes.cast(run, ctypes.c_void_p).value)
             ll.add_symbol(THREADS_SYMBOL, ctypes.cast(threads, ctypes.c_void_p).value)
             _keep.extend([lib, run, threads])
-            state.update(available=True, library=path, why="OpenBLAS thread pool (found through " + path + ")")
+            state.update(available=True, why=f"OpenBLAS thread pool (found through {path})")
         except Exception as e:  # noqa: BLE001  (any failure here only means: no pool)
             state.update(available=False, why=f"no OpenBLAS pool ({e}); loops use Numba's prange")
     return state["available"]
