@@ -5,13 +5,15 @@ tensor's dtype; two tensors of different dtypes are an error that says to cast) 
 calls `apply_op`, or composes other functions here when the composition still fuses.
 """
 import builtins
+import math
 import numbers
 
 import numpy as np
 
 from .. import dtypes as D
-from ..errors import DTypeError, OutOfRangeError, ShapeError, TracerError
+from ..errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError, TracerError
 from ..ir.shapes import Sym, hint, is_one, prod as _prod
+from ..ops.rules import as_int
 from .tensor import Tensor, apply_op, convert, current_trace, to_numpy, user_src
 
 _pyrange = builtins.range
@@ -23,6 +25,79 @@ def _is_tensor(x):
 
 def _t(x):
     return x._flowjit_tensor() if hasattr(x, "_flowjit_tensor") else x
+
+
+def _static_value(t):
+    """The value of an eager tensor or of a traced constant; None when it is only known
+    when the compiled function runs."""
+    if not t.is_traced:
+        return t.numpy()
+    node = t._node
+    return t._graph.consts[node.attrs["index"]] if node.op == "const" else None
+
+
+def _known(v, op, what):
+    """A tensor or array argument that must be known now, as a NumPy value."""
+    if isinstance(v, np.ndarray):
+        return v
+    arr = _static_value(_t(v))
+    if arr is None:
+        raise TracerError(f"{op} (at {user_src()}): {what} must be known while tracing, got a "
+                          f"traced tensor; pass Python ints")
+    return arr
+
+
+def _int(v, op, what="axis"):
+    """One integer argument (an axis, a count), strictly: a Python or NumPy integer or a
+    0-d integer tensor. int() would take 1.0, "1" and True, which TF rejects."""
+    if _is_tensor(v) or isinstance(v, np.ndarray):
+        arr = _known(v, op, what)
+        v = arr[()] if arr.ndim == 0 else arr
+    try:
+        return as_int(v, what)
+    except DTypeError as e:
+        raise DTypeError(f"{op} (at {user_src()}): {e}") from None
+
+
+def _ints(v, op, what):
+    """A list of integer arguments (axes, a permutation, paddings) as a tuple of ints."""
+    if _is_tensor(v) or isinstance(v, np.ndarray):
+        v = _known(v, op, what).tolist()
+    if not isinstance(v, (list, tuple)):
+        raise DTypeError(f"{op} (at {user_src()}): {what} must be a list of integers, got {v!r}")
+    return tuple(_int(a, op, f"entry of {what} {list(v)}") for a in v)
+
+
+def _axis(axis, rank, op, shape, allow_end=False):
+    """An axis in [-n, n) with n = rank (+1 where a new axis may go at the end), as >= 0."""
+    a = _int(axis, op)
+    n = rank + 1 if allow_end else rank
+    if not -n <= a < n:
+        raise ShapeError(f"{op} (at {user_src()}): axis {a} is out of range for rank {rank} "
+                         f"(shape {tuple(shape)}); it must be in [{-n}, {n})")
+    return a % n
+
+
+def _check_size(op, shape, dtype, detail):
+    """Refuse a result too large to exist before NumPy or a kernel tries to allocate it:
+    more elements than an int64 counts, or more than 2**62 bytes."""
+    n = math.prod(hint(d) for d in shape)
+    nbytes = n * D.as_dtype(dtype).np.itemsize
+    if n > 2**63 - 1 or nbytes > 2**62:
+        raise InvalidArgumentError(f"{op} (at {user_src()}): {detail}: the result of shape "
+                                   f"{tuple(hint(d) for d in shape)} would have {n} elements "
+                                   f"({nbytes} bytes), too many to allocate")
+
+
+def _allocating(op, shape, dtype, detail, fn):
+    """fn() (which builds a result of `shape`), with a MemoryError that names the op."""
+    _check_size(op, shape, dtype, detail)
+    try:
+        return fn()
+    except MemoryError:
+        gib = math.prod(hint(d) for d in shape) * D.as_dtype(dtype).np.itemsize / 2**30
+        raise MemoryError(f"{op} (at {user_src()}): cannot allocate {gib:.1f} GiB for the "
+                          f"result of shape {tuple(hint(d) for d in shape)} ({detail})") from None
 
 
 def _pair(x, y, name):
@@ -65,9 +140,11 @@ def _weak_or_literal(v):
         (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def _binary(name):
+def _binary(name, check=None):
     def f(x, y, name=None):
         a, b = _pair(x, y, opname)
+        if check is not None:
+            check(a, b)
         out = apply_op(opname, [a, b])
         # a Python float argument combined with Python scalars is still "weak"
         if _weak_or_literal(x) and _weak_or_literal(y) and out.dtype.is_floating:
@@ -98,7 +175,22 @@ truediv = divide
 floordiv = _binary("floordiv")
 floormod = _binary("floormod")
 mod = floormod
-pow = _binary("pow")
+
+
+def _int_pow_check(x, y):
+    """TF raises for an integer base with a negative exponent; check it wherever the
+    exponent is known now (eagerly, or a constant while tracing)."""
+    if not x.dtype.is_integer:
+        return
+    v = _static_value(y)
+    if v is not None and v.size and v.min() < 0:
+        raise InvalidArgumentError(f"pow (at {user_src()}): Integers to negative integer powers "
+                                   f"are not allowed (exponent {v.min()}; base "
+                                   f"{x.dtype.name}{tuple(x.shape)}, exponent "
+                                   f"{y.dtype.name}{tuple(y.shape)})")
+
+
+pow = _binary("pow", _int_pow_check)
 maximum = _binary("maximum")
 minimum = _binary("minimum")
 equal = _binary("equal")
@@ -166,24 +258,25 @@ def add_n(inputs, name=None):
 
 
 # --- creation ----------------------------------------------------------------------
-def _dims(shape, what):
-    if _is_tensor(shape):
-        t = _t(shape)
-        if t.is_traced:
-            raise TracerError(f"{what}: a shape given as a traced tensor is data-dependent; pass "
-                              f"Python ints or dims from x.shape instead of fj.shape(x)")
-        shape = t.numpy().tolist()
-    if isinstance(shape, (int, np.integer, Sym)):
+def _dims(shape, what, arg="shape", allow_unknown=False):
+    """A shape argument as a tuple of ints and symbolic sizes (`Sym`, e.g. x.shape[0]).
+    Entries must be integers >= 0 (reshape also takes one -1); 2.0 is refused as TF does."""
+    if _is_tensor(shape) or isinstance(shape, np.ndarray):
+        t = _t(shape) if _is_tensor(shape) else None
+        if t is not None and _static_value(t) is None:
+            raise TracerError(f"{what} (at {user_src()}): a {arg} given as a traced tensor is "
+                              f"data-dependent; pass Python ints or dims from x.shape instead "
+                              f"of fj.shape(x)")
+        shape = _known(shape, what, arg).tolist()
+    if not isinstance(shape, (list, tuple)):     # one dim (an int, x.shape[0], ...)
         shape = (shape,)
-    out = []
-    for d in shape:
-        if isinstance(d, Sym):
-            out.append(d.norm())
-        elif _is_tensor(d):
-            out.append(int(_t(d)))
-        else:
-            out.append(int(d))
-    return tuple(out)
+    entry = f"entry of {arg} {list(shape)}"
+    out = tuple(d.norm() if isinstance(d, Sym) else _int(d, what, entry) for d in shape)
+    low = -1 if allow_unknown else 0
+    if any(not isinstance(d, Sym) and d < low for d in out):
+        raise ShapeError(f"{what} (at {user_src()}): {arg} {list(out)} has a negative entry; "
+                         f"entries must be >= 0" + (" (or one -1)" if allow_unknown else ""))
+    return out
 
 
 def constant(value, dtype=None, shape=None, name=None):
@@ -220,16 +313,15 @@ def convert_to_tensor(value, dtype=None, name=None):
 
 
 def fill(dims, value, name=None):
-    v = convert(value)
-    return broadcast_to(v, _dims(dims, "fill"))
+    return _broadcast(convert(value), dims, "fill")
 
 
 def zeros(shape, dtype=D.float32, name=None):
-    return fill(shape, constant(0, dtype))
+    return _broadcast(constant(0, dtype), shape, "zeros")
 
 
 def ones(shape, dtype=D.float32, name=None):
-    return fill(shape, constant(1, dtype))
+    return _broadcast(constant(1, dtype), shape, "ones")
 
 
 def zeros_like(x, dtype=None, name=None):
@@ -243,8 +335,14 @@ def ones_like(x, dtype=None, name=None):
 
 
 def broadcast_to(x, shape, name=None):
+    return _broadcast(x, shape, "broadcast_to")
+
+
+def _broadcast(x, shape, op):
     x = convert(x) if not _is_tensor(x) else _t(x)
-    return apply_op("broadcast_to", [x], {"shape": _dims(shape, "broadcast_to")})
+    shape = _dims(shape, op)
+    return _allocating(op, shape, x.dtype, f"shape {list(shape)}",
+                       lambda: apply_op("broadcast_to", [x], {"shape": shape}))
 
 
 def _iota(shape, axis, dtype):
@@ -274,19 +372,21 @@ def range(start, limit=None, delta=1, dtype=None, name=None):
 
 def eye(num_rows, num_columns=None, batch_shape=None, dtype=D.float32, name=None):
     num_columns = num_rows if num_columns is None else num_columns
-    shape = (num_rows, num_columns)
+    shape = _dims((num_rows, num_columns), "eye", "(num_rows, num_columns)")
+    _check_size("eye", shape, dtype, f"num_rows {num_rows}, num_columns {num_columns}")
     return cast(equal(_iota(shape, 0, D.int32), _iota(shape, 1, D.int32)), dtype)
 
 
 # --- reductions ----------------------------------------------------------------------
-def _axes(axis):
+def _axes(axis, op):
+    """A reduction's axis: None, one integer, or a list / 1-D tensor of integers."""
     if axis is None:
         return None
-    if _is_tensor(axis):
-        axis = _t(axis).numpy().tolist()
+    if _is_tensor(axis) or isinstance(axis, np.ndarray):
+        axis = _known(axis, op, "axis").tolist()
     if isinstance(axis, (list, tuple)):
-        return tuple(int(a) for a in axis)
-    return int(axis)
+        return _ints(axis, op, "axis")
+    return _int(axis, op)
 
 
 def _reduce(kind):
@@ -294,7 +394,8 @@ def _reduce(kind):
         x = convert(input_tensor) if not _is_tensor(input_tensor) else _t(input_tensor)
         if x.dtype.is_bool and kind in ("sum", "prod"):
             raise DTypeError(f"reduce_{kind} (at {user_src()}): not defined for bool; cast first")
-        return apply_op("reduce_" + kind, [x], {"axes": _axes(axis), "keepdims": bool(keepdims)})
+        return apply_op("reduce_" + kind, [x], {"axes": _axes(axis, "reduce_" + kind),
+                                                "keepdims": bool(keepdims)})
     f.__name__ = "reduce_" + kind
     return f
 
@@ -313,14 +414,14 @@ def reduce_all(input_tensor, axis=None, keepdims=False, name=None):
     return reduce_min(input_tensor, axis, keepdims)
 
 
-def _count(x, axis):
+def _count(x, axis, op="reduce_mean"):
+    """How many elements a reduction over `axis` combines (errors name `op`)."""
     rank = len(x.shape)
     if axis is None:
         axes = _pyrange(rank)
     else:
-        a = _axes(axis)
-        axes = [a] if isinstance(a, int) else a
-        axes = [ax % rank if rank else 0 for ax in axes]
+        a = _axes(axis, op)
+        axes = [_axis(ax, rank, op, x.shape) for ax in ([a] if isinstance(a, int) else a)]
     return _prod([x.shape[a] for a in set(axes)])
 
 
@@ -334,8 +435,8 @@ def size_as_tensor(n, dtype):
 
 def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
     x = convert(input_tensor) if not _is_tensor(input_tensor) else _t(input_tensor)
+    n = _count(x, axis)     # first: it checks the axis and names reduce_mean
     s = reduce_sum(x, axis, keepdims)
-    n = _count(x, axis)
     if x.dtype.is_integer:     # TF: integer mean is the truncated quotient
         return floordiv(s, size_as_tensor(n, x.dtype))
     return divide(s, size_as_tensor(n, x.dtype))
@@ -344,7 +445,7 @@ def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
 def _arg(kind):
     def f(input, axis=None, output_type=D.int64, name=None):
         x = convert(input) if not _is_tensor(input) else _t(input)
-        ax = 0 if axis is None else int(_axes(axis))
+        ax = 0 if axis is None else _int(axis, "arg" + kind)
         return apply_op("arg" + kind, [x], {"axis": ax, "output_type": D.as_dtype(output_type)})
     f.__name__ = "arg" + kind
     return f
@@ -374,16 +475,12 @@ def rank(input, name=None):
 
 def reshape(tensor, shape, name=None):
     x = convert(tensor) if not _is_tensor(tensor) else _t(tensor)
-    return apply_op("reshape", [x], {"shape": _dims(shape, "reshape")})
+    return apply_op("reshape", [x], {"shape": _dims(shape, "reshape", allow_unknown=True)})
 
 
 def expand_dims(input, axis, name=None):
     x = convert(input) if not _is_tensor(input) else _t(input)
-    r = len(x.shape)
-    axis = int(axis)
-    if not -r - 1 <= axis <= r:
-        raise ShapeError(f"expand_dims (at {user_src()}): axis {axis} out of range for rank {r}")
-    axis %= r + 1
+    axis = _axis(axis, len(x.shape), "expand_dims", x.shape, allow_end=True)
     s = list(x.shape)
     s.insert(axis, 1)
     return reshape(x, s)
@@ -395,7 +492,8 @@ def squeeze(input, axis=None, name=None):
     if axis is None:
         keep = [d for d in x.shape if not is_one(d)]
     else:
-        axes = {a % r for a in ([axis] if isinstance(axis, int) else axis)}
+        axes = axis if isinstance(axis, (list, tuple)) else [axis]
+        axes = {_axis(a, r, "squeeze", x.shape) for a in axes}
         for a in axes:
             if not is_one(x.shape[a]):
                 raise ShapeError(f"squeeze (at {user_src()}): dimension {a} of shape "
@@ -406,7 +504,7 @@ def squeeze(input, axis=None, name=None):
 
 def transpose(a, perm=None, conjugate=False, name=None):
     x = convert(a) if not _is_tensor(a) else _t(a)
-    return apply_op("transpose", [x], {"perm": None if perm is None else tuple(int(p) for p in perm)})
+    return apply_op("transpose", [x], {"perm": None if perm is None else _ints(perm, "transpose", "perm")})
 
 
 def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
@@ -444,23 +542,20 @@ def concat(values, axis, name=None):
     ts = [_t(v) if _is_tensor(v) else convert(v, dt) for v in ts]
     if len(ts) == 1:
         return ts[0]
-    return apply_op("concat", ts, {"axis": int(axis)})
+    return apply_op("concat", ts, {"axis": _int(axis, "concat")})
 
 
 def stack(values, axis=0, name=None):
     ts = [_t(v) if _is_tensor(v) else convert(v) for v in values]
     if not ts:
         raise ValueError("stack needs at least one tensor")
-    r = len(ts[0].shape)
-    axis = int(axis)
-    if not -r - 1 <= axis <= r:
-        raise ShapeError(f"stack (at {user_src()}): axis {axis} out of range for rank {r}")
-    return concat([expand_dims(t, axis) for t in ts], axis % (r + 1))
+    axis = _axis(axis, len(ts[0].shape), "stack", ts[0].shape, allow_end=True)
+    return concat([expand_dims(t, axis) for t in ts], axis)
 
 
 def unstack(value, num=None, axis=0, name=None):
     x = convert(value) if not _is_tensor(value) else _t(value)
-    axis %= len(x.shape)
+    axis = _axis(axis, len(x.shape), "unstack", x.shape)
     n = int(x.shape[axis])
     return [squeeze(slice_axis(x, axis, i, 1), axis) for i in _pyrange(n)]
 
@@ -474,20 +569,35 @@ def slice_axis(x, axis, start, size):
 
 def split(value, num_or_size_splits, axis=0, num=None, name=None):
     x = convert(value) if not _is_tensor(value) else _t(value)
-    r = len(x.shape)
-    axis = int(axis) % r
+    axis = _axis(axis, len(x.shape), "split", x.shape)
     n = x.shape[axis]
-    if isinstance(num_or_size_splits, int):
-        k = num_or_size_splits
+    spec = num_or_size_splits
+    if _is_tensor(spec) or isinstance(spec, np.ndarray):
+        spec = _known(spec, "split", "num_or_size_splits").tolist()
+    if not isinstance(spec, (list, tuple)):
+        k = _int(spec, "split", "num_or_size_splits")
+        if k < 1:
+            raise InvalidArgumentError(f"split (at {user_src()}): num_or_size_splits must be >= 1, "
+                                       f"got {k} (splitting dimension {axis} of shape "
+                                       f"{tuple(x.shape)})")
         if hint(n) % k:
             raise ShapeError(f"split (at {user_src()}): dimension {axis} of size {hint(n)} does not "
                              f"divide into {k} equal parts")
         size_ = n // k
         sizes = [size_] * k
     else:
-        sizes = [int(s) for s in num_or_size_splits]
-        if sizes.count(-1) == 1:
-            sizes[sizes.index(-1)] = n - builtins.sum(s for s in sizes if s != -1)
+        # a symbolic size is fixed to its value here, as before (int() specialises it)
+        sizes = [int(s) if isinstance(s, Sym) else _int(s, "split", "size") for s in spec]
+        if sizes.count(-1) > 1 or builtins.min(sizes, default=0) < -1:
+            raise InvalidArgumentError(f"split (at {user_src()}): sizes {sizes} must be >= 0, "
+                                       f"with at most one -1 (splitting dimension {axis} of "
+                                       f"shape {tuple(x.shape)})")
+        if -1 in sizes:
+            rest = n - builtins.sum(s for s in sizes if s != -1)
+            if hint(rest) < 0:
+                raise ShapeError(f"split (at {user_src()}): sizes {sizes} add up to more than "
+                                 f"dimension {axis} of size {hint(n)}")
+            sizes[sizes.index(-1)] = rest
         total = builtins.sum(hint(s) for s in sizes)
         if total != hint(n):
             raise ShapeError(f"split (at {user_src()}): sizes {sizes} do not add up to {hint(n)}")
@@ -500,7 +610,7 @@ def split(value, num_or_size_splits, axis=0, num=None, name=None):
 
 def tile(input, multiples, name=None):
     x = convert(input) if not _is_tensor(input) else _t(input)
-    m = [int(v) for v in (multiples.numpy().tolist() if _is_tensor(multiples) else multiples)]
+    m = list(_dims(multiples, "tile", "multiples"))
     if len(m) != len(x.shape):
         raise ShapeError(f"tile (at {user_src()}): multiples {m} must have one entry per dim of "
                          f"{tuple(x.shape)}")
@@ -509,14 +619,26 @@ def tile(input, multiples, name=None):
         inter += [1, d]
         big += [k, d]
         final.append(d * k)
-    return reshape(broadcast_to(reshape(x, inter), big), final)
+    return _allocating("tile", final, x.dtype, f"multiples {m} of input shape {tuple(x.shape)}",
+                       lambda: reshape(broadcast_to(reshape(x, inter), big), final))
 
 
 def pad(tensor, paddings, mode="CONSTANT", constant_values=0, name=None):
     x = convert(tensor) if not _is_tensor(tensor) else _t(tensor)
     mode = str(mode).upper()
-    p = paddings.numpy().tolist() if _is_tensor(paddings) else paddings
-    p = tuple((int(a), int(b)) for a, b in p)
+    p = paddings
+    if _is_tensor(p) or isinstance(p, np.ndarray):
+        p = _known(p, "pad", "paddings").tolist()
+    if not isinstance(p, (list, tuple)):
+        raise DTypeError(f"pad (at {user_src()}): paddings must be a list of [before, after] "
+                         f"pairs, got {paddings!r}")
+    p = tuple(_ints(pair, "pad", "paddings") for pair in p)
+    if any(len(pair) != 2 for pair in p) or len(p) != len(x.shape):
+        raise ShapeError(f"pad (at {user_src()}): paddings {[list(q) for q in p]} must have one "
+                         f"[before, after] pair per dim of {tuple(x.shape)}")
+    if builtins.all(lo >= 0 and hi >= 0 for lo, hi in p):
+        _check_size("pad", [d + lo + hi for d, (lo, hi) in zip(x.shape, p)], x.dtype,
+                    f"paddings {[list(q) for q in p]} of input shape {tuple(x.shape)}")
     if mode in ("REFLECT", "SYMMETRIC"):
         return _mirror_pad(x, p, mode)
     if mode != "CONSTANT":
@@ -553,16 +675,17 @@ def _mirror_pad(x, paddings, mode):
 def gather(params, indices, axis=None, batch_dims=0, name=None):
     p = convert(params) if not _is_tensor(params) else _t(params)
     i = _t(indices) if _is_tensor(indices) else convert(indices, D.int32 if not isinstance(indices, np.ndarray) else None)
-    if batch_dims:
-        return _batched_gather(p, i, int(batch_dims), axis)
-    return apply_op("gather", [p, i], {"axis": 0 if axis is None else int(axis)})
+    b = _int(batch_dims, "gather", "batch_dims")
+    if b:
+        return _batched_gather(p, i, b, axis)
+    return apply_op("gather", [p, i], {"axis": 0 if axis is None else _int(axis, "gather")})
 
 
 def _batched_gather(p, i, b, axis):
     """TF's gather with batch_dims=b (axis == b): per batch entry, gather along axis b.
     Done as one flat gather with batch offsets; an index outside its row is mapped past
     the end, so the flat gather's range check still rejects it."""
-    axis = b if axis is None else int(axis) % len(p.shape)
+    axis = b if axis is None else _axis(axis, len(p.shape), "gather", p.shape)
     if b < 0 or b >= len(p.shape) or axis != b or len(i.shape) < b:
         raise ValueError(f"gather (at {user_src()}): batch_dims={b} is supported with axis == "
                          f"batch_dims and indices of rank >= batch_dims")
@@ -586,9 +709,14 @@ def one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None
     on = constant(1 if on_value is None else on_value, dtype)
     off = constant(0 if off_value is None else off_value, dtype)
     r = len(i.shape)
-    axis = r if axis is None or axis == -1 else int(axis)
+    axis = -1 if axis is None else _int(axis, "one_hot")
+    if not -1 <= axis <= r:    # TF: -1 (the default: a new last axis) or 0..rank
+        raise ShapeError(f"one_hot (at {user_src()}): axis {axis} is out of range for indices "
+                         f"of shape {tuple(i.shape)}; it must be -1 or in [0, {r}]")
+    axis = r if axis == -1 else axis
     out_shape = list(i.shape)
-    out_shape.insert(axis, depth.norm() if isinstance(depth, Sym) else int(depth))
+    out_shape.insert(axis, _dims([depth], "one_hot", "depth")[0])
+    _check_size("one_hot", out_shape, dtype, f"depth {depth} for indices of shape {tuple(i.shape)}")
     ie = expand_dims(i, axis)
     hit = equal(ie, _iota(out_shape, axis, i.dtype))
     return where(hit, on, off)
@@ -606,7 +734,7 @@ def _norm_index(i, n, axis):
 
 
 def _norm_slice(s, n):
-    step = 1 if s.step is None else int(s.step)
+    step = 1 if s.step is None else _int(s.step, "getitem", "slice step")
     if step == 0:
         raise ValueError("slice step cannot be zero")
     if step > 0:
@@ -620,7 +748,8 @@ def _norm_slice(s, n):
     def fix(v, explicit):
         if not explicit:
             return v
-        v = int(v)
+        # int() fixes a symbolic bound to its value (as before); 2.0 is refused, as NumPy does
+        v = int(v) if isinstance(v, Sym) else _int(v, "getitem", "slice bound")
         if v < 0:
             v = n + v
             if v < lo:

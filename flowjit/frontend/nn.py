@@ -3,6 +3,8 @@ so they fuse (and differentiate) like them. Every loss is numerically stable for
 large logits: softmax/log-softmax shift by the row max, the sigmoid cross-entropy uses
 max(x, 0) - x*z + log1p(exp(-|x|))."""
 from .. import dtypes as D
+from ..errors import DTypeError, InvalidArgumentError
+from ..ops.rules import as_int, nonzero
 from . import api as F
 from .api import _is_tensor, _t, sigmoid, tanh  # noqa: F401
 from .tensor import apply_op, convert
@@ -118,8 +120,8 @@ def moments(x, axes, keepdims=False, name=None):
 # --- convolution and pooling (ops in flowjit/ops/conv.py) -------------------------------
 def _arg_error(op, msg, x):
     from .tensor import user_src
-    return ValueError(f"{op} (at {user_src()}): {msg} [input: {x.dtype.name}"
-                      f"{tuple(x.shape)}]")
+    return InvalidArgumentError(f"{op} (at {user_src()}): {msg} [input: {x.dtype.name}"
+                                f"{tuple(x.shape)}]")
 
 
 def _format(op, data_format, x):
@@ -132,9 +134,11 @@ def _format(op, data_format, x):
 
 def _pair(op, what, v, nchw, x):
     """TF's int / [h, w] / [1, h, w, 1] (NHWC) or [1, 1, h, w] (NCHW) as (h, w)."""
-    vals = [v] if isinstance(v, int) else list(v) if isinstance(v, (list, tuple)) else None
-    if vals is None or not all(isinstance(a, int) and not isinstance(a, bool) for a in vals) \
-            or len(vals) not in (1, 2, 4):
+    try:        # strict: 1.0 or True is refused, as TF does
+        vals = [as_int(a, what) for a in (v if isinstance(v, (list, tuple)) else [v])]
+    except DTypeError:
+        vals = None
+    if vals is None or len(vals) not in (1, 2, 4):
         raise _arg_error(op, f"{what} must be an int or a list of 1, 2 or 4 ints, got {v!r}", x)
     if len(vals) == 4:
         outer = (vals[0], vals[1]) if nchw else (vals[0], vals[3])
@@ -156,7 +160,7 @@ def _padding(op, padding, nchw, x, explicit_ok):
         raise _arg_error(op, f"padding must be 'SAME' or 'VALID', got {padding!r}", x)
     if explicit_ok and isinstance(padding, (list, tuple)) and len(padding) == 4:
         try:
-            pads = [tuple(int(a) for a in p) for p in padding]
+            pads = [tuple(as_int(a, "padding") for a in p) for p in padding]
         except (TypeError, ValueError):
             pads = None
         if pads and all(len(p) == 2 and min(p) >= 0 for p in pads):
@@ -183,6 +187,10 @@ def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=1, na
     x = _x(input)
     w = _t(filters) if _is_tensor(filters) else convert(filters, x.dtype)
     nchw = _format("conv2d", data_format, x)
+    # TF refuses an empty filter; the shape rule would give a nonsense output size
+    if not all(nonzero(d) for d in w.shape):
+        raise _arg_error("conv2d", f"filters must not have zero elements (all dimensions must be "
+                                   f"non-zero), got filter shape {tuple(w.shape)}", x)
     attrs = {"strides": _pair("conv2d", "strides", strides, nchw, x),
              "dilations": _pair("conv2d", "dilations", dilations, nchw, x),
              "padding": _padding("conv2d", padding, nchw, x, explicit_ok=True)}

@@ -9,7 +9,7 @@ from .. import dtypes as D
 from ..ir.registry import register
 from ..ir.shapes import is_one, Sym
 from .rules import broadcast_shapes, same_dtype, require
-from ..errors import ShapeError
+from ..errors import InvalidArgumentError, ShapeError
 
 FLOAT, INT, BOOL = ("float",), ("int",), ("bool",)
 NUM = ("float", "int")
@@ -120,6 +120,15 @@ def _floordiv_ref(x, y):
     return np.floor_divide(x, y)
 
 
+def _pow_ref(x, y):
+    # NumPy's own ValueError would not name the op; the frontend (api.pow) already
+    # rejects an exponent known while tracing, this catches any other caller
+    if x.dtype.kind in "iu" and np.any(y < 0):
+        raise InvalidArgumentError(f"pow: Integers to negative integer powers are not allowed "
+                                   f"(exponent {np.min(y)}, base {x.dtype}{x.shape})")
+    return np.power(x, y)
+
+
 def _pow_emit(a, at, ins, d):
     return f"{npt(d)}({a[0]} ** {a[1]})"
 
@@ -130,7 +139,7 @@ _binary("multiply", np.multiply, lambda a, at, i, d: f"({a[0]} * {a[1]})", NUM)
 _binary("divide", _truediv_ref, _div_emit, NUM, out=lambda dt: D.float64 if dt.is_integer else dt)
 _binary("floordiv", _floordiv_ref, lambda a, at, i, d: f"({a[0]} // {a[1]})", NUM)
 _binary("floormod", np.mod, lambda a, at, i, d: f"({a[0]} % {a[1]})", NUM)
-_binary("pow", np.power, _pow_emit, NUM, cost=8)
+_binary("pow", _pow_ref, _pow_emit, NUM, cost=8)
 _binary("maximum", np.maximum, lambda a, at, i, d: (
     f"({a[0]} if ({a[0]} > {a[1]} or {a[0]} != {a[0]}) else {a[1]})" if d.is_floating
     else f"({a[0]} if {a[0]} > {a[1]} else {a[1]})"), NUM)

@@ -2,8 +2,9 @@
 import numpy as np
 
 from .. import dtypes as D
+from ..errors import ShapeError
 from ..ir.registry import register
-from .rules import norm_axes, norm_axis, require
+from .rules import fmt, nonzero, norm_axes, norm_axis, require
 from .elementwise import npt
 
 
@@ -76,6 +77,10 @@ def _arg_make(kind):
     def infer(shapes, dts, attrs):
         require(dts[0], ("float", "int"), name)
         ax = norm_axis(attrs["axis"], len(shapes[0]))
+        # an empty axis has no index to return (TF raises; the kernel would read x[o, 0, j])
+        if not nonzero(shapes[0][ax]):
+            raise ShapeError(f"cannot take {name} over axis {ax} of size 0 (input shape "
+                             f"{fmt(shapes[0])})")
         attrs["axis"] = ax
         return tuple(d for i, d in enumerate(shapes[0]) if i != ax), attrs["output_type"]
 

@@ -1,6 +1,10 @@
 """Shared shape/dtype rules used by the op definitions."""
+import operator
+
+import numpy as np
+
 from ..errors import DTypeError, ShapeError
-from ..ir.shapes import Sym, hint, is_one, unify_dims, same
+from ..ir.shapes import Sym, hint, is_one, render, unify_dims, same
 
 
 def fmt(shape):
@@ -49,10 +53,31 @@ def require(dtype, kinds, what):
         raise DTypeError(f"{what} is not defined for dtype {dtype.name} (needs {'/'.join(kinds)})")
 
 
+def as_int(v, what="axis"):
+    """v as a Python int. Strict like TF: int() would also take 1.0, "1" and True;
+    operator.index takes only integer types (int, NumPy integers, TF1 Dimensions)."""
+    if not isinstance(v, (bool, np.bool_)):
+        try:
+            return operator.index(v)
+        except TypeError:
+            pass
+    raise DTypeError(f"{what} must be an integer, got {v!r} ({type(v).__name__})")
+
+
+def nonzero(d):
+    """Whether dim d is not 0; for a symbolic d the answer becomes a guard (no
+    specialisation), so a later call with size 0 traces again and raises there."""
+    if not isinstance(d, Sym):
+        return int(d) != 0
+    ok = d.hint != 0
+    expr = f"{render(d, d.env.src_expr)} != 0"
+    d.env.add_guard(expr if ok else f"not ({expr})")
+    return ok
+
+
 def norm_axis(axis, rank, allow_end=False):
     n = rank + 1 if allow_end else rank
-    if not isinstance(axis, int):
-        raise TypeError(f"axis must be a Python int, got {axis!r}")
+    axis = as_int(axis)
     if not -n <= axis < n:
         raise ShapeError(f"axis {axis} is out of range for rank {rank}")
     return axis % n if n else 0
@@ -61,7 +86,7 @@ def norm_axis(axis, rank, allow_end=False):
 def norm_axes(axis, rank):
     if axis is None:
         return tuple(range(rank))
-    if isinstance(axis, int):
+    if not isinstance(axis, (list, tuple)):
         axis = (axis,)
-    out = sorted({norm_axis(int(a), rank) for a in axis})
+    out = sorted({norm_axis(a, rank) for a in axis})
     return tuple(out)
