@@ -17,10 +17,12 @@ import numpy as np
 from .. import dtypes as D
 from ..errors import OutOfRangeError, TracerError
 from ..ir.graph import Graph
+from ..ir.shapes import concrete_sizes
 from ..runtime import stats as S
+from ..runtime.interrupts import deferred_interrupts, reraise_interrupt
 from . import device as _device
 from .pytree import flatten, unflatten
-from .tensor import GpuTensor, Tensor, TraceContext, active_tapes, current_trace, node_of
+from .tensor import GpuTensor, Tensor, TraceContext, active_tapes, current_trace, node_of, to_numpy
 
 
 class _Dyn:
@@ -32,7 +34,18 @@ class _Dyn:
 
 
 def _is_leaf(x):
-    return isinstance(x, Tensor) or hasattr(x, "_flowjit_tensor")
+    return isinstance(x, Tensor) or hasattr(x, "_flowjit_tensor") or _is_number_list(x)
+
+
+def _is_number_list(x):
+    """A list of numbers (nested lists too): passed to a jitted function it is one array,
+    as eager ops take it. (Tuples stay structure: a tuple of ints is a shape or axes.)"""
+    if type(x) is not list or not x:
+        return False
+    flat = x
+    while flat and all(type(v) is list for v in flat):
+        flat = [w for v in flat for w in v]
+    return bool(flat) and all(isinstance(v, (int, float, np.number)) for v in flat)
 
 
 class _DeviceInput:
@@ -68,6 +81,12 @@ def _classify(leaves):
         elif isinstance(x, float):
             a = np.asarray(x, np.float64)
             weak = True
+        elif type(x) is list:                     # _is_number_list: converted as eagerly
+            try:
+                a = to_numpy(x)
+            except ValueError:
+                raise TypeError(f"jit: argument {x!r} is a ragged list of numbers; pass an array") from None
+            weak = False
         elif _device.is_device_array(x):
             dev = _device.as_device_array(x)
             a = _DeviceInput(dev, dev.shape)
@@ -81,7 +100,7 @@ def _classify(leaves):
             spec.append(("s",))
             continue
         if a.dtype not in _OK_DTYPES:
-            a = (a.host() if type(a) is _DeviceInput else a).astype(D.as_dtype(a.dtype).np)
+            a = to_numpy(a.host() if type(a) is _DeviceInput else a)     # range-checked
         arrays.append(a)
         spec.append((a.dtype.num, a.ndim, tuple(d == 1 for d in a.shape), weak)
                     + (("gpu",) if type(a) is _DeviceInput else ()))
@@ -138,7 +157,10 @@ class StageRunner:
         if self.streams:
             args = args + [np.array([s.next_key()], np.int64) for s in self.streams]
         err = self.err
-        outs = self.exe.run(args + [err])
+        try:
+            outs = self.exe.run(args + [err])
+        except SystemError as e:
+            reraise_interrupt(e)
         if err[0]:
             node = self.program.graph.nodes[self.exe.err_codes[int(err[0])]]
             bad, n = int(err[1]), int(err[2])
@@ -187,7 +209,6 @@ class Compiled:
         pos = {a: k for k, a in enumerate(joint.args)}
         self.effect_vars = [variables[pos[a] - n_dyn] for a, _ in joint.effects]
         self.rank0_out = [len(joint.nodes[o].shape) == 0 for o in joint.outputs]
-        self.copy_out = [joint.nodes[o].op == "arg" for o in joint.outputs]
         # effects the compiled code already wrote into the variable's own buffer
         done = set()
         if split is None:
@@ -196,10 +217,18 @@ class Compiled:
             done = {split.fwd_effects[k] for k in stages[0].exe.inplace} | \
                    {split.bwd_effects[k] for k in stages[1].exe.inplace}
         self.effect_copy = [k not in done for k in range(len(joint.effects))]
+        in_place = {joint.effects[k][1] for k in done}
+        self.copy_out = [_shares_state(joint, o, in_place) for o in joint.outputs]
         self.single = (out_struct == "*" and out_static == [None] and not joint.effects
                        and self.bwd is None and not self.copy_out[0])
 
     def run(self, arrays):
+        if self.effect_vars:        # a step that updates variables: all of it or none
+            with deferred_interrupts():
+                return self._run(arrays)
+        return self._run(arrays)
+
+    def _run(self, arrays):
         if not self.on_host:
             return self._run_device(arrays)
         args = [a if (a.ndim and a.flags.c_contiguous) else
@@ -274,6 +303,15 @@ class Compiled:
             for k, v in zip(sp.bwd_effects, bouts[nb:]):
                 effects[k] = v
         return values, effects
+
+
+def _shares_state(g, nid, in_place):
+    """Whether output `nid` may be the memory of an input, a variable or a constant
+    (directly or through reshape views): such an output is returned as a copy, so a
+    returned value never changes when a later step updates a variable in place."""
+    while g.nodes[nid].op == "reshape":
+        nid = g.nodes[nid].inputs[0]
+    return g.nodes[nid].op in ("arg", "const") or nid in in_place
 
 
 class JitFunction:
@@ -381,11 +419,12 @@ class JitFunction:
             dargs, dkwargs = unflatten(struct, traced_leaves)
             for name, v in static:
                 dkwargs[name] = v
-            if static:
-                bound = self._sig.bind_partial(*dargs, **dkwargs)
-                result = self.fn(*bound.args, **bound.kwargs)
-            else:
-                result = self.fn(*dargs, **dkwargs)
+            with concrete_sizes():      # errors raised while tracing show real sizes
+                if static:
+                    bound = self._sig.bind_partial(*dargs, **dkwargs)
+                    result = self.fn(*bound.args, **bound.kwargs)
+                else:
+                    result = self.fn(*dargs, **dkwargs)
             ctx.finish_effects()
             out_leaves, out_struct = flatten(result, _is_leaf)
             out_static, rank0 = [], []

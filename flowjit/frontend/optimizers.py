@@ -6,8 +6,10 @@ import numpy as np
 from .. import dtypes as D
 from . import api as F
 from .autodiff import GradientTape
-from .tensor import Tensor
-from .variables import Variable
+from ..errors import DTypeError, ShapeError
+from ..ir.shapes import concrete_sizes
+from .tensor import Tensor, user_src
+from .variables import Variable, transaction
 
 
 class Optimizer:
@@ -63,12 +65,32 @@ class Optimizer:
         if pairs and all(g is None for g, _ in pairs):
             raise ValueError("No gradients provided for any variable: "
                              + ", ".join(v.name for _, v in pairs))
-        pairs = [(g, v) for g, v in pairs if g is not None]
-        for g, v in pairs:
-            g = g if isinstance(g, Tensor) else F.convert_to_tensor(g, v.dtype)
-            self._update(g, v, self._lr(v.dtype))
-        self.iterations.assign_add(np.int64(1))
+        # every gradient is checked before the first write, and the writes are applied
+        # together (a transaction eagerly, the compiled step under jit)
+        pairs = [(self._checked(g, v), v) for g, v in pairs if g is not None]
+        with transaction():
+            for g, v in pairs:
+                self._update(g, v, self._lr(v.dtype))
+            self.iterations.assign_add(np.int64(1))
         return self.iterations
+
+    def _checked(self, g, v):
+        """The gradient for variable v as a tensor of v's dtype and shape, or an error
+        naming the variable (a NumPy array of another dtype is not cast silently)."""
+        if isinstance(g, (np.ndarray, np.generic)) and D.as_dtype(np.asarray(g).dtype) is not v.dtype:
+            raise DTypeError(f"{self.name}.apply_gradients (at {user_src()}): the gradient for "
+                             f"{v.name} has dtype {np.asarray(g).dtype}, the variable {v.dtype.name}")
+        if not isinstance(g, Tensor):
+            g = F.convert_to_tensor(g, v.dtype)
+        if g.dtype is not v.dtype:
+            raise DTypeError(f"{self.name}.apply_gradients (at {user_src()}): the gradient for "
+                             f"{v.name} has dtype {g.dtype.name}, the variable {v.dtype.name}")
+        gs = tuple(g.shape)
+        if len(gs) != len(v.shape) or any(a != b for a, b in zip(gs, v.shape)):
+            with concrete_sizes():
+                raise ShapeError(f"{self.name}.apply_gradients (at {user_src()}): the gradient "
+                                 f"for {v.name} has shape {g.shape!r}, the variable {v.shape!r}")
+        return g
 
     def minimize(self, loss, var_list, tape=None):
         with GradientTape() as t:

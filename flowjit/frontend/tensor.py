@@ -15,7 +15,7 @@ import numpy as np
 from .. import dtypes as D
 from ..errors import DTypeError, ShapeError, TracerError, FlowjitError
 from ..ir.registry import REGISTRY
-from ..ir.shapes import Sym, hint, render
+from ..ir.shapes import Sym, concrete_sizes, hint, render, symbolic
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _state = threading.local()
@@ -308,8 +308,20 @@ def to_numpy(value, dtype=None):
         raise DTypeError(f"cannot convert a value of dtype {arr.dtype} to a tensor of dtype "
                          f"{dtype.name}; use fj.cast on a tensor to change dtypes")
     if arr.dtype != dtype.np:
+        if arr.dtype.kind in "iu" and dtype.is_integer and arr.size:
+            _check_int_range(arr, dtype)
         arr = arr.astype(dtype.np)
     return arr
+
+
+def _check_int_range(arr, dtype):
+    """An integer array converted to a narrower integer dtype (uint64 above 2^63 to
+    int64, int64 to int32) must fit: NumPy's cast would wrap silently."""
+    info = np.iinfo(dtype.np)
+    lo, hi = arr.min(), arr.max()
+    if lo < info.min or hi > info.max:
+        raise DTypeError(f"cannot convert a {arr.dtype} value in [{lo}, {hi}] to {dtype.name}: "
+                         f"it does not fit in [{info.min}, {info.max}]")
 
 
 def convert(value, dtype=None):
@@ -321,7 +333,15 @@ def convert(value, dtype=None):
         return value
     if hasattr(value, "_flowjit_tensor"):            # Variables
         return value._flowjit_tensor()
+    if isinstance(value, (list, tuple)) and _holds_tensor(value):
+        from .api import stack                       # TF packs a list of tensors
+        return convert(stack([convert(v, dtype) for v in value]), dtype)
     return Tensor(value=to_numpy(value, dtype))
+
+
+def _holds_tensor(seq):
+    return any(isinstance(v, Tensor) or hasattr(v, "_flowjit_tensor") or
+               (isinstance(v, (list, tuple)) and _holds_tensor(v)) for v in seq)
 
 
 def node_of(t, ctx):
@@ -335,7 +355,9 @@ def node_of(t, ctx):
     hit = ctx.captured.get(key)
     if hit is None:
         g = ctx.graph
-        g.consts.append(t._value)
+        # a copy: the compiled function keeps its constants, and the array may be the
+        # caller's (a NumPy array closed over by the jitted function), changed later
+        g.consts.append(np.array(t._value, copy=True))
         node = g.add("const", (), {"index": len(g.consts) - 1}, t._value.shape, t.dtype)
         hit = ctx.captured[key] = (node, t)
     return hit[0]
@@ -359,11 +381,12 @@ def apply_op(name, inputs, attrs=None, src=None):
     if src is None:
         src = user_src()
     try:
-        shape, dtype = op.infer(shapes, dts, attrs)
+        with concrete_sizes():          # messages show the call's sizes, not symbols
+            shape, dtype = op.infer(shapes, dts, attrs)
     except (ShapeError, DTypeError, IndexError, ValueError, TypeError) as e:
         if isinstance(e, FlowjitError) and str(e).startswith(name):
             raise
-        described = "; ".join(f"input {i}: {d.name}{_fmt_shape(s)}" for i, (s, d) in enumerate(zip(shapes, dts)))
+        described = "; ".join(f"input {i}: {d.name}{describe_shape(s)}" for i, (s, d) in enumerate(zip(shapes, dts)))
         kind = type(e) if isinstance(e, FlowjitError) else (
             ShapeError if isinstance(e, (ValueError, IndexError)) else DTypeError)
         raise kind(f"{name} (at {src}): {e} [{described}]") from None
@@ -394,6 +417,11 @@ def active_tapes():
     return tapes
 
 
-def _fmt_shape(shape):
-    return "(" + ", ".join(repr(d) if isinstance(d, Sym) else str(d) for d in shape) + \
-           ("," if len(shape) == 1 else "") + ")"
+def describe_shape(shape):
+    """`(3, 4)`: the sizes of the call being traced, then the symbols behind them
+    (`(3, 4) [d0_0, d0_1]`) when some are symbolic (runtime sizes under jit)."""
+    concrete = tuple(hint(d) for d in shape)
+    text = str(concrete) if len(shape) != 1 else f"({concrete[0]},)"
+    if any(isinstance(d, Sym) for d in shape):
+        text += " [" + ", ".join(symbolic(d) for d in shape) + "]"
+    return text

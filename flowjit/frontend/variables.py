@@ -7,14 +7,46 @@ GPU memory (a flat device array) between steps; the compiled GPU code reads and
 updates it there. A program compiled for another device that uses the variable moves
 it there once (later calls find it in place)."""
 import itertools
+import threading
 
 import numpy as np
 
 from .. import dtypes as D
 from ..errors import DTypeError, ShapeError
+from ..runtime.interrupts import deferred_interrupts
 from .tensor import Tensor, TensorShape, active_tapes, convert, current_trace, to_numpy, user_src
 
 _names = itertools.count()
+_txn = threading.local()
+
+
+class transaction:
+    """Eager assignments inside this block are staged (reads see the staged values)
+    and written together at the end, with Ctrl-C deferred: an eager optimizer step
+    that raises or is interrupted changes no variable. Under @fj.jit assignments are
+    graph effects, applied all or nothing by the compiled step, so this is a no-op."""
+
+    def __enter__(self):
+        self.outer = getattr(_txn, "pending", None)
+        if self.outer is None:
+            _txn.pending = {}
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if self.outer is not None:
+            return False
+        pending, _txn.pending = _txn.pending, None
+        if exc_type is None:
+            with deferred_interrupts():
+                for var, value in pending.values():
+                    var._store(value)
+        return False
+
+
+def _staged(var):
+    pending = getattr(_txn, "pending", None)
+    hit = pending.get(id(var)) if pending else None
+    return None if hit is None else hit[1]
 
 
 class Variable:
@@ -61,6 +93,9 @@ class Variable:
             self._buf = value if len(value.shape) == 1 else value.reshape(-1)
 
     def _host_value(self):
+        staged = _staged(self)
+        if staged is not None:
+            return staged.copy()
         if self._device == "CPU":
             return self._buf.copy()
         from .device import to_host
@@ -111,6 +146,9 @@ class Variable:
     def assign(self, value, read_value=True, name=None):
         ctx = current_trace()
         t = value._flowjit_tensor() if hasattr(value, "_flowjit_tensor") else value
+        if isinstance(t, (np.ndarray, np.generic)) and D.from_numpy_value(np.asarray(t)) is not self.dtype:
+            raise DTypeError(f"assign to {self._name} (at {user_src()}): value has dtype "
+                             f"{np.asarray(t).dtype}, the variable {self.dtype.name}; use fj.cast")
         if isinstance(t, Tensor):
             if t.dtype is not self.dtype:
                 raise DTypeError(f"assign to {self._name} (at {user_src()}): value has dtype "
@@ -127,11 +165,18 @@ class Variable:
                 unify_dims(a, b)
         if ctx is not None:
             ctx.assign_variable(self, t)
-        elif self._device == "CPU":
-            np.copyto(self._buf, t.numpy())
+        elif getattr(_txn, "pending", None) is not None:
+            _txn.pending[id(self)] = (self, np.array(t.numpy(), copy=True))
         else:
-            self._buf.copy_to_device(np.ascontiguousarray(t.numpy()).reshape(-1))
+            self._store(t.numpy())
         return self
+
+    def _store(self, value):
+        """Write a host value (the variable's shape and dtype) into the buffer."""
+        if self._device == "CPU":
+            np.copyto(self._buf, value)
+        else:
+            self._buf.copy_to_device(np.ascontiguousarray(value).reshape(-1))
 
     def assign_add(self, delta, read_value=True, name=None):
         return self.assign(self._flowjit_tensor() + delta)

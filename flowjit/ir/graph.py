@@ -23,7 +23,8 @@ class Node:
 def _hashable(v):
     from .shapes import Sym
     if isinstance(v, Sym):
-        return ("sym", repr(v.norm()))
+        n = v.norm()
+        return ("sym", n.terms) if isinstance(n, Sym) else n
     if isinstance(v, list):
         return tuple(_hashable(x) for x in v)
     if isinstance(v, tuple):

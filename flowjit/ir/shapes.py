@@ -12,6 +12,20 @@ shapes satisfy every guard reuses the compiled code; otherwise the function is t
 again (and a real shape error is then raised at trace time with the new sizes).
 """
 import operator
+import threading
+
+_display = threading.local()
+
+
+class concrete_sizes:
+    """Within this block a symbolic size prints as its size in the call being traced
+    (`(3, 4)`, not `(d0_0, d0_1)`), so error messages show the user's real shapes."""
+
+    def __enter__(self):
+        _display.depth = getattr(_display, "depth", 0) + 1
+
+    def __exit__(self, *exc):
+        _display.depth -= 1
 
 
 class ShapeEnv:
@@ -161,6 +175,9 @@ class Sym:
 
     # comparisons and conversions specialise or guard (the user asked a size question)
     def _ask(self, op, other, opname):
+        diff = self - other
+        if not isinstance(diff, Sym):       # e.g. `d - 1 < d`: true for every size, no guard
+            return op(diff, 0)
         lhs = self.hint
         rhs = other.hint if isinstance(other, Sym) else other
         result = op(lhs, rhs)
@@ -168,7 +185,8 @@ class Sym:
         rhs_src = render(other, env.src_expr) if isinstance(other, Sym) else repr(other)
         expr = f"({render(self, env.src_expr)}) {opname} ({rhs_src})"
         env.add_guard(expr if result else f"not ({expr})",
-                      f"size comparison `{self!r} {opname} {other!r}` evaluated while tracing")
+                      f"size comparison `{symbolic(self)} {opname} {symbolic(other)}` evaluated "
+                      f"while tracing")
         return result
 
     def __eq__(self, other):
@@ -213,7 +231,17 @@ class Sym:
         return q
 
     def __repr__(self):
-        return render(self, lambda sid: f"d{self.env.sources[sid][0]}_{self.env.sources[sid][1]}")
+        if getattr(_display, "depth", 0):
+            return str(self.hint)
+        return symbolic(self)
+
+
+def symbolic(d):
+    """A dim as text with its symbol names (`d0_1` is input 0's dim 1)."""
+    if not isinstance(d, Sym):
+        return str(d)
+    text = render(d, lambda sid: f"d{d.env.sources[sid][0]}_{d.env.sources[sid][1]}")
+    return text[1:-1] if " " not in text else text      # `d0_1`, `(d0_1 - 1)`
 
 
 def render(d, name_of):
@@ -286,7 +314,7 @@ def unify_dims(a, b):
         return a.norm()
     for d, other in ((a, b), (b, a)):
         if isinstance(d, Sym):
-            d.env.specialise(d, f"must equal {other!r}")
+            d.env.specialise(d, f"must equal {symbolic(other)}")
     return hint(a)
 
 

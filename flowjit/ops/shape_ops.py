@@ -70,8 +70,29 @@ def _slice_infer(shapes, dts, attrs):
     spec = attrs["spec"]
     if len(spec) != len(shapes[0]):
         raise ShapeError("too many indices for a tensor of shape " + fmt(shapes[0]))
+    for k, (e, d) in enumerate(zip(spec, shapes[0])):
+        _check_in_bounds(e, d, k, shapes[0])
     out = [e[3] for e in spec if e[0] == "range"]
     return tuple(out), dts[0]
+
+
+def _check_in_bounds(entry, dim, k, shape):
+    """Every element a slice entry reads lies inside `dim`. Comparisons with a symbolic
+    size become guards, so a later call with a smaller input traces again (and raises
+    here with its sizes) instead of letting compiled code read past the buffer."""
+    if entry[0] == "index":
+        first = last = entry[1]
+        what = f"index {first}"
+    else:
+        start, step, size = entry[1], entry[2], entry[3]
+        if size < 0:
+            raise ShapeError(f"negative slice size {size} along dimension {k} of {fmt(shape)}")
+        if size == 0:
+            return
+        first, last = start, start + step * (size - 1)
+        what = f"elements {first}..{last}"
+    if not (0 <= first < dim and 0 <= last < dim):
+        raise ShapeError(f"{what} out of range for dimension {k} of size {dim} in {fmt(shape)}")
 
 
 def _slice_ref(a, attrs, shape, dtype):

@@ -44,7 +44,7 @@ def _fill(x, vals):
     return x
 
 
-def apply(type, fn, args=(), kwargs=None, name=None, default_name=None, multi=False):
+def apply(type, fn, args=(), kwargs=None, name=None, default_name=None, multi=False, out_specs=None):
     """An op of TF1 type `type` computing `fn(*args, **kwargs)` with flowjit, where every
     TF1 tensor inside args/kwargs (also inside lists) becomes an input of the op."""
     tensors = []
@@ -54,7 +54,7 @@ def apply(type, fn, args=(), kwargs=None, name=None, default_name=None, multi=Fa
     def compute(*vals):
         return fn(*_fill(sargs, vals), **_fill(skw, vals))
 
-    op = make_op(type, compute, tensors, name=name, default_name=default_name)
+    op = make_op(type, compute, tensors, name=name, default_name=default_name, out_specs=out_specs)
     if multi:
         return list(op.outputs)
     return op.outputs[0]
@@ -330,7 +330,26 @@ def unstack(value, num=None, axis=0, name="unstack"):
 def split(value, num_or_size_splits, axis=0, num=None, name="split"):
     n = static_value(num_or_size_splits, "split sizes")
     ax = static_value(axis, "split axis")
-    return apply("Split", lambda x: F.split(x, n, ax), (value,), name=name, multi=True)
+    return apply("Split", lambda x: F.split(x, n, ax), (value,), name=name, multi=True,
+                 out_specs=_split_specs(value, n, ax))
+
+
+def _split_specs(value, n, axis):
+    """Output (dtype, shape) of a split whose input has a None dim: the count and the
+    sizes come from the split itself (TF1 knows them while building the graph; the
+    sizes are checked against the fed value when the session runs)."""
+    value = convert_to_tensor(value)
+    dims = value.shape.as_list() if value.shape.ndims is not None else None
+    if dims is None or None not in dims or not isinstance(axis, (int, np.integer)) \
+            or not -len(dims) <= axis < len(dims):
+        return None                       # fully known shapes: inferred as usual
+    axis = int(axis) % len(dims)
+    if isinstance(n, (int, np.integer)):
+        total = dims[axis]
+        sizes = [total // int(n) if total is not None else None] * int(n)
+    else:
+        sizes = [None if int(s) == -1 else int(s) for s in np.asarray(n).reshape(-1)]
+    return [(value.dtype, dims[:axis] + [s] + dims[axis + 1:]) for s in sizes]
 
 
 def tile(input, multiples, name=None):
