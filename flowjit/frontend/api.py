@@ -281,6 +281,8 @@ def _dims(shape, what, arg="shape", allow_unknown=False):
 
 def constant(value, dtype=None, shape=None, name=None):
     arr = to_numpy(value, dtype)
+    if arr is value or (isinstance(value, np.ndarray) and np.shares_memory(arr, value)):
+        arr = arr.copy()          # a tensor is immutable: the caller may change its array
     if shape is not None:
         shape = _dims(shape, "constant")
         if arr.size == 1:
@@ -580,10 +582,12 @@ def split(value, num_or_size_splits, axis=0, num=None, name=None):
             raise InvalidArgumentError(f"split (at {user_src()}): num_or_size_splits must be >= 1, "
                                        f"got {k} (splitting dimension {axis} of shape "
                                        f"{tuple(x.shape)})")
-        if hint(n) % k:
+        size_ = n // k if hint(n) % k == 0 else None      # symbolic: exact or specialised
+        # size comparisons with a symbolic dim become guards: the trace is only reused
+        # for inputs where these sizes still fit
+        if size_ is None or size_ * k != n:
             raise ShapeError(f"split (at {user_src()}): dimension {axis} of size {hint(n)} does not "
                              f"divide into {k} equal parts")
-        size_ = n // k
         sizes = [size_] * k
     else:
         # a symbolic size is fixed to its value here, as before (int() specialises it)
@@ -594,12 +598,11 @@ def split(value, num_or_size_splits, axis=0, num=None, name=None):
                                        f"shape {tuple(x.shape)})")
         if -1 in sizes:
             rest = n - builtins.sum(s for s in sizes if s != -1)
-            if hint(rest) < 0:
+            if rest < 0:
                 raise ShapeError(f"split (at {user_src()}): sizes {sizes} add up to more than "
                                  f"dimension {axis} of size {hint(n)}")
             sizes[sizes.index(-1)] = rest
-        total = builtins.sum(hint(s) for s in sizes)
-        if total != hint(n):
+        if builtins.sum(sizes) != n:
             raise ShapeError(f"split (at {user_src()}): sizes {sizes} do not add up to {hint(n)}")
     out, off = [], 0
     for s in sizes:
