@@ -6,12 +6,19 @@ Each kernel and each entry is a Python module named by the hash of its source, i
 (temp file + rename) and never modified afterwards, so Numba's cache index (keyed by
 the file's stamp) stays valid and a second process compiles nothing. A file whose
 content is not what we would generate (truncated, edited) is rewritten; a Numba cache
-entry that fails to load (corrupted) is deleted and rebuilt.
+entry that fails to load (corrupted, or another function's) is deleted and rebuilt.
+
+The cache holds code we import and pickles Numba unpickles. Its directories are checked
+once (runtime_config.secure_dir), each module's files before it is imported (`_vet`):
+files someone else could have written are deleted, another user's make the whole disk
+cache unusable. A cache that is unusable or cannot be written is given up for the rest
+of the process, with one warning (runtime_config.give_up).
 """
 import glob
 import hashlib
 import importlib.util
 import os
+import stat
 import sys
 import tempfile
 
@@ -52,10 +59,82 @@ def _salt():
 SALT = _salt()
 
 
-def module_dir():
-    d = os.path.join(cfg.cache_dir(), "cpu")
-    os.makedirs(d, exist_ok=True)
-    return d
+_dirs = {}        # (cache root, kind) -> (module dir, Numba's cache dir for it), checked
+_vetted = set()   # Numba cache dirs checked: the only ones generated functions may use
+_listing = {}     # Numba cache dir -> {module name: its file names}, listed once
+
+
+def module_dir(kind="cpu"):
+    """The directory of generated modules of `kind` ("cpu", "cuda"), checked."""
+    return _dirs_of(kind)[0]
+
+
+def numba_dir(kind="cpu"):
+    """Where Numba caches the functions of those modules."""
+    return _dirs_of(kind)[1]
+
+
+def _dirs_of(kind):
+    root = cfg.cache_dir()
+    dirs = _dirs.get((root, kind))
+    if dirs is None:
+        d = os.path.join(root, kind)
+        dirs = (d, _numba_cache_dir(d))
+        try:
+            for p in (root,) + dirs[: 2 if cfg.disk_cache_enabled() else 1]:
+                cfg.secure_dir(p)
+        except (OSError, cfg.UnsafeCache) as e:
+            if not cfg.disk_cache_enabled():
+                raise                      # the private directory itself failed
+            cfg.give_up(root, e)
+            return _dirs_of(kind)
+        _dirs[(root, kind)] = dirs
+        if cfg.disk_cache_enabled():
+            _vetted.add(dirs[1])
+    return dirs
+
+
+def _numba_cache_dir(d):
+    """Numba's cache directory for modules in `d`: NUMBA_CACHE_DIR's subfolder for it if
+    set, else `d/__pycache__` (the first two of Numba's cache locators)."""
+    from numba.core import config
+    from numba.core.caching import _CacheLocator
+    if config.CACHE_DIR:
+        sub = _CacheLocator.get_suitable_cache_subpath(os.path.join(d, "m.py"))
+        return os.path.abspath(os.path.join(config.CACHE_DIR, sub))
+    return os.path.join(d, "__pycache__")
+
+
+def _vet(kind, name):
+    """Check module `name`'s files (its source, Numba's index and data) before anything
+    reads them: delete ours that others could have written (a pickle planted there would
+    run when Numba loads it); raise UnsafeCache for another user's."""
+    d, nd = _dirs_of(kind)
+    paths = [os.path.join(d, name + ".py")] + [os.path.join(nd, f) for f in _entries(nd).get(name, ())]
+    for p in paths:
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if cfg.foreign(st):
+            raise cfg.UnsafeCache(f"{p} is owned by uid {st.st_uid}, not by this user")
+        if cfg.others_can_write(st) or not stat.S_ISREG(st.st_mode):
+            os.unlink(p)
+
+
+def _entries(nd):
+    """Numba's cache files in `nd` by module name (listed once: files written later are
+    this process's own)."""
+    got = _listing.get(nd)
+    if got is None:
+        got = _listing[nd] = {}
+        try:
+            names = os.listdir(nd)
+        except OSError:
+            names = ()
+        for f in names:
+            got.setdefault(f.split(".", 1)[0], []).append(f)
+    return got
 
 
 def write_atomic(path, text):
@@ -99,38 +178,52 @@ def load(name, body):
         return mod
     if "parallel=True" in body or "prange" in body or "conv_cpu" in body:
         _start_numba_threads()
-    path, text = os.path.join(module_dir(), name + ".py"), HEADER + f"# runtime {SALT}\n" + body
+    text, modname = HEADER + f"# runtime {SALT}\n" + body, f"flowjit_gen_{name}"
     try:
-        mod = import_generated(path, text, f"flowjit_gen_{name}", cfg.disk_cache_enabled())
+        mod = import_generated("cpu", name, text, modname, True)
     except Exception:
         # a pool task (a cfunc) is compiled, or read from Numba's cache, on import: a
         # corrupted cache entry fails here, not at the kernel's first call
         if not cfg.disk_cache_enabled():
             raise
         forget([name])
-        mod = import_generated(path, text, f"flowjit_gen_{name}", True)
+        mod = import_generated("cpu", name, text, modname, True)
     _modules[name] = mod
     return mod
 
 
-def import_generated(path, text, modname, cache):
-    """Import the generated module `text` from `path` as `modname` (the file is written
-    first, atomically, unless it already holds exactly `text`); its `CACHE` global is
-    `cache` (Numba's disk cache on or off). Shared by the CPU and CUDA backends."""
+def import_generated(kind, name, text, modname, cache):
+    """Import the generated module `text` as `modname` from `name`.py in module_dir(kind)
+    (the file is written first, atomically, unless it already holds exactly `text`); its
+    `CACHE` global is `cache` (Numba's disk cache on or off) while the disk cache is in
+    use. Shared by the CPU and CUDA backends."""
+    root = cfg.cache_dir()
     try:
-        with open(path) as f:
-            current = f.read()
-    except (OSError, UnicodeDecodeError):
-        current = None
-    if current != text:
-        write_atomic(path, text)
+        _vet(kind, name)
+        path = os.path.join(module_dir(kind), name + ".py")
+        if _read(path) != text:
+            write_atomic(path, text)
+    except (OSError, cfg.UnsafeCache) as e:
+        if not cfg.disk_cache_enabled():
+            raise
+        cfg.give_up(root, e)               # read-only, full, or not safe: go on without it
+        return import_generated(kind, name, text, modname, cache)
     spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
-    mod.CACHE = cache
+    mod.CACHE = cache and cfg.disk_cache_enabled()
     # Numba's cache rebuilds a function's environment by importing its module by name
     sys.modules[modname] = mod
-    spec.loader.exec_module(mod)
+    # run the text checked above, not what the file (or a .pyc beside it) holds by now
+    exec(compile(text, path, "exec"), mod.__dict__)
     return mod
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def kernel(name):
@@ -139,11 +232,11 @@ def kernel(name):
 
 def forget(names):
     """Drop modules from memory and delete their Numba cache files (after a failed load)."""
-    d = module_dir()
+    d = numba_dir()
     for name in names:
         _modules.pop(name, None)
         sys.modules.pop(f"flowjit_gen_{name}", None)
-        for f in glob.glob(os.path.join(d, "__pycache__", f"{name}.*")):
+        for f in glob.glob(os.path.join(d, f"{name}.*")):
             try:
                 os.unlink(f)
             except OSError:
@@ -154,4 +247,98 @@ def has_disk_cache(name):
     """Whether Numba's disk cache holds an index for module `name` (compiled before)."""
     if not cfg.disk_cache_enabled():
         return False
-    return bool(glob.glob(os.path.join(module_dir(), "__pycache__", f"{name}.*.nbi")))
+    return bool(glob.glob(os.path.join(numba_dir(), f"{name}.*.nbi")))
+
+
+def _guard_numba_cache():
+    """Make Numba's cache of generated functions fail soft and load only what is theirs.
+
+    Numba reads a cfunc's cache entry inside its decorator, before we could wrap the
+    instance, so Cache's two methods are wrapped once, for generated functions only
+    (their module is flowjit_gen_* / flowjit_cuda_*): an entry that fails to load in any
+    way, or that holds another function or signature (a data file copied over another),
+    is deleted and compiled again; a save that fails (a full disk) gives up the disk
+    cache; the files saved lose group/other write (a umask of 002), which `_vet` would
+    otherwise delete in the next process; a directory not vetted is not used."""
+    from numba.core.caching import Cache
+    if getattr(Cache, "_flowjit_guard", False):
+        return
+    load, save = Cache.load_overload, Cache.save_overload
+
+    def load_overload(self, sig, target_context):
+        if not _generated(self):
+            return load(self, sig, target_context)
+        if not _usable(self):
+            return None
+        try:
+            data = load(self, sig, target_context)
+            ok = data is None or _matches(self, sig, data)
+        except Exception:
+            ok = False
+        if not ok:
+            _drop(self)
+            return None
+        return data
+
+    def save_overload(self, sig, data):
+        if not _generated(self):
+            return save(self, sig, data)
+        if not _usable(self):
+            return None
+        try:
+            save(self, sig, data)
+        except OSError as e:
+            cfg.give_up(self._cache_path, e)
+            return None
+        _tighten(self)
+        return None
+
+    Cache.load_overload, Cache.save_overload = load_overload, save_overload
+    Cache._flowjit_guard = True
+
+
+def _generated(cache):
+    mod = getattr(getattr(cache, "_py_func", None), "__module__", None) or ""
+    return mod.startswith(("flowjit_gen_", "flowjit_cuda_"))
+
+
+def _usable(cache):
+    return cfg.disk_cache_enabled() and os.path.abspath(cache._cache_path) in _vetted
+
+
+def _matches(cache, sig, data):
+    """Whether loaded `data` is the cached function's own code for `sig`."""
+    from numba.core import sigutils
+    fd = getattr(data, "fndesc", None)
+    if fd is None:                      # not a CPU compile result: nothing to compare
+        return True
+    f = cache._py_func
+    args = sigutils.normalize_signature(sig)[0]
+    return (fd.modname, fd.qualname) == (f.__module__, f.__qualname__) and \
+        tuple(data.signature.args) == tuple(args)
+
+
+def _cache_files(cache):
+    """The function's index and data files (and stray temporaries)."""
+    return glob.glob(glob.escape(os.path.join(cache._cache_path, cache._impl.filename_base)) + ".*")
+
+
+def _drop(cache):
+    for f in _cache_files(cache):
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
+
+
+def _tighten(cache):
+    for f in _cache_files(cache):
+        try:
+            st = os.lstat(f)
+            if stat.S_ISREG(st.st_mode) and cfg.others_can_write(st):
+                os.chmod(f, stat.S_IMODE(st.st_mode) & 0o755)
+        except OSError:                 # removed meanwhile by another process
+            pass
+
+
+_guard_numba_cache()

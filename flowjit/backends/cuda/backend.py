@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 
-from ... import runtime_config as cfg
 from ...ir.registry import REGISTRY
 from ...runtime import stats as S
 from ..cpu import loader
@@ -47,10 +46,8 @@ def _load_kernel(name, body):
     """The compiled-on-first-launch kernel `name` (its module written once, atomically)."""
     mod = _modules.get(name)
     if mod is None:
-        d = os.path.join(cfg.cache_dir(), "cuda")
-        os.makedirs(d, exist_ok=True)
-        mod = loader.import_generated(os.path.join(d, name + ".py"), HEADER + f"# runtime {SALT}\n" + body,
-                                      f"flowjit_cuda_{name}", cfg.disk_cache_enabled() and not RT.SIM)
+        mod = loader.import_generated("cuda", name, HEADER + f"# runtime {SALT}\n" + body,
+                                      f"flowjit_cuda_{name}", not RT.SIM)
         _modules[name] = mod
         S.bump("compiles")
     return getattr(mod, name)
