@@ -262,3 +262,44 @@ def test_ctrl_c_leaves_a_step_applied_completely_or_not_at_all(mode, hidden, run
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"INTERRUPTS {runs * 5} ODD []" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+# --- TF1 details ------------------------------------------------------------------------
+def test_tf1_split_of_a_none_dim_has_one_output_per_size():
+    import flowjit.compat.v1 as tf
+    with tf.Graph().as_default():
+        x = tf.placeholder(tf.float32, [None])
+        a, b = tf.split(x, [2, 4])
+        thirds = tf.split(x, 3)
+        assert a.shape.as_list() == [2] and b.shape.as_list() == [4] and len(thirds) == 3
+        with tf.Session() as sess:
+            va, vb = sess.run([a, b], {x: np.arange(6, dtype=f32)})
+            assert va.tolist() == [0, 1] and vb.tolist() == [2, 3, 4, 5]
+            assert [t.tolist() for t in sess.run(thirds, {x: np.arange(6, dtype=f32)})] == \
+                [[0, 1], [2, 3], [4, 5]]
+            with pytest.raises(ShapeError, match="add up to 5"):
+                sess.run(a, {x: np.arange(5, dtype=f32)})
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+def test_batched_gather_reports_the_index_the_user_wrote(jitted):
+    p = np.arange(6, dtype=f32).reshape(2, 3)
+    gather = (lambda p, i: fj.gather(p, i, batch_dims=1))
+    run = fj.jit(gather) if jitted else gather
+    assert run(p, np.array([[0, 2], [1, 0]])).numpy().tolist() == [[0, 2], [4, 3]]
+    for bad, shown in (([[0, 3], [1, 1]], "index 3 "), ([[0, 1], [-1, 1]], "index -1 ")):
+        with pytest.raises(IndexError, match=shown + r"is out of range \[0, 3\)"):
+            run(p, np.array(bad))
+
+
+def test_tf1_batched_gather_defaults_its_axis_to_batch_dims():
+    import flowjit.compat.v1 as tf
+    with tf.Graph().as_default():
+        x = tf.placeholder(tf.float32, [None, 3])
+        i = tf.placeholder(tf.int64, [None, 2])
+        g = tf.gather(x, i, batch_dims=1)
+        with tf.Session() as sess:
+            p = np.arange(6, dtype=f32).reshape(2, 3)
+            assert sess.run(g, {x: p, i: [[0, 2], [1, 0]]}).tolist() == [[0, 2], [4, 3]]
+            with pytest.raises(IndexError, match=r"index 3 is out of range \[0, 3\)"):
+                sess.run(g, {x: p, i: [[0, 3], [1, 1]]})

@@ -686,8 +686,9 @@ def gather(params, indices, axis=None, batch_dims=0, name=None):
 
 def _batched_gather(p, i, b, axis):
     """TF's gather with batch_dims=b (axis == b): per batch entry, gather along axis b.
-    Done as one flat gather with batch offsets; an index outside its row is mapped past
-    the end, so the flat gather's range check still rejects it."""
+    Done as one flat gather with batch offsets. The indices first pass through a gather
+    from range(n), which is the identity for valid ones and reports a bad one as the
+    user wrote it ("index 3 is out of range [0, 3)"), not as its flat position."""
     axis = b if axis is None else _axis(axis, len(p.shape), "gather", p.shape)
     if b < 0 or b >= len(p.shape) or axis != b or len(i.shape) < b:
         raise ValueError(f"gather (at {user_src()}): batch_dims={b} is supported with axis == "
@@ -698,8 +699,8 @@ def _batched_gather(p, i, b, axis):
     flat_p = reshape(p, [nb * n] + list(p.shape[b + 1:]))
     ib = reshape(i, [nb] + list(i.shape[b:]))
     rows = _iota(ib.shape, 0, ib.dtype)
-    bad = logical_or(less(ib, 0), greater_equal(ib, cast(size_as_tensor(n, ib.dtype), ib.dtype)))
-    flat_i = where(bad, ib * 0 + cast(size_as_tensor(nb * n, ib.dtype), ib.dtype), ib + rows * cast(size_as_tensor(n, ib.dtype), ib.dtype))
+    checked = apply_op("gather", [_iota((n,), 0, ib.dtype), ib], {"axis": 0})
+    flat_i = checked + rows * cast(size_as_tensor(n, ib.dtype), ib.dtype)
     out = apply_op("gather", [flat_p, flat_i], {"axis": 0})
     return reshape(out, list(batch) + list(i.shape[b:]) + list(p.shape[b + 1:]))
 

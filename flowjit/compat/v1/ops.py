@@ -362,8 +362,8 @@ def pad(tensor, paddings, mode="CONSTANT", name=None, constant_values=0):
     return apply("Pad", lambda x: F.pad(x, p, mode, constant_values), (tensor,), name=name)
 
 
-def gather(params, indices, validate_indices=None, name=None, axis=0, batch_dims=0):
-    ax = static_value(axis, "gather axis")
+def gather(params, indices, validate_indices=None, name=None, axis=None, batch_dims=0):
+    ax = None if axis is None else static_value(axis, "gather axis")    # None: batch_dims
     return apply("GatherV2", lambda p, i: F.gather(p, i, ax, batch_dims), (params, indices), name=name)
 
 
