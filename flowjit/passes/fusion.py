@@ -118,11 +118,17 @@ def fuse(g):
             r0 = nodes[reds[0]]
             rank = len(r0.shape)
             axes = r0.attrs["axes"]
-            for r in reds:
-                if nodes[r].attrs["axes"] != axes:
-                    return True if any(is_epilogue(i, merged) for i in merged) else False
+            bs = iter_shape(reds[0])
+            # one loop nest: every reduction walks the same iteration space
+            if any(not _same_shape(iter_shape(r), bs) for r in reds):
+                return True
+            # reductions over different axes share a loop only without an epilogue
+            # (each accumulates into its own output); the checks below still apply
+            mixed = any(nodes[r].attrs["axes"] != axes for r in reds)
             for i in merged:
                 if is_epilogue(i, merged):
+                    if mixed:
+                        return True
                     # epilogues need keepdims reductions over trailing axes, and their own
                     # shape must be that keepdims shape
                     if not all(nodes[r].attrs["keepdims"] for r in reds) or \
