@@ -67,17 +67,41 @@ class Dataset:
         self.epochs_completed = int(state["epochs_completed"])
 
     def check_state(self, state):
-        """ValueError unless `state` (from `get_state`) fits this dataset; returns the RNG state."""
+        """ValueError unless `state` (from `get_state`, perhaps via a stranger's checkpoint)
+        fits this dataset: each field's dtype, shape and range, the order a permutation of
+        range(n), the RNG state one this dataset's generator accepts; returns that state."""
+        n = self.num_examples
+        missing = [k for k in ("order", "position", "epochs_completed", "rng_state") if k not in state]
+        if missing:
+            raise ValueError(f"Dataset.set_state: the state has no {', '.join(missing)}")
         order = np.asarray(state["order"])
-        if order.shape != (self.num_examples,) or not np.array_equal(np.sort(order), np.arange(self.num_examples)):
-            raise ValueError(f"Dataset.set_state: the saved order is not a permutation of this dataset's "
-                             f"{self.num_examples} examples (a different dataset?)")
-        rng_state = json.loads(np.asarray(state["rng_state"], np.uint8).tobytes().decode("utf-8"))
-        if rng_state.get("bit_generator") != type(self._rng.bit_generator).__name__:
-            raise ValueError(f"Dataset.set_state: RNG {rng_state.get('bit_generator')!r} saved, this "
-                             f"dataset uses {type(self._rng.bit_generator).__name__}")
-        if not 0 <= int(state["position"]) <= self.num_examples:
-            raise ValueError(f"Dataset.set_state: position {int(state['position'])} outside 0..{self.num_examples}")
+        if order.dtype.kind not in "iu" or order.shape != (n,) or \
+                not np.array_equal(np.sort(order), np.arange(n)):
+            raise ValueError(f"Dataset.set_state: the saved 'order' ({order.dtype}{list(order.shape)}) is not "
+                             f"an integer permutation of this dataset's {n} examples (a different dataset?)")
+        for key, top in (("position", n), ("epochs_completed", np.iinfo(np.int64).max)):
+            v = np.asarray(state[key])
+            if v.dtype.kind not in "iu" or v.shape != () or not 0 <= int(v) <= top:
+                raise ValueError(f"Dataset.set_state: the saved {key!r} ({v.dtype}{list(v.shape)}) is not "
+                                 f"an integer in 0..{top}")
+        raw = np.asarray(state["rng_state"])
+        if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > 1 << 16:
+            raise ValueError(f"Dataset.set_state: the saved 'rng_state' ({raw.dtype}{list(raw.shape)}) is "
+                             f"not JSON text as uint8 bytes")
+        try:
+            rng_state = json.loads(raw.tobytes().decode("utf-8"))
+        except (ValueError, RecursionError) as e:     # bad UTF-8 or JSON, deep nesting
+            raise ValueError(f"Dataset.set_state: the saved 'rng_state' is not JSON ({e})") from None
+        kind = type(self._rng.bit_generator)
+        if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != kind.__name__:
+            got = rng_state.get("bit_generator") if isinstance(rng_state, dict) else rng_state
+            raise ValueError(f"Dataset.set_state: the saved 'rng_state' is for RNG {str(got)[:60]!r}, this "
+                             f"dataset uses {kind.__name__}")
+        try:                  # the generator's own setter checks every field; try it on a scratch one
+            kind().state = rng_state
+        except (ValueError, TypeError, KeyError, OverflowError) as e:
+            raise ValueError(f"Dataset.set_state: the saved 'rng_state' is not a valid {kind.__name__} "
+                             f"state ({e!r})") from None
         return rng_state
 
     def batches(self, batch_size, shuffle=True, drop_remainder=False):

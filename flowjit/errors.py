@@ -33,6 +33,11 @@ class CompileError(FlowjitError, RuntimeError):
     """The backend failed to compile generated code (a flowjit bug: please report)."""
 
 
+class CheckpointError(FlowjitError, ValueError):
+    """A checkpoint that is missing, corrupt or hostile (each names the file and the field),
+    or that does not fit the objects restored into (`fj.train` re-exports it)."""
+
+
 def with_context(exc_type, op, message, src):
     """Build an exception whose text names the op and the user's source line."""
     where = f" (created at {src})" if src else ""

@@ -11,6 +11,7 @@ descent, Adagrad without epsilon, Adadelta), that code does the update."""
 import glob
 import json
 import os
+import re
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from ... import dtypes as D
 from ...frontend import api as F
 from ...frontend import optimizers as fjopt
 from ... import train as fj_train
-from ...errors import InvalidArgumentError
+from ...errors import CheckpointError, InvalidArgumentError
 from .errors import FailedPreconditionError, NotFoundError, UnimplementedError
 from .graph import GraphKeys, Tensor, get_default_graph, make_op
 from .gradients import gradients
@@ -343,37 +344,65 @@ def _update_state(directory, latest, paths, latest_filename=None):
         return os.path.relpath(p, directory) if os.path.dirname(os.path.abspath(p)) == \
             os.path.abspath(directory) else p
     text = _state_text(rel(latest), [rel(p) for p in paths])
+    state_name = latest_filename or _STATE_FILE
+    fj_train._remove_stale_temps(directory, re.escape(state_name))    # left by killed saves
     fj_train._atomic_write(os.path.join(directory, latest_filename or _STATE_FILE), lambda f: f.write(text))
 
 
+_MAX_STATE_BYTES = 16 << 20
+
+
+def _state_path(checkpoint_dir, value, fname, key):
+    """The checkpoint prefix a state-file line names, which must lie in the state file's
+    own directory (a stranger's state file must not make restore, or pruning, touch
+    anything else): a bare name, or an absolute path into that directory."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise CheckpointError(f"{fname}: field {key}: {value!r} is not a checkpoint path")
+    base = os.path.basename(value)
+    inside = (fj_train._plain_name(value) if not os.path.isabs(value) else
+              fj_train._plain_name(base) and
+              os.path.realpath(os.path.dirname(value)) == os.path.realpath(checkpoint_dir))
+    if not inside:
+        raise CheckpointError(f"{fname}: field {key}: {value!r} is outside {checkpoint_dir!r}; a "
+                              f"checkpoint state file may only name checkpoints in its own directory")
+    return os.path.join(checkpoint_dir, base)
+
+
 def get_checkpoint_state(checkpoint_dir, latest_filename=None):
-    """The `CheckpointState` of `checkpoint_dir` (paths joined to the directory when
-    relative), or None when it has no state file."""
-    fname = os.path.join(os.fspath(checkpoint_dir), latest_filename or _STATE_FILE)
+    """The `CheckpointState` of `checkpoint_dir` (paths joined to the directory), or None
+    when it has no state file; a `CheckpointError` naming the file, line and field for a
+    malformed one, or one naming a checkpoint outside the directory."""
+    checkpoint_dir = os.fspath(checkpoint_dir)
+    fname = os.path.join(checkpoint_dir, latest_filename or _STATE_FILE)
     try:
-        with open(fname, encoding="utf-8") as f:
-            text = f.read()
+        f = fj_train._open_regular(fname)
     except FileNotFoundError:
         return None
+    with f:
+        raw = fj_train._read_small(f, _MAX_STATE_BYTES, fname)
+    try:
+        text = raw.decode("utf-8")
+    except ValueError as e:
+        raise CheckpointError(f"{fname}: not a checkpoint state file ({e})") from None
     latest, paths = None, []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         key, sep, value = line.partition(":")
+        key = key.strip()
         try:
             value = json.loads(value.strip()) if sep else None
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             value = None
-        if not isinstance(value, str) or key.strip() not in ("model_checkpoint_path",
-                                                            "all_model_checkpoint_paths"):
-            raise ValueError(f"{fname}, line {n}: not a checkpoint state line: {line!r}")
-        value = value if os.path.isabs(value) else os.path.join(os.fspath(checkpoint_dir), value)
-        if key.strip() == "model_checkpoint_path":
+        if not isinstance(value, str) or key not in ("model_checkpoint_path", "all_model_checkpoint_paths"):
+            raise CheckpointError(f"{fname}, line {n}: not a checkpoint state line: {line[:100]!r}")
+        value = _state_path(checkpoint_dir, value, f"{fname}, line {n}", key)
+        if key == "model_checkpoint_path":
             latest = value
         else:
             paths.append(value)
     if latest is None:
-        raise ValueError(f"{fname}: no model_checkpoint_path")
+        raise CheckpointError(f"{fname}: field model_checkpoint_path: missing")
     return CheckpointState(latest, paths)
 
 
@@ -391,6 +420,7 @@ def latest_checkpoint(checkpoint_dir, latest_filename=None):
 
 
 def _delete_checkpoint(prefix):
+    # the index first: it is the commit point, so a half-deleted checkpoint never "exists"
     for f in [prefix + fj_train._INDEX_SUFFIX] + glob.glob(glob.escape(prefix) + ".data-*.npz"):
         try:
             os.remove(f)
@@ -460,6 +490,11 @@ class Saver:
         with `global_step`, an int or a tensor); returns the prefix."""
         self._check_session(sess, "save")
         save_path = os.fspath(save_path)
+        directory = os.path.dirname(save_path)
+        # a killed save leaves temp files under a step no later save reuses: clear every
+        # one of this base name whose writer is dead (the state file's: _update_state)
+        fj_train._remove_stale_temps(directory, re.escape(os.path.basename(save_path)) + r"(?:-\d+)?" +
+                                     fj_train._FILE_RE)
         if global_step is not None:
             if isinstance(global_step, Tensor):
                 global_step = sess.run(global_step)
@@ -477,12 +512,18 @@ class Saver:
         if prefix in self._last:
             self._last.remove(prefix)
         self._last.append(prefix)
+        pruned = []
         if self._max_to_keep:
             while len(self._last) > self._max_to_keep:
-                _delete_checkpoint(self._last.pop(0))
+                pruned.append(self._last.pop(0))
+        # commit order: the new checkpoint (committed by its index), then the state file
+        # naming it, and only then delete pruned ones; a kill at any point leaves the state
+        # naming a complete checkpoint, the previous one or this one
         if write_state:
-            directory = os.path.dirname(prefix) or "."
-            _update_state(directory, prefix, self._last if self._max_to_keep else [prefix], latest_filename)
+            _update_state(directory or ".", prefix, self._last if self._max_to_keep else [prefix],
+                          latest_filename)
+        for old in pruned:
+            _delete_checkpoint(old)
         return prefix
 
     def restore(self, sess, save_path):
