@@ -266,5 +266,7 @@ def _grads():
 
 register("relu", "elementwise", lambda s, d, a: (require(d[0], NUM, "relu") or (s[0], d[0])),
          lambda a, at, s, d: np.maximum(a[0], 0).astype(a[0].dtype),
-         emit=lambda a, at, i, d: f"({a[0]} if {a[0]} > 0 else {npt(d)}(0))")
+         # `0 if x < 0 else x`: NaN passes through as in np.maximum(x, 0) and tf.nn.relu (a
+         # test `x > 0` would turn it into 0); LLVM still makes it one vector max
+         emit=lambda a, at, i, d: f"({npt(d)}(0) if {a[0]} < 0 else {a[0]})")
 _grads()
