@@ -3,8 +3,10 @@
 Ops: conv2d, its two backprops (conv2d_backprop_input / conv2d_backprop_filter, ops of
 their own so eager mode, jit and second derivatives share them), max_pool2d with
 max_pool2d_grad (the gradient goes to the first maximum of each window in row-major
-window order, as TF's CPU kernel does), avg_pool2d with avg_pool2d_grad (the mean over
-the window's elements inside the input: padding is not counted).
+window order, as TF's CPU kernel does; a window holding NaN pools to NaN, as
+np.maximum and TF do, and its gradient goes to its first NaN, like np.argmax),
+avg_pool2d with avg_pool2d_grad (the mean over the window's elements inside the input:
+padding is not counted).
 
 Padding is "SAME" (TF's rule: out = ceil(in / stride), pad_total = max((out - 1) *
 stride + (k - 1) * dilation + 1 - in, 0), the odd pad at the end), "VALID", or explicit
@@ -278,7 +280,8 @@ def _window_argmax(x, attrs, oh, ow):
         if best is None:
             best, bidx, have = v.copy(), f.copy(), ok.copy()
             continue
-        take = ok & (~have | (v > best))
+        # the first maximum; the first NaN (the forward's result) wins over numbers
+        take = ok & (~have | (v > best) | (np.isnan(v) & ~np.isnan(best)))
         best = np.where(take, v, best)
         bidx = np.where(take, f, bidx)
         have |= ok
@@ -573,7 +576,9 @@ def _window(indent):
 
 def _max_pool_source(fname, dtype):
     # the first element of the window inside the input starts the maximum (padding is
-    # never a candidate); a strict > keeps the first maximum, as the gradient does
+    # never a candidate); a NaN anywhere in the window is the result (np.maximum,
+    # tf.nn.max_pool2d): once `o` is NaN no comparison replaces it. One select per
+    # element, no branch: the channel loop stays vectorised.
     return f'''
 def {fname}(x, out, KH, KW, sh, sw, pt, pl):
     N, H, W, C = x.shape
@@ -588,8 +593,8 @@ def {fname}(x, out, KH, KW, sh, sw, pt, pl):
                 for j in range(j_lo, j_hi):
                     for c in range(C):
                         v = x[n, ih0 + i, iw0 + j, c]
-                        if v > out[n, oh, ow, c]:
-                            out[n, oh, ow, c] = v
+                        o = out[n, oh, ow, c]
+                        out[n, oh, ow, c] = v if (v > o) | (v != v) else o
 '''
 
 
@@ -615,7 +620,9 @@ def {fname}(x, g, dx, KH, KW, sh, sw, pt, pl):
                         p = (ih0 + i) * W + iw0 + j
                         for c in range(C):
                             v = x[n, ih0 + i, iw0 + j, c]
-                            if v > best[c]:
+                            b = best[c]
+                            # the first maximum; a NaN (the forward's result) wins over numbers
+                            if v > b or (v != v and b == b):
                                 best[c] = v
                                 at[c] = p
                 for c in range(C):
