@@ -577,8 +577,9 @@ def _window(indent):
 def _max_pool_source(fname, dtype):
     # the first element of the window inside the input starts the maximum (padding is
     # never a candidate); a NaN anywhere in the window is the result (np.maximum,
-    # tf.nn.max_pool2d): once `o` is NaN no comparison replaces it. One select per
-    # element, no branch: the channel loop stays vectorised.
+    # tf.nn.max_pool2d): fmaximum is LLVM's NaN-propagating maximum (the CPU scalar
+    # library), a vector max and a NaN blend, as fast as the old `if v > o` store (a
+    # select on two compares cost 7% more at 32 channels)
     return f'''
 def {fname}(x, out, KH, KW, sh, sw, pt, pl):
     N, H, W, C = x.shape
@@ -592,9 +593,7 @@ def {fname}(x, out, KH, KW, sh, sw, pt, pl):
             for i in range(i_lo, i_hi):
                 for j in range(j_lo, j_hi):
                     for c in range(C):
-                        v = x[n, ih0 + i, iw0 + j, c]
-                        o = out[n, oh, ow, c]
-                        out[n, oh, ow, c] = v if (v > o) | (v != v) else o
+                        out[n, oh, ow, c] = fmaximum(out[n, oh, ow, c], x[n, ih0 + i, iw0 + j, c])
 '''
 
 
