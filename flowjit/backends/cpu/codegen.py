@@ -285,6 +285,11 @@ def gen_loop(g, grp, bufname, alias=None):
         elif n.op == "random":
             args = [names[n.inputs[0]], "lin"]
         else:
+            missing = [p for p in n.inputs if p not in names]
+            if missing:       # e.g. a reduction of this group read inside its own loop
+                raise AssertionError(f"fused loop computes %{i}={n.op} from %{missing[0]}="
+                                     f"{nodes[missing[0]].op}, which the loop body does not have "
+                                     f"(a fusion bug): {' '.join(nodes[k].op for k in grp.nodes)}")
             args = [names[p] for p in n.inputs]
         expr = op.emit(args, n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)
         body.append(f"x{local} = {expr}")
@@ -428,10 +433,10 @@ def gen_loop(g, grp, bufname, alias=None):
                 elif ri["kind"] == "prod":
                     out.append(f"{depth}acc{j} *= {ri['val']}")
                 else:
-                    out.append(f"{depth}acc{j} = {ri['em']['update'](ri['dtype'], f'acc{j}', ri['val'])}")
+                    out.append(f"{depth}acc{j} = {red_update(ri, f'acc{j}', ri['val'])}")
             else:
                 tgt = f"{ri['p']}[{', '.join(ivar[c] for c in ri['kept']) or '0'}]"
-                out.append(f"{depth}{tgt} = {ri['em']['update'](ri['dtype'], tgt, ri['val'])}")
+                out.append(f"{depth}{tgt} = {red_update(ri, tgt, ri['val'])}")
         if blocked:
             d1 = depth[:-4]
             for j, ri in enumerate(red_info):
@@ -485,6 +490,15 @@ def gen_loop(g, grp, bufname, alias=None):
     return KernelSpec(name, source, call)
 
 
+def red_update(ri, acc, v):
+    """The accumulation step of reduction ri. A float max/min propagates NaN (as
+    np.max and tf.reduce_max do) through LLVM's maximum/minimum intrinsics (scalar.py),
+    which vectorise as reductions, where the op's select form does not."""
+    if ri["kind"] in ("max", "min") and ri["dtype"].is_floating:
+        return f"{'fmaximum' if ri['kind'] == 'max' else 'fminimum'}({acc}, {v})"
+    return ri["em"]["update"](ri["dtype"], acc, v)
+
+
 def pool_dispatch(params, arrays, C, partials):
     """Kernel lines that split a big loop into row blocks, one record per block (see
     pool.record_lines), run on the BLAS pool. partials: the reductions over the first
@@ -513,7 +527,7 @@ def pool_dispatch(params, arrays, C, partials):
                 f"            for e in range(out_{ri['p']}.shape[0]):",
                 f"                acc = {first}",
                 "                for t in range(1, nt):",
-                f"                    acc = {ri['em']['update'](ri['dtype'], 'acc', pa + '2[t, e]')}",
+                f"                    acc = {red_update(ri, 'acc', pa + '2[t, e]')}",
                 f"                out_{ri['p']}[e] = acc"]
     out.append("            return")
     return out

@@ -15,6 +15,7 @@ subnormal range round once and no intermediate overflows early.
 """
 import numpy as np
 from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
@@ -274,6 +275,43 @@ def exp_f32_ordered(x):
 
 tanh_f32_ordered, sigmoid_f32_ordered = _f32_tanh_sigmoid(exp_f32_ordered)
 ORDERED = ("exp_f32", "tanh_f32", "sigmoid_f32")
+
+# --- NaN-propagating max / min (IEEE 754-2019 maximum, minimum) -------------------
+def _llvm_minmax(name):
+    """a, b -> llvm.<name>(a, b) for two floats of one type: NaN if either is NaN. A
+    select on compares propagates NaN as well, but LLVM does not vectorise it as a
+    reduction (a max over a row ran one element per cycle); this intrinsic it does."""
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not isinstance(a, types.Float) or a != b:
+            return None
+
+        def codegen(context, builder, sig, args):
+            ty = args[0].type
+            f = builder.module.declare_intrinsic(name, [ty], ir.FunctionType(ty, [ty, ty]))
+            return builder.call(f, args, fastmath=("nsz",))
+        return a(a, b), codegen
+    return fn
+
+
+@inline
+def _fmaximum_select(a, b):
+    return a if (a > b or a != a) else b
+
+
+@inline
+def _fminimum_select(a, b):
+    return a if (a < b or a != a) else b
+
+
+# Older LLVMs (llvmlite < 0.43 bundles LLVM 14-15) cannot select these intrinsics on
+# x86 (llvm-project #53353: an abort, not an exception): the select form there.
+if llvm_version_info >= (17,):
+    fmaximum = _llvm_minmax("llvm.maximum")
+    fminimum = _llvm_minmax("llvm.minimum")
+else:
+    fmaximum, fminimum = _fmaximum_select, _fminimum_select
+
 
 # --- random draws (the same algorithm as eager mode: ops/random_core.py) -----------
 _bits = R.bits
