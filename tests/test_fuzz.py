@@ -216,8 +216,8 @@ def run(prog, lib, args):
 # the program generator
 # --------------------------------------------------------------------------------
 # Shapes while generating: a dim that a slice made 1 from a larger input dim is -1
-# (symbolic under jit, e.g. d - 1: it does not broadcast against a larger dim, see
-# test_sliced_size_one_dim_broadcasts)
+# (symbolic under jit, e.g. d - 1; such a dim broadcasts by specialising it to 1, which
+# test_sliced_size_one_dim_broadcasts covers; the generator keeps to plain broadcasts)
 def _real(s):
     return tuple(1 if d == -1 else d for d in s)
 
@@ -507,9 +507,13 @@ def test_gradient_through_broadcast_operand_of_softmax_product():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(reason="a dim that is 1 only at trace time (x[1:] of a size-2 input: d - 1) "
-                          "does not broadcast under jit (ops/rules.broadcast_shapes); the "
-                          "generator avoids such programs (see _real)", strict=False)
 def test_sliced_size_one_dim_broadcasts():
     x = np.array([1.0, 2.0])
     np.testing.assert_array_equal(fj.jit(lambda x: x[1:] + x)(x).numpy(), [3.0, 4.0])
+
+
+def test_sliced_size_one_dim_retraces_for_other_sizes():
+    f = fj.jit(lambda x: x[1:] + x[:1])
+    np.testing.assert_array_equal(f(np.array([1.0, 2.0])).numpy(), [3.0])
+    np.testing.assert_array_equal(f(np.array([1.0, 2.0, 4.0])).numpy(), [3.0, 5.0])
+    np.testing.assert_array_equal(f(np.array([1.0, 5.0])).numpy(), [6.0])

@@ -2,7 +2,7 @@
 shape and dtype, and the user source line that created it."""
 from dataclasses import dataclass, field
 
-from .shapes import ShapeEnv, render
+from .shapes import ShapeEnv, Sym, render
 
 
 @dataclass(eq=False)
@@ -48,6 +48,13 @@ class Graph:
         node = Node(len(self.nodes), op, tuple(inputs), dict(attrs), tuple(shape), dtype, src)
         self.nodes.append(node)
         return node
+
+    def normalise_shapes(self):
+        """Rewrite every shape with what tracing learned last: a symbol specialised after
+        a node was made (x[1:] of a size-2 input, broadcast as 1) is then a plain int,
+        so the compiler sees the size-1 dim it must broadcast."""
+        for n in self.nodes:
+            n.shape = tuple(d.norm() if isinstance(d, Sym) else d for d in n.shape)
 
     def users(self):
         out = {n.id: [] for n in self.nodes}

@@ -22,6 +22,10 @@ def broadcast_shapes(*shapes):
             if i < 0:
                 continue
             d = s[i]
+            if isinstance(d, Sym) and d.hint == 1:
+                # a size that is 1 in this call (x[1:] of 2 elements) broadcasts, so the
+                # trace holds for that size only
+                d = d.env.specialise(d, "a size-1 dim broadcast")
             if is_one(d):
                 continue
             if is_one(res):

@@ -35,6 +35,7 @@ def build(graph, device=None):
             _log_placement(prog, exe, device, what)
         return Stage(prog, exe)
 
+    graph.normalise_shapes()
     g = simplify(graph)
     split = partition(g)
     if split is None:
