@@ -239,12 +239,19 @@ def test_int_pow_negative_runtime_exponent_eager():
     assert "pow" in msg and "negative integer powers" in msg and "test_bad_inputs.py" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="fused loops have no error word: a runtime integer "
-                   "exponent cannot be checked under jit yet (needs codegen/jit support)")
 def test_int_pow_negative_runtime_exponent_jit():
     f = fj.jit(lambda x, y: fj.pow(x, y))
-    with pytest.raises(InvalidArgumentError):
+    assert f(INTS, np.array([1, 2], np.int32)).numpy().tolist() == \
+        np.power(INTS, np.array([1, 2], np.int32)).tolist()
+    with pytest.raises(InvalidArgumentError, match=r"negative integer powers.*exponent -1"):
         f(INTS, np.array([1, -1], np.int32))
+    v = fj.Variable(np.ones(2, np.int32))
+    step = fj.jit(lambda y: v.assign_add(fj.pow(v.read_value() + 1, y)) and None)
+    with pytest.raises(InvalidArgumentError):
+        step(np.array([1, -1], np.int32))
+    assert v.numpy().tolist() == [1, 1]               # the failed step changed nothing
+    step(np.array([1, 2], np.int32))
+    assert v.numpy().tolist() == [3, 5]
 
 
 def test_tile_cannot_allocate_names_op():

@@ -144,7 +144,7 @@ def _binary(name, check=None):
     def f(x, y, name=None):
         a, b = _pair(x, y, opname)
         if check is not None:
-            check(a, b)
+            a, b = check(a, b) or (a, b)
         out = apply_op(opname, [a, b])
         # a Python float argument combined with Python scalars is still "weak"
         if _weak_or_literal(x) and _weak_or_literal(y) and out.dtype.is_floating:
@@ -183,7 +183,9 @@ def _int_pow_check(x, y):
     if not x.dtype.is_integer:
         return
     v = _static_value(y)
-    if v is not None and v.size and v.min() < 0:
+    if v is None:                     # known only when the step runs: checked then
+        return x, apply_op("pow_exponent_check", [y])
+    if v.size and v.min() < 0:
         raise InvalidArgumentError(f"pow (at {user_src()}): Integers to negative integer powers "
                                    f"are not allowed (exponent {v.min()}; base "
                                    f"{x.dtype.name}{tuple(x.shape)}, exponent "

@@ -15,8 +15,9 @@ import inspect as _inspect
 import numpy as np
 
 from .. import dtypes as D
-from ..errors import OutOfRangeError, TracerError
+from ..errors import InvalidArgumentError, OutOfRangeError, TracerError
 from ..ir.graph import Graph
+from ..ir.registry import REGISTRY
 from ..ir.shapes import concrete_sizes
 from ..runtime import stats as S
 from ..runtime.interrupts import deferred_interrupts, reraise_interrupt
@@ -165,6 +166,9 @@ class StageRunner:
             node = self.program.graph.nodes[self.exe.err_codes[int(err[0])]]
             bad, n = int(err[1]), int(err[2])
             err[:] = 0
+            message = REGISTRY[node.op].runtime_error
+            if message is not None:
+                raise InvalidArgumentError(f"{node.op} (at {node.src}): {message(bad, n)}")
             raise OutOfRangeError(f"{node.op} (at {node.src}): index {bad} is out of range [0, {n})")
         return outs
 

@@ -10,7 +10,8 @@ An `OpDef` holds:
 - `emit(args, attrs, in_dtypes, dtype) -> str` for elementwise ops: a scalar
   expression in the backend-neutral scalar language (see backends/cpu/scalar.py);
 - `grad(...)`: the gradient rule (filled in by the autodiff layer);
-- `lower`: for opaque ops, a callable that emits the backend call.
+- `lower`: for opaque ops, a callable that emits the backend call;
+- `runtime_error(value, bound) -> str`: the message when its kernel reports a bad value.
 """
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ class OpDef:
     grad: object = None
     lower: object = None
     cost: int = 1          # relative cost of one element (transcendentals > 1)
+    # for ops whose kernel reports a bad value through the error word: the message,
+    # from the value and the bound the kernel wrote (default: an index out of range)
+    runtime_error: object = None
 
 
 def register(name, kind, infer, ref, **kw):

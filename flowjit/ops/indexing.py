@@ -1,7 +1,7 @@
 """gather with index validation (an out-of-range index raises, never reads memory)."""
 import numpy as np
 
-from ..errors import DTypeError, OutOfRangeError
+from ..errors import DTypeError, InvalidArgumentError, OutOfRangeError
 from ..ir.registry import register
 from .rules import norm_axis
 
@@ -57,6 +57,39 @@ register("gather", "opaque", _gather_infer, _gather_ref,
          lower={"kind": "gather", "kernel": _gather_source})
 
 
+# --- a run-time check: values that must not be negative ------------------------------
+# (an integer pow's exponent: TF raises "Integers to negative integer powers are not
+# allowed"). The output is the input, so the consumer runs after the check.
+def _nonneg_message(value, bound):
+    return f"Integers to negative integer powers are not allowed (exponent {value})"
+
+
+def _nonneg_ref(arrs, attrs, shape, dtype):
+    x = arrs[0]
+    if x.size and x.min() < 0:
+        raise InvalidArgumentError(f"pow: {_nonneg_message(int(x.min()), 0)}")
+    return x.copy()
+
+
+def _nonneg_source(fname, dtype):
+    return f'''
+def {fname}(x, out, err, code):
+    for k in range(x.shape[0]):
+        if x[k] < 0:
+            if err[0] == 0:
+                err[0] = code
+                err[1] = x[k]
+                err[2] = 0
+            return
+    for k in range(x.shape[0]):
+        out[k] = x[k]
+'''
+
+
+register("pow_exponent_check", "opaque", lambda s, d, a: (s[0], d[0]), _nonneg_ref,
+         lower={"kind": "check", "kernel": _nonneg_source}, runtime_error=_nonneg_message)
+
+
 # --- scatter-add: the gradient of gather --------------------------------------------
 def _scatter_infer(shapes, dts, attrs):
     upd, idx = shapes
@@ -105,6 +138,7 @@ def _grads():
         p, idx = ins
         return [apply_op("scatter_add", [g, idx], {"axis": at["axis"], "shape": tuple(p.shape)}), None]
     defgrad("gather", gather_grad)
+    defgrad("pow_exponent_check", lambda ins, out, g, at: [g])
     defgrad("scatter_add", lambda ins, out, g, at: [
         apply_op("gather", [g, ins[1]], {"axis": at["axis"]}), None])
 

@@ -662,6 +662,13 @@ def gen_entry(prog, arg_names):
                 lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {src_mid}, {inner})), "
                              f"{buf(idx.id)}.reshape(({m},)), "
                              f"{out}.reshape(({outer}, {out_mid}, {inner})), err, {int_arg(code)})")
+            elif kind == "check":
+                # a check over the flat values: the first bad one goes to `err`
+                code = len(err_codes) + 1
+                err_codes[code] = n.id
+                m = prod_src(x.shape)
+                lines.append(f"{kname}({buf(x.id)}.reshape(({m},)), {out}.reshape(({m},)), err, "
+                             f"{int_arg(code)})")
             elif kind == "call":
                 # generic: kernel(input buffers..., output buffer, *int attrs of the op)
                 lower_args = REGISTRY[n.op].lower.get("args")
@@ -684,7 +691,7 @@ def _inplace_effects(prog):
     g = prog.graph
     if not prog.allow_inplace:
         return []
-    if any(s.kind == "opaque" and REGISTRY[g.nodes[s.node].op].lower["kind"] in ("gather", "scatter")
+    if any(s.kind == "opaque" and REGISTRY[g.nodes[s.node].op].lower["kind"] in ("gather", "scatter", "check")
            for s in prog.steps):
         return []
     order = {id(s): k for k, s in enumerate(prog.steps)}
