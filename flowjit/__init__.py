@@ -40,6 +40,7 @@ from .frontend import nn, optimizers  # noqa: F401
 from . import data  # noqa: F401
 from . import train, summary  # noqa: F401
 from .frontend.jit import jit
+from .frontend.custom_op import custom_op
 from .runtime.stats import stats, reset_stats
 from .config import config
 from .frontend.device import device, list_devices, DeviceSpec  # noqa: F401

@@ -22,6 +22,7 @@ from ..ir.shapes import concrete_sizes
 from ..runtime import stats as S
 from ..runtime.interrupts import deferred_interrupts, reraise_interrupt
 from . import device as _device
+from .custom_op import kernel_error
 from .pytree import flatten, unflatten
 from .tensor import GpuTensor, Tensor, TraceContext, active_tapes, current_trace, node_of, to_numpy
 
@@ -162,6 +163,10 @@ class StageRunner:
             outs = self.exe.run(args + [err])
         except SystemError as e:
             reraise_interrupt(e)
+        except Exception as e:
+            if type(e).__module__.startswith("numba"):    # a kernel Numba would not compile
+                raise kernel_error(self.program.graph, e) from None
+            raise
         if err[0]:
             node = self.program.graph.nodes[self.exe.err_codes[int(err[0])]]
             bad, n = int(err[1]), int(err[2])

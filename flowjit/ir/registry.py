@@ -31,6 +31,12 @@ class OpDef:
     # for ops whose kernel reports a bad value through the error word: the message,
     # from the value and the bound the kernel wrote (default: an index out of range)
     runtime_error: object = None
+    # traits the compiler reads
+    transcendental: bool = False   # range reductions: keep IEEE order (no reassociation)
+    # a custom op's own kernels, by backend ("cpu", "cuda"), and the name generated code
+    # calls them by (it carries a hash of their source, so an edited kernel is a new name)
+    kernels: dict = None
+    symbol: str = None
 
 
 def register(name, kind, infer, ref, **kw):

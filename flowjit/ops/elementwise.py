@@ -31,7 +31,8 @@ def _unary(name, ref, emit, kinds, out=None, cost=1):
     def infer(shapes, dts, attrs):
         require(dts[0], kinds, name)
         return shapes[0], (out or dts[0])
-    register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0]), emit=emit, cost=cost)
+    register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0]), emit=emit, cost=cost,
+             transcendental=cost > 1)
 
 
 def _sigmoid_ref(x):
@@ -101,7 +102,8 @@ def _binary(name, ref, emit, kinds, out=None, cost=1):
         require(dt, kinds, name)
         res = out(dt) if callable(out) else (out or dt)
         return broadcast_shapes(*shapes), res
-    register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0], a[1]), emit=emit, cost=cost)
+    register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0], a[1]), emit=emit, cost=cost,
+             transcendental=cost > 1)
 
 
 def _truediv_ref(x, y):

@@ -23,7 +23,6 @@ PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a
 # task function too (~0.3-0.8 s more on a cold cache), so smaller loops stay serial.
 POOL_MIN = int(os.environ.get("FLOWJIT_POOL_MIN", 1 << 16))
 SUM_BLOCK = 1024     # float32 terms summed in float32 before a float64 add (see the loop kernels)
-F64_TRANSCENDENTAL = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "pow", "sin", "cos"}
 
 
 def dim_src(d):
@@ -364,7 +363,7 @@ def gen_loop(g, grp, bufname, alias=None):
         and C > 0 and rows_ok and total_hint >= POOL_MIN and pool.available()
     parallel = not pooled and total_hint >= PAR_MIN and C > 0 and (
         not grp.reduces or (kind_a and (k_split > 0 or all(ri["kind"] in ("sum", "prod") for ri in red_info))))
-    has_f64_trans = any(nodes[i].op in F64_TRANSCENDENTAL and nodes[i].dtype.name == "float64"
+    has_f64_trans = any(REGISTRY[nodes[i].op].transcendental and nodes[i].dtype.name == "float64"
                         for i in grp.nodes)
     # reassociation lets LLVM vectorise reductions over the innermost loops (kind A:
     # one accumulator across iterations); nothing else needs it: reductions over outer

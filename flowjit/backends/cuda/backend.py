@@ -23,6 +23,7 @@ from ..cpu import loader
 from ..cpu.codegen import _inplace_effects, dim_src, entry_params, prod_src, size_lines
 from . import runtime as RT
 from .codegen import gen_loop, shape_tuple
+from .custom import kernel_globals
 from .kernels import Ctx, LOWERINGS, host_fallback, matmul_lines
 from .scalar import NAMES as SCALAR_NAMES
 
@@ -47,7 +48,7 @@ def _load_kernel(name, body):
     mod = _modules.get(name)
     if mod is None:
         mod = loader.import_generated("cuda", name, HEADER + f"# runtime {SALT}\n" + body,
-                                      f"flowjit_cuda_{name}", not RT.SIM)
+                                      f"flowjit_cuda_{name}", not RT.SIM, kernel_globals(body))
         _modules[name] = mod
         S.bump("compiles")
     return getattr(mod, name)

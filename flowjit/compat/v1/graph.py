@@ -426,6 +426,12 @@ class Tensor:
     __array_priority__ = 100
     __array_ufunc__ = None       # ndarray <op> Tensor defers to the Tensor's operators
 
+    @staticmethod
+    def __flowjit_custom_op__(name, fn, args, attrs):
+        """`fj.custom_op` called on TF1 tensors: an op of type `name` in this graph."""
+        from .ops import apply
+        return apply(name, lambda *xs: fn(*xs, **attrs), args)
+
     def __init__(self, op, index, dtype, shape, abstract=None):
         self.op = op
         self.value_index = index
