@@ -99,3 +99,9 @@ def test_tf1_examples(tmp_path):
         ea.Reload()
         assert [e.step for e in ea.Scalars("loss")] == [0, 10, 20, 30, 40, 50]
         assert any(n.op == "MatMul" for n in ea.Graph().node)
+
+
+def test_custom_op_example():
+    m = run("custom_op", *QUICK, "60")
+    assert m["test_accuracy"] >= 0.5 and math.isfinite(m["final_loss"])
+    assert m["swish_bias_loops"] == 1           # the user's swish fused with the bias add

@@ -230,6 +230,11 @@ class Sym:
             return self.env.specialise(self, "size divided inexactly") // int(other)
         return q
 
+    def __mod__(self, other):
+        if exact_div(self, other) is not None:
+            return 0
+        return self.env.specialise(self, "size taken modulo") % int(other)
+
     def __repr__(self):
         if getattr(_display, "depth", 0):
             return str(self.hint)
