@@ -77,7 +77,7 @@ def test_cache_can_be_disabled(tmp_path):
 
 CONV_PROGRAM = textwrap.dedent("""
     import json, numpy as np, flowjit as fj
-    from flowjit.ops import conv_cpu
+    from flowjit.backends.cpu import conv_cpu
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 28, 28, 16)).astype(np.float32)
     w = rng.standard_normal((5, 5, 16, 8)).astype(np.float32)
@@ -92,7 +92,7 @@ CONV_PROGRAM = textwrap.dedent("""
 
 
 def test_second_process_runs_cached_parallel_conv(tmp_path):
-    # a cached conv driver holds a parallel loop of ops/conv_cpu.py; loading it from the
+    # a cached conv driver holds a parallel loop of backends/cpu/conv_cpu.py; loading it from the
     # disk cache must start Numba's thread pool first (it used to segfault here)
     env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))

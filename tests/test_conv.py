@@ -160,7 +160,7 @@ def test_conv2d_matches_reference_eager_and_jit(xs, k, co, s, padding, d):
 
 def test_conv2d_float32_jit_matches_eager_and_many_chunks():
     # 4*28*28 unfolded rows of K = 400: more than one chunk (CHUNK_ELEMS) per kernel
-    from flowjit.ops import conv_cpu as conv
+    from flowjit.backends.cpu import conv_cpu as conv
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4, 28, 28, 16)).astype(np.float32)
     w = rng.standard_normal((5, 5, 16, 3)).astype(np.float32)
@@ -179,7 +179,7 @@ def test_conv2d_one_channel_specialised_unfold(strides, padding, dilations):
     # a one-channel input this big gets an unfold specialised to the layer (filter size,
     # strides, dilations, pads as literals) in the forward and filter-gradient kernels;
     # the same compiled kernels must still be right for a later call with 2 channels
-    from flowjit.ops import conv
+    from flowjit.backends.cpu import conv_lowering as conv
     rng = np.random.default_rng(5)
     x = rng.standard_normal((48, 28, 28, 1)).astype(np.float32)
     w = rng.standard_normal((5, 5, 1, 3)).astype(np.float32)
@@ -216,7 +216,7 @@ def test_conv2d_parallel_chunks_for_few_output_channels():
     # unfold and multiply chunks in a Numba prange (one thread and one small BLAS call
     # per chunk; the input gradient one image per task); results must match the
     # reference like the serial path's
-    from flowjit.ops import conv, conv_cpu
+    from flowjit.backends.cpu import conv_lowering as conv, conv_cpu
     rng = np.random.default_rng(9)
     x = rng.standard_normal((8, 28, 28, 16)).astype(np.float32)
     w = rng.standard_normal((5, 5, 16, 8)).astype(np.float32)
@@ -237,7 +237,7 @@ def test_conv2d_parallel_chunks_for_few_output_channels():
 def test_conv2d_direct_kernels_small_cnn_layer():
     # the small CNN's second layer (5x5 stride 2, 16 -> 8 channels) at batch 16: direct
     # kernels specialised to the layer, in float32
-    from flowjit.ops import conv
+    from flowjit.backends.cpu import conv_lowering as conv
     rng = np.random.default_rng(10)
     x = rng.standard_normal((16, 28, 28, 16)).astype(np.float32)
     w = rng.standard_normal((5, 5, 16, 8)).astype(np.float32)
@@ -264,7 +264,7 @@ def test_conv2d_direct_kernels_float64_edges_tails_and_fallback(monkeypatch, par
     # or as a Numba prange where there is no pool.
     import contextlib
     from flowjit.backends.cpu import pool
-    from flowjit.ops import conv
+    from flowjit.backends.cpu import conv_lowering as conv
     if parallel.startswith("blas_pool") and not pool.available():
         pytest.skip("no OpenBLAS thread pool here")
     monkeypatch.setitem(pool.state, "available", parallel != "prange")
@@ -528,7 +528,7 @@ def test_direct_kernel_pool_tasks_are_named_per_dtype():
     # float64 kernel for the same layer must not share one (the float32 kernel would
     # run the float64 task on its buffers)
     import re
-    from flowjit.ops import conv_direct
+    from flowjit.backends.cpu import conv_direct
     f = dict(C=16, CO=8, KH=5, KW=5, SH=2, SW=2, PT=1, PL=1)
     names = set()
     for gen in (conv_direct.forward_source, conv_direct.filter_source, conv_direct.input_source):

@@ -867,3 +867,14 @@ def _install_operators():
 
 
 _install_operators()
+
+
+def _install_for_gradient_rules():
+    # gradient rules in ops/ are written with these functions; ops/ does not import the
+    # frontend (it is the lower layer), so the frontend hands itself over
+    import sys
+    from ..ops import grads
+    grads.install_api(sys.modules[__name__])
+
+
+_install_for_gradient_rules()

@@ -112,18 +112,5 @@ def is_device_array(x):
     return False
 
 
-def as_device_array(x):
-    from ..backends.cuda import runtime as RT
-    return RT.as_device_array(x)
-
-
-def to_host(x):
-    """A NumPy copy of device memory."""
-    from ..backends.cuda import runtime as RT
-    return RT.to_host(as_device_array(x))
-
-
-def to_device(a):
-    from ..backends.cuda import runtime as RT
-    return RT.to_device(a)
+from ..runtime.devices import as_device_array, to_device, to_host  # noqa: E402,F401
 

@@ -4,9 +4,20 @@ fused and compiled like any other (and can itself be differentiated)."""
 from ..ir.shapes import is_one
 
 
+_API = []      # the user API (frontend/api.py), installed by it: ops/ imports no frontend
+
+
+def install_api(module):
+    _API[:] = [module]
+
+
 def api():
-    from ..frontend import api as F
-    return F
+    return _API[0]
+
+
+def apply_op(name, inputs, attrs=None):
+    """Record op `name` (a gradient rule's raw op), through the installed frontend."""
+    return api().apply_op(name, inputs, attrs)
 
 
 def unbroadcast(g, shape):

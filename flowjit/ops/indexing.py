@@ -132,7 +132,7 @@ register("scatter_add", "opaque", _scatter_infer, _scatter_ref,
 
 def _grads():
     from .grads import defgrad
-    from ..frontend.tensor import apply_op
+    from .grads import apply_op
 
     def gather_grad(ins, out, g, at):
         p, idx = ins

@@ -218,11 +218,11 @@ def _grads():
         spec = []
         for i, d in enumerate(g.shape):
             spec.append(("range", d - 1, -1, d) if i == k else ("range", 0, 1, d))
-        from ..frontend.tensor import apply_op
+        from .grads import apply_op
         return apply_op("slice", [g], {"spec": tuple(spec)})
 
     def _pad_dyn(F, g, k, lo, hi):
-        from ..frontend.tensor import apply_op
+        from .grads import apply_op
         from ..ir.shapes import Sym
         if isinstance(lo, Sym) or isinstance(hi, Sym):
             # symbolic padding: concatenate zero blocks instead
@@ -246,7 +246,7 @@ def _grads():
     def pad_grad(ins, out, g, at):
         F = api()
         spec = tuple(("range", int(lo), 1, d) for (lo, hi), d in zip(at["paddings"], ins[0].shape))
-        from ..frontend.tensor import apply_op
+        from .grads import apply_op
         return [apply_op("slice", [g], {"spec": spec})]
     defgrad("pad", pad_grad)
 

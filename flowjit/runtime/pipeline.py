@@ -20,19 +20,17 @@ class Stage:
 
 
 def backend_for(device):
-    return importlib.import_module(BACKENDS[device.kind])
+    return importlib.import_module(BACKENDS[device.kind if device is not None else "CPU"])
 
 
 def build(graph, device=None):
     """Returns (joint simplified graph, [forward stage, backward stage or None], split)."""
-    from ..frontend.device import CPU0
-    device = device or CPU0
     compile_program = backend_for(device).compile_program
 
     def stage(prog, what):
         exe = compile_program(prog)
         if config.log_device_placement:
-            _log_placement(prog, exe, device, what)
+            _log_placement(prog, exe, device.name if device is not None else _CPU_NAME, what)
         return Stage(prog, exe)
 
     graph.normalise_shapes()
@@ -50,12 +48,15 @@ def build(graph, device=None):
     return g, [stage(fprog, "forward"), stage(bprog, "backward")], split
 
 
-def _log_placement(prog, exe, device, what):
+_CPU_NAME = "/job:localhost/replica:0/task:0/device:CPU:0"
+
+
+def _log_placement(prog, exe, device_name, what):
     describe = getattr(exe, "describe_placement", None)
     if describe is not None:
-        lines = describe(device.name)
+        lines = describe(device_name)
     else:
-        lines = [line + f" -> {device.name}" for line in prog.describe().splitlines()]
+        lines = [line + f" -> {device_name}" for line in prog.describe().splitlines()]
     print(f"[flowjit] {what} placement:")
     for line in lines:
         print(f"[flowjit]   {line}")

@@ -158,12 +158,12 @@ _threads_started = False
 def _start_numba_threads():
     """Start Numba's thread pool before any compiled code runs. A kernel loaded from
     Numba's disk cache may contain a parallel loop it inherited from a function it
-    calls (a conv driver calling a prange kernel of ops/conv_cpu.py): loading the
+    calls (a conv driver calling a prange kernel of backends/cpu/conv_cpu.py): loading the
     caller does not start the pool, and the loop then jumps through a null launch
     pointer (a segfault in the second process). Compiling or loading a parallel
     function through its own dispatcher starts it; this covers the other case. Only
     modules that can hold a parallel loop start it (a loop kernel compiled with
-    parallel=True, or a driver calling ops/conv_cpu.py), so a program without one
+    parallel=True, or a driver calling backends/cpu/conv_cpu.py), so a program without one
     does not pay the ~35 ms of starting the pool on its first call."""
     global _threads_started
     if not _threads_started:

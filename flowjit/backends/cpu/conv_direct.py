@@ -37,7 +37,7 @@ FLT_PARTS = 8
 
 import hashlib  # noqa: E402
 
-from ..backends.cpu import pool  # noqa: E402
+from . import pool  # noqa: E402
 
 _KERNEL = "@njit(cache=CACHE, error_model='numpy', fastmath=True, boundscheck=False)"
 
