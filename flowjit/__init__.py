@@ -45,5 +45,8 @@ from .runtime.stats import stats, reset_stats
 from .config import config
 from .frontend.device import device, list_devices, DeviceSpec  # noqa: F401
 
+from .frontend.api import public_ops as _public_ops
+globals().update({k: v for k, v in _public_ops("").items() if k not in globals()})
+
 __version__ = "0.1.0"
 newaxis = None

@@ -14,6 +14,7 @@ from .. import dtypes as D
 from ..errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError, TracerError
 from ..ir.shapes import Sym, hint, is_one, prod as _prod
 from ..ops.rules import as_int
+from ..ir.registry import REGISTRY
 from .tensor import Tensor, apply_op, convert, current_trace, to_numpy, user_src
 
 _pyrange = builtins.range
@@ -869,6 +870,29 @@ def _install_operators():
 _install_operators()
 
 
+def public_ops(namespace):
+    """{name: function} for the registry ops that give themselves a public name in
+    `namespace` ("" for fj, "nn" for fj.nn): one input converts like `fj.exp`, two pair
+    their dtypes like `fj.add`."""
+    out = {}
+    for op in REGISTRY.values():
+        for path in op.api:
+            ns, _, fname = path.rpartition(".")
+            if ns == namespace:
+                out[fname] = _public(op.name, fname)
+    return out
+
+
+def _public(opname, fname):
+    one, two = _unary(opname), _binary(opname)
+
+    def f(*xs, name=None):
+        return one(*xs) if len(xs) == 1 else two(*xs)
+    f.__name__ = f.__qualname__ = fname
+    f.__doc__ = f"The op {opname!r} (flowjit/ops/)."
+    return f
+
+
 def _install_for_gradient_rules():
     # gradient rules in ops/ are written with these functions; ops/ does not import the
     # frontend (it is the lower layer), so the frontend hands itself over
@@ -878,3 +902,5 @@ def _install_for_gradient_rules():
 
 
 _install_for_gradient_rules()
+
+globals().update({k: v for k, v in public_ops("").items() if k not in globals()})

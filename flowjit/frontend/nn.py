@@ -219,3 +219,7 @@ def avg_pool2d(input, ksize, strides, padding, data_format="NHWC", name=None):
 
 max_pool = max_pool2d
 avg_pool = avg_pool2d
+
+
+# ops that name themselves public in fj.nn (ir/registry.OpDef.api)
+globals().update({k: v for k, v in F.public_ops("nn").items() if k not in globals()})

@@ -11,7 +11,8 @@ An `OpDef` holds:
   expression in the backend-neutral scalar language (see backends/cpu/scalar.py);
 - `grad(...)`: the gradient rule (filled in by the autodiff layer);
 - `lower`: for opaque ops, a callable that emits the backend call;
-- `runtime_error(value, bound) -> str`: the message when its kernel reports a bad value.
+- `runtime_error(value, bound) -> str`: the message when its kernel reports a bad value;
+- `api`: the op's public names, which the frontends export by themselves.
 """
 from dataclasses import dataclass
 
@@ -37,6 +38,9 @@ class OpDef:
     # calls them by (it carries a hash of their source, so an edited kernel is a new name)
     kernels: dict = None
     symbol: str = None
+    # public names the frontends give the op ("softplus" in fj, "nn.softplus" in fj.nn
+    # and tf.nn): an op that needs no more than apply_op needs no wrapper written for it
+    api: tuple = ()
 
 
 def register(name, kind, infer, ref, **kw):

@@ -27,12 +27,12 @@ def sfx(dtype):
 
 
 # --- unary ----------------------------------------------------------------------
-def _unary(name, ref, emit, kinds, out=None, cost=1):
+def _unary(name, ref, emit, kinds, out=None, cost=1, api=()):
     def infer(shapes, dts, attrs):
         require(dts[0], kinds, name)
         return shapes[0], (out or dts[0])
     register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0]), emit=emit, cost=cost,
-             transcendental=cost > 1)
+             transcendental=cost > 1, api=api)
 
 
 def _sigmoid_ref(x):

@@ -168,3 +168,18 @@ def avg_pool(value, ksize, strides, padding, data_format="NHWC", name=None, inpu
 
 
 max_pool2d, avg_pool2d = max_pool, avg_pool
+
+
+def _camel(name):
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+# ops that name themselves public in fj.nn (ir/registry.OpDef.api), under TF1's op types
+def _op(type_, fn):
+    def f(*xs, name=None):
+        return apply(type_, fn, xs, name=name)
+    f.__name__ = fn.__name__
+    return f
+
+
+globals().update({k: _op(_camel(k), v) for k, v in F.public_ops("nn").items() if k not in globals()})
