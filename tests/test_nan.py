@@ -52,6 +52,9 @@ NUMPY = {
     "greater": np.greater, "greater_equal": np.greater_equal,
     "where": np.where,
 }
+# ops with a row in op_table.OPS bring their NumPy reference from there
+from op_table import OPS as _TABLE  # noqa: E402
+NUMPY.update({name: row[1] for name, row in _TABLE.items() if name not in NUMPY})
 # elementwise ops with float inputs that are not run with NaN here, and why
 SPECIAL_CASES = {
     "cast": "run below with float and bool targets (to integers: undefined for NaN/inf)",
