@@ -14,6 +14,7 @@ OPS = {
     "tanh": (lambda: fj.tanh, np.tanh, None, True),
     "sigmoid": (lambda: fj.sigmoid, lambda x: 1 / (1 + np.exp(-x)), None, True),
     "log": (lambda: fj.log, np.log, "pos", True),
+    "softplus": (lambda: fj.nn.softplus, lambda x: np.logaddexp(0, x), None, True),
 }
 
 

@@ -56,6 +56,10 @@ _unary("expm1", np.expm1, lambda a, at, i, d: f"expm1_{sfx(d)}({a[0]})", FLOAT, 
 _unary("log1p", np.log1p, lambda a, at, i, d: f"log1p_{sfx(d)}({a[0]})", FLOAT, cost=8)
 _unary("tanh", np.tanh, lambda a, at, i, d: f"tanh_{sfx(d)}({a[0]})", FLOAT, cost=10)
 _unary("sigmoid", _sigmoid_ref, lambda a, at, i, d: f"sigmoid_{sfx(d)}({a[0]})", FLOAT, cost=10)
+_unary("softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x),    # log(1 + e^x), never overflows
+       lambda a, at, i, d: f"(({a[0]} if {a[0]} > 0 else {npt(d)}(0)) + "
+                           f"log1p_{sfx(d)}(exp_{sfx(d)}(-abs({a[0]}))))",
+       FLOAT, cost=8, api=("softplus", "nn.softplus"))
 _unary("sin", np.sin, lambda a, at, i, d: f"np.sin({a[0]})", FLOAT, cost=8)
 _unary("cos", np.cos, lambda a, at, i, d: f"np.cos({a[0]})", FLOAT, cost=8)
 _unary("floor", np.floor, lambda a, at, i, d: f"np.floor({a[0]})", FLOAT)
@@ -216,6 +220,7 @@ def _grads():
     defgrad("log1p", u(lambda F, x, z, g: g / (x + 1.0)))
     defgrad("tanh", u(lambda F, x, z, g: g * (1.0 - z * z)))
     defgrad("sigmoid", u(lambda F, x, z, g: g * z * (1.0 - z)))
+    defgrad("softplus", u(lambda F, x, z, g: g * F.sigmoid(x)))
     defgrad("sin", u(lambda F, x, z, g: g * F.cos(x)))
     defgrad("cos", u(lambda F, x, z, g: -g * F.sin(x)))
     for name in ("floor", "ceil", "logical_not", "stop_gradient", "iota", "sym_scalar",
