@@ -27,34 +27,8 @@ def _gather_ref(arrs, attrs, shape, dtype):
     return np.take(p, idx, axis=ax)
 
 
-# Every index is checked before any is used; the first bad one is reported via `err`
-# (the executor turns it into an exception naming the op) and nothing is read or written.
-_CHECK = """    for k in range(idx.shape[0]):
-        v = idx[k]
-        if v < 0 or v >= n:
-            if err[0] == 0:
-                err[0] = code
-                err[1] = v
-                err[2] = n
-            return
-"""
 
-
-def _gather_source(fname, dtype):
-    # params viewed as (outer, n, inner), indices flat, out as (outer, m, inner)
-    return f'''
-def {fname}(p, idx, out, err, code):
-    n = p.shape[1]
-{_CHECK}    for o in range(p.shape[0]):
-        for k in range(idx.shape[0]):
-            v = idx[k]
-            for j in range(p.shape[2]):
-                out[o, k, j] = p[o, v, j]
-'''
-
-
-register("gather", "opaque", _gather_infer, _gather_ref,
-         lower={"kind": "gather", "kernel": _gather_source})
+register("gather", "opaque", _gather_infer, _gather_ref)
 
 
 # --- a run-time check: values that must not be negative ------------------------------
@@ -71,23 +45,9 @@ def _nonneg_ref(arrs, attrs, shape, dtype):
     return x.copy()
 
 
-def _nonneg_source(fname, dtype):
-    return f'''
-def {fname}(x, out, err, code):
-    for k in range(x.shape[0]):
-        if x[k] < 0:
-            if err[0] == 0:
-                err[0] = code
-                err[1] = x[k]
-                err[2] = 0
-            return
-    for k in range(x.shape[0]):
-        out[k] = x[k]
-'''
-
 
 register("pow_exponent_check", "opaque", lambda s, d, a: (s[0], d[0]), _nonneg_ref,
-         lower={"kind": "check", "kernel": _nonneg_source}, runtime_error=_nonneg_message)
+         runtime_error=_nonneg_message)
 
 
 # --- scatter-add: the gradient of gather --------------------------------------------
@@ -110,24 +70,8 @@ def _scatter_ref(arrs, attrs, shape, dtype):
     return out
 
 
-def _scatter_source(fname, dtype):
-    return f'''
-def {fname}(upd, idx, out, err, code):
-    n = out.shape[1]
-    for o in range(out.shape[0]):
-        for k in range(n):
-            for j in range(out.shape[2]):
-                out[o, k, j] = 0
-{_CHECK}    for o in range(out.shape[0]):
-        for k in range(idx.shape[0]):
-            v = idx[k]
-            for j in range(out.shape[2]):
-                out[o, v, j] += upd[o, k, j]
-'''
 
-
-register("scatter_add", "opaque", _scatter_infer, _scatter_ref,
-         lower={"kind": "scatter", "kernel": _scatter_source})
+register("scatter_add", "opaque", _scatter_infer, _scatter_ref)
 
 
 def _grads():

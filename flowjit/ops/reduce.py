@@ -1,11 +1,9 @@
 """Reductions (sum, prod, max, min over axes, keepdims) and arg-reductions."""
 import numpy as np
 
-from .. import dtypes as D
 from ..errors import ShapeError
 from ..ir.registry import register
 from .rules import fmt, nonzero, norm_axes, norm_axis, require
-from .elementwise import npt
 
 
 def reduced_shape(shape, axes, keepdims):
@@ -70,7 +68,7 @@ _make("max", np.max, ("float", "int", "bool"))
 _make("min", np.min, ("float", "int", "bool"))
 
 
-# --- argmax / argmin: an opaque kernel over (outer, n, inner) ---------------------
+# --- argmax / argmin: opaque ops (each backend lowers them over (outer, n, inner)) ---
 def _arg_make(kind):
     name = "arg" + kind
 
@@ -88,25 +86,7 @@ def _arg_make(kind):
         fn = np.argmax if kind == "max" else np.argmin
         return fn(a[0], axis=attrs["axis"])
 
-    cmp = ">" if kind == "max" else "<"
-
-    def kernel_source(fname, dtype):
-        # NaN wins like np.argmax: once a NaN is seen it stays the answer.
-        return f'''
-def {fname}(x, out):
-    for o in range(x.shape[0]):
-        for j in range(x.shape[2]):
-            best = x[o, 0, j]
-            bi = 0
-            for k in range(1, x.shape[1]):
-                v = x[o, k, j]
-                if best == best and (v {cmp} best or v != v):
-                    best = v
-                    bi = k
-            out[o, j] = bi
-'''
-
-    register(name, "opaque", infer, ref, lower={"kind": "axis3", "kernel": kernel_source})
+    register(name, "opaque", infer, ref)
 
 
 _arg_make("max")

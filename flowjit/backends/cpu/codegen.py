@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ...ir.registry import REGISTRY
 from ...ir.shapes import Sym, hint, is_one, render
 from ...ops.elementwise import npt
-from . import conv_lowering  # noqa: F401  (attaches the conv/pool lowerings)
+from . import conv_lowering, lowerings  # noqa: F401  (attach the opaque ops' lowerings)
 from . import pool
 from .scalar import ORDERED
 

@@ -1,0 +1,95 @@
+"""The CPU lowerings of the opaque ops whose kernels are small loops (argmax/argmin,
+gather, scatter_add, pow_exponent_check): kernel source templates for codegen's
+`"axis3"`, `"gather"`, `"scatter"` and `"check"` calls, attached to the registry
+entries when the CPU backend loads (the ops themselves are in ops/)."""
+from ...ir.registry import REGISTRY
+
+
+def _arg_source(kind):
+    cmp = ">" if kind == "max" else "<"
+
+    def kernel_source(fname, dtype):
+        # NaN wins like np.argmax: once a NaN is seen it stays the answer.
+        return f'''
+def {fname}(x, out):
+    for o in range(x.shape[0]):
+        for j in range(x.shape[2]):
+            best = x[o, 0, j]
+            bi = 0
+            for k in range(1, x.shape[1]):
+                v = x[o, k, j]
+                if best == best and (v {cmp} best or v != v):
+                    best = v
+                    bi = k
+            out[o, j] = bi
+'''
+
+    return kernel_source
+
+
+# Every index is checked before any is used; the first bad one is reported via `err`
+# (the executor turns it into an exception naming the op) and nothing is read or written.
+_CHECK = """    for k in range(idx.shape[0]):
+        v = idx[k]
+        if v < 0 or v >= n:
+            if err[0] == 0:
+                err[0] = code
+                err[1] = v
+                err[2] = n
+            return
+"""
+
+
+def _gather_source(fname, dtype):
+    # params viewed as (outer, n, inner), indices flat, out as (outer, m, inner)
+    return f'''
+def {fname}(p, idx, out, err, code):
+    n = p.shape[1]
+{_CHECK}    for o in range(p.shape[0]):
+        for k in range(idx.shape[0]):
+            v = idx[k]
+            for j in range(p.shape[2]):
+                out[o, k, j] = p[o, v, j]
+'''
+
+
+def _nonneg_source(fname, dtype):
+    return f'''
+def {fname}(x, out, err, code):
+    for k in range(x.shape[0]):
+        if x[k] < 0:
+            if err[0] == 0:
+                err[0] = code
+                err[1] = x[k]
+                err[2] = 0
+            return
+    for k in range(x.shape[0]):
+        out[k] = x[k]
+'''
+
+
+def _scatter_source(fname, dtype):
+    return f'''
+def {fname}(upd, idx, out, err, code):
+    n = out.shape[1]
+    for o in range(out.shape[0]):
+        for k in range(n):
+            for j in range(out.shape[2]):
+                out[o, k, j] = 0
+{_CHECK}    for o in range(out.shape[0]):
+        for k in range(idx.shape[0]):
+            v = idx[k]
+            for j in range(out.shape[2]):
+                out[o, v, j] += upd[o, k, j]
+'''
+
+
+def _attach(name, **lower):
+    REGISTRY[name].lower = lower
+
+
+_attach("argmax", kind="axis3", kernel=_arg_source("max"))
+_attach("argmin", kind="axis3", kernel=_arg_source("min"))
+_attach("gather", kind="gather", kernel=_gather_source)
+_attach("scatter_add", kind="scatter", kernel=_scatter_source)
+_attach("pow_exponent_check", kind="check", kernel=_nonneg_source)
