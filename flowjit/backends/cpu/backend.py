@@ -1,6 +1,5 @@
 """The CPU backend: compile a fused Program into one Numba entry function."""
 import hashlib
-import re
 import sys
 import time
 
@@ -16,7 +15,6 @@ from .codegen import gen_entry
 
 PY_STEP_SECONDS = 1.5e-6      # what one interpreted entry line costs (allocate, call, view)
 REUSE_MIN_BYTES = 1 << 18     # below this, malloc recycles memory by itself
-_EMPTY = re.compile(r"\bnp\.empty\(")
 
 
 class BufferCache:
@@ -49,16 +47,6 @@ class BufferCache:
         return a
 
 
-def with_buffer_cache(py_src):
-    """The Python-tier entry source with each `np.empty(` site numbered: `_alloc(k, `."""
-    count = [0]
-
-    def sub(m):
-        count[0] += 1
-        return f"_alloc({count[0] - 1}, "
-    return _EMPTY.sub(sub, py_src), count[0]
-
-
 class CpuExecutable:
     """A compiled program. `__call__(*args)` runs it.
 
@@ -68,7 +56,8 @@ class CpuExecutable:
     it, the entry itself runs as one `numba.njit` function.
     """
 
-    def __init__(self, entry_name, kernel_names, entry_src, kernel_srcs, err_codes, inplace=()):
+    def __init__(self, entry_name, kernel_names, entry_src, kernel_srcs, err_codes, inplace=(),
+                 py_src=None, n_sites=0):
         self.entry_name = entry_name
         self.kernel_names = kernel_names
         self.entry_src = entry_src
@@ -80,16 +69,11 @@ class CpuExecutable:
         self.python_share = 1.0    # estimated share of a Python-tier call spent interpreting
         self._load()
         ns = dict(vars(self._module))
-        py_src, n_sites = with_buffer_cache(self._py_src)
         self.buffers = BufferCache(n_sites)
-        ns["_alloc"] = self.buffers.alloc
+        ns["alloc"] = self.buffers.alloc          # the same source, buffers reused per site
         exec(compile(py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
         self.py_entry = ns[self.entry_name]
         self.run = self._run_python
-
-    @property
-    def _py_src(self):
-        return self.entry_src.split("\n@njit(cache=CACHE, error_model='numpy')\n", 1)[1]
 
     def _load(self):
         for k in self.kernel_names:
@@ -195,12 +179,13 @@ def estimate_python_share(prog, n_lines):
 
 
 def compile_program(prog):
-    body, kernels, err_codes, inplace = gen_entry(prog, None)
+    body, kernels, err_codes, inplace, n_sites = gen_entry(prog, None)
     names = sorted(kernels)
     key = hashlib.sha1((body + "".join(names)).encode()).hexdigest()[:16]
     ename = f"e_{key}"
+    entry = body.replace("ENTRY", ename, 1)
     src = "".join(f"{k} = kernel({k!r})\n" for k in names) + \
-        "\n@njit(cache=CACHE, error_model='numpy')\n" + body.replace("ENTRY", ename, 1)
-    exe = CpuExecutable(ename, names, src, kernels, err_codes, inplace)
+        "\n@njit(cache=CACHE, error_model='numpy')\n" + entry
+    exe = CpuExecutable(ename, names, src, kernels, err_codes, inplace, entry, n_sites)
     exe.python_share = estimate_python_share(prog, body.count("\n    "))
     return exe

@@ -585,10 +585,25 @@ def entry_params(g):
     return names, params
 
 
+class AllocSites:
+    """The entry's allocations, numbered: `alloc(site, shape, dtype)` is `np.empty` when
+    the entry is compiled (runtime_lib.alloc) and the buffer cache's `alloc` in the
+    Python tier (backend.BufferCache), from the same source text."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, shape, dtype):
+        self.count += 1
+        return f"alloc({self.count - 1}, {shape}, {dtype})"
+
+
 def gen_entry(prog, arg_names):
-    """Entry source. Returns (source, kernels: list of (name, source)), err code -> node id."""
+    """Entry source. Returns (source, kernels: {name: source}, err code -> node id,
+    effects written in place, number of allocation sites)."""
     g = prog.graph
     kernels = {}
+    alloc = AllocSites()
     err_codes = {}
     names, params = entry_params(g)
 
@@ -602,13 +617,13 @@ def gen_entry(prog, arg_names):
 
     for n in g.nodes:
         if n.op == "sym_scalar":
-            lines.append(f"v{n.id} = np.empty((1,), {npt(n.dtype)})")
+            lines.append(f"v{n.id} = {alloc('(1,)', npt(n.dtype))}")
             lines.append(f"v{n.id}[0] = {dim_src(n.attrs['expr'])}")
 
     for step in prog.steps:
         if step.kind == "loop":
             grp = step.group
-            inline = _scalar_inline(g, grp, buf, alias)
+            inline = _scalar_inline(g, grp, buf, alias, alloc)
             if inline is not None:      # a scalar computation: no kernel to compile
                 lines.extend(inline)
                 continue
@@ -619,7 +634,7 @@ def gen_entry(prog, arg_names):
                 if o in alias:      # a variable's new value, written over its buffer
                     lines.append(f"{buf(o)} = {buf(alias[o])}")
                 else:
-                    lines.append(f"{buf(o)} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
+                    lines.append(f"{buf(o)} = {alloc(shape_src(n.shape), npt(n.dtype))}")
             lines.append(f"{spec.name}({', '.join(spec.call_args)})")
             continue
         n = g.nodes[step.node]
@@ -627,12 +642,12 @@ def gen_entry(prog, arg_names):
         if step.kind == "view":
             lines.append(f"{out} = {buf(n.inputs[0])}.reshape({shape_src(n.shape)})")
         elif step.kind == "matmul":
-            lines.extend(_matmul_lines(g, n, buf))
+            lines.extend(_matmul_lines(g, n, buf, alloc))
         else:
             kind = REGISTRY[n.op].lower["kind"]
             kname, ksrc = gen_opaque_kernel(n, g)
             kernels[kname] = ksrc
-            lines.append(f"{out} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
+            lines.append(f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}")
             x = g.nodes[n.inputs[0]]
             if kind == "axis3":
                 ax = n.attrs["axis"]
@@ -680,7 +695,7 @@ def gen_entry(prog, arg_names):
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
     body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
-    return body, kernels, err_codes, inplace
+    return body, kernels, err_codes, inplace, alloc.count
 
 
 def _inplace_effects(prog):
@@ -729,7 +744,7 @@ def _inplace_effects(prog):
     return out
 
 
-def _scalar_inline(g, grp, buf, alias):
+def _scalar_inline(g, grp, buf, alias, alloc):
     """Entry lines computing a loop group whose iteration space is one element, or None."""
     if any(not is_one(d) for d in grp.shape) or grp.reduces:
         return None
@@ -752,16 +767,16 @@ def _scalar_inline(g, grp, buf, alias):
         if o in alias:
             lines.append(f"{buf(o)} = {buf(alias[o])}")
         else:
-            lines.append(f"{buf(o)} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})")
+            lines.append(f"{buf(o)} = {alloc(shape_src(n.shape), npt(n.dtype))}")
         lines.append(f"{buf(o)}.reshape((1,))[0] = {names[o]}")
     return lines
 
 
-def _matmul_lines(g, n, buf):
+def _matmul_lines(g, n, buf, alloc):
     a, b = (g.nodes[i] for i in n.inputs)
     out = buf(n.id)
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
-    lines = [f"{out} = np.empty({shape_src(n.shape)}, {npt(n.dtype)})"]
+    lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if len(n.shape) == 2 and n.dtype.is_floating:
         fn = "gemm_" + ("t" if ta else "n") + ("t" if tb else "n")
         lines.append(f"{fn}({buf(a.id)}, {buf(b.id)}, {out})")

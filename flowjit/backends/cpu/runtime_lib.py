@@ -65,3 +65,9 @@ def bmm_loop(a, b, out, ta, tb):
                 v = x[r, q]
                 for c in range(n):
                     o[r, c] += v * y[q, c]
+
+
+@njit(cache=True, error_model="numpy")
+def alloc(site, shape, dtype):
+    """An allocation of the compiled entry (its Python tier reuses buffers per site)."""
+    return np.empty(shape, dtype)
