@@ -50,7 +50,8 @@ def custom_op(name, *, shape_fn, cpu_kernel, grad=None, reference=None, cuda_ker
              emit=_emit(symbol) if elementwise else None,
              lower=None if elementwise else {"kind": "call", "kernel": _opaque_kernel(symbol),
                                              "fixed": lambda attrs, shapes: (len(shapes), attrs)},
-             cost=8, transcendental=True, kernels=kernels, symbol=symbol)
+             cost=8, transcendental=True, kernels=kernels, symbol=symbol,
+             can_fail=not elementwise)      # a user's kernel may raise: no in-place updates
     if grad is not None:
         defgrad(name, _grad_rule(name, grad))
 

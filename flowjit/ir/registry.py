@@ -32,6 +32,7 @@ class OpDef:
     # for ops whose kernel reports a bad value through the error word: the message,
     # from the value and the bound the kernel wrote (default: an index out of range)
     runtime_error: object = None
+    can_fail: bool = False         # its kernel may reject a value at run time (no in-place updates then)
     # traits the compiler reads
     transcendental: bool = False   # range reductions: keep IEEE order (no reassociation)
     # a custom op's own kernels, by backend ("cpu", "cuda"), and the name generated code

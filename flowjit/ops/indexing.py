@@ -28,7 +28,7 @@ def _gather_ref(arrs, attrs, shape, dtype):
 
 
 
-register("gather", "opaque", _gather_infer, _gather_ref)
+register("gather", "opaque", _gather_infer, _gather_ref, can_fail=True)
 
 
 # --- a run-time check: values that must not be negative ------------------------------
@@ -47,7 +47,7 @@ def _nonneg_ref(arrs, attrs, shape, dtype):
 
 
 register("pow_exponent_check", "opaque", lambda s, d, a: (s[0], d[0]), _nonneg_ref,
-         runtime_error=_nonneg_message)
+         runtime_error=_nonneg_message, can_fail=True)
 
 
 # --- scatter-add: the gradient of gather --------------------------------------------
@@ -71,7 +71,7 @@ def _scatter_ref(arrs, attrs, shape, dtype):
 
 
 
-register("scatter_add", "opaque", _scatter_infer, _scatter_ref)
+register("scatter_add", "opaque", _scatter_infer, _scatter_ref, can_fail=True)
 
 
 def _grads():

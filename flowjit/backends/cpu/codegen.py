@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ...ir.registry import REGISTRY
+from ...passes.inplace import inplace_effects
 from ...ir.shapes import Sym, hint, is_one, render
 from ...ops.elementwise import npt
 from . import conv_lowering, lowerings  # noqa: F401  (attach the opaque ops' lowerings)
@@ -610,7 +611,7 @@ def gen_entry(prog, arg_names):
     def buf(i):
         return names.get(i, f"v{i}")
 
-    inplace = _inplace_effects(prog)
+    inplace = inplace_effects(prog)
     alias = {g.effects[k][1]: g.effects[k][0] for k in inplace}
     lines = []
     lines.extend(size_lines(g, names))
@@ -696,52 +697,6 @@ def gen_entry(prog, arg_names):
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
     body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
     return body, kernels, err_codes, inplace, alloc.count
-
-
-def _inplace_effects(prog):
-    """Effects (variable updates) the compiled code may write straight into the
-    variable's buffer: the new value comes from a loop that reads the old value only
-    at the element it writes, nothing reads the old value afterwards, and no step can
-    fail (so a failing step still leaves every variable unchanged)."""
-    g = prog.graph
-    if not prog.allow_inplace:
-        return []
-    if any(s.kind == "opaque" and REGISTRY[g.nodes[s.node].op].lower["kind"] in ("gather", "scatter", "check")
-           for s in prog.steps):
-        return []
-    order = {id(s): k for k, s in enumerate(prog.steps)}
-    writer = {}
-    for s in prog.steps:
-        if s.kind == "loop":
-            for o in s.group.stores:
-                writer[o] = s
-    outputs = set(g.outputs)
-    out = []
-    for k, (a, v) in enumerate(g.effects):
-        s = writer.get(v)
-        if s is None or a in outputs or g.nodes[v].op == "arg":
-            continue
-        shape = g.nodes[a].shape
-        if len(shape) != len(s.group.shape) or \
-                any(hint(x) != hint(y) for x, y in zip(shape, s.group.shape)):
-            continue
-        ok = True
-        for t in prog.steps:
-            if t.kind == "loop":
-                reads = [ld for ld in t.group.loads.values() if ld.base == a]
-                if not reads:
-                    continue
-                if t is s and all(not ld.chain for ld in reads):
-                    continue
-                if order[id(t)] < order[id(s)]:
-                    continue
-                ok = False
-            elif a in g.nodes[t.node].inputs:
-                if t.kind == "view" or order[id(t)] > order[id(s)]:
-                    ok = False     # a view aliases the old value; a later reader needs it
-        if ok:
-            out.append(k)
-    return out
 
 
 def _scalar_inline(g, grp, buf, alias, alloc):

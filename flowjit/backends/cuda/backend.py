@@ -20,7 +20,8 @@ import numpy as np
 from ...ir.registry import REGISTRY
 from ...runtime import stats as S
 from ..cpu import loader
-from ..cpu.codegen import _inplace_effects, dim_src, entry_params, prod_src, size_lines
+from ...passes.inplace import inplace_effects
+from ..cpu.codegen import dim_src, entry_params, prod_src, size_lines
 from . import runtime as RT
 from .codegen import gen_loop, shape_tuple
 from .custom import kernel_globals
@@ -67,7 +68,7 @@ def gen_entry(prog):
     def scalar_src(i):
         return scalars.get(i)
 
-    inplace = _inplace_effects(prog)
+    inplace = inplace_effects(prog)
     alias = {g.effects[k][1]: g.effects[k][0] for k in inplace}
     lines = []
     lines.extend(size_lines(g, names))
