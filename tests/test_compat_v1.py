@@ -772,3 +772,16 @@ def test_devices_and_config(capsys):
                 sess.run(c)
         with tf.Session(config=tf.ConfigProto(allow_soft_placement=True)) as sess:
             assert_close(sess.run(c), np.array([2.0, 3.0], np.float32))
+
+
+def test_nn_softplus_is_the_primitive_op():
+    with tf.Graph().as_default():
+        x = tf.placeholder(tf.float32, [None])
+        y = tf.nn.softplus(x)
+        assert y.op.type == "Softplus"
+        (g,) = tf.gradients(tf.reduce_sum(y), [x])
+        xv = np.array([-100.0, -2.0, 0.0, 3.0, 100.0], np.float32)
+        with tf.Session() as sess:
+            yv, gv = sess.run([y, g], {x: xv})
+        np.testing.assert_allclose(yv, np.logaddexp(0, xv), rtol=1e-6)
+        np.testing.assert_allclose(gv, 1 / (1 + np.exp(-xv.astype(np.float64))), rtol=1e-6, atol=1e-30)

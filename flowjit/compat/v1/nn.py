@@ -20,12 +20,6 @@ elu = _unary("Elu", N.elu)
 softsign = _unary("Softsign", lambda x: x / (F.abs(x) + 1.0))
 
 
-def softplus(features, name=None):
-    # log(1 + exp(x)) computed as max(x, 0) + log1p(exp(-|x|)) so it never overflows
-    return apply("Softplus", lambda x: F.maximum(x, 0.0) + F.log1p(F.exp(-F.abs(x))), (features,),
-                 name=name)
-
-
 def leaky_relu(features, alpha=0.2, name=None):
     return apply("LeakyRelu", lambda x: N.leaky_relu(x, alpha), (features,), name=name)
 
