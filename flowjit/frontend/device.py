@@ -99,7 +99,6 @@ def explicit():
 
 
 GPU0 = DeviceSpec("GPU", 0)
-placed_on_gpu = [False]     # set once any variable moves to the GPU (CPU calls then check)
 
 
 def is_device_array(x):

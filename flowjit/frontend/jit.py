@@ -19,7 +19,7 @@ from ..errors import InvalidArgumentError, OutOfRangeError, TracerError
 from ..ir.graph import Graph
 from ..ir.registry import REGISTRY
 from ..ir.shapes import concrete_sizes
-from ..runtime import stats as S
+from ..runtime import devices, stats as S
 from ..runtime.interrupts import deferred_interrupts, reraise_interrupt
 from . import device as _device
 from .custom_op import kernel_error
@@ -243,7 +243,7 @@ class Compiled:
         args = [a if (a.ndim and a.flags.c_contiguous) else
                 (a.reshape(1) if a.ndim == 0 else np.ascontiguousarray(a)) for a in arrays]
         if self.variables:
-            if _device.placed_on_gpu[0]:
+            if devices.anything_placed_off_host():
                 for v in self.variables:
                     v._place("CPU")
             args.extend(v._buf.reshape(1) if v._buf.ndim == 0 else v._buf for v in self.variables)
@@ -261,8 +261,7 @@ class Compiled:
         exe = self.exe
         args = [exe.device_input(a) for a in arrays]
         for v in self.variables:
-            if v._device != "GPU":
-                v._place("GPU")
+            v._place(self.device.kind)
             args.append(v._buf)
         outs = self.fwd(args)
         values, effects = self._combine(args, outs)

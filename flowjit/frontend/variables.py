@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import dtypes as D
 from ..errors import DTypeError, ShapeError
+from ..runtime import devices
 from ..runtime.interrupts import deferred_interrupts
 from .tensor import Tensor, TensorShape, active_tapes, convert, current_trace, to_numpy, user_src
 
@@ -60,46 +61,39 @@ class Variable:
             raise TypeError("create Variables outside @fj.jit (a traced value has no concrete "
                             "initial value); build them before the first call")
         arr = to_numpy(initial_value, dtype)
-        self._buf = np.array(arr, order="C", copy=True)
+        self._mem = devices.memory("CPU")
+        self._buf = self._mem.upload(arr)
         self._shape = self._buf.shape
-        self._device = "CPU"
         self._name = name or f"Variable_{next(_names)}"
         self.trainable = bool(trainable)
         from .device import current
-        if current().kind == "GPU":
-            self._place("GPU")
+        if current().kind != "CPU":
+            self._place(current().kind)
 
-    # -- placement ---------------------------------------------------------------------
+    # -- placement: the memory of the device kind holds the buffer (runtime/devices) ----
+    @property
+    def _device(self):
+        return self._mem.kind
+
     def _place(self, kind):
-        """Move the value to device kind "CPU" (NumPy buffer) or "GPU" (flat device array)."""
-        if kind == self._device:
+        """Move the value to the memory of device kind `kind` ("CPU", "GPU")."""
+        if kind == self._mem.kind:
             return
-        from .device import placed_on_gpu, to_device, to_host
-        if kind == "GPU":
-            self._buf = to_device(self._buf.reshape(-1))
-            placed_on_gpu[0] = True
-        else:
-            self._buf = to_host(self._buf).reshape(self._shape)
-        self._device = kind
+        host = self._mem.download(self._buf, self._shape)
+        self._mem = devices.memory(kind)
+        self._buf = self._mem.upload(host)
+        devices.note_placed(kind)
 
     def _write(self, value, copy):
-        """Store a compiled step's new value (an array on this variable's device).
-        `copy=False` lets a GPU variable adopt the new buffer instead of copying it."""
-        if self._device == "CPU":
-            np.copyto(self._buf, value.reshape(self._shape))
-        elif copy:
-            self._buf.copy_to_device(value.reshape(-1) if len(value.shape) != 1 else value)
-        else:
-            self._buf = value if len(value.shape) == 1 else value.reshape(-1)
+        """Store a compiled step's new value (an array of this variable's memory).
+        `copy=False` lets a device variable adopt the new buffer instead of copying it."""
+        self._buf = self._mem.store(self._buf, value, self._shape, copy)
 
     def _host_value(self):
         staged = _staged(self)
         if staged is not None:
             return staged.copy()
-        if self._device == "CPU":
-            return self._buf.copy()
-        from .device import to_host
-        return to_host(self._buf).reshape(self._shape)
+        return self._mem.download(self._buf, self._shape)
 
     # -- reading ---------------------------------------------------------------------
     def _flowjit_tensor(self):
@@ -173,10 +167,7 @@ class Variable:
 
     def _store(self, value):
         """Write a host value (the variable's shape and dtype) into the buffer."""
-        if self._device == "CPU":
-            np.copyto(self._buf, value)
-        else:
-            self._buf.copy_to_device(np.ascontiguousarray(value).reshape(-1))
+        self._buf = self._mem.store(self._buf, np.asarray(value), self._shape)
 
     def assign_add(self, delta, read_value=True, name=None):
         return self.assign(self._flowjit_tensor() + delta)

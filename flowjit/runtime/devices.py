@@ -1,10 +1,56 @@
 """Device memory for the frontend (variables, inputs, outputs), from the backend that
-owns it: the frontend asks here and imports no backend."""
+owns it: the frontend asks here and imports no backend.
+
+`memory(kind)` is the memory of a device kind ("CPU", "GPU"): an object with
+- `upload(host_array)`: a new buffer holding a copy (a C-contiguous NumPy array on the
+  CPU, a flat device array on the GPU);
+- `download(buf, shape)`: a NumPy copy with that shape;
+- `store(buf, value, shape, copy)`: the buffer after writing `value` (an array of this
+  memory) into it; with `copy=False` a backend may adopt `value` as the new buffer.
+A backend with memory of its own adds its module to MEMORY (its `Memory` class)."""
 import importlib
+
+import numpy as np
+
+MEMORY = {"GPU": "flowjit.backends.cuda.runtime"}
+_memories = {}
+_placed = set()      # kinds other than the CPU that some variable has been placed on
+
+
+class HostMemory:
+    kind = "CPU"
+
+    def upload(self, host):
+        return np.array(host, order="C", copy=True)
+
+    def download(self, buf, shape):
+        return buf.reshape(shape).copy()
+
+    def store(self, buf, value, shape, copy=True):
+        np.copyto(buf, np.asarray(value).reshape(shape))
+        return buf
+
+
+def memory(kind):
+    m = _memories.get(kind)
+    if m is None:
+        m = _memories[kind] = HostMemory() if kind == "CPU" else \
+            importlib.import_module(MEMORY[kind]).Memory()
+    return m
+
+
+def note_placed(kind):
+    """Some variable now lives on `kind` (CPU programs then check their variables)."""
+    if kind != "CPU":
+        _placed.add(kind)
+
+
+def anything_placed_off_host():
+    return bool(_placed)
 
 
 def _gpu():
-    return importlib.import_module("flowjit.backends.cuda.runtime")
+    return importlib.import_module(MEMORY["GPU"])
 
 
 def as_device_array(x):

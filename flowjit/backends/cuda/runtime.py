@@ -139,6 +139,24 @@ def to_host(dev):
     return dev.copy_to_host()
 
 
+class Memory:
+    """GPU memory for runtime/devices: a variable's value is a flat device array."""
+    kind = "GPU"
+
+    def upload(self, host):
+        return to_device(np.ascontiguousarray(host).reshape(-1))
+
+    def download(self, buf, shape):
+        return to_host(buf).reshape(shape)
+
+    def store(self, buf, value, shape, copy=True):
+        value = value if len(value.shape) == 1 else value.reshape(-1)
+        if not copy and not isinstance(value, np.ndarray):
+            return value                   # adopt the step's new device buffer
+        buf.copy_to_device(np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value)
+        return buf
+
+
 def flat(a):
     """A 1-d view of a C-contiguous device array (0-d becomes shape (1,))."""
     if len(a.shape) == 1:
