@@ -284,7 +284,7 @@ def _dims(shape, what, arg="shape", allow_unknown=False):
 
 def constant(value, dtype=None, shape=None, name=None):
     arr = to_numpy(value, dtype)
-    if arr is value or (isinstance(value, np.ndarray) and np.shares_memory(arr, value)):
+    if arr is value or (isinstance(value, np.ndarray) and np.may_share_memory(arr, value)):
         arr = arr.copy()          # a tensor is immutable: the caller may change its array
     if shape is not None:
         shape = _dims(shape, "constant")
