@@ -6,7 +6,6 @@ calls `apply_op`, or composes other functions here when the composition still fu
 """
 import builtins
 import math
-import numbers
 
 import numpy as np
 

@@ -15,7 +15,7 @@ import numpy as np
 from .. import dtypes as D
 from ..errors import DTypeError, ShapeError, TracerError, FlowjitError
 from ..ir.registry import REGISTRY
-from ..ir.shapes import Sym, concrete_sizes, hint, render, symbolic
+from ..ir.shapes import Sym, concrete_sizes, hint, symbolic
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _state = threading.local()

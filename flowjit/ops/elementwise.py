@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import dtypes as D
 from ..ir.registry import register
-from ..ir.shapes import is_one, Sym
+from ..ir.shapes import is_one
 from .rules import broadcast_shapes, same_dtype, require
 from ..errors import InvalidArgumentError, ShapeError
 
@@ -73,7 +73,6 @@ def _cast_infer(shapes, dts, attrs):
 
 
 def _cast_emit(a, attrs, ins, d):
-    src = ins[0]
     if d.is_bool:
         return f"({a[0]} != 0)"
     return f"{npt(d)}({a[0]})"

@@ -256,7 +256,6 @@ def _same_shape(a, b):
 
 
 def _toposort(steps, deps):
-    index = {id(s): k for k, s in enumerate(steps)}
     first = {id(s): min(s.outputs()) for s in steps}
     done, order = set(), []
     pending = sorted(steps, key=lambda s: first[id(s)])
