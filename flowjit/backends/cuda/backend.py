@@ -12,7 +12,6 @@ Kernel modules are written to `$FLOWJIT_CACHE_DIR/cuda/<hash>.py` and compiled b
 from Numba's disk cache.
 """
 import os
-import re
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from ...passes.inplace import inplace_effects
 from ..cpu.codegen import dim_src, entry_params, prod_src, size_lines
 from . import runtime as RT
 from .codegen import gen_loop, shape_tuple
-from .custom import kernel_globals
+from .custom import kernel_globals, opaque_lowering
 from .kernels import Ctx, LOWERINGS, host_fallback, matmul_lines
 from .scalar import NAMES as SCALAR_NAMES
 
@@ -56,6 +55,8 @@ def _load_kernel(name, body):
 
 
 def gen_entry(prog):
+    """Entry source (`def ENTRY(...)`), kernels {name: source}, err code -> node id,
+    effects written in place and the placement [(step, what, kernel names)]."""
     g = prog.graph
     kernels, placement, err_codes = {}, [], {}
     names, params = entry_params(g)
@@ -63,15 +64,67 @@ def gen_entry(prog):
     def buf(i):
         return names.get(i, f"v{i}")
 
-    scalars = {}
-
-    def scalar_src(i):
-        return scalars.get(i)
-
+    def new_err_code(node_id):
+        code = len(err_codes) + 1
+        err_codes[code] = node_id
+        return code
     inplace = inplace_effects(prog)
     alias = {g.effects[k][1]: g.effects[k][0] for k in inplace}
-    lines = []
-    lines.extend(size_lines(g, names))
+    ctx = Ctx(g, buf, Allocs(buf, _kept(prog)), new_err_code)
+    scalars, lines = _prologue(prog, names, buf)
+    for k, step in enumerate(prog.steps):
+        if step.kind == "loop":
+            what, ks, ls = _loop_step(ctx, step.group, alias, scalars)
+        else:
+            what, ks, ls = _node_step(ctx, g.nodes[step.node], step.kind)
+        if what is not None:
+            placement.append((k, what, sorted(ks)))
+        kernels.update(ks)
+        lines.extend(ls)
+    outs = [f"RT.shaped({buf(o)}, {shape_tuple(g.nodes[o].shape)})" for o in g.outputs] + \
+        [buf(v) for _, v in g.effects]
+    lines.append(f"return ({''.join(o + ', ' for o in outs)})")
+    body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
+    return body, kernels, err_codes, inplace, placement
+
+
+class Allocs:
+    """The entry's allocation lines, decided as they are written. A buffer that leaves
+    the call (`kept`) gets fresh memory; any other is scratch that the executable keeps
+    in POOL under the line's site number and reuses on the next call (kernels run in
+    stream order, so the next call cannot overwrite it early)."""
+
+    def __init__(self, buf, kept):
+        self.buf, self.kept, self.sites = buf, kept, 0
+
+    def __call__(self, node_id, size, dtype, zero=False):
+        name = self.buf(node_id)
+        if node_id in self.kept:
+            return f"{name} = RT.{'zeros' if zero else 'empty'}({size}, {dtype})"
+        return f"{name} = {self.scratch()}{size}, {dtype}, {zero})"
+
+    def scratch(self):
+        """The start of a new site's `RT.scratch(POOL, site, size, dtype, zero)` call."""
+        self.sites += 1
+        return f"RT.scratch(POOL, {self.sites - 1}, "
+
+
+def _kept(prog):
+    """Node ids whose buffers leave the call: outputs, variables' new values (and
+    residuals), and the buffers those are views of."""
+    g = prog.graph
+    keep = set(g.outputs) | {v for _, v in g.effects}
+    for s in reversed(prog.steps):
+        if s.kind == "view" and s.node in keep:
+            keep.add(g.nodes[s.node].inputs[0])
+    return keep
+
+
+def _prologue(prog, names, buf):
+    """Lines binding the sizes, flattening the arguments and computing symbolic
+    scalars; and {node id: scalar source} for the values kernels take as scalars."""
+    g = prog.graph
+    scalars, lines = {}, list(size_lines(g, names))
     for a in g.args:
         lines.append(f"{names[a]} = RT.flat({names[a]})")
     users = g.users()
@@ -83,68 +136,48 @@ def gen_entry(prog):
             scalars[n.id] = f"s{n.id}"
             if n.id in g.outputs or any(not _in_loop(prog, u) for u in users[n.id]):
                 lines.append(f"v{n.id} = RT.to_device(np.array([s{n.id}]))")
+    return scalars, lines
 
-    def new_err_code(node_id):
-        code = len(err_codes) + 1
-        err_codes[code] = node_id
-        return code
-    ctx = Ctx(g, buf, new_err_code)
 
-    for k, step in enumerate(prog.steps):
-        if step.kind == "loop":
-            grp = step.group
-            for o in grp.stores + grp.reduces:
-                n = g.nodes[o]
-                if o in alias:      # a variable's new value, written over its buffer
-                    lines.append(f"{buf(o)} = {buf(alias[o])}")
-                else:
-                    lines.append(f"{buf(o)} = RT.empty({prod_src(n.shape)}, np.{n.dtype.np.name})")
-            ks, ls = gen_loop(g, grp, buf, scalar_src)
-            placement.append((k, f"fused loop [{' '.join(g.nodes[i].op for i in grp.nodes) or 'copy'}]",
-                              sorted(ks)))
+def _loop_step(ctx, grp, alias, scalars):
+    g, buf = ctx.g, ctx.buf
+    lines = []
+    for o in grp.stores + grp.reduces:
+        n = g.nodes[o]
+        if o in alias:      # a variable's new value, written over its buffer
+            lines.append(f"{buf(o)} = {buf(alias[o])}")
         else:
-            n = g.nodes[step.node]
-            if step.kind == "view":
-                ks, ls = {}, [f"{buf(n.id)} = {buf(n.inputs[0])}"]
-            elif step.kind == "matmul":
-                ks, ls = matmul_lines(ctx, n)
-            else:
-                low = LOWERINGS.get(n.op)
-                ks, ls = (low or host_fallback)(ctx, n)
-            if step.kind != "view":
-                placement.append((k, f"{n.op}" + ("" if step.kind != "opaque" or n.op in LOWERINGS
-                                                  else " (no CUDA kernel: NumPy on the host)"), sorted(ks)))
-        kernels.update(ks)
-        lines.extend(ls)
-    lines = _scratch_temporaries(prog, lines, buf)
-    outs = [f"RT.shaped({buf(o)}, {shape_tuple(g.nodes[o].shape)})" for o in g.outputs] + \
-        [buf(v) for _, v in g.effects]
-    lines.append(f"return ({''.join(o + ', ' for o in outs)})")
-    body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
-    return body, kernels, err_codes, inplace, placement
+            lines.append(ctx.alloc(o, prod_src(n.shape), f"np.{n.dtype.np.name}"))
+    ks, ls = gen_loop(g, grp, buf, scalars.get)
+    what = f"fused loop [{' '.join(g.nodes[i].op for i in grp.nodes) or 'copy'}]"
+    return what, ks, lines + _scratch_partials(ls, ctx.alloc)
 
 
-_ALLOC = re.compile(r"^(\s*)(\w+) = RT\.(empty|zeros)\((.*), ([\w.]+)\)$")
+_PARTIALS = " = RT.empty("
 
 
-def _scratch_temporaries(prog, lines, buf):
-    """Buffers that never leave the call (not an output, a residual or a variable's new
-    value, nor viewed by one) are kept by the executable and reused by the next call
-    (kernels run in stream order, so the next call cannot overwrite them early)."""
-    g = prog.graph
-    keep = set(g.outputs) | {v for _, v in g.effects}
-    for s in reversed(prog.steps):
-        if s.kind == "view" and s.node in keep:
-            keep.add(g.nodes[s.node].inputs[0])
-    kept_names = {buf(i) for i in keep}
+def _scratch_partials(lines, alloc):
+    """codegen.py allocates a split reduction's partial results itself (`_ppJ =
+    RT.empty(n, dtype)`), and they never leave the call: each gets a scratch site.
+    (A bridge until gen_loop takes `alloc`; RT.scratch's trailing arguments are
+    RT.empty's.)"""
     out = []
     for line in lines:
-        m = _ALLOC.match(line)
-        if m and m.group(2) not in kept_names:
-            ind, name, kind, size, dt = m.groups()
-            line = f"{ind}{name} = RT.scratch(POOL, {name!r}, {size}, {dt}, {kind == 'zeros'})"
-        out.append(line)
+        name, sep, rest = line.partition(_PARTIALS)
+        out.append(f"{name} = {alloc.scratch()}{rest}" if sep and name.startswith("_pp") else line)
     return out
+
+
+def _node_step(ctx, n, kind):
+    """(placement text or None, kernels, lines) of a view, matmul or opaque step."""
+    if kind == "view":
+        return None, {}, [f"{ctx.buf(n.id)} = {ctx.buf(n.inputs[0])}"]
+    if kind == "matmul":
+        return (n.op,) + matmul_lines(ctx, n)
+    low = LOWERINGS.get(n.op) or opaque_lowering(n.op)
+    if low is None:
+        return (f"{n.op} (no CUDA kernel: NumPy on the host)",) + host_fallback(ctx, n)
+    return (n.op,) + low(ctx, n)
 
 
 def _in_loop(prog, node_id):
@@ -166,7 +199,7 @@ class CudaExecutable:
         self.placement = placement
         ns = {"np": np, "RT": RT, "RT_host_op": self._host_op, "POOL": {}}
         for k, src in kernels.items():
-            ns[k] = _load_kernel(k, src)
+            ns[k] = RT.Counted(_load_kernel(k, src))
         exec(compile(body, "<flowjit cuda entry>", "exec"), ns)
         self.entry = ns["ENTRY"]
         self.dev_err = RT.zeros(3, np.int64) if err_codes else None

@@ -2,9 +2,13 @@
 
 Opaque ops are lowered through `LOWERINGS`, a table from op name to a function that
 returns the kernel sources and entry lines for one node. Adding a GPU kernel for a
-new op (conv2d, pooling...) is one `@lowering("op")` function here; an op with no
-entry runs its NumPy reference on the host (copy in, compute, copy out) and says so
-when `fj.config.log_device_placement` is on.
+new op (conv2d, pooling...) is one `@lowering("op")` function here; a custom op with
+a `cuda_kernel` is lowered by custom.py; any other op runs its NumPy reference on the
+host (copy in, compute, copy out) and says so when `fj.config.log_device_placement`
+is on.
+
+A kernel's source is rendered from its name (`named`), and the name is a hash of the
+text rendered with a placeholder: text and name depend only on the structure.
 
 Index checks (gather, scatter_add) report the first bad index they see through the
 device error word: (code, index, bound); the executor turns it into an exception
@@ -28,16 +32,25 @@ def lowering(op):
     return deco
 
 
-def _named(src, comment):
-    name = "k_" + hashlib.sha1(src.encode()).hexdigest()[:16]
-    return name, f"# {comment}\n" + KERNEL_HEADER + src.replace("KERNEL", name, 1)
+def named(render, comment):
+    """(name, module text) of the kernel `render(name)` defines. Its name is a hash of
+    the text rendered with a placeholder name, so it depends only on the structure and
+    equal kernels share one compiled module."""
+    name = "k_" + hashlib.sha1(render("KERNEL").encode()).hexdigest()[:16]
+    return name, f"# {comment}\n" + KERNEL_HEADER + render(name)
+
+
+def kernel_def(params, body):
+    """The render function of a kernel `def <name>(params):` with `body`."""
+    return lambda name: f"\ndef {name}({params}):\n{body}"
 
 
 class Ctx:
-    """What a lowering needs from the entry generator."""
+    """What a lowering needs from the entry generator: `buf(node_id)` names a buffer,
+    `alloc(node_id, size, dtype, zero=False)` is the line allocating its flat buffer."""
 
-    def __init__(self, g, buf, new_err_code):
-        self.g, self.buf, self.new_err_code = g, buf, new_err_code
+    def __init__(self, g, buf, alloc, new_err_code):
+        self.g, self.buf, self.alloc, self.new_err_code = g, buf, alloc, new_err_code
 
 
 # ----------------------------------------------------------------------------------
@@ -79,9 +92,7 @@ def matmul_source(ta, tb, dtype):
         for q in range({LB}):
             gn = col0 + bn + q
             Bs[bk, bn + q] = B[zb, gk, gn] if (gk < K and gn < N) else {dt}(0)"""
-    src = f'''
-def KERNEL(A, B, C):
-    M = C.shape[1]
+    body = f'''    M = C.shape[1]
     N = C.shape[2]
     K = A.shape[{1 if ta else 2}]
     tid = cuda.threadIdx.x
@@ -122,7 +133,7 @@ def KERNEL(A, B, C):
             if gm < M and gn < N:
                 C[bz, gm, gn] = acc[i, j]
 '''
-    return _named(src, f"matmul ta={ta} tb={tb} ({dtype.name})")
+    return named(kernel_def("A, B, C", body), f"matmul ta={ta} tb={tb} ({dtype.name})")
 
 
 def matmul_lines(ctx, n):
@@ -140,7 +151,7 @@ def matmul_lines(ctx, n):
     BM, BN, TM, TN = MM["BM"], MM["BN"], MM["TM"], MM["TN"]
     nt = (BN // TN) * (BM // TM)
     out = buf(n.id)
-    lines = [f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})",
+    lines = [ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype)),
              f"{name}[(RT.cdiv({N}, {BN}), RT.cdiv({M}, {BM}), max(1, {nb})), {nt}]"
              f"({three(a)}, {three(b)}, {out}.reshape((max(1, {nb}), {M}, {N})))"]
     return {name: src}, lines
@@ -169,9 +180,7 @@ def _indexed(ctx, n, kind, first, idx, shape):
         on_bad, on_good = "            out[t] = 0\n", "out[t] = p[(o * n + v) * inner + j]"
     else:
         on_bad, on_good = "", "cuda.atomic.add(out, (o * n + v) * inner + j, p[t])"
-    src = f'''
-def KERNEL(p, idx, out, outer, n, m, inner, err, code):
-    total = outer * m * inner
+    body = f'''    total = outer * m * inner
     t = cuda.grid(1)
     stride = cuda.gridsize(1)
     while t < total:
@@ -186,12 +195,12 @@ def KERNEL(p, idx, out, outer, n, m, inner, err, code):
             {on_good}
         t += stride
 '''
-    name, ksrc = _named(src, f"{kind} ({n.dtype.name})")
+    name, ksrc = named(kernel_def("p, idx, out, outer, n, m, inner, err, code", body),
+                       f"{kind} ({n.dtype.name})")
     code = ctx.new_err_code(n.id)
     out = buf(n.id)
-    alloc = "empty" if kind == "gather" else "zeros"
     return {name: ksrc}, [
-        f"{out} = RT.{alloc}({prod_src(n.shape)}, {npt(n.dtype)})",
+        ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype), zero=(kind == "scatter_add")),
         f"{name}[RT.grid(({outer}) * ({m}) * ({inner})), RT.TPB]({buf(first.id)}, {buf(idx.id)}, {out}, "
         f"np.int64({outer}), np.int64({nn}), np.int64({m}), np.int64({inner}), err, np.int64({code}))"]
 
@@ -217,9 +226,7 @@ def _arg_reduce(kind):
         ax = n.attrs["axis"]
         outer, nn, inner = _three(x.shape, ax)
         # NaN wins like np.argmax: once a NaN is seen it stays the answer
-        src = f'''
-def KERNEL(x, out, outer, n, inner):
-    t = cuda.grid(1)
+        body = f'''    t = cuda.grid(1)
     stride = cuda.gridsize(1)
     while t < outer * inner:
         j = t % inner
@@ -234,10 +241,10 @@ def KERNEL(x, out, outer, n, inner):
         out[t] = bi
         t += stride
 '''
-        name, ksrc = _named(src, f"arg{kind}")
+        name, ksrc = named(kernel_def("x, out, outer, n, inner", body), f"arg{kind}")
         out = buf(n.id)
         return {name: ksrc}, [
-            f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})",
+            ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype)),
             f"{name}[RT.grid(({outer}) * ({inner})), RT.TPB]({buf(x.id)}, {out}, np.int64({outer}), "
             f"np.int64({nn}), np.int64({inner}))"]
     return lower
@@ -246,9 +253,7 @@ def KERNEL(x, out, outer, n, inner):
 LOWERINGS["argmax"] = _arg_reduce("max")
 LOWERINGS["argmin"] = _arg_reduce("min")
 
-_COPY3 = '''
-def KERNEL(x, out, outer, pn, inner, total_n, off):
-    t = cuda.grid(1)
+_COPY3 = kernel_def("x, out, outer, pn, inner, total_n, off", '''    t = cuda.grid(1)
     stride = cuda.gridsize(1)
     while t < outer * pn * inner:
         j = t % inner
@@ -257,17 +262,17 @@ def KERNEL(x, out, outer, pn, inner, total_n, off):
         o = q // pn
         out[(o * total_n + off + k) * inner + j] = x[t]
         t += stride
-'''
+''')
 
 
 @lowering("concat")
 def _concat(ctx, n):
     g, buf = ctx.g, ctx.buf
     ax = n.attrs["axis"]
-    name, ksrc = _named(_COPY3, "concat copy")
+    name, ksrc = named(_COPY3, "concat copy")
     out = buf(n.id)
     outer, inner = prod_src(n.shape[:ax]), prod_src(n.shape[ax + 1:])
-    lines = [f"{out} = RT.empty({prod_src(n.shape)}, {npt(n.dtype)})"]
+    lines = [ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype))]
     off = "0"
     for p in n.inputs:
         pn = dim_src(g.nodes[p].shape[ax])
