@@ -24,7 +24,7 @@ from ..runtime.interrupts import deferred_interrupts, reraise_interrupt
 from . import device as _device
 from .custom_op import kernel_error
 from .pytree import flatten, unflatten
-from .tensor import GpuTensor, Tensor, TraceContext, active_tapes, current_trace, node_of, to_numpy
+from .tensor import DeviceTensor, Tensor, TraceContext, active_tapes, current_trace, node_of, to_numpy
 
 
 class _Dyn:
@@ -50,24 +50,12 @@ def _is_number_list(x):
     return bool(flat) and all(isinstance(v, (int, float, np.number)) for v in flat)
 
 
-class _DeviceInput:
-    """A dynamic argument already in GPU memory (a GpuTensor, a CuPy array, a PyTorch
-    CUDA tensor, a numba device array): used where it is, without a host round trip."""
-    __slots__ = ("dev", "shape", "dtype", "ndim")
-
-    def __init__(self, dev, shape):
-        self.dev, self.shape, self.dtype, self.ndim = dev, tuple(shape), dev.dtype, len(shape)
-
-    def host(self):
-        return _device.to_host(self.dev).reshape(self.shape)
-
-
 def _classify(leaves):
     """Split argument leaves into dynamic arrays and static values (for the cache key)."""
     arrays, spec, statics = [], [], []
     for x in leaves:
-        if type(x) is GpuTensor:
-            a = _DeviceInput(x._dev, x._shape)
+        if type(x) is DeviceTensor:       # a device's memory, used where it is
+            a = x._array
             weak = False
         elif isinstance(x, Tensor):
             a = x._value
@@ -91,7 +79,7 @@ def _classify(leaves):
             weak = False
         elif _device.is_device_array(x):
             dev = _device.as_device_array(x)
-            a = _DeviceInput(dev, dev.shape)
+            a = devices.DeviceArray("GPU", dev, dev.shape)
             weak = False
         else:
             try:
@@ -102,10 +90,10 @@ def _classify(leaves):
             spec.append(("s",))
             continue
         if a.dtype not in _OK_DTYPES:
-            a = to_numpy(a.host() if type(a) is _DeviceInput else a)     # range-checked
+            a = to_numpy(a.host() if type(a) is devices.DeviceArray else a)     # range-checked
         arrays.append(a)
         spec.append((a.dtype.num, a.ndim, tuple(d == 1 for d in a.shape), weak)
-                    + (("gpu",) if type(a) is _DeviceInput else ()))
+                    + ((a.kind,) if type(a) is devices.DeviceArray else ()))
     return arrays, tuple(spec), tuple(statics)
 
 
@@ -139,15 +127,12 @@ class StageRunner:
     random keys and the error word to the arguments, and turns a kernel-reported bad
     index into an exception naming the op."""
 
-    def __init__(self, stage):
+    def __init__(self, stage, memory):
         self.program = stage.program
         self.exe = stage.exe
         g = stage.program.graph
         used = sorted({n.attrs["index"] for n in g.nodes if n.op == "const"})
-        self.consts = [np.ascontiguousarray(g.consts[i]).reshape(1) if g.consts[i].ndim == 0
-                       else np.ascontiguousarray(g.consts[i]) for i in used]
-        if hasattr(self.exe, "place_constants"):      # a device backend: upload them once
-            self.consts = self.exe.place_constants(self.consts)
+        self.consts = memory.constants([g.consts[i] for i in used])     # placed once
         self.streams = [g.rng_streams[i] for i in
                         sorted({n.attrs["stream"] for n in g.nodes if n.op == "rng_key"})]
         # the error word kernels write on a bad index (calls are not reentrant)
@@ -182,16 +167,10 @@ def _host_tensor(o, rank0):
     return Tensor(value=o.reshape(()) if rank0 else o)
 
 
-def _gpu_tensor(o, rank0):
-    return GpuTensor(o, () if rank0 else o.shape)
-
-
-def _host_write(var, v):
-    np.copyto(var._buf, v.reshape(var._buf.shape))
-
-
-def _device_write(var, v):
-    var._write(v, copy=True)
+def _device_tensor(kind):
+    def wrap(o, rank0):
+        return DeviceTensor(devices.DeviceArray(kind, o, () if rank0 else o.shape))
+    return wrap
 
 
 class Compiled:
@@ -202,12 +181,16 @@ class Compiled:
         self.graph = traced
         self.device = device
         self.on_host = device.kind == "CPU"
+        # the one device interface: inputs, variables, constants and outputs go through
+        # the memory of the device the program was compiled for
+        self.memory = devices.memory(device.kind)
+        self.wrap = _host_tensor if self.on_host else _device_tensor(device.kind)
         self.joint = joint
         self.split = split
         self.program = stages[0].program
         self.exe = stages[0].exe
-        self.fwd = StageRunner(stages[0])
-        self.bwd = StageRunner(stages[1]) if len(stages) > 1 else None
+        self.fwd = StageRunner(stages[0], self.memory)
+        self.bwd = StageRunner(stages[1], self.memory) if len(stages) > 1 else None
         self.stages = stages
         self.guard = guard
         self.out_struct = out_struct
@@ -238,36 +221,20 @@ class Compiled:
         return self._run(arrays)
 
     def _run(self, arrays):
-        if not self.on_host:
-            return self._run_device(arrays)
-        args = [a if (a.ndim and a.flags.c_contiguous) else
-                (a.reshape(1) if a.ndim == 0 else np.ascontiguousarray(a)) for a in arrays]
+        args = self.memory.arguments(arrays)
         if self.variables:
-            if devices.anything_placed_off_host():
+            kind = self.memory.kind
+            if kind != "CPU" or devices.anything_placed_off_host():
                 for v in self.variables:
-                    v._place("CPU")
-            args.extend(v._buf.reshape(1) if v._buf.ndim == 0 else v._buf for v in self.variables)
+                    v._place(kind)
+            args.extend(self.memory.arguments([v._buf for v in self.variables]))
         outs = self.fwd(args)
         if self.single:
-            o = outs[0]
-            return Tensor(value=o.reshape(()) if self.rank0_out[0] else o)
+            return self.wrap(outs[0], self.rank0_out[0])
         values, effects = self._combine(args, outs)
-        return self._results(values, effects, _host_tensor, np.copy, _host_write)
+        return self._results(values, effects)
 
-    def _run_device(self, arrays):
-        """The same call for a program compiled for the GPU: host inputs are uploaded,
-        device inputs used in place, variables read and updated in device memory, and
-        outputs returned as GpuTensors (fetched to the host only when asked)."""
-        exe = self.exe
-        args = [exe.device_input(a) for a in arrays]
-        for v in self.variables:
-            v._place(self.device.kind)
-            args.append(v._buf)
-        outs = self.fwd(args)
-        values, effects = self._combine(args, outs)
-        return self._results(values, effects, _gpu_tensor, exe.copy, _device_write)
-
-    def _results(self, values, effects, wrap, copy_out, write):
+    def _results(self, values, effects):
         """The user's outputs (statics put back, arguments returned as copies), then the
         variable updates the compiled code did not already make in place. Outputs come
         first: they may read a variable's old buffer."""
@@ -277,14 +244,14 @@ class Compiled:
             if st is None:
                 o = values[k]
                 if self.copy_out[k]:
-                    o = copy_out(o)
-                res.append(wrap(o, self.rank0_out[k]))
+                    o = self.memory.copy(o)
+                res.append(self.wrap(o, self.rank0_out[k]))
                 k += 1
             else:
                 res.append(st[0])
         for var, v, copy in zip(self.effect_vars, effects, self.effect_copy):
             if copy:
-                write(var, v)
+                var._write(v, copy=True)
         return unflatten(self.out_struct, res)
 
     def _combine(self, args, outs):
@@ -395,8 +362,6 @@ class JitFunction:
                 fk, _ = _fast_key(args)
                 if fk is not None:
                     self._fast[(dev, fk)] = entries
-        if c.on_host and any(type(a) is _DeviceInput for a in arrays):
-            arrays = [a.host() if type(a) is _DeviceInput else a for a in arrays]
         return c, arrays
 
     def _trace(self, args, kwargs, leaves, struct, arrays, spec, static, dev=None):
@@ -447,7 +412,7 @@ class JitFunction:
                 else:
                     out_static.append((o,))
         if dev is None:     # no fj.device block: the GPU if the data already lives there
-            on_gpu = any(type(a) is _DeviceInput for a in arrays) or \
+            on_gpu = any(type(a) is devices.DeviceArray for a in arrays) or \
                 any(v._device == "GPU" for v in ctx.variables)
             dev = _device.GPU0 if on_gpu else _device.CPU0
         joint, stages, split = build(g, dev)

@@ -237,40 +237,42 @@ class Tensor:
     # the Python operators are installed by frontend/api.py (one place, next to the ops)
 
 
-class GpuTensor(Tensor):
-    """An eager tensor whose value lives in GPU memory (what a jitted function placed on
-    the GPU returns). Its host value is fetched once, on first use: `.numpy()`,
-    `np.asarray(t)`, printing, or an eager op (eager ops run NumPy on the host). Passed
-    to a jitted function on the GPU, the device memory is used directly."""
-    __slots__ = ("_dev", "_shape", "_host")
+class DeviceTensor(Tensor):
+    """An eager tensor whose value lives in a device's memory (what a jitted function
+    placed on the GPU returns): a runtime/devices.DeviceArray. Its host value is fetched
+    once, on first use: `.numpy()`, `np.asarray(t)`, printing, or an eager op (eager ops
+    run NumPy on the host). Passed to a jitted function on that device, the memory is
+    used where it is."""
+    __slots__ = ("_array", "_host")
 
-    def __init__(self, dev, shape):
+    def __init__(self, array):
         self._node = self._graph = None
         self._weak = False
-        self._dev, self._shape, self._host = dev, tuple(shape), None
+        self._array, self._host = array, None
 
     @property
     def _value(self):
         if self._host is None:
-            from .device import to_host
-            self._host = to_host(self._dev).reshape(self._shape)
+            self._host = self._array.host()
         return self._host
 
     @property
     def shape(self):
-        return TensorShape(self._shape)
+        return TensorShape(self._array.shape)
 
     @property
     def dtype(self):
-        return D.as_dtype(self._dev.dtype)
+        return D.as_dtype(self._array.dtype)
 
     @property
     def device(self):
-        return "/job:localhost/replica:0/task:0/device:GPU:0"
+        return f"/job:localhost/replica:0/task:0/device:{self._array.kind}:0"
 
     @property
     def __cuda_array_interface__(self):
-        return self._dev.__cuda_array_interface__
+        a = self._array
+        buf = a.buf if tuple(a.buf.shape) == a.shape else a.buf.reshape(a.shape)
+        return buf.__cuda_array_interface__
 
 
 # --- conversion ----------------------------------------------------------------

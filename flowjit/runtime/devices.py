@@ -1,12 +1,18 @@
-"""Device memory for the frontend (variables, inputs, outputs), from the backend that
-owns it: the frontend asks here and imports no backend.
+"""Device memory for the frontend (variables, inputs, outputs, constants), from the
+backend that owns it: the frontend asks here and imports no backend, and a compiled
+call runs the same way on every device.
 
 `memory(kind)` is the memory of a device kind ("CPU", "GPU"): an object with
 - `upload(host_array)`: a new buffer holding a copy (a C-contiguous NumPy array on the
   CPU, a flat device array on the GPU);
 - `download(buf, shape)`: a NumPy copy with that shape;
 - `store(buf, value, shape, copy)`: the buffer after writing `value` (an array of this
-  memory) into it; with `copy=False` a backend may adopt `value` as the new buffer.
+  memory) into it; with `copy=False` a backend may adopt `value` as the new buffer;
+- `arguments(values)`: what a compiled program of this device takes for its inputs:
+  host arrays (uploaded if the memory is not the host's), `DeviceArray`s (used in
+  place, or downloaded by the host), or buffers of this memory (a variable's);
+- `constants(host_arrays)`: the graph's constants, placed once per program;
+- `copy(buf)`: a new buffer with the same contents (an output that must not alias).
 A backend with memory of its own adds its module to MEMORY (its `Memory` class)."""
 import importlib
 
@@ -17,8 +23,37 @@ _memories = {}
 _placed = set()      # kinds other than the CPU that some variable has been placed on
 
 
+class DeviceArray:
+    """A value living in the memory of device kind `kind` (a jitted function's GPU
+    output, a CuPy array, a PyTorch CUDA tensor): `buf` in that memory's format."""
+    __slots__ = ("kind", "buf", "shape", "dtype", "ndim")
+
+    def __init__(self, kind, buf, shape):
+        self.kind, self.buf, self.shape = kind, buf, tuple(shape)
+        self.dtype, self.ndim = buf.dtype, len(self.shape)
+
+    def host(self):
+        return memory(self.kind).download(self.buf, self.shape)
+
+
+def _host_argument(a):
+    # compiled code takes C-contiguous arrays, a 0-d one as shape (1,)
+    if type(a) is DeviceArray:
+        a = a.host()
+    return a if (a.ndim and a.flags.c_contiguous) else \
+        (a.reshape(1) if a.ndim == 0 else np.ascontiguousarray(a))
+
+
 class HostMemory:
     kind = "CPU"
+
+    def arguments(self, values):
+        return [_host_argument(a) for a in values]
+
+    constants = arguments
+
+    def copy(self, buf):
+        return buf.copy()
 
     def upload(self, host):
         return np.array(host, order="C", copy=True)

@@ -212,19 +212,6 @@ class CudaExecutable:
         out = REGISTRY[n.op].ref(arrays, n.attrs, shape, n.dtype)
         return RT.to_device(np.ascontiguousarray(out, n.dtype.np).reshape(-1))
 
-    def device_input(self, a):
-        """An argument as device memory: host arrays are uploaded, device ones used as is."""
-        if isinstance(a, np.ndarray):
-            return RT.to_device(a)
-        dev = a.dev
-        return dev if RT.is_contiguous(dev) else RT.contiguous(dev)
-
-    def copy(self, a):
-        return RT.copy(a)
-
-    def place_constants(self, arrays):
-        return [RT.to_device(np.ascontiguousarray(a).reshape(-1)) for a in arrays]
-
     def run(self, args):
         err = args[-1]
         self.calls += 1

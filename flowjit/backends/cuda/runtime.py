@@ -11,6 +11,7 @@ from numba import config as _nb_config
 from numba import cuda
 
 from ...runtime import stats as S
+from ...runtime.devices import DeviceArray
 
 # numba-cuda releases that register an overload for np.row_stack (removed in NumPy 2.5)
 # fail inside their typing setup at the first kernel compile unless the alias exists.
@@ -23,9 +24,6 @@ warnings.filterwarnings("ignore", message=r".*GPU under-utilization due to low o
 
 SIM = bool(_nb_config.ENABLE_CUDASIM)
 
-# fj.stats()["kernel_launches"] (SPEC "counters"): runtime/stats.py does not declare
-# the counter, so the code that launches kernels does, before its first launch.
-S._counters.setdefault("kernel_launches", 0)
 
 
 class Counted:
@@ -212,6 +210,23 @@ class Memory:
             return value                   # adopt the step's new device buffer
         buf.copy_to_device(np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value)
         return buf
+
+    def arguments(self, values):
+        """Device arrays for a program's inputs: host arrays uploaded, device ones (a
+        runtime/devices.DeviceArray, a variable's buffer) used in place."""
+        return [self._argument(a) for a in values]
+
+    def _argument(self, a):
+        if isinstance(a, np.ndarray):
+            return to_device(a)
+        dev = a.buf if type(a) is DeviceArray else a
+        return dev if is_contiguous(dev) else contiguous(dev)
+
+    def constants(self, arrays):
+        return [to_device(np.ascontiguousarray(a).reshape(-1)) for a in arrays]
+
+    def copy(self, buf):
+        return copy(buf)
 
 
 def flat(a):
