@@ -27,6 +27,7 @@ import flowjit as fj
 from flowjit import dtypes as D
 from flowjit.frontend.tensor import apply_op
 from flowjit.ir.registry import REGISTRY
+from flowjit.ir import scalar as S
 
 NAN, INF = np.nan, np.inf
 SPECIALS = [NAN, INF, -INF, 0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.0, 7.0]
@@ -64,10 +65,11 @@ SPECIAL_CASES = {
 
 
 def _arity(name):
-    """How many operands an elementwise op reads: the names its scalar code uses."""
+    """How many operands an elementwise op reads: the variables its scalar expression uses."""
     dt = D.float32
-    src = REGISTRY[name].emit(["ARG0", "ARG1", "ARG2"], {}, [dt] * 3, dt)
-    return sum(f"ARG{k}" in src for k in range(3))
+    e = REGISTRY[name].emit([S.var(f"ARG{k}") for k in range(3)], {}, [dt] * 3, dt)
+    used = {n.name for n in S.walk(e) if n.op == "var"}
+    return sum(f"ARG{k}" in used for k in range(3))
 
 
 def _takes_floats(name):

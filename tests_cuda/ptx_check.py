@@ -64,7 +64,7 @@ def compile_all(in_path):
             lines = open(path).read().split("\n")
             # the module was written for the simulator: import the real device functions
             lines = [("from flowjit.backends.cuda.scalar import " + ", ".join(NAMES))
-                     if ln.startswith("from flowjit.backends.cuda.scalar import") and "np_shim" not in ln
+                     if ln.startswith("from flowjit.backends.cuda.scalar import")
                      else ln for ln in lines]
             mod = types.ModuleType("ptx_" + name)
             mod.CACHE = False

@@ -21,7 +21,7 @@ import numpy as np
 from .. import dtypes as D
 from ..errors import DTypeError, ShapeError
 from ..ir.registry import REGISTRY, register
-from ..ops.elementwise import npt
+from ..ir import scalar as S
 from ..ops.grads import defgrad, unbroadcast
 from .tensor import Tensor, apply_op, convert
 
@@ -50,7 +50,7 @@ def custom_op(name, *, shape_fn, cpu_kernel, grad=None, reference=None, cuda_ker
              emit=_emit(symbol) if elementwise else None,
              lower=None if elementwise else {"kind": "call", "kernel": _opaque_kernel(symbol),
                                              "fixed": lambda attrs, shapes: (len(shapes), attrs)},
-             cost=8, transcendental=True, kernels=kernels, symbol=symbol,
+             cost=8, kernels=kernels, symbol=symbol,
              can_fail=not elementwise)      # a user's kernel may raise: no in-place updates
     if grad is not None:
         defgrad(name, _grad_rule(name, grad))
@@ -134,8 +134,7 @@ def _reference(name, reference, kernel, elementwise):
 
 def _emit(symbol):
     def emit(args, attrs, in_dtypes, dtype):
-        kw = "".join(f", {k}={v!r}" for k, v in sorted(attrs.items()))
-        return f"{npt(dtype)}({symbol}({', '.join(args)}{kw}))"
+        return S.cast(S.extern(symbol, args, attrs), dtype)
     return emit
 
 

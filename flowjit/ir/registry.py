@@ -7,8 +7,10 @@ An `OpDef` holds:
   ShapeError/DTypeError with a plain message that the frontend decorates;
 - `ref(arrays, attrs, shape, dtype) -> ndarray`: the NumPy reference (also what eager
   mode runs);
-- `emit(args, attrs, in_dtypes, dtype) -> str` for elementwise ops: a scalar
-  expression in the backend-neutral scalar language (see backends/cpu/scalar.py);
+- `emit(args, attrs, in_dtypes, dtype) -> Expr` for elementwise ops: the output
+  element as a structured scalar expression of the operands' (ir/scalar.py), which each
+  backend renders; for reductions, a dict: kind, identity(dtype) (a Python value),
+  update(dtype, acc, v) (an Expr);
 - `grad(...)`: the gradient rule (filled in by the autodiff layer);
 - `lower`: for opaque ops, a callable that emits the backend call;
 - `runtime_error(value, bound) -> str`: the message when its kernel reports a bad value;
@@ -33,8 +35,7 @@ class OpDef:
     # from the value and the bound the kernel wrote (default: an index out of range)
     runtime_error: object = None
     can_fail: bool = False         # its kernel may reject a value at run time (no in-place updates then)
-    # traits the compiler reads
-    transcendental: bool = False   # range reductions: keep IEEE order (no reassociation)
+    # (whether a loop must keep IEEE order is read from the expressions: ir/scalar.py)
     # a custom op's own kernels, by backend ("cpu", "cuda"), and the name generated code
     # calls them by (it carries a hash of their source, so an edited kernel is a new name)
     kernels: dict = None

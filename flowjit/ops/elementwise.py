@@ -1,11 +1,13 @@
 """Elementwise ops: each with its shape/dtype rule, NumPy reference and scalar code.
 
-The scalar code is an expression in flowjit's scalar language: Python arithmetic on
-NumPy scalar types plus the functions `exp_f32`, `log_f64`, `tanh_f32`, ... that each
-backend provides (backends/cpu/scalar.py for the CPU)."""
+The scalar code is a structured expression (ir/scalar.py, imported as S): `emit`
+receives the operands as expressions and builds the result with Python operators and
+S's functions (S.call("exp", dtype, x) is e^x computed in dtype); each backend renders
+it in its own language."""
 import numpy as np
 
 from .. import dtypes as D
+from ..ir import scalar as S
 from ..ir.registry import register
 from ..ir.shapes import is_one
 from .rules import broadcast_shapes, same_dtype, require
@@ -16,23 +18,14 @@ NUM = ("float", "int")
 ANY = ("float", "int", "bool")
 
 
-def npt(dtype):
-    """Scalar constructor name of a dtype in generated code."""
-    return {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
-            "int64": "np.int64", "bool": "np.bool_"}[dtype.name]
-
-
-def sfx(dtype):
-    return "f32" if dtype.name == "float32" else "f64"
-
-
 # --- unary ----------------------------------------------------------------------
-def _unary(name, ref, emit, kinds, out=None, cost=1, api=()):
+def _unary(name, ref, scalar, kinds, out=None, cost=1, api=()):
+    """scalar(x, dtype) -> the output element's expression."""
     def infer(shapes, dts, attrs):
         require(dts[0], kinds, name)
         return shapes[0], (out or dts[0])
-    register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0]), emit=emit, cost=cost,
-             transcendental=cost > 1, api=api)
+    register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0]),
+             emit=lambda a, at, i, d: scalar(a[0], d), cost=cost, api=api)
 
 
 def _sigmoid_ref(x):
@@ -41,45 +34,51 @@ def _sigmoid_ref(x):
     return np.where(x >= 0, s, e * s).astype(x.dtype)
 
 
-_unary("negative", np.negative, lambda a, at, i, d: f"(-{a[0]})", NUM)
-_unary("abs", np.abs, lambda a, at, i, d: f"abs({a[0]})", NUM)
-_unary("sign", np.sign, lambda a, at, i, d: (
-    f"({a[0]} if {a[0]} != {a[0]} else {npt(d)}(1 if {a[0]} > 0 else (-1 if {a[0]} < 0 else 0)))"
-    if d.is_floating else f"{npt(d)}(1 if {a[0]} > 0 else (-1 if {a[0]} < 0 else 0))"), NUM)
-_unary("square", np.square, lambda a, at, i, d: f"({a[0]} * {a[0]})", NUM)
-_unary("sqrt", np.sqrt, lambda a, at, i, d: f"np.sqrt({a[0]})", FLOAT)
+def _sign(x, d):
+    zero = S.const(0, d)
+    s = S.select(S.gt(x, zero), S.const(1, d), S.select(S.lt(x, zero), S.const(-1, d), zero))
+    return S.select(S.is_nan(x), x, s) if d.is_floating else s
+
+
+def _math(fn):
+    return lambda x, d: S.call(fn, d, x)
+
+
+def _softplus(x, d):
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): never overflows
+    pos = S.select(S.gt(x, S.const(0, d)), x, S.const(0, d))
+    return pos + S.call("log1p", d, S.call("exp", d, -S.call("abs", d, x)))
+
+
+_unary("negative", np.negative, lambda x, d: -x, NUM)
+_unary("abs", np.abs, _math("abs"), NUM)
+_unary("sign", np.sign, _sign, NUM)
+_unary("square", np.square, lambda x, d: x * x, NUM)
+_unary("sqrt", np.sqrt, _math("sqrt"), FLOAT)
 _unary("rsqrt", lambda x: (1 / np.sqrt(x)).astype(x.dtype),
-       lambda a, at, i, d: f"({npt(d)}(1.0) / np.sqrt({a[0]}))", FLOAT)
-_unary("exp", np.exp, lambda a, at, i, d: f"exp_{sfx(d)}({a[0]})", FLOAT, cost=8)
-_unary("log", np.log, lambda a, at, i, d: f"log_{sfx(d)}({a[0]})", FLOAT, cost=8)
-_unary("expm1", np.expm1, lambda a, at, i, d: f"expm1_{sfx(d)}({a[0]})", FLOAT, cost=8)
-_unary("log1p", np.log1p, lambda a, at, i, d: f"log1p_{sfx(d)}({a[0]})", FLOAT, cost=8)
-_unary("tanh", np.tanh, lambda a, at, i, d: f"tanh_{sfx(d)}({a[0]})", FLOAT, cost=10)
-_unary("sigmoid", _sigmoid_ref, lambda a, at, i, d: f"sigmoid_{sfx(d)}({a[0]})", FLOAT, cost=10)
-_unary("softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x),    # log(1 + e^x), never overflows
-       lambda a, at, i, d: f"(({a[0]} if {a[0]} > 0 else {npt(d)}(0)) + "
-                           f"log1p_{sfx(d)}(exp_{sfx(d)}(-abs({a[0]}))))",
+       lambda x, d: S.const(1.0, d) / S.call("sqrt", d, x), FLOAT)
+_unary("exp", np.exp, _math("exp"), FLOAT, cost=8)
+_unary("log", np.log, _math("log"), FLOAT, cost=8)
+_unary("expm1", np.expm1, _math("expm1"), FLOAT, cost=8)
+_unary("log1p", np.log1p, _math("log1p"), FLOAT, cost=8)
+_unary("tanh", np.tanh, _math("tanh"), FLOAT, cost=10)
+_unary("sigmoid", _sigmoid_ref, _math("sigmoid"), FLOAT, cost=10)
+_unary("softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x), _softplus,
        FLOAT, cost=8, api=("softplus", "nn.softplus"))
-_unary("sin", np.sin, lambda a, at, i, d: f"np.sin({a[0]})", FLOAT, cost=8)
-_unary("cos", np.cos, lambda a, at, i, d: f"np.cos({a[0]})", FLOAT, cost=8)
-_unary("floor", np.floor, lambda a, at, i, d: f"np.floor({a[0]})", FLOAT)
-_unary("ceil", np.ceil, lambda a, at, i, d: f"np.ceil({a[0]})", FLOAT)
-_unary("logical_not", np.logical_not, lambda a, at, i, d: f"(not {a[0]})", BOOL)
-_unary("identity", lambda x: x.copy(), lambda a, at, i, d: a[0], ANY)
+_unary("sin", np.sin, _math("sin"), FLOAT, cost=8)
+_unary("cos", np.cos, _math("cos"), FLOAT, cost=8)
+_unary("floor", np.floor, _math("floor"), FLOAT)
+_unary("ceil", np.ceil, _math("ceil"), FLOAT)
+_unary("logical_not", np.logical_not, lambda x, d: S.logical_not(x), BOOL)
+_unary("identity", lambda x: x.copy(), lambda x, d: x, ANY)
 
 
 def _cast_infer(shapes, dts, attrs):
     return shapes[0], attrs["dtype"]
 
 
-def _cast_emit(a, attrs, ins, d):
-    if d.is_bool:
-        return f"({a[0]} != 0)"
-    return f"{npt(d)}({a[0]})"
-
-
 register("cast", "elementwise", _cast_infer,
-         lambda a, at, s, d: a[0].astype(d.np), emit=_cast_emit)
+         lambda a, at, s, d: a[0].astype(d.np), emit=lambda a, at, i, d: S.cast(a[0], d))
 
 
 def _bcast_infer(shapes, dts, attrs):
@@ -99,14 +98,15 @@ register("broadcast_to", "elementwise", _bcast_infer,
 
 
 # --- binary ---------------------------------------------------------------------
-def _binary(name, ref, emit, kinds, out=None, cost=1):
+def _binary(name, ref, scalar, kinds, out=None, cost=1):
+    """scalar(x, y, dtype of the output, dtype of the inputs) -> the output element."""
     def infer(shapes, dts, attrs):
         dt = same_dtype(dts)
         require(dt, kinds, name)
         res = out(dt) if callable(out) else (out or dt)
         return broadcast_shapes(*shapes), res
-    register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0], a[1]), emit=emit, cost=cost,
-             transcendental=cost > 1)
+    register(name, "elementwise", infer, lambda a, at, s, d: ref(a[0], a[1]),
+             emit=lambda a, at, i, d: scalar(a[0], a[1], d, i[0]), cost=cost)
 
 
 def _truediv_ref(x, y):
@@ -115,10 +115,10 @@ def _truediv_ref(x, y):
     return np.true_divide(x, y)
 
 
-def _div_emit(a, at, ins, d):
-    if ins[0].is_integer:
-        return f"(np.float64({a[0]}) / np.float64({a[1]}))"
-    return f"({a[0]} / {a[1]})"
+def _divide(x, y, d, dt_in):
+    if dt_in.is_integer:
+        return S.cast(x, D.float64) / S.cast(y, D.float64)
+    return x / y
 
 
 def _floordiv_ref(x, y):
@@ -134,31 +134,33 @@ def _pow_ref(x, y):
     return np.power(x, y)
 
 
-def _pow_emit(a, at, ins, d):
-    return f"{npt(d)}({a[0]} ** {a[1]})"
+def _extremum(cmp):
+    """maximum/minimum: NaN in x or y gives NaN, as np.maximum and tf.maximum do."""
+    def scalar(x, y, d, dt_in):
+        take_x = cmp(x, y)
+        if d.is_floating:
+            take_x = S.either(take_x, S.is_nan(x))
+        return S.select(take_x, x, y)
+    return scalar
 
 
-_binary("add", np.add, lambda a, at, i, d: f"({a[0]} + {a[1]})", NUM)
-_binary("subtract", np.subtract, lambda a, at, i, d: f"({a[0]} - {a[1]})", NUM)
-_binary("multiply", np.multiply, lambda a, at, i, d: f"({a[0]} * {a[1]})", NUM)
-_binary("divide", _truediv_ref, _div_emit, NUM, out=lambda dt: D.float64 if dt.is_integer else dt)
-_binary("floordiv", _floordiv_ref, lambda a, at, i, d: f"({a[0]} // {a[1]})", NUM)
-_binary("floormod", np.mod, lambda a, at, i, d: f"({a[0]} % {a[1]})", NUM)
-_binary("pow", _pow_ref, _pow_emit, NUM, cost=8)
-_binary("maximum", np.maximum, lambda a, at, i, d: (
-    f"({a[0]} if ({a[0]} > {a[1]} or {a[0]} != {a[0]}) else {a[1]})" if d.is_floating
-    else f"({a[0]} if {a[0]} > {a[1]} else {a[1]})"), NUM)
-_binary("minimum", np.minimum, lambda a, at, i, d: (
-    f"({a[0]} if ({a[0]} < {a[1]} or {a[0]} != {a[0]}) else {a[1]})" if d.is_floating
-    else f"({a[0]} if {a[0]} < {a[1]} else {a[1]})"), NUM)
-for _n, _f, _s in (("equal", np.equal, "=="), ("not_equal", np.not_equal, "!="),
-                   ("less", np.less, "<"), ("less_equal", np.less_equal, "<="),
-                   ("greater", np.greater, ">"), ("greater_equal", np.greater_equal, ">=")):
-    _binary(_n, _f, (lambda s: lambda a, at, i, d: f"({a[0]} {s} {a[1]})")(_s),
+_binary("add", np.add, lambda x, y, d, i: x + y, NUM)
+_binary("subtract", np.subtract, lambda x, y, d, i: x - y, NUM)
+_binary("multiply", np.multiply, lambda x, y, d, i: x * y, NUM)
+_binary("divide", _truediv_ref, _divide, NUM, out=lambda dt: D.float64 if dt.is_integer else dt)
+_binary("floordiv", _floordiv_ref, lambda x, y, d, i: x // y, NUM)
+_binary("floormod", np.mod, lambda x, y, d, i: x % y, NUM)
+_binary("pow", _pow_ref, lambda x, y, d, i: S.cast(x ** y, d), NUM, cost=8)
+_binary("maximum", np.maximum, _extremum(S.gt), NUM)
+_binary("minimum", np.minimum, _extremum(S.lt), NUM)
+for _n, _f, _cmp in (("equal", np.equal, S.eq), ("not_equal", np.not_equal, S.ne),
+                     ("less", np.less, S.lt), ("less_equal", np.less_equal, S.le),
+                     ("greater", np.greater, S.gt), ("greater_equal", np.greater_equal, S.ge)):
+    _binary(_n, _f, (lambda c: lambda x, y, d, i: c(x, y))(_cmp),
             ANY if _n in ("equal", "not_equal") else NUM, out=D.bool_)
-_binary("logical_and", np.logical_and, lambda a, at, i, d: f"({a[0]} & {a[1]})", BOOL)
-_binary("logical_or", np.logical_or, lambda a, at, i, d: f"({a[0]} | {a[1]})", BOOL)
-_binary("logical_xor", np.logical_xor, lambda a, at, i, d: f"({a[0]} ^ {a[1]})", BOOL)
+_binary("logical_and", np.logical_and, lambda x, y, d, i: x & y, BOOL)
+_binary("logical_or", np.logical_or, lambda x, y, d, i: x | y, BOOL)
+_binary("logical_xor", np.logical_xor, lambda x, y, d, i: x ^ y, BOOL)
 
 
 # --- ternary --------------------------------------------------------------------
@@ -171,7 +173,7 @@ def _where_infer(shapes, dts, attrs):
 
 
 register("where", "elementwise", _where_infer, lambda a, at, s, d: np.where(a[0], a[1], a[2]),
-         emit=lambda a, at, i, d: f"({a[1]} if {a[0]} else {a[2]})")
+         emit=lambda a, at, i, d: S.select(a[0], a[1], a[2]))
 
 
 # --- sources computed from the loop index ---------------------------------------
@@ -189,7 +191,7 @@ def _iota_ref(a, attrs, shape, dtype):
 # `iota` has no inputs: its value at each element is the loop index along `axis`;
 # the fusion pass gives it the index variable (emit receives it as a[0]).
 register("iota", "elementwise", _iota_infer, _iota_ref,
-         emit=lambda a, at, i, d: f"{npt(d)}({a[0]})")
+         emit=lambda a, at, i, d: S.cast(a[0], d))
 
 register("stop_gradient", "elementwise", lambda s, d, a: (s[0], d[0]), lambda a, at, s, d: a[0],
          emit=lambda a, at, i, d: a[0])
@@ -274,5 +276,5 @@ register("relu", "elementwise", lambda s, d, a: (require(d[0], NUM, "relu") or (
          lambda a, at, s, d: np.maximum(a[0], 0).astype(a[0].dtype),
          # `0 if x < 0 else x`: NaN passes through as in np.maximum(x, 0) and tf.nn.relu (a
          # test `x > 0` would turn it into 0); LLVM still makes it one vector max
-         emit=lambda a, at, i, d: f"({npt(d)}(0) if {a[0]} < 0 else {a[0]})")
+         emit=lambda a, at, i, d: S.select(S.lt(a[0], S.const(0, d)), S.const(0, d), a[0]))
 _grads()

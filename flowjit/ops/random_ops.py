@@ -5,6 +5,7 @@ per call (the executor draws it), so one compiled kernel serves every call."""
 import numpy as np
 
 from .. import dtypes as D
+from ..ir import scalar as S
 from ..ir.registry import register
 from . import random_core as R
 
@@ -41,8 +42,7 @@ def _ref(arrs, attrs, shape, dtype):
 
 def _emit(a, attrs, ins, d):
     # a[0]: key (int64), a[1]: linear element index (int64), provided by the fusion pass
-    sfx = "f32" if d is D.float32 else "f64"
-    return f"rand_{attrs['dist']}_{sfx}({a[0]}, {a[1]})"
+    return S.call("rand_" + attrs["dist"], d, a[0], a[1])
 
 
 register("random", "elementwise", _infer, _ref, emit=_emit, cost=20)

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..errors import ShapeError
+from ..ir import scalar as S
 from ..ir.registry import register
 from .rules import fmt, nonzero, norm_axes, norm_axis, require
 
@@ -13,28 +14,29 @@ def reduced_shape(shape, axes, keepdims):
 
 
 def _identity(kind, dtype):
+    """The reduction's starting value (a Python number or bool)."""
     if kind == "sum":
         return 0
     if kind == "prod":
         return 1
-    big = {"float32": "np.float32(np.inf)", "float64": "np.float64(np.inf)"}
     if dtype.is_floating:
-        return ("-" if kind == "max" else "") + big[dtype.name]
+        return float("-inf") if kind == "max" else float("inf")
     if dtype.is_bool:
-        return "False" if kind == "max" else "True"
+        return kind == "min"
     info = np.iinfo(dtype.np)
-    return str(info.min if kind == "max" else info.max)
+    return int(info.min if kind == "max" else info.max)
 
 
 def _update(kind, dtype, acc, v):
+    """The accumulator after adding element v (scalar expressions, ir/scalar.py)."""
     if kind == "sum":
-        return f"{acc} + {v}"
+        return acc + v
     if kind == "prod":
-        return f"{acc} * {v}"
-    cmp = ">" if kind == "max" else "<"
+        return acc * v
+    better = S.gt(v, acc) if kind == "max" else S.lt(v, acc)
     if dtype.is_floating:   # NaN propagates, as in np.max / tf.reduce_max
-        return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
-    return f"{v} if {v} {cmp} {acc} else {acc}"
+        better = S.either(better, S.is_nan(v))
+    return S.select(better, v, acc)
 
 
 def _make(kind, np_fn, kinds):

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 from ...ir.registry import REGISTRY
 from ...passes.inplace import inplace_effects
+from ... import dtypes as D
+from ...ir import scalar as S
 from ...ir.shapes import Sym, hint, is_one, render
-from ...ops.elementwise import npt
+from ..pyexpr import const_src, npt, render as render_expr, sfx
 from . import conv_lowering, lowerings  # noqa: F401  (attach the opaque ops' lowerings)
 from . import pool
 from .scalar import ORDERED
@@ -25,6 +27,33 @@ PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a
 # task function too (~0.3-0.8 s more on a cold cache), so smaller loops stay serial.
 POOL_MIN = int(os.environ.get("FLOWJIT_POOL_MIN", 1 << 16))
 SUM_BLOCK = 1024     # float32 terms summed in float32 before a float64 add (see the loop kernels)
+
+
+NP_MATH = ("sqrt", "sin", "cos", "floor", "ceil")     # Numba's own versions vectorise
+
+
+def math_name(ordered):
+    """The CPU name of a scalar math call (backends/cpu/scalar.py). ordered: the loop is
+    not reassociated, so float32 range reductions take their exact-order versions."""
+    def name(e):
+        if e.name in NP_MATH:
+            return "np." + e.name
+        if e.name == "abs":
+            return "abs"
+        fn = f"{e.name}_{sfx(e.dtype)}"
+        return fn + "_ordered" if ordered and fn in ORDERED else fn
+    return name
+
+
+def expr_src(e, ordered=False):
+    return render_expr(e, math_name(ordered))
+
+
+def node_expr(n, names, nodes):
+    """The scalar expression of elementwise node n, its operands read from `names`
+    (node id -> source text)."""
+    return REGISTRY[n.op].emit([S.var(names[p]) for p in n.inputs], n.attrs,
+                               [nodes[p].dtype for p in n.inputs], n.dtype)
 
 
 def dim_src(d):
@@ -271,7 +300,7 @@ def gen_loop(g, grp, bufname, alias=None):
         lin = ivar[0] if C else "0"
         for c in range(1, C):
             lin = f"({lin}) * n{c} + {ivar[c]}"
-        body.append(f"lin = {lin}")
+        body.append(("lin", S.var(lin)))
     epi_body = []
     for local, i in enumerate(grp.nodes):
         n = nodes[i]
@@ -292,8 +321,8 @@ def gen_loop(g, grp, bufname, alias=None):
                                      f"{nodes[missing[0]].op}, which the loop body does not have "
                                      f"(a fusion bug): {' '.join(nodes[k].op for k in grp.nodes)}")
             args = [names[p] for p in n.inputs]
-        expr = op.emit(args, n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)
-        body.append(f"x{local} = {expr}")
+        expr = op.emit([S.var(a) for a in args], n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)
+        body.append((f"x{local}", expr))
         names[i] = f"x{local}"
 
     red_kept = [c for c in range(C) if c not in (next(iter(red_c.values())) if red_c else [])]
@@ -302,7 +331,7 @@ def gen_loop(g, grp, bufname, alias=None):
     for local, i in enumerate(grp.nodes):
         if i not in epilogue:
             continue
-        epi_body.append(f"x{local} = {emit_expr(nodes[i], names, nodes)}")
+        epi_body.append((f"x{local}", node_expr(nodes[i], names, nodes)))
         names[i] = f"x{local}"
 
     stores, epi_stores = [], []
@@ -343,11 +372,11 @@ def gen_loop(g, grp, bufname, alias=None):
         acc_dt = n.dtype
         wide = em["kind"] == "sum" and n.dtype.name == "float32" and kind_a
         ident = em["identity"](n.dtype)
-        ident_src = f"np.float64({ident})" if wide else f"{npt(n.dtype)}({ident})"
+        ident_src = const_src(ident, D.float64 if wide else n.dtype)
         src_val = names.get(nodes[r].inputs[0]) or f"x{grp.nodes.index(nodes[r].inputs[0])}"
         red_info.append(dict(p=p, kept=kept, em=em, dtype=acc_dt, wide=wide, ident=ident_src,
                              val=f"np.float64({src_val})" if wide else src_val, kind=em["kind"],
-                             val32=src_val, ident32=f"{npt(n.dtype)}({ident})"))
+                             val32=src_val, ident32=const_src(ident, n.dtype)))
 
     # -- assemble ----------------------------------------------------------------------
     fname = "KERNEL"
@@ -365,14 +394,16 @@ def gen_loop(g, grp, bufname, alias=None):
         and C > 0 and rows_ok and total_hint >= POOL_MIN and pool.available()
     parallel = not pooled and total_hint >= PAR_MIN and C > 0 and (
         not grp.reduces or (kind_a and (k_split > 0 or all(ri["kind"] in ("sum", "prod") for ri in red_info))))
-    has_f64_trans = any(REGISTRY[nodes[i].op].transcendental and nodes[i].dtype.name == "float64"
-                        for i in grp.nodes)
+    has_f64_trans = any(S.uses_transcendental(e, "float64") for _, e in body + epi_body)
     # reassociation lets LLVM vectorise reductions over the innermost loops (kind A:
     # one accumulator across iterations); nothing else needs it: reductions over outer
     # loops (column sums) vectorise across the kept inner dims as they are, and then the
     # float32 exp/tanh/sigmoid can stay in float32 (8 lanes). Float64 Cody-Waite range
     # reduction must not be reassociated.
     fm = {"nsz", "contract"} | ({"reassoc"} if grp.reduces and kind_a and not has_f64_trans else set())
+    # (without reassociation the operation order is kept: float32 range reduction is exact)
+    body = [f"{x} = {expr_src(e, 'reassoc' not in fm)}" for x, e in body]
+    epi_body = [f"{x} = {expr_src(e, 'reassoc' not in fm)}" for x, e in epi_body]
 
     def nest(par, rows=False):
         """The loops; par: the first one is a prange; rows: it runs over row_lo..row_hi only."""
@@ -473,9 +504,6 @@ def gen_loop(g, grp, bufname, alias=None):
     if pooled:
         body_src = "\n".join([f"def __ROWS__(row_lo, row_hi, {', '.join(params)}):"] + nest(False, rows=True)) \
             + "\n\n\n" + pool.task_source("__KEY__", "__ROWS__", params, arrays) + "\n\n" + body_src
-    if "reassoc" not in fm:      # the operation order is kept: float32 range reduction is exact
-        for fn in ORDERED:
-            body_src = body_src.replace(fn + "(", fn + "_ordered(")
     opts = "fastmath={" + ", ".join(repr(x) for x in sorted(fm)) + f"}}, parallel={parallel}"
     key = _hash(opts + body_src)
     name = f"k_{key}"
@@ -497,7 +525,7 @@ def red_update(ri, acc, v):
     which vectorise as reductions, where the op's select form does not."""
     if ri["kind"] in ("max", "min") and ri["dtype"].is_floating:
         return f"{'fmaximum' if ri['kind'] == 'max' else 'fminimum'}({acc}, {v})"
-    return ri["em"]["update"](ri["dtype"], acc, v)
+    return expr_src(ri["em"]["update"](ri["dtype"], S.var(acc), S.var(v)))
 
 
 def pool_dispatch(params, arrays, C, partials):
@@ -562,12 +590,6 @@ def size_lines(g, names):
         a, d = env.sources[s]
         out.append(f"d{s} = {names.get(g.args[a], 'a%d' % a)}.shape[{d}]")
     return out
-
-
-def emit_expr(n, names, nodes):
-    """The scalar expression of elementwise node n over the loop's local names."""
-    return REGISTRY[n.op].emit([names[p] for p in n.inputs], n.attrs,
-                               [nodes[p].dtype for p in n.inputs], n.dtype)
 
 
 def entry_params(g):
@@ -713,8 +735,7 @@ def _scalar_inline(g, grp, buf, alias, alloc):
         n = g.nodes[i]
         if n.op in ("iota", "random"):
             return None
-        op = REGISTRY[n.op]
-        expr = op.emit([names[p] for p in n.inputs], n.attrs, [g.nodes[p].dtype for p in n.inputs], n.dtype)
+        expr = expr_src(node_expr(n, names, g.nodes))
         names[i] = f"s{i}"
         lines.append(f"s{i} = {npt(n.dtype)}({expr})")
     for o in grp.stores:

@@ -21,8 +21,10 @@ Kernel text depends only on structure; sizes are arguments, so kernels are share
 import hashlib
 
 from ...ir.registry import REGISTRY
-from ...ops.elementwise import npt
-from ..cpu.codegen import analyse_loop, dim_src, emit_expr, index_term, load_lines, prod_src
+from ... import dtypes as D
+from ...ir import scalar as S
+from ..cpu.codegen import analyse_loop, dim_src, index_term, load_lines, node_expr, prod_src
+from ..pyexpr import const_src, npt, render, sfx
 from .runtime import TPB
 
 KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
@@ -30,6 +32,19 @@ KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
 
 def _hash(text):
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def math_name(e):
+    """The device name of a scalar math call (backends/cuda/scalar.py)."""
+    if e.name == "abs":
+        return "abs"
+    if e.name in ("sqrt", "sin", "cos", "floor", "ceil"):
+        return e.name + "_"
+    return f"{e.name}_{sfx(e.dtype)}"
+
+
+def expr_src(e):
+    return render(e, math_name)
 
 
 def int_arg(src):
@@ -121,14 +136,15 @@ class LoopCode:
                 args = [names[n.inputs[0]], "lin"]
             else:
                 args = [names[p] for p in n.inputs]
-            body.append(f"x{local} = {op.emit(args, n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)}")
+            expr = op.emit([S.var(a) for a in args], n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)
+            body.append(f"x{local} = {expr_src(expr)}")
             names[i] = f"x{local}"
         for j, r in enumerate(grp.reduces):
             names[r] = f"r{j}"
         epi_body = []
         for local, i in enumerate(grp.nodes):
             if i in self.epilogue:
-                epi_body.append(f"x{local} = {emit_expr(nodes[i], names, nodes)}")
+                epi_body.append(f"x{local} = {expr_src(node_expr(nodes[i], names, nodes))}")
                 names[i] = f"x{local}"
         stores, epi_stores = [], []
         for j, s in enumerate(grp.stores):
@@ -145,9 +161,10 @@ class LoopCode:
             n = nodes[r]
             em = REGISTRY[n.op].emit
             wide = em["kind"] == "sum" and n.dtype.name == "float32"
-            acc_t = "np.float64" if wide else npt(n.dtype)
+            acc_dt = D.float64 if wide else n.dtype
+            acc_t = npt(acc_dt)
             self.red.append(dict(j=j, node=r, em=em, dtype=n.dtype, acc_t=acc_t, wide=wide,
-                                 ident=f"{acc_t}({em['identity'](n.dtype)})",
+                                 ident=const_src(em["identity"](n.dtype), acc_dt),
                                  val=f"np.float64({names[n.inputs[0]]})" if wide else names[n.inputs[0]]))
         self.params, self.call = params, call
         self.loads, self.epi_loads, self.body, self.stores = loads, epi_loads, body, stores
@@ -205,7 +222,7 @@ class LoopCode:
         return {name: src}, lines
 
     def _acc_update(self, ri, acc, v):
-        return ri["em"]["update"](ri["dtype"], acc, v)
+        return expr_src(ri["em"]["update"](ri["dtype"], S.var(acc), S.var(v)))
 
     def _result(self, ri, ind, src_acc):
         conv = f"{npt(ri['dtype'])}({src_acc})" if ri["wide"] else src_acc

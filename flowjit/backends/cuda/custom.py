@@ -23,7 +23,6 @@ from ...ir.registry import REGISTRY
 from ..cpu.codegen import prod_src
 from .codegen import shape_tuple
 from .kernels import kernel_def, named
-from .scalar import np_shim
 
 _device_functions = {}
 
@@ -93,12 +92,12 @@ def _call_args(op, params, attrs):
 
 
 def _literal(v):
-    """Source text of attribute value `v` in a kernel module (whose `np` is np_shim)."""
+    """Source text of attribute value `v` in a kernel module."""
     if isinstance(v, tuple):
         return "(" + "".join(_literal(x) + ", " for x in v) + ")"
     if isinstance(v, np.generic):
         name = type(v).__name__
-        return f"np.{name}({_literal(v.item())})" if hasattr(np_shim, name) else _literal(v.item())
+        return f"np.{name}({_literal(v.item())})" if hasattr(np, name) else _literal(v.item())
     if isinstance(v, float) and not math.isfinite(v):
         return "np.nan" if v != v else ("np.inf" if v > 0 else "-np.inf")
     return repr(v)

@@ -1,6 +1,5 @@
-"""Device versions of the scalar functions that op `emit` strings call (exp_f32,
-log_f64, sigmoid_f32, rand_normal_f32, ...) and the `np` namespace generated CUDA
-kernels see.
+"""Device versions of the scalar functions that rendered op expressions call (exp_f32,
+log_f64, sigmoid_f32, rand_normal_f32, sqrt_, ...; see codegen.math_name).
 
 On a GPU these are `cuda.jit(device=True)` functions over CUDA's libdevice math
 (`math.exp` on a float32 is `expf`). Under the simulator they are plain Python over
@@ -11,7 +10,6 @@ backend (ops/random_core.py): element i of a random op with key k is a function 
 (k, i) only, so GPU, CPU and eager results are equal.
 """
 import math
-import types
 
 import numpy as np
 
@@ -49,7 +47,7 @@ if SIM:
             with np.errstate(all="ignore"):
                 return fn(x)
         return g
-    SHIM_MATH = dict(sqrt=_ufunc(np.sqrt), floor=_ufunc(np.floor), ceil=_ufunc(np.ceil),
+    ANY_FLOAT = dict(sqrt=_ufunc(np.sqrt), floor=_ufunc(np.floor), ceil=_ufunc(np.ceil),
                      sin=_ufunc(np.sin), cos=_ufunc(np.cos))
 else:
     from numba import cuda
@@ -107,7 +105,7 @@ else:
         return x if (x != x or abs(x) >= 4503599627370496.0) else -((-x) - ((-x) % 1.0))
 
     _sqrt, _log, _cos = math.sqrt, math.log, math.cos
-    SHIM_MATH = dict(sqrt=math.sqrt, floor=_floor, ceil=_ceil, sin=math.sin, cos=math.cos)
+    ANY_FLOAT = dict(sqrt=math.sqrt, floor=_floor, ceil=_ceil, sin=math.sin, cos=math.cos)
 
 
 @device
@@ -187,19 +185,8 @@ def rand_truncated_normal_f32(key, i):
     return np.float32(rand_truncated_normal_f64(key, i))
 
 
-def _make_np_shim():
-    """The `np` that generated kernels see: NumPy's scalar types and constants, and
-    math functions that compile for the device (CUDA's libdevice) or, under the
-    simulator, NumPy scalar math with floating-point warnings off."""
-    m = types.ModuleType("flowjit_cuda_np")
-    for name in ("float32", "float64", "int32", "int64", "int8", "uint64", "bool_"):
-        setattr(m, name, getattr(np, name))
-    m.inf, m.nan = np.inf, np.nan
-    for k, v in SHIM_MATH.items():
-        setattr(m, k, v)
-    return m
+# the math functions of any float type, by the names generated code calls them
+sqrt_, floor_, ceil_, sin_, cos_ = (ANY_FLOAT[k] for k in ("sqrt", "floor", "ceil", "sin", "cos"))
 
-
-np_shim = _make_np_shim()
-
-NAMES = [n for n in dir() if n.endswith(("_f32", "_f64")) and not n.startswith("_")]
+NAMES = [n for n in dir() if n.endswith(("_f32", "_f64")) and not n.startswith("_")] + \
+    ["sqrt_", "floor_", "ceil_", "sin_", "cos_"]
