@@ -20,7 +20,8 @@ from ...ir.registry import REGISTRY
 from ...runtime import stats as S
 from ..cpu import loader
 from ...passes.inplace import inplace_effects
-from ..cpu.codegen import dim_src, entry_params, prod_src, size_lines
+from ..entry import entry_params, size_lines
+from ..loops import dim_src, prod_src
 from . import runtime as RT
 from .codegen import gen_loop, shape_tuple
 from .custom import kernel_globals, opaque_lowering

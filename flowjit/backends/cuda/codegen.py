@@ -23,7 +23,7 @@ import hashlib
 from ...ir.registry import REGISTRY
 from ... import dtypes as D
 from ...ir import scalar as S
-from ..cpu.codegen import analyse_loop, dim_src, index_term, load_lines, node_expr, prod_src
+from ..loops import analyse_loop, dim_src, index_term, load_lines, node_expr, prod_src
 from ..pyexpr import const_src, npt, render, sfx
 from .runtime import TPB
 

@@ -20,7 +20,7 @@ from numba import cuda
 
 from ...errors import CompileError
 from ...ir.registry import REGISTRY
-from ..cpu.codegen import prod_src
+from ..loops import prod_src
 from .codegen import shape_tuple
 from .kernels import kernel_def, named
 

@@ -18,7 +18,7 @@ import hashlib
 
 from ..pyexpr import npt
 from ...ir.shapes import is_one
-from ..cpu.codegen import dim_src, prod_src
+from ..loops import dim_src, prod_src
 from .runtime import MM
 
 KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
