@@ -57,11 +57,12 @@ class CpuExecutable:
     """
 
     def __init__(self, entry_name, kernel_names, entry_src, kernel_srcs, err_codes, inplace=(),
-                 py_src=None, n_sites=0):
+                 py_src=None, n_sites=0, threaded=()):
         self.entry_name = entry_name
         self.kernel_names = kernel_names
         self.entry_src = entry_src
         self.kernel_srcs = kernel_srcs
+        self.threaded = set(threaded)     # kernels that may run Numba's parallel loops
         self.err_codes = err_codes
         self.inplace = list(inplace)   # effect indices written straight into variable buffers
         self.entry = None          # the njit dispatcher
@@ -77,7 +78,7 @@ class CpuExecutable:
 
     def _load(self):
         for k in self.kernel_names:
-            loader.load(k, self.kernel_srcs[k])
+            loader.load(k, self.kernel_srcs[k], threads=k in self.threaded)
         self._module = loader.load(self.entry_name, self.entry_src)
         self.entry = getattr(self._module, self.entry_name)
 
@@ -179,13 +180,15 @@ def estimate_python_share(prog, n_lines):
 
 
 def compile_program(prog):
-    body, kernels, err_codes, inplace, n_sites = gen_entry(prog, None)
-    names = sorted(kernels)
-    key = hashlib.sha1((body + "".join(names)).encode()).hexdigest()[:16]
+    code = gen_entry(prog)
+    names = sorted(code.kernels)
+    # the name is a hash of the entry written with a placeholder name, and its kernels
+    key = hashlib.sha1((code.source("ENTRY") + "".join(names)).encode()).hexdigest()[:16]
     ename = f"e_{key}"
-    entry = body.replace("ENTRY", ename, 1)
+    entry = code.source(ename)
     src = "".join(f"{k} = kernel({k!r})\n" for k in names) + \
         "\n@njit(cache=CACHE, error_model='numpy')\n" + entry
-    exe = CpuExecutable(ename, names, src, kernels, err_codes, inplace, entry, n_sites)
-    exe.python_share = estimate_python_share(prog, body.count("\n    "))
+    exe = CpuExecutable(ename, names, src, code.kernels, code.err_codes, code.inplace, entry,
+                        code.n_sites, code.threaded)
+    exe.python_share = estimate_python_share(prog, len(code.lines))
     return exe

@@ -9,6 +9,7 @@ as a whole, so a call costs one dispatch.
 """
 import hashlib
 import os
+from dataclasses import dataclass
 
 from ...ir.registry import REGISTRY
 from ...passes.inplace import inplace_effects
@@ -52,10 +53,11 @@ def expr_src(e, ordered=False):
 
 
 class KernelSpec:
-    """A generated kernel: its source, name, and how the entry calls it."""
+    """A generated kernel: its source, name, and how the entry calls it. threads: it
+    may run Numba's parallel loops (so Numba's thread pool must be started first)."""
 
-    def __init__(self, name, source, call_args):
-        self.name, self.source, self.call_args = name, source, call_args
+    def __init__(self, name, source, call_args, threads=False):
+        self.name, self.source, self.call_args, self.threads = name, source, call_args, threads
 
 
 def _hash(text):
@@ -362,7 +364,7 @@ def gen_loop(g, grp, bufname, alias=None):
         body_src = deco + body_src
     source = f"# fused loop: {' '.join(nodes[i].op for i in grp.nodes) or 'copy'}\n" \
         + body_src.replace(f"def {fname}(", f"def {name}(", 1)
-    return KernelSpec(name, source, call)
+    return KernelSpec(name, source, call, threads=parallel)
 
 
 def red_update(ri, acc, v):
@@ -413,18 +415,21 @@ def pool_dispatch(params, arrays, C, partials):
 # opaque kernels and the entry
 # ----------------------------------------------------------------------------------
 def gen_opaque_kernel(n, g):
-    """(name, source) of opaque node n's kernel. An op whose lowering has "fixed" may
-    specialise its kernel to the node (attrs, traced input shapes) when that returns
-    literals; otherwise one kernel per op and dtype serves every node."""
+    """KernelSpec (without call) of opaque node n's kernel. An op whose lowering has
+    "fixed" may specialise its kernel to the node (attrs, traced input shapes) when that
+    returns literals; otherwise one kernel per op and dtype serves every node. The name
+    is a hash of the source written with a placeholder name."""
     op, dtype = n.op, g.nodes[n.inputs[0]].dtype
     lower = REGISTRY[op].lower
     fixed = lower["fixed"](n.attrs, [g.nodes[p].shape for p in n.inputs]) if "fixed" in lower else None
-    body = lower["kernel"]("KERNEL", dtype) if fixed is None else lower["kernel"]("KERNEL", dtype, fixed)
+
+    def body(fname):
+        return lower["kernel"](fname, dtype) if fixed is None else lower["kernel"](fname, dtype, fixed)
     opts = lower.get("njit", "")          # e.g. "fastmath=True, parallel=True"
-    key = _hash(op + dtype.name + opts + body)
-    name = f"k_{key}"
-    return name, f"# {op} ({dtype.name})\n@njit(cache=CACHE, error_model='numpy'{', ' + opts if opts else ''})" + \
-        body.replace("KERNEL", name, 1)
+    name = f"k_{_hash(op + dtype.name + opts + body('KERNEL'))}"
+    source = f"# {op} ({dtype.name})\n@njit(cache=CACHE, error_model='numpy'{', ' + opts if opts else ''})" \
+        + body(name)
+    return KernelSpec(name, source, None, threads=lower.get("threads", False))
 
 
 class AllocSites:
@@ -440,11 +445,24 @@ class AllocSites:
         return f"alloc({self.count - 1}, {shape}, {dtype})"
 
 
-def gen_entry(prog, arg_names):
-    """Entry source. Returns (source, kernels: {name: source}, err code -> node id,
-    effects written in place, number of allocation sites)."""
+@dataclass
+class EntryCode:
+    params: list         # the entry's parameters
+    lines: list          # its body, one statement a line
+    kernels: dict        # name -> source
+    threaded: set        # kernels that may run Numba's parallel loops
+    err_codes: dict      # error code -> node id
+    inplace: list        # effects written straight into the variables' buffers
+    n_sites: int         # allocation sites (AllocSites)
+
+    def source(self, name):
+        return f"def {name}({', '.join(self.params)}):\n" + "".join("    " + l + "\n" for l in self.lines)
+
+
+def gen_entry(prog):
+    """The entry's source and the kernels it calls (an EntryCode)."""
     g = prog.graph
-    kernels = {}
+    kernels, threaded = {}, set()
     alloc = AllocSites()
     err_codes = {}
     names, params = entry_params(g)
@@ -471,6 +489,8 @@ def gen_entry(prog, arg_names):
                 continue
             spec = gen_loop(g, grp, buf, alias)
             kernels[spec.name] = spec.source
+            if spec.threads:
+                threaded.add(spec.name)
             for o in grp.stores + grp.reduces:
                 n = g.nodes[o]
                 if o in alias:      # a variable's new value, written over its buffer
@@ -487,8 +507,11 @@ def gen_entry(prog, arg_names):
             lines.extend(_matmul_lines(g, n, buf, alloc))
         else:
             kind = REGISTRY[n.op].lower["kind"]
-            kname, ksrc = gen_opaque_kernel(n, g)
-            kernels[kname] = ksrc
+            spec = gen_opaque_kernel(n, g)
+            kname = spec.name
+            kernels[kname] = spec.source
+            if spec.threads:
+                threaded.add(kname)
             lines.append(f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}")
             x = g.nodes[n.inputs[0]]
             if kind == "axis3":
@@ -536,8 +559,7 @@ def gen_entry(prog, arg_names):
                 raise AssertionError(kind)
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
-    body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
-    return body, kernels, err_codes, inplace, alloc.count
+    return EntryCode(params, lines, kernels, threaded, err_codes, inplace, alloc.count)
 
 
 def _scalar_inline(g, grp, buf, alias, alloc):

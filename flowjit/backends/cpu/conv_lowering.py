@@ -396,11 +396,13 @@ def _attach(name, **lower):
     REGISTRY[name].lower = lower
 
 
-_attach("conv2d", kind="call", kernel=_conv_source, args=_conv_args, njit=_DRIVER, fixed=_fixed_conv)
+# threads: the conv drivers call conv_cpu's prange kernels (the direct ones fall back to them)
+_attach("conv2d", kind="call", kernel=_conv_source, args=_conv_args, njit=_DRIVER, fixed=_fixed_conv,
+        threads=True)
 _attach("conv2d_backprop_input", kind="call", kernel=_bp_input_source, args=_conv_args, njit=_DRIVER,
-        fixed=_fixed_bp_input)
+        fixed=_fixed_bp_input, threads=True)
 _attach("conv2d_backprop_filter", kind="call", kernel=_bp_filter_source, args=_conv_args,
-        njit=_DRIVER, fixed=_fixed_conv)
+        njit=_DRIVER, fixed=_fixed_conv, threads=True)
 _attach("max_pool2d", kind="call", kernel=_max_pool_source, args=_pool_args, njit=_MAX_LOOPS)
 _attach("max_pool2d_grad", kind="call", kernel=_max_pool_grad_source, args=_pool_args,
         njit=_MAX_LOOPS)

@@ -162,9 +162,10 @@ def _start_numba_threads():
     caller does not start the pool, and the loop then jumps through a null launch
     pointer (a segfault in the second process). Compiling or loading a parallel
     function through its own dispatcher starts it; this covers the other case. Only
-    modules that can hold a parallel loop start it (a loop kernel compiled with
-    parallel=True, or a driver calling backends/cpu/conv_cpu.py), so a program without one
-    does not pay the ~35 ms of starting the pool on its first call."""
+    kernels the code generator marks as threaded start it (a loop kernel compiled with
+    parallel=True, or an opaque op's kernel whose lowering says `threads`, as the conv
+    drivers calling backends/cpu/conv_cpu.py do), so a program without one does not pay
+    the ~35 ms of starting the pool on its first call."""
     global _threads_started
     if not _threads_started:
         from numba.np.ufunc.parallel import _launch_threads
@@ -172,12 +173,13 @@ def _start_numba_threads():
         _threads_started = True
 
 
-def load(name, body):
-    """The module `name` holding `body` (loaded from disk or written first)."""
+def load(name, body, threads=False):
+    """The module `name` holding `body` (loaded from disk or written first). threads: it
+    may run Numba's parallel loops (see _start_numba_threads)."""
     mod = _modules.get(name)
     if mod is not None:
         return mod
-    if "parallel=True" in body or "prange" in body or "conv_cpu" in body:
+    if threads:
         _start_numba_threads()
     text, modname = HEADER + f"# runtime {SALT}\n" + body, f"flowjit_gen_{name}"
     try:
