@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import DeviceError
+from ..runtime import devices
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,7 @@ _PATTERN = re.compile(r"^(?:/job:\w+)?(?:/replica:\d+)?(?:/task:\d+)?"
 
 
 def _gpu_count():
-    try:
-        from numba import cuda
-        return len(cuda.gpus) if cuda.is_available() else 0
-    except Exception:            # no CUDA driver / toolkit: no GPU
-        return 0
+    return devices.count("GPU")
 
 
 def parse(spec):
@@ -102,14 +99,7 @@ GPU0 = DeviceSpec("GPU", 0)
 
 
 def is_device_array(x):
-    """Whether x is GPU memory (a numba device array or anything with
-    __cuda_array_interface__: CuPy arrays, PyTorch CUDA tensors)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    if type(x).__name__ == "FakeCUDAArray":        # numba's CUDA simulator
-        return True
-    return False
-
-
-from ..runtime.devices import as_device_array, to_device, to_host  # noqa: E402,F401
+    """Whether x lives in a device's memory (CuPy arrays, PyTorch CUDA tensors, numba
+    device arrays: see runtime/devices.kind_of)."""
+    return devices.kind_of(x) is not None
 

@@ -78,8 +78,8 @@ def _classify(leaves):
                 raise TypeError(f"jit: argument {x!r} is a ragged list of numbers; pass an array") from None
             weak = False
         elif _device.is_device_array(x):
-            dev = _device.as_device_array(x)
-            a = devices.DeviceArray("GPU", dev, dev.shape)
+            dev = devices.as_device_array(x)
+            a = devices.DeviceArray(devices.kind_of(x), dev, dev.shape)
             weak = False
         else:
             try:

@@ -84,20 +84,26 @@ def anything_placed_off_host():
     return bool(_placed)
 
 
-def _gpu():
-    return importlib.import_module(MEMORY["GPU"])
+def count(kind):
+    """How many devices of `kind` this process can use (none when its backend cannot
+    load: no CUDA driver or toolkit)."""
+    if kind == "CPU":
+        return 1
+    try:
+        return importlib.import_module(MEMORY[kind]).device_count()
+    except Exception:        # noqa: BLE001  (any failure here only means: no such device)
+        return 0
+
+
+def kind_of(x):
+    """The device kind whose memory x is (an object with __cuda_array_interface__: CuPy
+    arrays, PyTorch CUDA tensors, numba device arrays, or the CUDA simulator's arrays),
+    or None for anything else."""
+    if hasattr(x, "__cuda_array_interface__") or type(x).__name__ == "FakeCUDAArray":
+        return "GPU"
+    return None
 
 
 def as_device_array(x):
-    """A numba device array viewing GPU memory x (any __cuda_array_interface__ object)."""
-    return _gpu().as_device_array(x)
-
-
-def to_host(x):
-    """A NumPy copy of device memory."""
-    return _gpu().to_host(as_device_array(x))
-
-
-def to_device(a):
-    """A device copy of host array a."""
-    return _gpu().to_device(a)
+    """x (memory of a device, see kind_of) as a buffer of that device's memory."""
+    return importlib.import_module(MEMORY[kind_of(x)]).as_device_array(x)

@@ -182,6 +182,10 @@ def is_contiguous(a):
     return a.is_c_contiguous()
 
 
+def device_count():
+    return len(cuda.gpus) if cuda.is_available() else 0
+
+
 def to_device(host):
     return cuda.to_device(np.ascontiguousarray(host))
 
