@@ -102,12 +102,15 @@ class Allocs:
         name = self.buf(node_id)
         if node_id in self.kept:
             return f"{name} = RT.{'zeros' if zero else 'empty'}({size}, {dtype})"
-        return f"{name} = {self.scratch()}{size}, {dtype}, {zero})"
+        return self.scratch(name, size, dtype, zero)
 
-    def scratch(self):
-        """The start of a new site's `RT.scratch(POOL, site, size, dtype, zero)` call."""
+    def scratch(self, name, size, dtype, zero=None):
+        """The line `name = RT.scratch(POOL, site, size, dtype, zero)` of a buffer that
+        never leaves the call (a split reduction's partial results: codegen.py), at a
+        new site; zero=None leaves the argument out (RT.scratch's default: not cleared)."""
         self.sites += 1
-        return f"RT.scratch(POOL, {self.sites - 1}, "
+        args = [str(self.sites - 1), size, dtype] + ([] if zero is None else [str(zero)])
+        return f"{name} = RT.scratch(POOL, {', '.join(args)})"
 
 
 def _kept(prog):
@@ -149,24 +152,9 @@ def _loop_step(ctx, grp, alias, scalars):
             lines.append(f"{buf(o)} = {buf(alias[o])}")
         else:
             lines.append(ctx.alloc(o, prod_src(n.shape), f"np.{n.dtype.np.name}"))
-    ks, ls = gen_loop(g, grp, buf, scalars.get)
+    ks, ls = gen_loop(g, grp, buf, scalars.get, ctx.alloc)
     what = f"fused loop [{' '.join(g.nodes[i].op for i in grp.nodes) or 'copy'}]"
-    return what, ks, lines + _scratch_partials(ls, ctx.alloc)
-
-
-_PARTIALS = " = RT.empty("
-
-
-def _scratch_partials(lines, alloc):
-    """codegen.py allocates a split reduction's partial results itself (`_ppJ =
-    RT.empty(n, dtype)`), and they never leave the call: each gets a scratch site.
-    (A bridge until gen_loop takes `alloc`; RT.scratch's trailing arguments are
-    RT.empty's.)"""
-    out = []
-    for line in lines:
-        name, sep, rest = line.partition(_PARTIALS)
-        out.append(f"{name} = {alloc.scratch()}{rest}" if sep and name.startswith("_pp") else line)
-    return out
+    return what, ks, lines + ls
 
 
 def _node_step(ctx, n, kind):

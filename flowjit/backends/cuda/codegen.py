@@ -18,20 +18,13 @@ Reductions over different axes in one group get one kernel per axis set (the che
 elementwise body is recomputed; only the last kernel writes the group's stores).
 Kernel text depends only on structure; sizes are arguments, so kernels are shared.
 """
-import hashlib
-
 from ...ir.registry import REGISTRY
 from ... import dtypes as D
 from ...ir import scalar as S
-from ..loops import analyse_loop, dim_src, index_term, load_lines, node_expr, prod_src
+from ..loops import analyse_loop, dim_src, index_term, int_arg, load_lines, node_expr, prod_src
 from ..pyexpr import const_src, npt, render, sfx
+from .kernels import named
 from .runtime import TPB
-
-KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
-
-
-def _hash(text):
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def math_name(e):
@@ -45,10 +38,6 @@ def math_name(e):
 
 def expr_src(e):
     return render(e, math_name)
-
-
-def int_arg(src):
-    return f"np.int64({src})"
 
 
 def horner(terms):
@@ -73,64 +62,95 @@ def unravel(flat, cs, ind):
     return out
 
 
+def loop_kernel(sig, lines):
+    """The render function (see kernels.named) of a kernel `def <name>(sig):` whose body
+    is `lines` (indented already)."""
+    body = "".join(line + "\n" for line in lines)
+    return lambda name: f"def {name}({sig}):\n{body}"
+
+
+def _product(names):
+    return " * ".join(names) or "1"
+
+
 class LoopCode:
-    """A loop group analysed once; `kernels()` then emits its kernels."""
+    """A loop group analysed once; `kernels()` then emits its kernels.
 
-    def __init__(self, g, grp, buf, scalar_src):
-        nodes = g.nodes
-        self.g, self.grp = g, grp
-        gshape = grp.shape
+    Kernel parameters (`params`) and the entry's arguments for them (`call`) are, in
+    order: the coalesced extents n<c>, the leaves L<j> (with their base dims B<j>_<k>
+    and starts P<k>), the stores O<j>, the reductions R<j>. `alloc` (backend.Allocs)
+    writes the entry lines allocating a split reduction's partial results."""
+
+    def __init__(self, g, grp, buf, scalar_src, alloc):
+        self.g, self.grp, self.buf, self.alloc = g, grp, buf, alloc
         an = analyse_loop(g, grp)
-        leaves, self.epilogue, cdims, cof = an.leaves, an.epilogue, an.cdims, an.cof
-        epi_inputs, body_inputs, red_axes = an.epi_inputs, an.body_inputs, an.red_axes
-        for lf in leaves:
+        self.epilogue, self.cof = an.epilogue, an.cof
+        for lf in an.leaves:
             lf["hostscalar"] = lf["identity"] and scalar_src(lf["load"].base) is not None
-        C = self.C = len(cdims)
-        self.red_c = {r: tuple(sorted({cof[a] for a in ax if a in cof})) for r, ax in red_axes.items()}
+        C = self.C = len(an.cdims)
+        self.red_c = {r: tuple(sorted({an.cof[a] for a in ax if a in an.cof}))
+                      for r, ax in an.red_axes.items()}
+        self.extents = [prod_src([grp.shape[d] for d in an.cdims[c]]) for c in range(C)]
+        self.params = [f"n{c}" for c in range(C)]
+        self.call = [int_arg(e) for e in self.extents]
+        names = {}      # value id -> its local variable in the kernel
+        self.loads, self.epi_loads = self._leaf_loads(an, scalar_src, names)
+        self.body = self._body(names)
+        for j, r in enumerate(grp.reduces):
+            names[r] = f"r{j}"
+        self.epi_body = self._epilogue_body(names)
+        self.stores, self.epi_stores = self._stores(names)
+        self.red = [self._reduction(j, r, names) for j, r in enumerate(grp.reduces)]
+        self.lin_all = horner([(f"i{c}", f"n{c}") for c in range(C)])
+        self.uses_lin = bool(self.stores) or any(g.nodes[i].op == "random" for i in grp.nodes)
 
-        params, call = [], []
-        self.extents = [prod_src([gshape[d] for d in cdims[c]]) for c in range(C)]
-        for c in range(C):
-            params.append(f"n{c}")
-            call.append(int_arg(self.extents[c]))
-        loads, epi_loads, names = [], [], {}
-        starts = 0
-        for j, lf in enumerate(leaves):
-            p = f"L{j}"
-            params.append(p)
-            base = lf["load"].base
-            code = []
-            if lf["hostscalar"]:
-                call.append(scalar_src(base))
-                code.append(f"v{j} = {p}")
-            elif lf["identity"]:
-                call.append(buf(base))
-                cs = sorted({cof[d] for d in lf["present"]})
-                code.append(f"v{j} = {p}[{horner([(f'i{c}', f'n{c}') for c in cs])}]")
-            else:
-                call.append(buf(base))
-                bshape = nodes[base].shape
-                exprs, dims = [], []
-                for k, (d, s0, s1) in enumerate(lf["idx"]):
-                    params.append(f"B{j}_{k}")
-                    call.append(int_arg(dim_src(bshape[k])))
-                    dims.append(f"B{j}_{k}")
-                    e, starts = index_term(d, s0, s1, cof, params, call, starts)
-                    exprs.append(e)
-                load_lines(j, p, lf, exprs, dims, lambda ex: horner(list(zip(ex, dims))), nodes, code)
+    # -- analysis: parameters and the lines of the loop body ---------------------------
+    def _leaf_loads(self, an, scalar_src, names):
+        """Lines loading the leaves into v<j>: (the body's, the epilogue's)."""
+        loads, epi_loads, starts = [], [], 0
+        for j, lf in enumerate(an.leaves):
+            code, starts = self._leaf(j, lf, scalar_src, starts)
             names[lf["vid"]] = f"v{j}"
-            if lf["vid"] in epi_inputs:
+            if lf["vid"] in an.epi_inputs:
                 epi_loads.extend(code)
-            if lf["vid"] in body_inputs:
+            if lf["vid"] in an.body_inputs:
                 loads.extend(code)
-        body = []
-        for local, i in enumerate(grp.nodes):
+        return loads, epi_loads
+
+    def _leaf(self, j, lf, scalar_src, starts):
+        """Lines loading leaf j into v<j> (adding its parameters), and the number of
+        start parameters P<k> so far."""
+        p, base = f"L{j}", lf["load"].base
+        self.params.append(p)
+        if lf["hostscalar"]:
+            self.call.append(scalar_src(base))
+            return [f"v{j} = {p}"], starts
+        self.call.append(self.buf(base))
+        if lf["identity"]:
+            cs = sorted({self.cof[d] for d in lf["present"]})
+            return [f"v{j} = {p}[{horner([(f'i{c}', f'n{c}') for c in cs])}]"], starts
+        bshape = self.g.nodes[base].shape
+        exprs, dims = [], []
+        for k, (d, s0, s1) in enumerate(lf["idx"]):
+            self.params.append(f"B{j}_{k}")
+            self.call.append(int_arg(dim_src(bshape[k])))
+            dims.append(f"B{j}_{k}")
+            e, starts = index_term(d, s0, s1, self.cof, self.params, self.call, starts)
+            exprs.append(e)
+        code = []
+        load_lines(j, p, lf, exprs, dims, lambda ex: horner(list(zip(ex, dims))), self.g.nodes, code)
+        return code, starts
+
+    def _body(self, names):
+        """`x<local> = ...` lines of the group's elementwise nodes (not the epilogue)."""
+        nodes, cof, body = self.g.nodes, self.cof, []
+        for local, i in enumerate(self.grp.nodes):
             n = nodes[i]
             op = REGISTRY[n.op]
             if op.kind == "reduce" or i in self.epilogue:
                 continue
             if n.op == "iota":
-                d = n.attrs["axis"] + len(gshape) - len(n.shape)
+                d = n.attrs["axis"] + len(self.grp.shape) - len(n.shape)
                 args = [f"i{cof[d]}" if d in cof else "0"]
             elif n.op == "random":
                 args = [names[n.inputs[0]], "lin"]
@@ -139,42 +159,45 @@ class LoopCode:
             expr = op.emit([S.var(a) for a in args], n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)
             body.append(f"x{local} = {expr_src(expr)}")
             names[i] = f"x{local}"
-        for j, r in enumerate(grp.reduces):
-            names[r] = f"r{j}"
-        epi_body = []
-        for local, i in enumerate(grp.nodes):
+        return body
+
+    def _epilogue_body(self, names):
+        """Lines of the epilogue nodes, run once per row on the reductions' results."""
+        nodes, out = self.g.nodes, []
+        for local, i in enumerate(self.grp.nodes):
             if i in self.epilogue:
-                epi_body.append(f"x{local} = {expr_src(node_expr(nodes[i], names, nodes))}")
+                out.append(f"x{local} = {expr_src(node_expr(nodes[i], names, nodes))}")
                 names[i] = f"x{local}"
+        return out
+
+    def _stores(self, names):
+        """Store lines (parameters O<j>): (per element, per row from the epilogue)."""
         stores, epi_stores = [], []
-        for j, s in enumerate(grp.stores):
-            params.append(f"O{j}")
-            call.append(buf(s))
+        for j, s in enumerate(self.grp.stores):
+            self.params.append(f"O{j}")
+            self.call.append(self.buf(s))
             if s in self.epilogue:
                 epi_stores.append(f"O{j}[row] = {names[s]}")
             else:
                 stores.append(f"O{j}[lin] = {names[s]}")
-        self.red = []
-        for j, r in enumerate(grp.reduces):
-            params.append(f"R{j}")
-            call.append(buf(r))
-            n = nodes[r]
-            em = REGISTRY[n.op].emit
-            wide = em["kind"] == "sum" and n.dtype.name == "float32"
-            acc_dt = D.float64 if wide else n.dtype
-            acc_t = npt(acc_dt)
-            self.red.append(dict(j=j, node=r, em=em, dtype=n.dtype, acc_t=acc_t, wide=wide,
-                                 ident=const_src(em["identity"](n.dtype), acc_dt),
-                                 val=f"np.float64({names[n.inputs[0]]})" if wide else names[n.inputs[0]]))
-        self.params, self.call = params, call
-        self.loads, self.epi_loads, self.body, self.stores = loads, epi_loads, body, stores
-        self.epi_body, self.epi_stores = epi_body, epi_stores
-        self.lin_all = horner([(f"i{c}", f"n{c}") for c in range(C)])
-        self.uses_lin = bool(stores) or any(nodes[i].op == "random" for i in grp.nodes)
+        return stores, epi_stores
+
+    def _reduction(self, j, r, names):
+        """Reduction j (parameter R<j>): its emitter, accumulator type (float64 for a
+        float32 sum), identity and the value it accumulates."""
+        self.params.append(f"R{j}")
+        self.call.append(self.buf(r))
+        n = self.g.nodes[r]
+        em = REGISTRY[n.op].emit
+        wide = em["kind"] == "sum" and n.dtype.name == "float32"
+        acc_dt = D.float64 if wide else n.dtype
+        return dict(j=j, node=r, em=em, dtype=n.dtype, acc_t=npt(acc_dt), wide=wide,
+                    ident=const_src(em["identity"](n.dtype), acc_dt),
+                    val=f"np.float64({names[n.inputs[0]]})" if wide else names[n.inputs[0]])
 
     # -- kernels ---------------------------------------------------------------------
     def kernels(self):
-        """[(name, source, launch-lines-template)] and entry lines."""
+        """The group's kernels {name: source} and the entry lines launching them."""
         grp = self.grp
         if not grp.reduces:
             return self._elementwise()
@@ -197,18 +220,13 @@ class LoopCode:
     def _sig(self, extra=()):
         return ", ".join(list(extra) + self.params)
 
-    def _finish(self, fname, src, comment):
-        name = f"k_{_hash(src)}"
-        return name, f"# {comment}\n" + KERNEL_HEADER + src.replace(fname, name, 1)
-
     def _comment(self):
         return "fused loop: " + (" ".join(self.g.nodes[i].op for i in self.grp.nodes) or "copy")
 
     def _elementwise(self):
         C = self.C
         ind = " " * 8
-        L = [f"def KERNEL({self._sig()}):",
-             f"    total = {' * '.join(f'n{c}' for c in range(C)) or '1'}",
+        L = [f"    total = {_product(f'n{c}' for c in range(C))}",
              "    t = cuda.grid(1)",
              "    stride = cuda.gridsize(1)",
              "    while t < total:"]
@@ -216,11 +234,12 @@ class LoopCode:
         L.append(f"{ind}lin = t")
         L += [ind + x for x in self.loads + self.body + self.stores]
         L.append(f"{ind}t += stride")
-        name, src = self._finish("KERNEL", "\n".join(L) + "\n", self._comment())
+        name, src = named(loop_kernel(self._sig(), L), self._comment())
         total = prod_src(self.grp.shape) if self.grp.shape else "1"
         lines = [f"{name}[RT.grid({total}), RT.TPB]({', '.join(self.call)})"]
         return {name: src}, lines
 
+    # -- pieces shared by the reduction kernels ----------------------------------------
     def _acc_update(self, ri, acc, v):
         return expr_src(ri["em"]["update"](ri["dtype"], S.var(acc), S.var(v)))
 
@@ -228,154 +247,160 @@ class LoopCode:
         conv = f"{npt(ri['dtype'])}({src_acc})" if ri["wide"] else src_acc
         return [f"{ind}r{ri['j']} = {conv}", f"{ind}R{ri['j']}[row] = r{ri['j']}"]
 
+    def _acc_init(self, reds, ind):
+        return [f"{ind}acc{ri['j']} = {ri['ident']}" for ri in reds]
+
+    def _accumulate(self, reds, ind, src):
+        """acc<j> updated with `src(ri)`, the value reduction ri accumulates."""
+        return [f"{ind}acc{ri['j']} = {self._acc_update(ri, 'acc%d' % ri['j'], src(ri))}" for ri in reds]
+
+    def _inner(self, rc, reds, lin, with_stores, ind):
+        """The reduced loop's body: indices i<c> of the reduced dims from `rr`, `lin` (when
+        used), loads, the elementwise body (and stores), the accumulation."""
+        out = unravel("rr", rc, ind)
+        if self.uses_lin:
+            out.append(f"{ind}lin = {lin}")
+        out += [ind + x for x in self.loads + self.body + (self.stores if with_stores else [])]
+        return out + self._accumulate(reds, ind, lambda ri: ri["val"])
+
+    def _split_lines(self, kept, rc, reds, plan, partial, final):
+        """Entry lines of a reduction that may be split in `_ns` parts: the sizes, `plan`
+        (lines choosing `_ns`...), the partial results' buffers (scratch: they never
+        leave the call), the `partial` kernel's launch and, when split, the `final`
+        pass's (`partial` and `final` are kernels with their launch configuration)."""
+        lines = [f"_rows = {_product(f'({self.extents[c]})' for c in kept)}",
+                 f"_rlen = {_product(f'({self.extents[c]})' for c in rc)}"] + plan
+        pp = [f"_pp{ri['j']}" for ri in reds]
+        lines += [self.alloc.scratch(p, "_rows * _ns if _ns > 1 else 1", ri["acc_t"]) for p, ri in zip(pp, reds)]
+        args = ", ".join(["np.int64(_ns)"] + pp + self.call)
+        return lines + [f"{partial}({args})", "if _ns > 1:", f"    {final}({args})"]
+
+    # -- row reductions ------------------------------------------------------------------
     def _rows(self, rc, reds, with_stores):
         """One block per row (several blocks per row when rows are few and long)."""
-        C = self.C
-        kept = [c for c in range(C) if c not in rc]
-        rows = " * ".join(f"n{c}" for c in kept) or "1"
-        rlen = " * ".join(f"n{c}" for c in rc) or "1"
-        extra = ["ns"] + [f"PP{ri['j']}" for ri in reds]
-        head = [f"def KERNEL({self._sig(extra)}):",
-                f"    rows = {rows}",
-                f"    rlen = {rlen}",
-                "    tid = cuda.threadIdx.x",
-                "    nt = cuda.blockDim.x"]
-        head += [f"    sh{ri['j']} = cuda.shared.array({TPB}, {ri['acc_t']})" for ri in reds]
-
-        def tree(ind):
-            out = [f"{ind}cuda.syncthreads()", f"{ind}s_ = nt // 2", f"{ind}while s_ > 0:",
-                   f"{ind}    if tid < s_:"]
-            for ri in reds:
-                sh = f"sh{ri['j']}"
-                out.append(f"{ind}        {sh}[tid] = {self._acc_update(ri, f'{sh}[tid]', f'{sh}[tid + s_]')}")
-            out += [f"{ind}    cuda.syncthreads()", f"{ind}    s_ //= 2"]
-            return out
-
-        def finish(ind):
-            out = []
-            for ri in reds:
-                out += self._result(ri, ind, f"sh{ri['j']}[0]")
-            out += [ind + x for x in self.epi_loads + self.epi_body + self.epi_stores]
-            return out
-
-        # partial kernel (also the whole job when ns == 1)
-        L = list(head)
-        L += ["    b = cuda.blockIdx.x", "    while b < rows * ns:",
-              "        row = b // ns", "        part = b - row * ns"]
-        L += unravel("row", kept, " " * 8)
-        L += [f"        acc{ri['j']} = {ri['ident']}" for ri in reds]
-        L += ["        rr = part * nt + tid", "        while rr < rlen:"]
-        ind = " " * 12
-        L += unravel("rr", rc, ind)
-        if self.uses_lin:
-            L.append(f"{ind}lin = row * rlen + rr")
-        L += [ind + x for x in self.loads + self.body + (self.stores if with_stores else [])]
-        for ri in reds:
-            L.append(f"{ind}acc{ri['j']} = {self._acc_update(ri, 'acc%d' % ri['j'], ri['val'])}")
-        L.append(f"{ind}rr += nt * ns")
-        L += [f"        sh{ri['j']}[tid] = acc{ri['j']}" for ri in reds]
-        L += tree(" " * 8)
-        L += ["        if tid == 0:", "            if ns == 1:"]
-        L += finish(" " * 16)
-        L.append("            else:")
-        L += [f"                PP{ri['j']}[b] = sh{ri['j']}[0]" for ri in reds]
-        L += ["        cuda.syncthreads()", "        b += cuda.gridDim.x"]
-        pname, psrc = self._finish("KERNEL", "\n".join(L) + "\n", self._comment() + " (row reduction)")
-
-        # final pass over the partial results of each row
-        F = list(head)
-        F += ["    row = cuda.blockIdx.x", "    while row < rows:"]
-        F += unravel("row", kept, " " * 8)
-        F += [f"        acc{ri['j']} = {ri['ident']}" for ri in reds]
-        F += ["        q = tid", "        while q < ns:"]
-        for ri in reds:
-            F.append(f"            acc{ri['j']} = {self._acc_update(ri, 'acc%d' % ri['j'], 'PP%d[row * ns + q]' % ri['j'])}")
-        F.append("            q += nt")
-        F += [f"        sh{ri['j']}[tid] = acc{ri['j']}" for ri in reds]
-        F += tree(" " * 8)
-        F.append("        if tid == 0:")
-        F += finish(" " * 12)
-        F += ["        cuda.syncthreads()", "        row += cuda.gridDim.x"]
-        fname, fsrc = self._finish("KERNEL", "\n".join(F) + "\n", self._comment() + " (final pass)")
-
-        kept_src = " * ".join(f"({self.extents[c]})" for c in kept) or "1"
-        rlen_src = " * ".join(f"({self.extents[c]})" for c in rc) or "1"
-        lines = [f"_rows = {kept_src}", f"_rlen = {rlen_src}",
-                 "_ns = RT.row_splits(_rows, _rlen)",
-                 "_nt = RT.row_threads(_rlen, _ns)"]
-        pp = []
-        for ri in reds:
-            acc_np = ri["acc_t"]
-            lines.append(f"_pp{ri['j']} = RT.empty(_rows * _ns if _ns > 1 else 1, {acc_np})")
-            pp.append(f"_pp{ri['j']}")
-        args = ", ".join(["np.int64(_ns)"] + pp + self.call)
-        lines.append(f"{pname}[RT.blocks(_rows * _ns), _nt]({args})")
-        lines.append("if _ns > 1:")
-        lines.append(f"    {fname}[RT.blocks(_rows), RT.row_threads(_ns, 1)]({args})")
+        kept = [c for c in range(self.C) if c not in rc]
+        sig = self._sig(["ns"] + [f"PP{ri['j']}" for ri in reds])
+        head = self._row_head(kept, rc, reds)
+        pname, psrc = named(loop_kernel(sig, head + self._row_partial(kept, rc, reds, with_stores)),
+                            self._comment() + " (row reduction)")
+        fname, fsrc = named(loop_kernel(sig, head + self._row_final(kept, reds)),
+                            self._comment() + " (final pass)")
+        plan = ["_ns = RT.row_splits(_rows, _rlen)", "_nt = RT.row_threads(_rlen, _ns)"]
+        lines = self._split_lines(kept, rc, reds, plan, f"{pname}[RT.blocks(_rows * _ns), _nt]",
+                                  f"{fname}[RT.blocks(_rows), RT.row_threads(_ns, 1)]")
         return {pname: psrc, fname: fsrc}, lines
 
+    def _row_head(self, kept, rc, reds):
+        return [f"    rows = {_product(f'n{c}' for c in kept)}",
+                f"    rlen = {_product(f'n{c}' for c in rc)}",
+                "    tid = cuda.threadIdx.x",
+                "    nt = cuda.blockDim.x"] + \
+            [f"    sh{ri['j']} = cuda.shared.array({TPB}, {ri['acc_t']})" for ri in reds]
+
+    def _row_partial(self, kept, rc, reds, with_stores):
+        """The partial kernel (the whole job when ns == 1): block b reduces part b % ns
+        of row b // ns."""
+        L = ["    b = cuda.blockIdx.x", "    while b < rows * ns:",
+             "        row = b // ns", "        part = b - row * ns"]
+        L += unravel("row", kept, " " * 8)
+        L += self._acc_init(reds, " " * 8)
+        L += ["        rr = part * nt + tid", "        while rr < rlen:"]
+        L += self._inner(rc, reds, "row * rlen + rr", with_stores, " " * 12)
+        L.append(" " * 12 + "rr += nt * ns")
+        L += self._block_reduce(reds)
+        L += ["        if tid == 0:", "            if ns == 1:"]
+        L += self._row_result(reds, " " * 16)
+        L.append("            else:")
+        L += [f"                PP{ri['j']}[b] = sh{ri['j']}[0]" for ri in reds]
+        return L + ["        cuda.syncthreads()", "        b += cuda.gridDim.x"]
+
+    def _row_final(self, kept, reds):
+        """The final pass: block `row` combines the row's ns partial results."""
+        F = ["    row = cuda.blockIdx.x", "    while row < rows:"]
+        F += unravel("row", kept, " " * 8)
+        F += self._acc_init(reds, " " * 8)
+        F += ["        q = tid", "        while q < ns:"]
+        F += self._accumulate(reds, " " * 12, lambda ri: "PP%d[row * ns + q]" % ri["j"])
+        F.append("            q += nt")
+        F += self._block_reduce(reds)
+        F.append("        if tid == 0:")
+        F += self._row_result(reds, " " * 12)
+        return F + ["        cuda.syncthreads()", "        row += cuda.gridDim.x"]
+
+    def _block_reduce(self, reds):
+        """Each thread's accumulators into shared memory, then a tree reduction: the
+        block's results end in sh<j>[0]."""
+        ind = " " * 8
+        out = [f"{ind}sh{ri['j']}[tid] = acc{ri['j']}" for ri in reds]
+        out += [f"{ind}cuda.syncthreads()", f"{ind}s_ = nt // 2", f"{ind}while s_ > 0:",
+                f"{ind}    if tid < s_:"]
+        for ri in reds:
+            sh = f"sh{ri['j']}"
+            out.append(f"{ind}        {sh}[tid] = {self._acc_update(ri, f'{sh}[tid]', f'{sh}[tid + s_]')}")
+        return out + [f"{ind}    cuda.syncthreads()", f"{ind}    s_ //= 2"]
+
+    def _row_result(self, reds, ind):
+        """A row's results from sh<j>[0], then the epilogue."""
+        out = []
+        for ri in reds:
+            out += self._result(ri, ind, f"sh{ri['j']}[0]")
+        return out + [ind + x for x in self.epi_loads + self.epi_body + self.epi_stores]
+
+    # -- column reductions ---------------------------------------------------------------
     def _columns(self, rc, reds, with_stores):
         """One thread per output element looping over the reduced elements (neighbouring
         threads read neighbouring memory). When outputs are few and the reduction long
         (a bias gradient over a big batch), the reduced range is split into `ns` chunks
         whose partial results a final pass combines."""
-        C = self.C
-        kept = [c for c in range(C) if c not in rc]
-        extra = ["ns"] + [f"PP{ri['j']}" for ri in reds]
-        head = [f"def KERNEL({self._sig(extra)}):",
-                f"    rows = {' * '.join(f'n{c}' for c in kept) or '1'}",
-                f"    rlen = {' * '.join(f'n{c}' for c in rc) or '1'}",
+        kept = [c for c in range(self.C) if c not in rc]
+        sig = self._sig(["ns"] + [f"PP{ri['j']}" for ri in reds])
+        head = [f"    rows = {_product(f'n{c}' for c in kept)}",
+                f"    rlen = {_product(f'n{c}' for c in rc)}",
                 "    stride = cuda.gridsize(1)"]
-        L = head + ["    chunk = (rlen + ns - 1) // ns",
-                    "    w = cuda.grid(1)",
-                    "    while w < rows * ns:",
-                    "        part = w // rows",
-                    "        row = w - part * rows"]
+        pname, psrc = named(loop_kernel(sig, head + self._column_partial(kept, rc, reds, with_stores)),
+                            self._comment() + " (column reduction)")
+        fname, fsrc = named(loop_kernel(sig, head + self._column_final(reds)),
+                            self._comment() + " (column final pass)")
+        lines = self._split_lines(kept, rc, reds, ["_ns = RT.col_splits(_rows, _rlen)"],
+                                  f"{pname}[RT.grid(_rows * _ns), RT.TPB]",
+                                  f"{fname}[RT.grid(_rows), RT.TPB]")
+        return {pname: psrc, fname: fsrc}, lines
+
+    def _column_partial(self, kept, rc, reds, with_stores):
+        """Thread w reduces chunk w // rows of output w % rows (all of it when ns == 1)."""
+        L = ["    chunk = (rlen + ns - 1) // ns",
+             "    w = cuda.grid(1)",
+             "    while w < rows * ns:",
+             "        part = w // rows",
+             "        row = w - part * rows"]
         L += unravel("row", kept, " " * 8)
-        L += [f"        acc{ri['j']} = {ri['ident']}" for ri in reds]
-        L += ["        rr = part * chunk", "        rend = rr + chunk if rr + chunk < rlen else rlen", "        while rr < rend:"]
-        ind = " " * 12
-        L += unravel("rr", rc, ind)
-        if self.uses_lin:
-            L.append(f"{ind}lin = {self.lin_all}")
-        L += [ind + x for x in self.loads + self.body + (self.stores if with_stores else [])]
-        for ri in reds:
-            L.append(f"{ind}acc{ri['j']} = {self._acc_update(ri, 'acc%d' % ri['j'], ri['val'])}")
-        L.append(f"{ind}rr += 1")
+        L += self._acc_init(reds, " " * 8)
+        L += ["        rr = part * chunk", "        rend = rr + chunk if rr + chunk < rlen else rlen",
+              "        while rr < rend:"]
+        L += self._inner(rc, reds, self.lin_all, with_stores, " " * 12)
+        L.append(" " * 12 + "rr += 1")
         L.append("        if ns == 1:")
         for ri in reds:
             L += self._result(ri, " " * 12, f"acc{ri['j']}")
         L.append("        else:")
         L += [f"            PP{ri['j']}[w] = acc{ri['j']}" for ri in reds]
-        L.append("        w += stride")
-        pname, psrc = self._finish("KERNEL", "\n".join(L) + "\n", self._comment() + " (column reduction)")
+        return L + ["        w += stride"]
 
-        F = head + ["    row = cuda.grid(1)", "    while row < rows:"]
-        F += [f"        acc{ri['j']} = {ri['ident']}" for ri in reds]
+    def _column_final(self, reds):
+        """Thread `row` combines output row's ns partial results."""
+        F = ["    row = cuda.grid(1)", "    while row < rows:"]
+        F += self._acc_init(reds, " " * 8)
         F += ["        for q in range(ns):"]
-        for ri in reds:
-            F.append(f"            acc{ri['j']} = {self._acc_update(ri, 'acc%d' % ri['j'], 'PP%d[q * rows + row]' % ri['j'])}")
+        F += self._accumulate(reds, " " * 12, lambda ri: "PP%d[q * rows + row]" % ri["j"])
         for ri in reds:
             F += self._result(ri, " " * 8, f"acc{ri['j']}")
-        F.append("        row += stride")
-        fname, fsrc = self._finish("KERNEL", "\n".join(F) + "\n", self._comment() + " (column final pass)")
-
-        kept_src = " * ".join(f"({self.extents[c]})" for c in kept) or "1"
-        rlen_src = " * ".join(f"({self.extents[c]})" for c in rc) or "1"
-        lines = [f"_rows = {kept_src}", f"_rlen = {rlen_src}", "_ns = RT.col_splits(_rows, _rlen)"]
-        pp = []
-        for ri in reds:
-            lines.append(f"_pp{ri['j']} = RT.empty(_rows * _ns if _ns > 1 else 1, {ri['acc_t']})")
-            pp.append(f"_pp{ri['j']}")
-        args = ", ".join(["np.int64(_ns)"] + pp + self.call)
-        lines.append(f"{pname}[RT.grid(_rows * _ns), RT.TPB]({args})")
-        lines.append("if _ns > 1:")
-        lines.append(f"    {fname}[RT.grid(_rows), RT.TPB]({args})")
-        return {pname: psrc, fname: fsrc}, lines
+        return F + ["        row += stride"]
 
 
-def gen_loop(g, grp, buf, scalar_src):
-    return LoopCode(g, grp, buf, scalar_src).kernels()
+def gen_loop(g, grp, buf, scalar_src, alloc):
+    """(kernels {name: source}, entry lines) of loop group `grp`; `alloc` is the entry's
+    backend.Allocs, `scalar_src(node_id)` the source of a value passed as a scalar."""
+    return LoopCode(g, grp, buf, scalar_src, alloc).kernels()
 
 
 def shape_tuple(shape):
