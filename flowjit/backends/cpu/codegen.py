@@ -70,345 +70,454 @@ def _hash(text):
 def gen_loop(g, grp, bufname, alias=None):
     """Kernel source + call for one loop group. bufname(node id) -> entry variable;
     alias: store node id -> the variable (arg node) whose buffer it is written over."""
-    nodes = g.nodes
-    gshape = grp.shape
-    an = analyse_loop(g, grp)
-    loop_dims, leaves, epilogue = an.loop_dims, an.leaves, an.epilogue
-    epi_inputs, body_inputs, cdims, cof, C = an.epi_inputs, an.body_inputs, an.cdims, an.cof, an.C
-    red_axes = an.red_axes
-    randoms = [i for i in grp.nodes if nodes[i].op == "random"]
-    ivar = [f"i{c}" for c in range(C)]
+    return LoopKernel(g, grp, bufname, alias).spec()
 
-    # reduction layout
-    red_c = {r: sorted({cof[a] for a in ax if a in cof}) for r, ax in red_axes.items()}
-    kind_a = False
-    k_split = C
-    if grp.reduces:
-        sets = {tuple(v) for v in red_c.values()}
-        if len(sets) == 1:
-            rs = list(sets.pop())
-            if rs == list(range(C - len(rs), C)):
-                kind_a, k_split = True, C - len(rs)
 
-    if epilogue and not kind_a:
-        raise AssertionError("fusion gave a reduction epilogue to a non-trailing reduction")
-    params, call = [], []
-    # the rank and dtype of every array parameter, while every one is a C-contiguous
-    # buffer of a known kind (what a task on the BLAS pool can rebuild from an address)
-    arrays = {}
-    poolable = True
+@dataclass
+class Reduction:
+    """One reduction of a loop group, as its kernel accumulates it."""
+    param: str          # its output parameter, R<j>
+    kept: list          # the coalesced loops its result keeps (its output's dims)
+    emit: dict          # the op's emit table (identity, update, kind)
+    dtype: object       # its result dtype
+    kind: str           # "sum", "prod", "max", "min", ...
+    wide: bool          # a float32 sum over the inner loops, accumulated in float64
+    init: str           # the accumulator's first value (float64 when wide)
+    init32: str         # the same in the result dtype (a float32 block partial's)
+    term: str           # the value each iteration folds in (widened when wide)
+    term32: str         # the same, not widened
 
-    def array_param(p, node_id, ndim):
-        nonlocal poolable
-        dt = nodes[node_id].dtype.name
-        arrays[p] = (dt, max(ndim, 1))
+
+def reshaped(var, extents):
+    """Call argument: entry variable `var` viewed with these extents (at least one)."""
+    return f"{var}.reshape(({''.join(e + ', ' for e in extents) or '1, '}))"
+
+
+class LoopKernel:
+    """The kernel of one loop group, built in steps from the group's analysis: the
+    parameters with the loads, the body, the stores, the reductions, then the schedule
+    (serial, Numba's parallel loops, or row blocks on the BLAS pool). The source only
+    depends on that structure; `spec()` renders it with its final names."""
+
+    def __init__(self, g, grp, bufname, alias=None):
+        self.nodes, self.grp, self.bufname = g.nodes, grp, bufname
+        self.an = analyse_loop(g, grp)
+        self.C = self.an.C
+        self.ivar = [f"i{c}" for c in range(self.C)]
+        self.randoms = [i for i in grp.nodes if self.nodes[i].op == "random"]
+        self._reduction_layout()
+        self.params, self.call = [], []
+        self.arrays = {}        # array parameter -> (dtype name, rank)
+        # every array parameter is a C-contiguous buffer of a dtype a pool task can
+        # rebuild from an address (pool.POINTER_TYPES)
+        self.poolable = True
+        self.names = {}         # node id -> its variable in the kernel
+        for c in range(self.C):
+            self.params.append(f"n{c}")
+            self.call.append(int_arg(prod_src(self._dims(c))))
+        self._loads()
+        body = self._body()
+        epi_body = self._epilogue()
+        self._stores(alias)
+        self._reductions()
+        self._schedule(body + epi_body)
+        # (without reassociation the operation order is kept: float32 range reduction is exact)
+        ordered = "reassoc" not in self.fastmath
+        self.body = [f"{x} = {expr_src(e, ordered)}" for x, e in body]
+        self.epi_body = [f"{x} = {expr_src(e, ordered)}" for x, e in epi_body]
+
+    # -- analysis, parameters and loads ----------------------------------------------
+    def _dims(self, c):
+        return [self.grp.shape[d] for d in self.an.cdims[c]]
+
+    def _extents(self, loops):
+        return [prod_src(self._dims(c)) for c in loops]
+
+    def _at(self, p, loops):
+        """Element of array parameter p at the loop variables of `loops`."""
+        return f"{p}[{', '.join(self.ivar[c] for c in loops) or '0'}]"
+
+    def _array_param(self, p, node_id, ndim):
+        dt = self.nodes[node_id].dtype.name
+        self.arrays[p] = (dt, max(ndim, 1))
         if dt not in pool.POINTER_TYPES:
-            poolable = False
+            self.poolable = False
 
-    for c in range(C):
-        params.append(f"n{c}")
-        call.append(int_arg(prod_src([gshape[d] for d in cdims[c]])))
+    def _reduction_layout(self):
+        """The coalesced loops each reduction runs over. Kind A: every reduction runs over
+        the same trailing loops (softmax rows, a loss): one accumulator per row, loops
+        k_split.. innermost, then the epilogue. Otherwise (column sums) the results are
+        updated in their outputs as the loops go."""
+        C, grp = self.C, self.grp
+        self.red_c = {r: sorted({self.an.cof[a] for a in ax if a in self.an.cof})
+                      for r, ax in self.an.red_axes.items()}
+        self.kind_a, self.k_split = False, C
+        if grp.reduces:
+            sets = {tuple(v) for v in self.red_c.values()}
+            if len(sets) == 1:
+                rs = list(sets.pop())
+                if rs == list(range(C - len(rs), C)):
+                    self.kind_a, self.k_split = True, C - len(rs)
+        if self.an.epilogue and not self.kind_a:
+            raise AssertionError("fusion gave a reduction epilogue to a non-trailing reduction")
+        # the loops a kind-A row keeps: where its epilogue stores
+        first = next(iter(self.red_c.values())) if self.red_c else []
+        self.row_loops = [c for c in range(C) if c not in first]
 
-    hoisted, loads_src, epi_loads, names = [], [], [], {}
-    starts = 0
-    for j, lf in enumerate(leaves):
-        mark = len(loads_src)
-        p = f"L{j}"
-        params.append(p)
-        base = bufname(lf["load"].base)
-        if lf["identity"]:
-            cs = sorted({cof[d] for d in lf["present"]})
-            ext = [prod_src([gshape[d] for d in cdims[c]]) for c in cs]
-            call.append(f"{base}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
-            array_param(p, lf["load"].base, len(ext))
-            if lf["scalar"]:
-                hoisted.append(f"    v{j} = {p}[0]")
+    def _loads(self):
+        """A parameter L<j> per load, read into v<j>. Loads that only the epilogue reads
+        are read after the row loop; a scalar is read once, before the loops."""
+        self.hoisted, self.loads, self.epi_loads = [], [], []
+        starts = 0
+        for j, lf in enumerate(self.an.leaves):
+            p = f"L{j}"
+            self.params.append(p)
+            code = []
+            if lf["identity"]:
+                self._plain_load(j, p, lf, code)
             else:
-                loads_src.append(f"v{j} = {p}[{', '.join(ivar[c] for c in cs)}]")
-        else:
-            call.append(base)
-            poolable = False            # gathers, slices: buffers of any rank, extra index params
-            exprs = []
-            for d, s0, s1 in lf["idx"]:
-                e, starts = index_term(d, s0, s1, cof, params, call, starts)
-                exprs.append(e)
-            bounds = [f"{p}.shape[{k}]" for k in range(len(exprs))]
-            load_lines(j, p, lf, exprs, bounds, lambda ex: ", ".join(ex) or "0", nodes, loads_src)
-        names[lf["vid"]] = f"v{j}"
-        mine = loads_src[mark:]
-        if lf["vid"] in epi_inputs:
-            epi_loads.extend(mine)
-        if lf["vid"] not in body_inputs:
-            del loads_src[mark:]
+                starts = self._chain_load(j, p, lf, code, starts)
+            self.names[lf["vid"]] = f"v{j}"
+            if lf["vid"] in self.an.epi_inputs:
+                self.epi_loads.extend(code)
+            if lf["vid"] in self.an.body_inputs:
+                self.loads.extend(code)
 
-    # body
-    body = []
-    lin = None
-    if randoms:
-        lin = ivar[0] if C else "0"
-        for c in range(1, C):
-            lin = f"({lin}) * n{c} + {ivar[c]}"
-        body.append(("lin", S.var(lin)))
-    epi_body = []
-    for local, i in enumerate(grp.nodes):
-        n = nodes[i]
-        op = REGISTRY[n.op]
-        if op.kind == "reduce":
-            continue
-        if i in epilogue:
-            continue
+    def _plain_load(self, j, p, lf, code):
+        """A buffer read as it is: a C-contiguous view indexed by the loops it varies along."""
+        cs = sorted({self.an.cof[d] for d in lf["present"]})
+        ext = self._extents(cs)
+        self.call.append(reshaped(self.bufname(lf["load"].base), ext))
+        self._array_param(p, lf["load"].base, len(ext))
+        if lf["scalar"]:
+            self.hoisted.append(f"    v{j} = {p}[0]")
+        else:
+            code.append(f"v{j} = {p}[{', '.join(self.ivar[c] for c in cs)}]")
+
+    def _chain_load(self, j, p, lf, code, starts):
+        """A read through transposes, slices and pads: the buffer as it is (any rank),
+        start offsets P<k> as extra parameters. Returns the next P number."""
+        self.call.append(self.bufname(lf["load"].base))
+        self.poolable = False
+        exprs = []
+        for d, s0, s1 in lf["idx"]:
+            e, starts = index_term(d, s0, s1, self.an.cof, self.params, self.call, starts)
+            exprs.append(e)
+        bounds = [f"{p}.shape[{k}]" for k in range(len(exprs))]
+        load_lines(j, p, lf, exprs, bounds, lambda ex: ", ".join(ex) or "0", self.nodes, code)
+        return starts
+
+    # -- body, epilogue, stores, reductions -----------------------------------------
+    def _body(self):
+        """(variable, scalar expression) per elementwise node of the loop body; first
+        `lin`, the flat index, when random numbers are drawn (counter-based)."""
+        body = []
+        if self.randoms:
+            lin = self.ivar[0] if self.C else "0"
+            for c in range(1, self.C):
+                lin = f"({lin}) * n{c} + {self.ivar[c]}"
+            body.append(("lin", S.var(lin)))
+        for local, i in enumerate(self.grp.nodes):
+            n = self.nodes[i]
+            op = REGISTRY[n.op]
+            if op.kind == "reduce" or i in self.an.epilogue:
+                continue
+            args = [S.var(a) for a in self._operands(i)]
+            body.append((f"x{local}", op.emit(args, n.attrs, [self.nodes[p].dtype for p in n.inputs], n.dtype)))
+            self.names[i] = f"x{local}"
+        return body
+
+    def _operands(self, i):
+        """The variables node i reads (iota reads its loop index, random the flat index)."""
+        n, nodes, names = self.nodes[i], self.nodes, self.names
         if n.op == "iota":
-            d = n.attrs["axis"] + len(gshape) - len(n.shape)
-            args = [ivar[cof[d]] if d in cof else "0"]
-        elif n.op == "random":
-            args = [names[n.inputs[0]], "lin"]
-        else:
-            missing = [p for p in n.inputs if p not in names]
-            if missing:       # e.g. a reduction of this group read inside its own loop
-                raise AssertionError(f"fused loop computes %{i}={n.op} from %{missing[0]}="
-                                     f"{nodes[missing[0]].op}, which the loop body does not have "
-                                     f"(a fusion bug): {' '.join(nodes[k].op for k in grp.nodes)}")
-            args = [names[p] for p in n.inputs]
-        expr = op.emit([S.var(a) for a in args], n.attrs, [nodes[p].dtype for p in n.inputs], n.dtype)
-        body.append((f"x{local}", expr))
-        names[i] = f"x{local}"
+            d = n.attrs["axis"] + len(self.grp.shape) - len(n.shape)
+            return [self.ivar[self.an.cof[d]] if d in self.an.cof else "0"]
+        if n.op == "random":
+            return [names[n.inputs[0]], "lin"]
+        missing = [p for p in n.inputs if p not in names]
+        if missing:       # e.g. a reduction of this group read inside its own loop
+            raise AssertionError(f"fused loop computes %{i}={n.op} from %{missing[0]}="
+                                 f"{nodes[missing[0]].op}, which the loop body does not have "
+                                 f"(a fusion bug): {' '.join(nodes[k].op for k in self.grp.nodes)}")
+        return [names[p] for p in n.inputs]
 
-    red_kept = [c for c in range(C) if c not in (next(iter(red_c.values())) if red_c else [])]
-    for j, r in enumerate(grp.reduces):
-        names[r] = f"r{j}"
-    for local, i in enumerate(grp.nodes):
-        if i not in epilogue:
-            continue
-        epi_body.append((f"x{local}", node_expr(nodes[i], names, nodes)))
-        names[i] = f"x{local}"
+    def _epilogue(self):
+        """(variable, expression) per epilogue node: computed once per row from the
+        row's reduction results r<j>."""
+        for j, r in enumerate(self.grp.reduces):
+            self.names[r] = f"r{j}"
+        epi = []
+        for local, i in enumerate(self.grp.nodes):
+            if i in self.an.epilogue:
+                epi.append((f"x{local}", node_expr(self.nodes[i], self.names, self.nodes)))
+                self.names[i] = f"x{local}"
+        return epi
 
-    stores, epi_stores = [], []
-    # An in-place variable update is stored through the parameter its old value was
-    # loaded from: the same array passed twice makes LLVM's runtime alias check fail,
-    # and the loop falls back to scalar code (5x slower on an optimizer update).
-    same_param = {}
-    for j, lf in enumerate(leaves):
-        if lf["identity"] and set(lf["present"]) >= set(loop_dims):
-            same_param.setdefault(lf["load"].base, f"L{j}")
-    for j, s in enumerate(grp.stores):
-        if alias and s in alias and s not in epilogue and alias[s] in same_param:
-            stores.append(f"{same_param[alias[s]]}[{', '.join(ivar) or '0'}] = {names[s]}")
-            continue
-        p = f"O{j}"
-        params.append(p)
-        if s in epilogue:
-            ext = [prod_src([gshape[d] for d in cdims[c]]) for c in red_kept]
-            call.append(f"{bufname(s)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
-            array_param(p, s, len(ext))
-            epi_stores.append(f"{p}[{', '.join(ivar[c] for c in red_kept) or '0'}] = {names[s]}")
-            continue
-        ext = [prod_src([gshape[d] for d in cdims[c]]) for c in range(C)]
-        call.append(f"{bufname(s)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
-        array_param(p, s, len(ext))
-        stores.append(f"{p}[{', '.join(ivar) or '0'}] = {names[s]}")
+    def _stores(self, alias):
+        """A parameter O<j> per stored value, or none for an in-place variable update:
+        that is stored through the parameter its old value was loaded from (the same
+        array passed twice makes LLVM's runtime alias check fail, and the loop falls
+        back to scalar code: 5x slower on an optimizer update)."""
+        self.stores, self.epi_stores = [], []
+        same_param = {}
+        for j, lf in enumerate(self.an.leaves):
+            if lf["identity"] and set(lf["present"]) >= set(self.an.loop_dims):
+                same_param.setdefault(lf["load"].base, f"L{j}")
+        everywhere = list(range(self.C))
+        for j, s in enumerate(self.grp.stores):
+            in_epilogue = s in self.an.epilogue
+            if alias and s in alias and not in_epilogue and alias[s] in same_param:
+                self.stores.append(f"{self._at(same_param[alias[s]], everywhere)} = {self.names[s]}")
+                continue
+            p = f"O{j}"
+            self.params.append(p)
+            loops = self.row_loops if in_epilogue else everywhere
+            ext = self._extents(loops)
+            self.call.append(reshaped(self.bufname(s), ext))
+            self._array_param(p, s, len(ext))
+            (self.epi_stores if in_epilogue else self.stores).append(f"{self._at(p, loops)} = {self.names[s]}")
 
-    red_info = []
-    for j, r in enumerate(grp.reduces):
-        p = f"R{j}"
-        params.append(p)
-        n = nodes[r]
-        kept = [c for c in range(C) if c not in red_c[r]]
-        ext = [prod_src([gshape[d] for d in cdims[c]]) for c in kept]
-        call.append(f"{bufname(r)}.reshape(({''.join(e + ', ' for e in ext) or '1, '}))")
-        array_param(p, r, len(ext))
-        em = REGISTRY[n.op].emit
-        acc_dt = n.dtype
-        wide = em["kind"] == "sum" and n.dtype.name == "float32" and kind_a
-        ident = em["identity"](n.dtype)
-        ident_src = const_src(ident, D.float64 if wide else n.dtype)
-        src_val = names.get(nodes[r].inputs[0]) or f"x{grp.nodes.index(nodes[r].inputs[0])}"
-        red_info.append(dict(p=p, kept=kept, em=em, dtype=acc_dt, wide=wide, ident=ident_src,
-                             val=f"np.float64({src_val})" if wide else src_val, kind=em["kind"],
-                             val32=src_val, ident32=const_src(ident, n.dtype)))
+    def _reductions(self):
+        """A parameter R<j> per reduction, shaped by the loops it keeps. A float32 sum of
+        kind A accumulates in float64 (wide)."""
+        self.reds = []
+        for j, r in enumerate(self.grp.reduces):
+            p = f"R{j}"
+            self.params.append(p)
+            n = self.nodes[r]
+            kept = [c for c in range(self.C) if c not in self.red_c[r]]
+            ext = self._extents(kept)
+            self.call.append(reshaped(self.bufname(r), ext))
+            self._array_param(p, r, len(ext))
+            em = REGISTRY[n.op].emit
+            wide = em["kind"] == "sum" and n.dtype.name == "float32" and self.kind_a
+            ident = em["identity"](n.dtype)
+            val = self.names.get(n.inputs[0]) or f"x{self.grp.nodes.index(n.inputs[0])}"
+            self.reds.append(Reduction(
+                param=p, kept=kept, emit=em, dtype=n.dtype, kind=em["kind"], wide=wide,
+                init=const_src(ident, D.float64 if wide else n.dtype), init32=const_src(ident, n.dtype),
+                term=f"np.float64({val})" if wide else val, term32=val))
 
-    # -- assemble ----------------------------------------------------------------------
-    fname = "KERNEL"
-    total_hint = 1
-    for d in gshape:
-        total_hint *= max(hint(d), 1)
-    # On the BLAS pool a kernel's rows are split into blocks. A reduction that keeps the
-    # first loop leaves each block its own outputs; one that sums over it (a loss, a
-    # bias gradient) gives each block its own partial result, combined after the run
-    # (so no epilogue may read the result inside the loop nest).
-    reduces_rows = bool(grp.reduces) and all(0 in red_c[r] for r in grp.reduces)
-    rows_ok = not grp.reduces or (kind_a and k_split > 0) or (reduces_rows and not epilogue)
-    # (iota and random read the loop index as a value: it stays signed, off the pool)
-    pooled = poolable and not randoms and not any(nodes[i].op == "iota" for i in grp.nodes) \
-        and C > 0 and rows_ok and total_hint >= POOL_MIN and pool.available()
-    parallel = not pooled and total_hint >= PAR_MIN and C > 0 and (
-        not grp.reduces or (kind_a and (k_split > 0 or all(ri["kind"] in ("sum", "prod") for ri in red_info))))
-    has_f64_trans = any(S.uses_transcendental(e, "float64") for _, e in body + epi_body)
-    # reassociation lets LLVM vectorise reductions over the innermost loops (kind A:
-    # one accumulator across iterations); nothing else needs it: reductions over outer
-    # loops (column sums) vectorise across the kept inner dims as they are, and then the
-    # float32 exp/tanh/sigmoid can stay in float32 (8 lanes). Float64 Cody-Waite range
-    # reduction must not be reassociated.
-    fm = {"nsz", "contract"} | ({"reassoc"} if grp.reduces and kind_a and not has_f64_trans else set())
-    # (without reassociation the operation order is kept: float32 range reduction is exact)
-    body = [f"{x} = {expr_src(e, 'reassoc' not in fm)}" for x, e in body]
-    epi_body = [f"{x} = {expr_src(e, 'reassoc' not in fm)}" for x, e in epi_body]
-
-    def nest(par, rows=False):
-        """The loops; par: the first one is a prange; rows: it runs over row_lo..row_hi only."""
-        out = []
-        ind = "    "
-        out.extend(hoisted)
-        if grp.reduces and not kind_a:
-            for ri in red_info:
-                lv = [f"q{c}" for c in ri["kept"]]
-                ii = ind
-                for c, v in zip(ri["kept"], lv):
-                    out.append(f"{ii}for {v} in range(n{c}):")
-                    ii += "    "
-                out.append(f"{ii}{ri['p']}[{', '.join(lv) or '0'}] = {ri['ident']}")
-        depth = ind
+    # -- schedule ----------------------------------------------------------------------
+    def _schedule(self, exprs):
+        """Where the loops run (pooled, parallel) and the fastmath flags; exprs: the
+        body's and epilogue's (variable, expression) pairs."""
+        C, grp, nodes = self.C, self.grp, self.nodes
+        total_hint = 1
+        for d in grp.shape:
+            total_hint *= max(hint(d), 1)
+        # On the BLAS pool a kernel's rows are split into blocks. A reduction that keeps the
+        # first loop leaves each block its own outputs; one that sums over it (a loss, a
+        # bias gradient) gives each block its own partial result, combined after the run
+        # (so no epilogue may read the result inside the loop nest).
+        self.partials = bool(grp.reduces) and all(0 in self.red_c[r] for r in grp.reduces)
+        rows_ok = not grp.reduces or (self.kind_a and self.k_split > 0) or (self.partials and not self.an.epilogue)
+        # (iota and random read the loop index as a value: it stays signed, off the pool)
+        self.pooled = self.poolable and not self.randoms and not any(nodes[i].op == "iota" for i in grp.nodes) \
+            and C > 0 and rows_ok and total_hint >= POOL_MIN and pool.available()
+        # (a prange over a reduced loop itself needs accumulators Numba recognises as
+        # reductions: the += and *= of sums and products)
+        scalar_ok = all(r.kind in ("sum", "prod") for r in self.reds)
+        self.parallel = not self.pooled and total_hint >= PAR_MIN and C > 0 and (
+            not grp.reduces or (self.kind_a and (self.k_split > 0 or scalar_ok)))
+        has_f64_trans = any(S.uses_transcendental(e, "float64") for _, e in exprs)
+        # reassociation lets LLVM vectorise reductions over the innermost loops (kind A:
+        # one accumulator across iterations); nothing else needs it: reductions over outer
+        # loops (column sums) vectorise across the kept inner dims as they are, and then the
+        # float32 exp/tanh/sigmoid can stay in float32 (8 lanes). Float64 Cody-Waite range
+        # reduction must not be reassociated.
+        self.fastmath = {"nsz", "contract"} | (
+            {"reassoc"} if grp.reduces and self.kind_a and not has_f64_trans else set())
         # a float32 sum whose innermost loop is reduced adds blocks of at most SUM_BLOCK
         # terms in float32 (vectorised 8 wide) and the block sums in float64: as
         # accurate as pairwise summation, about twice as fast as widening every term
-        blocked = kind_a and k_split < C and any(ri["wide"] for ri in red_info)
-        for c in range(C):
-            if kind_a and c == k_split:
-                for j, ri in enumerate(red_info):
-                    out.append(f"{depth}acc{j} = {ri['ident']}")
-            rng = "prange" if (par and c == 0) else "range"
-            if rows and c == 0 and not (blocked and C == 1):
-                # unsigned: an index that might be negative gets Numba's wraparound
-                # test, and the loop is no longer vectorised (8x slower)
-                out.append(f"{depth}for {ivar[c]} in range(np.uint64(row_lo), np.uint64(row_hi)):")
-            elif rows and c == 0:       # one loop, a blocked float32 sum: blocks of this row range
-                out.append(f"{depth}for b0 in range((row_hi - row_lo + {SUM_BLOCK - 1}) // {SUM_BLOCK}):")
-                depth += "    "
-                for j, ri in enumerate(red_info):
-                    if ri["wide"]:
-                        out.append(f"{depth}pacc{j} = {ri['ident32']}")
-                out.append(f"{depth}for i0 in range(np.uint64(row_lo + b0 * {SUM_BLOCK}), "
-                           f"np.uint64(min(row_hi, row_lo + (b0 + 1) * {SUM_BLOCK}))):")
-            elif blocked and c == C - 1:
-                # (prange takes unit steps only: count blocks, not their starts)
-                out.append(f"{depth}for b{c} in {rng}((n{c} + {SUM_BLOCK - 1}) // {SUM_BLOCK}):")
-                depth += "    "
-                for j, ri in enumerate(red_info):
-                    if ri["wide"]:
-                        out.append(f"{depth}pacc{j} = {ri['ident32']}")
-                out.append(f"{depth}for {ivar[c]} in range(b{c} * {SUM_BLOCK}, min(n{c}, (b{c} + 1) * {SUM_BLOCK})):")
-            else:
-                out.append(f"{depth}for {ivar[c]} in {rng}(n{c}):")
-            depth += "    "
-        if kind_a and k_split == C:
-            for j, ri in enumerate(red_info):
-                out.append(f"{depth}acc{j} = {ri['ident']}")
-        for line in loads_src + body + stores:
-            out.append(depth + line)
-        for j, ri in enumerate(red_info):
-            if kind_a and blocked and ri["wide"]:
-                out.append(f"{depth}pacc{j} += {ri['val32']}")
-            elif kind_a:
-                if ri["kind"] == "sum":
-                    out.append(f"{depth}acc{j} += {ri['val']}")
-                elif ri["kind"] == "prod":
-                    out.append(f"{depth}acc{j} *= {ri['val']}")
-                else:
-                    out.append(f"{depth}acc{j} = {red_update(ri, f'acc{j}', ri['val'])}")
-            else:
-                tgt = f"{ri['p']}[{', '.join(ivar[c] for c in ri['kept']) or '0'}]"
-                out.append(f"{depth}{tgt} = {red_update(ri, tgt, ri['val'])}")
-        if blocked:
-            d1 = depth[:-4]
-            for j, ri in enumerate(red_info):
-                if ri["wide"]:
-                    out.append(f"{d1}acc{j} += np.float64(pacc{j})")
-        if kind_a:
-            d2 = "    " * (k_split + 1)
-            for j, ri in enumerate(red_info):
-                tgt = f"{ri['p']}[{', '.join(ivar[c] for c in ri['kept']) or '0'}]"
-                conv = f"{npt(ri['dtype'])}(acc{j})" if ri["wide"] else f"acc{j}"
-                out.append(f"{d2}r{j} = {conv}")
-                out.append(f"{d2}{tgt} = r{j}")
-            for line in epi_loads + epi_body + epi_stores:
-                out.append(d2 + line)
+        self.blocked = self.kind_a and self.k_split < C and any(r.wide for r in self.reds)
+
+    def options(self):
+        """The @njit options besides cache and error_model."""
+        return "fastmath={" + ", ".join(repr(x) for x in sorted(self.fastmath)) + f"}}, parallel={self.parallel}"
+
+    # -- the loop nest -------------------------------------------------------------------
+    def _loop_nest(self, par=False, rows=False):
+        """The loops, at one indent; par: the first one is a prange; rows: it runs over
+        rows row_lo..row_hi only (the rows function a pool task calls)."""
+        out = list(self.hoisted)
+        if self.grp.reduces and not self.kind_a:
+            out += self._init_outputs()
+        depth = "    "
+        for c in range(self.C):
+            if self.kind_a and c == self.k_split:
+                out += self._init_accumulators(depth)
+            header, depth = self._loop_header(c, depth, par, rows)
+            out += header
+        if self.kind_a and self.k_split == self.C:
+            out += self._init_accumulators(depth)
+        out += [depth + line for line in self.loads + self.body + self.stores]
+        out += self._accumulate(depth)
+        if self.blocked:
+            out += [f"{depth[:-4]}acc{j} += np.float64(pacc{j})" for j, r in enumerate(self.reds) if r.wide]
+        if self.kind_a:
+            out += self._row_results("    " * (self.k_split + 1))
         return out
 
-    lines = [f"def {fname}({', '.join(params)}):"]
-    if pooled:
-        lines += pool_dispatch(params, arrays, C, red_info if reduces_rows else [])
-        # below the threshold, or with one thread: the same rows function over all rows
-        # (one compiled copy of the loop nest, not two)
-        lines.append(f"    __ROWS__(np.int64(0), n0, {', '.join(params)})")
-    elif parallel:
-        lines.append(f"    if {' * '.join(f'n{c}' for c in range(C))} >= {PAR_MIN}:")
-        lines.extend("    " + l for l in nest(True))
-        lines.append("        return")
-        lines.extend(nest(False))
-    else:
-        lines.extend(nest(False))
-    if len(lines) == 1:
-        lines.append("    return")
-    body_src = "\n".join(lines) + "\n"
-    if pooled:
-        body_src = "\n".join([f"def __ROWS__(row_lo, row_hi, {', '.join(params)}):"] + nest(False, rows=True)) \
-            + "\n\n\n" + pool.task_source("__KEY__", "__ROWS__", params, arrays) + "\n\n" + body_src
-    opts = "fastmath={" + ", ".join(repr(x) for x in sorted(fm)) + f"}}, parallel={parallel}"
-    key = _hash(opts + body_src)
-    name = f"k_{key}"
-    deco = f"@njit(cache=CACHE, error_model='numpy', {opts})\n"
-    if pooled:
+    def _init_outputs(self):
+        """Column reductions: their outputs set to the identity before the loops."""
+        out = []
+        for r in self.reds:
+            qv = [f"q{c}" for c in r.kept]
+            ind = "    "
+            for c, v in zip(r.kept, qv):
+                out.append(f"{ind}for {v} in range(n{c}):")
+                ind += "    "
+            out.append(f"{ind}{r.param}[{', '.join(qv) or '0'}] = {r.init}")
+        return out
+
+    def _init_accumulators(self, ind):
+        return [f"{ind}acc{j} = {r.init}" for j, r in enumerate(self.reds)]
+
+    def _init_block_partials(self, ind):
+        return [f"{ind}pacc{j} = {r.init32}" for j, r in enumerate(self.reds) if r.wide]
+
+    def _loop_header(self, c, depth, par, rows):
+        """The `for` line(s) of loop c at `depth`, and the indent of its body."""
+        inner = depth + "    "
+        if rows and c == 0 and not (self.blocked and self.C == 1):
+            # unsigned: an index that might be negative gets Numba's wraparound
+            # test, and the loop is no longer vectorised (8x slower)
+            return [f"{depth}for {self.ivar[c]} in range(np.uint64(row_lo), np.uint64(row_hi)):"], inner
+        if rows and c == 0:       # one loop, a blocked float32 sum: blocks of this row range
+            return ([f"{depth}for b0 in range((row_hi - row_lo + {SUM_BLOCK - 1}) // {SUM_BLOCK}):"]
+                    + self._init_block_partials(inner)
+                    + [f"{inner}for i0 in range(np.uint64(row_lo + b0 * {SUM_BLOCK}), "
+                       f"np.uint64(min(row_hi, row_lo + (b0 + 1) * {SUM_BLOCK}))):"]), inner + "    "
+        rng = "prange" if (par and c == 0) else "range"
+        if self.blocked and c == self.C - 1:
+            # (prange takes unit steps only: count blocks, not their starts)
+            return ([f"{depth}for b{c} in {rng}((n{c} + {SUM_BLOCK - 1}) // {SUM_BLOCK}):"]
+                    + self._init_block_partials(inner)
+                    + [f"{inner}for {self.ivar[c]} in range(b{c} * {SUM_BLOCK}, "
+                       f"min(n{c}, (b{c} + 1) * {SUM_BLOCK})):"]), inner + "    "
+        return [f"{depth}for {self.ivar[c]} in {rng}(n{c}):"], inner
+
+    def _accumulate(self, ind):
+        """Each reduction's step in the innermost loop: into its accumulator (kind A; a
+        block partial when blocked) or into its output element (column reductions)."""
+        out = []
+        for j, r in enumerate(self.reds):
+            if self.kind_a and self.blocked and r.wide:
+                out.append(f"{ind}pacc{j} += {r.term32}")
+            elif self.kind_a and r.kind == "sum":
+                out.append(f"{ind}acc{j} += {r.term}")
+            elif self.kind_a and r.kind == "prod":
+                out.append(f"{ind}acc{j} *= {r.term}")
+            elif self.kind_a:
+                out.append(f"{ind}acc{j} = {red_update(r, f'acc{j}', r.term)}")
+            else:
+                tgt = self._at(r.param, r.kept)
+                out.append(f"{ind}{tgt} = {red_update(r, tgt, r.term)}")
+        return out
+
+    def _row_results(self, ind):
+        """Kind A, after a row's reduced loops: the results r<j> stored, then the epilogue."""
+        out = []
+        for j, r in enumerate(self.reds):
+            conv = f"{npt(r.dtype)}(acc{j})" if r.wide else f"acc{j}"
+            out += [f"{ind}r{j} = {conv}", f"{ind}{self._at(r.param, r.kept)} = r{j}"]
+        return out + [ind + line for line in self.epi_loads + self.epi_body + self.epi_stores]
+
+    # -- assembly ------------------------------------------------------------------------
+    def _kernel_lines(self, name, rows, key):
+        """The kernel function. Pooled: row blocks dispatched to the pool, else (below
+        the threshold, or with one thread) the same rows function over all rows: one
+        compiled copy of the loop nest, not two. Parallel: a prange nest for big loops
+        and the serial nest for small ones."""
+        params = ", ".join(self.params)
+        lines = [f"def {name}({params}):"]
+        if self.pooled:
+            lines += pool_dispatch(self.params, self.arrays, self.C, self.reds if self.partials else [], key)
+            lines.append(f"    {rows}(np.int64(0), n0, {params})")
+        elif self.parallel:
+            lines.append(f"    if {' * '.join(f'n{c}' for c in range(self.C))} >= {PAR_MIN}:")
+            lines.extend("    " + line for line in self._loop_nest(par=True))
+            lines.append("        return")
+            lines.extend(self._loop_nest())
+        else:
+            lines.extend(self._loop_nest())
+        if len(lines) == 1:
+            lines.append("    return")
+        return lines
+
+    def source(self, name, rows, key, decorator):
+        """The kernel's module text: kernel `name`; when pooled, first its rows function
+        `rows` and the pool task registered under `key`. decorator: the line above each
+        Numba function ("" for the text the name is hashed from)."""
+        kernel = decorator + "\n".join(self._kernel_lines(name, rows, key)) + "\n"
+        if not self.pooled:
+            return kernel
+        rows_fn = "\n".join([f"def {rows}(row_lo, row_hi, {', '.join(self.params)}):"]
+                            + self._loop_nest(rows=True))
         # rows function, task, then the kernel: the two Numba functions share the options
-        body_src = deco + body_src.replace(f"def {fname}(", deco + f"def {fname}(", 1)
-        body_src = body_src.replace("__ROWS__", name + "_rows").replace("__KEY__", key)
-    else:
-        body_src = deco + body_src
-    source = f"# fused loop: {' '.join(nodes[i].op for i in grp.nodes) or 'copy'}\n" \
-        + body_src.replace(f"def {fname}(", f"def {name}(", 1)
-    return KernelSpec(name, source, call, threads=parallel)
+        return (decorator + rows_fn + "\n\n\n" + pool.task_source(key, rows, self.params, self.arrays)
+                + "\n\n" + kernel)
+
+    def spec(self):
+        """KernelSpec named k_<hash of the options and the source written with
+        placeholder names>; the pool task key is the same hash."""
+        opts = self.options()
+        key = _hash(opts + self.source("KERNEL", "__ROWS__", "__KEY__", ""))
+        name = f"k_{key}"
+        decorator = f"@njit(cache=CACHE, error_model='numpy', {opts})\n"
+        ops = " ".join(self.nodes[i].op for i in self.grp.nodes) or "copy"
+        source = f"# fused loop: {ops}\n" + self.source(name, name + "_rows", key, decorator)
+        return KernelSpec(name, source, self.call, threads=self.parallel)
 
 
-def red_update(ri, acc, v):
-    """The accumulation step of reduction ri. A float max/min propagates NaN (as
+def red_update(red, acc, v):
+    """The accumulation step of a Reduction. A float max/min propagates NaN (as
     np.max and tf.reduce_max do) through LLVM's maximum/minimum intrinsics (scalar.py),
     which vectorise as reductions, where the op's select form does not."""
-    if ri["kind"] in ("max", "min") and ri["dtype"].is_floating:
-        return f"{'fmaximum' if ri['kind'] == 'max' else 'fminimum'}({acc}, {v})"
-    return expr_src(ri["em"]["update"](ri["dtype"], S.var(acc), S.var(v)))
+    if red.kind in ("max", "min") and red.dtype.is_floating:
+        return f"{'fmaximum' if red.kind == 'max' else 'fminimum'}({acc}, {v})"
+    return expr_src(red.emit["update"](red.dtype, S.var(acc), S.var(v)))
 
 
-def pool_dispatch(params, arrays, C, partials):
+def pool_dispatch(params, arrays, C, partials, key):
     """Kernel lines that split a big loop into row blocks, one record per block (see
-    pool.record_lines), run on the BLAS pool. partials: the reductions over the first
-    loop (red_info entries): each block writes its own slice of a (blocks, ...) array,
-    combined into the output afterwards."""
+    pool.record_lines), run on the BLAS pool as task `key`. partials: the reductions over
+    the first loop (Reductions): each block writes its own slice of a (blocks, ...)
+    array, combined into the output afterwards."""
     out = [f"    if {' * '.join(f'n{c}' for c in range(C))} >= {POOL_MIN}:",
            "        nt = min(pool_threads(), n0)",
            "        if nt > 1:",
            f"            rec = np.empty((nt, {pool.record_width(params, arrays)}), np.int64)",
            "            step = (n0 + nt - 1) // nt"]
-    part = {ri["p"]: f"part_{ri['p']}" for ri in partials}
-    for ri in partials:
-        out.append(f"            {part[ri['p']]} = np.empty((nt,) + {ri['p']}.shape, {ri['p']}.dtype)")
+    part = {r.param: f"part_{r.param}" for r in partials}
+    for r in partials:
+        out.append(f"            {part[r.param]} = np.empty((nt,) + {r.param}.shape, {r.param}.dtype)")
     out += ["            for t in range(nt):",
             "                rec[t, 0] = t * step",
             "                rec[t, 1] = min(n0, (t + 1) * step)"]
     out += pool.record_lines(params, arrays, " " * 16, lambda p: f"{part[p]}[t]" if p in part else p)
-    out.append("            pool_run(nt, '__KEY__', rec)")
-    for ri in partials:
-        # blocks combined in order; a float32 sum's block partials are float32 (what the
-        # rows function stores), added in float64
-        pa = part[ri["p"]]
-        first = f"np.float64({pa}2[0, e])" if ri["wide"] else f"{pa}2[0, e]"
-        out += [f"            {pa}2 = {pa}.reshape((nt, -1))",
-                f"            out_{ri['p']} = {ri['p']}.reshape(-1)",
-                f"            for e in range(out_{ri['p']}.shape[0]):",
-                f"                acc = {first}",
-                "                for t in range(1, nt):",
-                f"                    acc = {red_update(ri, 'acc', pa + '2[t, e]')}",
-                f"                out_{ri['p']}[e] = acc"]
+    out.append(f"            pool_run(nt, '{key}', rec)")
+    for r in partials:
+        out += _combine_partials(r, part[r.param])
     out.append("            return")
     return out
 
+
+def _combine_partials(r, pa):
+    """Lines adding up the blocks' partial results of reduction r, in block order; a
+    float32 sum's block partials are float32 (what the rows function stores), added
+    in float64."""
+    first = f"np.float64({pa}2[0, e])" if r.wide else f"{pa}2[0, e]"
+    return [f"            {pa}2 = {pa}.reshape((nt, -1))",
+            f"            out_{r.param} = {r.param}.reshape(-1)",
+            f"            for e in range(out_{r.param}.shape[0]):",
+            f"                acc = {first}",
+            "                for t in range(1, nt):",
+            f"                    acc = {red_update(r, 'acc', pa + '2[t, e]')}",
+            f"                out_{r.param}[e] = acc"]
 
 
 # ----------------------------------------------------------------------------------
