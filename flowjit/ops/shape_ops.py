@@ -152,19 +152,8 @@ def _concat_infer(shapes, dts, attrs):
     return tuple(out), dt
 
 
-def _copy3_source(fname, dtype):
-    return f'''
-def {fname}(src, dst, offset):
-    for o in range(src.shape[0]):
-        for k in range(src.shape[1]):
-            for j in range(src.shape[2]):
-                dst[o, offset + k, j] = src[o, k, j]
-'''
-
-
 register("concat", "opaque", _concat_infer,
-         lambda a, at, s, d: np.concatenate(a, axis=at["axis"]),
-         lower={"kind": "concat", "kernel": _copy3_source})
+         lambda a, at, s, d: np.concatenate(a, axis=at["axis"]))
 
 
 def _grads():

@@ -1,6 +1,6 @@
 """The CPU lowerings of the opaque ops whose kernels are small loops (argmax/argmin,
-gather, scatter_add, pow_exponent_check): kernel source templates for codegen's
-`"axis3"`, `"gather"`, `"scatter"` and `"check"` calls, attached to the registry
+gather, scatter_add, concat, pow_exponent_check): kernel source templates for codegen's
+`"axis3"`, `"gather"`, `"scatter"`, `"concat"` and `"check"` calls, attached to the registry
 entries when the CPU backend loads (the ops themselves are in ops/)."""
 from ...ir.registry import REGISTRY
 
@@ -84,6 +84,18 @@ def {fname}(upd, idx, out, err, code):
 '''
 
 
+def _copy3_source(fname, dtype):
+    """concat: each input copied into its slice of the output, viewed as 3-d (before
+    the axis, along it, after it)."""
+    return f'''
+def {fname}(src, dst, offset):
+    for o in range(src.shape[0]):
+        for k in range(src.shape[1]):
+            for j in range(src.shape[2]):
+                dst[o, offset + k, j] = src[o, k, j]
+'''
+
+
 def _attach(name, **lower):
     REGISTRY[name].lower = lower
 
@@ -92,4 +104,5 @@ _attach("argmax", kind="axis3", kernel=_arg_source("max"))
 _attach("argmin", kind="axis3", kernel=_arg_source("min"))
 _attach("gather", kind="gather", kernel=_gather_source)
 _attach("scatter_add", kind="scatter", kernel=_scatter_source)
+_attach("concat", kind="concat", kernel=_copy3_source)
 _attach("pow_exponent_check", kind="check", kernel=_nonneg_source)
