@@ -9,7 +9,7 @@ import numpy as np
 from ...config import config
 from ...errors import CompileError
 from ...runtime import stats as S
-from . import loader
+from . import loader, threads
 from .codegen import gen_entry
 
 
@@ -63,6 +63,7 @@ class CpuExecutable:
         self.entry_src = entry_src
         self.kernel_srcs = kernel_srcs
         self.threaded = set(threaded)     # kernels that may run Numba's parallel loops
+        self.parallel = False     # work on several threads: adapt their count (threads.py)
         self.err_codes = err_codes
         self.inplace = list(inplace)   # effect indices written straight into variable buffers
         self.entry = None          # the njit dispatcher
@@ -84,6 +85,8 @@ class CpuExecutable:
 
     def _run_python(self, args):
         self.calls += 1
+        if self.parallel:
+            threads.adapt()
         if self.calls == 1:
             if loader.has_disk_cache(self.entry_name):
                 self.compile_for(args)
@@ -101,9 +104,13 @@ class CpuExecutable:
         return self.py_entry(*args)
 
     def _run_python_only(self, args):
+        if self.parallel:
+            threads.adapt()
         return self.py_entry(*args)
 
     def _run_njit(self, args):
+        if self.parallel:      # as many threads as the machine has free now
+            threads.adapt()
         return self.entry(*args)
 
     def _counted(self, fn, args):
@@ -191,4 +198,5 @@ def compile_program(prog):
     exe = CpuExecutable(ename, names, src, code.kernels, code.err_codes, code.inplace, entry,
                         code.n_sites, code.threaded)
     exe.python_share = estimate_python_share(prog, len(code.lines))
+    exe.parallel = code.parallel
     return exe

@@ -56,8 +56,9 @@ class KernelSpec:
     """A generated kernel: its source, name, and how the entry calls it. threads: it
     may run Numba's parallel loops (so Numba's thread pool must be started first)."""
 
-    def __init__(self, name, source, call_args, threads=False):
+    def __init__(self, name, source, call_args, threads=False, pooled=False):
         self.name, self.source, self.call_args, self.threads = name, source, call_args, threads
+        self.pooled = pooled      # it may split its rows over the BLAS pool (pool.py)
 
 
 def _hash(text):
@@ -470,7 +471,7 @@ class LoopKernel:
         decorator = f"@njit(cache=CACHE, error_model='numpy', {opts})\n"
         ops = " ".join(self.nodes[i].op for i in self.grp.nodes) or "copy"
         source = f"# fused loop: {ops}\n" + self.source(name, name + "_rows", key, decorator)
-        return KernelSpec(name, source, self.call, threads=self.parallel)
+        return KernelSpec(name, source, self.call, threads=self.parallel, pooled=self.pooled)
 
 
 def red_update(red, acc, v):
@@ -563,6 +564,7 @@ class EntryCode:
     err_codes: dict      # error code -> node id
     inplace: list        # effects written straight into the variables' buffers
     n_sites: int         # allocation sites (AllocSites)
+    parallel: bool       # it may run work on several threads (GEMMs, pool or prange loops)
 
     def source(self, name):
         return f"def {name}({', '.join(self.params)}):\n" + "".join("    " + l + "\n" for l in self.lines)
@@ -571,7 +573,7 @@ class EntryCode:
 def gen_entry(prog):
     """The entry's source and the kernels it calls (an EntryCode)."""
     g = prog.graph
-    kernels, threaded = {}, set()
+    kernels, threaded, pooled = {}, set(), False
     alloc = AllocSites()
     err_codes = {}
     names, params = entry_params(g)
@@ -600,6 +602,7 @@ def gen_entry(prog):
             kernels[spec.name] = spec.source
             if spec.threads:
                 threaded.add(spec.name)
+            pooled = pooled or spec.pooled
             for o in grp.stores + grp.reduces:
                 n = g.nodes[o]
                 if o in alias:      # a variable's new value, written over its buffer
@@ -668,7 +671,8 @@ def gen_entry(prog):
                 raise AssertionError(kind)
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
-    return EntryCode(params, lines, kernels, threaded, err_codes, inplace, alloc.count)
+    parallel = bool(threaded) or pooled or any(s.kind == "matmul" for s in prog.steps)
+    return EntryCode(params, lines, kernels, threaded, err_codes, inplace, alloc.count, parallel)
 
 
 def _scalar_inline(g, grp, buf, alias, alloc):

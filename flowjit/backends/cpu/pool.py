@@ -74,6 +74,10 @@ def available():
             ll.add_symbol(RUN_SYMBOL, ctypes.cast(run, ctypes.c_void_p).value)
             ll.add_symbol(THREADS_SYMBOL, ctypes.cast(threads, ctypes.c_void_p).value)
             _keep.extend([lib, run, threads])
+            for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+                if hasattr(lib, name):
+                    state["get"], state["set"] = threads, getattr(lib, name)
+                    break
             state.update(available=True, why=f"OpenBLAS thread pool (found through {path})")
         except Exception as e:  # noqa: BLE001  (any failure here only means: no pool)
             state.update(available=False, why=f"no OpenBLAS pool ({e}); loops use Numba's prange")
