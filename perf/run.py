@@ -46,6 +46,10 @@ def parse_args(argv):
                    help="cap Numba and BLAS threads at N (default: their own defaults). "
                         "On a small shared machine, N=1 avoids thread pools waiting on a "
                         "core that another process holds")
+    p.add_argument("--contend", type=int, default=None, metavar="K",
+                   help="contended mode: the training benchmarks quiet, then beside K busy "
+                        "processes this run starts (and stops), then so again with flowjit "
+                        "on one thread; one table with the three side by side")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="flowjit disk cache for this process (default: a fresh temporary dir, "
                         "so first-call times are cold compiles, not disk loads)")
@@ -132,6 +136,8 @@ def main(argv=None):
         limit_threads(args.threads)
 
     t_start = time.perf_counter()
+    if args.contend is not None:
+        return _contended(args, cfg, tmp_cache, saved_cache_env, t_start)
     try:
         for m in BENCH_MODULES:
             importlib.import_module(m)
@@ -188,6 +194,33 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
     return 1 if failed else 0
+
+
+def _contended(args, cfg, tmp_cache, saved_cache_env, t_start):
+    from perf import contend
+    try:
+        for m in BENCH_MODULES:
+            importlib.import_module(m)
+        text, rows = contend.run(cfg, args.contend, args.only)
+    finally:
+        if tmp_cache:
+            shutil.rmtree(tmp_cache, ignore_errors=True)
+        if saved_cache_env is None:
+            os.environ.pop("FLOWJIT_CACHE_DIR", None)
+        else:
+            os.environ["FLOWJIT_CACHE_DIR"] = saved_cache_env
+    print(f"\nflowjit training benchmarks, quiet and beside {args.contend} busy processes "
+          f"(medians over {cfg.steps} steps; ratio = baseline/flowjit; adaptive / 1 thread "
+          f"< 1 means adapting beat one fixed thread)")
+    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {thread_info()}\n")
+    print(text)
+    if cfg.skipped:
+        print("\nskipped baselines: " + "; ".join(cfg.skipped))
+    print(f"total {time.perf_counter() - t_start:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mode": "contend", "k": args.contend, "steps": cfg.steps, "results": rows}, f, indent=2)
+    return 0
 
 
 if __name__ == "__main__":

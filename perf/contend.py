@@ -1,0 +1,92 @@
+"""`python -m perf --contend K`: the training benchmarks beside K busy processes that
+the run starts itself, each row next to the same row on the quiet machine.
+
+A learner's laptop or a shared CI runner is rarely quiet. flowjit splits GEMMs and big
+loops statically between threads, so a thread another process holds can stall a whole
+step; backends/cpu/threads.py then runs on fewer threads. Three passes, one process:
+quiet; beside K busy processes; beside them again with flowjit fixed to one thread
+(`fj.config.threads = 1`: what adapting must never be slower than). Baselines (NumPy,
+and PyTorch / JAX where installed) run in every pass, taking turns with flowjit as in
+the normal run. The busy processes are plain Python loops with a deadline of their own
+(they stop even if this process dies) and are killed at the end."""
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+from perf import common
+
+TRAINING = ("bench_train_softmax", "bench_train_mlp", "bench_train_autoencoder",
+            "bench_train_fused_grad", "bench_conv_cnn_step")
+SPIN = "import sys, time\nt = float(sys.argv[1])\nwhile time.time() < t:\n    pass\n"
+MAX_SECONDS = 1800
+
+
+@contextmanager
+def busy(k):
+    """K processes spinning on a core each, until the block ends (at most MAX_SECONDS)."""
+    deadline = time.time() + MAX_SECONDS
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN, str(deadline)]) for _ in range(k)]
+    try:
+        time.sleep(0.5)              # let them start running
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def _run(benches, cfg):
+    rows = {}
+    for bench in benches:
+        print(f"[perf]   {bench.__name__} ...", file=sys.stderr, flush=True)
+        for r in bench(cfg):
+            if r.flowjit_s and r.baseline_s:          # rows with a baseline to compare
+                rows[r.name] = r
+    return rows
+
+
+def run(cfg, k, only):
+    """The three passes; returns (table text, rows as dicts)."""
+    import flowjit as fj
+    benches = [b for b in common.REGISTRY if b.__name__ in TRAINING
+               and (not only or any(s in b.__name__ for s in only))]
+    print("[perf] quiet pass", file=sys.stderr, flush=True)
+    quiet = _run(benches, cfg)
+    with busy(k):
+        print(f"[perf] beside {k} busy processes", file=sys.stderr, flush=True)
+        loaded = _run(benches, cfg)
+        print(f"[perf] beside {k} busy processes, flowjit on one thread", file=sys.stderr, flush=True)
+        saved, fj.config.threads = fj.config.threads, 1
+        try:
+            one = _run(benches, cfg)
+        finally:
+            fj.config.threads = saved
+    return table(quiet, loaded, one, k)
+
+
+def _ms(s):
+    return "-" if s is None else f"{s * 1e3:.2f} ms"
+
+
+def table(quiet, loaded, one, k):
+    head = ["benchmark", "quiet flowjit", "quiet baseline", "quiet ratio",
+            f"K={k} flowjit", f"K={k} baseline", f"K={k} ratio", f"K={k} flowjit 1 thread",
+            "adaptive / 1 thread"]
+    cells, out = [], []
+    for name, q in quiet.items():
+        c, o = loaded.get(name), one.get(name)
+        row = [name, _ms(q.flowjit_s), _ms(q.baseline_s), f"{q.ratio:.2f}x",
+               _ms(c and c.flowjit_s), _ms(c and c.baseline_s),
+               "-" if c is None else f"{c.ratio:.2f}x", _ms(o and o.flowjit_s),
+               "-" if not (c and o) else f"{c.flowjit_s / o.flowjit_s:.2f}"]
+        cells.append(row)
+        out.append(dict(name=name, quiet_flowjit_s=q.flowjit_s, quiet_baseline_s=q.baseline_s,
+                        contended_flowjit_s=c and c.flowjit_s, contended_baseline_s=c and c.baseline_s,
+                        contended_one_thread_s=o and o.flowjit_s))
+    widths = [max(len(r[i]) for r in cells + [head]) for i in range(len(head))]
+    lines = [" | ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+             for r in [head] + cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines), out
