@@ -156,13 +156,7 @@ def main(argv=None):
                                           f"{str(e).splitlines()[0] if str(e) else ''}"))
             print(f"[perf]   done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     finally:
-        if tmp_cache:
-            shutil.rmtree(tmp_cache, ignore_errors=True)
-        # Leave the environment as found (main() may be called from other code).
-        if saved_cache_env is None:
-            os.environ.pop("FLOWJIT_CACHE_DIR", None)
-        else:
-            os.environ["FLOWJIT_CACHE_DIR"] = saved_cache_env
+        _restore_cache(tmp_cache, saved_cache_env)
     total = time.perf_counter() - t_start
 
     import numba
@@ -196,6 +190,17 @@ def main(argv=None):
     return 1 if failed else 0
 
 
+def _restore_cache(tmp_cache, saved_cache_env):
+    """Drop the run's temporary cache and leave the environment as found (main() may be
+    called from other code)."""
+    if tmp_cache:
+        shutil.rmtree(tmp_cache, ignore_errors=True)
+    if saved_cache_env is None:
+        os.environ.pop("FLOWJIT_CACHE_DIR", None)
+    else:
+        os.environ["FLOWJIT_CACHE_DIR"] = saved_cache_env
+
+
 def _contended(args, cfg, tmp_cache, saved_cache_env, t_start):
     from perf import contend
     try:
@@ -203,12 +208,7 @@ def _contended(args, cfg, tmp_cache, saved_cache_env, t_start):
             importlib.import_module(m)
         text, rows = contend.run(cfg, args.contend, args.only)
     finally:
-        if tmp_cache:
-            shutil.rmtree(tmp_cache, ignore_errors=True)
-        if saved_cache_env is None:
-            os.environ.pop("FLOWJIT_CACHE_DIR", None)
-        else:
-            os.environ["FLOWJIT_CACHE_DIR"] = saved_cache_env
+        _restore_cache(tmp_cache, saved_cache_env)
     print(f"\nflowjit training benchmarks, quiet and beside {args.contend} busy processes "
           f"(medians over {cfg.steps} steps; ratio = baseline/flowjit; adaptive / 1 thread "
           f"< 1 means adapting beat one fixed thread)")
