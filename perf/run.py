@@ -48,8 +48,8 @@ def parse_args(argv):
                         "core that another process holds")
     p.add_argument("--contend", type=int, default=None, metavar="K",
                    help="contended mode: the training benchmarks quiet, then beside K busy "
-                        "processes this run starts (and stops), then so again with flowjit "
-                        "on one thread; one table with the three side by side")
+                        "processes this run starts (and stops): with flowjit's default threads, "
+                        "with threads 'auto', with one thread; one table side by side")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="flowjit disk cache for this process (default: a fresh temporary dir, "
                         "so first-call times are cold compiles, not disk loads)")
@@ -210,7 +210,7 @@ def _contended(args, cfg, tmp_cache, saved_cache_env, t_start):
     finally:
         _restore_cache(tmp_cache, saved_cache_env)
     print(f"\nflowjit training benchmarks, quiet and beside {args.contend} busy processes "
-          f"(medians over {cfg.steps} steps; ratio = baseline/flowjit; adaptive / 1 thread "
+          f"(medians over {cfg.steps} steps; ratio = baseline/flowjit; auto / 1 thread "
           f"< 1 means adapting beat one fixed thread)")
     print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {thread_info()}\n")
     print(text)

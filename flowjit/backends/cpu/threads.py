@@ -9,11 +9,20 @@ MLP digits example took 15x longer with two threads than with one (issue 16). So
 program with parallel work asks `adapt()` before it runs; at most every INTERVAL
 seconds that samples how many threads of *other* processes are runnable (the kernel's
 count in /proc/loadavg minus this process's running threads) and sets OpenBLAS's and
-Numba's thread counts to the cores left over, at least 1 and at most the pool's size.
+Numba's thread counts to the cores left over, at least 1 and at most the pool's size,
+once AGREE samples in a row say so. Results are reproducible to the bit only while
+the count stays the same (a reduction split over more threads adds in another order):
+fix it with `fj.config.threads` where that matters.
 
-`fj.config.threads` (env FLOWJIT_THREADS) overrides it: a number fixes the thread count
-(no sampling); None (the default) adapts, up to the size the BLAS pool had at the first
-parallel step (which honours OPENBLAS_NUM_THREADS and threadpoolctl limits).
+`fj.config.threads` (env FLOWJIT_THREADS) chooses: "auto" adapts, up to the size the
+BLAS pool had at the first parallel step (which honours OPENBLAS_NUM_THREADS and
+threadpoolctl limits); a number fixes the count; None (the default) leaves the pool as
+it is. Adapting is not the default yet: a reduction split over the pool adds its
+partial sums per thread, so a changed count changes the last bits of a result, and on
+the development VM a kernel thread that wakes now and then (DAMON's kdamond) made the
+count change on a quiet machine, so two runs of the same program could differ.
+Splitting rows into blocks whose number does not depend on the thread count comes
+first.
 """
 import os
 import time
@@ -24,8 +33,14 @@ from ...config import config
 from . import pool
 
 INTERVAL = 0.05
+# A new count is taken only after this many samples in a row agree on it. A sample can
+# be wrong for an instant (a thread of ours that went to sleep between reading the
+# count and reading its state counts as another process's), and every change of the
+# count changes how reductions split their rows, so results would differ in the last
+# bits from one quiet run to the next.
+AGREE = 3
 
-state = {"next": 0.0, "max": None, "now": None, "fixed": None}
+state = {"next": 0.0, "max": None, "now": None, "fixed": None, "recent": []}
 
 
 def _cores():
@@ -77,7 +92,9 @@ def adapt():
         return
     state["next"] = now + INTERVAL
     fixed = config.threads
-    if fixed is not None:
+    if fixed is None:
+        return
+    if fixed != "auto":
         if state["fixed"] != fixed:
             state["fixed"] = fixed
             set_threads(max(int(fixed), 1))
@@ -91,4 +108,8 @@ def adapt():
     others = others_runnable()
     if others is None:
         return
-    set_threads(max(1, min(state["max"], _cores() - others)))
+    recent = state["recent"]
+    recent.append(max(1, min(state["max"], _cores() - others)))
+    del recent[:-AGREE]
+    if len(recent) == AGREE and all(n == recent[0] for n in recent):
+        set_threads(recent[0])
