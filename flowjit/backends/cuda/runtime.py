@@ -156,13 +156,6 @@ def col_splits(rows, length):
     return max(1, min((target + rows - 1) // max(rows, 1), (length + 15) // 16, 1024))
 
 
-def is_device_array(x):
-    """A numba device array (real or simulated) or anything with __cuda_array_interface__."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    return SIM and type(x).__name__ == "FakeCUDAArray"
-
-
 def as_device_array(x):
     """A numba device array over x's memory (no copy): CuPy arrays, torch CUDA tensors,
     numba device arrays."""
