@@ -14,11 +14,6 @@ import numba as _numba
 if "NUMBA_THREADING_LAYER" not in _os.environ:
     _numba.config.THREADING_LAYER = "workqueue"
 
-# SciPy's OpenBLAS (what Numba's np.dot calls) spins ~0.1 s after each call, holding a
-# core the next parallel kernel needs: flowjit loads it now with a short spin limit.
-from .backends.cpu import blas_pool as _blas_pool  # noqa: E402
-_blas_pool.configure()
-
 from . import ops as _ops  # noqa: F401  (registers every op)
 from . import errors
 from .dtypes import DType, as_dtype, float32, float64, int32, int64, bool_ as bool  # noqa: A004

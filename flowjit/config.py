@@ -14,12 +14,12 @@ class _Config:
         # so compiling its entry would cost seconds and save nothing measurable).
         self.entry_overhead_share = float(os.environ.get("FLOWJIT_ENTRY_OVERHEAD_SHARE", "0.2"))
         self.log_device_placement = False
-        # Threads for GEMMs and parallel loops: None keeps the BLAS pool's own count;
-        # "auto" adapts to the machine (all the pool's threads while it is quiet, fewer
-        # while other processes want the cores: backends/cpu/threads.py); a number
+        # Threads for GEMMs and parallel loops (backends/cpu/threads.py): "auto" (the
+        # default) uses SciPy's OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl), at
+        # most the cores, and fewer while other processes want the cores; a number
         # fixes the count.
         t = os.environ.get("FLOWJIT_THREADS", "").strip().lower()
-        self.threads = None if not t else ("auto" if t == "auto" else int(t))
+        self.threads = "auto" if t in ("", "auto") else int(t)
 
 
 config = _Config()

@@ -1,15 +1,16 @@
 """`python -m perf --contend K`: the training benchmarks beside K busy processes that
 the run starts itself, each row next to the same row on the quiet machine.
 
-A learner's laptop or a shared CI runner is rarely quiet. flowjit splits GEMMs and big
-loops statically between threads, so a thread another process holds can stall a whole
-step; with `fj.config.threads = "auto"` backends/cpu/threads.py then runs on fewer
-threads. Four passes, one process: quiet; beside K busy processes (flowjit's default
-threads); so with "auto"; so with flowjit fixed to one thread (what adapting must never
-be slower than). Baselines (NumPy,
-and PyTorch / JAX where installed) run in every pass, taking turns with flowjit as in
-the normal run. The busy processes are plain Python loops with a deadline of their own
-(they stop even if this process dies) and are killed at the end."""
+A learner's laptop or a shared CI runner is rarely quiet. flowjit's parallel work runs
+on a help-first pool (the caller never waits for a descheduled worker), and by default
+fewer workers help while other processes want the cores (backends/cpu/threads.py).
+Four passes, one process: quiet; beside K busy processes with flowjit's default
+("auto"); so with every thread of the pool working (the count fixed, no adapting: what
+help-first alone gives); so with flowjit on one thread (what the default must never be
+slower than). Baselines (NumPy, and PyTorch / JAX where installed) run in every pass,
+taking turns with flowjit as in the normal run. The busy processes are plain Python
+loops with a deadline of their own (they stop even if this process dies) and are
+killed at the end."""
 import subprocess
 import sys
 import time
@@ -49,47 +50,49 @@ def _run(benches, cfg):
 
 
 def run(cfg, k, only):
-    """The three passes; returns (table text, rows as dicts)."""
+    """The four passes; returns (table text, rows as dicts)."""
     import flowjit as fj
+    from flowjit.backends.cpu import threads
     benches = [b for b in common.REGISTRY if b.__name__ in TRAINING
                and (not only or any(s in b.__name__ for s in only))]
     print("[perf] quiet pass", file=sys.stderr, flush=True)
     quiet = _run(benches, cfg)
+    saved = fj.config.threads
     with busy(k):
-        print(f"[perf] beside {k} busy processes", file=sys.stderr, flush=True)
-        loaded = _run(benches, cfg)
-        saved = fj.config.threads
         try:
-            print(f"[perf] beside {k} busy processes, threads auto", file=sys.stderr, flush=True)
-            fj.config.threads = "auto"
-            auto = _run(benches, cfg)
+            print(f"[perf] beside {k} busy processes (threads {saved})", file=sys.stderr, flush=True)
+            loaded = _run(benches, cfg)
+            fj.config.threads = threads.state["size"] or threads._cores()
+            print(f"[perf] beside {k} busy processes, all {fj.config.threads} threads working",
+                  file=sys.stderr, flush=True)
+            fixed = _run(benches, cfg)
             print(f"[perf] beside {k} busy processes, flowjit on one thread", file=sys.stderr, flush=True)
             fj.config.threads = 1
             one = _run(benches, cfg)
         finally:
             fj.config.threads = saved
-    return table(quiet, loaded, auto, one, k)
+    return table(quiet, loaded, fixed, one, k)
 
 
 def _ms(s):
     return "-" if s is None else f"{s * 1e3:.2f} ms"
 
 
-def table(quiet, loaded, auto, one, k):
+def table(quiet, loaded, fixed, one, k):
     head = ["benchmark", "quiet flowjit", "quiet baseline", "quiet ratio",
-            f"K={k} flowjit", f"K={k} baseline", f"K={k} ratio", f"K={k} flowjit auto",
-            f"K={k} flowjit 1 thread", "auto / 1 thread"]
+            f"K={k} flowjit", f"K={k} baseline", f"K={k} ratio", f"K={k} all threads",
+            f"K={k} 1 thread", "flowjit / 1 thread"]
     cells, out = [], []
     for name, q in quiet.items():
-        c, a, o = loaded.get(name), auto.get(name), one.get(name)
+        c, a, o = loaded.get(name), fixed.get(name), one.get(name)
         row = [name, _ms(q.flowjit_s), _ms(q.baseline_s), f"{q.ratio:.2f}x",
                _ms(c and c.flowjit_s), _ms(c and c.baseline_s),
                "-" if c is None else f"{c.ratio:.2f}x", _ms(a and a.flowjit_s), _ms(o and o.flowjit_s),
-               "-" if not (a and o) else f"{a.flowjit_s / o.flowjit_s:.2f}"]
+               "-" if not (c and o) else f"{c.flowjit_s / o.flowjit_s:.2f}"]
         cells.append(row)
         out.append(dict(name=name, quiet_flowjit_s=q.flowjit_s, quiet_baseline_s=q.baseline_s,
                         contended_flowjit_s=c and c.flowjit_s, contended_baseline_s=c and c.baseline_s,
-                        contended_auto_s=a and a.flowjit_s, contended_one_thread_s=o and o.flowjit_s))
+                        contended_all_threads_s=a and a.flowjit_s, contended_one_thread_s=o and o.flowjit_s))
     widths = [max(len(r[i]) for r in cells + [head]) for i in range(len(head))]
     lines = [" | ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
              for r in [head] + cells]

@@ -86,9 +86,11 @@ def thread_info():
             f"{p['internal_api']}:{p['num_threads']}" for p in pools))
     except ImportError:
         pass
-    from flowjit.backends.cpu import blas_pool, pool
-    parts.append(blas_pool.describe())
-    parts.append("parallel loops on the OpenBLAS pool" if pool.available() else "parallel loops on prange")
+    from flowjit import config
+    from flowjit.backends.cpu import blas, pool
+    parts.append(f"flowjit threads {config.threads}")
+    parts.append("parallel loops on flowjit's pool" if pool.available() else "parallel loops on prange")
+    parts.append(blas.state["why"] or "GEMMs not started")
     return ", ".join(parts)
 
 
@@ -210,8 +212,8 @@ def _contended(args, cfg, tmp_cache, saved_cache_env, t_start):
     finally:
         _restore_cache(tmp_cache, saved_cache_env)
     print(f"\nflowjit training benchmarks, quiet and beside {args.contend} busy processes "
-          f"(medians over {cfg.steps} steps; ratio = baseline/flowjit; auto / 1 thread "
-          f"< 1 means adapting beat one fixed thread)")
+          f"(medians over {cfg.steps} steps; ratio = baseline/flowjit; flowjit / 1 thread "
+          f"<= 1 means the default was no slower than one fixed thread)")
     print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {thread_info()}\n")
     print(text)
     if cfg.skipped:

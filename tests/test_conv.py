@@ -254,24 +254,24 @@ def test_conv2d_direct_kernels_small_cnn_layer():
     assert_close(got[2], want_dw.astype(np.float32), rtol=1e-4, atol=5e-3)
 
 
-@pytest.mark.parametrize("parallel", ["blas_pool", "blas_pool_one_thread", "prange"])
+@pytest.mark.parametrize("parallel", ["pool", "pool_one_thread", "prange"])
 def test_conv2d_direct_kernels_float64_edges_tails_and_fallback(monkeypatch, parallel):
     # direct kernels on a small float64 layer (thresholds lowered): odd sizes, mixed
     # strides, SAME and explicit pads cutting windows at every edge, 7 output channels
     # (a tail after every channel block); then the same compiled kernels with another
     # channel count (symbolic) must take the generic path and still be right. Their
-    # parallel loops run on the BLAS thread pool (or serially, with one BLAS thread),
+    # parallel loops run on flowjit's pool (or serially, with one BLAS thread),
     # or as a Numba prange where there is no pool.
     import contextlib
     from flowjit.backends.cpu import pool
     from flowjit.backends.cpu import conv_lowering as conv
-    if parallel.startswith("blas_pool") and not pool.available():
-        pytest.skip("no OpenBLAS thread pool here")
+    if parallel.startswith("pool") and not pool.available():
+        pytest.skip("no thread pool here")
     monkeypatch.setitem(pool.state, "available", parallel != "prange")
     monkeypatch.setattr(conv, "DIRECT_MIN_MACS", 0)
     monkeypatch.setattr(conv, "DIRECT_MIN_BLOCKED", 0.0)
     limit = contextlib.nullcontext
-    if parallel == "blas_pool_one_thread":
+    if parallel == "pool_one_thread":
         threadpoolctl = pytest.importorskip("threadpoolctl")
         limit = lambda: threadpoolctl.threadpool_limits(1, user_api="blas")  # noqa: E731
     jitted = fj.jit(_conv_loss, static_argnames=("strides", "padding", "dilations", "data_format"))

@@ -184,10 +184,10 @@ def test_tracer_misuse_is_a_clear_error():
 @pytest.mark.parametrize("pool_available", [True, False])
 def test_large_parallel_kernels(rng, monkeypatch, pool_available):
     # above the parallel threshold both kernels get a parallel path: row blocks on the
-    # BLAS thread pool, or Numba's prange where there is no usable OpenBLAS
+    # pool, or Numba's prange where there is none
     from flowjit.backends.cpu import pool
     if pool_available and not pool.available():
-        pytest.skip("no OpenBLAS thread pool here")
+        pytest.skip("no thread pool here")
     monkeypatch.setitem(pool.state, "available", pool_available)
     x = rng.standard_normal(600_000 + pool_available).astype(np.float32)
     f = fj.jit(lambda a: (fj.sigmoid(a) * 2.0, fj.reduce_sum(a * a)))

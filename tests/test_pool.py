@@ -1,7 +1,7 @@
-"""Loop kernels on the BLAS thread pool (backends/cpu/pool.py): with the size threshold
+"""Loop kernels on flowjit's thread pool (backends/cpu/pool.py): with the size threshold
 lowered to one element, every poolable kernel of these small programs is split into
-row blocks run on OpenBLAS's threads; results must equal NumPy's (and the serial
-kernels', with the pool limited to one thread)."""
+row blocks run on the pool; results must equal NumPy's (and the serial kernels', with
+the pool limited to one thread)."""
 import numpy as np
 import pytest
 
@@ -9,7 +9,7 @@ import flowjit as fj
 from flowjit.backends.cpu import codegen, loader, pool
 from conftest import assert_close
 
-pytestmark = pytest.mark.skipif(not pool.available(), reason="no OpenBLAS thread pool here")
+pytestmark = pytest.mark.skipif(not pool.available(), reason="no thread pool here")
 
 
 @pytest.fixture

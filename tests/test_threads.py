@@ -1,34 +1,43 @@
-"""The thread count of parallel work adapts to the machine (backends/cpu/threads.py):
-results are the same on one thread as on the whole pool, the count drops to one while
-other processes want every core, and fj.config.threads fixes it."""
+"""Parallel work on flowjit's help-first pool (backends/cpu/scheduler.py, threads.py):
+the caller never waits for a worker that has not started, results are the same to the
+bit however many threads helped, the count of helping threads drops while other
+processes want every core, and fj.config.threads / SciPy's BLAS count set the pool."""
+import os
+import threading
+
 import numpy as np
 import pytest
+from numba import carray, cfunc, types
 
 import flowjit as fj
-from flowjit.backends.cpu import pool, threads as T
+from flowjit.backends.cpu import blas, pool, scheduler as S, threads as T
+
+pytestmark = pytest.mark.skipif(not pool.available(), reason=S.state["why"])
 
 
 @pytest.fixture
 def fresh_threads(monkeypatch):
-    """A clean sampling state (sampled at the next call), restored afterwards."""
-    saved, size = dict(T.state), T._pool_size()
+    """A clean sampling state (sampled at the next call), the hooks off afterwards."""
     monkeypatch.setattr(fj.config, "threads", "auto")
-    T.state.update(next=0.0, fixed=None, recent=[])
+    T.state.update(next=0.0, size=None, now=None, recent=[])
     yield
-    T.state["now"] = None
-    T.set_threads(size)
-    T.state.update(saved)
+    S.set_test_hooks(paused=False, delay_us=0)
+    T.state.update(next=0.0, size=None, now=None, recent=[])
 
 
 def _step():
-    # big enough for the BLAS pool (>= 2^16 elements) and a threaded GEMM
+    # big enough for the pool (>= 2^16 elements) and a GEMM split into blocks
     @fj.jit
     def f(a, b):
         h = fj.sigmoid(fj.matmul(a, b))
-        return fj.reduce_sum(h * h, axis=0), fj.reduce_sum(h)
+        return fj.reduce_sum(h * h, axis=0), fj.reduce_sum(h), fj.reduce_max(h, axis=1)
     rng = np.random.default_rng(0)
     return f, rng.standard_normal((384, 256)).astype(np.float32), \
         rng.standard_normal((256, 384)).astype(np.float32)
+
+
+def _numpy(outs):
+    return [o.numpy() for o in outs]
 
 
 def _sampled(f, a, b):
@@ -36,12 +45,19 @@ def _sampled(f, a, b):
     for _ in range(T.AGREE):
         T.state["next"] = 0.0
         out = f(a, b)
-    return out
+    return _numpy(out)
 
 
-def _reference(a, b):
+def _check_reference(outs, a, b):
     h = 1 / (1 + np.exp(-(a.astype(np.float64) @ b.astype(np.float64))))
-    return (h * h).sum(axis=0), h.sum()
+    np.testing.assert_allclose(outs[0], (h * h).sum(axis=0), rtol=2e-4)
+    np.testing.assert_allclose(float(outs[1]), h.sum(), rtol=2e-4)
+    np.testing.assert_allclose(outs[2], h.max(axis=1), rtol=2e-5)
+
+
+def _same_bits(x, y):
+    for p, q in zip(x, y):
+        assert np.array_equal(p, q)
 
 
 def test_step_has_parallel_work():
@@ -53,43 +69,136 @@ def test_step_has_parallel_work():
 
 def test_busy_machine_runs_everything_on_the_calling_thread(fresh_threads, monkeypatch):
     f, a, b = _step()
-    want = _reference(a, b)
+    monkeypatch.setattr(T, "others_runnable", lambda: 0)
+    quiet = _sampled(f, a, b)
     monkeypatch.setattr(T, "others_runnable", lambda: 64)      # every core taken by others
-    for _ in range(2):
-        col, total = _sampled(f, a, b)
-        assert T.state["now"] == 1
-        if pool.available() and "get" in pool.state:
-            assert pool.state["get"]() == 1
-        np.testing.assert_allclose(col.numpy(), want[0], rtol=2e-4)
-        np.testing.assert_allclose(float(total), want[1], rtol=2e-4)
+    busy = _sampled(f, a, b)
+    assert T.state["now"] == 1 and S.helpers() == 0
+    _check_reference(busy, a, b)
+    _same_bits(busy, quiet)
 
 
 def test_quiet_machine_uses_the_whole_pool(fresh_threads, monkeypatch):
     f, a, b = _step()
+    size = T.state["size"] or min(blas.get_threads() or 1, T._cores())
     monkeypatch.setattr(T, "others_runnable", lambda: 0)
     _sampled(f, a, b)
-    assert T.state["now"] == T.state["max"]
+    assert T.state["now"] == T.state["size"] == size
+    assert S.helpers() == size - 1
     monkeypatch.setattr(T, "others_runnable", lambda: 64)
     T.state["next"] = 0.0
     f(a, b)
-    assert T.state["now"] == T.state["max"], "one busy sample is not enough to change"
+    assert T.state["now"] == size, "one busy sample is not enough to change"
     _sampled(f, a, b)
     assert T.state["now"] == 1
     monkeypatch.setattr(T, "others_runnable", lambda: 0)
-    col, _ = _sampled(f, a, b)
-    assert T.state["now"] == T.state["max"]
-    np.testing.assert_allclose(col.numpy(), _reference(a, b)[0], rtol=2e-4)
+    _sampled(f, a, b)
+    assert T.state["now"] == size
 
 
-def test_config_threads_fixes_the_count(fresh_threads, monkeypatch):
+def test_same_bits_when_a_worker_is_late_or_never_starts(fresh_threads, monkeypatch):
+    """The caller-runs-everything path: workers kept from taking blocks (paused), or
+    sleeping 2 ms before they take one; the pool is given 2 threads even on 1 core."""
     f, a, b = _step()
-    monkeypatch.setattr(T, "others_runnable", lambda: pytest.fail("sampled despite a fixed count"))
+    monkeypatch.setattr(fj.config, "threads", 2)
+    want = _numpy(f(a, b))
+    _check_reference(want, a, b)
+    S.set_test_hooks(paused=True)
+    for _ in range(3):
+        _same_bits(_numpy(f(a, b)), want)
+    S.set_test_hooks(paused=False, delay_us=2000)
+    for _ in range(3):
+        _same_bits(_numpy(f(a, b)), want)
+
+
+def test_fixed_thread_count(fresh_threads, monkeypatch):
+    f, a, b = _step()
     monkeypatch.setattr(fj.config, "threads", 1)
-    col, _ = f(a, b)
-    assert T.state["now"] == 1
-    np.testing.assert_allclose(col.numpy(), _reference(a, b)[0], rtol=2e-4)
+    one = _numpy(f(a, b))
+    assert S.size() == 1 and S.helpers() == 0
+    _check_reference(one, a, b)
+    monkeypatch.setattr(fj.config, "threads", 3)
+    f(a, b)
+    assert S.size() == 3 and S.helpers() == 2
 
 
-def test_others_runnable_reads_the_machine():
-    n = T.others_runnable()
-    assert n is None or (isinstance(n, int) and n >= 0)
+def test_blas_count_is_the_pool_size_and_is_restored(fresh_threads):
+    """SciPy's OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl) sizes the pool; the
+    step runs BLAS single-threaded and gives the count back."""
+    if blas.get_threads() is None:
+        pytest.skip("SciPy's OpenBLAS thread count cannot be read")
+    f, a, b = _step()
+    before = blas.get_threads()
+    try:
+        blas.set_threads(1)           # what threadpool_limits(1) does
+        f(a, b)
+        assert S.size() == 1 and blas.get_threads() == 1
+        blas.set_threads(2)
+        f(a, b)
+        assert S.size() == min(2, T._cores()) and blas.get_threads() == 2
+    finally:
+        blas.set_threads(before)
+
+
+# ---- the scheduler on its own ---------------------------------------------------------
+@cfunc(types.void(types.CPointer(types.int64)))
+def _fill_task(p):
+    """Record [address, first, end, size, tag]: out[first:end] = i * 3 + tag."""
+    out = carray(pool.ptr_int64(p[0]), (p[3],))
+    for i in range(p[1], p[2]):
+        out[i] = i * 3 + p[4]
+
+
+def _records(out, blocks, tag):
+    n = len(out)
+    return np.array([[out.ctypes.data, b * n // blocks, (b + 1) * n // blocks, n, tag]
+                     for b in range(blocks)], np.int64)
+
+
+def test_many_jobs_in_a_row_with_late_workers(fresh_threads):
+    """Job after job while workers wake late: a worker that claims must never run a
+    block of one job with another job's task or records."""
+    S.configure(2, 1)
+    S.set_test_hooks(delay_us=50)
+    out = np.zeros(4096, np.int64)
+    for tag in range(300):
+        S.run_python(16, _fill_task.address, _records(out, 16, tag))
+        assert np.array_equal(out, np.arange(4096) * 3 + tag), tag
+
+
+def test_two_callers_at_once(fresh_threads):
+    """A second caller that finds the pool busy runs its own blocks."""
+    S.configure(2, 1)
+    outs = [np.zeros(1 << 15, np.int64) for _ in range(2)]
+    errors = []
+
+    def call(k):
+        try:
+            for tag in range(100):
+                S.run_python(8, _fill_task.address, _records(outs[k], 8, tag + k))
+                if not np.array_equal(outs[k], np.arange(1 << 15) * 3 + tag + k):
+                    errors.append((k, tag))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    ts = [threading.Thread(target=call, args=(k,)) for k in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_runs_steps(fresh_threads):
+    f, a, b = _step()
+    want = _numpy(f(a, b))
+    pid = os.fork()
+    if pid == 0:                       # the child: none of the parent's workers exist
+        code = 1
+        try:
+            got = _numpy(f(a, b))
+            code = 0 if all(np.array_equal(p, q) for p, q in zip(got, want)) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

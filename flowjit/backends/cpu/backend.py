@@ -85,33 +85,38 @@ class CpuExecutable:
 
     def _run_python(self, args):
         self.calls += 1
-        if self.parallel:
-            threads.adapt()
         if self.calls == 1:
             if loader.has_disk_cache(self.entry_name):
                 self.compile_for(args)
                 self.run = self._run_njit
-                return self.entry(*args)
-            return self._counted(self.py_entry, args)
+                return self._parallel(self.entry, args)
+            return self._parallel(lambda *a: self._counted(self.py_entry, a), args)
         if self.calls >= config.compile_entry_after:
             # compile the entry only where the Python tier's overhead is worth removing;
             # decided from the traced sizes, so every process decides the same way
             if self.python_share >= config.entry_overhead_share:
                 self.compile_for(args)
                 self.run = self._run_njit
-                return self.entry(*args)
+                return self._parallel(self.entry, args)
             self.run = self._run_python_only
-        return self.py_entry(*args)
+        return self._parallel(self.py_entry, args)
 
     def _run_python_only(self, args):
-        if self.parallel:
-            threads.adapt()
-        return self.py_entry(*args)
+        return self._parallel(self.py_entry, args)
 
     def _run_njit(self, args):
-        if self.parallel:      # as many threads as the machine has free now
-            threads.adapt()
-        return self.entry(*args)
+        return self._parallel(self.entry, args)
+
+    def _parallel(self, fn, args):
+        """fn(*args); with parallel work, on as many threads as the machine has free now
+        and with SciPy's BLAS single-threaded meanwhile (threads.py)."""
+        if not self.parallel:
+            return fn(*args)
+        user = threads.begin()
+        try:
+            return fn(*args)
+        finally:
+            threads.end(user)
 
     def _counted(self, fn, args):
         """Call fn; kernels compiled (or loaded from disk) on the way are counted."""

@@ -484,21 +484,20 @@ def red_update(red, acc, v):
 
 
 def pool_dispatch(params, arrays, C, partials, key):
-    """Kernel lines that split a big loop into row blocks, one record per block (see
-    pool.record_lines), run on the BLAS pool as task `key`. partials: the reductions over
-    the first loop (Reductions): each block writes its own slice of a (blocks, ...)
-    array, combined into the output afterwards."""
+    """Kernel lines that split a big loop into block_count(n0) row blocks, one record
+    per block (see pool.record_lines), run on the pool as task `key`. partials: the
+    reductions over the first loop (Reductions): each block writes its own slice of a
+    (blocks, ...) array, combined into the output afterwards in block order."""
     out = [f"    if {' * '.join(f'n{c}' for c in range(C))} >= {POOL_MIN}:",
-           "        nt = min(pool_threads(), n0)",
+           "        nt = block_count(n0)",
            "        if nt > 1:",
-           f"            rec = np.empty((nt, {pool.record_width(params, arrays)}), np.int64)",
-           "            step = (n0 + nt - 1) // nt"]
+           f"            rec = np.empty((nt, {pool.record_width(params, arrays)}), np.int64)"]
     part = {r.param: f"part_{r.param}" for r in partials}
     for r in partials:
         out.append(f"            {part[r.param]} = np.empty((nt,) + {r.param}.shape, {r.param}.dtype)")
     out += ["            for t in range(nt):",
-            "                rec[t, 0] = t * step",
-            "                rec[t, 1] = min(n0, (t + 1) * step)"]
+            "                rec[t, 0] = t * n0 // nt",
+            "                rec[t, 1] = (t + 1) * n0 // nt"]
     out += pool.record_lines(params, arrays, " " * 16, lambda p: f"{part[p]}[t]" if p in part else p)
     out.append(f"            pool_run(nt, '{key}', rec)")
     for r in partials:

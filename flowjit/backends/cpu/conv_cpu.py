@@ -4,7 +4,7 @@ each of them once per process and caches it on disk, instead of once per driver.
 
 Two ways to use the cores, chosen per call:
 - serial chunks: the unfolding runs serially a chunk of rows at a time (the chunk stays
-  in cache) and each chunk is one BLAS call, which brings its own threads;
+  in cache) and each chunk is one GEMM, split into blocks on flowjit's pool (blas.py);
 - parallel chunks, for "skinny" layers (few output channels: K*CO small, so a GEMM
   small enough for OpenBLAS to run on the calling thread still has many rows): a Numba
   prange over chunks, each unfolded and multiplied by one thread. The unfold/fold
@@ -15,6 +15,8 @@ Every size, stride, dilation and pad is a run-time value.
 """
 import numpy as np
 from numba import njit, prange
+
+from .runtime_lib import gemm_nn, gemm_nt, gemm_tn
 
 # im2col chunk size in elements: 4 MiB of float32 stays in L3, and few chunks mean few
 # BLAS calls (each multi-threaded call is a synchronisation, costly on a busy machine);
@@ -213,9 +215,9 @@ def bp_filter_transposed(x, g2, d2, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl):
         colT = buf[:K * rr].reshape((K, rr))
         im2col_t(x, colT, t0, t1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
         if t0 == 0:
-            np.dot(colT, g2[t0 * OW:t1 * OW], d2)
+            gemm_nn(colT, g2[t0 * OW:t1 * OW], d2)
         else:
-            np.dot(colT, g2[t0 * OW:t1 * OW], part)
+            gemm_nn(colT, g2[t0 * OW:t1 * OW], part)
             d2 += part
 
 
@@ -317,7 +319,7 @@ def conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl):
     w2 = w.reshape((K, CO))
     o2 = out.reshape((M, CO))
     if is_pointwise(KH, KW, sh, sw, pt, pl, OH, OW, H, W):
-        np.dot(x.reshape((M, C)), w2, o2)
+        gemm_nn(x.reshape((M, C)), w2, o2)
         return
     if K <= DIRECT_MAX_K:
         conv_direct(x, w, out, sh, sw, dh, dw, pt, pl)
@@ -331,7 +333,7 @@ def conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl):
     for r0 in range(0, M, R):
         r1 = min(M, r0 + R)
         im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
-        np.dot(col[:r1 - r0], w2, o2[r0:r1])
+        gemm_nn(col[:r1 - r0], w2, o2[r0:r1])
 
 
 @njit(cache=True, error_model='numpy', fastmath=True)
@@ -341,7 +343,7 @@ def conv2d_backprop_input(g, w, dx, sh, sw, dh, dw, pt, pl):
     w2 = w.reshape((K, CO))
     g2 = g.reshape((M, CO))
     if is_pointwise(KH, KW, sh, sw, pt, pl, OH, OW, H, W):
-        np.dot(g2, w2.T, dx.reshape((M, C)))
+        gemm_nt(g2, w2, dx.reshape((M, C)))
         return
     R = par_rows(M, K, CO)
     if R > 0:
@@ -352,7 +354,7 @@ def conv2d_backprop_input(g, w, dx, sh, sw, dh, dw, pt, pl):
     col = np.empty((R, K), g.dtype)
     for r0 in range(0, M, R):
         r1 = min(M, r0 + R)
-        np.dot(g2[r0:r1], w2.T, col[:r1 - r0])
+        gemm_nt(g2[r0:r1], w2, col[:r1 - r0])
         col2im_add(col, dx, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
 
 
@@ -363,7 +365,7 @@ def conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl):
     d2 = dw_.reshape((K, CO))
     g2 = g.reshape((M, CO))
     if is_pointwise(KH, KW, sh, sw, pt, pl, OH, OW, H, W):
-        np.dot(x.reshape((M, C)).T, g2, d2)
+        gemm_tn(x.reshape((M, C)), g2, d2)
         return
     R = par_rows(M, K, CO)
     if R > 0 and C >= TRANSPOSED_MAX_C:
@@ -379,7 +381,7 @@ def conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl):
         r1 = min(M, r0 + R)
         im2col(x, col, r0, r1, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl)
         if r0 == 0:
-            np.dot(col[:r1 - r0].T, g2[r0:r1], d2)
+            gemm_tn(col[:r1 - r0], g2[r0:r1], d2)
         else:
-            np.dot(col[:r1 - r0].T, g2[r0:r1], part)
+            gemm_tn(col[:r1 - r0], g2[r0:r1], part)
             d2 += part

@@ -239,7 +239,7 @@ def {fname}(x, w, out, sh, sw, dh, dw, pt, pl):
     N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(x.shape, w.shape, out.shape)
     w2 = w.reshape((K, CO))
     o2 = out.reshape((M, CO))
-{_fixed_chunks(fixed, "np.dot(col[:rr], w2, o2[t0 * OW:t1 * OW])")}    conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl)
+{_fixed_chunks(fixed, "gemm_nn(col[:rr], w2, o2[t0 * OW:t1 * OW])")}    conv2d_forward(x, w, out, sh, sw, dh, dw, pt, pl)
 {_im2col_fixed(fixed)}{_IMPORTS}"""
 
 
@@ -264,7 +264,7 @@ def {fname}(x, g, dw_, sh, sw, dh, dw, pt, pl):
     N, H, W, C, KH, KW, CO, OH, OW, K, M = conv_dims(x.shape, dw_.shape, g.shape)
     d2 = dw_.reshape((K, CO))
     g2 = g.reshape((M, CO))
-{_fixed_chunks(fixed, "np.dot(col[:rr].T, g2[t0 * OW:t1 * OW], d2 if t0 == 0 else part)", True)}    conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl)
+{_fixed_chunks(fixed, "gemm_tn(col[:rr], g2[t0 * OW:t1 * OW], d2 if t0 == 0 else part)", True)}    conv2d_backprop_filter(x, g, dw_, sh, sw, dh, dw, pt, pl)
 {_im2col_fixed(fixed)}{_IMPORTS}"""
 
 

@@ -1,86 +1,42 @@
-"""Parallel loop kernels on the BLAS thread pool.
+"""Parallel loop kernels on flowjit's thread pool (scheduler.py).
 
-A training step alternates GEMMs (SciPy's OpenBLAS, with its own worker threads) and
-fused loops. Running the loops on Numba's thread pool means two pools taking turns on
-the same cores: a pool that sleeps between loops pays a wake-up per loop (157-757 us
-measured for Numba's workqueue layer on a 2-core VM, for loops that take 100-300 us),
-and a pool that spins holds the cores the other pool needs. OpenBLAS can run any C
-function on its own threads (`gotoblas_pthread(n, fn, args, stride)`: the caller runs
-task 0, its workers the others, and it returns when all are done), and right after a
-GEMM those workers are still awake. So a big loop kernel is split into row blocks,
-each described by one int64 record (block rows, sizes, array addresses and shapes), and
-run by a Numba `cfunc` per kernel on OpenBLAS's threads: one pool for everything, as
-PyTorch does with OpenMP.
+A big loop kernel is split into row blocks, each described by one int64 record (block
+rows, sizes, array addresses and shapes), and run by a Numba `cfunc` per kernel on the
+help-first pool, which also runs the blocks of big GEMMs (blas.py): one pool for
+everything, as PyTorch has with OpenMP. How many blocks a loop gets depends on its size
+and the pool's size only, never on how many threads help at the moment, so the result
+is the same to the bit however the blocks were shared out (a reduction over the split
+loop writes one partial result per block and adds them in block order).
 
-Code generation asks `available()`; without a usable OpenBLAS (another BLAS, symbols
-missing) kernels keep Numba's `prange`. Compiled code reaches the pool through two
-symbols registered with LLVM by name (`flowjit_pool_run`, `flowjit_pool_threads`), and a
-kernel's task through `flowjit_task_<kernel>`: addresses change from process to
-process, names do not, so kernels stay in Numba's disk cache.
+Code generation asks `available()`; without the pool (no pthreads) kernels keep Numba's
+`prange`. Compiled code reaches the pool through symbols registered with LLVM by name
+(`flowjit_pool_run`, `flowjit_pool_size`), and a kernel's task through
+`flowjit_task_<kernel>`: addresses change from process to process, names do not, so
+kernels stay in Numba's disk cache.
 """
-import ctypes
-
 import llvmlite.binding as ll
 import llvmlite.ir as lir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-RUN_SYMBOL = "flowjit_pool_run"          # int gotoblas_pthread(int n, void (*)(int64*), int64*, int)
-THREADS_SYMBOL = "flowjit_pool_threads"  # int openblas_get_num_threads(void)
+from . import scheduler
 
-state = {"available": None, "why": ""}
-_keep = []          # ctypes objects whose addresses LLVM holds
+RUN_SYMBOL = scheduler.RUN_SYMBOL      # int run(int n, void (*)(int64*), int64*, int stride)
+SIZE_SYMBOL = scheduler.SIZE_SYMBOL    # int64 size(void)
+# a loop gets up to this many blocks per pool thread: more blocks share out better when
+# a thread joins late, each costs a record and (for a reduction) a partial result
+BLOCKS_PER_THREAD = 4
 
-
-def _cython_blas_path():
-    """The file holding SciPy's cython_blas wrappers (found from its sgemm pointer). The
-    OpenBLAS it calls is among that file's dependencies, which dlsym on it searches."""
-    import scipy.linalg.cython_blas as cb
-    capsule = cb.__pyx_capi__["sgemm"]
-    api = ctypes.pythonapi
-    api.PyCapsule_GetName.restype = ctypes.c_char_p
-    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    ptr = api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
-
-    class DlInfo(ctypes.Structure):
-        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
-                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
-    libc = ctypes.CDLL(None)
-    info = DlInfo()
-    if not libc.dladdr(ctypes.c_void_p(ptr), ctypes.byref(info)) or not info.dli_fname:
-        raise OSError("dladdr found no library for SciPy's sgemm")
-    return info.dli_fname.decode()
+_keep = []          # objects whose addresses LLVM holds
+state = {"available": None}
 
 
 def available():
-    """Whether loop kernels can run on OpenBLAS's threads in this process (found and
-    registered once)."""
+    """Whether loop kernels can run on flowjit's pool in this process."""
     if state["available"] is None:
-        try:
-            path = _cython_blas_path()
-            lib = ctypes.CDLL(path)
-            run = lib.gotoblas_pthread
-            threads = None
-            for name in ("scipy_openblas_get_num_threads", "openblas_get_num_threads"):
-                if hasattr(lib, name):
-                    threads = getattr(lib, name)
-                    break
-            if threads is None:
-                raise OSError("no openblas_get_num_threads")
-            ll.add_symbol(RUN_SYMBOL, ctypes.cast(run, ctypes.c_void_p).value)
-            ll.add_symbol(THREADS_SYMBOL, ctypes.cast(threads, ctypes.c_void_p).value)
-            _keep.extend([lib, run, threads])
-            for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-                if hasattr(lib, name):
-                    state["get"], state["set"] = threads, getattr(lib, name)
-                    break
-            state.update(available=True, why=f"OpenBLAS thread pool (found through {path})")
-        except Exception as e:  # noqa: BLE001  (any failure here only means: no pool)
-            state.update(available=False, why=f"no OpenBLAS pool ({e}); loops use Numba's prange")
+        state["available"] = scheduler.start()
     return state["available"]
 
 
@@ -90,9 +46,9 @@ def register_task(name, cfunc_obj):
     own symbols are registered first: a kernel loaded from Numba's disk cache links
     against them by name, and an unresolved name would be a null call."""
     if not available():
-        raise RuntimeError(f"flowjit: kernel {name} was generated for the OpenBLAS thread pool, "
-                           f"which this process cannot use ({state['why']}); delete the "
-                           "flowjit cache directory to regenerate it")
+        raise RuntimeError(f"flowjit: kernel {name} was generated for flowjit's thread pool, "
+                           f"which this process cannot use ({scheduler.state['why']}); delete "
+                           "the flowjit cache directory to regenerate it")
     ll.add_symbol("flowjit_task_" + name, cfunc_obj.address)
     _keep.append(cfunc_obj)
 
@@ -104,18 +60,24 @@ def _extern(builder, name, ret, args):
 
 
 @intrinsic
-def pool_threads(typingctx):
-    """How many threads OpenBLAS would use now (threadpoolctl limits included)."""
+def pool_size(typingctx):
+    """How many threads the pool has (1 where there is none)."""
     def codegen(context, builder, sig, args):
-        fn = _extern(builder, THREADS_SYMBOL, lir.IntType(32), [])
-        return builder.sext(builder.call(fn, []), lir.IntType(64))
+        fn = _extern(builder, SIZE_SYMBOL, lir.IntType(64), [])
+        return builder.call(fn, [])
     return types.int64(), codegen
+
+
+@njit(cache=True, error_model="numpy")
+def block_count(rows):
+    """The blocks a loop over `rows` outer iterations is cut into (1: run it whole)."""
+    return max(min(rows, pool_size() * BLOCKS_PER_THREAD), 1)
 
 
 @intrinsic
 def pool_run(typingctx, ntasks, task_name, records):
     """Run task `flowjit_task_<task_name>` on rows 0..ntasks-1 of `records` (a C-contiguous
-    int64 2-D array, one record per task) across OpenBLAS's threads; returns when done."""
+    int64 2-D array, one record per task) on the pool; returns when all are done."""
     if not isinstance(task_name, types.StringLiteral):
         raise TypingError("pool_run: the task name must be a string literal")
     if not (isinstance(records, types.Array) and records.dtype == types.int64
@@ -176,9 +138,8 @@ TASK_SIG = types.void(types.CPointer(types.int64))
 # ---- source helpers for generated modules ------------------------------------------
 # A record is [first row, end row, then per parameter: its value (an integer) or its
 # address and shape (an array, `arrays[name] = (dtype name, rank)`)]. A task must not
-# call BLAS (it runs on BLAS's own threads) and must not allocate or raise: Numba
-# reports a cfunc's exception by taking the GIL, which the caller holds while it waits
-# for the task.
+# allocate or raise: Numba reports a cfunc's exception by taking the GIL, which the
+# caller holds while it waits for the task.
 def record_width(params, arrays):
     return 2 + sum(1 + arrays[p][1] if p in arrays else 1 for p in params)
 
@@ -219,14 +180,14 @@ def task_source(key, rows_name, params, arrays):
 
 
 def run_rows_source(key, rows_name, params, arrays):
-    """`<rows_name>_run(total, *params)`: rows 0..total of `rows_name` split into one
-    block per BLAS thread on the pool (in the caller alone with one thread), plus the
-    task it runs. The blocks are contiguous row ranges in order."""
+    """`<rows_name>_run(total, *params)`: rows 0..total of `rows_name` split into
+    block_count(total) contiguous blocks on the pool (in one piece when that is 1),
+    plus the task it runs."""
     width = record_width(params, arrays)
     body = "\n".join([
         "@njit(cache=CACHE, error_model='numpy')",
         f"def {rows_name}_run(total, {', '.join(params)}):",
-        "    nt = min(pool_threads(), total)",
+        "    nt = block_count(total)",
         "    if nt < 2:",
         f"        {rows_name}(np.int64(0), np.int64(total), {', '.join(params)})",
         "        return",

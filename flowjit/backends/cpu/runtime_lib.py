@@ -3,45 +3,55 @@ import numpy as np
 from numba import njit
 
 
-# 2-D float matmuls, one per transpose combination. Compiled once per machine (disk
+from .blas import pooled_gemm, start as _start_blas
+
+_start_blas()      # the symbols the GEMMs below link against, before they compile or load
+
+
+# 2-D float matmuls, one per transpose combination: big ones in blocks on the pool
+# (blas.py), small ones one single-threaded BLAS call. Compiled once per machine (disk
 # cache) and called by every entry, so no entry pays for typing np.dot itself.
 @njit(cache=True, error_model="numpy")
 def gemm_nn(a, b, out):
-    np.dot(a, b, out)
+    if not pooled_gemm(a, b, out, False, False):
+        np.dot(a, b, out)
 
 
 @njit(cache=True, error_model="numpy")
 def gemm_tn(a, b, out):
-    np.dot(a.T, b, out)
+    if not pooled_gemm(a, b, out, True, False):
+        np.dot(a.T, b, out)
 
 
 @njit(cache=True, error_model="numpy")
 def gemm_nt(a, b, out):
-    np.dot(a, b.T, out)
+    if not pooled_gemm(a, b, out, False, True):
+        np.dot(a, b.T, out)
 
 
 @njit(cache=True, error_model="numpy")
 def gemm_tt(a, b, out):
-    np.dot(a.T, b.T, out)
+    if not pooled_gemm(a, b, out, True, True):
+        np.dot(a.T, b.T, out)
 
 
 @njit(cache=True, error_model="numpy")
 def bmm(a, b, out, ta, tb):
-    """Batched float matmul over (batch, rows, cols) arrays, BLAS per batch entry; a
-    batch of 1 broadcasts. (Never called inside prange: BLAS brings its own threads.)"""
+    """Batched float matmul over (batch, rows, cols) arrays, one GEMM per batch entry; a
+    batch of 1 broadcasts."""
     nb = out.shape[0]
     for i in range(nb):
         x = a[i if a.shape[0] > 1 else 0]
         y = b[i if b.shape[0] > 1 else 0]
         o = out[i]
         if ta and tb:
-            np.dot(x.T, y.T, o)
+            gemm_tt(x, y, o)
         elif ta:
-            np.dot(x.T, y, o)
+            gemm_tn(x, y, o)
         elif tb:
-            np.dot(x, y.T, o)
+            gemm_nt(x, y, o)
         else:
-            np.dot(x, y, o)
+            gemm_nn(x, y, o)
 
 
 @njit(cache=True, error_model="numpy")

@@ -1,28 +1,22 @@
-"""How many threads a step's parallel work may use: fewer while other processes want
-the cores.
+"""How many threads a step's parallel work uses: fewer while other processes want the
+cores.
 
-OpenBLAS splits a GEMM statically between its threads, and the loop kernels that run on
-its pool (pool.py) are split the same way, so the caller waits for its slowest thread.
-When another process holds a core, one of those threads is descheduled for a whole
-time slice and the step stalls: on the 2-core VM with two busy processes beside it, the
-MLP digits example took 15x longer with two threads than with one (issue 16). So a
-program with parallel work asks `adapt()` before it runs; at most every INTERVAL
-seconds that samples how many threads of *other* processes are runnable (the kernel's
-count in /proc/loadavg minus this process's running threads) and sets OpenBLAS's and
-Numba's thread counts to the cores left over, at least 1 and at most the pool's size,
-once AGREE samples in a row say so. Results are reproducible to the bit only while
-the count stays the same (a reduction split over more threads adds in another order):
-fix it with `fj.config.threads` where that matters.
-
-`fj.config.threads` (env FLOWJIT_THREADS) chooses: "auto" adapts, up to the size the
-BLAS pool had at the first parallel step (which honours OPENBLAS_NUM_THREADS and
-threadpoolctl limits); a number fixes the count; None (the default) leaves the pool as
-it is. Adapting is not the default yet: a reduction split over the pool adds its
-partial sums per thread, so a changed count changes the last bits of a result, and on
-the development VM a kernel thread that wakes now and then (DAMON's kdamond) made the
-count change on a quiet machine, so two runs of the same program could differ.
-Splitting rows into blocks whose number does not depend on the thread count comes
-first.
+Parallel work (loop kernels and GEMMs split into blocks) runs on flowjit's help-first
+pool (scheduler.py). A step with parallel work calls `begin()` before it runs and
+`end()` after:
+- the pool's *size* is the user's thread count: `fj.config.threads` (env
+  FLOWJIT_THREADS) when it is a number, else SciPy's OpenBLAS count, which honours
+  OPENBLAS_NUM_THREADS and threadpoolctl limits (read at every step), at most the
+  cores this process may use. Jobs are cut into blocks counted from the size, so a
+  result depends on the size alone, never on the load;
+- how many of the pool's workers *help* adapts to the machine ("auto", the default):
+  at most every INTERVAL seconds `begin` samples how many threads of other processes
+  are runnable (the kernel's count in /proc/loadavg minus this process's running
+  threads) and lets as many threads work as there are cores left over, at least the
+  caller, once AGREE samples in a row say so. A worker that is not helping sleeps;
+- SciPy's OpenBLAS runs single-threaded inside the step (the GEMM blocks are
+  single-threaded calls on the pool) and gets the user's count back after it;
+- Numba's prange loops (the generic convolutions) get the helping count too.
 """
 import os
 import time
@@ -30,17 +24,17 @@ import time
 import numba
 
 from ...config import config
-from . import pool
+from . import blas, scheduler
 
 INTERVAL = 0.05
-# A new count is taken only after this many samples in a row agree on it. A sample can
-# be wrong for an instant (a thread of ours that went to sleep between reading the
-# count and reading its state counts as another process's), and every change of the
-# count changes how reductions split their rows, so results would differ in the last
-# bits from one quiet run to the next.
+# A new count is taken only after this many samples in a row agree on it (a sample can
+# be wrong for an instant: a thread of ours that went to sleep between reading the
+# count and reading its state counts as another process's).
 AGREE = 3
 
-state = {"next": 0.0, "max": None, "now": None, "fixed": None, "recent": []}
+state = {"next": 0.0, "size": None, "now": None, "recent": []}
+# a forked child starts without the parent's workers (scheduler.py): configure again
+os.register_at_fork(after_in_child=lambda: state.update(size=None, now=None, recent=[]))
 
 
 def _cores():
@@ -69,47 +63,47 @@ def others_runnable():
     return max(running - mine, 0)
 
 
-def set_threads(n):
-    """OpenBLAS's (GEMMs and the loop pool) and Numba's (prange) thread counts."""
-    if state["now"] == n:
+def _apply(size, working):
+    if (state["size"], state["now"]) == (size, working):
         return
-    state["now"] = n
-    if pool.available() and "set" in pool.state:
-        pool.state["set"](int(n))
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    state["size"], state["now"] = size, working
+    scheduler.configure(size, working - 1)
+    numba.set_num_threads(max(min(working, numba.config.NUMBA_NUM_THREADS), 1))
 
 
-def _pool_size():
-    if pool.available() and "get" in pool.state:
-        return max(int(pool.state["get"]()), 1)
-    return numba.get_num_threads()
-
-
-def adapt():
-    """Before a step with parallel work: the thread count for the machine as it is now."""
+def _sample(size):
+    """The working count for the machine as it is now (the last agreed one meanwhile)."""
     now = time.monotonic()
-    if now < state["next"]:
-        return
+    if now < state["next"] and state["now"] is not None:
+        return min(state["now"], size)
     state["next"] = now + INTERVAL
-    fixed = config.threads
-    if fixed is None:
-        return
-    if fixed != "auto":
-        if state["fixed"] != fixed:
-            state["fixed"] = fixed
-            set_threads(max(int(fixed), 1))
-        return
-    state["fixed"] = None
-    if state["max"] is None:
-        state["max"] = _pool_size()
-        state["now"] = state["max"]
-    if state["max"] < 2:
-        return
     others = others_runnable()
     if others is None:
-        return
+        return size
     recent = state["recent"]
-    recent.append(max(1, min(state["max"], _cores() - others)))
+    recent.append(max(1, min(size, _cores() - others)))
     del recent[:-AGREE]
     if len(recent) == AGREE and all(n == recent[0] for n in recent):
-        set_threads(recent[0])
+        return recent[0]
+    return size if state["now"] is None else min(state["now"], size)
+
+
+def begin():
+    """Before a step with parallel work: set the pool up for the machine as it is now.
+    Returns what end() restores (SciPy's OpenBLAS thread count)."""
+    user = blas.get_threads()
+    fixed = config.threads
+    if fixed not in (None, "auto"):
+        size = working = max(int(fixed), 1)
+    else:
+        size = max(min(user if user is not None else _cores(), _cores()), 1)
+        working = _sample(size) if size > 1 else 1
+    _apply(size, working)
+    if user is not None and user != 1:
+        blas.set_threads(1)
+    return user
+
+
+def end(user):
+    if user is not None and user != 1:
+        blas.set_threads(user)
