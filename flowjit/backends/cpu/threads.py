@@ -32,9 +32,9 @@ INTERVAL = 0.05
 # count and reading its state counts as another process's).
 AGREE = 3
 
-state = {"next": 0.0, "size": None, "now": None, "recent": []}
+state = {"next": 0.0, "size": None, "now": None, "recent": [], "asked": None}
 # a forked child starts without the parent's workers (scheduler.py): configure again
-os.register_at_fork(after_in_child=lambda: state.update(size=None, now=None, recent=[]))
+os.register_at_fork(after_in_child=lambda: state.update(size=None, now=None, recent=[], asked=None))
 
 
 def _cores():
@@ -92,13 +92,16 @@ def begin():
     """Before a step with parallel work: set the pool up for the machine as it is now.
     Returns what end() restores (SciPy's OpenBLAS thread count)."""
     user = blas.get_threads()
-    fixed = config.threads
-    if fixed not in (None, "auto"):
-        size = working = max(int(fixed), 1)
-    else:
-        size = max(min(user if user is not None else _cores(), _cores()), 1)
-        working = _sample(size) if size > 1 else 1
-    _apply(size, working)
+    if (user, config.threads) != state["asked"] or time.monotonic() >= state["next"]:
+        state["asked"] = (user, config.threads)
+        fixed = config.threads
+        if fixed not in (None, "auto"):
+            size = working = max(int(fixed), 1)
+            state["next"] = time.monotonic() + INTERVAL
+        else:
+            size = max(min(user if user is not None else _cores(), _cores()), 1)
+            working = _sample(size) if size > 1 else 1
+        _apply(size, working)
     if user is not None and user != 1:
         blas.set_threads(1)
     return user
