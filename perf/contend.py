@@ -4,13 +4,14 @@ the run starts itself, each row next to the same row on the quiet machine.
 A learner's laptop or a shared CI runner is rarely quiet. flowjit's parallel work runs
 on a help-first pool (the caller never waits for a descheduled worker), and by default
 fewer workers help while other processes want the cores (backends/cpu/threads.py).
-Four passes, one process: quiet; beside K busy processes with flowjit's default
-("auto"); so with every thread of the pool working (the count fixed, no adapting: what
-help-first alone gives); so with flowjit on one thread (what the default must never be
-slower than). Baselines (NumPy, and PyTorch / JAX where installed) run in every pass,
+In one process: a quiet pass; then, beside K busy processes, three settings taking
+turns for ROUNDS rounds: flowjit's default ("auto"); every thread of the pool working
+(the count fixed, no adapting: what help-first alone gives); flowjit on one thread
+(what the default must never be slower than). Baselines (NumPy, and PyTorch / JAX where installed) run in every pass,
 taking turns with flowjit as in the normal run. The busy processes are plain Python
 loops with a deadline of their own (they stop even if this process dies) and are
 killed at the end."""
+import statistics
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ TRAINING = ("bench_train_softmax", "bench_train_mlp", "bench_train_autoencoder",
             "bench_train_fused_grad", "bench_conv_cnn_step")
 SPIN = "import sys, time\nt = float(sys.argv[1])\nwhile time.time() < t:\n    pass\n"
 MAX_SECONDS = 1800
+ROUNDS = 3
 
 
 @contextmanager
@@ -50,7 +52,10 @@ def _run(benches, cfg):
 
 
 def run(cfg, k, only):
-    """The four passes; returns (table text, rows as dicts)."""
+    """The passes; returns (table text, rows as dicts). Beside the busy processes the
+    three flowjit settings take turns for ROUNDS rounds (order reversed every other
+    round) and each row keeps the median of its rounds: one pass after another would
+    compare settings under different luck with the scheduler's time slices."""
     import flowjit as fj
     from flowjit.backends.cpu import threads
     benches = [b for b in common.REGISTRY if b.__name__ in TRAINING
@@ -58,41 +63,48 @@ def run(cfg, k, only):
     print("[perf] quiet pass", file=sys.stderr, flush=True)
     quiet = _run(benches, cfg)
     saved = fj.config.threads
+    settings = [("default", saved), ("all", threads.state["size"] or threads._cores()), ("one", 1)]
+    passes = {label: [] for label, _ in settings}
     with busy(k):
         try:
-            print(f"[perf] beside {k} busy processes (threads {saved})", file=sys.stderr, flush=True)
-            loaded = _run(benches, cfg)
-            fj.config.threads = threads.state["size"] or threads._cores()
-            print(f"[perf] beside {k} busy processes, all {fj.config.threads} threads working",
-                  file=sys.stderr, flush=True)
-            fixed = _run(benches, cfg)
-            print(f"[perf] beside {k} busy processes, flowjit on one thread", file=sys.stderr, flush=True)
-            fj.config.threads = 1
-            one = _run(benches, cfg)
+            for r in range(ROUNDS):
+                for label, value in (settings if r % 2 == 0 else settings[::-1]):
+                    fj.config.threads = value
+                    print(f"[perf] beside {k} busy processes, round {r + 1}/{ROUNDS}, threads {value}",
+                          file=sys.stderr, flush=True)
+                    passes[label].append(_run(benches, cfg))
         finally:
             fj.config.threads = saved
-    return table(quiet, loaded, fixed, one, k)
+    return table(quiet, passes, k)
+
+
+def _median_of(runs, name, attr):
+    vals = [getattr(rows[name], attr) for rows in runs if name in rows]
+    return statistics.median(vals) if vals else None
 
 
 def _ms(s):
     return "-" if s is None else f"{s * 1e3:.2f} ms"
 
 
-def table(quiet, loaded, fixed, one, k):
+def table(quiet, passes, k):
     head = ["benchmark", "quiet flowjit", "quiet baseline", "quiet ratio",
             f"K={k} flowjit", f"K={k} baseline", f"K={k} ratio", f"K={k} all threads",
             f"K={k} 1 thread", "flowjit / 1 thread"]
+    every = [rows for runs in passes.values() for rows in runs]
     cells, out = [], []
     for name, q in quiet.items():
-        c, a, o = loaded.get(name), fixed.get(name), one.get(name)
-        row = [name, _ms(q.flowjit_s), _ms(q.baseline_s), f"{q.ratio:.2f}x",
-               _ms(c and c.flowjit_s), _ms(c and c.baseline_s),
-               "-" if c is None else f"{c.ratio:.2f}x", _ms(a and a.flowjit_s), _ms(o and o.flowjit_s),
-               "-" if not (c and o) else f"{c.flowjit_s / o.flowjit_s:.2f}"]
+        c = _median_of(passes["default"], name, "flowjit_s")
+        b = _median_of(every, name, "baseline_s")
+        a = _median_of(passes["all"], name, "flowjit_s")
+        o = _median_of(passes["one"], name, "flowjit_s")
+        row = [name, _ms(q.flowjit_s), _ms(q.baseline_s), f"{q.ratio:.2f}x", _ms(c), _ms(b),
+               "-" if not (c and b) else f"{b / c:.2f}x", _ms(a), _ms(o),
+               "-" if not (c and o) else f"{c / o:.2f}"]
         cells.append(row)
         out.append(dict(name=name, quiet_flowjit_s=q.flowjit_s, quiet_baseline_s=q.baseline_s,
-                        contended_flowjit_s=c and c.flowjit_s, contended_baseline_s=c and c.baseline_s,
-                        contended_all_threads_s=a and a.flowjit_s, contended_one_thread_s=o and o.flowjit_s))
+                        contended_flowjit_s=c, contended_baseline_s=b,
+                        contended_all_threads_s=a, contended_one_thread_s=o))
     widths = [max(len(r[i]) for r in cells + [head]) for i in range(len(head))]
     lines = [" | ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
              for r in [head] + cells]

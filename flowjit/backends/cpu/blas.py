@@ -216,7 +216,8 @@ def pooled_gemm(a, b, out, ta, tb):
     if lda == 0 or ldb == 0:
         return False
     ldc = out.strides[0] // isz
-    rows = M >= min(N, 64)        # rows: measured faster at 128x784 @ 784x256
+    rows = N < M                  # re-pack the smaller operand: 128x784 @ 784x256 in two
+                                  # column blocks alone 948 us, row blocks 1060 (one call 905)
     dim = M if rows else N
     blocks = min(blocks, dim // ROW_ALIGN)
     if blocks < 2:
