@@ -48,8 +48,8 @@ def parse_args(argv):
                         "core that another process holds")
     p.add_argument("--contend", type=int, default=None, metavar="K",
                    help="contended mode: the training benchmarks quiet, then beside K busy "
-                        "processes this run starts (and stops): with flowjit's default threads, "
-                        "with threads 'auto', with one thread; one table side by side")
+                        "processes this run starts (and stops): flowjit's default threads, all threads "
+                        "working (no adapting), one thread, taking turns; one table side by side")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="flowjit disk cache for this process (default: a fresh temporary dir, "
                         "so first-call times are cold compiles, not disk loads)")

@@ -140,6 +140,45 @@ def test_blas_count_is_the_pool_size_and_is_restored(fresh_threads):
         blas.set_threads(before)
 
 
+def test_blas_count_restored_when_a_step_raises(fresh_threads):
+    if blas.get_threads() is None:
+        pytest.skip("SciPy's OpenBLAS thread count cannot be read")
+
+    @fj.jit
+    def bad(a, i):
+        return fj.gather(fj.matmul(a, a), i)
+    a = np.ones((64, 64), np.float32)
+    before = blas.get_threads()
+    with pytest.raises(fj.errors.InvalidArgumentError):
+        bad(a, np.array([70], np.int32))
+    assert blas.get_threads() == before and T.state["depth"] == 0
+
+
+def test_steps_in_two_python_threads(fresh_threads):
+    """Steps running at once share one setup: same bits as alone, and OpenBLAS's count
+    comes back when the last one ends."""
+    f, a, b = _step()
+    want = _numpy(f(a, b))
+    before = blas.get_threads()
+    errors = []
+
+    def call():
+        try:
+            for _ in range(20):
+                got = _numpy(f(a, b))
+                if not all(np.array_equal(p, q) for p, q in zip(got, want)):
+                    errors.append("bits differ")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    ts = [threading.Thread(target=call) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    assert blas.get_threads() == before and T.state["depth"] == 0
+
+
 # ---- the scheduler on its own ---------------------------------------------------------
 @cfunc(types.void(types.CPointer(types.int64)))
 def _fill_task(p):

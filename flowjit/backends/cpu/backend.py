@@ -112,11 +112,11 @@ class CpuExecutable:
         and with SciPy's BLAS single-threaded meanwhile (threads.py)."""
         if not self.parallel:
             return fn(*args)
-        user = threads.begin()
         try:
+            threads.begin()
             return fn(*args)
         finally:
-            threads.end(user)
+            threads.end()
 
     def _counted(self, fn, args):
         """Call fn; kernels compiled (or loaded from disk) on the way are counted."""

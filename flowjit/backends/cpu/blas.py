@@ -208,6 +208,11 @@ def pooled_gemm(a, b, out, ta, tb):
     blocks = min(pool.pool_size(), M * N * K // GEMM_BLOCK_MACS)
     if blocks < 2:
         return False
+    # what BLAS would read and write must be exactly these shapes, in int32 sizes
+    # (np.dot, the fallback, reports a mismatch)
+    if (a.shape[1] if ta else a.shape[0]) != M or (b.shape[1] if tb else b.shape[0]) != K \
+            or (b.shape[0] if tb else b.shape[1]) != N or max(M, N, K) >= 1 << 31:
+        return False
     isz = out.itemsize
     if out.strides[1] != isz or out.strides[0] < N * isz or out.strides[0] % isz != 0:
         return False

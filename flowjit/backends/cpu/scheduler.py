@@ -231,19 +231,35 @@ poll:
   %y = call i32 @flowjit_sys_yield()
   br label %top
 sleep:
+  ; only a worker that may help now counts as a sleeper (the caller wakes sleepers
+  ; for each job); configure() wakes everyone when the helping count changes
   %l = call i32 @flowjit_sys_lock(ptr @mtx)
-  call void @ctl_add(i64 0, i64 1)
-  br label %check
-check:
+  %hs = call i64 @ctl_load(i64 2)
+  %ps = call i64 @ctl_load(i64 4)
+  %mine_s = icmp slt i64 %idx, %hs
+  %free_s = icmp eq i64 %ps, 0
+  %count = and i1 %mine_s, %free_s
+  %inc = zext i1 %count to i64
+  call void @ctl_add(i64 0, i64 %inc)
   %c = call i1 @has_work(i64 %idx)
   br i1 %c, label %woke, label %waiting
 waiting:
   %wt = call i32 @flowjit_sys_wait(ptr @cnd, ptr @mtx)
-  br label %check
+  br label %woke
 woke:
-  call void @ctl_add(i64 0, i64 -1)
+  %dec = sub i64 0, %inc
+  call void @ctl_add(i64 0, i64 %dec)
   %u = call i32 @flowjit_sys_unlock(ptr @mtx)
   br label %top
+}
+
+; wake every sleeping worker (after the helping count or a test hook changed)
+define void @flowjit_pool_wake() {
+  %l = call i32 @flowjit_sys_lock(ptr @mtx)
+  call void @ctl_add(i64 1, i64 1)
+  %b = call i32 @flowjit_sys_broadcast(ptr @cnd)
+  %u = call i32 @flowjit_sys_unlock(ptr @mtx)
+  ret void
 }
 """
 
@@ -296,6 +312,7 @@ def start():
                              for name in ("ctl", "mtx", "cnd", "word", "done")}
             state["run"] = engine.get_function_address(RUN_SYMBOL)
             state["worker"] = engine.get_function_address("flowjit_pool_worker")
+            state["wake"] = ctypes.CFUNCTYPE(None)(engine.get_function_address("flowjit_pool_wake"))
             _keep.extend([mod, tm, engine, libc])
             state["libc"] = libc
             _init_sync(libc)
@@ -313,11 +330,16 @@ def start():
 
 def _after_fork():
     """A forked child has none of the parent's workers: start again with none (the
-    caller runs every block until set_helpers starts new ones)."""
+    caller runs every block until configure starts new ones). A job the parent had in
+    flight (another thread's) is dropped, so new workers never run its blocks."""
+    global _lock
+    _lock = threading.Lock()          # it may have been held by a parent thread
     state.update(workers=0, pid=os.getpid())
     ctl = _ctl_array()
     for i in (SLEEPERS, HELPERS, BUSY):
         ctl[i] = 0
+    word = ctypes.c_int64.from_address(state["addr"]["word"])
+    word.value = ((word.value >> 32) + 1) << 32
     _init_sync(state["libc"])
 
 
@@ -339,7 +361,9 @@ def configure(size, helping):
                 break
             libc.pthread_detach(tid)
             state["workers"] += 1
-        _ctl_array()[HELPERS] = n
+        if _ctl_array()[HELPERS] != n:
+            _ctl_array()[HELPERS] = n
+            state["wake"]()
 
 
 def helpers():
@@ -358,6 +382,7 @@ def set_test_hooks(paused=None, delay_us=None):
         ctl[PAUSED] = int(bool(paused))
     if delay_us is not None:
         ctl[DELAY_US] = int(delay_us)
+    state["wake"]()
 
 
 def run_python(n, task_address, records):

@@ -3,7 +3,7 @@ cores.
 
 Parallel work (loop kernels and GEMMs split into blocks) runs on flowjit's help-first
 pool (scheduler.py). A step with parallel work calls `begin()` before it runs and
-`end()` after:
+`end()` after (also when it raises):
 - the pool's *size* is the user's thread count: `fj.config.threads` (env
   FLOWJIT_THREADS) when it is a number, else SciPy's OpenBLAS count, which honours
   OPENBLAS_NUM_THREADS and threadpoolctl limits (read at every step), at most the
@@ -19,6 +19,7 @@ pool (scheduler.py). A step with parallel work calls `begin()` before it runs an
 - Numba's prange loops (the generic convolutions) get the helping count too.
 """
 import os
+import threading
 import time
 
 import numba
@@ -32,9 +33,20 @@ INTERVAL = 0.05
 # count and reading its state counts as another process's).
 AGREE = 3
 
-state = {"next": 0.0, "size": None, "now": None, "recent": [], "asked": None}
-# a forked child starts without the parent's workers (scheduler.py): configure again
-os.register_at_fork(after_in_child=lambda: state.update(size=None, now=None, recent=[], asked=None))
+state = {"next": 0.0, "size": None, "now": None, "recent": [], "asked": None, "depth": 0,
+         "user": None}
+_lock = threading.RLock()
+
+
+def _after_fork():
+    """A forked child starts without the parent's workers (scheduler.py) and without
+    its steps in flight: configure again."""
+    global _lock
+    _lock = threading.RLock()
+    state.update(size=None, now=None, recent=[], asked=None, depth=0)
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _cores():
@@ -89,24 +101,37 @@ def _sample(size):
 
 
 def begin():
-    """Before a step with parallel work: set the pool up for the machine as it is now.
-    Returns what end() restores (SciPy's OpenBLAS thread count)."""
-    user = blas.get_threads()
-    if (user, config.threads) != state["asked"] or time.monotonic() >= state["next"]:
-        state["asked"] = (user, config.threads)
-        fixed = config.threads
-        if fixed not in (None, "auto"):
-            size = working = max(int(fixed), 1)
-            state["next"] = time.monotonic() + INTERVAL
-        else:
-            size = max(min(user if user is not None else _cores(), _cores()), 1)
-            working = _sample(size) if size > 1 else 1
-        _apply(size, working)
-    if user is not None and user != 1:
-        blas.set_threads(1)
-    return user
+    """Before a step with parallel work: set the pool up for the machine as it is now
+    and run SciPy's OpenBLAS on one thread until the matching end(). Steps running at
+    once in several Python threads share one setup: the first begin makes it and the
+    last end restores OpenBLAS's count, so no step sees another's count of 1 as the
+    user's."""
+    with _lock:
+        state["depth"] += 1
+        if state["depth"] > 1:
+            return
+        user = blas.get_threads()
+        state["user"] = user
+        if (user, config.threads) != state["asked"] or time.monotonic() >= state["next"]:
+            state["asked"] = (user, config.threads)
+            fixed = config.threads
+            if fixed not in (None, "auto"):
+                size = working = max(int(fixed), 1)
+                state["next"] = time.monotonic() + INTERVAL
+            else:
+                size = max(min(user if user is not None else _cores(), _cores()), 1)
+                working = _sample(size) if size > 1 else 1
+            _apply(size, working)
+        if user is not None and user != 1:
+            blas.set_threads(1)
 
 
-def end(user):
-    if user is not None and user != 1:
-        blas.set_threads(user)
+def end():
+    """After the step (also when it raised): the last one out gives OpenBLAS the user's
+    count back."""
+    with _lock:
+        if state["depth"] <= 0:          # begin was interrupted before it counted
+            return
+        state["depth"] -= 1
+        if state["depth"] == 0 and state["user"] is not None and state["user"] != 1:
+            blas.set_threads(state["user"])
