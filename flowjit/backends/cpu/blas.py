@@ -84,22 +84,19 @@ entry:
   %c = call ptr @field_ptr(ptr %r, i64 10)
   %dbl = call i32 @field(ptr %r, i64 0)
   %isd = icmp ne i32 %dbl, 0
-  br i1 %isd, label %double, label %single
-single:
   %sa = alloca float
   %sb = alloca float
   store float 1.0, ptr %sa
   store float 0.0, ptr %sb
-  call void @flowjit_sgemm(ptr %tb, ptr %ta, ptr %pm, ptr %pn, ptr %pk, ptr %sa, ptr %b, ptr %pldb,
-                           ptr %a, ptr %plda, ptr %sb, ptr %c, ptr %pldc)
-  ret void
-double:
   %da = alloca double
   %db = alloca double
   store double 1.0, ptr %da
   store double 0.0, ptr %db
-  call void @flowjit_dgemm(ptr %tb, ptr %ta, ptr %pm, ptr %pn, ptr %pk, ptr %da, ptr %b, ptr %pldb,
-                           ptr %a, ptr %plda, ptr %db, ptr %c, ptr %pldc)
+  %gemm = select i1 %isd, ptr @flowjit_dgemm, ptr @flowjit_sgemm
+  %alpha = select i1 %isd, ptr %da, ptr %sa
+  %beta = select i1 %isd, ptr %db, ptr %sb
+  call void %gemm(ptr %tb, ptr %ta, ptr %pm, ptr %pn, ptr %pk, ptr %alpha, ptr %b, ptr %pldb,
+                  ptr %a, ptr %plda, ptr %beta, ptr %c, ptr %pldc)
   ret void
 }
 """
