@@ -39,7 +39,7 @@ MAX_BLOCKS = 65535           # the block count and the next block share 16 bits 
 IDLE_POLLS = 400             # polls (each a sched_yield) before an idle worker sleeps
                              # (one not helping now sleeps at once)
 # ctl words
-SLEEPERS, SEQ, HELPERS, BUSY, PAUSED, DELAY_US, POLLS, SIZE = range(8)
+SLEEPERS, HELPERS, BUSY, PAUSED, DELAY_US, POLLS, SIZE = 0, 2, 3, 4, 5, 6, 7   # (1: unused)
 
 _IR = r"""
 @word = global i64 0, align 64
@@ -165,7 +165,6 @@ publish:
   br i1 %anyone, label %wake, label %work
 wake:
   %l = call i32 @flowjit_sys_lock(ptr @mtx)
-  call void @ctl_add(i64 1, i64 1)
   %b = call i32 @flowjit_sys_broadcast(ptr @cnd)
   %u = call i32 @flowjit_sys_unlock(ptr @mtx)
   br label %work
@@ -256,7 +255,6 @@ woke:
 ; wake every sleeping worker (after the helping count or a test hook changed)
 define void @flowjit_pool_wake() {
   %l = call i32 @flowjit_sys_lock(ptr @mtx)
-  call void @ctl_add(i64 1, i64 1)
   %b = call i32 @flowjit_sys_broadcast(ptr @cnd)
   %u = call i32 @flowjit_sys_unlock(ptr @mtx)
   ret void
@@ -265,7 +263,7 @@ define void @flowjit_pool_wake() {
 
 RUN_SYMBOL = "flowjit_pool_run"
 SIZE_SYMBOL = "flowjit_pool_size"
-state = {"engine": None, "why": "not started", "workers": 0, "pid": None}
+state = {"engine": None, "why": "not started", "workers": 0}
 _keep = []
 _lock = threading.Lock()
 
@@ -320,7 +318,7 @@ def start():
             ll.add_symbol(RUN_SYMBOL, state["run"])
             ll.add_symbol(SIZE_SYMBOL, engine.get_function_address(SIZE_SYMBOL))
             _ctl_array()[SIZE] = 1
-            state.update(engine=engine, why="running", pid=os.getpid())
+            state.update(engine=engine, why="running")
             os.register_at_fork(after_in_child=_after_fork)
             return True
         except Exception as e:  # noqa: BLE001  (any failure only means: serial)
@@ -334,7 +332,7 @@ def _after_fork():
     flight (another thread's) is dropped, so new workers never run its blocks."""
     global _lock
     _lock = threading.Lock()          # it may have been held by a parent thread
-    state.update(workers=0, pid=os.getpid())
+    state["workers"] = 0
     ctl = _ctl_array()
     for i in (SLEEPERS, HELPERS, BUSY):
         ctl[i] = 0
