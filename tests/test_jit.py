@@ -1,4 +1,5 @@
 """The compile model: fusion, signatures, symbolic sizes, specialisation, statics."""
+import gc
 import weakref
 
 import numpy as np
@@ -219,3 +220,32 @@ def test_big_buffers_are_reused_only_once_the_caller_dropped_them():
     np.testing.assert_array_equal(held[0], x * 2.0 + 1.0)
     assert any(again[0] is r() for r in refs)    # recycled: no fresh pages to fault in
     assert held[0].ctypes.data not in {a.ctypes.data for a in again}
+
+
+def test_a_call_returning_a_pytree_leaves_no_reference_cycle():
+    # the outputs of a call the caller dropped must be free at once, not at the next
+    # garbage collection: otherwise the Python tier cannot recycle their buffers and
+    # every call page-faults fresh memory (a loss+gradient step of 2x4 MB ran 2x slower)
+    vg = fj.value_and_grad(lambda a, b: fj.reduce_sum(fj.tanh(a * b)), argnums=(0, 1))
+    f = fj.jit(lambda a, b: {"loss": vg(a, b)[0], "grads": vg(a, b)[1]})
+    x = np.linspace(-1, 1, 1 << 17, dtype=np.float32)
+    y = x[::-1].copy()
+    first = f(x, y)
+    addresses = {first["grads"][0].numpy().ctypes.data}
+    del first
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            out = f(x, y)
+            addresses.add(out["grads"][0].numpy().ctypes.data)
+            del out
+        gc.collect()
+        garbage = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert garbage == []
+    assert len(addresses) <= 2      # the two buffers of its allocation site, recycled
+    out = f(x, y)
+    np.testing.assert_allclose(out["grads"][0].numpy(), y * (1 - np.tanh(x * y) ** 2), rtol=1e-5, atol=1e-6)
