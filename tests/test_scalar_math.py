@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import flowjit as fj
+from flowjit.backends.cpu import scalar as S
+from numba import njit
 
 FUNCS = {
     "exp": (fj.exp, np.exp), "log": (fj.log, np.log), "tanh": (fj.tanh, np.tanh),
@@ -69,9 +71,9 @@ def test_fused_chain_with_reduction_keeps_accuracy():
 
 @pytest.mark.parametrize("name", ["exp", "tanh", "sigmoid"])
 def test_accuracy_inside_a_reduction_kernel(name):
-    # a loop with a reduction is compiled with reassociation and uses the float32
-    # functions whose range reduction runs in float64; the plain elementwise loop above
-    # uses the float32-only ones: both stay within the same ulp bound
+    # a loop with a reduction is compiled with reassociation; its float32 exp reduces
+    # the argument with FMAs (or in float64 without FMA), which reassociation cannot
+    # break; without FMA a plain elementwise loop uses the exact-order versions
     fn, ref = FUNCS[name]
     x = inputs(name, np.float32)
     with np.errstate(all="ignore"):
@@ -87,4 +89,31 @@ def test_accuracy_inside_a_reduction_kernel(name):
     err = ulp_error(got, expected, np.float32)
     assert err.max() <= ULPS[name], (name, x[int(np.argmax(err))], err.max())
     plain = fj.jit(lambda a: fn(a)).inspect(x).forward_source
-    assert f"{name}_f32_ordered(" in plain
+    ordered = f"{name}_f32" in S.ORDERED
+    assert (f"{name}_f32_ordered(" in plain) == ordered
+
+
+@pytest.mark.parametrize("variant, reassoc", [
+    ("_exp_f32_fma", False), ("_exp_f32_fma", True), ("_exp_f32_wide", True), ("_exp_f32_split", False)])
+def test_every_float32_exp_variant(variant, reassoc):
+    # the code generator picks one by the host (FMA or not) and the kernel (reassociated
+    # or not): every pairing it uses is checked here, whatever this machine has
+    fn = getattr(S, variant)
+    flags = {"nsz", "contract"} | ({"reassoc"} if reassoc else set())
+
+    @njit(fastmath=flags, error_model="numpy")
+    def run(a, out, bias):
+        for i in range(a.shape[0]):
+            out[i] = fn(a[i])
+        acc = np.float32(0)       # a reduction in the same loop, as in a loss kernel
+        for i in range(a.shape[0]):
+            acc += out[i] * bias
+        return acc
+
+    x = inputs("exp", np.float32)
+    out = np.empty_like(x)
+    run(x, out, np.float32(0.0))
+    with np.errstate(all="ignore"):
+        expected = np.exp(x.astype(np.float64)).astype(np.float32)
+    err = ulp_error(out, expected, np.float32)
+    assert err.max() <= ULPS["exp"], (variant, x[int(np.argmax(err))], err.max())

@@ -7,12 +7,17 @@ LLVM from vectorising the loop. These are branch-free (selects only) range reduc
 the whole range (tests/test_scalar_math.py checks them against NumPy, with inf, nan,
 overflow, underflow and subnormals).
 
-Design notes: float32 exp reduces its argument in float64 (so the reduction stays
-exact even if a kernel is compiled with reassociation allowed) and evaluates a
+Design notes: float32 exp reduces its argument with two fused multiply-adds where the
+CPU has FMA (so the reduction stays exact even in kernels compiled with reassociation
+allowed, and everything stays 8 float32 lanes wide), else in float64, and evaluates a
 degree-7 polynomial in float32; float64 exp uses Cody-Waite reduction and a degree-13
 polynomial; 2**n is built from exponent bits in two steps so results in the
-subnormal range round once and no intermediate overflows early.
+subnormal range round once and no intermediate overflows early. float32 tanh is a
+rational function (no exp), float64 tanh goes through expm1.
 """
+import platform
+
+import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info
@@ -75,25 +80,72 @@ def _scale_f64(p, n):
 
 @inline
 def _scale_f32(p, n):
+    """p * 2**n for p in [0.7, 1.5) and integer-valued n in [-150, 128]: n is split in two
+    halves; the first goes into p's exponent bits (exact: p * 2**n1 stays normal), the
+    second is one multiply by 2**n2, which rounds once (subnormal results) or overflows
+    (inf) exactly as it should. Integer steps, so no reassociation can change it."""
     ni = np.int32(n)
-    pb = bits_from_f32(p)
-    normal = f32_from_bits(pb + (ni << np.int32(23)))
-    hi = f32_from_bits(pb + ((ni - np.int32(1)) << np.int32(23))) * np.float32(2.0)
-    lo = f32_from_bits(pb + ((ni + np.int32(64)) << np.int32(23))) * np.float32(5.421010862427522e-20)
-    return normal if (ni >= np.int32(-125) and ni <= np.int32(126)) else (hi if ni > np.int32(126) else lo)
+    n1 = ni >> np.int32(1)
+    a = f32_from_bits(bits_from_f32(p) + (n1 << np.int32(23)))
+    return a * f32_from_bits((ni - n1 + np.int32(127)) << np.int32(23))
 
 
 # --- exp ------------------------------------------------------------------------
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma). The call carries no fast-math flags, so a
+    kernel compiled with reassociation cannot merge or reorder it."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        f = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty, ty, ty]))
+        return builder.call(f, args)
+    return a(a, b, c), codegen
+
+
+def _host_has_fma():
+    """Whether llvm.fma is one instruction here (elsewhere it is a libm call per element)."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        return ll.get_host_cpu_features()["fma"]
+    except Exception:
+        return False
+
+
+HAS_FMA = _host_has_fma()
+LN2_F32_HI = 0.693147182464599609375                 # float32(ln 2)
+LN2_F32_LO = -1.904654323148236e-09                  # ln 2 - LN2_F32_HI
+
+
 @inline
-def exp_f32(x):
+def _exp_f32_poly(r):
+    return np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (
+        np.float32(1.0 / 6) + r * (np.float32(1.0 / 24) + r * (np.float32(1.0 / 120) + r * (
+            np.float32(1.0 / 720) + r * np.float32(1.0 / 5040)))))))
+
+
+@inline
+def _exp_f32_fma(x):
+    # Cody-Waite reduction with two fused multiply-adds: exact to float32 precision in
+    # float32 (8 lanes on AVX2), in any kernel, reassociated or not
+    xc = min(max(x, np.float32(-104.0)), np.float32(89.0))
+    n = np.floor(xc * np.float32(LOG2E) + np.float32(0.5))
+    r = fma(n, np.float32(-LN2_F32_HI), xc)
+    r = fma(n, np.float32(-LN2_F32_LO), r)
+    res = _scale_f32(_exp_f32_poly(r), n)
+    return x if x != x else res
+
+
+@inline
+def _exp_f32_wide(x):
+    # without FMA: the reduction in float64, which reassociation cannot break (4 lanes)
     xd = np.float64(x)
     xc = min(max(xd, -104.0), 89.0)
     n = np.floor(xc * LOG2E + 0.5)
-    r = np.float32(xc - n * LN2)
-    p = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (
-        np.float32(1.0 / 6) + r * (np.float32(1.0 / 24) + r * (np.float32(1.0 / 120) + r * (
-            np.float32(1.0 / 720) + r * np.float32(1.0 / 5040)))))))
-    res = _scale_f32(p, n)
+    res = _scale_f32(_exp_f32_poly(np.float32(xc - n * LN2)), n)
     return x if x != x else res
 
 
@@ -216,30 +268,36 @@ def tanh_f64(x):
     return x if x != x else r
 
 
-def _f32_tanh_sigmoid(exp32):
-    """float32 tanh and sigmoid on top of a float32 exp (one definition, two families)."""
-    @inline
-    def tanh32(x):
-        a = abs(x)
-        z = a * a
-        small = a + a * z * (np.float32(-0.333333167989577) + z * (np.float32(0.13332564449866863) + z * (
-            np.float32(-0.05385029639075271) + z * (np.float32(0.02106413706699833)
-                                                   + z * np.float32(-0.006264367955845983)))))
-        e = exp32(np.float32(2.0) * a)
-        big = np.float32(1.0) - np.float32(2.0) / (e + np.float32(1.0))
-        r = small if a < np.float32(0.55) else big
-        r = -r if x < np.float32(0.0) else r
-        return x if x != x else r
+# tanh(x) = x * P(x^2) / Q(x^2) for |x| <= 9 (beyond, float32 tanh rounds to +-1 within
+# an ulp): a rational fit of tanh(x)/x in x^2 on [0, 9] whose relative error is 0.34
+# float32 ulp (tools/fit_tanh.py made it). No exp and no branch; P and Q are summed in
+# float64 because float32 Horner sums alone cost up to 5 ulp near |x| = 4..8.
+TANH_P = (0.9999999794493011, 0.13381026041964353, 0.003495588641251772,
+          2.0609091893278877e-05, 1.3354676433772662e-08)
+TANH_Q = (1.0, 0.4671434163288943, 0.025876984065800877, 0.00032856357105193646,
+          7.776564083140926e-07)
+_P0, _P1, _P2, _P3, _P4 = TANH_P
+_Q0, _Q1, _Q2, _Q3, _Q4 = TANH_Q
 
+
+@inline
+def tanh_f32(x):
+    a = np.float64(min(abs(x), np.float32(9.0)))
+    z = a * a
+    p = _P0 + z * (_P1 + z * (_P2 + z * (_P3 + z * _P4)))
+    q = _Q0 + z * (_Q1 + z * (_Q2 + z * (_Q3 + z * _Q4)))
+    r = np.float32(a * p / q)
+    r = -r if x < np.float32(0.0) else r
+    return x if x != x else r
+
+
+def _sigmoid_f32_on(exp32):
     @inline
     def sigmoid32(x):
         e = exp32(-abs(x))
         s = np.float32(1.0) / (np.float32(1.0) + e)
         return s if x >= np.float32(0.0) else e * s
-    return tanh32, sigmoid32
-
-
-tanh_f32, sigmoid_f32 = _f32_tanh_sigmoid(exp_f32)
+    return sigmoid32
 
 
 @inline
@@ -251,30 +309,32 @@ def sigmoid_f64(x):
 
 
 
-# --- float32 exp/tanh/sigmoid for kernels compiled WITHOUT reassociation -----------
-# exp_f32 reduces its argument in float64 so that reassociation (allowed in kernels
-# with reductions, to vectorise them) cannot break the Cody-Waite split; that costs
-# half-width float64 vectors. Kernels without reductions are compiled without
-# `reassoc`, so there the split can stay in float32 (8 lanes on AVX2 instead of 4):
-# the code generator renames exp_f32 -> exp_f32_ordered (and tanh, sigmoid) there.
+# --- float32 exp and sigmoid: with FMA one version serves every kernel; without it,
+# kernels compiled with reassociation (reductions) use the float64 reduction and the
+# others (the code generator renames exp_f32 -> exp_f32_ordered there) an in-float32
+# Cody-Waite split, which is exact only if nothing reassociates it.
 C1_F32 = 0.693359375              # ln2 high part: 9 significant bits, so n * C1 is exact
 C2_F32 = -2.12194440e-4           # ln2 - C1
 
 
 @inline
-def exp_f32_ordered(x):
+def _exp_f32_split(x):
     xc = min(max(x, np.float32(-104.0)), np.float32(89.0))
     n = np.floor(xc * np.float32(LOG2E) + np.float32(0.5))
     r = (xc - n * np.float32(C1_F32)) - n * np.float32(C2_F32)
-    p = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (
-        np.float32(1.0 / 6) + r * (np.float32(1.0 / 24) + r * (np.float32(1.0 / 120) + r * (
-            np.float32(1.0 / 720) + r * np.float32(1.0 / 5040)))))))
-    res = _scale_f32(p, n)
+    res = _scale_f32(_exp_f32_poly(r), n)
     return x if x != x else res
 
 
-tanh_f32_ordered, sigmoid_f32_ordered = _f32_tanh_sigmoid(exp_f32_ordered)
-ORDERED = ("exp_f32", "tanh_f32", "sigmoid_f32")
+if HAS_FMA:
+    exp_f32 = _exp_f32_fma
+    ORDERED = ()
+else:
+    exp_f32, exp_f32_ordered = _exp_f32_wide, _exp_f32_split
+    sigmoid_f32_ordered = _sigmoid_f32_on(exp_f32_ordered)
+    ORDERED = ("exp_f32", "sigmoid_f32")
+sigmoid_f32 = _sigmoid_f32_on(exp_f32)
+
 
 # --- NaN-propagating max / min (IEEE 754-2019 maximum, minimum) -------------------
 def _llvm_minmax(name):
