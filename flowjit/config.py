@@ -13,6 +13,11 @@ class _Config:
         # this share of a call (a big training step is dominated by its kernels and BLAS,
         # so compiling its entry would cost seconds and save nothing measurable).
         self.entry_overhead_share = float(os.environ.get("FLOWJIT_ENTRY_OVERHEAD_SHARE", "0.2"))
+        # Where that compile runs: True (the default) in a child process while the
+        # Python tier goes on (backends/cpu/background.py); False in this process, at
+        # once, so the tier a call runs in is deterministic (tests, benchmarks).
+        self.background_compile = os.environ.get("FLOWJIT_BACKGROUND_COMPILE", "1").strip().lower() \
+            not in ("0", "false", "no", "off")
         self.log_device_placement = False
         # Threads for GEMMs and parallel loops (backends/cpu/threads.py): "auto" (the
         # default) uses SciPy's OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl), at

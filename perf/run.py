@@ -24,6 +24,10 @@ if __package__ in (None, ""):
     # `import perf` and (when not installed) `import flowjit` work.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# steady-state rows time the compiled tier: entries compile at once, in this process
+# (a cold-start row that wants the background compile sets this in its child's env)
+os.environ.setdefault("FLOWJIT_BACKGROUND_COMPILE", "0")
+
 from perf import common  # noqa: E402
 
 # Modules whose @register'ed functions make up the run, in this order.

@@ -1,7 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 
-import flowjit as fj
+# entries compile in this process, so the tier a call runs in is deterministic; the
+# background compile has its own tests (test_background_compile.py)
+os.environ["FLOWJIT_BACKGROUND_COMPILE"] = "0"
+
+import flowjit as fj  # noqa: E402,F401
 
 
 def assert_close(actual, expected, dtype=None, rtol=None, atol=None):

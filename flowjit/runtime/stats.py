@@ -1,6 +1,8 @@
 """Process-wide counters (`fj.stats()`)."""
 _counters = {"traces": 0, "compiles": 0, "cache_hits": 0, "disk_cache_hits": 0,
-             "compile_seconds": 0.0, "calls": 0, "kernel_launches": 0}
+             "compile_seconds": 0.0, "calls": 0, "kernel_launches": 0,
+             "calls_python_tier": 0, "calls_compiled_tier": 0,
+             "background_compiles": 0, "background_compile_seconds": 0.0}
 
 
 def bump(name, n=1):
@@ -10,11 +12,14 @@ def bump(name, n=1):
 def stats():
     """traces: functions traced; compiles: Numba functions compiled; cache_hits: calls
     served by an already compiled signature; disk_cache_hits: compiled functions loaded
-    from the disk cache; compile_seconds: time spent compiling/loading; kernel_launches:
-    GPU kernels launched."""
+    from the disk cache; compile_seconds: time spent compiling/loading in this process;
+    kernel_launches: GPU kernels launched; calls_python_tier / calls_compiled_tier:
+    CPU program runs whose entry ran as Python calling compiled kernels / as one
+    compiled function; background_compiles: entries handed to a compile process, and
+    background_compile_seconds the wall time those took (the calls meanwhile ran on)."""
     return dict(_counters)
 
 
 def reset_stats():
     for k in _counters:
-        _counters[k] = 0.0 if k == "compile_seconds" else 0
+        _counters[k] = 0.0 if k.endswith("seconds") else 0

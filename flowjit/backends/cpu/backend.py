@@ -2,6 +2,7 @@
 import hashlib
 import sys
 import time
+import warnings
 
 import numba
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from ...config import config
 from ...errors import CompileError
 from ...runtime import stats as S
-from . import loader, threads
+from . import background, loader, threads
 from .codegen import gen_entry
 
 
@@ -69,6 +70,7 @@ class CpuExecutable:
         self.entry = None          # the njit dispatcher
         self.calls = 0
         self.python_share = 1.0    # estimated share of a Python-tier call spent interpreting
+        self.pending = None        # the background compile of the entry (background.py)
         self._load()
         ns = dict(vars(self._module))
         self.buffers = BufferCache(n_sites)
@@ -89,22 +91,45 @@ class CpuExecutable:
             if loader.has_disk_cache(self.entry_name):
                 self.compile_for(args)
                 self.run = self._run_njit
-                return self._parallel(self.entry, args)
+                return self._run_njit(args)
+            S.bump("calls_python_tier")
             return self._parallel(lambda *a: self._counted(self.py_entry, a), args)
         if self.calls >= config.compile_entry_after:
             # compile the entry only where the Python tier's overhead is worth removing;
             # decided from the traced sizes, so every process decides the same way
             if self.python_share >= config.entry_overhead_share:
+                if config.background_compile and background.possible(self):
+                    # in a child process; this tier runs until it has finished
+                    self.pending = background.EntryCompile(self, tuple(numba.typeof(a) for a in args))
+                    self.run = self._run_python_pending
+                    return self._run_python_only(args)
                 self.compile_for(args)
                 self.run = self._run_njit
-                return self._parallel(self.entry, args)
+                return self._run_njit(args)
             self.run = self._run_python_only
-        return self._parallel(self.py_entry, args)
+        return self._run_python_only(args)
+
+    def _run_python_pending(self, args):
+        """The Python tier while a child compiles the entry; switches between two calls."""
+        done = self.pending.poll()
+        if done is None:
+            return self._run_python_only(args)
+        job, self.pending = self.pending, None
+        if not done:
+            warnings.warn(f"flowjit: compiling {self.entry_name} in the background failed; the "
+                          f"step goes on uncompiled. {job.failure or ''}", RuntimeWarning, stacklevel=2)
+            self.run = self._run_python_only
+            return self._run_python_only(args)
+        self.compile_for(args)          # loads what the child saved in Numba's disk cache
+        self.run = self._run_njit
+        return self._run_njit(args)
 
     def _run_python_only(self, args):
+        S.bump("calls_python_tier")
         return self._parallel(self.py_entry, args)
 
     def _run_njit(self, args):
+        S.bump("calls_compiled_tier")
         return self._parallel(self.entry, args)
 
     def _parallel(self, fn, args):
