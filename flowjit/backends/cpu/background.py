@@ -92,7 +92,7 @@ class EntryCompile:
 def possible(exe):
     """Whether a child process can compile this executable's entry."""
     from .custom import kernel_globals
-    if not cfg.disk_cache_enabled():
+    if os.name != "posix" or not cfg.disk_cache_enabled():     # the child locks with fcntl
         return False
     return not any(kernel_globals(src) for src in list(exe.kernel_srcs.values()) + [exe.entry_src])
 
