@@ -23,6 +23,7 @@ import ctypes
 import llvmlite.binding as ll
 import numpy as np
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 import llvmlite.ir as lir
 
@@ -198,13 +199,11 @@ def _storage(x, transposed, isz):
 
 @njit(cache=True, error_model="numpy")
 def pooled_gemm(a, b, out, ta, tb):
-    """out = op(a) @ op(b) in blocks on the pool; False (nothing done) when the product
-    is too small to split or an operand's layout does not suit BLAS."""
+    """out = op(a) @ op(b) by BLAS: in blocks on the pool when big, else one call here;
+    False (nothing done) when an operand's layout or a size does not suit BLAS."""
     M, N = out.shape
     K = a.shape[0] if ta else a.shape[1]
     blocks = min(pool.pool_size(), M * N * K // GEMM_BLOCK_MACS)
-    if blocks < 2:
-        return False
     # what BLAS would read and write must be exactly these shapes, in int32 sizes
     # (np.dot, the fallback, reports a mismatch)
     if (a.shape[1] if ta else a.shape[0]) != M or (b.shape[1] if tb else b.shape[0]) != K \
@@ -222,10 +221,11 @@ def pooled_gemm(a, b, out, ta, tb):
                                   # column blocks alone 948 us, row blocks 1060 (one call 905)
     dim = M if rows else N
     blocks = min(blocks, dim // ROW_ALIGN)
-    if blocks < 2:
-        return False
-    step = ((dim + blocks - 1) // blocks + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
-    blocks = (dim + step - 1) // step
+    if blocks < 2:                # one call, made here (no pool, no np.dot)
+        blocks, step = 1, max(dim, 1)
+    else:
+        step = ((dim + blocks - 1) // blocks + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
+        blocks = (dim + step - 1) // step
     pa, pb, pc = data_address(a), data_address(b), data_address(out)
     rec = np.empty((blocks, 12), np.int64)
     for i in range(blocks):
@@ -248,5 +248,21 @@ def pooled_gemm(a, b, out, ta, tb):
             rec[i, 6] = pb + (lo * ldb if bt else lo) * isz
             rec[i, 8] = pa
             rec[i, 10] = pc + lo * isz
-    pool.pool_run(blocks, "gemm", rec)
+    if blocks == 1:
+        _run_block(rec)
+    else:
+        pool.pool_run(blocks, "gemm", rec)
     return True
+
+
+@intrinsic
+def _run_block(typingctx, records):
+    """Call the GEMM block task on the first record, in this thread."""
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        i8p = lir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(builder.module, lir.FunctionType(lir.VoidType(), [i8p]),
+                                            "flowjit_task_gemm")
+        builder.call(fn, [builder.bitcast(arr.data, i8p)])
+        return context.get_dummy_value()
+    return types.none(records), codegen

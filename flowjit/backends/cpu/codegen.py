@@ -707,8 +707,8 @@ def _matmul_lines(g, n, buf, alloc):
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
     lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if len(n.shape) == 2 and n.dtype.is_floating:
-        fn = "gemm_" + ("t" if ta else "n") + ("t" if tb else "n")
-        lines.append(f"{fn}({buf(a.id)}, {buf(b.id)}, {out})")
+        # one helper for the four transposes (np.bool_: not a literal, so not compiled per flag)
+        lines.append(f"gemm({buf(a.id)}, {buf(b.id)}, {out}, np.bool_({ta}), np.bool_({tb}))")
         return lines
     batch = n.shape[:-2]
     nb = prod_src(batch)

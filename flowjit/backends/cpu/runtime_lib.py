@@ -12,27 +12,35 @@ _start_blas()      # the symbols the GEMMs below link against, before they compi
 # (blas.py), small ones one single-threaded BLAS call. Compiled once per machine (disk
 # cache) and called by every entry, so no entry pays for typing np.dot itself.
 @njit(cache=True, error_model="numpy")
+def gemm(a, b, out, ta, tb):
+    """out = op(a) @ op(b), op transposing where ta / tb, by BLAS (blas.pooled_gemm). One
+    compiled function per array types serves all four transposes: compiled code passes
+    the flags as np.bool_ values, since a literal True would compile it once more."""
+    if not pooled_gemm(a, b, out, ta, tb):
+        # an operand BLAS cannot read in place (neither stride one element)
+        x = np.ascontiguousarray(a.T) if ta else np.ascontiguousarray(a)
+        y = np.ascontiguousarray(b.T) if tb else np.ascontiguousarray(b)
+        np.dot(x, y, out)
+
+
+@njit(cache=True, error_model="numpy")
 def gemm_nn(a, b, out):
-    if not pooled_gemm(a, b, out, False, False):
-        np.dot(a, b, out)
+    gemm(a, b, out, np.bool_(False), np.bool_(False))
 
 
 @njit(cache=True, error_model="numpy")
 def gemm_tn(a, b, out):
-    if not pooled_gemm(a, b, out, True, False):
-        np.dot(a.T, b, out)
+    gemm(a, b, out, np.bool_(True), np.bool_(False))
 
 
 @njit(cache=True, error_model="numpy")
 def gemm_nt(a, b, out):
-    if not pooled_gemm(a, b, out, False, True):
-        np.dot(a, b.T, out)
+    gemm(a, b, out, np.bool_(False), np.bool_(True))
 
 
 @njit(cache=True, error_model="numpy")
 def gemm_tt(a, b, out):
-    if not pooled_gemm(a, b, out, True, True):
-        np.dot(a.T, b.T, out)
+    gemm(a, b, out, np.bool_(True), np.bool_(True))
 
 
 @njit(cache=True, error_model="numpy")
@@ -43,15 +51,7 @@ def bmm(a, b, out, ta, tb):
     for i in range(nb):
         x = a[i if a.shape[0] > 1 else 0]
         y = b[i if b.shape[0] > 1 else 0]
-        o = out[i]
-        if ta and tb:
-            gemm_tt(x, y, o)
-        elif ta:
-            gemm_tn(x, y, o)
-        elif tb:
-            gemm_nt(x, y, o)
-        else:
-            gemm_nn(x, y, o)
+        gemm(x, y, out[i], np.bool_(ta), np.bool_(tb))
 
 
 @njit(cache=True, error_model="numpy")
