@@ -66,11 +66,11 @@ def bench_cold_start(cfg):
             target=f"<= {target:g} s" if target is not None else "", ok=ok_first,
             notes=f"baseline = warm; slowest first call {cold['first_step_call_s']:.2f} s cold, "
                   f"{warm['first_step_call_s']:.2f} s warm; compiles {cs['compiles']} cold, "
-                  f"{ws['compiles']} warm; background compiles {cs['background_compiles']}"))
+                  f"{ws['compiles']} warm; background compiles {cs.get('background_compiles', 0)}"))
         rows.append(Result(
             f"cold start {name}: whole run", cold["wall_s"], warm["wall_s"],
             compile_s=cs["compile_seconds"], target="cold <= 1.5x warm", ok=ratio <= 1.5,
             notes=f"baseline = warm; cold/warm {ratio:.2f}x; warm compile_seconds "
-                  f"{ws['compile_seconds']:.2f}; calls python tier {cs['calls_python_tier']}, "
-                  f"compiled tier {cs['calls_compiled_tier']} (cold)"))
+                  f"{ws['compile_seconds']:.2f}; calls python tier {cs.get('calls_python_tier', '-')}, "
+                  f"compiled tier {cs.get('calls_compiled_tier', '-')} (cold)"))
     return rows
