@@ -88,12 +88,26 @@ def test_quiet_machine_uses_the_whole_pool(fresh_threads, monkeypatch):
     monkeypatch.setattr(T, "others_runnable", lambda: 64)
     T.state["next"] = 0.0
     f(a, b)
-    assert T.state["now"] == size, "one busy sample is not enough to change"
-    _sampled(f, a, b)
-    assert T.state["now"] == 1
+    assert T.state["now"] == 1, "one busy sample is enough to use fewer threads"
     monkeypatch.setattr(T, "others_runnable", lambda: 0)
+    T.state["next"] = 0.0
+    f(a, b)
+    assert T.state["now"] == 1, "one quiet sample is not enough to use more"
     _sampled(f, a, b)
     assert T.state["now"] == size
+
+
+def test_a_new_thread_setting_looks_at_the_machine_at_once(fresh_threads, monkeypatch):
+    # from a fixed count back to "auto" on a busy machine: the next step already runs on
+    # the calling thread alone, not on the fixed count until the interval has passed
+    f, a, b = _step()
+    monkeypatch.setattr(T, "others_runnable", lambda: 64)
+    monkeypatch.setattr(fj.config, "threads", 2)
+    f(a, b)
+    assert T.state["now"] == 2
+    monkeypatch.setattr(fj.config, "threads", "auto")
+    f(a, b)
+    assert T.state["now"] == 1 and S.helpers() == 0
 
 
 def test_same_bits_when_a_worker_is_late_or_never_starts(fresh_threads, monkeypatch):

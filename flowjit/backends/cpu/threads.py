@@ -13,7 +13,8 @@ pool (scheduler.py). A step with parallel work calls `begin()` before it runs an
   at most every INTERVAL seconds `begin` samples how many threads of other processes
   are runnable (the kernel's count in /proc/loadavg minus this process's running
   threads) and lets as many threads work as there are cores left over, at least the
-  caller, once AGREE samples in a row say so. A worker that is not helping sleeps;
+  caller: fewer at once, more once AGREE samples in a row say so. A worker that is not
+  helping sleeps;
 - SciPy's OpenBLAS runs single-threaded inside the step (the GEMM blocks are
   single-threaded calls on the pool) and gets the user's count back after it;
 - Numba's prange loops (the generic convolutions) get the helping count too.
@@ -97,7 +98,10 @@ def _sample(size):
     del recent[:-AGREE]
     if len(recent) == AGREE and all(n == recent[0] for n in recent):
         return recent[0]
-    return size if state["now"] is None else min(state["now"], size)
+    # fewer threads at once (a thread that other processes deschedule stalls the step
+    # until they let it run), more only once AGREE samples in a row say so
+    current = size if state["now"] is None else min(state["now"], size)
+    return min(current, recent[-1])
 
 
 def begin():
@@ -113,6 +117,8 @@ def begin():
         user = blas.get_threads()
         state["user"] = user
         if (user, config.threads) != state["asked"] or time.monotonic() >= state["next"]:
+            if (user, config.threads) != state["asked"]:
+                state["next"] = 0.0          # a new setting: look at the machine now
             state["asked"] = (user, config.threads)
             fixed = config.threads
             if fixed not in (None, "auto"):
