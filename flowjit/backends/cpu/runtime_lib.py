@@ -8,9 +8,9 @@ from .blas import pooled_gemm, start as _start_blas
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
 
 
-# 2-D float matmuls, one per transpose combination: big ones in blocks on the pool
-# (blas.py), small ones one single-threaded BLAS call. Compiled once per machine (disk
-# cache) and called by every entry, so no entry pays for typing np.dot itself.
+# 2-D float matmuls: big ones in blocks on the pool (blas.py), small ones one
+# single-threaded BLAS call. Compiled once per machine (disk cache) and called by every
+# entry, so no entry pays for typing BLAS calls itself.
 @njit(cache=True, error_model="numpy")
 def gemm(a, b, out, ta, tb):
     """out = op(a) @ op(b), op transposing where ta / tb, by BLAS (blas.pooled_gemm). One
@@ -23,6 +23,7 @@ def gemm(a, b, out, ta, tb):
         np.dot(x, y, out)
 
 
+# fixed transposes, for the convolution kernels that call them from compiled code
 @njit(cache=True, error_model="numpy")
 def gemm_nn(a, b, out):
     gemm(a, b, out, np.bool_(False), np.bool_(False))
@@ -36,11 +37,6 @@ def gemm_tn(a, b, out):
 @njit(cache=True, error_model="numpy")
 def gemm_nt(a, b, out):
     gemm(a, b, out, np.bool_(False), np.bool_(True))
-
-
-@njit(cache=True, error_model="numpy")
-def gemm_tt(a, b, out):
-    gemm(a, b, out, np.bool_(True), np.bool_(True))
 
 
 @njit(cache=True, error_model="numpy")
