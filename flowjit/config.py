@@ -18,6 +18,12 @@ class _Config:
         # once, so the tier a call runs in is deterministic (tests, benchmarks).
         self.background_compile = os.environ.get("FLOWJIT_BACKGROUND_COMPILE", "1").strip().lower() \
             not in ("0", "false", "no", "off")
+        # Which tiers a CPU program may run in: "auto" (the default) runs a cold
+        # program's first calls in tier 0, the NumPy references of its ops, while a
+        # child process compiles its kernels (only when compiling in the background);
+        # "compiled" never runs tier 0 (kernels compile before the first call
+        # returns); "reference" runs tier 0 only and compiles nothing.
+        self.tier = os.environ.get("FLOWJIT_TIER", "auto").strip().lower() or "auto"
         self.log_device_placement = False
         # Threads for GEMMs and parallel loops (backends/cpu/threads.py): "auto" (the
         # default) uses SciPy's OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl), at

@@ -28,3 +28,13 @@ def assert_close(actual, expected, dtype=None, rtol=None, atol=None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=["compiled", "reference"])
+def tier(request):
+    """Run a test with each CPU tier forced (fj.config.tier): compiled kernels, or tier 0,
+    the ops' NumPy references."""
+    old = fj.config.tier
+    fj.config.tier = request.param
+    yield request.param
+    fj.config.tier = old

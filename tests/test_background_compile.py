@@ -1,8 +1,9 @@
-"""The njit entry compiled in a child process while the Python tier runs
-(backends/cpu/background.py): the switch between tiers loses and repeats no step and
-changes no result; a process killed mid-compile leaves a cache the next one uses; two
-processes starting together both finish. Each case runs fresh processes on an empty
-cache directory of its own, so every background run really compiles its entries."""
+"""Kernels and the njit entry compiled in a child process while tier 0 (the NumPy
+references) and then the Python tier run (backends/cpu/background.py): the switches
+between tiers lose and repeat no step and change no result beyond float tolerance; a
+process killed mid-compile leaves a cache the next one uses; two processes starting
+together both finish. Each case runs fresh processes on an empty cache directory of its
+own, so every background run really compiles its kernels and entries."""
 import json
 import os
 import signal
@@ -42,8 +43,9 @@ deadline = time.time() + 240
 while True:
     losses.append(float(step(x, y)))
     st = fj.stats()
-    if mode == "kill" and st["background_compiles"]:
-        print(json.dumps({"children": [j.proc.pid for j in background._running]}), flush=True)
+    started = [j for j in background._running if j.proc is not None]
+    if mode.startswith("kill-") and any(j.what == mode[5:] for j in started):
+        print(json.dumps({"children": [j.proc.pid for j in started]}), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "sync" and len(losses) == steps:
         break
@@ -84,8 +86,9 @@ def gone(pid):
         return True
 
 
-def test_a_process_killed_mid_compile_leaves_no_child_and_a_usable_cache(cache):
-    p = run(cache, "kill", "sgd", "0", check=False)
+@pytest.mark.parametrize("job", ["kernels", "entry"])
+def test_a_process_killed_mid_compile_leaves_no_child_and_a_usable_cache(cache, job):
+    p = run(cache, "kill-" + job, "sgd", "0", check=False)
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     children = json.loads(p.stdout.strip().splitlines()[-1])["children"]
     assert children
@@ -103,14 +106,18 @@ def test_switching_tiers_loses_no_step_and_changes_no_result(cache, opt):
     bg = run(cache, "background", opt, "6")
     n = len(bg["losses"])
     st = bg["stats"]
-    # two programs (forward, backward) per step, each run in exactly one tier
-    assert st["calls_python_tier"] + st["calls_compiled_tier"] == 2 * n
-    assert st["calls_python_tier"] >= 2 and st["calls_compiled_tier"] >= 10
+    # two programs (forward, backward) per step, each run in exactly one tier: tier 0
+    # while the kernels compile, then the Python tier, then the compiled entry
+    assert st["calls_reference_tier"] + st["calls_python_tier"] + st["calls_compiled_tier"] == 2 * n
+    assert st["calls_reference_tier"] >= 2 and st["calls_python_tier"] >= 2
+    assert st["calls_compiled_tier"] >= 10
     assert st["background_compiles"] >= 1 and bg["running"] == 0
     ref = run(cache, "sync", opt, str(n))              # compiled tier from step 3
-    np.testing.assert_allclose(bg["losses"], ref["losses"], rtol=1e-6, atol=1e-7)
+    # float32 tolerance: tier 0's NumPy references round differently from the kernels
+    # (float64 accumulators, fused exp), and tens of steps compound it
+    np.testing.assert_allclose(bg["losses"], ref["losses"], rtol=2e-5, atol=2e-6)
     for a, b in zip(bg["params"], ref["params"]):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
 def test_two_processes_starting_together_both_finish(tmp_path):
@@ -124,4 +131,4 @@ def test_two_processes_starting_together_both_finish(tmp_path):
         assert p.returncode == 0, err[-3000:]
     a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
     k = min(len(a["losses"]), len(b["losses"]))
-    np.testing.assert_allclose(a["losses"][:k], b["losses"][:k], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a["losses"][:k], b["losses"][:k], rtol=2e-5, atol=2e-6)

@@ -1,5 +1,6 @@
 """Every row of op_table.OPS: eager against NumPy, jit against eager, and the gradient
-(eager and jitted) against float64 central finite differences."""
+(eager and jitted) against float64 central finite differences; jitted in each CPU tier
+(the `tier` fixture: compiled kernels, and tier 0's NumPy references)."""
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ SHAPES = [(), (7,), (3, 5)]
 
 @pytest.mark.parametrize("name", sorted(OPS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_values(name, dtype):
+def test_values(name, dtype, tier):
     get, ref, domain, _ = OPS[name]
     f = get()
     jf = fj.jit(lambda x: f(x))
@@ -25,7 +26,7 @@ def test_values(name, dtype):
 
 
 @pytest.mark.parametrize("name", sorted(n for n, row in OPS.items() if row[3]))
-def test_gradient_matches_finite_differences(name):
+def test_gradient_matches_finite_differences(name, tier):
     get, _, domain, _ = OPS[name]
     f = get()
     x = sample((2, 3), np.float64, domain, seed=1)

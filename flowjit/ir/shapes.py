@@ -282,6 +282,23 @@ def hint(d):
     return d.hint if isinstance(d, Sym) else int(d)
 
 
+def evaluate(d, sizes):
+    """A dim's value in one call: `sizes` maps every representative symbol (as
+    `d.norm()` writes it) to its size in that call's inputs."""
+    if not isinstance(d, Sym):
+        return int(d)
+    n = d.norm()
+    if not isinstance(n, Sym):
+        return int(n)
+    total = 0
+    for mono, coef in n.terms:
+        v = coef
+        for sid in mono:
+            v *= sizes[sid]
+        total += v
+    return total
+
+
 def is_one(d):
     return not isinstance(d, Sym) and int(d) == 1
 

@@ -11,11 +11,13 @@ from ...config import config
 from ...errors import CompileError
 from ...runtime import stats as S
 from . import background, loader, threads
+from ..reference import ReferenceProgram
 from .codegen import gen_entry
 
 
 PY_STEP_SECONDS = 1.5e-6      # what one interpreted entry line costs (allocate, call, view)
 REUSE_MIN_BYTES = 1 << 18     # below this, malloc recycles memory by itself
+TIERS = ("auto", "compiled", "reference")     # fj.config.tier
 
 
 class BufferCache:
@@ -51,39 +53,99 @@ class BufferCache:
 class CpuExecutable:
     """A compiled program. `__call__(*args)` runs it.
 
-    Tiers: the entry source first runs as plain Python calling the compiled kernels
-    (only kernels are compiled, and they are shared by structure); after
-    `config.compile_entry_after` calls, or at once when the disk cache already holds
-    it, the entry itself runs as one `numba.njit` function.
+    Tiers (`fj.config.tier`): on a cold cache with background compiling on, the first
+    calls run tier 0, the graph evaluated with the ops' NumPy references
+    (backends/reference.py), while a child process compiles the kernels; then the entry
+    source runs as plain Python calling the compiled kernels (only kernels are compiled,
+    and they are shared by structure); after `config.compile_entry_after` calls, or at
+    once when the disk cache already holds it, the entry itself runs as one
+    `numba.njit` function. Every switch happens between two calls.
     """
 
-    def __init__(self, entry_name, kernel_names, entry_src, kernel_srcs, err_codes, inplace=(),
-                 py_src=None, n_sites=0, threaded=()):
+    def __init__(self, prog, entry_name, kernel_names, entry_src, kernel_srcs, err_codes,
+                 inplace=(), py_src=None, n_sites=0, threaded=()):
+        self.program = prog
         self.entry_name = entry_name
         self.kernel_names = kernel_names
         self.entry_src = entry_src
         self.kernel_srcs = kernel_srcs
+        self.py_src = py_src
         self.threaded = set(threaded)     # kernels that may run Numba's parallel loops
         self.parallel = False     # work on several threads: adapt their count (threads.py)
         self.err_codes = err_codes
         self.inplace = list(inplace)   # effect indices written straight into variable buffers
         self.entry = None          # the njit dispatcher
-        self.calls = 0
+        self.py_entry = None       # the same source run by Python (loaded with the kernels)
+        self.reference = None      # tier 0 (reference.py), made on first use
+        self.calls = 0             # calls of the Python tier
         self.python_share = 1.0    # estimated share of a Python-tier call spent interpreting
-        self.pending = None        # the background compile of the entry (background.py)
-        self._load()
-        ns = dict(vars(self._module))
+        self.pending = None        # a background compile (background.py)
         self.buffers = BufferCache(n_sites)
-        ns["alloc"] = self.buffers.alloc          # the same source, buffers reused per site
-        exec(compile(py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
-        self.py_entry = ns[self.entry_name]
-        self.run = self._run_python
+        self.run = self._run_first
 
     def _load(self):
         for k in self.kernel_names:
             loader.load(k, self.kernel_srcs[k], threads=k in self.threaded)
         self._module = loader.load(self.entry_name, self.entry_src)
         self.entry = getattr(self._module, self.entry_name)
+
+    def _load_python_tier(self):
+        """Import the kernel and entry modules (a pool task, a cfunc, compiles or loads
+        from disk on import) and make the Python tier's entry."""
+        t0 = time.perf_counter()
+        self._load()
+        ns = dict(vars(self._module))
+        ns["alloc"] = self.buffers.alloc          # the same source, buffers reused per site
+        exec(compile(self.py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
+        self.py_entry = ns[self.entry_name]
+        S.bump("compile_seconds", time.perf_counter() - t0)
+
+    def _run_first(self, args):
+        """The first call decides where calls start: tier 0 while a child compiles the
+        kernels (cold cache, background compiling on), else the Python tier."""
+        tier = config.tier
+        if tier not in TIERS:
+            raise ValueError(f"fj.config.tier must be one of {', '.join(map(repr, TIERS))}, not {tier!r}")
+        if tier == "reference":
+            self.run = self._run_reference
+            return self._run_reference(args)
+        if tier == "auto" and self._compile_kernels_in_background(args):
+            self.run = self._run_reference_pending
+            return self._run_reference(args)
+        self._load_python_tier()
+        self.run = self._run_python
+        return self._run_python(args)
+
+    def _compile_kernels_in_background(self, args):
+        if not config.background_compile or not background.possible(self):
+            return False
+        if loader.has_disk_cache(self.entry_name) or \
+                all(loader.has_disk_cache(k) for k in self.kernel_names):
+            return False                   # loads in milliseconds: no tier 0 needed
+        specs = background.arg_specs(args)
+        if specs is None:
+            return False
+        self.pending = background.Compile("kernels", self, args=specs)
+        return True
+
+    def _run_reference(self, args):
+        S.bump("calls_reference_tier")
+        if self.reference is None:
+            self.reference = ReferenceProgram(self.program.graph, self.inplace)
+        return self.reference.run(args)
+
+    def _run_reference_pending(self, args):
+        """Tier 0 while a child compiles the kernels; the Python tier once it is done."""
+        done = self.pending.poll()
+        if done is None:
+            return self._run_reference(args)
+        job, self.pending = self.pending, None
+        if not done:
+            warnings.warn(f"flowjit: compiling the kernels of {self.entry_name} in the background "
+                          f"failed; compiling them here. {job.failure or ''}", RuntimeWarning, stacklevel=2)
+        self._load_python_tier()
+        self.run = self._run_python
+        return self._run_python(args)
 
     def _run_python(self, args):
         self.calls += 1
@@ -100,7 +162,7 @@ class CpuExecutable:
             if self.python_share >= config.entry_overhead_share:
                 if config.background_compile and background.possible(self):
                     # in a child process; this tier runs until it has finished
-                    self.pending = background.EntryCompile(self, tuple(numba.typeof(a) for a in args))
+                    self.pending = background.Compile("entry", self, sig=tuple(numba.typeof(a) for a in args))
                     self.run = self._run_python_pending
                     return self._run_python_only(args)
                 self.compile_for(args)
@@ -225,7 +287,7 @@ def compile_program(prog):
     entry = code.source(ename)
     src = "".join(f"{k} = kernel({k!r})\n" for k in names) + \
         "\n@njit(cache=CACHE, error_model='numpy')\n" + entry
-    exe = CpuExecutable(ename, names, src, code.kernels, code.err_codes, code.inplace, entry,
+    exe = CpuExecutable(prog, ename, names, src, code.kernels, code.err_codes, code.inplace, entry,
                         code.n_sites, code.threaded)
     exe.python_share = estimate_python_share(prog, len(code.lines))
     exe.parallel = code.parallel

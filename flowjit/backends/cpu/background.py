@@ -1,16 +1,24 @@
-"""Compile a program's njit entry in a child process while its Python tier runs.
+"""Compile a program's kernels, then its njit entry, in a child process while the
+program runs on.
 
-Compiling an entry links and re-optimises every kernel it calls: for the digits MLP the
-two entries took 14.5 of the 27 cold-cache compile seconds, for a step that the Python
-tier (kernels called from plain Python) already runs within about 20% of the compiled
-speed. Numba's compiler holds the GIL, so a compile thread would stall the training
-loop; a child process compiles instead, into Numba's disk cache, at a low priority, and
-the parent checks between two calls whether it has finished. When it has, the parent
-loads the entry from the disk cache (milliseconds) and switches tiers before the next
-call, so no step is lost, repeated or run half in one tier.
+Numba's compiler holds the GIL, so a compile thread would stall the training loop; a
+child process compiles instead, into Numba's disk cache, at a low priority, and the
+parent checks between two calls whether it has finished. Two kinds of job:
+- "kernels": on a cold cache, a program's first calls run in tier 0 (the NumPy
+  references, backends/reference.py) while a child compiles its kernels by running the
+  Python tier once on zero-filled arguments of the same shapes and dtypes (so it
+  compiles exactly the variants the parent will call). Then the parent loads them from
+  the disk cache and switches to the Python tier.
+- "entry": compiling the njit entry links and re-optimises every kernel it calls (for
+  the digits MLP, 14.5 of the 27 cold-cache compile seconds), for a step the Python
+  tier already runs within about 20% of the compiled speed; the Python tier runs on
+  meanwhile, then the parent loads the entry from the disk cache (milliseconds).
+Either way the switch happens before a call, so no step is lost, repeated or run half
+in one tier. One child runs at a time (a 2-core machine has one core to spare); the
+others wait in a queue.
 
-- Several processes wanting the same entry: each child takes an exclusive lock on the
-  entry's file first, so one compiles and the others then load its result.
+- Several processes wanting the same compile: each child takes an exclusive lock on a
+  file of the entry's name first, so one compiles and the others then load its result.
 - The parent exits first: its children get SIGTERM (atexit, and the kernel's parent-death
   signal if the parent is killed); a child leaves on SIGTERM through SystemExit, which
   removes Numba's half-written temporary file. Numba writes cache files by rename, so no
@@ -32,33 +40,47 @@ import time
 from ... import runtime_config as cfg
 from ...runtime import stats as S
 
-_running = []          # EntryCompile jobs whose child may still run
+_running = []          # jobs whose child may still run (started or queued)
+_queue = []            # jobs waiting for the one child slot, first come first served
 
 
-class EntryCompile:
-    """One child process compiling one entry for one signature."""
+class Compile:
+    """One child process compiling one executable's kernels ("kernels", for argument
+    specs `args`: (shape, dtype, writeable) each) or its entry ("entry", for Numba
+    signature `sig`)."""
 
-    def __init__(self, exe, sig):
-        job = {"cache_dir": cfg.cache_dir(), "sig": sig,
+    def __init__(self, what, exe, args=None, sig=None):
+        job = {"what": what, "cache_dir": cfg.cache_dir(), "sig": sig, "args": args,
                "kernels": [(k, exe.kernel_srcs[k], k in exe.threaded) for k in exe.kernel_names],
-               "entry": (exe.entry_name, exe.entry_src)}
+               "entry": (exe.entry_name, exe.entry_src), "py_entry": exe.py_src}
         fd, self.job_path = tempfile.mkstemp(prefix="flowjit-job-", suffix=".pkl")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(job, f)
+        self.what = what
+        self.proc = None
+        self.failure = None
+        self.log = None
+        _running.append(self)
+        _queue.append(self)
+        S.bump("background_compiles")
+        _pump()
+
+    def _start(self):
         # the child's messages go to a file: a pipe nobody reads could fill and stall it
         self.log = tempfile.TemporaryFile(prefix="flowjit-compile-")
-        env = dict(os.environ, FLOWJIT_CACHE_DIR=job["cache_dir"], NUMBA_NUM_THREADS="1",
-                   OPENBLAS_NUM_THREADS="1", FLOWJIT_BACKGROUND_COMPILE="0")
+        env = dict(os.environ, FLOWJIT_CACHE_DIR=cfg.cache_dir(), NUMBA_NUM_THREADS="1",
+                   OPENBLAS_NUM_THREADS="1", FLOWJIT_THREADS="1", FLOWJIT_BACKGROUND_COMPILE="0")
         self.started = time.perf_counter()
-        self.failure = None
         self.proc = subprocess.Popen([sys.executable, "-m", __name__, self.job_path], env=env,
                                      stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        _running.append(self)
-        S.bump("background_compiles")
 
     def poll(self):
-        """None while the child runs, then True (the entry is in the disk cache) or False."""
+        """None while the child waits or runs, then True (its functions are in the disk
+        cache) or False (self.failure says why)."""
+        _pump()
+        if self.proc is None:
+            return None
         rc = self.proc.poll()
         if rc is None:
             return None
@@ -69,17 +91,20 @@ class EntryCompile:
         return rc == 0
 
     def _finish(self):
+        if self in _queue:
+            _queue.remove(self)
         if self in _running:
             _running.remove(self)
-            S.bump("background_compile_seconds", time.perf_counter() - self.started)
-            self.log.close()
+            if self.proc is not None:
+                S.bump("background_compile_seconds", time.perf_counter() - self.started)
+                self.log.close()
             try:
                 os.unlink(self.job_path)
             except OSError:
                 pass
 
     def cancel(self):
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(5)
@@ -87,6 +112,26 @@ class EntryCompile:
                 self.proc.kill()
                 self.proc.wait()
         self._finish()
+
+
+def _pump():
+    """Start the next queued job once no child runs."""
+    if any(j.proc is not None and j.proc.poll() is None for j in _running):
+        return
+    if _queue:
+        _queue.pop(0)._start()
+
+
+def arg_specs(args):
+    """What a kernels job needs of the arguments, or None where a child could not
+    rebuild them (it recreates C-contiguous arrays only)."""
+    import numpy as np
+    out = []
+    for a in args:
+        if type(a) is not np.ndarray or not a.flags.c_contiguous:
+            return None
+        out.append((a.shape, a.dtype.str, bool(a.flags.writeable)))
+    return out
 
 
 def possible(exe):
@@ -118,7 +163,7 @@ def _leave(signum, frame):
 
 
 def compile_job(job):
-    """Compile the job's entry into Numba's disk cache (its kernels load from it)."""
+    """Compile the job's kernels or its entry into Numba's disk cache."""
     import fcntl
     from . import loader
     for name, src, threaded in job["kernels"]:
@@ -126,24 +171,44 @@ def compile_job(job):
     name, src = job["entry"]
     mod = loader.load(name, src)
     # one compile per entry at a time across processes; a waiting child then loads
-    # the entry the first one saved
-    fd = os.open(os.path.join(loader.module_dir(), name + ".compile-lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    # what the first one saved
+    fd = os.open(os.path.join(loader.module_dir(), f"{name}.{job['what']}-lock"),
+                 os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        getattr(mod, name).compile(job["sig"])
+        if job["what"] == "entry":
+            getattr(mod, name).compile(job["sig"])
+        else:
+            _run_python_tier(mod, name, job)
     finally:
         os.close(fd)
+
+
+def _run_python_tier(mod, name, job):
+    """One call of the entry's Python tier on zeros: every kernel compiles (or loads)
+    for exactly the argument types the parent's calls will have."""
+    import numpy as np
+    ns = dict(vars(mod))
+    ns["alloc"] = lambda site, shape, dtype: np.empty(shape, dtype)
+    exec(compile(job["py_entry"], f"<flowjit entry {name}>", "exec"), ns)
+    args = []
+    for shape, dtype, writeable in job["args"]:
+        a = np.zeros(shape, dtype)
+        a.flags.writeable = writeable
+        args.append(a)
+    ns[name](*args)
 
 
 def main(path):
     signal.signal(signal.SIGTERM, _leave)
     _die_with_parent()
-    try:
-        os.nice(10)            # the training loop in the parent comes first
-    except OSError:
-        pass
     with open(path, "rb") as f:
         job = pickle.load(f)
+    if job["what"] == "entry":
+        try:
+            os.nice(10)        # the Python tier is near full speed already: it comes first
+        except OSError:
+            pass
     compile_job(job)
 
 
