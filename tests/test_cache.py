@@ -45,6 +45,40 @@ def test_second_process_compiles_nothing(tmp_path):
     assert second["traces"] == 1
 
 
+HELPERS = textwrap.dedent("""
+    import json, os, numpy as np, flowjit as fj
+    from flowjit.backends.cpu import runtime_lib
+    f = fj.jit(lambda a, b: fj.matmul(a, b))
+    assert np.allclose(f(np.ones((3, 4), np.float32), np.ones((4, 2), np.float32)).numpy(), 4.0)
+    g = runtime_lib.gemm
+    print(json.dumps({"path": g._cache._cache_path, "hits": sum(g.stats.cache_hits.values()),
+                      "misses": sum(g.stats.cache_misses.values())}))
+""")
+
+
+def test_flowjits_own_helpers_are_cached_under_its_cache_directory(tmp_path):
+    """The cache=True helpers in flowjit's source files (here the GEMM wrapper) go to
+    the flowjit cache directory, keyed by version, not into the package, and a second
+    process loads them from there."""
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("NUMBA_CACHE_DIR", None)
+    out = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", HELPERS], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        out.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    import flowjit
+    from numba import __version__ as numba_version
+    want = os.path.join(str(tmp_path), "helpers", f"flowjit-{flowjit.__version__}-numba-{numba_version}",
+                        "backends", "cpu")
+    assert out[0]["path"] == want
+    assert glob.glob(os.path.join(want, "runtime_lib.gemm-*.nbi"))
+    assert out[0]["misses"] >= 1 and out[1]["misses"] == 0 and out[1]["hits"] >= 1
+    assert oct(os.stat(want).st_mode & 0o777) == oct(0o700)
+
+
 def test_corrupted_cache_is_survived(tmp_path):
     run(tmp_path)
     cpu = tmp_path / "cpu"
