@@ -255,3 +255,25 @@ def test_a_forked_child_runs_steps(fresh_threads):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_numpy_blas_leaves_a_compile_process_a_core_and_gets_its_count_back(monkeypatch):
+    """Tier 0 beside a compile process: NumPy's OpenBLAS (found among the loaded
+    libraries) runs on the cores minus one, and has the user's count again after."""
+    controls = T._openblas_controls()
+    if not controls:
+        pytest.skip("no OpenBLAS thread controls in this process")
+    get, set_threads = controls[0]
+    before = int(get())
+    set_threads(3)
+    monkeypatch.setattr(T, "_cores", lambda: 3)
+    try:
+        with T.beside_a_compile():
+            assert int(get()) == 2
+        assert int(get()) == 3
+        with pytest.raises(RuntimeError):
+            with T.beside_a_compile():
+                raise RuntimeError("a failing tier-0 call")
+        assert int(get()) == 3
+    finally:
+        set_threads(before)

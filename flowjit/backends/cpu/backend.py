@@ -111,7 +111,7 @@ class CpuExecutable:
             return self._run_reference(args)
         if tier == "auto" and self._compile_kernels_in_background(args):
             self.run = self._run_reference_pending
-            return self._run_reference(args)
+            return self._run_reference_pending(args)
         self._load_python_tier()
         self.run = self._run_python
         return self._run_python(args)
@@ -138,7 +138,8 @@ class CpuExecutable:
         """Tier 0 while a child compiles the kernels; the Python tier once it is done."""
         done = self.pending.poll()
         if done is None:
-            return self._run_reference(args)
+            with threads.beside_a_compile():
+                return self._run_reference(args)
         job, self.pending = self.pending, None
         if not done:
             warnings.warn(f"flowjit: compiling the kernels of {self.entry_name} in the background "
