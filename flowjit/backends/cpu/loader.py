@@ -256,7 +256,8 @@ def has_disk_cache(name):
 
 
 def _guard_numba_cache():
-    """Make Numba's cache of generated functions fail soft and load only what is theirs.
+    """Make Numba's cache of generated functions fail soft and load only what is theirs
+(and a failing save of flowjit's own helpers, cached beside them, fail soft too).
 
     Numba reads a cfunc's cache entry inside its decorator, before we could wrap the
     instance, so Cache's two methods are wrapped once, for generated functions only
@@ -287,7 +288,13 @@ def _guard_numba_cache():
 
     def save_overload(self, sig, data):
         if not _generated(self):
-            return save(self, sig, data)
+            if not _helper(self):
+                return save(self, sig, data)
+            try:                # flowjit's own helpers, in its cache too (helper_cache.py)
+                return save(self, sig, data)
+            except OSError as e:
+                cfg.give_up(self._cache_path, e)
+                return None
         if not _usable(self):
             return None
         try:
@@ -305,6 +312,11 @@ def _guard_numba_cache():
 def _generated(cache):
     mod = getattr(getattr(cache, "_py_func", None), "__module__", None) or ""
     return mod.startswith(("flowjit_gen_", "flowjit_cuda_"))
+
+
+def _helper(cache):
+    from .helper_cache import FlowjitHelperLocator
+    return isinstance(getattr(getattr(cache, "_impl", None), "_locator", None), FlowjitHelperLocator)
 
 
 def _usable(cache):
