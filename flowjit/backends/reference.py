@@ -9,6 +9,8 @@ dtype, so the next tier, or the other stage's tier, takes them unchanged. The
 references are the ones eager mode runs; random ops draw from the same counter-based
 streams as the kernels, so both tiers give the same numbers to float tolerance.
 """
+from math import prod
+
 import numpy as np
 
 from ..errors import FlowjitError
@@ -66,6 +68,11 @@ class ReferenceProgram:
         return plan
 
     def run(self, args):
+        # as in eager mode (and in compiled code): IEEE results, no NumPy warnings
+        with np.errstate(all="ignore"):
+            return self._run(args)
+
+    def _run(self, args):
         g = self.g
         plan = self._plan(self._sizes(args))
         values = {}
@@ -80,7 +87,8 @@ class ReferenceProgram:
                     raise type(e)(_at(n, e)) from None
                 v = np.asarray(v, n.dtype.np)
                 if v.shape != shape:
-                    v = v.reshape(shape)
+                    # (1,) for a scalar, or a scalar where the op broadcasts, as eagerly
+                    v = v.reshape(shape) if v.size == prod(shape) else np.broadcast_to(v, shape).copy()
             values[n.id] = v
             for i in self.free_after[k]:
                 del values[i]
