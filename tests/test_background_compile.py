@@ -132,3 +132,29 @@ def test_two_processes_starting_together_both_finish(tmp_path):
     a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
     k = min(len(a["losses"]), len(b["losses"]))
     np.testing.assert_allclose(a["losses"][:k], b["losses"][:k], rtol=2e-5, atol=2e-6)
+
+
+def test_a_compile_process_that_cannot_start_falls_back_to_compiling_here(tmp_path, monkeypatch):
+    """No process can be started (out of memory or processes): the call warns and
+    compiles in this process; nothing hangs in tier 0."""
+    import flowjit as fj
+    from flowjit.backends.cpu import background
+
+    def no_process(*a, **k):
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setenv("FLOWJIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fj.config, "background_compile", True)
+    monkeypatch.setattr(background.subprocess, "Popen", no_process)
+    f = fj.jit(lambda x: fj.sigmoid(x) + 1.0)
+    x = np.linspace(-2, 2, 7)
+    before = fj.stats()
+    with pytest.warns(RuntimeWarning, match="could not start"):
+        first = f(x).numpy()
+    second = f(x).numpy()
+    after = fj.stats()
+    assert after["calls_reference_tier"] == before["calls_reference_tier"]
+    assert after["calls_python_tier"] - before["calls_python_tier"] == 2
+    want = 1.0 / (1.0 + np.exp(-x)) + 1.0
+    np.testing.assert_allclose(first, want, rtol=1e-13)
+    np.testing.assert_allclose(second, want, rtol=1e-13)
+    assert not background._running and not background._queue

@@ -266,3 +266,56 @@ def test_tier_0_gives_ieee_results_without_numpy_warnings():
     want, _ = with_tier("compiled", lambda x: (fj.log(x), x / 0.0), x)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+def test_both_tiers_return_the_same_array_types_from_every_stage():
+    """The forward's residuals go to the backward as they are, and either may run in
+    either tier: every stage returns arrays of the same shapes, dtypes and layout in
+    both (a 0-d value as shape (1,), as compiled code allocates it)."""
+    def f(x, w):
+        with fj.GradientTape() as tape:
+            tape.watch(w)
+            s = fj.reduce_sum(x * w)
+            loss = s * s + fj.reduce_sum(fj.sin(w))
+        return loss, tape.gradient(loss, w)
+    x, w = rand(3, 4), rand(3, 4, seed=1)
+    kinds = {}
+    for tier in TIERS:
+        old = fj.config.tier
+        fj.config.tier = tier
+        try:
+            jf = fj.jit(f)
+            jf(x, w)
+            seen = []
+            c = next(iter(jf._cache.values()))[0]
+            for st in c.stages:
+                def record(args, run=st.exe.run):
+                    outs = run(args)
+                    seen.append([(o.shape, o.dtype, o.flags.c_contiguous) for o in outs])
+                    return outs
+                st.exe.run = record
+            jf(x, w)
+        finally:
+            fj.config.tier = old
+        kinds[tier] = seen
+    assert len(kinds["reference"]) == 2
+    assert kinds["reference"] == kinds["compiled"]
+    assert ((1,), np.dtype(np.float64), True) in kinds["reference"][0]     # the 0-d residual
+
+
+def test_a_failed_load_of_the_compiled_tier_is_tried_again_at_the_next_call(monkeypatch):
+    from flowjit.backends.cpu.backend import CpuExecutable
+    load = CpuExecutable._load_python_tier
+    failures = []
+
+    def flaky(self):
+        if not failures:
+            failures.append(self)
+            raise KeyboardInterrupt
+        return load(self)
+    monkeypatch.setattr(CpuExecutable, "_load_python_tier", flaky)
+    f = fj.jit(lambda x: fj.tanh(x) * 2.0)
+    x = rand(5)
+    with pytest.raises(KeyboardInterrupt):
+        f(x)
+    assert_close(f(x).numpy(), np.tanh(x) * 2.0)

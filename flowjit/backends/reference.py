@@ -5,7 +5,8 @@ This is what a jitted function runs while its kernels compile in a child process
 arguments of the compiled entry, in the same order (inputs, constants, random keys,
 the error word: backends/entry.entry_params), and returns what the entry returns (the
 graph's outputs, then the variables' new values), as C-contiguous arrays of the node's
-dtype, so the next tier, or the other stage's tier, takes them unchanged. The
+dtype and shape (a 0-d one as shape (1,)), so the next tier, or the other stage's
+tier, takes them unchanged. The
 references are the ones eager mode runs; random ops draw from the same counter-based
 streams as the kernels, so both tiers give the same numbers to float tolerance.
 """
@@ -103,13 +104,14 @@ class ReferenceProgram:
 
 
 def _fresh(v, roots):
-    """v as the compiled entry returns a buffer: C-contiguous and its own memory
-    (`stop_gradient(x)` is `x` here but a copy in compiled code, and a variable updated
-    in place later must not change a returned value). `roots`: the ids of the arrays
-    owning the arguments' memory."""
+    """v as the compiled entry returns a buffer: C-contiguous, a 0-d value as shape (1,)
+    (as compiled code allocates it, so the other stage's compiled tier takes the same
+    types), and its own memory (`stop_gradient(x)` is `x` here but a copy in compiled
+    code, and a variable updated in place later must not change a returned value).
+    `roots`: the ids of the arrays owning the arguments' memory."""
     if not v.flags.c_contiguous or id(_root(v)) in roots:
-        return v.copy(order="C")
-    return v
+        v = v.copy(order="C")
+    return v.reshape(1) if v.ndim == 0 else v
 
 
 def _root(a):

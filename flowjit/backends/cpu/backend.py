@@ -112,6 +112,12 @@ class CpuExecutable:
         if tier == "auto" and self._compile_kernels_in_background(args):
             self.run = self._run_reference_pending
             return self._run_reference_pending(args)
+        self.run = self._enter_python_tier
+        return self._enter_python_tier(args)
+
+    def _enter_python_tier(self, args):
+        """Load the kernels (from disk, or compiling them here) and run the Python tier;
+        until that succeeds, every call tries again."""
         self._load_python_tier()
         self.run = self._run_python
         return self._run_python(args)
@@ -125,7 +131,10 @@ class CpuExecutable:
         specs = background.arg_specs(args)
         if specs is None:
             return False
-        self.pending = background.Compile("kernels", self, args=specs)
+        try:
+            self.pending = background.Compile("kernels", self, args=specs)
+        except OSError:             # no room for the job file: compile here instead
+            return False
         return True
 
     def _run_reference(self, args):
@@ -144,9 +153,8 @@ class CpuExecutable:
         if not done:
             warnings.warn(f"flowjit: compiling the kernels of {self.entry_name} in the background "
                           f"failed; compiling them here. {job.failure or ''}", RuntimeWarning, stacklevel=2)
-        self._load_python_tier()
-        self.run = self._run_python
-        return self._run_python(args)
+        self.run = self._enter_python_tier
+        return self._enter_python_tier(args)
 
     def _run_python(self, args):
         self.calls += 1
@@ -163,7 +171,12 @@ class CpuExecutable:
             if self.python_share >= config.entry_overhead_share:
                 if config.background_compile and background.possible(self):
                     # in a child process; this tier runs until it has finished
-                    self.pending = background.Compile("entry", self, sig=tuple(numba.typeof(a) for a in args))
+                    try:
+                        self.pending = background.Compile("entry", self,
+                                                          sig=tuple(numba.typeof(a) for a in args))
+                    except OSError:       # no room for the job file: this tier goes on
+                        self.run = self._run_python_only
+                        return self._run_python_only(args)
                     self.run = self._run_python_pending
                     return self._run_python_only(args)
                 self.compile_for(args)

@@ -2,8 +2,8 @@
 program runs on.
 
 Numba's compiler holds the GIL, so a compile thread would stall the training loop; a
-child process compiles instead, into Numba's disk cache, at a low priority, and the
-parent checks between two calls whether it has finished. Two kinds of job:
+child process compiles instead, into Numba's disk cache, and the parent checks between
+two calls whether it has finished. Two kinds of job:
 - "kernels": on a cold cache, a program's first calls run in tier 0 (the NumPy
   references, backends/reference.py) while a child compiles its kernels by running the
   Python tier once on zero-filled arguments of the same shapes and dtypes (so it
@@ -12,7 +12,8 @@ parent checks between two calls whether it has finished. Two kinds of job:
 - "entry": compiling the njit entry links and re-optimises every kernel it calls (for
   the digits MLP, 14.5 of the 27 cold-cache compile seconds), for a step the Python
   tier already runs within about 20% of the compiled speed; the Python tier runs on
-  meanwhile, then the parent loads the entry from the disk cache (milliseconds).
+  meanwhile (the child at nice 10; a kernels child at normal priority, as tier 0 is
+  slower), then the parent loads the entry from the disk cache (milliseconds).
 Either way the switch happens before a call, so no step is lost, repeated or run half
 in one tier. One child runs at a time (a 2-core machine has one core to spare); the
 others wait in a queue.
@@ -54,11 +55,15 @@ class Compile:
                "kernels": [(k, exe.kernel_srcs[k], k in exe.threaded) for k in exe.kernel_names],
                "entry": (exe.entry_name, exe.entry_src), "py_entry": exe.py_src}
         fd, self.job_path = tempfile.mkstemp(prefix="flowjit-job-", suffix=".pkl")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(job, f)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(job, f)
+        except BaseException:          # a full /tmp: the caller compiles in the process
+            os.unlink(self.job_path)
+            raise
         self.what = what
         self.proc = None
-        self.failure = None
+        self.failure = None            # why the child failed, or could not start
         self.log = None
         _running.append(self)
         _queue.append(self)
@@ -80,6 +85,9 @@ class Compile:
         cache) or False (self.failure says why)."""
         _pump()
         if self.proc is None:
+            if self.failure is not None:       # it could not start
+                self._finish()
+                return False
             return None
         rc = self.proc.poll()
         if rc is None:
@@ -97,6 +105,7 @@ class Compile:
             _running.remove(self)
             if self.proc is not None:
                 S.bump("background_compile_seconds", time.perf_counter() - self.started)
+            if self.log is not None:
                 self.log.close()
             try:
                 os.unlink(self.job_path)
@@ -115,11 +124,20 @@ class Compile:
 
 
 def _pump():
-    """Start the next queued job once no child runs."""
+    """Start the next queued job once no child runs. A job whose child cannot start (no
+    memory or processes left) is marked failed for its owner, and the next one tried."""
     if any(j.proc is not None and j.proc.poll() is None for j in _running):
         return
-    if _queue:
-        _queue.pop(0)._start()
+    while _queue:
+        job = _queue.pop(0)
+        try:
+            job._start()
+            return
+        except OSError as e:
+            job.failure = f"the compile process could not start: {e}"
+            if job.log is not None:
+                job.log.close()
+                job.log = None
 
 
 def arg_specs(args):
@@ -204,6 +222,10 @@ def main(path):
     _die_with_parent()
     with open(path, "rb") as f:
         job = pickle.load(f)
+    try:
+        os.unlink(path)        # read: nothing is left behind if the parent is killed
+    except OSError:
+        pass
     if job["what"] == "entry":
         try:
             os.nice(10)        # the Python tier is near full speed already: it comes first
