@@ -158,3 +158,29 @@ def test_a_compile_process_that_cannot_start_falls_back_to_compiling_here(tmp_pa
     np.testing.assert_allclose(first, want, rtol=1e-13)
     np.testing.assert_allclose(second, want, rtol=1e-13)
     assert not background._running and not background._queue
+
+
+def test_a_failed_load_of_a_background_entry_leaves_the_python_tier_running(monkeypatch):
+    """The child finished, but loading its entry fails here: that call raises, and the
+    next ones run the Python tier (before, every later call failed on a job gone)."""
+    import flowjit as fj
+    from flowjit.backends.cpu import backend as B
+
+    class Done:
+        failure = None
+
+        def poll(self):
+            return True
+    f = fj.jit(lambda x: fj.exp(x) - 1.0)
+    x = np.linspace(-1, 1, 5)
+    f(x)
+    exe = next(iter(f._cache.values()))[0].exe
+    exe.pending, exe.run = Done(), exe._run_python_pending
+
+    def broken(self, args):
+        raise RuntimeError("the cache entry would not load")
+    monkeypatch.setattr(B.CpuExecutable, "compile_for", broken)
+    with pytest.raises(RuntimeError, match="would not load"):
+        f(x)
+    np.testing.assert_allclose(f(x).numpy(), np.expm1(x), rtol=1e-12, atol=1e-15)
+    assert exe.run == exe._run_python_only

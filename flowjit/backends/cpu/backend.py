@@ -191,10 +191,10 @@ class CpuExecutable:
         if done is None:
             return self._run_python_only(args)
         job, self.pending = self.pending, None
+        self.run = self._run_python_only       # also if loading the entry below fails
         if not done:
             warnings.warn(f"flowjit: compiling {self.entry_name} in the background failed; the "
                           f"step goes on uncompiled. {job.failure or ''}", RuntimeWarning, stacklevel=2)
-            self.run = self._run_python_only
             return self._run_python_only(args)
         self.compile_for(args)          # loads what the child saved in Numba's disk cache
         self.run = self._run_njit
