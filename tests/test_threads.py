@@ -277,3 +277,18 @@ def test_numpy_blas_leaves_a_compile_process_a_core_and_gets_its_count_back(monk
         assert int(get()) == 3
     finally:
         set_threads(before)
+
+
+def test_a_worker_going_to_sleep_during_a_sample_is_not_another_process(monkeypatch):
+    """Our threads are read before and after the kernel's runnable count: a worker that
+    was runnable in the first read and asleep in the second is still ours, so a quiet
+    machine does not look busy (it dropped a step to one thread for 150 ms before)."""
+    reads = iter([{"101", "102"}, {"101"}])
+    monkeypatch.setattr(T, "_my_runnable", lambda: next(reads))
+    monkeypatch.setattr(T, "_kernel_runnable", lambda: 2)
+    assert T.others_runnable() == 0
+    reads = iter([{"101"}, {"101"}])
+    assert T.others_runnable() == 1          # a thread of another process
+    if os.path.exists("/proc/loadavg"):
+        monkeypatch.undo()
+        assert T.others_runnable() is not None

@@ -61,21 +61,37 @@ def _cores():
 
 def others_runnable():
     """Threads of other processes that are runnable now, or None where /proc cannot
-    tell (not Linux)."""
+    tell (not Linux). Our own threads are read just before and just after the kernel's
+    count, and one runnable in either read is ours: a worker going to sleep between the
+    two reads would otherwise count as another process's, and a quiet machine would
+    look busy for a moment."""
     try:
-        with open("/proc/loadavg", "rb") as f:
-            running = int(f.read().split()[3].split(b"/")[0])
-        mine = 0
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:          # the thread ended meanwhile
-                continue
-            mine += stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"R"
+        before = _my_runnable()
+        running = _kernel_runnable()
+        mine = len(before | _my_runnable())
     except (OSError, ValueError, IndexError):
         return None
     return max(running - mine, 0)
+
+
+def _kernel_runnable():
+    """The kernel's count of runnable threads, all processes (/proc/loadavg)."""
+    with open("/proc/loadavg", "rb") as f:
+        return int(f.read().split()[3].split(b"/")[0])
+
+
+def _my_runnable():
+    """The ids of this process's threads that are running or runnable."""
+    out = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:          # the thread ended meanwhile
+            continue
+        if stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"R":
+            out.add(tid)
+    return out
 
 
 def _apply(size, working):
