@@ -58,8 +58,8 @@ HELPERS = textwrap.dedent("""
 
 def test_flowjits_own_helpers_are_cached_under_its_cache_directory(tmp_path):
     """The cache=True helpers in flowjit's source files (here the GEMM wrapper) go to
-    the flowjit cache directory, keyed by version, not into the package, and a second
-    process loads them from there."""
+    the flowjit cache directory, keyed by the versions and the backend sources, not into
+    the package, and a second process loads them from there."""
     env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("NUMBA_CACHE_DIR", None)
@@ -71,8 +71,9 @@ def test_flowjits_own_helpers_are_cached_under_its_cache_directory(tmp_path):
         out.append(json.loads(p.stdout.strip().splitlines()[-1]))
     import flowjit
     from numba import __version__ as numba_version
-    want = os.path.join(str(tmp_path), "helpers", f"flowjit-{flowjit.__version__}-numba-{numba_version}",
-                        "backends", "cpu")
+    from flowjit.backends.cpu.helper_cache import _HASH
+    want = os.path.join(str(tmp_path), "helpers",
+                        f"flowjit-{flowjit.__version__}-numba-{numba_version}-{_HASH}", "backends", "cpu")
     assert out[0]["path"] == want
     assert glob.glob(os.path.join(want, "runtime_lib.gemm-*.nbi"))
     assert out[0]["misses"] >= 1 and out[1]["misses"] == 0 and out[1]["hits"] >= 1

@@ -4,7 +4,8 @@ source files).
 
 Numba's default puts them beside the source, in `flowjit/**/__pycache__`, and falls
 back to a user-wide directory when the package is installed read-only. Here they go
-under the flowjit cache directory instead, keyed by flowjit's and Numba's versions, so
+under the flowjit cache directory instead, keyed by flowjit's and Numba's versions and
+a hash of the backend sources, so
 an installed package never writes into site-packages, a fresh `FLOWJIT_CACHE_DIR`
 really is a cold start, and deleting that directory deletes everything flowjit
 compiled. Numba still checks each entry against a hash of its source file.
@@ -13,6 +14,7 @@ compiled. Numba still checks each entry against a hash of its source file.
 decorated (backends/cpu/__init__.py). Where the directory cannot be used safely
 (runtime_config.secure_dir), or the disk cache is off, Numba's own locators apply.
 """
+import hashlib
 import os
 
 from numba.core import caching
@@ -23,11 +25,30 @@ from ... import runtime_config as cfg
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _backends_hash():
+    """A short hash of every backend source file. Numba checks a cached function against
+    its own file only, not against the helpers it calls and compiled in (a cached `gemm`
+    kept an edited `blas.pooled_gemm`), so any change there starts a new directory."""
+    h = hashlib.sha1()
+    root = os.path.join(_PACKAGE, "backends")
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith(".py"):
+                with open(os.path.join(folder, f), "rb") as fh:
+                    h.update(f.encode() + b"\0" + fh.read())
+    return h.hexdigest()[:10]
+
+
+_HASH = _backends_hash()
+
+
 def helper_dir(py_file):
     """The cache directory of the helpers defined in `py_file` (a flowjit source file)."""
     import numba
     rel = os.path.relpath(os.path.dirname(os.path.abspath(py_file)), _PACKAGE)
-    return os.path.join(cfg.cache_dir(), "helpers", f"flowjit-{__version__}-numba-{numba.__version__}", rel)
+    return os.path.join(cfg.cache_dir(), "helpers",
+                        f"flowjit-{__version__}-numba-{numba.__version__}-{_HASH}", rel)
 
 
 class FlowjitHelperLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):

@@ -54,7 +54,8 @@ def files_salt(folder, files, *extra):
 def _salt():
     import numba
     return files_salt(os.path.dirname(os.path.abspath(__file__)),
-                      ("scalar.py", "runtime_lib.py", "codegen.py", "loader.py", "pool.py"), numba.__version__)
+                      ("scalar.py", "runtime_lib.py", "codegen.py", "loader.py", "pool.py", "blas.py",
+                       "conv_cpu.py", "scheduler.py"), numba.__version__)
 
 
 SALT = _salt()
