@@ -5,10 +5,10 @@ source files).
 Numba's default puts them beside the source, in `flowjit/**/__pycache__`, and falls
 back to a user-wide directory when the package is installed read-only. Here they go
 under the flowjit cache directory instead, keyed by flowjit's and Numba's versions and
-a hash of the backend sources, so
-an installed package never writes into site-packages, a fresh `FLOWJIT_CACHE_DIR`
-really is a cold start, and deleting that directory deletes everything flowjit
-compiled. Numba still checks each entry against a hash of its source file.
+a hash of the backend sources, so an installed package never writes into
+site-packages, a fresh `FLOWJIT_CACHE_DIR` really is a cold start, and deleting that
+directory deletes everything flowjit compiled. Numba still checks each entry against a
+hash of its source file.
 
 `install()` puts the locator first in Numba's list before any of those functions is
 decorated (backends/cpu/__init__.py). Where the directory cannot be used safely
