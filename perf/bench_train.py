@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 import flowjit as fj
-from perf.common import Result, check_close, first_call_time, register
+from perf.common import Result, StepTime, check_close, first_call_time, register
 
 WARMUP_CALLS = 5          # >= fj.config.compile_entry_after + 2: both tiers have run
 N_BATCHES = 4             # distinct batches cycled through by every implementation
@@ -75,7 +75,8 @@ def _stats_delta(before):
 
 def median_step_times(calls, rounds, min_block, settle_s=0.0, block_s=0.0, warm_s=0.0,
                       max_block=400):
-    """({name: median seconds per step}, timed steps per implementation,
+    """({name: median seconds per step, a StepTime that also carries the mean}, timed
+    steps per implementation,
     {name: process CPU seconds / wall seconds over its timed steps}) for (name, step_fn)
     pairs. The last is about how many cores an implementation kept busy (spinning
     thread pools included); it shows, e.g., that `--threads 1` does not cap XLA.
@@ -117,7 +118,8 @@ def median_step_times(calls, rounds, min_block, settle_s=0.0, block_s=0.0, warm_
             cpu[name] += time.process_time() - c0
     n = len(next(iter(times.values())))
     cores = {name: cpu[name] / max(sum(times[name]), 1e-12) for name in times}
-    return {name: statistics.median(ts) for name, ts in times.items()}, n, cores
+    return ({name: StepTime(statistics.median(ts), statistics.fmean(ts)) for name, ts in times.items()},
+            n, cores)
 
 
 def busy_note():

@@ -30,6 +30,18 @@ class Config:
             self.skipped.append(msg)
 
 
+class StepTime(float):
+    """A median step time in seconds that also carries `mean`, the mean of the same
+    steps. Beside busy processes the two disagree: a step of a few milliseconds usually
+    runs inside one scheduler time slice, so the median misses the slices the other
+    processes take, while the mean (the time a run of steps takes, per step) counts them."""
+
+    def __new__(cls, median, mean=None):
+        obj = super().__new__(cls, median)
+        obj.mean = float(median) if mean is None else float(mean)
+        return obj
+
+
 @dataclass
 class Result:
     """One table row. Times are seconds; None prints as '-'."""

@@ -83,30 +83,50 @@ def _median_of(runs, name, attr):
     return statistics.median(vals) if vals else None
 
 
+def _mean_of(runs, name, attr):
+    """The mean step time over every pass (each pass's mean, weighted alike)."""
+    vals = [getattr(getattr(rows[name], attr), "mean", None) for rows in runs if name in rows]
+    vals = [v for v in vals if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
 def _ms(s):
     return "-" if s is None else f"{s * 1e3:.2f} ms"
 
 
+def _ratio(a, b):
+    return "-" if not (a and b) else f"{a / b:.2f}"
+
+
 def table(quiet, passes, k):
+    """Two tables: medians of steps, then means (a run's time per step, which counts
+    the time slices the busy processes take; see common.StepTime)."""
+    every = [rows for runs in passes.values() for rows in runs]
+    cells, out = {"median": [], "mean": []}, []
+    for name, q in quiet.items():
+        got = {}
+        for stat, of in (("median", _median_of), ("mean", _mean_of)):
+            c = of(passes["default"], name, "flowjit_s")
+            b = of(every, name, "baseline_s")
+            a = of(passes["all"], name, "flowjit_s")
+            o = of(passes["one"], name, "flowjit_s")
+            qf = q.flowjit_s if stat == "median" else getattr(q.flowjit_s, "mean", None)
+            qb = q.baseline_s if stat == "median" else getattr(q.baseline_s, "mean", None)
+            cells[stat].append([name, _ms(qf), _ms(qb), _ratio(qb, qf), _ms(c), _ms(b),
+                                _ratio(b, c), _ms(a), _ms(o), _ratio(c, o)])
+            got[stat] = dict(quiet_flowjit_s=qf, quiet_baseline_s=qb, contended_flowjit_s=c,
+                             contended_baseline_s=b, contended_all_threads_s=a,
+                             contended_one_thread_s=o)
+        out.append(dict(name=name, **got["median"], mean={k2: v and float(v) for k2, v in got["mean"].items()}))
     head = ["benchmark", "quiet flowjit", "quiet baseline", "quiet ratio",
             f"K={k} flowjit", f"K={k} baseline", f"K={k} ratio", f"K={k} all threads",
             f"K={k} 1 thread", "flowjit / 1 thread"]
-    every = [rows for runs in passes.values() for rows in runs]
-    cells, out = [], []
-    for name, q in quiet.items():
-        c = _median_of(passes["default"], name, "flowjit_s")
-        b = _median_of(every, name, "baseline_s")
-        a = _median_of(passes["all"], name, "flowjit_s")
-        o = _median_of(passes["one"], name, "flowjit_s")
-        row = [name, _ms(q.flowjit_s), _ms(q.baseline_s), f"{q.ratio:.2f}x", _ms(c), _ms(b),
-               "-" if not (c and b) else f"{b / c:.2f}x", _ms(a), _ms(o),
-               "-" if not (c and o) else f"{c / o:.2f}"]
-        cells.append(row)
-        out.append(dict(name=name, quiet_flowjit_s=q.flowjit_s, quiet_baseline_s=q.baseline_s,
-                        contended_flowjit_s=c, contended_baseline_s=b,
-                        contended_all_threads_s=a, contended_one_thread_s=o))
-    widths = [max(len(r[i]) for r in cells + [head]) for i in range(len(head))]
-    lines = [" | ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
-             for r in [head] + cells]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines), out
+    text = []
+    for stat in ("median", "mean"):
+        rows = cells[stat]
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+        lines = [" | ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+                 for r in [head] + rows]
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        text.append(f"{stat} step times:\n" + "\n".join(lines))
+    return "\n\n".join(text), out
