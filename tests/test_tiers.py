@@ -85,6 +85,11 @@ def convnet(x, f):
     return fj.reduce_sum(y * y)
 
 
+def loop(x, w):
+    c, ys = fj.scan(lambda c, r: (fj.tanh(c * w + r), fj.reduce_sum(c * c)), x[0], x)
+    return fj.reduce_sum(c), ys
+
+
 def grads_of(fn, n):
     """fn's outputs, a loss summing its float outputs, and the loss's gradient with
     respect to fn's first n arguments."""
@@ -108,6 +113,7 @@ CASES = {
     "shapes": (grads_of(shapes, 1), lambda: [rand(4, 6), np.array([3, 0, 2, 3]), np.array(2)]),
     "matmul": (grads_of(with_matmul, 3), lambda: [rand(4, 3), rand(3, 5), rand(4, 5)]),
     "conv": (grads_of(convnet, 2), lambda: [rand(2, 6, 6, 2), rand(3, 3, 2, 3, seed=1)]),
+    "scan": (grads_of(loop, 2), lambda: [rand(4, 3), rand(3, seed=1)]),
 }
 
 

@@ -86,8 +86,9 @@ class ReferenceProgram:
                     v = REGISTRY[n.op].ref([values[i] for i in n.inputs], attrs, shape, n.dtype)
                 except FlowjitError as e:
                     raise type(e)(_at(n, e)) from None
-                v = np.asarray(v, n.dtype.np)
-                if v.shape != shape:
+                if not REGISTRY[n.op].multi:      # (a loop's results stay a list)
+                    v = np.asarray(v, n.dtype.np)
+                if not REGISTRY[n.op].multi and v.shape != shape:
                     # (1,) for a scalar, or a scalar where the op broadcasts, as eagerly
                     v = v.reshape(shape) if v.size == prod(shape) else np.broadcast_to(v, shape).copy()
             values[n.id] = v

@@ -14,6 +14,20 @@ from .pytree import flatten, unflatten
 from .tensor import Tensor, active_tapes, convert, current_trace
 
 
+class TupleCotangent:
+    """The cotangent of a node with several results (a loop, ops/control.py): {result
+    index: tensor}, gathered from the `tuple_get` nodes that read them."""
+
+    def __init__(self, parts):
+        self.parts = dict(parts)
+
+    def __add__(self, other):
+        parts = dict(self.parts)
+        for k, v in other.parts.items():
+            parts[k] = v if k not in parts else parts[k] + v
+        return TupleCotangent(parts)
+
+
 def _is_var(x):
     return hasattr(x, "_flowjit_tensor") and hasattr(x, "_buf")
 
@@ -120,7 +134,10 @@ class GradientTape:
                     if gx is None or not x.dtype.is_floating:
                         continue
                     k = id(x)
-                    grads[k] = gx if k not in grads else F.add(grads[k], gx)
+                    if k not in grads:
+                        grads[k] = gx
+                    else:
+                        grads[k] = grads[k] + gx if isinstance(gx, TupleCotangent) else F.add(grads[k], gx)
             result = []
             for s in srcs:
                 if _is_var(s):

@@ -153,7 +153,9 @@ class StageRunner:
                 raise kernel_error(self.program.graph, e) from None
             raise
         if err[0]:
-            node = self.program.graph.nodes[self.exe.err_codes[int(err[0])]]
+            node = self.exe.err_codes[int(err[0])]
+            if isinstance(node, int):         # (a loop body's node is given as itself)
+                node = self.program.graph.nodes[node]
             bad, n = int(err[1]), int(err[2])
             err[:] = 0
             message = REGISTRY[node.op].runtime_error

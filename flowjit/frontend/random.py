@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from .. import dtypes as D
+from ..errors import TracerError
 from ..ops import random_core as R
 from .tensor import Tensor, apply_op, current_trace, convert
 from .api import _dims
@@ -62,6 +63,9 @@ _eager_streams = {}
 def _key_tensor(seed):
     ctx = current_trace()
     if ctx is not None:
+        if ctx.parent is not None:
+            raise TracerError("random ops inside an fj.scan body are not supported yet: draw the "
+                              "random values before the loop and pass them in as part of xs")
         g = ctx.graph
         g.rng_streams.append(Stream(seed))
         node = g.add("rng_key", (), {"stream": len(g.rng_streams) - 1}, (), D.int64)

@@ -25,6 +25,8 @@ _state = threading.local()
 class TraceContext:
     """The graph being traced and the bookkeeping that goes with it."""
 
+    parent = None             # the enclosing trace, for a loop body (control_flow.BodyTrace)
+
     def __init__(self, graph):
         self.graph = graph
         self.captured = {}        # id(eager tensor or array) -> (node id, keepalive)
@@ -347,7 +349,10 @@ def _holds_tensor(seq):
 
 
 def node_of(t, ctx):
-    """The graph node for tensor t in trace ctx (eager tensors become constants)."""
+    """The graph node for tensor t in trace ctx (eager tensors become constants; in a
+    loop body, values from outside become the body's captured inputs)."""
+    if ctx.parent is not None and (t._node is None or t._graph is not ctx.graph):
+        return ctx.capture(t)
     if t._node is not None:
         if t._graph is not ctx.graph:
             raise TracerError("a tensor traced in one @fj.jit function leaked into another "

@@ -14,7 +14,8 @@ An `OpDef` holds:
 - `grad(...)`: the gradient rule (filled in by the autodiff layer);
 - `lower`: for opaque ops, a callable that emits the backend call;
 - `runtime_error(value, bound) -> str`: the message when its kernel reports a bad value;
-- `api`: the op's public names, which the frontends export by themselves.
+- `api`: the op's public names, which the frontends export by themselves;
+- `multi`: the op has several results, read by `tuple_get` nodes (loops).
 """
 from dataclasses import dataclass
 
@@ -43,6 +44,9 @@ class OpDef:
     # public names the frontends give the op ("softplus" in fj, "nn.softplus" in fj.nn
     # and tf.nn): an op that needs no more than apply_op needs no wrapper written for it
     api: tuple = ()
+    # several results (a loop: ops/control.py): `ref` returns a list, and `tuple_get`
+    # nodes read its results
+    multi: bool = False
 
 
 def register(name, kind, infer, ref, **kw):

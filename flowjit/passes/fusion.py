@@ -38,6 +38,7 @@ class Step:
     kind: str                 # 'loop', 'matmul', 'view', 'opaque'
     node: int = None          # for matmul / view / opaque
     group: LoopGroup = None
+    body: object = None       # a loop's body (a scan node), fused as a Program of its own
 
     def outputs(self):
         if self.kind == "loop":
@@ -235,7 +236,7 @@ def fuse(g):
             grp.loads[n.id] = Load(inner.base, (n.id,) + inner.chain)
             steps.append(Step("loop", group=grp))
         elif k in ("matmul", "opaque", "view"):
-            steps.append(Step(k, node=n.id))
+            steps.append(Step(k, node=n.id, body=_loop_body(n)))
     for s in steps:
         for o in s.outputs():
             producer[o] = s
@@ -249,6 +250,16 @@ def fuse(g):
 
     ordered = _toposort(steps, deps)
     return Program(g, ordered, mat)
+
+
+def _loop_body(n):
+    """The fused body of a loop node (ops/control.py), or None for other nodes."""
+    if n.op != "scan":
+        return None
+    from .simplify import simplify
+    body = simplify(n.attrs["body"])
+    n.attrs["body"] = body        # the fused program's graph is the node's body from now on
+    return fuse(body)
 
 
 def _same_shape(a, b):

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ...ir.registry import REGISTRY
+from ...ops.control import scan_results
 from ...passes.inplace import inplace_effects
 from ... import dtypes as D
 from ...ir import scalar as S
@@ -569,12 +570,20 @@ class EntryCode:
         return f"def {name}({', '.join(self.params)}):\n" + "".join("    " + l + "\n" for l in self.lines)
 
 
+@dataclass
+class _Gen:
+    """What generating one entry collects, across the programs of its loop bodies."""
+    kernels: dict
+    threaded: set
+    err_codes: dict
+    alloc: AllocSites
+    pooled: bool = False
+
+
 def gen_entry(prog):
     """The entry's source and the kernels it calls (an EntryCode)."""
     g = prog.graph
-    kernels, threaded, pooled = {}, set(), False
-    alloc = AllocSites()
-    err_codes = {}
+    gen = _Gen({}, set(), {}, AllocSites())
     names, params = entry_params(g)
 
     def buf(i):
@@ -582,32 +591,47 @@ def gen_entry(prog):
 
     inplace = inplace_effects(prog)
     alias = {g.effects[k][1]: g.effects[k][0] for k in inplace}
-    lines = []
-    lines.extend(size_lines(g, names))
+    lines = size_lines(g, names)
+    lines += _program_lines(prog, gen, buf, alias, "")
+    outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
+    lines.append(f"return ({''.join(o + ', ' for o in outs)})")
+    parallel = bool(gen.threaded) or gen.pooled or _has_matmul(prog)
+    return EntryCode(params, lines, gen.kernels, gen.threaded, gen.err_codes, inplace,
+                     gen.alloc.count, parallel)
 
+
+def _has_matmul(prog):
+    return any(s.kind == "matmul" or (s.body is not None and _has_matmul(s.body)) for s in prog.steps)
+
+
+def _program_lines(prog, gen, buf, alias, prefix):
+    """The lines computing prog's steps. `buf(node id)` names a value; `prefix` keeps a
+    loop body's scalar names apart from the entry's."""
+    g = prog.graph
+    lines = []
     for n in g.nodes:
         if n.op == "sym_scalar":
-            lines.append(f"v{n.id} = {alloc('(1,)', npt(n.dtype))}")
-            lines.append(f"v{n.id}[0] = {dim_src(n.attrs['expr'])}")
+            lines.append(f"{buf(n.id)} = {gen.alloc('(1,)', npt(n.dtype))}")
+            lines.append(f"{buf(n.id)}[0] = {dim_src(n.attrs['expr'])}")
 
     for step in prog.steps:
         if step.kind == "loop":
             grp = step.group
-            inline = _scalar_inline(g, grp, buf, alias, alloc)
+            inline = _scalar_inline(g, grp, buf, alias, gen.alloc, prefix)
             if inline is not None:      # a scalar computation: no kernel to compile
                 lines.extend(inline)
                 continue
             spec = gen_loop(g, grp, buf, alias)
-            kernels[spec.name] = spec.source
+            gen.kernels[spec.name] = spec.source
             if spec.threads:
-                threaded.add(spec.name)
-            pooled = pooled or spec.pooled
+                gen.threaded.add(spec.name)
+            gen.pooled = gen.pooled or spec.pooled
             for o in grp.stores + grp.reduces:
                 n = g.nodes[o]
                 if o in alias:      # a variable's new value, written over its buffer
                     lines.append(f"{buf(o)} = {buf(alias[o])}")
                 else:
-                    lines.append(f"{buf(o)} = {alloc(shape_src(n.shape), npt(n.dtype))}")
+                    lines.append(f"{buf(o)} = {gen.alloc(shape_src(n.shape), npt(n.dtype))}")
             lines.append(f"{spec.name}({', '.join(spec.call_args)})")
             continue
         n = g.nodes[step.node]
@@ -615,66 +639,152 @@ def gen_entry(prog):
         if step.kind == "view":
             lines.append(f"{out} = {buf(n.inputs[0])}.reshape({shape_src(n.shape)})")
         elif step.kind == "matmul":
-            lines.extend(_matmul_lines(g, n, buf, alloc))
+            lines.extend(_matmul_lines(g, n, buf, gen.alloc))
+        elif n.op == "scan":
+            lines.extend(_scan_lines(g, n, step.body, gen, buf, prefix))
+        elif n.op == "tuple_get":
+            lines.append(f"{out} = {_scan_result(prefix, g.nodes[n.inputs[0]], n.attrs['index'])}")
         else:
-            kind = REGISTRY[n.op].lower["kind"]
-            spec = gen_opaque_kernel(n, g)
-            kname = spec.name
-            kernels[kname] = spec.source
-            if spec.threads:
-                threaded.add(kname)
-            lines.append(f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}")
-            x = g.nodes[n.inputs[0]]
-            if kind == "axis3":
-                ax = n.attrs["axis"]
-                o3 = f"({prod_src(x.shape[:ax])}, {dim_src(x.shape[ax])}, {prod_src(x.shape[ax + 1:])})"
-                o2 = f"({prod_src(x.shape[:ax])}, {prod_src(x.shape[ax + 1:])})"
-                lines.append(f"{kname}({buf(x.id)}.reshape({o3}), {out}.reshape({o2}))")
-            elif kind == "concat":
-                ax = n.attrs["axis"]
-                outer, inner = prod_src(n.shape[:ax]), prod_src(n.shape[ax + 1:])
-                off = "0"
-                for p in n.inputs:
-                    ps = g.nodes[p].shape
-                    lines.append(f"{kname}({buf(p)}.reshape(({outer}, {dim_src(ps[ax])}, {inner})), "
-                                 f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), {int_arg(off)})")
-                    off = f"{off} + {dim_src(ps[ax])}"
-            elif kind in ("gather", "scatter"):
-                # (outer, n, inner) views on both sides of the indexed axis; the kernel
-                # checks every index and reports the first bad one through `err`
-                ax = n.attrs["axis"]
-                idx = g.nodes[n.inputs[1]]
-                big = x if kind == "gather" else n          # the side indexed by idx
-                outer, inner = prod_src(big.shape[:ax]), prod_src(big.shape[ax + 1:])
-                m = prod_src(idx.shape)
-                src_mid, out_mid = (dim_src(x.shape[ax]), m) if kind == "gather" else (m, dim_src(n.shape[ax]))
-                code = len(err_codes) + 1
-                err_codes[code] = n.id
-                lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {src_mid}, {inner})), "
-                             f"{buf(idx.id)}.reshape(({m},)), "
-                             f"{out}.reshape(({outer}, {out_mid}, {inner})), err, {int_arg(code)})")
-            elif kind == "check":
-                # a check over the flat values: the first bad one goes to `err`
-                code = len(err_codes) + 1
-                err_codes[code] = n.id
-                m = prod_src(x.shape)
-                lines.append(f"{kname}({buf(x.id)}.reshape(({m},)), {out}.reshape(({m},)), err, "
-                             f"{int_arg(code)})")
-            elif kind == "call":
-                # generic: kernel(input buffers..., output buffer, *int attrs of the op)
-                lower_args = REGISTRY[n.op].lower.get("args")
-                extra = lower_args(n.attrs) if lower_args else []
-                lines.append(f"{kname}({''.join(buf(p) + ', ' for p in n.inputs)}{out}"
-                             f"{''.join(', ' + int_arg(dim_src(a)) for a in extra)})")
-            else:
-                raise AssertionError(kind)
-    outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
-    lines.append(f"return ({''.join(o + ', ' for o in outs)})")
-    parallel = bool(threaded) or pooled or any(s.kind == "matmul" for s in prog.steps)
-    return EntryCode(params, lines, kernels, threaded, err_codes, inplace, alloc.count, parallel)
+            lines.extend(_opaque_lines(g, n, gen, buf, prefix))
+    return lines
 
 
-def _scalar_inline(g, grp, buf, alias, alloc):
+def _opaque_lines(g, n, gen, buf, prefix):
+    out = buf(n.id)
+    kind = REGISTRY[n.op].lower["kind"]
+    spec = gen_opaque_kernel(n, g)
+    kname = spec.name
+    gen.kernels[kname] = spec.source
+    if spec.threads:
+        gen.threaded.add(kname)
+    lines = [f"{out} = {gen.alloc(shape_src(n.shape), npt(n.dtype))}"]
+    x = g.nodes[n.inputs[0]]
+
+    def err_code():
+        # a kernel reports a bad value with its code; in a loop body the code names
+        # the body's node itself (the entry's graph does not hold it)
+        code = len(gen.err_codes) + 1
+        gen.err_codes[code] = n.id if not prefix else n
+        return code
+    if kind == "axis3":
+        ax = n.attrs["axis"]
+        o3 = f"({prod_src(x.shape[:ax])}, {dim_src(x.shape[ax])}, {prod_src(x.shape[ax + 1:])})"
+        o2 = f"({prod_src(x.shape[:ax])}, {prod_src(x.shape[ax + 1:])})"
+        lines.append(f"{kname}({buf(x.id)}.reshape({o3}), {out}.reshape({o2}))")
+    elif kind == "concat":
+        ax = n.attrs["axis"]
+        outer, inner = prod_src(n.shape[:ax]), prod_src(n.shape[ax + 1:])
+        off = "0"
+        for p in n.inputs:
+            ps = g.nodes[p].shape
+            lines.append(f"{kname}({buf(p)}.reshape(({outer}, {dim_src(ps[ax])}, {inner})), "
+                         f"{out}.reshape(({outer}, {dim_src(n.shape[ax])}, {inner})), {int_arg(off)})")
+            off = f"{off} + {dim_src(ps[ax])}"
+    elif kind in ("gather", "scatter"):
+        # (outer, n, inner) views on both sides of the indexed axis; the kernel
+        # checks every index and reports the first bad one through `err`
+        ax = n.attrs["axis"]
+        idx = g.nodes[n.inputs[1]]
+        big = x if kind == "gather" else n          # the side indexed by idx
+        outer, inner = prod_src(big.shape[:ax]), prod_src(big.shape[ax + 1:])
+        m = prod_src(idx.shape)
+        src_mid, out_mid = (dim_src(x.shape[ax]), m) if kind == "gather" else (m, dim_src(n.shape[ax]))
+        code = err_code()
+        lines.append(f"{kname}({buf(x.id)}.reshape(({outer}, {src_mid}, {inner})), "
+                     f"{buf(idx.id)}.reshape(({m},)), "
+                     f"{out}.reshape(({outer}, {out_mid}, {inner})), err, {int_arg(code)})")
+    elif kind == "check":
+        # a check over the flat values: the first bad one goes to `err`
+        code = err_code()
+        m = prod_src(x.shape)
+        lines.append(f"{kname}({buf(x.id)}.reshape(({m},)), {out}.reshape(({m},)), err, "
+                     f"{int_arg(code)})")
+    elif kind == "call":
+        # generic: kernel(input buffers..., output buffer, *int attrs of the op)
+        lower_args = REGISTRY[n.op].lower.get("args")
+        extra = lower_args(n.attrs) if lower_args else []
+        lines.append(f"{kname}({''.join(buf(p) + ', ' for p in n.inputs)}{out}"
+                     f"{''.join(', ' + int_arg(dim_src(a)) for a in extra)})")
+    else:
+        raise AssertionError(kind)
+    return lines
+
+
+# --- loops (ops/control.py) ---------------------------------------------------------
+def _scan_result(prefix, node, k):
+    """The name holding result k of loop `node` once the loop has run."""
+    nc, ny = scan_results(node.attrs)
+    p = f"{prefix}l{node.id}_"
+    if k < nc:
+        return f"{p}c{k}"
+    if k < nc + ny:
+        return f"{p}y{k - nc}"
+    return f"{p}h{k - nc - ny}"
+
+
+def _scan_lines(g, n, body, gen, buf, prefix):
+    """A scan node as one `for` loop of the entry, the body's steps inside it.
+
+    The carry lives in buffers of the loop's own (copies: the body never writes into
+    the caller's arrays), replaced by copies of the body's new carry after each step
+    (all read before any is replaced, so a body that swaps two carries is right). Each
+    step's ys are written into their stacked results, allocated before the loop; so is
+    the carry entering each step when the gradient reads it."""
+    a = n.attrs
+    nc, ny = scan_results(a)
+    nx = a["n_xs"]
+    outs = a["outs"]
+    used = {u.attrs["index"] for u in g.nodes if u.op == "tuple_get" and u.inputs[0] == n.id}
+    p = f"{prefix}l{n.id}_"
+    T, t = f"{p}T", f"{p}t"
+    lines = [f"{T} = {dim_src(a['length'])}"]
+    for k in range(nc):
+        lines.append(f"{p}c{k} = {buf(n.inputs[k])}.copy()")
+    for k in range(ny):
+        shape, dtype = outs[nc + k]
+        lines.append(f"{p}y{k} = {gen.alloc(shape_src(shape), npt(dtype))}")
+    stacked = [k for k in range(nc) if nc + ny + k in used]
+    for k in stacked:
+        shape, dtype = outs[nc + ny + k]
+        lines.append(f"{p}h{k} = {gen.alloc(shape_src(shape), npt(dtype))}")
+    bg = body.graph
+    names = {}
+    for k, arg in enumerate(bg.args):
+        if k < nc:
+            names[arg] = f"{p}c{k}"
+        elif k < nc + nx:
+            names[arg] = f"{p}x{k - nc}"
+        else:
+            names[arg] = buf(n.inputs[k])
+
+    def body_buf(i):
+        return names.get(i, f"{p}v{i}")
+    order = f"range({T} - 1, -1, -1)" if a["reverse"] else f"range({T})"
+    inner = [f"{p}h{k}.reshape(({T}, {_size(outs[k][0])}))[{t}, :] = {p}c{k}.reshape(({_size(outs[k][0])},))"
+             for k in stacked]
+    for k in range(nx):
+        x = g.nodes[n.inputs[nc + k]]
+        if len(x.shape) == 1:         # a 0-d slice travels as shape (1,)
+            inner.append(f"{p}x{k} = {buf(x.id)}.reshape(({T}, 1))[{t}]")
+        else:
+            inner.append(f"{p}x{k} = {buf(x.id)}[{t}]")
+    inner += _program_lines(body, gen, body_buf, {}, p)
+    res = [body_buf(o) for o in bg.outputs]
+    inner += [f"{p}n{k} = {res[k]}.reshape({shape_src(outs[k][0])}).copy()" for k in range(nc)]
+    inner += [f"{p}c{k} = {p}n{k}" for k in range(nc)]
+    for k in range(ny):
+        size = _size(outs[nc + k][0][1:])
+        inner.append(f"{p}y{k}.reshape(({T}, {size}))[{t}, :] = {res[nc + k]}.reshape(({size},))")
+    lines.append(f"for {t} in {order}:")
+    lines += ["    " + line for line in inner] or ["    pass"]
+    return lines
+
+
+def _size(shape):
+    return prod_src(shape) if shape else "1"
+
+
+def _scalar_inline(g, grp, buf, alias, alloc, prefix=""):
     """Entry lines computing a loop group whose iteration space is one element, or None."""
     if any(not is_one(d) for d in grp.shape) or grp.reduces:
         return None
@@ -682,15 +792,15 @@ def _scalar_inline(g, grp, buf, alias, alloc):
     for vid, load in grp.loads.items():
         if load.chain:
             return None
-        names[vid] = f"s{vid}"
-        lines.append(f"s{vid} = {buf(load.base)}.reshape((1,))[0]")
+        names[vid] = f"{prefix}s{vid}"
+        lines.append(f"{prefix}s{vid} = {buf(load.base)}.reshape((1,))[0]")
     for local, i in enumerate(grp.nodes):
         n = g.nodes[i]
         if n.op in ("iota", "random"):
             return None
         expr = expr_src(node_expr(n, names, g.nodes))
-        names[i] = f"s{i}"
-        lines.append(f"s{i} = {npt(n.dtype)}({expr})")
+        names[i] = f"{prefix}s{i}"
+        lines.append(f"{prefix}s{i} = {npt(n.dtype)}({expr})")
     for o in grp.stores:
         n = g.nodes[o]
         if o in alias:

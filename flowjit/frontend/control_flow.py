@@ -1,0 +1,335 @@
+"""Loops that compile as loops: `fj.scan`, `fj.fori_loop`.
+
+Eagerly, `scan` is a Python loop (each op runs, and a tape records every step). Inside
+`@fj.jit` the body is traced once, into a graph of its own (a `BodyTrace` nested in
+the function's trace), and the loop is one `scan` node of the function's graph
+(ops/control.py) whose trip count is a size: a new sequence length reuses the compiled
+code, and compile time does not depend on it. Values the body reads from outside
+(weights, variables, other traced tensors, NumPy constants) become the node's extra
+inputs.
+
+The gradient of a scan is a scan in the other direction over the body's backward: from
+the carry entering each step (the forward saves it, stacked), each backward step
+replays the body under a tape and applies its vector-Jacobian product; the captured
+values' gradients are summed in the carry. The backward body is traced like any other,
+so it compiles as a loop too, and gradients of gradients go through it the same way.
+"""
+from ..errors import TracerError
+from ..ir.graph import Graph
+from ..ir.registry import REGISTRY
+from ..ir.shapes import Sym, hint, same, unify_dims
+from ..ops.control import scan_results
+from . import api as F
+from .autodiff import GradientTape, TupleCotangent
+from .pytree import flatten, unflatten
+from .tensor import Tensor, TraceContext, active_tapes, apply_op, convert, current_trace, describe_shape
+
+
+def _is_leaf(x):
+    return isinstance(x, Tensor) or hasattr(x, "_flowjit_tensor")
+
+
+class BodyTrace(TraceContext):
+    """The trace of a loop body, nested in `parent`'s trace. Its graph shares the
+    parent's symbolic sizes. Anything from outside (a tensor of an enclosing trace, an
+    eager value, a Variable) is captured: it becomes one more argument of the body and
+    one more input of the loop node in the parent."""
+
+    def __init__(self, parent):
+        super().__init__(Graph(env=parent.graph.env))
+        self.parent = parent
+        self.captures = []               # tensors of the parent trace, in argument order
+        self._captured = {}              # id(parent node) -> body arg node
+        self.outer_tapes = []            # tapes active where the loop was called
+
+    def arg(self, shape, dtype):
+        g = self.graph
+        node = g.add("arg", (), {"index": len(g.args)}, shape, dtype)
+        g.args.append(node.id)
+        return Tensor(node=node, graph=g)
+
+    def lift(self, t):
+        """t as a tensor of this trace."""
+        if t._node is not None and t._graph is self.graph:
+            return t
+        return Tensor(node=self.capture(t), graph=self.graph)
+
+    def capture(self, t):
+        outer = _lift_into(self.parent, t)
+        node = self._captured.get(outer._node.id)
+        if node is None:
+            node = self.arg(outer.shape, outer.dtype)._node
+            self._captured[outer._node.id] = node
+            self.captures.append(outer)
+        return node
+
+    def read_variable(self, var):
+        outer = self.parent.read_variable(var)
+        for tape in self.outer_tapes:           # the parent's tapes see the read
+            tape._on_variable_read(var, outer)
+        return self.lift(outer)
+
+    def assign_variable(self, var, value):
+        raise TracerError(f"Variable {var.name} is assigned inside an fj.scan body; loop bodies "
+                          f"cannot change variables yet: carry the new value and assign it after "
+                          f"the loop")
+
+
+def _lift_into(ctx, t):
+    """t as a tensor of trace ctx (an eager value becomes a constant of it)."""
+    if ctx.parent is not None:
+        return ctx.lift(t)
+    if t._node is not None and t._graph is ctx.graph:
+        return t                  # the same object: tapes track tensors by identity
+    from .tensor import node_of
+    return Tensor(node=node_of(t, ctx), graph=ctx.graph)
+
+
+def _tensors(tree, what):
+    if tree is None:
+        return [], None
+    leaves, struct = flatten(tree, _is_leaf)
+    out = []
+    for x in leaves:
+        try:
+            out.append(convert(x))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"fj.scan: {what} must hold tensors or arrays, got {type(x).__name__}: {e}") from None
+    return out, struct
+
+
+def _check_carry(old, new, where):
+    if len(old) != len(new):
+        raise TypeError(f"fj.scan: the body returned a carry of {len(new)} tensors for a carry "
+                        f"of {len(old)} ({where})")
+    for k, (a, b) in enumerate(zip(old, new)):
+        if a.dtype is not b.dtype or len(a.shape) != len(b.shape) or \
+                not all(hint(x) == hint(y) for x, y in zip(a.shape, b.shape)):
+            raise TypeError(f"fj.scan: carry {k} enters the body as {a.dtype.name}"
+                            f"{describe_shape(a.shape)} and leaves it as {b.dtype.name}"
+                            f"{describe_shape(b.shape)}; a carry keeps its shape and dtype ({where})")
+        for x, y in zip(a.shape, b.shape):
+            unify_dims(x, y)          # equal sizes from different inputs: a guard says so
+
+
+def scan(fn, init, xs=None, length=None, reverse=False):
+    """Loop `carry, y = fn(carry, x)` over the leading dim of `xs` (JAX's `lax.scan`).
+
+    `init` and `xs` are pytrees of tensors; returns `(final carry, ys)`, where `ys` is
+    the pytree of the steps' `y`s stacked on a new leading dim. `length` gives the trip
+    count when `xs` is None. `reverse=True` runs from the last element to the first
+    (ys stay in xs's order). Inside `@fj.jit` the loop compiles as one loop: a new
+    sequence length does not recompile."""
+    carry, carry_struct = _tensors(init, "the initial carry")
+    xl, x_struct = _tensors(xs, "xs")
+    n = _trip_count(xl, length)
+    traced = current_trace() is not None
+    if not traced:
+        return _scan_eager(fn, carry, carry_struct, xl, x_struct, n, reverse)
+    return _scan_traced(fn, carry, carry_struct, xl, x_struct, n, reverse)
+
+
+def _trip_count(xl, length):
+    if not xl:
+        if length is None:
+            raise ValueError("fj.scan: give xs or length")
+        return length if isinstance(length, Sym) else int(length)
+    n = None
+    for x in xl:
+        if not x.shape:
+            raise ValueError("fj.scan: each xs tensor needs a leading dim to loop over, got a scalar")
+        if n is None:
+            n = x.shape[0]
+        elif hint(n) != hint(x.shape[0]):
+            raise ValueError(f"fj.scan: xs tensors have different leading dims: "
+                             f"{describe_shape(xl[0].shape)} and {describe_shape(x.shape)}")
+        else:
+            n = unify_dims(n, x.shape[0])
+    if length is not None and not same(n, length if isinstance(length, Sym) else int(length)):
+        raise ValueError(f"fj.scan: length={length} but xs has {describe_shape((n,))} elements")
+    return n
+
+
+def _split_out(out):
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError("fj.scan: the body must return a pair (new carry, y); y may be None")
+    return out[0], out[1]
+
+
+def _scan_eager(fn, carry, carry_struct, xl, x_struct, n, reverse):
+    n = int(n)
+    state = unflatten(carry_struct, carry)
+    ys = []
+    for t in (range(n - 1, -1, -1) if reverse else range(n)):
+        x_t = unflatten(x_struct, [x[t] for x in xl]) if xl else None
+        new, y = _split_out(fn(state, x_t))
+        new_l, new_struct = _tensors(new, "the carry")
+        _check_carry(carry, new_l, "eager")
+        state = unflatten(carry_struct, new_l)
+        ys.append(y)
+    if reverse:
+        ys.reverse()
+    if n == 0:
+        return state, _empty_ys(fn, state, xl, x_struct)
+    if ys[0] is None:
+        return state, None
+    y_leaves = [_tensors(y, "y")[0] for y in ys]
+    y_struct = _tensors(ys[0], "y")[1]
+    stacked = [F.stack([leaves[k] for leaves in y_leaves]) for k in range(len(y_leaves[0]))]
+    return state, unflatten(y_struct, stacked)
+
+
+def _empty_ys(fn, state, xl, x_struct):
+    """The ys of a loop that ran no step: traced once to learn their shapes."""
+    from .jit import jit
+    shapes = {}
+
+    def probe(*args):
+        c = args[0]
+        xs = unflatten(x_struct, [x[0] for x in args[1:]]) if xl else None
+        _, y = _split_out(fn(c, xs))
+        leaves, struct = _tensors(y, "y")
+        shapes["y"] = [(tuple(hint_shape(v.shape)), v.dtype) for v in leaves], struct
+        return 0.0
+    jit(probe)(state, *[F.zeros((1,) + tuple(x.shape[1:]), x.dtype) for x in xl])
+    leaves, struct = shapes["y"]
+    if struct is None:
+        return None
+    return unflatten(struct, [F.zeros((0,) + s, d) for s, d in leaves])
+
+
+def hint_shape(shape):
+    return tuple(hint(d) for d in shape)
+
+
+def _scan_traced(fn, carry, carry_struct, xl, x_struct, n, reverse):
+    outer = current_trace()
+    carry = [_lift_into(outer, c) for c in carry]
+    xl = [_lift_into(outer, x) for x in xl]
+    body = BodyTrace(outer)
+    tapes = active_tapes()
+    body.outer_tapes = list(tapes)
+    tapes.clear()                  # the outer tapes record the loop node, not the body's ops
+    try:
+        with body:
+            c_args = [body.arg(c.shape, c.dtype) for c in carry]
+            x_args = [body.arg(tuple(x.shape[1:]), x.dtype) for x in xl]
+            new, y = _split_out(fn(unflatten(carry_struct, c_args),
+                                   unflatten(x_struct, x_args) if xl else None))
+            new_l = [body.lift(t) for t in _tensors(new, "the carry")[0]]
+            _check_carry(c_args, new_l, "traced")
+            y_l, y_struct = _tensors(y, "y")
+            y_l = [body.lift(t) for t in y_l]
+    finally:
+        tapes[:] = body.outer_tapes
+    g = body.graph
+    g.outputs = [t._node.id for t in new_l + y_l]
+    outs = ([(tuple(c.shape), c.dtype) for c in carry] +
+            [((n,) + tuple(y.shape), y.dtype) for y in y_l] +
+            [((n,) + tuple(c.shape), c.dtype) for c in carry])
+    attrs = {"body": g, "n_carry": len(carry), "n_xs": len(xl), "reverse": bool(reverse),
+             "length": n, "outs": outs}
+    node = apply_op("scan", carry + xl + list(body.captures), attrs)
+    res = [_result(node, k, outs) for k in range(len(carry) + len(y_l))]
+    return (unflatten(carry_struct, res[:len(carry)]),
+            unflatten(y_struct, res[len(carry):]) if y is not None else None)
+
+
+def _result(node, k, outs):
+    shape, dtype = outs[k]
+    return apply_op("tuple_get", [node], {"index": k, "shape": shape, "dtype": dtype})
+
+
+def fori_loop(lower, upper, body_fun, init_val):
+    """`for i in range(lower, upper): val = body_fun(i, val)`; returns val (JAX's
+    `lax.fori_loop`). The bounds are Python ints or sizes; `i` is an int32 tensor."""
+    lo, hi = int(lower), int(upper)
+    idx = F.range(lo, max(hi, lo), dtype="int32")
+
+    def step(val, i):
+        return body_fun(i, val), None
+    return scan(step, init_val, idx)[0]
+
+
+# --- replaying a body, and the gradient ----------------------------------------
+def replay(g, inputs):
+    """g's outputs computed again by applying its ops to `inputs` in the current trace
+    (under whatever tapes are recording)."""
+    vals = dict(zip(g.args, inputs))
+    for n in g.nodes:
+        if n.id in vals:
+            continue
+        vals[n.id] = apply_op(n.op, [vals[i] for i in n.inputs], dict(n.attrs), src=n.src)
+    return [vals[o] for o in g.outputs]
+
+
+def _zeros(shape, dtype):
+    return F.zeros(shape, dtype)
+
+
+def _scan_grad(inputs, out, g, attrs):
+    nc, ny = scan_results(attrs)
+    nx = attrs["n_xs"]
+    outs = attrs["outs"]
+    carry0, xs, consts = inputs[:nc], inputs[nc:nc + nx], inputs[nc + nx:]
+    parts = g.parts if isinstance(g, TupleCotangent) else {}
+    fc = [k for k in range(nc) if carry0[k].dtype.is_floating]
+    fx = [k for k in range(nx) if xs[k].dtype.is_floating]
+    fk = [k for k in range(len(consts)) if consts[k].dtype.is_floating]
+    fy = [k for k in range(ny) if outs[nc + k][1].is_floating]
+    g_carry = [parts.get(k) if parts.get(k) is not None else _zeros(*outs[k]) for k in fc]
+    g_ys = [parts.get(nc + k) if parts.get(nc + k) is not None else _zeros(*outs[nc + k]) for k in fy]
+    # cotangents of the stacked entering carries (a second-order gradient reads them):
+    # added to the carry's cotangent at its step
+    g_in = [parts.get(nc + ny + k) for k in fc]
+    g_in = [] if all(v is None for v in g_in) else \
+        [v if v is not None else _zeros(*outs[nc + ny + k]) for v, k in zip(g_in, fc)]
+    # the carry entering each step: a result of the forward loop (made in the forward
+    # phase, so the partition saves it as a residual of the forward function)
+    ctx = current_trace()
+    phase = ctx.phase if ctx is not None else None
+    if ctx is not None:
+        ctx.phase = "fwd"
+    try:
+        entering = [_result(out, nc + ny + k, outs) for k in range(nc)]
+    finally:
+        if ctx is not None:
+            ctx.phase = phase
+    body = attrs["body"]
+
+    def back(state, x):
+        gc, gk = state
+        c_t, x_t, gy_t, gin_t = x
+        here = current_trace()
+        kc = [here.lift(c) for c in consts]
+        srcs = [c_t[k] for k in fc] + [x_t[k] for k in fx] + [kc[k] for k in fk]
+        with GradientTape(watch_accessed_variables=False) as tape:
+            for s in srcs:
+                tape.watch(s)
+            res = replay(body, list(c_t) + list(x_t) + kc)
+        targets = [res[k] for k in fc] + [res[nc + k] for k in fy]
+        grads = tape.gradient(targets, srcs, output_gradients=list(gc) + list(gy_t),
+                              unconnected_gradients="zero")
+        a, b = len(fc), len(fc) + len(fx)
+        g_c = [p + q for p, q in zip(grads[:a], gin_t)] if gin_t else grads[:a]
+        return (g_c, [p + q for p, q in zip(gk, grads[b:])]), grads[a:b]
+
+    gk0 = [F.zeros_like(consts[k]) for k in fk]
+    (g_c0, g_k), g_xs = scan(back, (g_carry, gk0), (entering, list(xs), g_ys, g_in),
+                             length=attrs["length"], reverse=not attrs["reverse"])
+    result = [None] * len(inputs)
+    for j, k in enumerate(fc):
+        result[k] = g_c0[j]
+    for j, k in enumerate(fx):
+        result[nc + k] = g_xs[j]
+    for j, k in enumerate(fk):
+        result[nc + nx + k] = g_k[j]
+    return result
+
+
+def _tuple_get_grad(inputs, out, g, attrs):
+    return [TupleCotangent({attrs["index"]: g})]
+
+
+REGISTRY["scan"].grad = _scan_grad
+REGISTRY["tuple_get"].grad = _tuple_get_grad

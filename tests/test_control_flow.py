@@ -1,0 +1,318 @@
+"""fj.scan / fj.fori_loop: values against NumPy loops, gradients against float64 finite
+differences, eager against jit (both CPU tiers), and the loop compiled as a loop: a new
+sequence length neither retraces nor grows the generated code."""
+import re
+
+import numpy as np
+import pytest
+
+import flowjit as fj
+from flowjit.errors import TracerError
+
+from conftest import assert_close
+
+EPS = 1e-6
+
+
+def np_rnn(h0, xs, W, U, b, reverse=False):
+    """The tanh RNN the tests scan, as a NumPy loop: (final h, every h, per-step sums)."""
+    h = h0
+    hs, sums = [None] * len(xs), [None] * len(xs)
+    for t in (range(len(xs) - 1, -1, -1) if reverse else range(len(xs))):
+        h = np.tanh(xs[t] @ W + h @ U + b)
+        hs[t], sums[t] = h, (h * h).sum()
+    return h, np.stack(hs), np.array(sums)
+
+
+def make(rng, dtype=np.float32, T=5, B=2, I=3, H=4):
+    xs = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = (rng.standard_normal((B, H)) * 0.5).astype(dtype)
+    W = (rng.standard_normal((I, H)) * 0.5).astype(dtype)
+    U = (rng.standard_normal((H, H)) * 0.5).astype(dtype)
+    b = (rng.standard_normal(H) * 0.1).astype(dtype)
+    return h0, xs, W, U, b
+
+
+def fj_rnn(h0, xs, W, U, b, reverse=False):
+    def cell(h, x):
+        h = fj.tanh(fj.matmul(x, W) + fj.matmul(h, U) + b)
+        return h, (h, fj.reduce_sum(h * h))
+    h, (hs, sums) = fj.scan(cell, h0, xs, reverse=reverse)
+    return h, hs, sums
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_matches_numpy_loop(rng, tier, reverse):
+    args = make(rng)
+    want = np_rnn(*args, reverse=reverse)
+    eager = fj_rnn(*[fj.convert_to_tensor(a) for a in args], reverse=reverse)
+    jitted = fj.jit(lambda *a: fj_rnn(*a, reverse=reverse))(*args)
+    for e, j, w in zip(eager, jitted, want):
+        assert_close(e.numpy(), w, rtol=1e-5, atol=1e-6)
+        assert_close(j.numpy(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_scan_weights_from_variables_and_pytree_carry(rng, tier):
+    h0, xs, W, U, b = make(rng)
+    Wv, Uv = fj.Variable(W), fj.Variable(U)
+    steps0 = np.int32(0)
+
+    def run(h0, xs):
+        def cell(carry, x):
+            h = fj.tanh(fj.matmul(x, Wv) + fj.matmul(carry["h"], Uv) + b)
+            return {"h": h, "n": carry["n"] + 1}, None
+        out, ys = fj.scan(cell, {"h": h0, "n": fj.convert_to_tensor(steps0)}, xs)
+        assert ys is None
+        return out["h"], out["n"]
+    want = np_rnn(h0, xs, W, U, b)[0]
+    for h, n in (run(fj.convert_to_tensor(h0), fj.convert_to_tensor(xs)), fj.jit(run)(h0, xs)):
+        assert_close(h.numpy(), want, rtol=1e-5, atol=1e-6)
+        assert int(n.numpy()) == len(xs)
+
+
+def _fd(f, arrays, i):
+    x = arrays[i]
+    out = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        plus = [a.copy() for a in arrays]
+        minus = [a.copy() for a in arrays]
+        plus[i][idx] += EPS
+        minus[i][idx] -= EPS
+        out[idx] = (f(*plus) - f(*minus)) / (2 * EPS)
+    return out
+
+
+def _np_loss(h0, xs, W, U, b):
+    h, hs, sums = np_rnn(h0, xs, W, U, b)
+    return (h * h).sum() + 0.5 * (hs * np.cos(np.arange(hs.size)).reshape(hs.shape)).sum() + sums.sum()
+
+
+def _fj_loss(h0, xs, W, U, b):
+    h, hs, sums = fj_rnn(h0, xs, W, U, b)
+    wts = np.cos(np.arange(int(np.prod([int(d) for d in hs.shape])))).reshape([int(d) for d in hs.shape])
+    return fj.reduce_sum(h * h) + 0.5 * fj.reduce_sum(hs * wts) + fj.reduce_sum(sums)
+
+
+def _grads(h0, xs, W, U, b):
+    args = [fj.convert_to_tensor(a) if not isinstance(a, fj.Tensor) else a for a in (h0, xs, W, U, b)]
+    with fj.GradientTape() as tape:
+        tape.watch(args)
+        loss = _fj_loss(*args)
+    return [loss] + tape.gradient(loss, args)
+
+
+def test_scan_gradients_match_finite_differences(rng, tier):
+    args = make(rng, np.float64, T=4, B=2, I=2, H=3)
+    eager = _grads(*args)
+    jitted = fj.jit(_grads)(*args)
+    assert_close(jitted[0].numpy(), _np_loss(*args), rtol=1e-12)
+    for i in range(5):
+        want = _fd(_np_loss, list(args), i)
+        assert_close(eager[i + 1].numpy(), want, rtol=1e-6, atol=1e-8)
+        assert_close(jitted[i + 1].numpy(), want, rtol=1e-6, atol=1e-8)
+
+
+def test_scan_reverse_gradient_and_integer_inputs(rng, tier):
+    """reverse=True, an int32 sequence (no gradient) beside a float one."""
+    xs = rng.standard_normal((5, 3))
+    ids = np.array([2, 0, 1, 2, 1], np.int32)
+    table = rng.standard_normal((3, 3))
+
+    def loss(c0, xs, table):
+        def cell(c, x):
+            x_t, i = x
+            c = c * 0.7 + fj.sin(x_t) * fj.gather(table, i)
+            return c, c * c
+        c, ys = fj.scan(cell, c0, (xs, ids), reverse=True)
+        return fj.reduce_sum(ys) + fj.reduce_sum(c)
+
+    def np_loss(c0, xs, table):
+        c, total = c0, 0.0
+        for t in range(4, -1, -1):
+            c = c * 0.7 + np.sin(xs[t]) * table[ids[t]]
+            total += (c * c).sum()
+        return total + c.sum()
+
+    def grads(c0, xs, table):
+        c0, xs, table = fj.convert_to_tensor(c0), fj.convert_to_tensor(xs), fj.convert_to_tensor(table)
+        with fj.GradientTape() as tape:
+            tape.watch([c0, xs, table])
+            val = loss(c0, xs, table)
+        return tape.gradient(val, [c0, xs, table])
+    args = [rng.standard_normal(3), xs, table]
+    for got in (grads(*args), fj.jit(grads)(*args)):
+        for i in range(3):
+            assert_close(got[i].numpy(), _fd(np_loss, args, i), rtol=1e-6, atol=1e-8)
+
+
+def test_nested_scans_and_their_gradient(rng, tier):
+    m = rng.standard_normal((4, 3, 2))
+
+    def loss(m, a):
+        def outer(c, row):
+            def inner(d, v):
+                return d * a + fj.tanh(v), None
+            d, _ = fj.scan(inner, c, row)
+            return d, fj.reduce_sum(d)
+        c, ys = fj.scan(outer, fj.zeros((2,), "float64"), m)
+        return fj.reduce_sum(ys) + fj.reduce_sum(c * c)
+
+    def np_loss(m, a):
+        c, total = np.zeros(2), 0.0
+        for row in m:
+            d = c
+            for v in row:
+                d = d * a + np.tanh(v)
+            c = d
+            total += d.sum()
+        return total + (c * c).sum()
+
+    def grads(m, a):
+        m, a = fj.convert_to_tensor(m), fj.convert_to_tensor(a)
+        with fj.GradientTape() as tape:
+            tape.watch([m, a])
+            val = loss(m, a)
+        return [val] + tape.gradient(val, [m, a])
+    args = [m, np.array(0.8)]
+    for got in (grads(*args), fj.jit(grads)(*args)):
+        assert_close(got[0].numpy(), np_loss(*args), rtol=1e-12)
+        for i in range(2):
+            assert_close(got[i + 1].numpy(), _fd(np_loss, args, i), rtol=1e-6, atol=1e-8)
+
+
+def test_gradient_of_gradient_through_scan(rng, tier):
+    """d/dw of (dL/dc0)^2: the backward loop is itself differentiated."""
+    xs = rng.standard_normal((4, 2))
+
+    def inner_grad(c0, w):
+        with fj.GradientTape() as t1:
+            t1.watch(c0)
+            c, ys = fj.scan(lambda c, x: (fj.sin(c * w + x), c * c), c0, xs)
+            val = fj.reduce_sum(ys) + fj.reduce_sum(c)
+        return t1.gradient(val, c0)
+
+    def np_inner_grad(c0, w):
+        return _fd(lambda c: _np_inner(c, w), [c0], 0)
+
+    def _np_inner(c0, w):
+        c, total = c0, 0.0
+        for x in xs:
+            total += (c * c).sum()
+            c = np.sin(c * w + x)
+        return total + c.sum()
+
+    def outer(c0, w):
+        c0, w = fj.convert_to_tensor(c0), fj.convert_to_tensor(w)
+        with fj.GradientTape() as t2:
+            t2.watch(w)
+            g = inner_grad(c0, w)
+            val = fj.reduce_sum(g * g)
+        return val, t2.gradient(val, w)
+    c0, w = rng.standard_normal(2), np.array(0.9)
+    g_np = np_inner_grad(c0, w)
+    for val, dw in (outer(c0, w), fj.jit(outer)(c0, w)):
+        assert_close(val.numpy(), (g_np * g_np).sum(), rtol=1e-6)
+        fd = (np.sum(np_inner_grad(c0, w + 1e-4) ** 2) - np.sum(np_inner_grad(c0, w - 1e-4) ** 2)) / 2e-4
+        assert_close(dw.numpy(), fd, rtol=1e-4, atol=1e-6)
+
+
+def test_loop_inside_tape_inside_loop(rng, tier):
+    """Each outer step takes a gradient through an inner loop (a tape inside a scan
+    body), and an outer tape differentiates the whole."""
+    xs = rng.standard_normal((3, 2))
+
+    def run(c0, w):
+        def step(c, x):
+            with fj.GradientTape() as t:
+                t.watch(c)
+                d, _ = fj.scan(lambda d, v: (d * w + v, None), c, fj.stack([x, x * 2.0]))
+                e = fj.reduce_sum(d * d)
+            g = t.gradient(e, c)
+            return c - 0.1 * g, e
+        c, es = fj.scan(step, c0, xs)
+        return fj.reduce_sum(es) + fj.reduce_sum(c)
+
+    def np_run(c0, w):
+        c, total = c0, 0.0
+        for x in xs:
+            d = (c * w + x) * w + 2 * x
+            total += (d * d).sum()
+            c = c - 0.1 * (2 * d * w * w)
+        return total + c.sum()
+
+    def grads(c0, w):
+        c0, w = fj.convert_to_tensor(c0), fj.convert_to_tensor(w)
+        with fj.GradientTape() as tape:
+            tape.watch([c0, w])
+            val = run(c0, w)
+        return [val] + tape.gradient(val, [c0, w])
+    args = [rng.standard_normal(2), np.array(0.7)]
+    for got in (grads(*args), fj.jit(grads)(*args)):
+        assert_close(got[0].numpy(), np_run(*args), rtol=1e-12)
+        for i in range(2):
+            assert_close(got[i + 1].numpy(), _fd(np_run, args, i), rtol=1e-6, atol=1e-8)
+
+
+def test_new_sequence_length_does_not_retrace_and_code_does_not_grow(rng):
+    h0, xs, W, U, b = make(rng, T=40)
+    Wv = fj.Variable(W)
+    opt = fj.optimizers.SGD(0.1)
+
+    @fj.jit
+    def step(h0, xs):
+        with fj.GradientTape() as tape:
+            h, hs, sums = fj_rnn(h0, xs, Wv, U, b)
+            loss = fj.reduce_mean(sums)
+        opt.apply_gradients([(tape.gradient(loss, Wv), Wv)])
+        return loss
+    fj.reset_stats()
+    losses = [float(step(h0, xs[:T])) for T in (4, 40, 7)]
+    assert fj.stats()["traces"] == 1
+    assert all(np.isfinite(losses))
+    short, long = step.inspect(h0, xs[:4]), step.inspect(h0, xs)
+    assert short.forward_source == long.forward_source
+    assert short.backward_source == long.backward_source
+    assert len(re.findall(r"for l\d+_t in", short.forward_source)) == 1   # one loop, not unrolled
+
+
+def test_scan_with_zero_steps(rng, tier):
+    h0, xs, W, U, b = make(rng, T=0)
+    for h, hs, sums in (fj_rnn(*[fj.convert_to_tensor(a) for a in (h0, xs, W, U, b)]), fj.jit(fj_rnn)(h0, xs, W, U, b)):
+        assert_close(h.numpy(), h0)
+        assert hs.shape == (0,) + h0.shape and sums.shape == (0,)
+
+
+def test_fori_loop(rng, tier):
+    x = rng.standard_normal(3).astype(np.float32)
+
+    def f(x):
+        return fj.fori_loop(2, 6, lambda i, v: v * 0.5 + fj.cast(i, "float32"), x)
+    want = x.copy()
+    for i in range(2, 6):
+        want = want * 0.5 + i
+    assert_close(f(fj.convert_to_tensor(x)).numpy(), want)
+    assert_close(fj.jit(f)(x).numpy(), want)
+
+
+def test_scan_errors_name_the_problem(rng):
+    h0, xs = np.zeros((2, 3), np.float32), np.ones((4, 2, 3), np.float32)
+
+    def grows(h, x):
+        return fj.concat([h, x], axis=1), None
+    with pytest.raises(TypeError, match=r"carry 0 enters the body as float32\(2, 3\).*float32\(2, 6\)"):
+        fj.jit(lambda h, x: fj.scan(grows, h, x))(h0, xs)
+    with pytest.raises(TypeError, match=r"carry 0 enters"):
+        fj.scan(grows, fj.convert_to_tensor(h0), xs)
+    with pytest.raises(TracerError, match="random ops inside an fj.scan body"):
+        fj.jit(lambda h, x: fj.scan(lambda h, x: (h + fj.random.uniform((2, 3)), None), h, x))(h0, xs)
+    v = fj.Variable(np.zeros((2, 3), np.float32))
+
+    def assigns(h, x):
+        v.assign(h)
+        return h + x, None
+    with pytest.raises(TracerError, match="assigned inside an fj.scan body"):
+        fj.jit(lambda h, x: fj.scan(assigns, h, x))(h0, xs)
+    with pytest.raises(ValueError, match="different leading dims"):
+        fj.scan(lambda c, x: (c, None), fj.convert_to_tensor(h0), (xs, xs[:2]))
+    with pytest.raises(TypeError, match="pair"):
+        fj.scan(lambda c, x: c, fj.convert_to_tensor(h0), xs)
