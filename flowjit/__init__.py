@@ -31,7 +31,7 @@ from .frontend.api import (  # noqa: F401
 from .frontend import random  # noqa: F401
 from .frontend.variables import Variable
 from .frontend.autodiff import GradientTape, grad, value_and_grad
-from .frontend.control_flow import scan, fori_loop
+from .frontend.control_flow import cond, fori_loop, scan, while_loop
 from .frontend import nn, optimizers  # noqa: F401
 from . import data  # noqa: F401
 from . import train, summary  # noqa: F401

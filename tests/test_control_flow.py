@@ -316,3 +316,125 @@ def test_scan_errors_name_the_problem(rng):
         fj.scan(lambda c, x: (c, None), fj.convert_to_tensor(h0), (xs, xs[:2]))
     with pytest.raises(TypeError, match="pair"):
         fj.scan(lambda c, x: c, fj.convert_to_tensor(h0), xs)
+
+
+# --- cond ----------------------------------------------------------------------
+def test_cond_values_and_gradients(rng, tier):
+    x = rng.standard_normal(3)
+    w, v = np.array(1.3), np.array(-0.4)
+
+    def f(x, w, v, p):
+        return fj.cond(p > 0, lambda a: a * a * w, lambda a: fj.sin(a) + v, x)
+
+    def grads(x, w, v, p):
+        x, w, v = (fj.convert_to_tensor(a) for a in (x, w, v))
+        with fj.GradientTape() as tape:
+            tape.watch([x, w, v])
+            val = fj.reduce_sum(f(x, w, v, p) * np.array([1.0, 2.0, 3.0]))
+        # (eagerly the untaken branch's capture is unconnected; compiled, its gradient is 0)
+        return [val] + tape.gradient(val, [x, w, v], unconnected_gradients="zero")
+
+    for p in (1.0, -1.0):
+        def np_val(x, w, v, p=p):
+            y = x * x * w if p > 0 else np.sin(x) + v
+            return (y * np.array([1.0, 2.0, 3.0])).sum()
+        args = [x, w, v]
+        for got in (grads(*args, np.array(p)), fj.jit(grads)(*args, np.array(p))):
+            assert_close(got[0].numpy(), np_val(*args), rtol=1e-12)
+            for i in range(3):
+                assert_close(got[i + 1].numpy(), _fd(np_val, args, i), rtol=1e-6, atol=1e-8)
+
+
+def test_cond_runs_only_the_taken_branch(tier):
+    """The untaken branch would read out of range (and raise): it must not run."""
+    table = np.arange(4.0, dtype=np.float32)
+
+    @fj.jit
+    def lookup(i):
+        return fj.cond(i < 4, lambda: fj.gather(table, i), lambda: fj.constant(-1.0))
+    assert float(lookup(np.int32(2))) == 2.0
+    assert float(lookup(np.int32(9))) == -1.0
+    with pytest.raises(fj.errors.OutOfRangeError):
+        fj.jit(lambda i: fj.cond(i >= 0, lambda: fj.gather(table, i), lambda: fj.constant(-1.0)))(np.int32(9))
+
+
+def test_cond_inside_scan_with_gradient(rng, tier):
+    xs = rng.standard_normal((6, 2))
+
+    def run(c0, w):
+        def step(c, x):
+            c = fj.cond(fj.reduce_sum(x) > 0, lambda: c * w + x, lambda: c - x * w)
+            return c, None
+        return fj.reduce_sum(fj.scan(step, c0, xs)[0] ** 2)
+
+    def np_run(c0, w):
+        c = c0
+        for x in xs:
+            c = c * w + x if x.sum() > 0 else c - x * w
+        return (c ** 2).sum()
+
+    def grads(c0, w):
+        c0, w = fj.convert_to_tensor(c0), fj.convert_to_tensor(w)
+        with fj.GradientTape() as tape:
+            tape.watch([c0, w])
+            val = run(c0, w)
+        return [val] + tape.gradient(val, [c0, w])
+    args = [rng.standard_normal(2), np.array(0.8)]
+    for got in (grads(*args), fj.jit(grads)(*args)):
+        assert_close(got[0].numpy(), np_run(*args), rtol=1e-12)
+        for i in range(2):
+            assert_close(got[i + 1].numpy(), _fd(np_run, args, i), rtol=1e-6, atol=1e-8)
+
+
+def test_cond_errors():
+    with pytest.raises(TypeError, match=r"result 0 is float32\(3,\) .*in the true branch and float32\(2,\) in the false"):
+        fj.jit(lambda p, x: fj.cond(p > 0, lambda: x, lambda: x[:2]))(np.float32(1), np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="pred must be a scalar"):
+        fj.cond(np.array([True, False]), lambda: 1.0, lambda: 2.0)
+
+
+# --- while_loop ------------------------------------------------------------------
+def test_while_loop_data_dependent_trip_count(tier):
+    def collatz(n):
+        def body(n, steps):
+            n = fj.where(n % 2 == 0, n // 2, 3 * n + 1)
+            return n, steps + 1
+        return fj.while_loop(lambda n, steps: n != 1, body, (n, fj.constant(0)))[1]
+
+    def np_collatz(n):
+        steps = 0
+        while n != 1:
+            n = n // 2 if n % 2 == 0 else 3 * n + 1
+            steps += 1
+        return steps
+    jitted = fj.jit(collatz)
+    fj.reset_stats()
+    for n in (1, 6, 27, 97):
+        assert int(collatz(fj.constant(n)).numpy()) == np_collatz(n)
+        assert int(jitted(np.int32(n)).numpy()) == np_collatz(n)
+    assert fj.stats()["traces"] == 1
+
+
+def test_while_loop_tensor_vars_and_maximum_iterations(rng, tier):
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+
+    def f(x):
+        return fj.while_loop(lambda v: fj.reduce_max(fj.abs(v)) < 100.0, lambda v: v * 2.0 + 1.0, x,
+                             maximum_iterations=4)
+    want = x.copy()
+    for _ in range(4):
+        if np.abs(want).max() >= 100:
+            break
+        want = want * 2 + 1
+    assert_close(f(fj.convert_to_tensor(x)).numpy(), want)
+    assert_close(fj.jit(f)(x).numpy(), want)
+
+
+def test_while_loop_gradient_says_what_to_use():
+    def f(x):
+        with fj.GradientTape() as tape:
+            tape.watch(x)
+            y = fj.reduce_sum(fj.while_loop(lambda v: fj.reduce_sum(v) < 10.0, lambda v: v * 2.0, x))
+        return tape.gradient(y, x)
+    with pytest.raises(TracerError, match="fj.scan or fj.fori_loop"):
+        fj.jit(f)(np.ones(2, np.float32))

@@ -1,4 +1,5 @@
-"""Loops that compile as loops: `fj.scan`, `fj.fori_loop`.
+"""Loops that compile as loops, and branches that run one side: `fj.scan`,
+`fj.fori_loop`, `fj.while_loop`, `fj.cond`.
 
 Eagerly, `scan` is a Python loop (each op runs, and a tape records every step). Inside
 `@fj.jit` the body is traced once, into a graph of its own (a `BodyTrace` nested in
@@ -14,6 +15,8 @@ replays the body under a tape and applies its vector-Jacobian product; the captu
 values' gradients are summed in the carry. The backward body is traced like any other,
 so it compiles as a loop too, and gradients of gradients go through it the same way.
 """
+import numpy as np
+
 from ..errors import TracerError
 from ..ir.graph import Graph
 from ..ir.registry import REGISTRY
@@ -251,6 +254,128 @@ def fori_loop(lower, upper, body_fun, init_val):
     return scan(step, init_val, idx)[0]
 
 
+def _trace_body(fn, args, what):
+    """Trace fn(*args-shaped tensors) as a body nested in the current trace: (body
+    trace, its output tensors (lifted into it), their structure, the raw output)."""
+    outer = current_trace()
+    body = BodyTrace(outer)
+    tapes = active_tapes()
+    body.outer_tapes = list(tapes)
+    tapes.clear()
+    try:
+        with body:
+            targs = [body.arg(a.shape, a.dtype) for a in args]
+            raw = fn(targs)
+            res, struct = _tensors(raw, what)
+            res = [body.lift(t) for t in res]
+    finally:
+        tapes[:] = body.outer_tapes
+    body.graph.outputs = [t._node.id for t in res]
+    return body, res, struct, raw
+
+
+def _same_results(a, b, what):
+    if len(a) != len(b):
+        raise TypeError(f"{what}: the branches return {len(a)} and {len(b)} tensors")
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x.dtype is not y.dtype or len(x.shape) != len(y.shape) or \
+                not all(hint(p) == hint(q) for p, q in zip(x.shape, y.shape)):
+            raise TypeError(f"{what}: result {k} is {x.dtype.name}{describe_shape(x.shape)} in the "
+                            f"true branch and {y.dtype.name}{describe_shape(y.shape)} in the false one")
+        for p, q in zip(x.shape, y.shape):
+            unify_dims(p, q)
+
+
+def cond(pred, true_fn, false_fn, *operands):
+    """`true_fn(*operands)` if `pred` else `false_fn(*operands)` (TF's `tf.cond`, whose
+    branches take no arguments, and JAX's `lax.cond`). Inside `@fj.jit` both branches are
+    traced (they must return the same structure, shapes and dtypes) and only the taken
+    one runs. Differentiable."""
+    pred = convert(pred)
+    if pred.shape and int(np.prod([hint(d) for d in pred.shape])) != 1:
+        raise ValueError(f"fj.cond: pred must be a scalar, got shape {describe_shape(pred.shape)}")
+    ops, ops_struct = _tensors(list(operands), "operands")
+    if current_trace() is None:
+        return (true_fn if bool(pred.numpy().reshape(-1)[0]) else false_fn)(*operands)
+    outer = current_trace()
+    pred = _lift_into(outer, pred)
+    ops = [_lift_into(outer, o) for o in ops]
+
+    def branch(fn):
+        return lambda targs: fn(*unflatten(ops_struct, targs))
+    tb, tres, tstruct, _ = _trace_body(branch(true_fn), ops, "fj.cond's true branch")
+    fb, fres, fstruct, _ = _trace_body(branch(false_fn), ops, "fj.cond's false branch")
+    if tstruct != fstruct:
+        raise TypeError(f"fj.cond: the branches return different structures: {tstruct} and {fstruct}")
+    _same_results(tres, fres, "fj.cond")
+    outs = [(tuple(t.shape), t.dtype) for t in tres]
+    attrs = {"true": tb.graph, "false": fb.graph, "n_ops": len(ops), "n_true": len(tb.captures),
+             "outs": outs}
+    node = apply_op("cond", [pred] + ops + tb.captures + fb.captures, attrs)
+    res = [_result(node, k, outs) for k in range(len(outs))]
+    return unflatten(tstruct, res) if tstruct is not None else None
+
+
+def while_loop(cond, body, loop_vars, maximum_iterations=None):
+    """`while cond(*vars): vars = body(*vars)`; returns the final vars (TF's argument order;
+    `loop_vars` a list/tuple whose items are passed as arguments, or a single tensor).
+    Inside `@fj.jit` it compiles as one `while` loop. Not differentiable (its trip count
+    is data-dependent): use `fj.scan` or `fj.fori_loop` for a loop to differentiate."""
+    single = not isinstance(loop_vars, (list, tuple))
+    vars_ = [loop_vars] if single else list(loop_vars)
+    leaves, struct = _tensors(vars_, "loop_vars")
+    if maximum_iterations is not None:
+        limit = int(maximum_iterations)
+        inner_cond, inner_body = cond, body
+
+        def cond(*a):
+            return F.logical_and(a[0] < limit, inner_cond(*a[1:]))
+
+        def body(*a):
+            out = inner_body(*a[1:])
+            return [a[0] + 1] + (list(out) if isinstance(out, (list, tuple)) else [out])
+        res = while_loop(cond, body, [F.constant(0)] + vars_)
+        return res[1] if single else type(loop_vars)(res[1:])
+
+    def call(fn, vals):
+        out = fn(*unflatten(struct, vals))
+        return out
+    if current_trace() is None:
+        vals = leaves
+        while bool(convert(call(cond, vals)).numpy().reshape(-1)[0]):
+            new, new_struct = _tensors(_as_list(call(body, vals), single), "the body's result")
+            if new_struct != struct:
+                raise TypeError(f"fj.while_loop: the body returned {new_struct} for loop_vars {struct}")
+            _check_carry(vals, new, "fj.while_loop, eager")
+            vals = new
+        res = unflatten(struct, vals)
+        return res[0] if single else type(loop_vars)(res)
+    outer = current_trace()
+    leaves = [_lift_into(outer, v) for v in leaves]
+    cb, cres, _, _ = _trace_body(lambda t: call(cond, t), leaves, "fj.while_loop's cond")
+    if len(cres) != 1 or cres[0].shape and int(np.prod([hint(d) for d in cres[0].shape])) != 1:
+        raise ValueError("fj.while_loop: cond must return one scalar")
+    if not cres[0].dtype.is_bool:
+        raise TypeError(f"fj.while_loop: cond must return a bool, got {cres[0].dtype.name}")
+    bb, bres, bstruct, _ = _trace_body(lambda t: _as_list(call(body, t), single), leaves,
+                                       "fj.while_loop's body")
+    if bstruct != struct:
+        raise TypeError(f"fj.while_loop: the body returned {bstruct} for loop_vars {struct}")
+    _check_carry(leaves, bres, "fj.while_loop")
+    outs = [(tuple(v.shape), v.dtype) for v in leaves]
+    attrs = {"cond": cb.graph, "body": bb.graph, "n_vars": len(leaves), "n_cond": len(cb.captures),
+             "outs": outs}
+    node = apply_op("while", leaves + cb.captures + bb.captures, attrs)
+    res = unflatten(struct, [_result(node, k, outs) for k in range(len(outs))])
+    return res[0] if single else type(loop_vars)(res)
+
+
+def _as_list(out, single):
+    if single:
+        return [out]
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
 # --- replaying a body, and the gradient ----------------------------------------
 def replay(g, inputs):
     """g's outputs computed again by applying its ops to `inputs` in the current trace
@@ -331,5 +456,44 @@ def _tuple_get_grad(inputs, out, g, attrs):
     return [TupleCotangent({attrs["index"]: g})]
 
 
+def _cond_grad(inputs, out, g, attrs):
+    n_ops, n_true = attrs["n_ops"], attrs["n_true"]
+    outs = attrs["outs"]
+    parts = g.parts if isinstance(g, TupleCotangent) else {}
+    pred, ops = inputs[0], inputs[1:1 + n_ops]
+    tcaps, fcaps = inputs[1 + n_ops:1 + n_ops + n_true], inputs[1 + n_ops + n_true:]
+    fo = [k for k in range(len(outs)) if outs[k][1].is_floating]
+    g_out = [parts.get(k) if parts.get(k) is not None else _zeros(*outs[k]) for k in fo]
+    wrt = [k for k, x in enumerate(list(ops) + list(tcaps) + list(fcaps)) if x.dtype.is_floating]
+
+    def arm(graph, lo, hi):
+        """The backward of one branch; its captures are items lo..hi of ops + captures."""
+        def run(*a):
+            here = current_trace()
+            o, gs = list(a[:n_ops]), list(a[n_ops:])
+            everything = o + [here.lift(x) for x in list(tcaps) + list(fcaps)]
+            with GradientTape(watch_accessed_variables=False) as tape:
+                for k in wrt:
+                    tape.watch(everything[k])
+                res = replay(graph, o + everything[lo:hi])
+            return tape.gradient([res[k] for k in fo], [everything[k] for k in wrt],
+                                 output_gradients=gs, unconnected_gradients="zero")
+        return run
+    end = n_ops + len(tcaps) + len(fcaps)
+    grads = cond(pred, arm(attrs["true"], n_ops, n_ops + n_true), arm(attrs["false"], n_ops + n_true, end),
+                 *(list(ops) + g_out))
+    result = [None] * len(inputs)
+    for j, k in enumerate(wrt):
+        result[1 + k] = grads[j]
+    return result
+
+
+def _while_grad(inputs, out, g, attrs):
+    raise TracerError("fj.while_loop is not differentiable (its trip count depends on the data): "
+                      "write the loop with fj.scan or fj.fori_loop to differentiate it")
+
+
 REGISTRY["scan"].grad = _scan_grad
+REGISTRY["cond"].grad = _cond_grad
+REGISTRY["while"].grad = _while_grad
 REGISTRY["tuple_get"].grad = _tuple_get_grad

@@ -13,8 +13,16 @@
   then the carry entering each step, stacked (what the gradient replays the body from;
   computed only when a tuple_get reads it).
 
-A scan node is an opaque step of the program: the CPU backend emits it as one `for`
-loop in the entry with the body's fused kernels inside (backends/cpu/codegen.py), so
+`cond` (fj.cond): inputs [pred, operands..., true branch captures..., false branch
+captures...]; attrs `true` and `false` (graphs whose args are the operands then their
+own captures), `n_ops`, `outs`. Runs one branch.
+
+`while` (fj.while_loop): inputs [loop vars..., cond captures..., body captures...];
+attrs `cond` (a graph of the vars and its captures, returning a bool scalar), `body`
+(the vars and its captures -> new vars), `n_vars`, `outs` (the final vars).
+
+Each is an opaque step of the program: the CPU backend emits a `for` loop, an `if` or a
+`while` in the entry with the bodies' fused kernels inside (backends/cpu/codegen.py), so
 compile time does not depend on the trip count.
 """
 import numpy as np
@@ -23,17 +31,14 @@ from ..ir.evaluate import run_graph
 from ..ir.registry import register
 from .. import dtypes as D
 
+# the attrs of each control-flow op that hold a traced graph (fused and compiled with it)
+SUBGRAPHS = {"scan": ("body",), "cond": ("true", "false"), "while": ("cond", "body")}
+
 
 def scan_results(attrs):
     """(n_carry, n_ys): how the node's results split into final carry, ys, stacked carries."""
     nc = attrs["n_carry"]
     return nc, len(attrs["outs"]) - 2 * nc
-
-
-def _scan_infer(shapes, dts, attrs):
-    # the node itself is a bundle of results; its shape/dtype are placeholders (its
-    # tuple_get readers carry the real ones)
-    return (), D.float32
 
 
 def _scan_ref(arrs, attrs, shape, dtype):
@@ -57,7 +62,7 @@ def _scan_ref(arrs, attrs, shape, dtype):
     return [c.reshape(outs[k][0]) for k, c in enumerate(carry)] + ys + stacked
 
 
-register("scan", "opaque", _scan_infer, _scan_ref, multi=True)
+register("scan", "opaque", lambda s, d, a: _bundle_infer(s, d, a), _scan_ref, multi=True)
 
 
 def _tuple_get_infer(shapes, dts, attrs):
@@ -65,3 +70,37 @@ def _tuple_get_infer(shapes, dts, attrs):
 
 
 register("tuple_get", "opaque", _tuple_get_infer, lambda arrs, attrs, s, d: arrs[0][attrs["index"]])
+
+
+def _bundle_infer(shapes, dts, attrs):
+    # the node itself is a bundle of results; its shape/dtype are placeholders (its
+    # tuple_get readers carry the real ones)
+    return (), D.float32
+
+
+def _cond_ref(arrs, attrs, shape, dtype):
+    n_ops, n_true = attrs["n_ops"], attrs["n_true"]
+    ops = list(arrs[1:1 + n_ops])
+    if bool(np.asarray(arrs[0]).reshape(-1)[0]):
+        res = run_graph(attrs["true"], ops + list(arrs[1 + n_ops:1 + n_ops + n_true]))
+    else:
+        res = run_graph(attrs["false"], ops + list(arrs[1 + n_ops + n_true:]))
+    return [np.array(r, d.np).reshape(s) for r, (s, d) in zip(res, attrs["outs"])]
+
+
+register("cond", "opaque", _bundle_infer, _cond_ref, multi=True)
+
+
+def _while_ref(arrs, attrs, shape, dtype):
+    nv, nc = attrs["n_vars"], attrs["n_cond"]
+    vs = [np.array(a) for a in arrs[:nv]]
+    cond_caps, body_caps = list(arrs[nv:nv + nc]), list(arrs[nv + nc:])
+    outs = attrs["outs"]
+    sizes = {}
+    while bool(np.asarray(run_graph(attrs["cond"], vs + cond_caps, sizes)[0]).reshape(-1)[0]):
+        res = run_graph(attrs["body"], vs + body_caps, sizes)
+        vs = [np.array(r, d.np).reshape(s) for r, (s, d) in zip(res, outs)]
+    return vs
+
+
+register("while", "opaque", _bundle_infer, _while_ref, multi=True)

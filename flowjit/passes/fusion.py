@@ -38,7 +38,7 @@ class Step:
     kind: str                 # 'loop', 'matmul', 'view', 'opaque'
     node: int = None          # for matmul / view / opaque
     group: LoopGroup = None
-    body: object = None       # a loop's body (a scan node), fused as a Program of its own
+    body: list = None         # a control-flow node's graphs (ops/control.py), fused as Programs
 
     def outputs(self):
         if self.kind == "loop":
@@ -253,13 +253,18 @@ def fuse(g):
 
 
 def _loop_body(n):
-    """The fused body of a loop node (ops/control.py), or None for other nodes."""
-    if n.op != "scan":
+    """The fused bodies of a control-flow node (ops/control.py: one per graph attr), or
+    None for other nodes."""
+    from ..ops.control import SUBGRAPHS
+    if n.op not in SUBGRAPHS:
         return None
     from .simplify import simplify
-    body = simplify(n.attrs["body"])
-    n.attrs["body"] = body        # the fused program's graph is the node's body from now on
-    return fuse(body)
+    progs = []
+    for key in SUBGRAPHS[n.op]:
+        body = simplify(n.attrs[key])
+        n.attrs[key] = body       # the fused program's graph is the node's from now on
+        progs.append(fuse(body))
+    return progs
 
 
 def _same_shape(a, b):

@@ -8,7 +8,7 @@ from ..ir.shapes import Sym
 
 FOLD_MAX_ELEMENTS = 4096
 NO_CSE = {"arg", "rng_key"}
-NO_FOLD = {"arg", "rng_key", "const", "random", "scan", "tuple_get"}
+NO_FOLD = {"arg", "rng_key", "const", "random", "scan", "cond", "while", "tuple_get"}
 
 
 def _static_size(shape):

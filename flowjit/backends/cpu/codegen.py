@@ -601,7 +601,7 @@ def gen_entry(prog):
 
 
 def _has_matmul(prog):
-    return any(s.kind == "matmul" or (s.body is not None and _has_matmul(s.body)) for s in prog.steps)
+    return any(s.kind == "matmul" or any(_has_matmul(b) for b in s.body or ()) for s in prog.steps)
 
 
 def _program_lines(prog, gen, buf, alias, prefix):
@@ -641,9 +641,13 @@ def _program_lines(prog, gen, buf, alias, prefix):
         elif step.kind == "matmul":
             lines.extend(_matmul_lines(g, n, buf, gen.alloc))
         elif n.op == "scan":
-            lines.extend(_scan_lines(g, n, step.body, gen, buf, prefix))
+            lines.extend(_scan_lines(g, n, step.body[0], gen, buf, prefix))
+        elif n.op == "cond":
+            lines.extend(_cond_lines(g, n, step.body, gen, buf, prefix))
+        elif n.op == "while":
+            lines.extend(_while_lines(g, n, step.body, gen, buf, prefix))
         elif n.op == "tuple_get":
-            lines.append(f"{out} = {_scan_result(prefix, g.nodes[n.inputs[0]], n.attrs['index'])}")
+            lines.append(f"{out} = {_result(prefix, g.nodes[n.inputs[0]], n.attrs['index'])}")
         else:
             lines.extend(_opaque_lines(g, n, gen, buf, prefix))
     return lines
@@ -711,10 +715,12 @@ def _opaque_lines(g, n, gen, buf, prefix):
 
 
 # --- loops (ops/control.py) ---------------------------------------------------------
-def _scan_result(prefix, node, k):
-    """The name holding result k of loop `node` once the loop has run."""
-    nc, ny = scan_results(node.attrs)
+def _result(prefix, node, k):
+    """The name holding result k of control-flow `node` once it has run."""
     p = f"{prefix}l{node.id}_"
+    if node.op != "scan":
+        return f"{p}o{k}"
+    nc, ny = scan_results(node.attrs)
     if k < nc:
         return f"{p}c{k}"
     if k < nc + ny:
@@ -777,6 +783,62 @@ def _scan_lines(g, n, body, gen, buf, prefix):
         inner.append(f"{p}y{k}.reshape(({T}, {size}))[{t}, :] = {res[nc + k]}.reshape(({size},))")
     lines.append(f"for {t} in {order}:")
     lines += ["    " + line for line in inner] or ["    pass"]
+    return lines
+
+
+def _sub_program(body, gen, names, p):
+    """A body's lines with its args named by `names` (arg node id -> name), and the
+    names of its outputs."""
+    def body_buf(i):
+        return names.get(i, f"{p}v{i}")
+    lines = _program_lines(body, gen, body_buf, {}, p)
+    return lines, [body_buf(o) for o in body.graph.outputs]
+
+
+def _fresh_copies(res, outs, p, tmp="n"):
+    """Copies of a body's results (C-contiguous, of the result's shape): a result may be
+    an argument's buffer or a view of one."""
+    return [f"{p}{tmp}{k} = {r}.reshape({shape_src(outs[k][0])}).copy()" for k, r in enumerate(res)]
+
+
+def _cond_lines(g, n, bodies, gen, buf, prefix):
+    """A cond node as an `if` whose two arms compute one branch each."""
+    a = n.attrs
+    n_ops, n_true = a["n_ops"], a["n_true"]
+    p = f"{prefix}l{n.id}_"
+    ops = [buf(i) for i in n.inputs[1:1 + n_ops]]
+    caps = {"true": [buf(i) for i in n.inputs[1 + n_ops:1 + n_ops + n_true]],
+            "false": [buf(i) for i in n.inputs[1 + n_ops + n_true:]]}
+    lines = [f"if {buf(n.inputs[0])}.reshape((1,))[0]:"]
+    for arm, body in zip(("true", "false"), bodies):
+        if arm == "false":
+            lines.append("else:")
+        names = dict(zip(body.graph.args, ops + caps[arm]))
+        inner, res = _sub_program(body, gen, names, f"{p}{arm[0]}")
+        inner += _fresh_copies(res, a["outs"], p, "o")
+        lines += ["    " + line for line in inner] or ["    pass"]
+    return lines
+
+
+def _while_lines(g, n, bodies, gen, buf, prefix):
+    """A while node as a `while True` loop: the condition's lines, a break, the body's."""
+    a = n.attrs
+    nv, ncond = a["n_vars"], a["n_cond"]
+    outs = a["outs"]
+    p = f"{prefix}l{n.id}_"
+    lines = [f"{p}o{k} = {buf(n.inputs[k])}.copy()" for k in range(nv)]
+    vs = [f"{p}o{k}" for k in range(nv)]
+    cond, body = bodies
+    names = dict(zip(cond.graph.args, vs + [buf(i) for i in n.inputs[nv:nv + ncond]]))
+    inner, res = _sub_program(cond, gen, names, f"{p}c")
+    inner.append(f"if not {res[0]}.reshape((1,))[0]:")
+    inner.append("    break")
+    names = dict(zip(body.graph.args, vs + [buf(i) for i in n.inputs[nv + ncond:]]))
+    body_lines, res = _sub_program(body, gen, names, f"{p}b")
+    inner += body_lines + _fresh_copies(res, outs, p)
+    inner += [f"{p}o{k} = {p}n{k}" for k in range(nv)]
+    lines.append("while True:")
+    lines += ["    " + line for line in inner]
     return lines
 
 
