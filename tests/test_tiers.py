@@ -87,7 +87,10 @@ def convnet(x, f):
 
 def loop(x, w):
     c, ys = fj.scan(lambda c, r: (fj.tanh(c * w + r), fj.reduce_sum(c * c)), x[0], x)
-    return fj.reduce_sum(c), ys
+    c = fj.cond(fj.reduce_sum(c) > 0, lambda: c * w, lambda: c - w)
+    _, n = fj.while_loop(lambda v, n: fj.reduce_sum(v) < 50.0, lambda v, n: (v * 2.0 + 1.0, n + 1),
+                         [fj.stop_gradient(c), fj.constant(0)])
+    return fj.reduce_sum(c), ys, n
 
 
 def grads_of(fn, n):
