@@ -223,3 +223,7 @@ avg_pool = avg_pool2d
 
 # ops that name themselves public in fj.nn (ir/registry.OpDef.api)
 globals().update({k: v for k, v in F.public_ops("nn").items() if k not in globals()})
+
+
+# recurrent cells and layers (on fj.scan)
+from .rnn import dynamic_rnn, gru, gru_cell, lstm, lstm_cell, simple_rnn, simple_rnn_cell  # noqa: E402,F401
