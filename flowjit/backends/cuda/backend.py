@@ -163,6 +163,8 @@ def _node_step(ctx, n, kind):
         return None, {}, [f"{ctx.buf(n.id)} = {ctx.buf(n.inputs[0])}"]
     if kind == "matmul":
         return (n.op,) + matmul_lines(ctx, n)
+    if n.op == "tuple_get":          # one result of a loop run on the host (below)
+        return None, {}, [f"{ctx.buf(n.id)} = {ctx.buf(n.inputs[0])}[{n.attrs['index']}]"]
     low = LOWERINGS.get(n.op) or opaque_lowering(n.op)
     if low is None:
         return (f"{n.op} (no CUDA kernel: NumPy on the host)",) + host_fallback(ctx, n)
@@ -199,6 +201,9 @@ class CudaExecutable:
         n = self.program.graph.nodes[node_id]
         arrays = [RT.to_host(a).reshape(s) for a, s in inputs]
         out = REGISTRY[n.op].ref(arrays, n.attrs, shape, n.dtype)
+        if REGISTRY[n.op].multi:     # a loop (fj.scan, cond, while_loop): each result to the device
+            return [RT.to_device(np.ascontiguousarray(o, d.np).reshape(-1))
+                    for o, (_, d) in zip(out, n.attrs["outs"])]
         return RT.to_device(np.ascontiguousarray(out, n.dtype.np).reshape(-1))
 
     def run(self, args):

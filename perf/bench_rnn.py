@@ -1,0 +1,224 @@
+"""LSTM training step: one layer, hidden 256, batch 64, sequence 50, input 64, a dense
+softmax head on the last hidden state, Adam. flowjit (`fj.nn.lstm`: one compiled loop
+over time) against JAX (`lax.scan`, written the same way: the input projection for all
+steps as one matmul before the loop) and PyTorch eager (`nn.LSTM`) where installed, in
+the same run, taking turns.
+
+Compile rows: the step's first call in a fresh process with an empty cache, compiling
+synchronously, at sequence length 50 and 200 (the loop is compiled once whatever its
+trip count, so the two should match)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from perf.bench_train import _err_line, _import_optional, _jax_info, timed_steps
+from perf.common import Result, first_call_time, register
+
+B, T, I, H, C = 64, 50, 64, 256, 10
+LR = 1e-3
+COMPILE_TARGET_S = 3.0
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def init_params(seed=0):
+    rng = np.random.default_rng(seed)
+    lim = np.sqrt(6.0 / (I + H + 4 * H))
+    return [rng.uniform(-lim, lim, (I + H, 4 * H)).astype(np.float32), np.zeros(4 * H, np.float32),
+            (rng.standard_normal((H, C)) * 0.05).astype(np.float32), np.zeros(C, np.float32)]
+
+
+def batches(t=T, n=4, seed=1):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = rng.standard_normal((B, t, I)).astype(np.float32)
+        y = np.eye(C, dtype=np.float32)[rng.integers(0, C, B)]
+        out.append((x, y))
+    return out
+
+
+def build_flowjit(params0):
+    import flowjit as fj
+    vs = [fj.Variable(p) for p in params0]
+    opt = fj.optimizers.Adam(LR)
+
+    @fj.jit
+    def step(x, y):
+        K, b, Wo, bo = vs
+        with fj.GradientTape() as tape:
+            _, (c, h) = fj.nn.lstm(x, K, b)
+            logits = fj.matmul(h, Wo) + bo
+            loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, logits))
+        opt.apply_gradients(zip(tape.gradient(loss, vs), vs))
+        return loss
+    return step, (lambda: [v.numpy() for v in vs])
+
+
+def build_jax(params0):
+    import jax
+    import jax.numpy as jnp
+    cpu = jax.devices("cpu")[0]
+    b1, b2, eps = 0.9, 0.999, 1e-7
+
+    def loss_fn(ps, x, y):
+        K, b, Wo, bo = ps
+        xs = jnp.transpose(x, (1, 0, 2))
+        proj = (xs.reshape(-1, I) @ K[:I] + b).reshape(xs.shape[0], B, 4 * H)
+        Kh = K[I:]
+
+        def cell(carry, p):
+            c, h = carry
+            i, j, f, o = jnp.split(p + h @ Kh, 4, axis=1)
+            c = c * jax.nn.sigmoid(f + 1.0) + jax.nn.sigmoid(i) * jnp.tanh(j)
+            h = jnp.tanh(c) * jax.nn.sigmoid(o)
+            return (c, h), None
+        zero = jnp.zeros((B, H), jnp.float32)
+        (c, h), _ = jax.lax.scan(cell, (zero, zero), proj)
+        logits = h @ Wo + bo
+        return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits, axis=1), axis=1))
+
+    @jax.jit
+    def jstep(ps, ms, vs, t, x, y):
+        loss, gs = jax.value_and_grad(loss_fn)(ps, x, y)
+        t = t + 1.0
+        lr_t = LR * jnp.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+        ms = [b1 * m + (1.0 - b1) * g for m, g in zip(ms, gs)]
+        vs = [b2 * v + (1.0 - b2) * g * g for v, g in zip(vs, gs)]
+        ps = [p - lr_t * m / (jnp.sqrt(v) + eps) for p, m, v in zip(ps, ms, vs)]
+        return ps, ms, vs, t, loss
+
+    z = [jax.device_put(np.zeros_like(p), cpu) for p in params0]
+    state = {"ps": [jax.device_put(p, cpu) for p in params0], "ms": z, "vs": list(z),
+             "t": jax.device_put(np.float32(0), cpu)}
+    placed = {}
+
+    def step(x, y):
+        key = id(x)
+        if key not in placed:
+            placed[key] = (jax.device_put(x, cpu), jax.device_put(y, cpu))
+        jx, jy = placed[key]
+        out = jstep(state["ps"], state["ms"], state["vs"], state["t"], jx, jy)
+        jax.block_until_ready(out)
+        state["ps"], state["ms"], state["vs"], state["t"], loss = out
+        return loss
+    return step, (lambda: [np.asarray(p) for p in state["ps"]]), _jax_info(jax)
+
+
+def build_torch(params0):
+    import torch
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(I, H, batch_first=True)
+    head = torch.nn.Linear(H, C)
+    K, b, Wo, bo = params0
+    with torch.no_grad():
+        # TF's i, j, f, o over concat([x, h]) -> torch's i, f, g, o over x and h apart
+        i, j, f, o = np.split(K, 4, axis=1)
+        bi, bj, bf, bo_ = np.split(b, 4)
+        k = np.concatenate([i, f, j, o], axis=1)
+        lstm.weight_ih_l0.copy_(torch.from_numpy(k[:I].T.copy()))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(k[I:].T.copy()))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(np.concatenate([bi, bf + 1.0, bj, bo_])))
+        lstm.bias_hh_l0.zero_()
+        head.weight.copy_(torch.from_numpy(Wo.T.copy()))
+        head.bias.copy_(torch.from_numpy(bo))
+    params = list(lstm.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=LR, eps=1e-7)
+
+    def step(x, y):
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        opt.zero_grad()
+        _, (h, _) = lstm(tx)
+        loss = -(ty * torch.log_softmax(head(h[0]), dim=1)).sum(1).mean()
+        loss.backward()
+        opt.step()
+        return loss
+    return step, f"torch {torch.__version__} eager, {torch.get_num_threads()} threads"
+
+
+@register
+def bench_train_lstm(cfg):
+    params0 = init_params()
+    data = batches()
+    k = {"i": 0}
+
+    def cycling(fn):
+        def call():
+            x, y = data[k["i"] % len(data)]
+            k["i"] += 1
+            return fn(x, y)
+        return call
+    fstep, fparams = build_flowjit(params0)
+    first_s, loss0 = first_call_time(lambda: fstep(*data[0]))
+    losses = [float(loss0)] + [float(fstep(*data[i % len(data)])) for i in range(1, 5)]
+    calls, infos = [("flowjit", cycling(fstep))], {}
+    jax = _import_optional(cfg, "jax")
+    if jax is not None:
+        try:
+            jstep, _, info = build_jax(params0)
+            jl = [float(jstep(*data[i % len(data)])) for i in range(5)]
+            if not np.allclose(jl, losses, rtol=2e-3, atol=2e-4):
+                raise AssertionError(f"losses differ: flowjit {losses}, jax {jl}")
+            calls.append(("jax", cycling(jstep)))
+            infos["jax"] = info
+        except Exception as e:        # a broken optional baseline is skipped
+            cfg.skip("jax (lstm)", f"failed: {_err_line(e)}")
+    if _import_optional(cfg, "torch") is not None:
+        try:
+            tstep, info = build_torch(params0)
+            tl = [float(tstep(*data[i % len(data)])) for i in range(5)]
+            if not np.allclose(tl, losses, rtol=2e-3, atol=2e-4):
+                raise AssertionError(f"losses differ: flowjit {losses}, torch {tl}")
+            calls.append(("torch", cycling(tstep)))
+            infos["torch"] = info
+        except Exception as e:
+            cfg.skip("torch (lstm)", f"failed: {_err_line(e)}")
+    t, n_timed, cores = timed_steps(cfg, calls)
+    if not all(np.isfinite(p).all() for p in fparams()):
+        raise AssertionError("lstm: flowjit parameters not finite after timing")
+    rows = []
+    for key in ("torch", "jax"):
+        if key in t:
+            label = "torch eager" if key == "torch" else "jax jit"
+            rows.append(Result(f"train lstm 1x{H} b{B} T{T} in{I} Adam vs {label}", t["flowjit"], t[key],
+                               compile_s=first_s, target="ratio >= 1", ok=t[key] >= t["flowjit"],
+                               notes=f"{n_timed} steps; {infos[key]}; cpu/wall flowjit "
+                                     f"{cores['flowjit']:.1f}, {key} {cores[key]:.1f}"))
+    if not rows:
+        rows.append(Result(f"train lstm 1x{H} b{B} T{T} in{I} Adam", t["flowjit"], compile_s=first_s,
+                           target="faster than torch & jax", notes=f"{n_timed} steps; no peer installed"))
+    for seq in (T, 4 * T):
+        child = _compile_child(seq)
+        rows.append(Result(f"compile lstm train step: cold process, T={seq}", child["first_s"],
+                           compile_s=child["stats"]["compile_seconds"],
+                           target=f"<= {COMPILE_TARGET_S:g} s", ok=child["first_s"] <= COMPILE_TARGET_S,
+                           notes=f"empty cache, synchronous compile; compiles={child['stats']['compiles']}"))
+    return rows
+
+
+def _compile_child(seq):
+    d = tempfile.mkdtemp(prefix="flowjit-perf-lstm-")
+    try:
+        env = dict(os.environ, FLOWJIT_CACHE_DIR=d, FLOWJIT_BACKGROUND_COMPILE="0")
+        env.pop("FLOWJIT_CACHE", None)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+        p = subprocess.run([sys.executable, "-m", "perf.bench_rnn", str(seq)], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(f"lstm compile child failed:\n{p.stderr[-3000:]}")
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":          # the compile child: first call of the step at T = argv[1]
+    import flowjit as fj
+    seq = int(sys.argv[1])
+    step, _ = build_flowjit(init_params())
+    x, y = batches(t=seq, n=1)[0]
+    s, _ = first_call_time(lambda: float(step(x, y)))
+    print(json.dumps({"first_s": s, "stats": fj.stats()}))

@@ -1,0 +1,30 @@
+"""Loops and branches placed on the GPU give the CPU's results (tiny shapes). The loop
+nodes run on the host for now (the placement log says so); the ops around them run on
+the device."""
+import numpy as np
+
+import flowjit as fj
+
+
+def run(device, fn, *args):
+    with fj.device(device):
+        return [np.asarray(o) for o in fj.jit(fn)(*args)]
+
+
+def test_scan_cond_while_and_a_scan_gradient_match_the_cpu():
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    W = rng.standard_normal((3, 3)).astype(np.float32) * 0.5
+
+    def f(h0, xs):
+        with fj.GradientTape() as tape:
+            tape.watch(h0)
+            h, ys = fj.scan(lambda c, x: (fj.tanh(fj.matmul(c, W) + x), fj.reduce_sum(c * c)), h0, xs)
+            loss = fj.reduce_sum(ys) + fj.reduce_sum(h)
+        g = tape.gradient(loss, h0)
+        b = fj.cond(loss > 0, lambda: h * 2.0, lambda: h - 1.0)
+        n = fj.while_loop(lambda i: i < 7, lambda i: i + 2, fj.constant(0))
+        return loss, g, b, n
+    h0 = np.zeros((2, 3), np.float32)
+    for a, b in zip(run("/gpu:0", f, h0, xs), run("/cpu:0", f, h0, xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
