@@ -19,7 +19,7 @@ from . import errors
 from .dtypes import DType, as_dtype, float32, float64, int32, int64, bool_ as bool  # noqa: A004
 from .frontend.tensor import Tensor, TensorShape
 from .frontend.api import (  # noqa: F401
-    abs, add, add_n, argmax, argmin, broadcast_to, cast, ceil, clip_by_value, concat, constant,
+    abs, add, add_n, argmax, clip_by_global_norm, global_norm, argmin, broadcast_to, cast, ceil, clip_by_value, concat, constant,
     convert_to_tensor, cos, divide, equal, exp, expand_dims, expm1, eye, fill, floor, floordiv,
     floormod, gather, greater, greater_equal, identity, less, less_equal, log, log1p,
     logical_and, logical_not, logical_or, logical_xor, matmul, maximum, minimum, mod, multiply,

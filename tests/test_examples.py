@@ -54,6 +54,18 @@ def test_mlp_with_logdir(tmp_path):
         assert "w1" in ea.Tags()["histograms"] and ea.Graph().node
 
 
+def test_char_rnn_beats_the_unigram_baseline(tmp_path):
+    argv = [*QUICK, "150", "--hidden", "32", "--seq-len", "16", "--sample-len", "40", "--sample-every", "100"]
+    m = run("char_rnn", *argv, *(["--logdir", str(tmp_path)] if HAS_TB else []))
+    assert m["final_loss"] < m["unigram_loss"] - 0.3
+    assert len(m["sample"]) == 40
+    if HAS_TB:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        ea = EventAccumulator(str(tmp_path))
+        ea.Reload()
+        assert [e.step for e in ea.Scalars("loss")][:2] == [0, 10]
+
+
 def test_autoencoder(tmp_path):
     png = tmp_path / "ae.png"
     m = run("autoencoder", *QUICK, "60", "--png", str(png))

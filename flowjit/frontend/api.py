@@ -250,6 +250,23 @@ def clip_by_value(t, clip_value_min, clip_value_max, name=None):
     return minimum(maximum(t, clip_value_min), clip_value_max)
 
 
+def global_norm(t_list, name=None):
+    """sqrt of the sum of squares of every element of every tensor (None entries skipped)."""
+    parts = [reduce_sum(square(convert(t) if not _is_tensor(t) else _t(t))) for t in t_list if t is not None]
+    if not parts:
+        return constant(0.0)
+    return sqrt(add_n(parts))
+
+
+def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None):
+    """(tensors scaled by clip_norm / max(global norm, clip_norm), the global norm), as TF:
+    the gradients keep their direction and their joint norm is at most clip_norm."""
+    norm = global_norm(t_list) if use_norm is None else use_norm
+    scale = clip_norm / maximum(norm, clip_norm)
+    return [None if t is None else t * cast(scale, _t(t).dtype if _is_tensor(t) else D.float32)
+            for t in t_list], norm
+
+
 def add_n(inputs, name=None):
     if not inputs:
         raise ValueError("add_n needs at least one input")
