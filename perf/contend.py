@@ -21,7 +21,10 @@ from perf import common
 
 TRAINING = ("bench_train_softmax", "bench_train_mlp", "bench_train_autoencoder",
             "bench_train_fused_grad", "bench_conv_cnn_step")
-SPIN = "import sys, time\nt = float(sys.argv[1])\nwhile time.time() < t:\n    pass\n"
+# a busy loop with a deadline of its own, that also ends when its parent does (killed
+# runs leave no spinner behind)
+SPIN = ("import os, sys, time\nt, parent = float(sys.argv[1]), os.getppid()\n"
+        "while time.time() < t and os.getppid() == parent:\n    pass\n")
 MAX_SECONDS = 1800
 ROUNDS = 3
 
