@@ -377,14 +377,16 @@ def _as_list(out, single):
 
 
 # --- replaying a body, and the gradient ----------------------------------------
-def replay(g, inputs):
+def replay(g, inputs, mapping=None):
     """g's outputs computed again by applying its ops to `inputs` in the current trace
-    (under whatever tapes are recording)."""
+    (under whatever tapes are recording). `mapping` receives g's node id -> tensor."""
     vals = dict(zip(g.args, inputs))
     for n in g.nodes:
         if n.id in vals:
             continue
         vals[n.id] = apply_op(n.op, [vals[i] for i in n.inputs], dict(n.attrs), src=n.src)
+    if mapping is not None:
+        mapping.update(vals)
     return [vals[o] for o in g.outputs]
 
 
@@ -392,10 +394,40 @@ def _zeros(shape, dtype):
     return F.zeros(shape, dtype)
 
 
+class _Spec:
+    """The shape and dtype of a body argument."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(shape), dtype
+
+
+class _phase:
+    """Nodes made in this block belong to `phase` of the current trace."""
+
+    def __init__(self, phase):
+        self.ctx, self.phase = current_trace(), phase
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.saved, self.ctx.phase = self.ctx.phase, self.phase
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.phase = self.saved
+
+
 def _scan_grad(inputs, out, g, attrs):
-    nc, ny = scan_results(attrs)
-    nx = attrs["n_xs"]
-    outs = attrs["outs"]
+    """The backward of a scan: a scan the other way, one step the body's vector-Jacobian
+    product. Its step is traced once as the body replayed under a tape plus the tape's
+    gradient; the partition (passes/partition.py, as for a jitted function) then splits
+    that step into what the forward can save (matmul results, long chains) and what the
+    backward computes. The forward scan node gains the saved values as stacked results
+    (residuals), so the backward loop does not run the body's matmuls again."""
+    node = out._node
+    na = node.attrs                     # the node's own attrs (the tape holds a copy)
+    nc, ny = scan_results(na)
+    nx = na["n_xs"]
+    outs = na["outs"]
     carry0, xs, consts = inputs[:nc], inputs[nc:nc + nx], inputs[nc + nx:]
     parts = g.parts if isinstance(g, TupleCotangent) else {}
     fc = [k for k in range(nc) if carry0[k].dtype.is_floating]
@@ -409,47 +441,86 @@ def _scan_grad(inputs, out, g, attrs):
     g_in = [parts.get(nc + ny + k) for k in fc]
     g_in = [] if all(v is None for v in g_in) else \
         [v if v is not None else _zeros(*outs[nc + ny + k]) for v, k in zip(g_in, fc)]
-    # the carry entering each step: a result of the forward loop (made in the forward
-    # phase, so the partition saves it as a residual of the forward function)
-    ctx = current_trace()
-    phase = ctx.phase if ctx is not None else None
-    if ctx is not None:
-        ctx.phase = "fwd"
-    try:
+    with _phase("fwd"):       # forward results: the partition saves them as residuals
         entering = [_result(out, nc + ny + k, outs) for k in range(nc)]
-    finally:
-        if ctx is not None:
-            ctx.phase = phase
-    body = attrs["body"]
+    body = na["body"]
+    gk0 = [F.zeros_like(consts[k]) for k in fk]
+    carry_b = g_carry + gk0
+    xs_b = entering + list(xs) + g_ys + g_in
+    ncb = len(carry_b)
+    replayed = {}
 
-    def back(state, x):
-        gc, gk = state
-        c_t, x_t, gy_t, gin_t = x
+    def back(targs):
+        gc, gk = targs[:len(fc)], targs[len(fc):ncb]
+        rest = targs[ncb:]
+        c_t, x_t = rest[:nc], rest[nc:nc + nx]
+        gy_t, gin_t = rest[nc + nx:nc + nx + len(fy)], rest[nc + nx + len(fy):]
         here = current_trace()
         kc = [here.lift(c) for c in consts]
         srcs = [c_t[k] for k in fc] + [x_t[k] for k in fx] + [kc[k] for k in fk]
         with GradientTape(watch_accessed_variables=False) as tape:
             for s in srcs:
                 tape.watch(s)
-            res = replay(body, list(c_t) + list(x_t) + kc)
+            res = replay(body, list(c_t) + list(x_t) + kc, replayed)
         targets = [res[k] for k in fc] + [res[nc + k] for k in fy]
         grads = tape.gradient(targets, srcs, output_gradients=list(gc) + list(gy_t),
                               unconnected_gradients="zero")
         a, b = len(fc), len(fc) + len(fx)
         g_c = [p + q for p, q in zip(grads[:a], gin_t)] if gin_t else grads[:a]
-        return (g_c, [p + q for p, q in zip(gk, grads[b:])]), grads[a:b]
+        return g_c + [p + q for p, q in zip(gk, grads[b:])] + grads[a:b]
 
-    gk0 = [F.zeros_like(consts[k]) for k in fk]
-    (g_c0, g_k), g_xs = scan(back, (g_carry, gk0), (entering, list(xs), g_ys, g_in),
-                             length=attrs["length"], reverse=not attrs["reverse"])
+    specs = carry_b + [_Spec(x.shape[1:], x.dtype) for x in xs_b]
+    step, _, _, _ = _trace_body(back, specs, "the backward of fj.scan")
+    bwd_body, saved = _split_step(step.graph, replayed, ncb + len(xs_b))
+    if saved:
+        res_results = _add_residuals(out, saved, na)
+    else:
+        res_results = []
+    outs_b = ([(tuple(c.shape), c.dtype) for c in carry_b] +
+              [(tuple(xs[k].shape), xs[k].dtype) for k in fx] +
+              [((na["length"],) + tuple(c.shape), c.dtype) for c in carry_b])
+    attrs_b = {"body": bwd_body, "n_carry": ncb, "n_xs": len(xs_b) + len(res_results),
+               "reverse": not na["reverse"], "length": na["length"], "outs": outs_b}
+    node_b = apply_op("scan", carry_b + xs_b + res_results + list(step.captures), attrs_b)
     result = [None] * len(inputs)
     for j, k in enumerate(fc):
-        result[k] = g_c0[j]
-    for j, k in enumerate(fx):
-        result[nc + k] = g_xs[j]
+        result[k] = _result(node_b, j, outs_b)
     for j, k in enumerate(fk):
-        result[nc + nx + k] = g_k[j]
+        result[nc + nx + k] = _result(node_b, len(fc) + j, outs_b)
+    for j, k in enumerate(fx):
+        result[nc + k] = _result(node_b, ncb + j, outs_b)
     return result
+
+
+def _split_step(joint, replayed, n_loop_args):
+    """(the backward step's graph, [(forward body node id, joint node) saved]) from the
+    joint step graph (the body replayed, then its gradient). Without a split (nothing
+    the forward could save), the joint graph itself is the backward step."""
+    from ..passes.partition import partition
+    back_of = {t._node.id: i for i, t in replayed.items() if t._node is not None and t._graph is joint}
+    split = partition(joint)
+    if split is None or not split.saved or any(s not in back_of for s in split.saved) or \
+            len(split.bwd_outputs) != len(joint.outputs):
+        return joint, []
+    bg = split.backward
+    # the backward's args: the joint step's (carry, per-step slices, captures), then one
+    # per residual; residuals are per-step slices too, so they go before the captures
+    n_joint = len(joint.args)
+    bg.args = bg.args[:n_loop_args] + bg.args[n_joint:] + bg.args[n_loop_args:n_joint]
+    return bg, [(back_of[s], joint.nodes[s]) for s in split.saved]
+
+
+def _add_residuals(out, saved, na):
+    """The forward scan node also returns the body values `saved` stacked over the steps
+    (results appended after the existing ones); their tuple_get tensors."""
+    body = na["body"]
+    na["body"] = Graph(env=body.env, nodes=body.nodes, args=body.args, consts=body.consts,
+                       outputs=list(body.outputs) + [i for i, _ in saved])
+    first = len(na["outs"])
+    na["outs"] = list(na["outs"]) + [((na["length"],) + tuple(n.shape), n.dtype) for _, n in saved]
+    na["n_res"] = na.get("n_res", 0) + len(saved)
+    with _phase("fwd"):
+        return [_result(out, first + r, na["outs"]) for r in range(len(saved))]
 
 
 def _tuple_get_grad(inputs, out, g, attrs):

@@ -36,9 +36,19 @@ SUBGRAPHS = {"scan": ("body",), "cond": ("true", "false"), "while": ("cond", "bo
 
 
 def scan_results(attrs):
-    """(n_carry, n_ys): how the node's results split into final carry, ys, stacked carries."""
+    """(n_carry, n_ys). A scan's results: the final carry, each y stacked over the steps,
+    the carry entering each step stacked, then `n_res` residuals (values of the body the
+    gradient saved, stacked: frontend/control_flow.py adds them)."""
     nc = attrs["n_carry"]
-    return nc, len(attrs["outs"]) - 2 * nc
+    return nc, len(attrs["outs"]) - 2 * nc - attrs.get("n_res", 0)
+
+
+def stacked_outputs(attrs):
+    """[(result index, body output index)] of the results stacked over the steps: the
+    ys, then the residuals (the body returns carry, ys, residuals)."""
+    nc, ny = scan_results(attrs)
+    return [(nc + k, nc + k) for k in range(ny)] + \
+        [(2 * nc + ny + r, nc + ny + r) for r in range(attrs.get("n_res", 0))]
 
 
 def _scan_ref(arrs, attrs, shape, dtype):
@@ -48,18 +58,23 @@ def _scan_ref(arrs, attrs, shape, dtype):
     xs, consts = arrs[nc:nc + nx], list(arrs[nc + nx:])
     n = int(attrs["length"])
     outs = attrs["outs"]
-    ys = [np.empty(s, d.np) for s, d in outs[nc:nc + ny]]
-    stacked = [np.empty(s, d.np) for s, d in outs[nc + ny:]]
+    results = [None] * len(outs)
+    per_step = stacked_outputs(attrs)
+    for i, _ in per_step:
+        results[i] = np.empty(outs[i][0], outs[i][1].np)
+    entering = [np.empty(s, d.np) for s, d in outs[nc + ny:2 * nc + ny]]
     body = attrs["body"]
     sizes = {}
     for t in (range(n - 1, -1, -1) if attrs["reverse"] else range(n)):
         for k in range(nc):
-            stacked[k][t] = carry[k].reshape(stacked[k].shape[1:])
+            entering[k][t] = carry[k].reshape(entering[k].shape[1:])
         res = run_graph(body, carry + [x[t] for x in xs] + consts, sizes)
         carry = [np.array(r, outs[k][1].np).reshape(outs[k][0]) for k, r in enumerate(res[:nc])]
-        for k in range(ny):
-            ys[k][t] = np.asarray(res[nc + k]).reshape(ys[k].shape[1:])
-    return [c.reshape(outs[k][0]) for k, c in enumerate(carry)] + ys + stacked
+        for i, j in per_step:
+            results[i][t] = np.asarray(res[j]).reshape(results[i].shape[1:])
+    results[:nc] = carry
+    results[nc + ny:2 * nc + ny] = entering
+    return results
 
 
 register("scan", "opaque", lambda s, d, a: _bundle_infer(s, d, a), _scan_ref, multi=True)

@@ -93,11 +93,10 @@ def simplify(g):
                 continue
         nn = out.add(n.op, ins, attrs, n.shape, n.dtype, n.src)
         nn.phase = n.phase
-        if n.op == "arg":
-            out.args.append(nn.id)
         if key is not None:
             seen[key] = nn.id
         remap[n.id] = nn.id
+    out.args = [remap[a] for a in g.args]      # in g's order (a loop body's may differ from node order)
     out.outputs = [remap[o] for o in g.outputs]
     out.effects = [(remap[a], remap[b]) for a, b in g.effects]
     return _dce(out)

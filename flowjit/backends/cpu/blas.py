@@ -52,7 +52,7 @@ define private ptr @field_ptr(ptr %r, i64 %i) {
   ret ptr %q
 }
 
-; one record: [double?, trans of B, trans of A, m, n, k, B, ldb, A, lda, C, ldc]
+; one record: [double?, trans of B, trans of A, m, n, k, B, ldb, A, lda, C, ldc, add to C?]
 define void @flowjit_task_gemm(ptr %r) {
 entry:
   %ta = alloca i8
@@ -87,14 +87,18 @@ entry:
   %c = call ptr @field_ptr(ptr %r, i64 10)
   %dbl = call i32 @field(ptr %r, i64 0)
   %isd = icmp ne i32 %dbl, 0
+  %acc = call i32 @field(ptr %r, i64 12)
+  %accumulate = icmp ne i32 %acc, 0
+  %fbeta = select i1 %accumulate, float 1.0, float 0.0
+  %dbeta = select i1 %accumulate, double 1.0, double 0.0
   %sa = alloca float
   %sb = alloca float
   store float 1.0, ptr %sa
-  store float 0.0, ptr %sb
+  store float %fbeta, ptr %sb
   %da = alloca double
   %db = alloca double
   store double 1.0, ptr %da
-  store double 0.0, ptr %db
+  store double %dbeta, ptr %db
   %gemm = select i1 %isd, ptr @flowjit_dgemm, ptr @flowjit_sgemm
   %alpha = select i1 %isd, ptr %da, ptr %sa
   %beta = select i1 %isd, ptr %db, ptr %sb
@@ -200,9 +204,10 @@ def _storage(x, transposed, isz):
 
 
 @njit(cache=True, error_model="numpy")
-def pooled_gemm(a, b, out, ta, tb):
-    """out = op(a) @ op(b) by BLAS: in blocks on the pool when big, else one call here;
-    False (nothing done) when an operand's layout or a size does not suit BLAS."""
+def pooled_gemm(a, b, out, ta, tb, accumulate=False):
+    """out = op(a) @ op(b) (out += ... with `accumulate`) by BLAS: in blocks on the pool
+    when big, else one call here; False (nothing done) when an operand's layout or a
+    size does not suit BLAS."""
     M, N = out.shape
     K = a.shape[0] if ta else a.shape[1]
     blocks = min(pool.pool_size(), M * N * K // GEMM_BLOCK_MACS)
@@ -229,11 +234,12 @@ def pooled_gemm(a, b, out, ta, tb):
         step = ((dim + blocks - 1) // blocks + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
         blocks = (dim + step - 1) // step
     pa, pb, pc = data_address(a), data_address(b), data_address(out)
-    rec = np.empty((blocks, 12), np.int64)
+    rec = np.empty((blocks, 13), np.int64)
     for i in range(blocks):
         lo = i * step
         hi = min(dim, lo + step)
         rec[i, 0] = 1 if isz == 8 else 0
+        rec[i, 12] = 1 if accumulate else 0
         rec[i, 1] = 84 if bt else 78          # 'T' or 'N'
         rec[i, 2] = 84 if at else 78
         rec[i, 5] = K

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ...ir.registry import REGISTRY
-from ...ops.control import scan_results
+from ...ops.control import scan_results, stacked_outputs
 from ...passes.inplace import inplace_effects
 from ... import dtypes as D
 from ...ir import scalar as S
@@ -604,10 +604,12 @@ def _has_matmul(prog):
     return any(s.kind == "matmul" or any(_has_matmul(b) for b in s.body or ()) for s in prog.steps)
 
 
-def _program_lines(prog, gen, buf, alias, prefix):
+def _program_lines(prog, gen, buf, alias, prefix, special=None):
     """The lines computing prog's steps. `buf(node id)` names a value; `prefix` keeps a
-    loop body's scalar names apart from the entry's."""
+    loop body's scalar names apart from the entry's; `special` replaces the step of a
+    node (a matmul, or a loop computing that node alone) with the given lines."""
     g = prog.graph
+    special = special or {}
     lines = []
     for n in g.nodes:
         if n.op == "sym_scalar":
@@ -615,6 +617,10 @@ def _program_lines(prog, gen, buf, alias, prefix):
             lines.append(f"{buf(n.id)}[0] = {dim_src(n.attrs['expr'])}")
 
     for step in prog.steps:
+        key = step.node if step.kind != "loop" else (step.group.nodes[0] if len(step.group.nodes) == 1 else None)
+        if key in special:
+            lines.extend(special[key])
+            continue
         if step.kind == "loop":
             grp = step.group
             inline = _scalar_inline(g, grp, buf, alias, gen.alloc, prefix)
@@ -723,9 +729,9 @@ def _result(prefix, node, k):
     nc, ny = scan_results(node.attrs)
     if k < nc:
         return f"{p}c{k}"
-    if k < nc + ny:
-        return f"{p}y{k - nc}"
-    return f"{p}h{k - nc - ny}"
+    if nc + ny <= k < 2 * nc + ny:
+        return f"{p}h{k - nc - ny}"
+    return f"{p}y{k}"
 
 
 def _scan_lines(g, n, body, gen, buf, prefix):
@@ -734,8 +740,8 @@ def _scan_lines(g, n, body, gen, buf, prefix):
     The carry lives in buffers of the loop's own (copies: the body never writes into
     the caller's arrays), replaced by copies of the body's new carry after each step
     (all read before any is replaced, so a body that swaps two carries is right). Each
-    step's ys are written into their stacked results, allocated before the loop; so is
-    the carry entering each step when the gradient reads it."""
+    step's ys (and residuals) are written into their stacked results, allocated before
+    the loop; so is the carry entering each step when the gradient reads it."""
     a = n.attrs
     nc, ny = scan_results(a)
     nx = a["n_xs"]
@@ -746,9 +752,10 @@ def _scan_lines(g, n, body, gen, buf, prefix):
     lines = [f"{T} = {dim_src(a['length'])}"]
     for k in range(nc):
         lines.append(f"{p}c{k} = {buf(n.inputs[k])}.copy()")
-    for k in range(ny):
-        shape, dtype = outs[nc + k]
-        lines.append(f"{p}y{k} = {gen.alloc(shape_src(shape), npt(dtype))}")
+    per_step = stacked_outputs(a)
+    for i, _ in per_step:
+        shape, dtype = outs[i]
+        lines.append(f"{p}y{i} = {gen.alloc(shape_src(shape), npt(dtype))}")
     stacked = [k for k in range(nc) if nc + ny + k in used]
     for k in stacked:
         shape, dtype = outs[nc + ny + k]
@@ -774,16 +781,68 @@ def _scan_lines(g, n, body, gen, buf, prefix):
             inner.append(f"{p}x{k} = {buf(x.id)}.reshape(({T}, 1))[{t}]")
         else:
             inner.append(f"{p}x{k} = {buf(x.id)}[{t}]")
-    inner += _program_lines(body, gen, body_buf, {}, p)
+    special = _accumulations(body, nc, p)
+    for k, (m, add) in special.items():
+        names[add] = f"{p}c{k}"
+    special_lines = {m: _matmul_lines(bg, bg.nodes[m], body_buf, gen.alloc, into=f"{p}c{k}")
+                     for k, (m, add) in special.items()}
+    special_lines.update({add: [] for m, add in special.values()})
+    inner += _program_lines(body, gen, body_buf, {}, p, special_lines)
     res = [body_buf(o) for o in bg.outputs]
-    inner += [f"{p}n{k} = {res[k]}.reshape({shape_src(outs[k][0])}).copy()" for k in range(nc)]
-    inner += [f"{p}c{k} = {p}n{k}" for k in range(nc)]
-    for k in range(ny):
-        size = _size(outs[nc + k][0][1:])
-        inner.append(f"{p}y{k}.reshape(({T}, {size}))[{t}, :] = {res[nc + k]}.reshape(({size},))")
+    fresh = _fresh_results(body, nc, set(a for _, a in special.values()))
+    inner += [f"{p}n{k} = {res[k]}" if k in fresh or k in special else
+              f"{p}n{k} = {res[k]}.reshape({shape_src(outs[k][0])}).copy()" for k in range(nc)]
+    inner += [f"{p}c{k} = {p}n{k}" for k in range(nc) if k not in special]
+    for i, j in per_step:
+        size = _size(outs[i][0][1:])
+        inner.append(f"{p}y{i}.reshape(({T}, {size}))[{t}, :] = {res[j]}.reshape(({size},))")
     lines.append(f"for {t} in {order}:")
     lines += ["    " + line for line in inner] or ["    pass"]
     return lines
+
+
+def _accumulations(body, nc, p):
+    """{carry k: (matmul node, add node)} for carries the body updates as c + a @ b
+    (a weight's gradient summed over the steps), where nothing else reads c or the
+    product: BLAS adds the product into the carry's buffer (beta = 1), with no
+    per-step temporary, sum or copy."""
+    g = body.graph
+    users = g.users()
+    out = {}
+    for k in range(nc):
+        o = g.outputs[k]
+        n = g.nodes[o]
+        arg = g.args[k]
+        if n.op != "add" or arg not in n.inputs or users[arg] != [o] or g.outputs.count(o) != 1:
+            continue
+        other = n.inputs[1] if n.inputs[0] == arg else n.inputs[0]
+        m = g.nodes[other]
+        if m.op != "matmul" or len(m.shape) != 2 or not m.dtype.is_floating or users[other] != [o] \
+                or other in g.outputs or m.dtype is not n.dtype or len(n.shape) != 2:
+            continue
+        if not any(s.kind == "loop" and s.group.nodes == [o] for s in body.steps):
+            continue                  # the add is fused with other work: leave it
+        out[k] = (other, o)
+    return out
+
+
+def _fresh_results(body, nc, skip):
+    """Carries whose new value is a buffer the body allocated this step (no copy needed to
+    keep it: it is nobody else's)."""
+    g = body.graph
+    made = {}
+    for s in body.steps:
+        if s.kind == "loop":
+            for o in s.group.stores + s.group.reduces:
+                made[o] = True
+        elif s.kind == "matmul":
+            made[s.node] = True
+    out = set()
+    for k in range(nc):
+        o = g.outputs[k]
+        if o in made and o not in skip and g.outputs[:nc].count(o) == 1:
+            out.add(k)
+    return out
 
 
 def _sub_program(body, gen, names, p):
@@ -873,10 +932,13 @@ def _scalar_inline(g, grp, buf, alias, alloc, prefix=""):
     return lines
 
 
-def _matmul_lines(g, n, buf, alloc):
+def _matmul_lines(g, n, buf, alloc, into=None):
+    """A matmul's lines; `into`: a 2-D float buffer the product is added to instead."""
     a, b = (g.nodes[i] for i in n.inputs)
     out = buf(n.id)
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
+    if into is not None:
+        return [f"gemm_acc({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}))"]
     lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if len(n.shape) == 2 and n.dtype.is_floating:
         # one helper for the four transposes (np.bool_: not a literal, so not compiled per flag)

@@ -23,6 +23,15 @@ def gemm(a, b, out, ta, tb):
         np.dot(x, y, out)
 
 
+@njit(cache=True, error_model="numpy")
+def gemm_acc(a, b, out, ta, tb):
+    """out += op(a) @ op(b) (a loop accumulating a weight's gradient over its steps)."""
+    if not pooled_gemm(a, b, out, ta, tb, True):
+        x = np.ascontiguousarray(a.T) if ta else np.ascontiguousarray(a)
+        y = np.ascontiguousarray(b.T) if tb else np.ascontiguousarray(b)
+        out += np.dot(x, y)
+
+
 # fixed transposes, for the convolution kernels that call them from compiled code
 @njit(cache=True, error_model="numpy")
 def gemm_nn(a, b, out):
