@@ -28,6 +28,15 @@ class TupleCotangent:
         return TupleCotangent(parts)
 
 
+_computing = []       # the tracked-id sets of the tapes computing gradients now (innermost last)
+
+
+def needs_gradient(x):
+    """Whether the tape computing gradients now tracks x (a gradient rule may skip the
+    cotangents of inputs nobody asked about: a loop's captured constants, say)."""
+    return not _computing or id(x) in _computing[-1]
+
+
 def _is_var(x):
     return hasattr(x, "_flowjit_tensor") and hasattr(x, "_buf")
 
@@ -122,6 +131,7 @@ class GradientTape:
                 t = t._flowjit_tensor() if _is_var(t) else t
                 g = F.ones_like(t) if og is None else convert(og, t.dtype)
                 grads[id(t)] = g if id(t) not in grads else grads[id(t)] + g
+            _computing.append(self._tracked)
             for name, inputs, attrs, out in reversed(self._records):
                 g = grads.get(id(out))
                 if g is None:
@@ -151,6 +161,8 @@ class GradientTape:
                     g = F.zeros_like(s._flowjit_tensor() if _is_var(s) else s)
                 result.append(g)
         finally:
+            if _computing and _computing[-1] is self._tracked:
+                _computing.pop()
             self._recording = was
             if ctx is not None:
                 ctx.phase = prev_phase

@@ -23,7 +23,7 @@ from ..ir.registry import REGISTRY
 from ..ir.shapes import Sym, hint, same, unify_dims
 from ..ops.control import scan_results
 from . import api as F
-from .autodiff import GradientTape, TupleCotangent
+from .autodiff import GradientTape, TupleCotangent, needs_gradient
 from .pytree import flatten, unflatten
 from .tensor import Tensor, TraceContext, active_tapes, apply_op, convert, current_trace, describe_shape
 
@@ -430,9 +430,12 @@ def _scan_grad(inputs, out, g, attrs):
     outs = na["outs"]
     carry0, xs, consts = inputs[:nc], inputs[nc:nc + nx], inputs[nc + nx:]
     parts = g.parts if isinstance(g, TupleCotangent) else {}
+    # the carry's cotangent flows through every step, so every float carry takes part;
+    # sequences and captures only where the tape wants their gradient (not a captured
+    # constant such as a forget bias)
     fc = [k for k in range(nc) if carry0[k].dtype.is_floating]
-    fx = [k for k in range(nx) if xs[k].dtype.is_floating]
-    fk = [k for k in range(len(consts)) if consts[k].dtype.is_floating]
+    fx = [k for k in range(nx) if xs[k].dtype.is_floating and needs_gradient(xs[k])]
+    fk = [k for k in range(len(consts)) if consts[k].dtype.is_floating and needs_gradient(consts[k])]
     fy = [k for k in range(ny) if outs[nc + k][1].is_floating]
     g_carry = [parts.get(k) if parts.get(k) is not None else _zeros(*outs[k]) for k in fc]
     g_ys = [parts.get(nc + k) if parts.get(nc + k) is not None else _zeros(*outs[nc + k]) for k in fy]
