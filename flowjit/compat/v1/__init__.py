@@ -15,7 +15,7 @@ from .graph import (  # noqa: F401
     reset_default_graph,
 )
 from .ops import (  # noqa: F401
-    abs, add, add_n, arg_max, arg_min, argmax, argmin, cast, ceil, clip_by_value, concat, cond, constant,
+    abs, add, add_n, arg_max, arg_min, argmax, argmin, cast, ceil, clip_by_value, concat, constant,
     control_dependencies, convert_to_tensor, cos, div, divide, equal, exp, expand_dims, expm1, eye,
     fill, floor, floor_div, floordiv, floormod, gather, greater, greater_equal, group, identity,
     less, less_equal, linspace, log, log1p, logical_and, logical_not, logical_or, logical_xor,
@@ -26,6 +26,9 @@ from .ops import (  # noqa: F401
     subtract, tanh, tile, to_double, to_float, to_int32, to_int64, transpose, truediv, tuple_ as tuple,
     unstack, where, zeros, zeros_like,
 )
+from .control_flow import cond, scan, while_loop  # noqa: F401
+from .rnn import reverse, reverse_sequence  # noqa: F401
+from . import rnn as _rnn
 from .random_ops import random_normal, random_uniform, set_random_seed, truncated_normal  # noqa: F401
 from .variables import (  # noqa: F401
     Variable, all_variables, assign, assign_add, assign_sub, global_variables,
@@ -59,9 +62,11 @@ as_dtype = _D.as_dtype
 newaxis = None
 random = _types.SimpleNamespace(set_random_seed=set_random_seed)
 layers = _types.SimpleNamespace(dense=_scopes.dense)
-contrib = _types.SimpleNamespace(layers=_types.SimpleNamespace(
-    xavier_initializer=lambda uniform=True, seed=None, dtype=None:
-        (glorot_uniform_initializer if uniform else glorot_normal_initializer)(seed=seed, dtype=dtype)))
+contrib = _types.SimpleNamespace(
+    layers=_types.SimpleNamespace(
+        xavier_initializer=lambda uniform=True, seed=None, dtype=None:
+            (glorot_uniform_initializer if uniform else glorot_normal_initializer)(seed=seed, dtype=dtype)),
+    rnn=_rnn.contrib_rnn)
 sub, mul = subtract, multiply          # pre-1.0 names still in the classic talks
 
 

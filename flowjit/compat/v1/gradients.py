@@ -44,6 +44,8 @@ def gradients(ys, xs, grad_ys=None, name="gradients", colocate_gradients_with_op
             raise TypeError(f"tf.gradients: ys must be floating-point tensors, {y.name} is {y.dtype.name}")
     anc = _ancestors(ys)
     connected = [x for x in xs if x in anc and x.dtype.is_floating]
+    from .control_flow import check_differentiable
+    check_differentiable(anc, connected, _ancestors)
     zero_fill = unconnected_gradients == "zero"
     out_xs = connected if not zero_fill else [x for x in xs if x.dtype.is_floating]
     if not out_xs:

@@ -386,6 +386,7 @@ class Operation:
         self.device = graph._device_stack[-1] if graph._device_stack else ""
         self._src = user_src()
         self._id = None
+        self._cf_context = None   # the loop body / cond branch (control_flow.Subgraph) it is part of
 
     @property
     def node_def(self):
@@ -544,6 +545,10 @@ def make_op(type, compute, inputs=(), name=None, attrs=None, stateful=False, out
     for t in inputs:
         if t.graph is not graph:
             raise ValueError(f"{type}: tensor {t.name} belongs to another graph than the op's")
+        if t.op._cf_context is not None:
+            raise ValueError(f"Cannot use '{t.name}' as input to a new {type} op because it was created "
+                             f"inside {t.op._cf_context.what} (at {t.op._src}) and has a value only "
+                             f"there; use the loop's or the cond's results")
         if t.dtype is string:
             raise TypeError(f"{type}: {t.name} is a string tensor; flowjit computes only with "
                             f"numbers, so string constants can be fetched but not used in ops")

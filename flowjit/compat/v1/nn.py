@@ -177,3 +177,10 @@ def _op(type_, fn):
 
 
 globals().update({k: _op(_camel(k), v) for k, v in F.public_ops("nn").items() if k not in globals()})
+
+
+# recurrent networks (rnn.py, rnn_cell.py); imported last: the cells use dropout above
+from . import rnn_cell  # noqa: E402
+from .rnn import (  # noqa: E402,F401
+    bidirectional_dynamic_rnn, dynamic_rnn, static_bidirectional_rnn, static_rnn,
+)

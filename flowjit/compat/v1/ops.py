@@ -340,7 +340,10 @@ def _split_specs(value, n, axis):
     sizes are checked against the fed value when the session runs)."""
     value = convert_to_tensor(value)
     dims = value.shape.as_list() if value.shape.ndims is not None else None
-    if dims is None or None not in dims or not isinstance(axis, (int, np.integer)) \
+    if dims is None:                      # unknown rank: the count is still known
+        count = int(n) if isinstance(n, (int, np.integer)) else len(np.asarray(n).reshape(-1))
+        return [(value.dtype, None)] * count
+    if None not in dims or not isinstance(axis, (int, np.integer)) \
             or not -len(dims) <= axis < len(dims):
         return None                       # fully known shapes: inferred as usual
     axis = int(axis) % len(dims)
@@ -473,7 +476,9 @@ def control_dependencies(control_inputs):
 
 # --- Python operators on TF1 tensors (TF1 names them in lower case) ---------------------------
 def _getitem(x, key):
-    return apply("StridedSlice", lambda v, *k: F.getitem(v, key), (x,), default_name="strided_slice")
+    out = apply("StridedSlice", lambda v, *k: F.getitem(v, key), (x,), default_name="strided_slice")
+    out.op.attrs["key"] = key        # (cell.zero_state reads tf.shape(x)[0] as x's first size)
+    return out
 
 
 def _install_operators():
@@ -504,37 +509,3 @@ def _install_operators():
 
 
 _install_operators()
-
-
-# --- tf.cond for side-effect-free branches ---------------------------------------------------------
-def cond(pred, true_fn=None, false_fn=None, strict=False, name=None, fn1=None, fn2=None):
-    """Both branches are built and computed, and the result is selected with `where`
-    (element-wise, so it fuses). That equals TF1's cond for branches without side
-    effects, which is checked: a branch that assigns variables or draws random numbers
-    is refused (TF1 would run only the taken branch's effects)."""
-    true_fn = true_fn or fn1
-    false_fn = false_fn or fn2
-    if not callable(true_fn) or not callable(false_fn):
-        raise TypeError("tf.cond needs callables true_fn and false_fn")
-    g = get_default_graph()
-    pred = convert_to_tensor(pred)
-    if not pred.dtype.is_bool or (pred.shape.ndims not in (None, 0)):
-        raise TypeError(f"tf.cond: pred must be a scalar bool tensor, got {pred}")
-    start = len(g._ops)
-    a = true_fn()
-    b = false_fn()
-    effects = [op for op in g._ops[start:] if op.stateful and op.type not in ("NoOp",)]
-    if effects:
-        raise NotImplementedError(
-            f"tf.cond: the branches create stateful ops ({', '.join(op.name for op in effects[:3])}); "
-            f"flowjit.compat.v1 computes both branches and selects, so only side-effect-free "
-            f"branches are supported")
-    single = not isinstance(a, (list, tuple))
-    a_list = [a] if single else list(a)
-    b_list = [b] if single else list(b)
-    if len(a_list) != len(b_list):
-        raise ValueError("tf.cond: true_fn and false_fn must return the same number of tensors")
-    outs = [apply("Select", lambda p, x, y: F.where(p, x, y), (pred, convert_to_tensor(x),
-                                                               convert_to_tensor(y)),
-                  name=name, default_name="cond") for x, y in zip(a_list, b_list)]
-    return outs[0] if single else (tuple(outs) if isinstance(a, tuple) else outs)

@@ -27,7 +27,12 @@ def get_seed(op_seed, op_index):
 
 
 def draw(ev, op, dist, shape, dtype):
-    """Inside an evaluation: fresh `dist` numbers of `shape` for random op `op`."""
+    """Inside an evaluation: fresh `dist` numbers of `shape` for random op `op`. Inside a
+    loop body or a cond branch the body's evaluator draws them before the loop
+    (control_flow._BodyEvaluator.draw)."""
+    hook = getattr(ev, "draw", None)
+    if hook is not None:
+        return hook(op, dist, shape, dtype)
     return apply_op("random", [ev.random_key(op)], {"shape": tuple(shape), "dist": dist,
                                                      "dtype": D.as_dtype(dtype)})
 

@@ -127,6 +127,7 @@ def variable_scope(name_or_scope, default_name=None, values=None, initializer=No
                    use_resource=None, constraint=None, auxiliary_name_scope=True):
     g = _state(get_default_graph())
     outer = g._var_scopes[-1]
+    counts = g._scope_counts          # TF1's variable_scopes_count: full name -> times opened
     if isinstance(name_or_scope, VariableScope):
         full = name_or_scope.name
     else:
@@ -134,14 +135,21 @@ def variable_scope(name_or_scope, default_name=None, values=None, initializer=No
         if base is None:
             if default_name is None:
                 raise ValueError("variable_scope needs a name or a default_name")
-            prefix = (outer.name + "/" if outer.name else "") + default_name
-            n = g._scope_counts.get(prefix, 0)
-            g._scope_counts[prefix] = n + 1
-            base = default_name if n == 0 else f"{default_name}_{n}"
+            # TF1's _get_unique_variable_scope: the first of default_name, default_name_1,
+            # ... not opened in this scope since the scope was last entered
+            pre = outer.name + "/" if outer.name else ""
+            base, i = default_name, 1
+            while counts.get(pre + base, 0) > 0:
+                base = f"{default_name}_{i}"
+                i += 1
         full = (outer.name + "/" if outer.name else "") + base
     if reuse is None or reuse is False:
         reuse = outer.reuse if outer.reuse else None
+    if isinstance(name_or_scope, VariableScope) and reuse is None and name_or_scope.reuse:
+        reuse = name_or_scope.reuse
     scope = VariableScope(full, reuse, initializer or outer.initializer, dtype or outer.dtype)
+    counts[full] = counts.get(full, 0) + 1
+    saved = dict(counts) if isinstance(name_or_scope, VariableScope) else None
     g._var_scopes.append(scope)
     try:
         with g.name_scope(full.rsplit("/", 1)[-1] if not isinstance(name_or_scope, VariableScope)
@@ -149,6 +157,15 @@ def variable_scope(name_or_scope, default_name=None, values=None, initializer=No
             yield scope
     finally:
         g._var_scopes.pop()
+        # as TF1: leaving a scope forgets the scopes opened inside it (so reopening it, e.g.
+        # with reuse=True, gives the same default names), a reentered scope object restores them
+        if saved is not None:
+            counts.clear()          # (in place: the enclosing scopes hold this dict)
+            counts.update(saved)
+        else:
+            for k in list(counts):
+                if k.startswith(full + "/"):
+                    counts[k] = 0
 
 
 def get_variable(name, shape=None, dtype=None, initializer=None, regularizer=None, trainable=True,

@@ -155,6 +155,11 @@ class _Plan:
             op, expanded = stack.pop()
             if op in done:
                 continue
+            if op._cf_context is not None:
+                raise InvalidArgumentError(
+                    f"{op.name} was created inside {op._cf_context.what} (at {op._src}): it has a "
+                    f"value only while that runs, so it cannot be fetched or used outside it; fetch "
+                    f"the loop's or the cond's results")
             if op.attrs.get("host"):
                 # not replayed (made on the host after the run), but what it reads and its
                 # control inputs run
@@ -350,6 +355,8 @@ class _Evaluator:
         ctx = current_trace()
         if ctx is None:
             return FjTensor(value=np.asarray(stream.next_key(), np.int64))
+        if ctx.parent is not None:        # (bodies draw through control_flow._BodyEvaluator.draw)
+            raise FlowjitError(f"internal error: random op {op.name} asked for a key inside a loop body")
         g = ctx.graph
         g.rng_streams.append(stream)
         from ... import dtypes as D
