@@ -54,6 +54,12 @@ def test_mlp_with_logdir(tmp_path):
         assert "w1" in ea.Tags()["histograms"] and ea.Graph().node
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_tf1_lstm_digits(static):
+    m = run("tf1_lstm_digits", *QUICK, "80", *(["--static"] if static else []))
+    assert m["test_accuracy"] > 0.6 and math.isfinite(m["final_loss"])
+
+
 def test_char_rnn_beats_the_unigram_baseline(tmp_path):
     argv = [*QUICK, "150", "--hidden", "32", "--seq-len", "16", "--sample-len", "40", "--sample-every", "100"]
     m = run("char_rnn", *argv, *(["--logdir", str(tmp_path)] if HAS_TB else []))
