@@ -319,11 +319,18 @@ def cond(pred, true_fn, false_fn, *operands):
 def while_loop(cond, body, loop_vars, maximum_iterations=None):
     """`while cond(*vars): vars = body(*vars)`; returns the final vars (TF's argument order;
     `loop_vars` a list/tuple whose items are passed as arguments, or a single tensor).
-    Inside `@fj.jit` it compiles as one `while` loop. Not differentiable (its trip count
-    is data-dependent): use `fj.scan` or `fj.fori_loop` for a loop to differentiate."""
+    Inside `@fj.jit` it compiles as one `while` loop.
+
+    Differentiable when `maximum_iterations` is given (as XLA requires): under a recording
+    GradientTape the loop then runs as a scan of that many steps whose step runs the body
+    only while the loop is still going (fj.cond), so the gradient is the scan's and the
+    cond's. Without it, a gradient through the loop raises."""
     single = not isinstance(loop_vars, (list, tuple))
     vars_ = [loop_vars] if single else list(loop_vars)
     leaves, struct = _tensors(vars_, "loop_vars")
+    if maximum_iterations is not None and any(t._recording for t in active_tapes()):
+        res = _bounded_while(cond, body, vars_, struct, int(maximum_iterations), single)
+        return res[0] if single else type(loop_vars)(res)
     if maximum_iterations is not None:
         limit = int(maximum_iterations)
         inner_cond, inner_body = cond, body
@@ -368,6 +375,17 @@ def while_loop(cond, body, loop_vars, maximum_iterations=None):
     node = apply_op("while", leaves + cb.captures + bb.captures, attrs)
     res = unflatten(struct, [_result(node, k, outs) for k in range(len(outs))])
     return res[0] if single else type(loop_vars)(res)
+
+
+def _bounded_while(cond, body, vars_, struct, limit, single):
+    """The loop as `limit` scan steps, each `vars = body(vars)` while still going."""
+    def step(carry, _):
+        going, vals = carry
+        go = F.logical_and(going, convert(cond(*vals)))
+        new = cond_(go, lambda *v: _as_list(body(*v), single), lambda *v: list(v), *vals)
+        return (go, list(new)), None
+    (_, vals), _ = scan(step, (F.constant(True), list(vars_)), None, length=limit)
+    return vals
 
 
 def _as_list(out, single):
@@ -563,10 +581,11 @@ def _cond_grad(inputs, out, g, attrs):
 
 
 def _while_grad(inputs, out, g, attrs):
-    raise TracerError("fj.while_loop is not differentiable (its trip count depends on the data): "
-                      "write the loop with fj.scan or fj.fori_loop to differentiate it")
+    raise TracerError("fj.while_loop is differentiable only with maximum_iterations (then it runs "
+                      "as a bounded loop under a GradientTape); or write it with fj.scan / fj.fori_loop")
 
 
+cond_ = cond          # (while_loop's argument `cond` shadows it there)
 REGISTRY["scan"].grad = _scan_grad
 REGISTRY["cond"].grad = _cond_grad
 REGISTRY["while"].grad = _while_grad
