@@ -460,3 +460,27 @@ def test_while_loop_with_maximum_iterations_is_differentiable(tier):
         assert_close(got[0].numpy(), np_f(*args), rtol=1e-12)
         for i in range(2):
             assert_close(got[i + 1].numpy(), _fd(np_f, args, i), rtol=1e-6, atol=1e-8)
+
+
+def test_checkpointed_scan_saves_every_kth_carry_and_gives_the_same_gradients(rng, tier):
+    xs = rng.standard_normal((12, 2, 3))
+    W = rng.standard_normal((3, 3)) * 0.5
+
+    def f(h0, xs, every):
+        with fj.GradientTape() as t:
+            t.watch([h0, xs])
+            h, ys = fj.scan(lambda c, x: (fj.tanh(fj.matmul(c, W) + x), fj.reduce_sum(c * c)), h0, xs,
+                            checkpoint=every)
+            val = fj.reduce_sum(ys * np.arange(12.0)) + fj.reduce_sum(h * h)
+        return [val] + t.gradient(val, [h0, xs])
+    h0 = rng.standard_normal((2, 3))
+    plain = fj.jit(lambda h, x: f(h, x, None))
+    checked = fj.jit(lambda h, x: f(h, x, 4))
+    for a, b in zip(plain(h0, xs), checked(h0, xs)):
+        assert_close(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-12)
+    # saved for the backward: the carry entering each of the 3 stretches, not every step's
+    saved = checked.inspect(h0, xs).saved
+    assert any("(3, " in s for s in saved) and not any("(12, " in s for s in saved), saved
+    assert any("(12, " in s for s in plain.inspect(h0, xs).saved)
+    with pytest.raises(ValueError, match="checkpoint=5 must divide the trip count 12"):
+        fj.jit(lambda h, x: f(h, x, 5))(h0, xs)

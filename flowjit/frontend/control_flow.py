@@ -115,21 +115,48 @@ def _check_carry(old, new, where):
             unify_dims(x, y)          # equal sizes from different inputs: a guard says so
 
 
-def scan(fn, init, xs=None, length=None, reverse=False):
+def scan(fn, init, xs=None, length=None, reverse=False, checkpoint=None):
     """Loop `carry, y = fn(carry, x)` over the leading dim of `xs` (JAX's `lax.scan`).
 
     `init` and `xs` are pytrees of tensors; returns `(final carry, ys)`, where `ys` is
     the pytree of the steps' `y`s stacked on a new leading dim. `length` gives the trip
     count when `xs` is None. `reverse=True` runs from the last element to the first
     (ys stay in xs's order). Inside `@fj.jit` the loop compiles as one loop: a new
-    sequence length does not recompile."""
+    sequence length does not recompile.
+
+    For the gradient the loop saves, per step, the values its backward needs (matmul
+    results, the carry). `checkpoint=k` saves only the carry every k steps instead and
+    recomputes each stretch of k steps in the backward: memory for a long loop, at the
+    cost of running the forward twice. The trip count must then be a multiple of k (and
+    is fixed in the compiled code)."""
     carry, carry_struct = _tensors(init, "the initial carry")
     xl, x_struct = _tensors(xs, "xs")
     n = _trip_count(xl, length)
     traced = current_trace() is not None
     if not traced:
         return _scan_eager(fn, carry, carry_struct, xl, x_struct, n, reverse)
+    if checkpoint is not None:
+        return _checkpointed(fn, carry, carry_struct, xl, x_struct, n, reverse, int(checkpoint))
     return _scan_traced(fn, carry, carry_struct, xl, x_struct, n, reverse)
+
+
+def _checkpointed(fn, carry, carry_struct, xl, x_struct, n, reverse, k):
+    """An outer loop over stretches of k steps, each an inner scan; the outer loop saves
+    no residuals (its backward runs each stretch again, whose own backward then has its
+    k steps' residuals)."""
+    if k < 1 or hint(n) % k:
+        raise ValueError(f"fj.scan: checkpoint={k} must divide the trip count {hint(n)}")
+    segs = [F.reshape(x, (-1, k) + tuple(x.shape[1:])) for x in xl]
+
+    def stretch(c, seg):
+        return scan(fn, c, unflatten(x_struct, seg) if xl else None, length=k, reverse=reverse)
+    final, ys = _scan_traced(stretch, carry, carry_struct, segs, flatten(list(segs), _is_leaf)[1],
+                             hint(n) // k, reverse, remat=True)
+    if ys is None:
+        return final, None
+    leaves, struct = _tensors(ys, "ys")
+    return final, unflatten(struct, [F.reshape(y, (-1,) + tuple(y.shape[2:])) for y in leaves])
+
 
 
 def _trip_count(xl, length):
@@ -205,7 +232,7 @@ def hint_shape(shape):
     return tuple(hint(d) for d in shape)
 
 
-def _scan_traced(fn, carry, carry_struct, xl, x_struct, n, reverse):
+def _scan_traced(fn, carry, carry_struct, xl, x_struct, n, reverse, remat=False):
     outer = current_trace()
     carry = [_lift_into(outer, c) for c in carry]
     xl = [_lift_into(outer, x) for x in xl]
@@ -231,7 +258,7 @@ def _scan_traced(fn, carry, carry_struct, xl, x_struct, n, reverse):
             [((n,) + tuple(y.shape), y.dtype) for y in y_l] +
             [((n,) + tuple(c.shape), c.dtype) for c in carry])
     attrs = {"body": g, "n_carry": len(carry), "n_xs": len(xl), "reverse": bool(reverse),
-             "length": n, "outs": outs}
+             "length": n, "outs": outs, "remat": remat}
     node = apply_op("scan", carry + xl + list(body.captures), attrs)
     res = [_result(node, k, outs) for k in range(len(carry) + len(y_l))]
     return (unflatten(carry_struct, res[:len(carry)]),
@@ -492,7 +519,10 @@ def _scan_grad(inputs, out, g, attrs):
 
     specs = carry_b + [_Spec(x.shape[1:], x.dtype) for x in xs_b]
     step, _, _, _ = _trace_body(back, specs, "the backward of fj.scan")
-    bwd_body, saved = _split_step(step.graph, replayed, ncb + len(xs_b))
+    if na.get("remat"):        # (checkpointing: the backward runs the body again)
+        bwd_body, saved = step.graph, []
+    else:
+        bwd_body, saved = _split_step(step.graph, replayed, ncb + len(xs_b))
     if saved:
         res_results = _add_residuals(out, saved, na)
     else:
