@@ -25,6 +25,19 @@ def assert_close(actual, expected, dtype=None, rtol=None, atol=None):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
 
 
+def finite_differences(f, arrays, i, eps=1e-6):
+    """d f(*arrays) / d arrays[i] by central differences (float64 arrays, scalar f)."""
+    x = arrays[i]
+    out = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        plus = [a.copy() for a in arrays]
+        minus = [a.copy() for a in arrays]
+        plus[i][idx] += eps
+        minus[i][idx] -= eps
+        out[idx] = (f(*plus) - f(*minus)) / (2 * eps)
+    return out
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -9,9 +9,8 @@ import pytest
 import flowjit as fj
 from flowjit.errors import TracerError
 
-from conftest import assert_close
+from conftest import assert_close, finite_differences as _fd
 
-EPS = 1e-6
 
 
 def np_rnn(h0, xs, W, U, b, reverse=False):
@@ -68,18 +67,6 @@ def test_scan_weights_from_variables_and_pytree_carry(rng, tier):
     for h, n in (run(fj.convert_to_tensor(h0), fj.convert_to_tensor(xs)), fj.jit(run)(h0, xs)):
         assert_close(h.numpy(), want, rtol=1e-5, atol=1e-6)
         assert int(n.numpy()) == len(xs)
-
-
-def _fd(f, arrays, i):
-    x = arrays[i]
-    out = np.zeros(x.shape)
-    for idx in np.ndindex(*x.shape):
-        plus = [a.copy() for a in arrays]
-        minus = [a.copy() for a in arrays]
-        plus[i][idx] += EPS
-        minus[i][idx] -= EPS
-        out[idx] = (f(*plus) - f(*minus)) / (2 * EPS)
-    return out
 
 
 def _np_loss(h0, xs, W, U, b):

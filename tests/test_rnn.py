@@ -6,9 +6,8 @@ import pytest
 
 import flowjit as fj
 
-from conftest import assert_close
+from conftest import assert_close, finite_differences as _fd
 
-EPS = 1e-6
 
 
 def sig(z):
@@ -119,18 +118,6 @@ def test_dynamic_rnn_with_a_cell_function_equals_the_layer(rng, tier):
     for out in (run(fj.convert_to_tensor(x)), fj.jit(run)(x)):
         assert_close(out[0].numpy(), out[1].numpy(), rtol=1e-5, atol=1e-6)
         assert_close(out[2].numpy(), out[3].numpy(), rtol=1e-5, atol=1e-6)
-
-
-def _fd(f, arrays, i):
-    x = arrays[i]
-    out = np.zeros(x.shape)
-    for idx in np.ndindex(*x.shape):
-        plus = [a.copy() for a in arrays]
-        minus = [a.copy() for a in arrays]
-        plus[i][idx] += EPS
-        minus[i][idx] -= EPS
-        out[idx] = (f(*plus) - f(*minus)) / (2 * EPS)
-    return out
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
