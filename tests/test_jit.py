@@ -252,3 +252,20 @@ def test_a_call_returning_a_pytree_leaves_no_reference_cycle():
     assert len(addresses) <= 2      # the two buffers of its allocation site, recycled
     out = f(x, y)
     np.testing.assert_allclose(out["grads"][0].numpy(), y * (1 - np.tanh(x * y) ** 2), rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_without_variable_updates_is_computed_in_the_backward_loop(rng):
+    """value_and_grad of an elementwise loss: the loss joins the backward's loop over the
+    same inputs (one pass over the data, not one per function), with the same values."""
+    def loss(x, y):
+        return fj.reduce_sum(fj.tanh(x * y + 1.0) * fj.sigmoid(x) - fj.exp(-y * y))
+    vg = fj.value_and_grad(loss, argnums=(0, 1))
+    f = fj.jit(lambda x, y: vg(x, y))
+    x, y = rng.standard_normal(1000), rng.standard_normal(1000)
+    (val, (gx, gy)), (ev, (ex, ey)) = f(x, y), vg(fj.constant(x), fj.constant(y))
+    np.testing.assert_allclose(val.numpy(), ev.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gx.numpy(), ex.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gy.numpy(), ey.numpy(), rtol=1e-12)
+    ins = f.inspect(x, y)
+    assert ins.num_fused_loops == 0 and ins.saved == []
+    assert ins.backward_fusion_groups.count("fused loop") == 1

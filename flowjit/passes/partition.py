@@ -38,6 +38,35 @@ def _kind(n):
     return REGISTRY[n.op].kind
 
 
+def _cone(nodes, o):
+    out, stack = set(), [o]
+    while stack:
+        i = stack.pop()
+        if i not in out:
+            out.add(i)
+            stack.extend(nodes[i].inputs)
+    return out
+
+
+def _sinkable(g, is_b):
+    """Forward outputs the backward computes instead: with no variable updates in the
+    graph (a loss and its gradients, say), an output made of elementwise work and
+    reductions over the inputs joins the backward's loops over the same inputs, so the
+    data is read once, not once per function (the two functions run back to back)."""
+    if g.effects:
+        return set()
+    out = set()
+    for o in g.outputs:
+        if is_b[o]:
+            continue
+        cone = _cone(g.nodes, o)
+        if all(g.nodes[i].op in ("arg", "const") or
+               (_kind(g.nodes[i]) in ("elementwise", "reduce", "access", "view") and
+                g.nodes[i].op not in ("random", "iota")) for i in cone):
+            out.add(o)
+    return out
+
+
 def partition(g):
     nodes = g.nodes
     is_b = {}
@@ -51,7 +80,8 @@ def partition(g):
         if is_b[n.id]:
             need.update(i for i in n.inputs if not is_b[i])
 
-    fwd_outs = {o for o in g.outputs if not is_b[o]}
+    sink = _sinkable(g, is_b)
+    fwd_outs = {o for o in g.outputs if not is_b[o] and o not in sink}
     read_from_memory = set()       # forward values a matmul / opaque op reads as a buffer
     for n in nodes:
         if not is_b[n.id] and _kind(n) in ("matmul", "opaque"):
@@ -98,10 +128,12 @@ def partition(g):
 
     for i in sorted(need):
         decide(i)
+    for o in sink:                    # computed by the backward, in its loops
+        recompute.update(i for i in _cone(nodes, o) if i not in saved)
 
     # forward graph: the joint graph with forward outputs + residuals as outputs
     fwd = Graph(env=g.env, nodes=g.nodes, args=g.args, consts=g.consts, rng_streams=g.rng_streams)
-    fwd_outputs = [k for k, o in enumerate(g.outputs) if not is_b[o]]
+    fwd_outputs = [k for k, o in enumerate(g.outputs) if not is_b[o] and o not in sink]
     fwd_effects = [k for k, (a, v) in enumerate(g.effects) if not is_b[v]]
     saved_list = sorted(saved)
     fwd.outputs = [g.outputs[k] for k in fwd_outputs] + saved_list
@@ -132,7 +164,7 @@ def partition(g):
         nn = bwd.add(n.op, tuple(remap[i] for i in n.inputs), attrs, n.shape, n.dtype, n.src)
         nn.phase = n.phase
         remap[n.id] = nn.id
-    bwd_outputs = [k for k, o in enumerate(g.outputs) if is_b[o]]
+    bwd_outputs = [k for k, o in enumerate(g.outputs) if is_b[o] or o in sink]
     bwd_effects = [k for k, (a, v) in enumerate(g.effects) if is_b[v]]
     bwd.outputs = [remap[g.outputs[k]] for k in bwd_outputs]
     bwd.effects = [(remap[g.effects[k][0]], remap[g.effects[k][1]]) for k in bwd_effects]
