@@ -1,6 +1,6 @@
-"""Loops and branches placed on the GPU give the CPU's results (tiny shapes). The loop
-nodes run on the host for now (the placement log says so); the ops around them run on
-the device."""
+"""Loops and branches placed on the GPU give the CPU's results (tiny shapes). A scan is
+a loop of the host entry launching its body's kernels on the device each step (the
+placement log shows them); cond and while_loop nodes run on the host (NumPy)."""
 import numpy as np
 
 import flowjit as fj
@@ -27,4 +27,28 @@ def test_scan_cond_while_and_a_scan_gradient_match_the_cpu():
         return loss, g, b, n
     h0 = np.zeros((2, 3), np.float32)
     for a, b in zip(run("/gpu:0", f, h0, xs), run("/cpu:0", f, h0, xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_scan_runs_its_body_on_the_device(capsys):
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    W = rng.standard_normal((3, 3)).astype(np.float32) * 0.5
+
+    def f(h0, xs):
+        with fj.GradientTape() as tape:
+            tape.watch(h0)
+            h, ys = fj.scan(lambda c, x: (fj.tanh(fj.matmul(c, W) + x), fj.reduce_sum(c * c)), h0, xs)
+            loss = fj.reduce_sum(ys) + fj.reduce_sum(h)
+        return loss, tape.gradient(loss, h0)
+    h0 = rng.standard_normal((2, 3)).astype(np.float32)
+    fj.config.log_device_placement = True
+    try:
+        got = run("/gpu:0", f, h0, xs)
+    finally:
+        fj.config.log_device_placement = False
+    log = capsys.readouterr().out
+    assert "scan (a loop of the host entry" in log and "NumPy on the host" not in log, log
+    assert "matmul -> /job:localhost/replica:0/task:0/device:GPU:0" in log
+    for a, b in zip(got, run("/cpu:0", f, h0, xs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from ...ir.registry import REGISTRY
+from ...ops.control import scan_results, stacked_outputs
 from ...runtime import stats as S
 from ..cpu import loader
 from ...passes.inplace import inplace_effects
@@ -72,21 +73,114 @@ def gen_entry(prog):
     inplace = inplace_effects(prog)
     alias = {g.effects[k][1]: g.effects[k][0] for k in inplace}
     ctx = Ctx(g, buf, Allocs(buf, _kept(prog)), new_err_code)
+    ctx.host_nodes = {}
     scalars, lines = _prologue(prog, names, buf)
-    for k, step in enumerate(prog.steps):
-        if step.kind == "loop":
-            what, ks, ls = _loop_step(ctx, step.group, alias, scalars)
-        else:
-            what, ks, ls = _node_step(ctx, g.nodes[step.node], step.kind)
-        if what is not None:
-            placement.append((k, what, sorted(ks)))
-        kernels.update(ks)
-        lines.extend(ls)
+    lines += _steps(prog, ctx, alias, scalars, kernels, placement, "")
     outs = [f"RT.shaped({buf(o)}, {shape_tuple(g.nodes[o].shape)})" for o in g.outputs] + \
         [buf(v) for _, v in g.effects]
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
     body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
-    return body, kernels, err_codes, inplace, placement
+    return body, kernels, err_codes, inplace, placement, ctx.host_nodes
+
+
+def _steps(prog, ctx, alias, scalars, kernels, placement, prefix):
+    """The lines of prog's steps (a loop body's too: `prefix` names its placement)."""
+    g = prog.graph
+    lines = []
+    for k, step in enumerate(prog.steps):
+        n = g.nodes[step.node] if step.kind != "loop" else None
+        if step.kind == "loop":
+            what, ks, ls = _loop_step(ctx, step.group, alias, scalars)
+        elif n.op == "scan":
+            what, ks, ls = f"scan (a loop of the host entry, {step.node})", {}, \
+                _scan_lines(ctx, n, step.body[0], kernels, placement, prefix)
+        else:
+            what, ks, ls = _node_step(ctx, n, step.kind)
+        if what is not None:
+            placement.append((f"{prefix}{k}", what, sorted(ks)))
+        kernels.update(ks)
+        lines.extend(ls)
+    return lines
+
+
+def _scan_lines(ctx, n, body, kernels, placement, prefix):
+    """A scan as a Python `for` loop of the host entry launching the body's kernels each
+    step. Buffers are flat, so a step's slice of xs and of a stacked result is a view
+    [t * size, (t + 1) * size). The carry lives in the loop's own buffers (device copies
+    of the body's results, all taken before any is replaced)."""
+    a, buf = n.attrs, ctx.buf
+    nc, ny = scan_results(a)
+    nx = a["n_xs"]
+    outs = a["outs"]
+    g = ctx.g
+    used = {u.attrs["index"] for u in g.nodes if u.op == "tuple_get" and u.inputs[0] == n.id}
+    p = f"{prefix}l{n.id}_"
+    T, t = f"{p}T", f"{p}t"
+    lines = [f"{T} = int({dim_src(a['length'])})"]
+    lines += [f"{p}c{k} = RT.copy({buf(n.inputs[k])})" for k in range(nc)]
+    per_step = stacked_outputs(a)
+    stacked = [k for k in range(nc) if nc + ny + k in used]
+    for i in [i for i, _ in per_step] + [nc + ny + k for k in stacked]:
+        shape, dtype = outs[i]
+        lines.append(f"{_name(p, a, i)} = RT.empty({prod_src(shape)}, np.{dtype.np.name})")
+    bg = body.graph
+    names = {}
+    for k, arg in enumerate(bg.args):
+        if k < nc:
+            names[arg] = f"{p}c{k}"
+        elif k < nc + nx:
+            names[arg] = f"{p}x{k - nc}"
+        else:
+            names[arg] = buf(n.inputs[k])
+
+    def body_buf(i):
+        return names.get(i, f"{p}v{i}")
+    size = {k: _size(outs[k][0]) for k in range(nc)}
+    inner = [f"{p}h{k}[{t} * {size[k]}:({t} + 1) * {size[k]}].copy_to_device({p}c{k})" for k in stacked]
+    for k in range(nx):
+        x = g.nodes[n.inputs[nc + k]]
+        m = _size(x.shape[1:])
+        inner.append(f"{p}x{k} = {buf(x.id)}[{t} * {m}:({t} + 1) * {m}]")
+    allocs = Allocs(body_buf, set())
+    allocs.sites = ctx.alloc.sites
+    bctx = Ctx(bg, body_buf, allocs, ctx.new_err_code)
+    bctx.host_nodes, bctx.prefix = ctx.host_nodes, p
+    bctx.host_key = lambda node: _host_key(bctx, p, node)
+    scalars = {}
+    for m in bg.nodes:
+        if m.op == "sym_scalar":
+            inner.append(f"{p}s{m.id} = np.{m.dtype.np.name}({dim_src(m.attrs['expr'])})")
+            scalars[m.id] = f"{p}s{m.id}"
+            inner.append(f"{body_buf(m.id)} = RT.to_device(np.array([{p}s{m.id}]))")
+    inner += _steps(body, bctx, {}, scalars, kernels, placement, p)
+    ctx.alloc.sites = allocs.sites
+    res = [body_buf(o) for o in bg.outputs]
+    inner += [f"{p}n{k} = RT.copy({res[k]})" for k in range(nc)]
+    inner += [f"{p}c{k} = {p}n{k}" for k in range(nc)]
+    for i, j in per_step:
+        m = _size(outs[i][0][1:])
+        inner.append(f"{_name(p, a, i)}[{t} * {m}:({t} + 1) * {m}].copy_to_device({res[j]})")
+    order = f"range({T} - 1, -1, -1)" if a["reverse"] else f"range({T})"
+    return lines + [f"for {t} in {order}:"] + ["    " + line for line in inner]
+
+
+def _host_key(ctx, prefix, node):
+    key = f"{prefix}{node.id}"
+    ctx.host_nodes[key] = node
+    return repr(key)
+
+
+def _name(p, attrs, k):
+    nc, ny = scan_results(attrs)
+    if k < nc:
+        return f"{p}c{k}"
+    if nc + ny <= k < 2 * nc + ny:
+        return f"{p}h{k - nc - ny}"
+    return f"{p}y{k}"
+
+
+def _size(shape):
+    return prod_src(shape) if shape else "1"
 
 
 class Allocs:
@@ -163,7 +257,12 @@ def _node_step(ctx, n, kind):
         return None, {}, [f"{ctx.buf(n.id)} = {ctx.buf(n.inputs[0])}"]
     if kind == "matmul":
         return (n.op,) + matmul_lines(ctx, n)
-    if n.op == "tuple_get":          # one result of a loop run on the host (below)
+    if n.op == "tuple_get":
+        src = ctx.g.nodes[n.inputs[0]]
+        if src.op == "scan":           # a result of a loop of the entry (_scan_lines)
+            p = getattr(ctx, "prefix", "") + f"l{src.id}_"
+            return None, {}, [f"{ctx.buf(n.id)} = {_name(p, src.attrs, n.attrs['index'])}"]
+        # one result of a cond or while run on the host (below)
         return None, {}, [f"{ctx.buf(n.id)} = {ctx.buf(n.inputs[0])}[{n.attrs['index']}]"]
     low = LOWERINGS.get(n.op) or opaque_lowering(n.op)
     if low is None:
@@ -181,8 +280,9 @@ def _in_loop(prog, node_id):
 class CudaExecutable:
     device = "GPU"
 
-    def __init__(self, prog, body, kernels, err_codes, inplace, placement):
+    def __init__(self, prog, body, kernels, err_codes, inplace, placement, host_nodes=None):
         self.program = prog
+        self.host_nodes = host_nodes or {}     # loop bodies' nodes run on the host, by key
         self.entry_src = body
         self.kernel_srcs = kernels
         self.err_codes = err_codes
@@ -198,7 +298,7 @@ class CudaExecutable:
         self.python_share = 0.0
 
     def _host_op(self, node_id, shape, inputs):
-        n = self.program.graph.nodes[node_id]
+        n = self.host_nodes[node_id] if isinstance(node_id, str) else self.program.graph.nodes[node_id]
         arrays = [RT.to_host(a).reshape(s) for a, s in inputs]
         out = REGISTRY[n.op].ref(arrays, n.attrs, shape, n.dtype)
         if REGISTRY[n.op].multi:     # a loop (fj.scan, cond, while_loop): each result to the device
@@ -232,5 +332,5 @@ class CudaExecutable:
 
 
 def compile_program(prog):
-    body, kernels, err_codes, inplace, placement = gen_entry(prog)
-    return CudaExecutable(prog, body, kernels, err_codes, inplace, placement)
+    body, kernels, err_codes, inplace, placement, host_nodes = gen_entry(prog)
+    return CudaExecutable(prog, body, kernels, err_codes, inplace, placement, host_nodes)

@@ -288,4 +288,5 @@ def host_fallback(ctx, n):
     g, buf = ctx.g, ctx.buf
     from .codegen import shape_tuple
     ins = ", ".join(f"({buf(p)}, {shape_tuple(g.nodes[p].shape)})" for p in n.inputs)
-    return {}, [f"{buf(n.id)} = RT_host_op({n.id}, {shape_tuple(n.shape)}, [{ins}])"]
+    key = ctx.host_key(n) if getattr(ctx, "host_key", None) else n.id     # (a loop body's node: by key)
+    return {}, [f"{buf(n.id)} = RT_host_op({key}, {shape_tuple(n.shape)}, [{ins}])"]
