@@ -1,5 +1,7 @@
 """The entry skeleton both Numba backends share: the entry function's parameters, in
-the executor's order, and the lines reading every size symbol from the input shapes."""
+the executor's order, the lines reading every size symbol from the input shapes, and the
+names a scan's loop gives its carry, its stacked results and its body's arguments."""
+from ..ops.control import scan_results
 
 
 def entry_params(g):
@@ -27,3 +29,29 @@ def size_lines(g, names):
         a, d = env.sources[s]
         out.append(f"d{s} = {names.get(g.args[a], 'a%d' % a)}.shape[{d}]")
     return out
+
+
+def scan_result_name(p, attrs, k):
+    """The name holding result k of a scan whose loop names start with `p`: the carry
+    p c<k>, the carry entering each step stacked p h<k>, the other stacked results p y<k>."""
+    nc, ny = scan_results(attrs)
+    if k < nc:
+        return f"{p}c{k}"
+    if nc + ny <= k < 2 * nc + ny:
+        return f"{p}h{k - nc - ny}"
+    return f"{p}y{k}"
+
+
+def scan_body_names(bg, n, p, buf):
+    """{arg node id of body graph bg: name}: the carry p c<k>, this step's slice of xs
+    p x<k>, and the captures by their names outside (`buf`)."""
+    nc, nx = n.attrs["n_carry"], n.attrs["n_xs"]
+    names = {}
+    for k, arg in enumerate(bg.args):
+        names[arg] = f"{p}c{k}" if k < nc else f"{p}x{k - nc}" if k < nc + nx else buf(n.inputs[k])
+    return names
+
+
+def results_read(g, n):
+    """The result indices of multi-result node n that tuple_get nodes read."""
+    return {u.attrs["index"] for u in g.nodes if u.op == "tuple_get" and u.inputs[0] == n.id}

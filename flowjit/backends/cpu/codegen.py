@@ -17,7 +17,7 @@ from ...passes.inplace import inplace_effects
 from ... import dtypes as D
 from ...ir import scalar as S
 from ...ir.shapes import hint, is_one
-from ..entry import entry_params, size_lines
+from ..entry import entry_params, results_read, scan_body_names, scan_result_name, size_lines
 from ..loops import (analyse_loop, dim_src, index_term, int_arg, load_lines, node_expr, prod_src,
                      shape_src)
 from ..pyexpr import const_src, npt, render as render_expr, sfx
@@ -724,14 +724,7 @@ def _opaque_lines(g, n, gen, buf, prefix):
 def _result(prefix, node, k):
     """The name holding result k of control-flow `node` once it has run."""
     p = f"{prefix}l{node.id}_"
-    if node.op != "scan":
-        return f"{p}o{k}"
-    nc, ny = scan_results(node.attrs)
-    if k < nc:
-        return f"{p}c{k}"
-    if nc + ny <= k < 2 * nc + ny:
-        return f"{p}h{k - nc - ny}"
-    return f"{p}y{k}"
+    return scan_result_name(p, node.attrs, k) if node.op == "scan" else f"{p}o{k}"
 
 
 def _scan_lines(g, n, body, gen, buf, prefix):
@@ -746,7 +739,7 @@ def _scan_lines(g, n, body, gen, buf, prefix):
     nc, ny = scan_results(a)
     nx = a["n_xs"]
     outs = a["outs"]
-    used = {u.attrs["index"] for u in g.nodes if u.op == "tuple_get" and u.inputs[0] == n.id}
+    used = results_read(g, n)
     p = f"{prefix}l{n.id}_"
     T, t = f"{p}T", f"{p}t"
     lines = [f"{T} = {dim_src(a['length'])}"]
@@ -755,20 +748,13 @@ def _scan_lines(g, n, body, gen, buf, prefix):
     per_step = stacked_outputs(a)
     for i, _ in per_step:
         shape, dtype = outs[i]
-        lines.append(f"{p}y{i} = {gen.alloc(shape_src(shape), npt(dtype))}")
+        lines.append(f"{scan_result_name(p, a, i)} = {gen.alloc(shape_src(shape), npt(dtype))}")
     stacked = [k for k in range(nc) if nc + ny + k in used]
     for k in stacked:
         shape, dtype = outs[nc + ny + k]
         lines.append(f"{p}h{k} = {gen.alloc(shape_src(shape), npt(dtype))}")
     bg = body.graph
-    names = {}
-    for k, arg in enumerate(bg.args):
-        if k < nc:
-            names[arg] = f"{p}c{k}"
-        elif k < nc + nx:
-            names[arg] = f"{p}x{k - nc}"
-        else:
-            names[arg] = buf(n.inputs[k])
+    names = scan_body_names(bg, n, p, buf)
 
     def body_buf(i):
         return names.get(i, f"{p}v{i}")
@@ -795,7 +781,7 @@ def _scan_lines(g, n, body, gen, buf, prefix):
     inner += [f"{p}c{k} = {p}n{k}" for k in range(nc) if k not in special]
     for i, j in per_step:
         size = _size(outs[i][0][1:])
-        inner.append(f"{p}y{i}.reshape(({T}, {size}))[{t}, :] = {res[j]}.reshape(({size},))")
+        inner.append(f"{scan_result_name(p, a, i)}.reshape(({T}, {size}))[{t}, :] = {res[j]}.reshape(({size},))")
     lines.append(f"for {t} in {order}:")
     lines += ["    " + line for line in inner] or ["    pass"]
     return lines

@@ -21,7 +21,7 @@ from ...ops.control import scan_results, stacked_outputs
 from ...runtime import stats as S
 from ..cpu import loader
 from ...passes.inplace import inplace_effects
-from ..entry import entry_params, size_lines
+from ..entry import entry_params, results_read, scan_body_names, scan_result_name, size_lines
 from ..loops import dim_src, prod_src
 from . import runtime as RT
 from .codegen import gen_loop, shape_tuple
@@ -113,7 +113,7 @@ def _scan_lines(ctx, n, body, kernels, placement, prefix):
     nx = a["n_xs"]
     outs = a["outs"]
     g = ctx.g
-    used = {u.attrs["index"] for u in g.nodes if u.op == "tuple_get" and u.inputs[0] == n.id}
+    used = results_read(g, n)
     p = f"{prefix}l{n.id}_"
     T, t = f"{p}T", f"{p}t"
     lines = [f"{T} = int({dim_src(a['length'])})"]
@@ -122,16 +122,9 @@ def _scan_lines(ctx, n, body, kernels, placement, prefix):
     stacked = [k for k in range(nc) if nc + ny + k in used]
     for i in [i for i, _ in per_step] + [nc + ny + k for k in stacked]:
         shape, dtype = outs[i]
-        lines.append(f"{_name(p, a, i)} = RT.empty({prod_src(shape)}, np.{dtype.np.name})")
+        lines.append(f"{scan_result_name(p, a, i)} = RT.empty({prod_src(shape)}, np.{dtype.np.name})")
     bg = body.graph
-    names = {}
-    for k, arg in enumerate(bg.args):
-        if k < nc:
-            names[arg] = f"{p}c{k}"
-        elif k < nc + nx:
-            names[arg] = f"{p}x{k - nc}"
-        else:
-            names[arg] = buf(n.inputs[k])
+    names = scan_body_names(bg, n, p, buf)
 
     def body_buf(i):
         return names.get(i, f"{p}v{i}")
@@ -159,7 +152,7 @@ def _scan_lines(ctx, n, body, kernels, placement, prefix):
     inner += [f"{p}c{k} = {p}n{k}" for k in range(nc)]
     for i, j in per_step:
         m = _size(outs[i][0][1:])
-        inner.append(f"{_name(p, a, i)}[{t} * {m}:({t} + 1) * {m}].copy_to_device({res[j]})")
+        inner.append(f"{scan_result_name(p, a, i)}[{t} * {m}:({t} + 1) * {m}].copy_to_device({res[j]})")
     order = f"range({T} - 1, -1, -1)" if a["reverse"] else f"range({T})"
     return lines + [f"for {t} in {order}:"] + ["    " + line for line in inner]
 
@@ -168,15 +161,6 @@ def _host_key(ctx, prefix, node):
     key = f"{prefix}{node.id}"
     ctx.host_nodes[key] = node
     return repr(key)
-
-
-def _name(p, attrs, k):
-    nc, ny = scan_results(attrs)
-    if k < nc:
-        return f"{p}c{k}"
-    if nc + ny <= k < 2 * nc + ny:
-        return f"{p}h{k - nc - ny}"
-    return f"{p}y{k}"
 
 
 def _size(shape):
@@ -261,7 +245,7 @@ def _node_step(ctx, n, kind):
         src = ctx.g.nodes[n.inputs[0]]
         if src.op == "scan":           # a result of a loop of the entry (_scan_lines)
             p = getattr(ctx, "prefix", "") + f"l{src.id}_"
-            return None, {}, [f"{ctx.buf(n.id)} = {_name(p, src.attrs, n.attrs['index'])}"]
+            return None, {}, [f"{ctx.buf(n.id)} = {scan_result_name(p, src.attrs, n.attrs['index'])}"]
         # one result of a cond or while run on the host (below)
         return None, {}, [f"{ctx.buf(n.id)} = {ctx.buf(n.inputs[0])}[{n.attrs['index']}]"]
     low = LOWERINGS.get(n.op) or opaque_lowering(n.op)
