@@ -1,6 +1,6 @@
-"""Loops and branches placed on the GPU give the CPU's results (tiny shapes). A scan is
-a loop of the host entry launching its body's kernels on the device each step (the
-placement log shows them); cond and while_loop nodes run on the host (NumPy)."""
+"""Loops and branches placed on the GPU give the CPU's results (tiny shapes). Each is a
+loop or an `if` of the host entry launching its body's kernels on the device (the
+placement log shows them; nothing runs as NumPy on the host)."""
 import numpy as np
 
 import flowjit as fj
@@ -11,7 +11,7 @@ def run(device, fn, *args):
         return [np.asarray(o) for o in fj.jit(fn)(*args)]
 
 
-def test_scan_cond_while_and_a_scan_gradient_match_the_cpu():
+def test_scan_cond_while_and_a_scan_gradient_match_the_cpu(capsys):
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((4, 2, 3)).astype(np.float32)
     W = rng.standard_normal((3, 3)).astype(np.float32) * 0.5
@@ -26,7 +26,15 @@ def test_scan_cond_while_and_a_scan_gradient_match_the_cpu():
         n = fj.while_loop(lambda i: i < 7, lambda i: i + 2, fj.constant(0))
         return loss, g, b, n
     h0 = np.zeros((2, 3), np.float32)
-    for a, b in zip(run("/gpu:0", f, h0, xs), run("/cpu:0", f, h0, xs)):
+    fj.config.log_device_placement = True
+    try:
+        got = run("/gpu:0", f, h0, xs)
+    finally:
+        fj.config.log_device_placement = False
+    log = capsys.readouterr().out
+    assert "cond (a loop or branch" in log and "while (a loop or branch" in log, log
+    assert "NumPy on the host" not in log, log
+    for a, b in zip(got, run("/cpu:0", f, h0, xs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -48,7 +56,27 @@ def test_a_scan_runs_its_body_on_the_device(capsys):
     finally:
         fj.config.log_device_placement = False
     log = capsys.readouterr().out
-    assert "scan (a loop of the host entry" in log and "NumPy on the host" not in log, log
+    assert "scan (a loop or branch of the host entry" in log and "NumPy on the host" not in log, log
     assert "matmul -> /job:localhost/replica:0/task:0/device:GPU:0" in log
     for a, b in zip(got, run("/cpu:0", f, h0, xs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cond_and_a_while_inside_a_scan_body_with_a_gradient():
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((4, 3)).astype(np.float32)
+
+    def f(c0, w):
+        with fj.GradientTape() as tape:
+            tape.watch([c0, w])
+
+            def step(c, x):
+                c = fj.cond(fj.reduce_sum(x) > 0, lambda: c * w + x, lambda: c - x * w)
+                n = fj.while_loop(lambda i: i < 3, lambda i: i + 1, fj.constant(0))
+                return c, fj.cast(n, "float32") * fj.reduce_sum(c)
+            c, ys = fj.scan(step, c0, xs)
+            loss = fj.reduce_sum(ys) + fj.reduce_sum(c * c)
+        return [loss] + tape.gradient(loss, [c0, w])
+    c0, w = rng.standard_normal(3).astype(np.float32), np.float32(0.7)
+    for a, b in zip(run("/gpu:0", f, c0, w), run("/cpu:0", f, c0, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -91,9 +91,9 @@ def _steps(prog, ctx, alias, scalars, kernels, placement, prefix):
         n = g.nodes[step.node] if step.kind != "loop" else None
         if step.kind == "loop":
             what, ks, ls = _loop_step(ctx, step.group, alias, scalars)
-        elif n.op == "scan":
-            what, ks, ls = f"scan (a loop of the host entry, {step.node})", {}, \
-                _scan_lines(ctx, n, step.body[0], kernels, placement, prefix)
+        elif n.op in _CONTROL:
+            what, ks, ls = f"{n.op} (a loop or branch of the host entry, {step.node})", {}, \
+                _CONTROL[n.op](ctx, n, step.body, kernels, placement, prefix)
         else:
             what, ks, ls = _node_step(ctx, n, step.kind)
         if what is not None:
@@ -103,7 +103,68 @@ def _steps(prog, ctx, alias, scalars, kernels, placement, prefix):
     return lines
 
 
-def _scan_lines(ctx, n, body, kernels, placement, prefix):
+def _body_lines(ctx, body, names, p, kernels, placement):
+    """(lines, names of its results) of a loop body or branch inlined in the entry: its
+    args named by `names`, its own values p v<id>, its scratch at new sites."""
+    bg = body.graph
+
+    def body_buf(i):
+        return names.get(i, f"{p}v{i}")
+    allocs = Allocs(body_buf, set())
+    allocs.sites = ctx.alloc.sites
+    bctx = Ctx(bg, body_buf, allocs, ctx.new_err_code)
+    bctx.host_nodes, bctx.prefix = ctx.host_nodes, p
+    bctx.host_key = lambda node: _host_key(bctx, p, node)
+    lines, scalars = [], {}
+    for m in bg.nodes:
+        if m.op == "sym_scalar":
+            lines.append(f"{p}s{m.id} = np.{m.dtype.np.name}({dim_src(m.attrs['expr'])})")
+            scalars[m.id] = f"{p}s{m.id}"
+            lines.append(f"{body_buf(m.id)} = RT.to_device(np.array([{p}s{m.id}]))")
+    lines += _steps(body, bctx, {}, scalars, kernels, placement, p)
+    ctx.alloc.sites = allocs.sites
+    return lines, [body_buf(o) for o in bg.outputs]
+
+
+def _cond_lines(ctx, n, bodies, kernels, placement, prefix):
+    """A cond as an `if` of the host entry on the predicate (read back from the device),
+    each arm launching its branch's kernels; the results are device copies."""
+    a, buf = n.attrs, ctx.buf
+    n_ops, n_true = a["n_ops"], a["n_true"]
+    p = f"{prefix}l{n.id}_"
+    ops = [buf(i) for i in n.inputs[1:1 + n_ops]]
+    caps = ([buf(i) for i in n.inputs[1 + n_ops:1 + n_ops + n_true]],
+            [buf(i) for i in n.inputs[1 + n_ops + n_true:]])
+    lines = [f"if bool(RT.to_host({buf(n.inputs[0])})[0]):"]
+    for arm, body in enumerate(bodies):
+        if arm == 1:
+            lines.append("else:")
+        inner, res = _body_lines(ctx, body, dict(zip(body.graph.args, ops + caps[arm])),
+                                 f"{p}{'tf'[arm]}", kernels, placement)
+        inner += [f"{p}o{k} = RT.copy({r})" for k, r in enumerate(res)]
+        lines += ["    " + line for line in inner]
+    return lines
+
+
+def _while_lines(ctx, n, bodies, kernels, placement, prefix):
+    """A while loop of the host entry: the condition's kernels, its flag read back, then
+    the body's kernels; the vars live in the loop's own device copies."""
+    a, buf = n.attrs, ctx.buf
+    nv, ncond = a["n_vars"], a["n_cond"]
+    p = f"{prefix}l{n.id}_"
+    vs = [f"{p}o{k}" for k in range(nv)]
+    lines = [f"{v} = RT.copy({buf(n.inputs[k])})" for k, v in enumerate(vs)]
+    cond, body = bodies
+    c_lines, c_res = _body_lines(ctx, cond, dict(zip(cond.graph.args, vs + [buf(i) for i in n.inputs[nv:nv + ncond]])),
+                                 f"{p}c", kernels, placement)
+    b_lines, b_res = _body_lines(ctx, body, dict(zip(body.graph.args, vs + [buf(i) for i in n.inputs[nv + ncond:]])),
+                                 f"{p}b", kernels, placement)
+    loop = c_lines + [f"if not bool(RT.to_host({c_res[0]})[0]):", "    break"] + b_lines
+    loop += [f"{p}n{k} = RT.copy({r})" for k, r in enumerate(b_res)] + [f"{v} = {p}n{k}" for k, v in enumerate(vs)]
+    return lines + ["while True:"] + ["    " + line for line in loop]
+
+
+def _scan_lines(ctx, n, bodies, kernels, placement, prefix):
     """A scan as a Python `for` loop of the host entry launching the body's kernels each
     step. Buffers are flat, so a step's slice of xs and of a stacked result is a view
     [t * size, (t + 1) * size). The carry lives in the loop's own buffers (device copies
@@ -123,31 +184,16 @@ def _scan_lines(ctx, n, body, kernels, placement, prefix):
     for i in [i for i, _ in per_step] + [nc + ny + k for k in stacked]:
         shape, dtype = outs[i]
         lines.append(f"{scan_result_name(p, a, i)} = RT.empty({prod_src(shape)}, np.{dtype.np.name})")
+    body = bodies[0]
     bg = body.graph
-    names = scan_body_names(bg, n, p, buf)
-
-    def body_buf(i):
-        return names.get(i, f"{p}v{i}")
     size = {k: _size(outs[k][0]) for k in range(nc)}
     inner = [f"{p}h{k}[{t} * {size[k]}:({t} + 1) * {size[k]}].copy_to_device({p}c{k})" for k in stacked]
     for k in range(nx):
         x = g.nodes[n.inputs[nc + k]]
         m = _size(x.shape[1:])
         inner.append(f"{p}x{k} = {buf(x.id)}[{t} * {m}:({t} + 1) * {m}]")
-    allocs = Allocs(body_buf, set())
-    allocs.sites = ctx.alloc.sites
-    bctx = Ctx(bg, body_buf, allocs, ctx.new_err_code)
-    bctx.host_nodes, bctx.prefix = ctx.host_nodes, p
-    bctx.host_key = lambda node: _host_key(bctx, p, node)
-    scalars = {}
-    for m in bg.nodes:
-        if m.op == "sym_scalar":
-            inner.append(f"{p}s{m.id} = np.{m.dtype.np.name}({dim_src(m.attrs['expr'])})")
-            scalars[m.id] = f"{p}s{m.id}"
-            inner.append(f"{body_buf(m.id)} = RT.to_device(np.array([{p}s{m.id}]))")
-    inner += _steps(body, bctx, {}, scalars, kernels, placement, p)
-    ctx.alloc.sites = allocs.sites
-    res = [body_buf(o) for o in bg.outputs]
+    body_lines, res = _body_lines(ctx, body, scan_body_names(bg, n, p, buf), p, kernels, placement)
+    inner += body_lines
     inner += [f"{p}n{k} = RT.copy({res[k]})" for k in range(nc)]
     inner += [f"{p}c{k} = {p}n{k}" for k in range(nc)]
     for i, j in per_step:
@@ -155,6 +201,9 @@ def _scan_lines(ctx, n, body, kernels, placement, prefix):
         inner.append(f"{scan_result_name(p, a, i)}[{t} * {m}:({t} + 1) * {m}].copy_to_device({res[j]})")
     order = f"range({T} - 1, -1, -1)" if a["reverse"] else f"range({T})"
     return lines + [f"for {t} in {order}:"] + ["    " + line for line in inner]
+
+
+_CONTROL = {"scan": _scan_lines, "cond": _cond_lines, "while": _while_lines}
 
 
 def _host_key(ctx, prefix, node):
@@ -241,13 +290,11 @@ def _node_step(ctx, n, kind):
         return None, {}, [f"{ctx.buf(n.id)} = {ctx.buf(n.inputs[0])}"]
     if kind == "matmul":
         return (n.op,) + matmul_lines(ctx, n)
-    if n.op == "tuple_get":
+    if n.op == "tuple_get":           # a result of a loop or branch of the entry
         src = ctx.g.nodes[n.inputs[0]]
-        if src.op == "scan":           # a result of a loop of the entry (_scan_lines)
-            p = getattr(ctx, "prefix", "") + f"l{src.id}_"
-            return None, {}, [f"{ctx.buf(n.id)} = {scan_result_name(p, src.attrs, n.attrs['index'])}"]
-        # one result of a cond or while run on the host (below)
-        return None, {}, [f"{ctx.buf(n.id)} = {ctx.buf(n.inputs[0])}[{n.attrs['index']}]"]
+        p = getattr(ctx, "prefix", "") + f"l{src.id}_"
+        k = n.attrs["index"]
+        return None, {}, [f"{ctx.buf(n.id)} = {scan_result_name(p, src.attrs, k) if src.op == 'scan' else f'{p}o{k}'}"]
     low = LOWERINGS.get(n.op) or opaque_lowering(n.op)
     if low is None:
         return (f"{n.op} (no CUDA kernel: NumPy on the host)",) + host_fallback(ctx, n)
@@ -285,9 +332,6 @@ class CudaExecutable:
         n = self.host_nodes[node_id] if isinstance(node_id, str) else self.program.graph.nodes[node_id]
         arrays = [RT.to_host(a).reshape(s) for a, s in inputs]
         out = REGISTRY[n.op].ref(arrays, n.attrs, shape, n.dtype)
-        if REGISTRY[n.op].multi:     # a loop (fj.scan, cond, while_loop): each result to the device
-            return [RT.to_device(np.ascontiguousarray(o, d.np).reshape(-1))
-                    for o, (_, d) in zip(out, n.attrs["outs"])]
         return RT.to_device(np.ascontiguousarray(out, n.dtype.np).reshape(-1))
 
     def run(self, args):
