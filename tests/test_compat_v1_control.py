@@ -632,3 +632,28 @@ def test_dropout_wrapper_inside_dynamic_rnn_draws_a_mask_per_step():
     assert set(np.unique(o)) <= {0.0, 2.0} and 0.4 < (o == 0).mean() < 0.6
     assert (o[:, 0] != o[:, 1]).any() and (o != o2).any()     # a fresh mask per step and per run
     assert_close(c, np.full((4, 1), 6.0, np.float32))
+
+
+def test_while_loop_with_a_static_maximum_iterations_is_differentiable():
+    """TF1 differentiates a while loop; flowjit does when the bound is known at graph build
+    (it then runs as a bounded scan under the session's tape)."""
+    tf.reset_default_graph()
+    x = tf.placeholder(tf.float64, [2])
+    w = tf.Variable(np.float64(1.5))
+    y = tf.while_loop(lambda v: tf.reduce_sum(v) < 10.0, lambda v: v * w + 1.0, [x], maximum_iterations=20)
+    loss = tf.reduce_sum(y * y)
+    gw, gx = tf.gradients(loss, [w, x])
+
+    def np_loss(xv, wv):
+        v = np.array(xv, np.float64)
+        while v.sum() < 10:
+            v = v * wv + 1
+        return (v * v).sum()
+    xv, eps = np.array([0.5, 0.2]), 1e-6
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        got_loss, got_w, got_x = sess.run([loss, gw, gx], {x: xv})
+    np.testing.assert_allclose(got_loss, np_loss(xv, 1.5), rtol=1e-12)
+    np.testing.assert_allclose(got_w, (np_loss(xv, 1.5 + eps) - np_loss(xv, 1.5 - eps)) / (2 * eps), rtol=1e-6)
+    fd_x = [(np_loss(xv + d, 1.5) - np_loss(xv - d, 1.5)) / (2 * eps) for d in np.eye(2) * eps]
+    np.testing.assert_allclose(got_x, fd_x, rtol=1e-6)

@@ -362,8 +362,10 @@ def while_loop(cond, body, loop_vars, shape_invariants=None, parallel_iterations
     loop_vars is a (nested) list or tuple (a single tensor is taken too); cond and body
     are called once while the graph is built. The session runs it as one `fj.while_loop`
     (one compiled loop, the trip count decided at run time). `maximum_iterations` adds
-    TF1's iteration counter. Not differentiable yet: `tf.gradients` through it raises,
-    naming it (back_prop=False makes its results constants for gradients)."""
+    TF1's iteration counter. Differentiable when `maximum_iterations` is known while the
+    graph is built (it then runs as a bounded scan under the session's tape); otherwise
+    `tf.gradients` through it raises, naming it (back_prop=False makes its results
+    constants for gradients)."""
     if not callable(cond) or not callable(body):
         raise TypeError("tf.while_loop: cond and body must be callable")
     if parallel_iterations < 1:
@@ -374,6 +376,7 @@ def while_loop(cond, body, loop_vars, shape_invariants=None, parallel_iterations
     if not flatten(loop_vars):
         raise ValueError("No loop variables provided")
     g = get_default_graph()
+    bound = _static_int(maximum_iterations)
     with g.name_scope(name or "while") as scope:
         scope_name = scope[:-1]
         try_to_pack = len(loop_vars) == 1 and not return_same_structure
@@ -403,13 +406,25 @@ def while_loop(cond, body, loop_vars, shape_invariants=None, parallel_iterations
                     return (i + 1, orig_body(*lv))
             try_to_pack = False
         result = _build_while(cond, body, loop_vars, shape_invariants, back_prop, scope_name,
-                              return_same_structure or not try_to_pack)
+                              return_same_structure or not try_to_pack, bound)
     if maximum_iterations is not None:
         return result[1]
     return result
 
 
-def _build_while(cond, body, loop_vars, shape_invariants, back_prop, scope_name, same_structure):
+def _static_int(x):
+    """maximum_iterations as a Python int when it is known while the graph is built."""
+    if x is None:
+        return None
+    try:
+        v = O.static_value(x, "maximum_iterations")
+    except TypeError:
+        return None
+    return int(v) if isinstance(v, (int, float)) or hasattr(v, "__index__") else None
+
+
+def _build_while(cond, body, loop_vars, shape_invariants, back_prop, scope_name, same_structure,
+                 bound=None):
     leaves = [O.convert_to_tensor(v) for v in flatten(loop_vars)]
     if shape_invariants is not None:
         invs = flatten(shape_invariants)
@@ -468,7 +483,9 @@ def _build_while(cond, body, loop_vars, shape_invariants, back_prop, scope_name,
         def b(*vs):
             return bsub.run(ev, list(vs), outer)
         try:
-            res = CF.while_loop(c, b, list(vals))
+            # with a bound known when the graph was built, a loop being differentiated
+            # runs as a bounded scan (fj.while_loop's maximum_iterations)
+            res = CF.while_loop(c, b, list(vals), maximum_iterations=bound)
         except TypeError as e:
             raise UnimplementedError(f"tf.while_loop '{scope_name}': {e} (flowjit.compat.v1 keeps each "
                                      f"loop variable's shape fixed: shape_invariants that let a shape "
@@ -479,7 +496,8 @@ def _build_while(cond, body, loop_vars, shape_invariants, back_prop, scope_name,
         return res
 
     op = _outer_op("While", compute, leaves, [csub, bsub], "Exit",
-                   [(v.dtype, s) for v, s in zip(leaves, invs)], {"back_prop": bool(back_prop)})
+                   [(v.dtype, s) for v, s in zip(leaves, invs)],
+                   {"back_prop": bool(back_prop), "maximum_iterations": bound})
     exits = list(op.outputs)
     for t, v, s in zip(exits, leaves, invs):
         if s == v.shape and v._abstract is not None:
@@ -650,11 +668,17 @@ def scan(fn, elems, initializer=None, parallel_iterations=10, back_prop=True, sw
 
 
 # --- gradients: loops that cannot be differentiated ---------------------------------------------
+def _undifferentiable(op):
+    """A While whose gradient is asked for (back_prop) with no bound known at graph build."""
+    return op.attrs.get("control_flow") == "While" and op.attrs.get("back_prop") and \
+        op.attrs.get("maximum_iterations") is None
+
+
 def _nested_while(op):
     """A back_prop While op inside op's subgraphs (at any depth), or None."""
     for sub in op.attrs.get("subgraphs", ()):
         for inner in sub.ops:
-            if inner.attrs.get("control_flow") == "While" and inner.attrs.get("back_prop"):
+            if _undifferentiable(inner):
                 return inner
             found = _nested_while(inner)
             if found is not None:
@@ -672,7 +696,7 @@ def check_differentiable(ancestors, xs, ancestors_of):
         if op is None or op in seen or not op.attrs.get("control_flow") or not t.dtype.is_floating:
             continue            # (gradients flow only through floating-point results)
         seen.add(op)
-        loop = op if op.attrs["control_flow"] == "While" and op.attrs.get("back_prop") else _nested_while(op)
+        loop = op if _undifferentiable(op) else _nested_while(op)
         if loop is None:
             continue
         hit = [x for x in ancestors_of(op.inputs) if id(x) in xset]
@@ -680,8 +704,7 @@ def check_differentiable(ancestors, xs, ancestors_of):
             where = loop.name.rsplit("/", 1)[0]
             raise UnimplementedError(
                 f"tf.gradients: the gradient w.r.t. {hit[0].name} goes through tf.while_loop "
-                f"'{where}' (created at {loop._src}), which flowjit.compat.v1 cannot differentiate "
-                f"yet (flowjit's while loop, whose trip count is decided at run time, has no "
-                f"gradient). Write the loop with tf.scan or tf.nn.dynamic_rnn (both "
-                f"differentiable), or pass back_prop=False to tf.while_loop to treat its results "
-                f"as constants")
+                f"'{where}' (created at {loop._src}), whose trip count is decided at run time "
+                f"with no bound: give it maximum_iterations (a Python int), write the loop "
+                f"with tf.scan or tf.nn.dynamic_rnn, or pass back_prop=False to treat its "
+                f"results as constants")
