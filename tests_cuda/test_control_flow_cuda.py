@@ -11,6 +11,16 @@ def run(device, fn, *args):
         return [np.asarray(o) for o in fj.jit(fn)(*args)]
 
 
+def run_logged(capsys, fn, *args):
+    """fn's results on the GPU, and the placement log of its compile."""
+    fj.config.log_device_placement = True
+    try:
+        got = run("/gpu:0", fn, *args)
+    finally:
+        fj.config.log_device_placement = False
+    return got, capsys.readouterr().out
+
+
 def test_scan_cond_while_and_a_scan_gradient_match_the_cpu(capsys):
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((4, 2, 3)).astype(np.float32)
@@ -26,12 +36,7 @@ def test_scan_cond_while_and_a_scan_gradient_match_the_cpu(capsys):
         n = fj.while_loop(lambda i: i < 7, lambda i: i + 2, fj.constant(0))
         return loss, g, b, n
     h0 = np.zeros((2, 3), np.float32)
-    fj.config.log_device_placement = True
-    try:
-        got = run("/gpu:0", f, h0, xs)
-    finally:
-        fj.config.log_device_placement = False
-    log = capsys.readouterr().out
+    got, log = run_logged(capsys, f, h0, xs)
     assert "cond (a loop or branch" in log and "while (a loop or branch" in log, log
     assert "NumPy on the host" not in log, log
     for a, b in zip(got, run("/cpu:0", f, h0, xs)):
@@ -50,12 +55,7 @@ def test_a_scan_runs_its_body_on_the_device(capsys):
             loss = fj.reduce_sum(ys) + fj.reduce_sum(h)
         return loss, tape.gradient(loss, h0)
     h0 = rng.standard_normal((2, 3)).astype(np.float32)
-    fj.config.log_device_placement = True
-    try:
-        got = run("/gpu:0", f, h0, xs)
-    finally:
-        fj.config.log_device_placement = False
-    log = capsys.readouterr().out
+    got, log = run_logged(capsys, f, h0, xs)
     assert "scan (a loop or branch of the host entry" in log and "NumPy on the host" not in log, log
     assert "matmul -> /job:localhost/replica:0/task:0/device:GPU:0" in log
     for a, b in zip(got, run("/cpu:0", f, h0, xs)):
