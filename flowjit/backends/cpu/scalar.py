@@ -27,7 +27,11 @@ from numba.extending import intrinsic
 
 from ...ops import random_core as R
 
-inline = njit(inline="always", cache=True)
+# Compiled once as ordinary functions, and inlined by LLVM into each fused loop (where
+# they vectorise). Numba's own IR inlining (`inline="always"`) gives the same machine
+# code within a few per cent, but types each helper again at every call site: it made
+# the LSTM training step's cold compile 12% slower (13.0 s against 11.4 s).
+inline = njit(cache=True)
 
 
 # --- bit casts ------------------------------------------------------------------
