@@ -35,7 +35,7 @@ from .frontend.control_flow import cond, fori_loop, scan, while_loop
 from .frontend import nn, optimizers  # noqa: F401
 from . import data  # noqa: F401
 from . import train, summary  # noqa: F401
-from .frontend.jit import jit
+from .frontend.jit import jit, eval_shape, ShapeDtypeStruct
 from .frontend.custom_op import custom_op
 from .runtime.stats import stats, reset_stats
 from .config import config
@@ -46,3 +46,11 @@ globals().update({k: v for k, v in _public_ops("").items() if k not in globals()
 
 __version__ = "0.1.0"
 newaxis = None
+
+
+def __getattr__(name):
+    # `fj.keras` (as `tf.keras`) is imported on first use: most programs never need it
+    if name == "keras":
+        import importlib
+        return importlib.import_module(".keras", __name__)
+    raise AttributeError(f"module 'flowjit' has no attribute {name!r}")

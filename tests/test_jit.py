@@ -269,3 +269,20 @@ def test_a_loss_without_variable_updates_is_computed_in_the_backward_loop(rng):
     ins = f.inspect(x, y)
     assert ins.num_fused_loops == 0 and ins.saved == []
     assert ins.backward_fusion_groups.count("fused loop") == 1
+
+
+def test_eval_shape_traces_without_running():
+    w = fj.Variable(np.ones((3, 4), np.float32))
+    calls = []
+
+    def f(x, k):
+        calls.append(1)
+        return fj.matmul(x, w), fj.reshape(x, (-1, 1)), fj.reduce_sum(x, 0) * k
+    a, b, c = fj.eval_shape(f, fj.ShapeDtypeStruct((None, 3)), 2.0)
+    assert (a.shape, b.shape, c.shape) == ((None, 4), (None, 1), (3,))
+    assert a.dtype is fj.float32 and calls == [1] and fj.stats()["compiles"] >= 0
+    # a convolution fixes its spatial sizes while tracing: they come back None, not the stand-in
+    x = fj.ShapeDtypeStruct((None, 10, None, 3))
+    k = np.ones((3, 3, 3, 4), np.float32)
+    out = fj.eval_shape(lambda x: fj.nn.conv2d(x, k, 1, "VALID"), x)
+    assert out.shape == (None, 8, None, 4)

@@ -428,6 +428,66 @@ class JitFunction:
         return Inspection(c)
 
 
+class ShapeDtypeStruct:
+    """An array's shape and dtype without its values (what `eval_shape` takes and gives);
+    None in a shape is a size known only at the call."""
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype=D.float32):
+        self.shape = tuple(None if d is None else int(d) for d in shape)
+        self.dtype = D.as_dtype(dtype)
+
+    def __repr__(self):
+        return f"ShapeDtypeStruct(shape={self.shape}, dtype={self.dtype.name})"
+
+
+def eval_shape(fn, *args, **kwargs):
+    """The shapes and dtypes `fn` returns for arguments of these shapes, traced and never
+    run (as `jax.eval_shape`). Array arguments are `ShapeDtypeStruct`s, Tensors or arrays;
+    other values pass through. A returned size that depends on a None input size is None.
+    Variables created while tracing (a layer building its weights) stay. A None size
+    stands for 4096 while tracing: large, so a window or a stride never finds it too small."""
+    leaves, struct = flatten((args, kwargs), lambda x: isinstance(x, (ShapeDtypeStruct, Tensor, np.ndarray)))
+    specs, out_struct, specialised = _eval_specs(fn, leaves, struct, 4096)
+    if specialised:
+        # an op fixed a None size to its stand-in value (a convolution's spatial size):
+        # trace again with another stand-in; the sizes that change depend on it
+        again, _, _ = _eval_specs(fn, leaves, struct, 4099)
+        specs = [a if not isinstance(a, ShapeDtypeStruct) else
+                 ShapeDtypeStruct([d if d == e else None for d, e in zip(a.shape, b.shape)], a.dtype)
+                 for a, b in zip(specs, again)]
+    return unflatten(out_struct, specs)
+
+
+def _eval_specs(fn, leaves, struct, hint):
+    g = Graph()
+    traced = []
+    with TraceContext(g) as ctx:
+        for k, x in enumerate(leaves):
+            if not isinstance(x, (ShapeDtypeStruct, Tensor, np.ndarray)):
+                traced.append(x)
+                continue
+            shape = tuple(g.env.new_symbol(hint, k, j) if d is None else d for j, d in enumerate(x.shape))
+            node = g.add("arg", (), {"index": len(g.args)}, shape, D.as_dtype(x.dtype))
+            g.args.append(node.id)
+            traced.append(Tensor(node=node, graph=g))
+        a, kw = unflatten(struct, traced)
+        with concrete_sizes():
+            result = fn(*a, **kw)
+        out, out_struct = flatten(result, _is_leaf)
+        specs = []
+        for o in out:
+            if hasattr(o, "_flowjit_tensor"):
+                o = o._flowjit_tensor()
+            if isinstance(o, Tensor):
+                n = g.nodes[node_of(o, ctx).id]
+                specs.append(ShapeDtypeStruct([d if isinstance(d, (int, np.integer)) else None
+                                               for d in n.shape], n.dtype))
+            else:
+                specs.append(o)
+    return specs, out_struct, bool(g.env.notes)
+
+
 def _compile_guard(guards):
     if not guards:
         return None
