@@ -14,6 +14,7 @@ FORBIDDEN = {
     "backends": ("frontend", "compat"),
     "runtime": ("frontend", "compat"),
     "frontend": ("backends", "compat"),
+    "keras": ("backends", "compat", "runtime", "passes"),
 }
 
 
