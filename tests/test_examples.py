@@ -123,3 +123,13 @@ def test_custom_op_example():
     m = run("custom_op", *QUICK, "60")
     assert m["test_accuracy"] >= 0.5 and math.isfinite(m["final_loss"])
     assert m["swish_bias_loops"] == 1           # the user's swish fused with the bias add
+
+
+def test_keras_quickstart():
+    m = run("keras_quickstart", "--epochs", "2", "--verbose", "0")
+    assert m["test_accuracy"] > 0.85 and math.isfinite(m["final_loss"])
+
+
+def test_keras_mnist_convnet_quick():
+    m = run("keras_mnist_convnet", "--epochs", "2", "--steps", "6", "--verbose", "0")
+    assert m["test_accuracy"] > 0.3 and math.isfinite(m["final_loss"])

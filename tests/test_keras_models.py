@@ -406,3 +406,34 @@ def test_errors_name_the_problem():
         model.fit(x, y[:10], verbose=0)
     with pytest.raises(Exception, match=r"\b7\b"):
         model.predict(np.ones((2, 7), np.float32), verbose=0)
+
+
+def test_on_batch_methods_accumulate_like_keras():
+    x, y = toy_data(32)
+    model = small_mlp(12)
+    model.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    before = model.test_on_batch(x, y, return_dict=True)
+    assert set(before) == {"loss", "accuracy"}
+    model.reset_metrics()
+    l1, a1 = model.train_on_batch(x, y)
+    l2, _ = model.train_on_batch(x, y)
+    assert l2 < before["loss"] and 0 <= a1 <= 1
+    np.testing.assert_allclose(model.predict_on_batch(x), model(x).numpy(), rtol=1e-6)
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="needs tensorboard")
+def test_tensorboard_callback_writes_epoch_scalars_and_the_step_graph(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    x, y = toy_data(64)
+    model = small_mlp(13)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x, y, epochs=2, verbose=0, validation_split=0.25,
+              callbacks=[keras.callbacks.TensorBoard(log_dir=str(tmp_path))])
+    train = EventAccumulator(str(tmp_path / "train"))
+    train.Reload()
+    assert [e.step for e in train.Scalars("epoch_loss")] == [0, 1]
+    assert "epoch_accuracy" in train.Tags()["scalars"] and train.Graph().node
+    val = EventAccumulator(str(tmp_path / "validation"))
+    val.Reload()
+    assert len(val.Scalars("epoch_loss")) == 2
