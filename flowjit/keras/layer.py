@@ -160,7 +160,7 @@ class Layer:
     @trainable.setter
     def trainable(self, value):
         self._trainable = bool(value)
-        for layer in self._layers:
+        for layer in self._sublayers():
             layer.trainable = value
 
     # --- weights ---------------------------------------------------------------------
@@ -183,6 +183,46 @@ class Layer:
         self._own_weights.append(v)
         return v
 
+    def _sublayers(self):
+        """The layers this one holds, in the order its attributes were set: assigned
+        directly, or inside lists, tuples and dicts (also ones filled after the
+        assignment, as `self.blocks = []; self.blocks.append(Dense(4))`)."""
+        found = list(self._layers)
+
+        def visit(v, depth):
+            if isinstance(v, Layer):
+                if v is not self and all(v is not l for l in found):
+                    found.append(v)
+            elif depth < 4 and isinstance(v, (list, tuple)):
+                for x in v:
+                    visit(x, depth + 1)
+            elif depth < 4 and isinstance(v, dict):
+                for x in v.values():
+                    visit(x, depth + 1)
+        for name, value in self.__dict__.items():
+            if name not in ("_layers", "_inbound_nodes", "_functional"):
+                visit(value, 0)
+        return found
+
+    def _variables_held(self):
+        """Variables made by add_weight or assigned, also inside lists/tuples/dicts."""
+        found = list(self._own_weights)
+
+        def visit(v, depth):
+            if isinstance(v, Variable):
+                if all(v is not w for w in found):
+                    found.append(v)
+            elif depth < 4 and isinstance(v, (list, tuple)):
+                for x in v:
+                    visit(x, depth + 1)
+            elif depth < 4 and isinstance(v, dict):
+                for x in v.values():
+                    visit(x, depth + 1)
+        for name, value in self.__dict__.items():
+            if name != "_own_weights":
+                visit(value, 0)
+        return found
+
     def _walk(self):
         """This layer and every nested layer, each once, depth first."""
         seen, out = set(), []
@@ -192,7 +232,7 @@ class Layer:
                 return
             seen.add(id(layer))
             out.append(layer)
-            for sub in layer._layers:
+            for sub in layer._sublayers():
                 visit(sub)
         visit(self)
         return out
@@ -206,13 +246,13 @@ class Layer:
 
         def visit(layer, frozen):
             frozen = frozen or not layer.trainable
-            own = [w for w in layer._own_weights if w.trainable] + \
-                  [w for w in layer._own_weights if not w.trainable]
+            held = layer._variables_held()
+            own = [w for w in held if w.trainable] + [w for w in held if not w.trainable]
             for w in own:
                 if id(w) not in seen:
                     seen.add(id(w))
                     out.append((w, w.trainable and not frozen))
-            for sub in layer._layers:
+            for sub in layer._sublayers():
                 visit(sub, frozen)
         visit(self, False)
         return out
@@ -259,7 +299,7 @@ class Layer:
         added by the last call (`add_loss`, activity regularizers)."""
         out = []
         for layer in self._walk():
-            for w in layer._own_weights:
+            for w in layer._variables_held():
                 if getattr(w, "regularizer", None) is not None:
                     out.append(w.regularizer(w.read_value()))
             out.extend(layer._call_losses)

@@ -48,11 +48,7 @@ class Trainer:
         self.loss = loss
         self._loss_fn = losses.get(loss) if loss is not None else None
         self._compile_metrics = [M.resolve(m, loss) for m in _as_list(metrics)]
-        # the loss tracker's state is not a weight of the model: set past Layer's tracking
-        object.__setattr__(self, "_loss_sum", Variable(np.float32(0), name=f"{self.name}/loss_total",
-                                                      trainable=False))
-        object.__setattr__(self, "_loss_count", Variable(np.float32(0), name=f"{self.name}/loss_count",
-                                                        trainable=False))
+        self._loss_tracker = _LossTracker(self.name)
         self.run_eagerly = bool(run_eagerly)
         self.train_function = self.test_function = self.predict_function = None
         self.compiled = True
@@ -71,8 +67,7 @@ class Trainer:
 
     def reset_metrics(self):
         if self.compiled:
-            self._loss_sum.assign(np.float32(0))
-            self._loss_count.assign(np.float32(0))
+            self._loss_tracker.reset()
         for m in self._compile_metrics:
             m.reset_state()
 
@@ -89,12 +84,10 @@ class Trainer:
 
     def _update_metrics(self, loss, x, y, y_pred):
         n = fj.cast(fj.shape(_first(x))[0], fj.float32)
-        self._loss_sum.assign_add(fj.cast(loss, fj.float32) * n)
-        self._loss_count.assign_add(n)
+        mean_loss = self._loss_tracker.update(fj.cast(loss, fj.float32), n)
         for m in self._compile_metrics:
             m.update_state(y, y_pred)
-        return (self._loss_sum.read_value() / fj.maximum(self._loss_count.read_value(), 1.0),) + \
-            tuple(m.result() for m in self._compile_metrics)
+        return (mean_loss,) + tuple(m.result() for m in self._compile_metrics)
 
     def train_step(self, x, y):
         with fj.GradientTape() as tape:
@@ -242,6 +235,24 @@ class Trainer:
         else:
             specs = fj.ShapeDtypeStruct((None,) + tuple(xb.shape[1:]), xb.dtype)
         fj.eval_shape(lambda x: self(x, training=False), specs)
+
+
+class _LossTracker:
+    """The running mean of the loss over an epoch, weighted by batch size (as Keras's
+    loss tracker); its variables are the model's state, not its weights."""
+
+    def __init__(self, name):
+        self.total = Variable(np.float32(0), name=f"{name}/loss_total", trainable=False)
+        self.count = Variable(np.float32(0), name=f"{name}/loss_count", trainable=False)
+
+    def update(self, loss, n):
+        self.total.assign_add(loss * n)
+        self.count.assign_add(n)
+        return self.total.read_value() / fj.maximum(self.count.read_value(), 1.0)
+
+    def reset(self):
+        self.total.assign(np.float32(0))
+        self.count.assign(np.float32(0))
 
 
 def _no_weights(what, class_weight, sample_weight):

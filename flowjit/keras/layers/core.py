@@ -43,6 +43,8 @@ class Dense(Layer):
                                     name="bias") if self.use_bias else None
 
     def call(self, inputs):
+        if not inputs.dtype.is_floating:       # integer features: promoted, as Keras does
+            inputs = fj.cast(inputs, self.kernel.dtype)
         y = fj.matmul(inputs, self.kernel)
         if self.bias is not None:
             y = y + self.bias
@@ -62,6 +64,9 @@ class Activation(Layer):
     def call(self, inputs):
         return activate(self.activation, self.activation_name, inputs)
 
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation_name}
+
 
 class Softmax(Layer):
     def __init__(self, axis=-1, **kwargs):
@@ -73,6 +78,9 @@ class Softmax(Layer):
         if self.axis == -1:
             losses.remember_logits(y, inputs, "softmax")
         return y
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
 
 
 class ReLU(Layer):
@@ -88,6 +96,10 @@ class ReLU(Layer):
             y = fj.minimum(y, float(self.max_value))
         return y
 
+    def get_config(self):
+        return {**super().get_config(), "max_value": self.max_value, "negative_slope": self.negative_slope,
+                "threshold": self.threshold}
+
 
 class LeakyReLU(Layer):
     def __init__(self, negative_slope=0.3, **kwargs):
@@ -96,6 +108,9 @@ class LeakyReLU(Layer):
 
     def call(self, inputs):
         return fj.nn.leaky_relu(inputs, alpha=self.negative_slope)
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}
 
 
 class Flatten(Layer):
@@ -119,6 +134,9 @@ class Reshape(Layer):
         # the batch stays the batch; a -1 in target_shape is solved by reshape itself
         return fj.reshape(inputs, (inputs.shape[0],) + self.target_shape)
 
+    def get_config(self):
+        return {**super().get_config(), "target_shape": self.target_shape}
+
 
 class Dropout(Layer):
     """Zeroes a fraction `rate` of the inputs and scales the rest by 1/(1-rate), in
@@ -133,10 +151,13 @@ class Dropout(Layer):
     def call(self, inputs, training=None):
         if not training or self.rate == 0:
             return inputs
-        return fj.nn.dropout(inputs, self.rate, noise_shape=self.noise_shape, seed=self.seed)
+        noise_shape = self.noise_shape
+        if noise_shape is not None:         # a None entry takes the input's size there, as Keras
+            noise_shape = [inputs.shape[i] if d is None else d for i, d in enumerate(noise_shape)]
+        return fj.nn.dropout(inputs, self.rate, noise_shape=noise_shape, seed=self.seed)
 
     def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+        return {**super().get_config(), "rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed}
 
 
 class Embedding(Layer):
@@ -160,6 +181,9 @@ class Embedding(Layer):
     def call(self, inputs):
         ids = inputs if inputs.dtype in (fj.int32, fj.int64) else fj.cast(inputs, fj.int32)
         return fj.gather(self.embeddings, ids)
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim}
 
 
 class Lambda(Layer):
@@ -221,6 +245,9 @@ class Concatenate(Layer):
 
     def call(self, inputs):
         return fj.concat(list(inputs), axis=self.axis)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
 
 
 def add(inputs, **kwargs):
