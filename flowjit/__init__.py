@@ -35,7 +35,8 @@ from .frontend.control_flow import cond, fori_loop, scan, while_loop
 from .frontend import nn, optimizers  # noqa: F401
 from . import data  # noqa: F401
 from . import train, summary  # noqa: F401
-from .frontend.jit import jit, eval_shape, ShapeDtypeStruct
+from .frontend.jit import jit, eval_shape, function, ShapeDtypeStruct, TensorSpec
+from .frontend.module import Module
 from .frontend.custom_op import custom_op
 from .runtime.stats import stats, reset_stats
 from .config import config
@@ -43,6 +44,8 @@ from .frontend.device import device, list_devices, DeviceSpec  # noqa: F401
 
 from .frontend.api import public_ops as _public_ops
 globals().update({k: v for k, v in _public_ops("").items() if k not in globals()})
+from .frontend import namespaces as _namespaces
+math, linalg = _namespaces.build(globals())
 
 __version__ = "0.1.0"
 newaxis = None
@@ -53,4 +56,7 @@ def __getattr__(name):
     if name == "keras":
         import importlib
         return importlib.import_module(".keras", __name__)
+    if name == "initializers":         # TF2's tf.initializers are Keras's
+        import importlib
+        return importlib.import_module(".keras.initializers", __name__)
     raise AttributeError(f"module 'flowjit' has no attribute {name!r}")

@@ -41,6 +41,9 @@ int64 = DType("int64", np.int64)
 bool_ = DType("bool", np.bool_)
 
 ALL = (float32, float64, int32, int64, bool_)
+# TF's string tensors, as far as teaching programs use them (tf.constant("hello"), print,
+# .numpy() -> bytes): eager values only, an object array of bytes; no op computes on them
+string = DType("string", object)
 _BY_NP = {d.np: d for d in ALL}
 _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"float": float32, "double": float64, "int": int32, "bool_": bool_})
@@ -52,6 +55,8 @@ def as_dtype(x):
         return x
     if isinstance(x, str) and x in _BY_NAME:
         return _BY_NAME[x]
+    if x is str or x is bytes or x == "string":
+        return string
     if x is float:
         return float32
     if x is int:
@@ -65,6 +70,8 @@ def as_dtype(x):
                         f"{', '.join(d.name for d in ALL)}") from None
     if npd in _BY_NP:
         return _BY_NP[npd]
+    if npd.kind in "USO":
+        return string
     # Narrower or unsigned NumPy types map to the nearest flowjit type.
     if npd.kind == "f":
         return float32 if npd.itemsize <= 4 else float64

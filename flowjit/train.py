@@ -44,6 +44,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import CheckpointError
+from .frontend.module import Module
 from .frontend.optimizers import Optimizer
 from .frontend.tensor import current_trace
 from .frontend.variables import Variable
@@ -486,6 +487,10 @@ class Checkpoint:
                 optimizers.append((path, obj))
             elif isinstance(obj, Dataset):
                 datasets.append((path, obj))
+            elif hasattr(obj, "_own_weights"):          # a Keras layer or model: its weights
+                visit(path, obj.weights)
+            elif isinstance(obj, Module):                # fj.Module: the variables it holds
+                visit(path, list(obj.variables))
             elif isinstance(obj, dict):
                 for k in obj:
                     visit(f"{path}/{k}", obj[k])
@@ -494,8 +499,8 @@ class Checkpoint:
                     visit(f"{path}/{i}", x)
             elif obj is not None:
                 raise TypeError(f"Checkpoint: {path} is a {type(obj).__name__}; a checkpoint tracks "
-                                f"fj.Variable, fj.optimizers.*, fj.data.Dataset and lists/tuples/dicts "
-                                f"of them")
+                                f"fj.Variable, fj.optimizers.*, fj.data.Dataset, fj.Module, Keras models "
+                                f"and lists/tuples/dicts of them")
 
         for k, v in self._objects.items():
             visit(k, v)
@@ -517,11 +522,8 @@ class Checkpoint:
                 named[f"{opath}/learning_rate"] = opt._lr_var
             for (_, slot_name), (var, slot) in opt._slots.items():
                 vpath = by_id.get(id(var))
-                if vpath is None:
-                    raise CheckpointError(
-                        f"Checkpoint: optimizer {opath!r} has a slot {slot_name!r} for variable {var.name} "
-                        f"that this checkpoint does not track; pass that variable too "
-                        f"(e.g. Checkpoint(model=[...], {opath}=opt))")
+                if vpath is None:       # as TF2: a slot is saved with its variable, or not at all
+                    continue
                 named[f"{opath}/slots/{vpath}/{slot_name}"] = slot
             slots.append((opath, opt))
         return named, slots, by_id, dict(variables)

@@ -49,6 +49,7 @@ class GradientTape:
         self._tracked = set()
         self._keep = []                   # keeps tracked tensors alive (ids stay unique)
         self._var_reads = {}              # id(var) -> [read tensors]
+        self._read_vars = []              # the variables behind _var_reads, in order of first read
         self._watched_vars = set()
         self._recording = False
         self._used = False
@@ -68,12 +69,15 @@ class GradientTape:
         for t in flatten(tensor, lambda x: isinstance(x, Tensor) or _is_var(x))[0]:
             if _is_var(t):
                 self._watched_vars.add(id(t))
+                if all(v is not t for v in self._read_vars):
+                    self._read_vars.append(t)
             elif isinstance(t, Tensor):
                 self._tracked.add(id(t))
                 self._keep.append(t)
 
     def watched_variables(self):
-        return list(self._var_reads)
+        """The variables this tape watched (read while recording, or watched by hand)."""
+        return list(self._read_vars)
 
     def stop_recording(self):
         tape = self
@@ -105,6 +109,8 @@ class GradientTape:
         if not self._recording:
             return
         if (self.watch_accessed_variables and var.trainable) or id(var) in self._watched_vars:
+            if id(var) not in self._var_reads and all(v is not var for v in self._read_vars):
+                self._read_vars.append(var)
             self._var_reads.setdefault(id(var), []).append(t)
             self._tracked.add(id(t))
             self._keep.append(t)

@@ -533,6 +533,74 @@ class Inspection:
     __repr__ = __str__
 
 
+class TensorSpec:
+    """The shape (None for any size) and dtype an argument must have: TF2's
+    `tf.TensorSpec`, for `fj.function(input_signature=[...])`."""
+
+    def __init__(self, shape, dtype=D.float32, name=None):
+        self.shape = None if shape is None else tuple(None if d is None else int(d) for d in shape)
+        self.dtype = D.as_dtype(dtype)
+        self.name = name
+
+    def is_compatible_with(self, x):
+        shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+        dtype = D.as_dtype(x.dtype) if hasattr(x, "dtype") else None
+        if dtype is not None and dtype is not self.dtype:
+            return False
+        return self.shape is None or (len(shape) == len(self.shape) and
+                                      all(a is None or a == b for a, b in zip(self.shape, shape)))
+
+    def __repr__(self):
+        return f"TensorSpec(shape={self.shape}, dtype=fj.{self.dtype.name}, name={self.name!r})"
+
+
+class SignedFunction:
+    """A jitted function whose positional arguments must match an input signature (TF2's
+    `tf.function(input_signature=...)`): others raise before anything is traced."""
+
+    def __init__(self, jitted, signature):
+        self.jitted = jitted
+        self.signature = list(signature)
+        functools.update_wrapper(self, jitted.fn, updated=())
+
+    def __get__(self, obj, objtype=None):           # a method: `self` is not in the signature
+        return self if obj is None else functools.partial(self._call, (obj,))
+
+    def __call__(self, *args, **kwargs):
+        return self._call((), *args, **kwargs)
+
+    def _call(self, bound, *args, **kwargs):
+        if len(args) != len(self.signature) or kwargs:
+            raise TypeError(f"{self.jitted.__name__}: the input_signature has {len(self.signature)} arguments, "
+                            f"got {len(args)} positional and {sorted(kwargs)} keyword ones")
+        converted = []
+        for i, (x, spec) in enumerate(zip(args, self.signature)):
+            if isinstance(x, (int, float, list, tuple)):
+                x = np.asarray(x, spec.dtype.np)
+            if not spec.is_compatible_with(x):
+                with concrete_sizes():
+                    raise ValueError(f"{self.jitted.__name__}: argument {i} has shape {tuple(np.shape(x))} "
+                                     f"and dtype {getattr(x, 'dtype', type(x).__name__)}, which do not match "
+                                     f"the input_signature's {spec!r}")
+            converted.append(x)
+        return self.jitted(*bound, *converted)
+
+    def __getattr__(self, name):            # inspect(), the caches: the jitted function's
+        return getattr(self.jitted, name)
+
+
+def function(func=None, input_signature=None, autograph=True, jit_compile=None, reduce_retracing=False,
+             experimental_relax_shapes=None, experimental_compile=None, **kwargs):
+    """TF2's `tf.function`: `fj.jit` under TF's name. `input_signature` (a list of
+    `fj.TensorSpec`) is checked on every call. Python control flow on tensors is not
+    converted (no AutoGraph): loops unroll, and a branch on a tensor's value needs
+    `fj.cond`; sizes are symbolic anyway, so `reduce_retracing` needs nothing."""
+    def wrap(f):
+        jitted = JitFunction(f)
+        return jitted if input_signature is None else SignedFunction(jitted, input_signature)
+    return wrap if func is None else wrap(func)
+
+
 def jit(fn=None, *, static_argnames=()):
     """Trace `fn` into a graph per signature, fuse it and compile it with Numba."""
     if fn is None:

@@ -184,6 +184,8 @@ class Tensor:
             raise TracerError(
                 "`.numpy()` was called on a traced tensor inside @fj.jit; its value exists only "
                 "when the compiled function runs. Return it from the function instead.")
+        if self._value.dtype == object and self._value.ndim == 0:
+            return self._value.item()          # a scalar string: bytes, as TF
         return self._value
 
     def __array__(self, dtype=None, copy=None):
@@ -206,6 +208,14 @@ class Tensor:
 
     def __float__(self):
         return float(self._concrete("float()"))
+
+    def __format__(self, spec):
+        """'{:.4f}'.format(t) formats the value, as NumPy formats it (a scalar takes any
+        number format; an array only the empty one)."""
+        if not spec or self._node is not None:
+            return format(str(self), spec)
+        v = self._concrete("format()")
+        return format(v.item() if v.ndim == 0 else v, spec)
 
     def __index__(self):
         v = self._concrete("use as an index")
@@ -234,7 +244,11 @@ class Tensor:
         body = np.array2string(self._value, separator=", ")
         return f"<fj.Tensor: shape={self.shape!r}, dtype={self.dtype.name}, numpy={body}>"
 
-    __str__ = __repr__
+    def __str__(self):
+        """What print() shows, in TF2's form: fj.Tensor(b'hello', shape=(), dtype=string)."""
+        if self._node is not None:
+            return repr(self)
+        return f"fj.Tensor({np.array2string(self._value)}, shape={self.shape!r}, dtype={self.dtype.name})"
 
     # the Python operators are installed by frontend/api.py (one place, next to the ops)
 
@@ -279,6 +293,8 @@ class DeviceTensor(Tensor):
 
 # --- conversion ----------------------------------------------------------------
 def _compatible(value_kind, target):
+    if target is D.string:
+        return value_kind == "O"
     if target.is_bool:
         return value_kind == "b"
     if target.is_integer:
@@ -298,6 +314,13 @@ def to_numpy(value, dtype=None):
             dtype = D.from_numpy_value(arr)
     else:
         arr = np.asarray(value)
+        if arr.dtype.kind in "US" or (arr.dtype == object and arr.size and
+                                      all(isinstance(v, (str, bytes)) for v in arr.ravel())):
+            arr = _bytes_array(arr)
+            if dtype is not None and D.as_dtype(dtype) is not D.string:
+                raise DTypeError(f"cannot convert the string {value!r} to a tensor of dtype "
+                                 f"{D.as_dtype(dtype).name}")
+            return arr
         if arr.dtype == object:
             raise TypeError(f"cannot convert {value!r} to a tensor")
         if dtype is None:
@@ -316,6 +339,14 @@ def to_numpy(value, dtype=None):
             _check_int_range(arr, dtype)
         arr = arr.astype(dtype.np)
     return arr
+
+
+def _bytes_array(arr):
+    """Strings as TF holds them: bytes (str encoded as UTF-8), in an object array."""
+    out = np.empty(arr.shape, dtype=object)
+    for i, v in np.ndenumerate(arr):
+        out[i] = v.encode("utf-8") if isinstance(v, str) else bytes(v)
+    return out
 
 
 def _check_int_range(arr, dtype):
