@@ -101,3 +101,9 @@ def disable_v2_behavior():
 
 def executing_eagerly():
     return False
+
+
+def __getattr__(name):
+    # a TF1 name flowjit.compat.v1 does not have: an UnimplementedError naming it (also an
+    # AttributeError, so hasattr() works), never a bare AttributeError
+    raise errors.missing("tf", name)

@@ -19,3 +19,17 @@ class NotFoundError(OpError, KeyError):
 
     def __str__(self):          # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnimplementedName(UnimplementedError, AttributeError):
+    """A name of TF1's API that flowjit.compat.v1 leaves out on purpose, raised on
+    attribute access with what to use instead. An AttributeError too, so `hasattr` and
+    `getattr(tf, name, default)` keep working."""
+
+
+def missing(module, name, why=None):
+    """The error for `module.name` (e.g. "tf.train", "slice_input_producer")."""
+    if name.startswith("__") and name.endswith("__"):
+        return AttributeError(name)             # Python's own probes (pickle, copy, ...)
+    return UnimplementedName(f"{module}.{name} is not implemented by flowjit.compat.v1"
+                             + (f": {why}" if why else ""))

@@ -554,3 +554,11 @@ class Saver:
             fv.assign(arrays[name])
 
 
+
+
+from .queues import Coordinator, start_queue_runners  # noqa: E402,F401
+from . import queues as _queues  # noqa: E402
+
+
+def __getattr__(name):
+    raise _queues.refused("tf.train", name)
