@@ -5,6 +5,10 @@
 reads the four standard IDX files (gzipped or raw) and checks their magic numbers and
 sizes. `Dataset.next_batch` reshuffles (seeded) at every epoch, and iterating a Dataset
 yields one epoch of batches.
+
+`Dataset.from_tensor_slices`, `.from_tensors`, `.range`, `.zip` and `.from_generator`
+build `tf.data` pipelines instead (flowjit/data_pipeline.py): `fj.data` is also TF2's
+`tf.data`.
 """
 import gzip
 import json
@@ -12,6 +16,11 @@ import os
 import zlib
 
 import numpy as np
+
+from . import data_pipeline as _pipeline
+from .data_pipeline import (  # noqa: F401
+    AUTOTUNE, INFINITE_CARDINALITY, UNKNOWN_CARDINALITY, DatasetV2, Options, experimental,
+)
 
 
 class Dataset:
@@ -119,6 +128,13 @@ class Dataset:
     def __repr__(self):
         return (f"<fj.data.Dataset {self.num_examples} examples, images {self.images.shape} "
                 f"{self.images.dtype}, labels {self.labels.shape} {self.labels.dtype}>")
+
+    # tf.data's constructors: they return pipelines (DatasetV2), not this class
+    from_tensor_slices = staticmethod(_pipeline.DatasetV2.from_tensor_slices)
+    from_tensors = staticmethod(_pipeline.DatasetV2.from_tensors)
+    range = staticmethod(_pipeline.DatasetV2.range)
+    zip = staticmethod(_pipeline.DatasetV2.zip)
+    from_generator = staticmethod(_pipeline.DatasetV2.from_generator)
 
 
 class Datasets:

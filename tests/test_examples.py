@@ -133,3 +133,8 @@ def test_keras_quickstart():
 def test_keras_mnist_convnet_quick():
     m = run("keras_mnist_convnet", "--epochs", "2", "--steps", "6", "--verbose", "0")
     assert m["test_accuracy"] > 0.3 and math.isfinite(m["final_loss"])
+
+
+def test_tf2_data_pipeline_quick():
+    m = run("tf2_data_pipeline", *QUICK, "60", "--epochs", "5")
+    assert m["test_accuracy"] > 0.85 and math.isfinite(m["final_loss"]) and m["epochs"] == 3

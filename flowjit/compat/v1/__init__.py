@@ -42,6 +42,7 @@ from .session import (  # noqa: F401
     get_default_session,
 )
 from .placeholders import placeholder, placeholder_with_default  # noqa: F401
+from . import data  # noqa: F401  (tf.data: pipelines and TF1 iterators)
 from .scopes import (  # noqa: F401
     AUTO_REUSE, VariableScope, constant_initializer, get_variable, get_variable_scope,
     glorot_normal_initializer, glorot_uniform_initializer, ones_initializer,

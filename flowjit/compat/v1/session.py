@@ -514,6 +514,9 @@ class Session:
             struct = 0
         else:
             struct = _flatten_fetch(fetches, g, leaves)
+        if getattr(g, "_data_ops", False):       # tf.data iterators: start them, feed get_next's values
+            from .data import before_run
+            feed_dict = before_run(self, leaves, feed_dict)
         feed_ts, arrays = [], []
         if feed_dict:
             for k, v in feed_dict.items():
