@@ -42,6 +42,8 @@ from .runtime.stats import stats, reset_stats
 from .config import config
 from .frontend.device import device, list_devices, DeviceSpec  # noqa: F401
 
+from .frontend.api import count_nonzero  # noqa: F401
+from .frontend.printing import print  # noqa: F401,A004
 from .frontend.api import public_ops as _public_ops
 globals().update({k: v for k, v in _public_ops("").items() if k not in globals()})
 from .frontend import namespaces as _namespaces

@@ -138,3 +138,12 @@ def test_keras_mnist_convnet_quick():
 def test_tf2_data_pipeline_quick():
     m = run("tf2_data_pipeline", *QUICK, "60", "--epochs", "5")
     assert m["test_accuracy"] > 0.85 and math.isfinite(m["final_loss"]) and m["epochs"] == 3
+
+
+def test_word2vec_nce_learns_cooccurrence():
+    m = run("word2vec", *QUICK, "1500")
+    # the NCE loss (1 true + 32 sampled logits per example) falls far below its start
+    assert m["final_loss"] < 0.3 * m["first_loss"]
+    # words that appear next to each other end up with similar embeddings
+    assert m["cooccurring_similarity"] > m["random_similarity"] + 0.05
+    assert ("standard", "error") in m["pairs"] and len(m["neighbours"]["fetch"]) == 6

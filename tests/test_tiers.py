@@ -93,6 +93,15 @@ def loop(x, w):
     return fj.reduce_sum(c), ys, n
 
 
+def sampling(x, labels):
+    """The random and host ops: shuffle (argsort), the candidate sampler, print."""
+    s = fj.random.shuffle(x, seed=3)
+    ids, true_expected, sampled_expected = fj.random.log_uniform_candidate_sampler(
+        labels, 1, 4, True, 10, seed=4)
+    fj.print("sampled", ids)
+    return s, fj.cast(ids, x.dtype), fj.cast(true_expected, x.dtype), fj.cast(sampled_expected, x.dtype)
+
+
 def grads_of(fn, n):
     """fn's outputs, a loss summing its float outputs, and the loss's gradient with
     respect to fn's first n arguments."""
@@ -117,6 +126,7 @@ CASES = {
     "matmul": (grads_of(with_matmul, 3), lambda: [rand(4, 3), rand(3, 5), rand(4, 5)]),
     "conv": (grads_of(convnet, 2), lambda: [rand(2, 6, 6, 2), rand(3, 3, 2, 3, seed=1)]),
     "scan": (grads_of(loop, 2), lambda: [rand(4, 3), rand(3, seed=1)]),
+    "sampling": (grads_of(sampling, 1), lambda: [rand(5, 3), np.array([[1], [3]], np.int64)]),
 }
 
 

@@ -34,7 +34,7 @@ class ReferenceProgram:
         position = {name: k for k, name in enumerate(params)}
         self.source = {nid: position[name] for nid, name in names.items()}
         wanted = list(g.outputs) + [v for _, v in g.effects]
-        live = set(wanted)
+        live = set(wanted) | set(g.keep)       # host ops (prints) run for their effect
         for n in reversed(g.nodes):
             if n.id in live:
                 live.update(n.inputs)

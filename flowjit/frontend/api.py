@@ -283,18 +283,112 @@ def _dims(shape, what, arg="shape", allow_unknown=False):
     if _is_tensor(shape) or isinstance(shape, np.ndarray):
         t = _t(shape) if _is_tensor(shape) else None
         if t is not None and _static_value(t) is None:
-            raise TracerError(f"{what} (at {user_src()}): a {arg} given as a traced tensor is "
-                              f"data-dependent; pass Python ints or dims from x.shape instead "
-                              f"of fj.shape(x)")
-        shape = _known(shape, what, arg).tolist()
+            sizes = _size_values(t)
+            if sizes is None:
+                raise TracerError(f"{what} (at {user_src()}): the {arg} given as a traced tensor "
+                                  f"depends on data; a shape may be computed from sizes only "
+                                  f"(fj.shape(x), x.shape[0], Python ints and +, -, *, // of them)")
+            shape = sizes.tolist()
+        else:
+            shape = _known(shape, what, arg).tolist()
     if not isinstance(shape, (list, tuple)):     # one dim (an int, x.shape[0], ...)
         shape = (shape,)
     entry = f"entry of {arg} {list(shape)}"
-    out = tuple(d.norm() if isinstance(d, Sym) else _int(d, what, entry) for d in shape)
+    out = tuple(_dim_entry(d, what, arg, entry) for d in shape)
     low = -1 if allow_unknown else 0
     if any(not isinstance(d, Sym) and d < low for d in out):
         raise ShapeError(f"{what} (at {user_src()}): {arg} {list(out)} has a negative entry; "
                          f"entries must be >= 0" + (" (or one -1)" if allow_unknown else ""))
+    return out
+
+
+def _dim_entry(d, what, arg, entry):
+    """One entry of a shape argument: an int, a symbolic size, or a 0-d tensor (under
+    jit one computed from sizes: `fj.shape(x)[0]`)."""
+    if _is_tensor(d) and _static_value(_t(d)) is None:
+        v = _size_values(_t(d))
+        if v is None or v.ndim != 0:
+            raise TracerError(f"{what} (at {user_src()}): an {entry} depends on data (or is not a "
+                              f"scalar); a shape may be computed from sizes only (fj.shape(x), "
+                              f"x.shape[0], Python ints and +, -, *, // of them)")
+        d = v[()]
+    if isinstance(d, Sym):
+        return d.norm()
+    return _int(d, what, entry)
+
+
+def _size_values(t):
+    """The value of a traced integer tensor made from sizes alone (`fj.shape(x)`,
+    `fj.shape(x)[0]`, stacks of those and Python ints, +, -, *, // of them), as a NumPy
+    object array of ints and symbolic sizes; None when it depends on data. What a shape
+    given as a tensor means under jit: the sizes of the call (symbols, so a new batch
+    size reuses the compiled code)."""
+    if not t.dtype.is_integer:
+        return None
+    g = t._graph
+    memo = {}
+
+    def static(shape):
+        return all(not isinstance(d, Sym) for d in shape)
+
+    def ev(nid):
+        if nid in memo:
+            return memo[nid]
+        n = g.nodes[nid]
+        v = None
+        if not n.dtype.is_integer:
+            pass
+        elif n.op == "const":
+            v = g.consts[n.attrs["index"]].astype(object)
+        elif n.op == "sym_scalar":
+            v = _objects(n.attrs["expr"])
+        elif n.op in ("identity", "stop_gradient", "cast"):
+            v = ev(n.inputs[0])
+        elif n.op in ("reshape", "broadcast_to") and static(n.shape):
+            a = ev(n.inputs[0])
+            if a is not None:
+                shp = tuple(int(d) for d in n.shape)
+                v = a.reshape(shp) if n.op == "reshape" else np.broadcast_to(a, shp)
+        elif n.op == "concat":
+            parts = [ev(i) for i in n.inputs]
+            if all(p is not None for p in parts):
+                v = np.concatenate(parts, axis=n.attrs["axis"] % len(n.shape))
+        elif n.op == "slice":
+            a = ev(n.inputs[0])
+            if a is not None:
+                idx = []
+                for e in n.attrs["spec"]:
+                    if e[0] == "index":
+                        idx.append(int(e[1]))
+                    else:
+                        start, step, size = (int(x) for x in e[1:4])
+                        stop = start + step * size
+                        idx.append(slice(start, stop if stop >= 0 else None, step))
+                v = _objects(a[tuple(idx)])
+        elif n.op == "gather":
+            a, i = ev(n.inputs[0]), ev(n.inputs[1])
+            if a is not None and i is not None and all(not isinstance(x, Sym) for x in i.flat):
+                v = np.take(a, i.astype(np.int64), axis=n.attrs["axis"])
+        elif n.op in ("add", "subtract", "multiply", "floordiv", "negative"):
+            args = [ev(i) for i in n.inputs]
+            if all(a is not None for a in args):
+                fn = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
+                      "floordiv": np.floor_divide, "negative": np.negative}[n.op]
+                try:
+                    v = _objects(fn(*args))
+                except TypeError:           # (an int // a size: not a polynomial)
+                    v = None
+        memo[nid] = v
+        return v
+    return ev(t._node.id)
+
+
+def _objects(x):
+    """x (an array, a size or an int) as a NumPy object array."""
+    if isinstance(x, np.ndarray):
+        return x.astype(object)
+    out = np.empty((), object)
+    out[()] = x
     return out
 
 
@@ -452,6 +546,17 @@ def size_as_tensor(n, dtype):
     if isinstance(n, Sym):
         return apply_op("sym_scalar", [], {"expr": n, "dtype": D.as_dtype(dtype)})
     return constant(int(n), dtype)
+
+
+def count_nonzero(input=None, axis=None, keepdims=False, dtype=D.int64, name=None, input_tensor=None):
+    """The number of non-zero (for bool: True) elements over `axis` (all by default), as
+    TF's tf.math.count_nonzero: counted in int64, returned as `dtype`."""
+    if input is None:
+        input = input_tensor
+    x = convert(input) if not _is_tensor(input) else _t(input)
+    nz = x if x.dtype.is_bool else not_equal(x, 0)
+    n = reduce_sum(cast(nz, D.int64), axis, bool(keepdims))
+    return cast(n, dtype)
 
 
 def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):

@@ -221,9 +221,137 @@ max_pool = max_pool2d
 avg_pool = avg_pool2d
 
 
+def conv2d_transpose(input, filters, output_shape, strides, padding="SAME", data_format="NHWC",
+                     dilations=None, name=None):
+    """The transposed 2-D convolution (TF's tf.nn.conv2d_transpose): the gradient of
+    conv2d(y, filters) with respect to y, for a y of `output_shape`. filters are
+    [height, width, output_channels, in_channels] (conv2d's HWIO with input and output
+    channels seen from the other side); output_shape is [batch, height, width, channels]
+    (NCHW: [batch, channels, height, width]), Python ints or a 1-D tensor (under jit it
+    may be computed from sizes, e.g. `[fj.shape(x)[0], 14, 14, 32]`); a conv2d of that
+    shape with these strides and padding must give the input's spatial size. It is the
+    `conv2d_backprop_input` op (ops/conv.py), whose gradients are conv2d (input) and
+    conv2d_backprop_filter (filters)."""
+    from ..errors import ShapeError
+    from ..ir.shapes import hint, same, unify_dims
+    from ..ops.conv import out_size
+    from .tensor import user_src
+    op = "conv2d_transpose"
+    x = _x(input)
+    w = _t(filters) if _is_tensor(filters) else convert(filters, x.dtype)
+    nchw = _format(op, data_format, x)
+    if len(w.shape) != 4:
+        raise _arg_error(op, f"filters must be 4-D [height, width, output_channels, in_channels], "
+                             f"got shape {tuple(w.shape)}", x)
+    if not all(nonzero(d) for d in w.shape):
+        raise _arg_error(op, f"filters must not have zero elements, got filter shape "
+                             f"{tuple(w.shape)}", x)
+    out = F._dims(output_shape, op, "output_shape")
+    if len(out) != 4:
+        raise _arg_error(op, f"output_shape must have 4 entries ({data_format}), got "
+                             f"{[hint(d) for d in out]}", x)
+    if nchw:
+        out = (out[0], out[2], out[3], out[1])
+    attrs = {"strides": _pair(op, "strides", strides, nchw, x),
+             "dilations": _pair(op, "dilations", 1 if dilations is None else dilations, nchw, x),
+             "padding": _padding(op, padding, nchw, x, explicit_ok=True)}
+    xh = _to_nhwc(x, nchw)
+    xs, ws = tuple(xh.shape), tuple(w.shape)
+    shown = [hint(d) for d in ((out[0], out[3], out[1], out[2]) if nchw else out)]
+
+    def where():
+        return (f"(input {tuple(hint(d) for d in x.shape)}, filters {tuple(hint(d) for d in ws)}, "
+                f"output_shape {shown})")
+
+    def agree(a, b, what):
+        if same(a, b):
+            return
+        if hint(a) != hint(b):
+            raise ShapeError(f"{op} (at {user_src()}): {what} {where()}")
+        unify_dims(a, b)
+    agree(xs[3], ws[3], f"the input has {hint(xs[3])} channels but the filters expect "
+                        f"{hint(ws[3])} (their last dimension, in_channels)")
+    agree(out[3], ws[2], f"output_shape asks for {hint(out[3])} channels but the filters make "
+                         f"{hint(ws[2])} (their third dimension, output_channels)")
+    agree(out[0], xs[0], f"output_shape has batch size {hint(out[0])} but the input has "
+                         f"{hint(xs[0])}")
+    pad = attrs["padding"]
+    got = []
+    for k in (0, 1):
+        p = pad if isinstance(pad, str) else tuple(pad[k])
+        got.append(out_size(hint(out[1 + k]), hint(ws[k]), attrs["strides"][k], attrs["dilations"][k], p)[0])
+    if got != [hint(xs[1]), hint(xs[2])]:
+        raise ShapeError(f"{op} (at {user_src()}): output_shape does not match the input: a conv2d "
+                         f"of a {hint(out[1])}x{hint(out[2])} image with {hint(ws[0])}x{hint(ws[1])} "
+                         f"filters, strides {list(attrs['strides'])} and padding "
+                         f"{pad if isinstance(pad, str) else [list(q) for q in pad]} gives "
+                         f"{got[0]}x{got[1]}, but the input is {hint(xs[1])}x{hint(xs[2])} {where()}")
+    attrs["input_shape"] = tuple(out)
+    return _from_nhwc(apply_op("conv2d_backprop_input", [xh, w], attrs), nchw)
+
+
+# --- normalisation and lookups ------------------------------------------------------------
+def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):
+    """(x - mean) * scale / sqrt(variance + epsilon) + offset, in TF's arrangement:
+    inv = rsqrt(variance + epsilon) * scale; x * inv + (offset - mean * inv). offset and
+    scale may be None. Composed, so it fuses with what is around it."""
+    x = _x(x)
+
+    def arg(v):
+        return _t(v) if _is_tensor(v) else convert(v, x.dtype)
+    inv = F.rsqrt(arg(variance) + variance_epsilon)
+    if scale is not None:
+        inv = inv * arg(scale)
+    shift = -arg(mean) * inv if offset is None else arg(offset) - arg(mean) * inv
+    return x * F.cast(inv, x.dtype) + F.cast(shift, x.dtype)
+
+
+def embedding_lookup(params, ids, max_norm=None, name=None, partition_strategy="div"):
+    """The rows of `params` at `ids` (a gather along axis 0: an out-of-range id raises).
+    params may be a list of shards of one table, split by `partition_strategy`: "div"
+    (consecutive rows per shard; TF2's) or "mod" (row r in shard r % n; TF1's default).
+    max_norm: each looked-up row scaled down to an L2 norm of at most max_norm."""
+    from .tensor import user_src
+    shards = list(params) if isinstance(params, (list, tuple)) else [params]
+    if not shards:
+        raise ValueError(f"embedding_lookup (at {user_src()}): params must not be empty")
+    shards = [_t(p) if _is_tensor(p) else convert(p) for p in shards]
+    i = _t(ids) if _is_tensor(ids) else convert(ids, D.int64)
+    if not i.dtype.is_integer:
+        raise DTypeError(f"embedding_lookup (at {user_src()}): ids must be integers, got {i.dtype.name}")
+    if len(shards) == 1:
+        out = F.gather(shards[0], i)
+    elif partition_strategy == "div":
+        out = F.gather(F.concat(shards, 0), i)
+    elif partition_strategy == "mod":
+        import numpy as np
+        n = len(shards)
+        sizes = [int(p.shape[0]) for p in shards]
+        offsets = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+        # an id past the table would land in another shard's rows: a gather from
+        # range(total) passes the valid ones through and raises for the others
+        i64 = F.gather(F.range(sum(sizes), dtype=D.int64), F.cast(i, D.int64))
+        flat = F.gather(F.constant(offsets), F.floormod(i64, n)) + F.floordiv(i64, n)
+        out = F.gather(F.concat(shards, 0), flat)
+    else:
+        raise ValueError(f"embedding_lookup (at {user_src()}): partition_strategy must be 'div' "
+                         f"or 'mod', got {partition_strategy!r}")
+    if max_norm is not None:
+        axes = list(range(len(i.shape), len(out.shape)))
+        sq = F.reduce_sum(F.square(out), axis=axes, keepdims=True)
+        norm = F.sqrt(F.where(sq > 0.0, sq, F.ones_like(sq)))
+        norm = F.where(sq > 0.0, norm, F.zeros_like(sq))
+        out = out * max_norm / F.maximum(norm, max_norm)
+    return out
+
+
 # ops that name themselves public in fj.nn (ir/registry.OpDef.api)
 globals().update({k: v for k, v in F.public_ops("nn").items() if k not in globals()})
 
 
 # recurrent cells and layers (on fj.scan)
 from .rnn import dynamic_rnn, gru, gru_cell, lstm, lstm_cell, simple_rnn, simple_rnn_cell  # noqa: E402,F401
+
+# sampled losses for big vocabularies (candidate_sampling.py)
+from .candidate_sampling import nce_loss, sampled_softmax_loss  # noqa: E402,F401
+from .random import log_uniform_candidate_sampler, uniform_candidate_sampler  # noqa: E402,F401

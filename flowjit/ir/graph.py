@@ -43,6 +43,8 @@ class Graph:
     outputs: list = field(default_factory=list)     # node ids
     rng_streams: list = field(default_factory=list)  # per 'rng_key' node: stream object
     effects: list = field(default_factory=list)      # (variable arg node, new value node)
+    # nodes run for their side effect (host ops: fj.print), kept though nothing reads them
+    keep: list = field(default_factory=list)
 
     def add(self, op, inputs, attrs, shape, dtype, src=None):
         node = Node(len(self.nodes), op, tuple(inputs), dict(attrs), tuple(shape), dtype, src)
@@ -76,5 +78,7 @@ class Graph:
             lines.append(f"%{n.id} = {n.op}({ins}{', ' if ins and attrs else ''}{attrs})"
                          f" : {n.dtype.name}{self.shape_str(n.shape)}"
                          + (f"    # {n.src}" if n.src else ""))
+        if self.keep:
+            lines.append("keep " + ", ".join(f"%{k}" for k in self.keep))
         lines.append("return " + ", ".join(f"%{o}" for o in self.outputs))
         return "\n".join(lines)

@@ -15,7 +15,9 @@ An `OpDef` holds:
 - `lower`: for opaque ops, a callable that emits the backend call;
 - `runtime_error(value, bound) -> str`: the message when its kernel reports a bad value;
 - `api`: the op's public names, which the frontends export by themselves;
-- `multi`: the op has several results, read by `tuple_get` nodes (loops).
+- `multi`: the op has several results, read by `tuple_get` nodes (loops);
+- `effect`: a host op run for its side effect (`print`): never folded or merged; the
+  trace lists its nodes in `Graph.keep`, which keeps them alive though nothing reads them.
 """
 from dataclasses import dataclass
 
@@ -47,6 +49,8 @@ class OpDef:
     # several results (a loop: ops/control.py): `ref` returns a list, and `tuple_get`
     # nodes read its results
     multi: bool = False
+    # run for its side effect (ops/host_ops.py): never constant-folded or merged
+    effect: bool = False
 
 
 def register(name, kind, infer, ref, **kw):

@@ -138,6 +138,7 @@ def partition(g):
     saved_list = sorted(saved)
     fwd.outputs = [g.outputs[k] for k in fwd_outputs] + saved_list
     fwd.effects = [g.effects[k] for k in fwd_effects]
+    fwd.keep = [k for k in g.keep if not is_b[k]]      # host ops (prints) run where they were made
 
     # backward graph: original args, residual args, then recomputed and backward nodes
     bwd = Graph(env=g.env, rng_streams=g.rng_streams)
@@ -168,5 +169,6 @@ def partition(g):
     bwd_effects = [k for k, (a, v) in enumerate(g.effects) if is_b[v]]
     bwd.outputs = [remap[g.outputs[k]] for k in bwd_outputs]
     bwd.effects = [(remap[g.effects[k][0]], remap[g.effects[k][1]]) for k in bwd_effects]
+    bwd.keep = [remap[k] for k in g.keep if is_b[k]]
     return Split(fwd, bwd, fwd_outputs, bwd_outputs, fwd_effects, bwd_effects,
                  saved_list, sorted(i for i in recompute if nodes[i].op not in ("arg", "const")))

@@ -44,7 +44,7 @@ def simplify(g):
             continue
         # constant folding: every input a small constant, output small and static
         op = REGISTRY.get(n.op)
-        if (op is not None and n.op not in NO_FOLD and ins and
+        if (op is not None and n.op not in NO_FOLD and not op.effect and ins and
                 all(out.nodes[i].op == "const" for i in ins)):
             size = _static_size(n.shape)
             if size is not None and size <= FOLD_MAX_ELEMENTS:
@@ -86,7 +86,7 @@ def simplify(g):
                     attrs[flag] = not attrs[flag]
             ins = tuple(ins)
         key = None
-        if n.op not in NO_CSE:
+        if n.op not in NO_CSE and not (op is not None and op.effect):
             key = (n.op, ins, tuple(sorted((k, _hashable(v)) for k, v in attrs.items())))
             if key in seen:
                 remap[n.id] = seen[key]
@@ -99,6 +99,7 @@ def simplify(g):
     out.args = [remap[a] for a in g.args]      # in g's order (a loop body's may differ from node order)
     out.outputs = [remap[o] for o in g.outputs]
     out.effects = [(remap[a], remap[b]) for a, b in g.effects]
+    out.keep = [remap[k] for k in g.keep]
     return _dce(out)
 
 
@@ -108,7 +109,7 @@ def _same_shape(a, b):
 
 
 def _live(g):
-    roots = list(g.outputs) + [x for e in g.effects for x in e]
+    roots = list(g.outputs) + [x for e in g.effects for x in e] + list(g.keep)
     live = set(g.args)
     stack = list(roots)
     while stack:
@@ -136,4 +137,5 @@ def _dce(g):
     out.args = [remap[a] for a in g.args]
     out.outputs = [remap[o] for o in g.outputs]
     out.effects = [(remap[a], remap[b]) for a, b in g.effects]
+    out.keep = [remap[k] for k in g.keep]
     return out

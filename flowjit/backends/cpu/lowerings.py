@@ -1,7 +1,9 @@
 """The CPU lowerings of the opaque ops whose kernels are small loops (argmax/argmin,
 gather, scatter_add, concat, pow_exponent_check): kernel source templates for codegen's
 `"axis3"`, `"gather"`, `"scatter"`, `"concat"` and `"check"` calls, attached to the registry
-entries when the CPU backend loads (the ops themselves are in ops/)."""
+entries when the CPU backend loads (the ops themselves are in ops/). Also through the
+generic `"call"`: argsort and the candidate sampler (ops/sampling.py), and `print`
+(ops/host_ops.py), whose kernel calls back into Python through Numba's object mode."""
 from ...ir.registry import REGISTRY
 
 
@@ -96,6 +98,67 @@ def {fname}(src, dst, offset):
 '''
 
 
+def _print_source(fname, dtype, n_inputs):
+    # the ordering token and the tensors, handed to Python as they are (object mode;
+    # a cached kernel still finds host_print, pickled by reference)
+    xs = "".join(f"x{i}, " for i in range(n_inputs))
+    return f'''
+def {fname}({xs}out, site):
+    with objmode():
+        host_print(site, {xs})
+    out[0] = 0
+
+from numba import objmode
+from flowjit.ops.host_ops import host_print
+'''
+
+
+def _argsort_source(fname, dtype):
+    # stable ascending sort along the last axis (NumPy's kind="stable")
+    return f'''
+def {fname}(x, out):
+    m = x.shape[x.ndim - 1]
+    rows = x.size // m if m > 0 else 0
+    x2 = x.reshape((rows, m))
+    o2 = out.reshape((rows, m))
+    for r in range(rows):
+        o2[r, :] = np.argsort(x2[r], kind="mergesort")
+'''
+
+
+def _sampler_source(fname, dtype):
+    # the same draws as ops/sampling.sample_candidates (the NumPy reference)
+    return f'''
+def {fname}(key, out, num_sampled, range_max, unique, log_uniform):
+    k = np.uint64(key[0])
+    log_range = np.log(range_max + 1.0)
+    i = 0
+    tries = 0
+    c = 0
+    while i < num_sampled:
+        u = uniform_f64(k, np.uint64(c))
+        c += 1
+        tries += 1
+        if log_uniform:
+            v = (np.int64(np.exp(u * log_range)) - 1) % range_max
+        else:
+            v = np.int64(u * range_max) % range_max
+        if unique:
+            dup = False
+            for j in range(i):
+                if out[j] == v:
+                    dup = True
+                    break
+            if dup:
+                continue
+        out[i] = v
+        i += 1
+    out[num_sampled] = tries
+
+from flowjit.ops.random_core import uniform_f64
+'''
+
+
 def _attach(name, **lower):
     REGISTRY[name].lower = lower
 
@@ -106,3 +169,9 @@ _attach("gather", kind="gather", kernel=_gather_source)
 _attach("scatter_add", kind="scatter", kernel=_scatter_source)
 _attach("concat", kind="concat", kernel=_copy3_source)
 _attach("pow_exponent_check", kind="check", kernel=_nonneg_source)
+_attach("print", kind="call", kernel=_print_source, fixed=lambda attrs, shapes: len(shapes),
+        args=lambda attrs: [attrs["site"]])
+_attach("argsort", kind="call", kernel=_argsort_source)
+_attach("candidate_sampler", kind="call", kernel=_sampler_source,
+        args=lambda attrs: [attrs["num_sampled"], attrs["range_max"], int(attrs["unique"]),
+                            int(attrs["dist"] == "log_uniform")])

@@ -330,7 +330,8 @@ class CudaExecutable:
 
     def _host_op(self, node_id, shape, inputs):
         n = self.host_nodes[node_id] if isinstance(node_id, str) else self.program.graph.nodes[node_id]
-        arrays = [RT.to_host(a).reshape(s) for a, s in inputs]
+        # (a random key is a host array already: the candidate sampler reads one)
+        arrays = [(a if isinstance(a, np.ndarray) else RT.to_host(a)).reshape(s) for a, s in inputs]
         out = REGISTRY[n.op].ref(arrays, n.attrs, shape, n.dtype)
         return RT.to_device(np.ascontiguousarray(out, n.dtype.np).reshape(-1))
 

@@ -26,10 +26,12 @@ from .ops import (  # noqa: F401
     subtract, tanh, tile, to_double, to_float, to_int32, to_int64, transpose, truediv, tuple_ as tuple,
     unstack, where, zeros, zeros_like,
 )
+from .ops import Print, count_nonzero, print_ as print  # noqa: F401,A001
 from .control_flow import cond, scan, while_loop  # noqa: F401
 from .rnn import reverse, reverse_sequence  # noqa: F401
 from . import rnn as _rnn
 from .random_ops import random_normal, random_uniform, set_random_seed, truncated_normal  # noqa: F401
+from .random_ops import TF_RANDOM as _TF_RANDOM, multinomial, random_shuffle  # noqa: F401
 from .variables import (  # noqa: F401
     Variable, all_variables, assign, assign_add, assign_sub, global_variables,
     global_variables_initializer, initialize_all_variables, initialize_local_variables,
@@ -62,6 +64,7 @@ DType = _D.DType
 as_dtype = _D.as_dtype
 newaxis = None
 random = _types.SimpleNamespace(set_random_seed=set_random_seed)
+random.__dict__.update(_TF_RANDOM)      # tf.random.categorical, tf.random.shuffle, ...
 layers = _types.SimpleNamespace(dense=_scopes.dense)
 contrib = _types.SimpleNamespace(
     layers=_types.SimpleNamespace(

@@ -1,10 +1,12 @@
 """`tf.nn` with TF1's signatures, delegating to `fj.nn`."""
+from ... import dtypes as D
 from ...frontend import api as F
 from ...frontend import nn as N
 from .errors import UnimplementedError
 from .graph import Tensor, make_op
-from .ops import apply, static_value, sigmoid, tanh  # noqa: F401
+from .ops import apply, static_or_tensor, static_value, sigmoid, tanh  # noqa: F401
 from .random_ops import draw, get_seed
+from .random_ops import log_uniform_candidate_sampler, uniform_candidate_sampler  # noqa: F401
 
 
 def _unary(type_, fn):
@@ -84,12 +86,55 @@ def xw_plus_b(x, weights, biases, name=None):
 
 def embedding_lookup(params, ids, partition_strategy="mod", name=None, validate_indices=True,
                      max_norm=None):
-    if isinstance(params, (list, tuple)):
-        if len(params) != 1:
-            raise UnimplementedError("embedding_lookup over several shards is not supported")
+    if isinstance(params, (list, tuple)) and len(params) == 1:
         params = params[0]
+    if isinstance(params, (list, tuple)) or max_norm is not None:
+        return apply("embedding_lookup",
+                     lambda p, i: N.embedding_lookup(p, i, max_norm=max_norm,
+                                                     partition_strategy=partition_strategy),
+                     (list(params) if isinstance(params, (list, tuple)) else params, ids), name=name,
+                     default_name="embedding_lookup")
     return apply("GatherV2", lambda p, i: F.gather(p, i, 0), (params, ids), name=name,
                  default_name="embedding_lookup")
+
+
+def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):
+    return apply("batchnorm", N.batch_normalization, (x, mean, variance, offset, scale,
+                                                      variance_epsilon), name=name,
+                 default_name="batchnorm")
+
+
+def _sampled(kind, fn, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+             sampled_values, remove_accidental_hits, partition_strategy, name, seed):
+    if sampled_values is None:
+        # the draws are an op of their own (as in TF): stateful, fresh on every run
+        lab = apply("Cast", lambda v: F.cast(v, D.int64), (labels,))
+        sampled_values = log_uniform_candidate_sampler(lab, num_true, num_sampled, True,
+                                                       num_classes, seed=seed)
+    w = list(weights) if isinstance(weights, (list, tuple)) else weights
+    b = list(biases) if isinstance(biases, (list, tuple)) else biases
+    return apply(kind, lambda w_, b_, l_, x_, sv: fn(
+        w_, b_, l_, x_, num_sampled, num_classes, num_true, sampled_values=tuple(sv),
+        remove_accidental_hits=remove_accidental_hits, partition_strategy=partition_strategy),
+        (w, b, labels, inputs, list(sampled_values)), name=name, default_name=kind)
+
+
+def nce_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1,
+             sampled_values=None, remove_accidental_hits=False, partition_strategy="mod",
+             name="nce_loss"):
+    """tf.nn.nce_loss (fj.nn.nce_loss; TF1's default partition_strategy "mod")."""
+    return _sampled("nce_loss", N.nce_loss, weights, biases, labels, inputs, num_sampled,
+                    num_classes, num_true, sampled_values, remove_accidental_hits,
+                    partition_strategy, name, None)
+
+
+def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_classes, num_true=1,
+                         sampled_values=None, remove_accidental_hits=True, partition_strategy="mod",
+                         name="sampled_softmax_loss", seed=None):
+    """tf.nn.sampled_softmax_loss (fj.nn.sampled_softmax_loss)."""
+    return _sampled("sampled_softmax_loss", N.sampled_softmax_loss, weights, biases, labels,
+                    inputs, num_sampled, num_classes, num_true, sampled_values,
+                    remove_accidental_hits, partition_strategy, name, seed)
 
 
 def moments(x, axes, shift=None, name=None, keep_dims=None, keepdims=None):
@@ -162,6 +207,22 @@ def avg_pool(value, ksize, strides, padding, data_format="NHWC", name=None, inpu
 
 
 max_pool2d, avg_pool2d = max_pool, avg_pool
+
+
+def conv2d_transpose(value=None, filter=None, output_shape=None, strides=None, padding="SAME",
+                     data_format="NHWC", name=None, input=None, filters=None, dilations=None):
+    """tf.nn.conv2d_transpose (fj.nn.conv2d_transpose); output_shape may be computed in
+    the graph (`tf.stack([tf.shape(x)[0], 14, 14, 32])`)."""
+    x = value if value is not None else input
+    w = filter if filter is not None else filters
+    st = static_value(strides, "conv2d_transpose strides")
+    dil = None if dilations is None else static_value(dilations, "conv2d_transpose dilations")
+    os_, ot = static_or_tensor(output_shape, "conv2d_transpose output_shape")
+
+    def fn(v, k, *shape):
+        return N.conv2d_transpose(v, k, shape[0] if shape else os_, st, padding, data_format, dil)
+    return apply("Conv2DBackpropInput", fn, (x, w) + ((ot,) if ot is not None else ()), name=name,
+                 default_name="conv2d_transpose")
 
 
 def _camel(name):

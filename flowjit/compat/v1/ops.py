@@ -131,6 +131,17 @@ def static_value(x, what):
     return x
 
 
+def static_or_tensor(x, what):
+    """(value, None) for an argument known when the graph is built, else (None, tensor):
+    a shape or size computed in the graph (`tf.shape(x)`, `[tf.shape(x)[0], 10]`) becomes
+    an input of the op, and flowjit reads it as sizes when the session runs (under jit a
+    size of a fed value is a symbol, so each batch size reuses the compiled step)."""
+    try:
+        return static_value(x, what), None
+    except TypeError:
+        return None, convert_to_tensor(x)
+
+
 def _shape_arg(shape, what):
     s = static_value(shape, what)
     if isinstance(s, (int, np.integer)):
@@ -287,9 +298,20 @@ argmin = _argfn("ArgMin", F.argmin, "argmin")
 arg_max, arg_min = argmax, argmin
 
 
+def count_nonzero(input_tensor=None, axis=None, keepdims=None, dtype=D.int64, name=None,
+                  reduction_indices=None, keep_dims=None, input=None):
+    x = input_tensor if input_tensor is not None else input
+    ax = _axis_arg(axis, reduction_indices, "count_nonzero")
+    kd = _keep(keepdims, keep_dims)
+    dt = D.as_dtype(dtype)
+    return apply("count_nonzero", lambda v: F.count_nonzero(v, ax, kd, dt), (x,), name=name)
+
+
 # --- shapes ----------------------------------------------------------------------------------
 def reshape(tensor, shape, name=None):
-    s = static_value(shape, "reshape shape")
+    s, st = static_or_tensor(shape, "reshape shape")
+    if st is not None:
+        return apply("Reshape", F.reshape, (tensor, st), name=name)
     return apply("Reshape", lambda x: F.reshape(x, s), (tensor,), name=name)
 
 
@@ -356,7 +378,9 @@ def _split_specs(value, n, axis):
 
 
 def tile(input, multiples, name=None):
-    m = static_value(multiples, "tile multiples")
+    m, mt = static_or_tensor(multiples, "tile multiples")
+    if mt is not None:
+        return apply("Tile", F.tile, (input, mt), name=name)
     return apply("Tile", lambda x: F.tile(x, m), (input,), name=name)
 
 
@@ -389,19 +413,37 @@ def rank(input, name=None):
 
 
 # --- creation --------------------------------------------------------------------------------
+def _tensor_shape_arg(shape, what):
+    """A shape computed in the graph (see static_or_tensor), or None when it is known now."""
+    if isinstance(shape, Tensor) or (isinstance(shape, (list, tuple)) and
+                                     any(isinstance(d, Tensor) for d in shape)):
+        s, st = static_or_tensor(shape, what)
+        return st
+    return None
+
+
 def zeros(shape, dtype=D.float32, name=None):
-    s = _shape_arg(shape, "zeros")
     dt = D.as_dtype(dtype)
+    st = _tensor_shape_arg(shape, "zeros")
+    if st is not None:
+        return apply("Fill", lambda v: F.zeros(v, dt), (st,), name=name, default_name="zeros")
+    s = _shape_arg(shape, "zeros")
     return apply("Fill", lambda: F.zeros(s, dt), (), name=name, default_name="zeros")
 
 
 def ones(shape, dtype=D.float32, name=None):
-    s = _shape_arg(shape, "ones")
     dt = D.as_dtype(dtype)
+    st = _tensor_shape_arg(shape, "ones")
+    if st is not None:
+        return apply("Fill", lambda v: F.ones(v, dt), (st,), name=name, default_name="ones")
+    s = _shape_arg(shape, "ones")
     return apply("Fill", lambda: F.ones(s, dt), (), name=name, default_name="ones")
 
 
 def fill(dims, value, name=None):
+    st = _tensor_shape_arg(dims, "fill")
+    if st is not None:
+        return apply("Fill", F.fill, (st, value), name=name)
     s = _shape_arg(dims, "fill")
     return apply("Fill", lambda v: F.fill(s, v), (value,), name=name)
 
@@ -509,3 +551,37 @@ def _install_operators():
 
 
 _install_operators()
+
+
+# --- printing ----------------------------------------------------------------------------------
+def Print(input_, data, message=None, first_n=None, summarize=None, name=None):  # noqa: N802
+    """TF1's tf.Print: an identity of `input_` that, each time it runs, writes `message`
+    and then each tensor of `data` as `[its first summarize values]` (3 by default) to
+    stderr; with first_n >= 0 only the first first_n times (counted per op). Inside a
+    session's compiled step it prints while the step runs (fj.print's host op)."""
+    from ...frontend import printing
+    counter = [0]
+    data = [convert_to_tensor(d) for d in (data or [])]
+
+    def compute(x, *vals):
+        printing.print_v1(message, vals, first_n, summarize, counter)
+        return F.identity(x)
+    return apply("Print", compute, (input_,) + tuple(data), name=name)
+
+
+def print_(*inputs, **kwargs):
+    """TF's tf.print in a TF1 graph: the op (run it, or make it a control dependency)
+    that prints `inputs` as fj.print does (output_stream, summarize, sep, end)."""
+    from ...frontend import printing
+    name = kwargs.pop("name", None)
+    opts = {k: kwargs.pop(k) for k in ("output_stream", "summarize", "sep", "end") if k in kwargs}
+    if kwargs:
+        raise TypeError(f"tf.print: unexpected keyword arguments {sorted(kwargs)}")
+    tensors = []
+    structure = _collect(tuple(inputs), tensors)
+
+    def compute(ev, *vals):
+        printing.print(*_fill(structure, vals), **opts)
+        return []
+    return make_op("PrintV2", compute, tensors, name=name, default_name="PrintV2", stateful=True,
+                   out_specs=[])
