@@ -192,7 +192,7 @@ def _install_operators():
              "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__pow__",
              "__rpow__", "__matmul__", "__rmatmul__", "__lt__", "__le__", "__gt__", "__ge__",
              "__neg__", "__abs__", "__getitem__", "__and__", "__or__", "__invert__",
-             "__float__", "__int__", "__index__", "__bool__", "__format__"]
+             "__float__", "__int__", "__index__", "__format__"]
     for n in names:
         def op(self, *args, _n=n):
             return getattr(self._flowjit_tensor(), _n)(*args)
