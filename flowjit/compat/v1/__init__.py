@@ -65,12 +65,8 @@ as_dtype = _D.as_dtype
 newaxis = None
 random = _types.SimpleNamespace(set_random_seed=set_random_seed)
 random.__dict__.update(_TF_RANDOM)      # tf.random.categorical, tf.random.shuffle, ...
-layers = _types.SimpleNamespace(dense=_scopes.dense)
-contrib = _types.SimpleNamespace(
-    layers=_types.SimpleNamespace(
-        xavier_initializer=lambda uniform=True, seed=None, dtype=None:
-            (glorot_uniform_initializer if uniform else glorot_normal_initializer)(seed=seed, dtype=dtype)),
-    rnn=_rnn.contrib_rnn)
+from . import layers, contrib  # noqa: E402,F401  (tf.layers, tf.contrib: layers.py, contrib.py)
+from . import estimator, metrics  # noqa: E402,F401  (tf.estimator, tf.metrics: estimator.py, metrics.py)
 sub, mul = subtract, multiply          # pre-1.0 names still in the classic talks
 
 
@@ -105,6 +101,16 @@ def disable_v2_behavior():
 
 def executing_eagerly():
     return False
+
+
+def enable_eager_execution(config=None, device_policy=None, execution_mode=None):
+    """TF1's eager mode for the rest of the process: see eager.py."""
+    from .eager import enable_eager_execution as enable
+    enable(config, device_policy, execution_mode)
+
+
+# `tf.compat.v1.*` as TF 1.14+ programs spell it: this very module
+compat = _types.SimpleNamespace(v1=__import__("sys").modules[__name__])
 
 
 def __getattr__(name):

@@ -176,6 +176,9 @@ class GraphKeys:
     SUMMARIES = "summaries"
     GLOBAL_STEP = "global_step"
     UPDATE_OPS = "update_ops"
+    METRIC_VARIABLES = "metric_variables"
+    REGULARIZATION_LOSSES = "regularization_losses"
+    LOSSES = "losses"
     VARIABLES = GLOBAL_VARIABLES
 
 

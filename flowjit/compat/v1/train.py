@@ -560,5 +560,12 @@ from .queues import Coordinator, start_queue_runners  # noqa: E402,F401
 from . import queues as _queues  # noqa: E402
 
 
+_FROM_ESTIMATOR = ("SessionRunHook", "SessionRunArgs", "SessionRunContext", "SessionRunValues",
+                   "CheckpointSaverListener", "NanLossDuringTrainingError")
+
+
 def __getattr__(name):
+    if name in _FROM_ESTIMATOR:          # TF1 has these under tf.train too (estimator imports train)
+        from . import estimator
+        return getattr(estimator, name)
     raise _queues.refused("tf.train", name)
