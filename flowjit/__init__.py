@@ -53,12 +53,32 @@ __version__ = "0.1.0"
 newaxis = None
 
 
+# TF2 names that live in another flowjit module, imported on first use (most programs
+# never need them): tf.keras, tf.initializers (Keras's), tf.estimator, tf.compat.v1, and
+# tf.losses / tf.metrics, which TF2 made Keras's
+_LAZY = {"keras": ".keras", "initializers": ".keras.initializers", "losses": ".keras.losses",
+         "metrics": ".keras.metrics", "estimator": ".compat.v1.estimator", "compat": ".compat"}
+_LEFT_OUT = {
+    "strings": "flowjit has string constants but no string ops",
+    "io": "read files with NumPy (np.load, fj.data.read_idx) and feed the arrays",
+    "image": "resize or augment images with NumPy before feeding them",
+    "saved_model": "save weights with fj.train.Checkpoint or model.save_weights",
+    "distribute": "flowjit runs on one machine (distributed training on MPI is planned)",
+    "sparse": "flowjit has dense tensors only", "ragged": "flowjit has dense tensors only",
+    "lite": "there is no TFLite converter", "tpu": "flowjit compiles for CPUs and CUDA GPUs",
+    "feature_column": "build the features with NumPy or Keras layers",
+    "autograph": "Python control flow on tensors is not converted: use fj.cond / fj.while_loop / fj.scan",
+}
+
+
 def __getattr__(name):
-    # `fj.keras` (as `tf.keras`) is imported on first use: most programs never need it
-    if name == "keras":
+    if name in _LAZY:
         import importlib
-        return importlib.import_module(".keras", __name__)
-    if name == "initializers":         # TF2's tf.initializers are Keras's
-        import importlib
-        return importlib.import_module(".keras.initializers", __name__)
-    raise AttributeError(f"module 'flowjit' has no attribute {name!r}")
+        module = importlib.import_module(_LAZY[name], __name__)
+        if name == "compat":
+            importlib.import_module(".compat.v1", __name__)
+        return module
+    if name.startswith("__") and name.endswith("__"):
+        raise AttributeError(name)
+    raise errors.UnimplementedName(f"tf.{name} (flowjit.{name}) is not implemented by flowjit"
+                                   + (f": {_LEFT_OUT[name]}" if name in _LEFT_OUT else ""))

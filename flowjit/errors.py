@@ -42,3 +42,12 @@ def with_context(exc_type, op, message, src):
     """Build an exception whose text names the op and the user's source line."""
     where = f" (created at {src})" if src else ""
     return exc_type(f"{op}{where}: {message}")
+
+
+class UnimplementedError(FlowjitError, NotImplementedError):
+    """A TensorFlow feature flowjit does not provide (tf.errors.UnimplementedError)."""
+
+
+class UnimplementedName(UnimplementedError, AttributeError):
+    """A name of TensorFlow's API that flowjit leaves out, raised on attribute access with
+    what to use instead; an AttributeError too, so `hasattr` keeps working."""

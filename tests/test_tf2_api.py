@@ -212,3 +212,17 @@ def test_initializers_and_optimizers_under_tf2_names():
     np.testing.assert_array_equal(a, tf.initializers.GlorotUniform(seed=1)(shape=(3, 4)))
     assert tf.optimizers.Adam is tf.optimizers.Adam and tf.keras.optimizers.Adam(0.1).learning_rate == \
         pytest.approx(0.1)
+
+
+def test_tf2_names_elsewhere_and_names_left_out():
+    assert tf.compat.v1.placeholder is not None and tf.estimator.Estimator is not None
+    assert tf.losses.SparseCategoricalCrossentropy is tf.keras.losses.SparseCategoricalCrossentropy
+    assert tf.metrics.Mean is tf.keras.metrics.Mean
+    with pytest.raises(tf.errors.UnimplementedError, match=r"tf\.strings .*no string ops"):
+        tf.strings
+    with pytest.raises(AttributeError, match=r"tf\.no_such_thing"):
+        tf.no_such_thing
+    assert not hasattr(tf, "ragged")
+    import flowjit.compat.v1 as v1
+    with pytest.raises(tf.errors.UnimplementedError):       # the same base class in both APIs
+        v1.no_such_thing

@@ -1,5 +1,6 @@
 """`tf.errors`: the exception types TF1 programs catch."""
 from ...errors import FlowjitError, InvalidArgumentError, OutOfRangeError  # noqa: F401
+from ... import errors as _core
 
 
 class OpError(FlowjitError):
@@ -10,7 +11,7 @@ class FailedPreconditionError(OpError, RuntimeError):
     """An op needs state that is not there, e.g. a variable read before initialization."""
 
 
-class UnimplementedError(OpError, NotImplementedError):
+class UnimplementedError(OpError, _core.UnimplementedError):
     """A TF1 feature that flowjit.compat.v1 does not provide yet."""
 
 
@@ -21,7 +22,7 @@ class NotFoundError(OpError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class UnimplementedName(UnimplementedError, AttributeError):
+class UnimplementedName(UnimplementedError, _core.UnimplementedName):
     """A name of TF1's API that flowjit.compat.v1 leaves out on purpose, raised on
     attribute access with what to use instead. An AttributeError too, so `hasattr` and
     `getattr(tf, name, default)` keep working."""
