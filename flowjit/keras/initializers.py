@@ -13,6 +13,7 @@ import numpy as np
 import flowjit as fj
 
 from . import random_state
+from .identifiers import from_config_dict, from_name
 
 
 def _np_dtype(dtype):
@@ -286,16 +287,9 @@ def get(identifier):
     if identifier is None or isinstance(identifier, Initializer):
         return identifier
     if isinstance(identifier, dict):
-        cls = _BY_NAME.get(identifier.get("class_name"))
-        if cls is None:
-            raise ValueError(f"Could not interpret initializer identifier: {identifier!r}")
-        return cls.from_config(identifier.get("config", {}))
+        return from_config_dict(identifier, _BY_NAME, "initializer")
     if isinstance(identifier, str):
-        cls = _BY_NAME.get(identifier)
-        if cls is None:
-            raise ValueError(f"Could not interpret initializer identifier: {identifier!r} "
-                             f"(known: {', '.join(sorted(_BY_NAME))})")
-        return cls()
+        return from_name(identifier, _BY_NAME, "initializer")
     if isinstance(identifier, type):
         return identifier()
     if callable(identifier):

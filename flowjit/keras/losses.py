@@ -11,6 +11,7 @@ import re
 import weakref
 
 import flowjit as fj
+from .identifiers import from_config_dict
 
 EPSILON = 1e-7      # keras.backend.epsilon()
 
@@ -402,10 +403,7 @@ def get(identifier):
     if isinstance(identifier, type) and issubclass(identifier, Loss):
         return identifier()
     if isinstance(identifier, dict):
-        cls = _CLASSES.get(identifier.get("class_name"))
-        if cls is None:
-            raise ValueError(f"Could not interpret loss identifier: {identifier!r}")
-        return cls.from_config(identifier.get("config", {}))
+        return from_config_dict(identifier, _CLASSES, "loss")
     if isinstance(identifier, str):
         if identifier in _CLASSES:
             return _CLASSES[identifier]()

@@ -11,6 +11,7 @@ import flowjit as fj
 from . import initializers
 from . import losses as L
 from .losses import _snake, _tensor, squeeze_or_expand_to_same_rank
+from .identifiers import from_config_dict, from_name
 
 
 class Metric:
@@ -365,16 +366,9 @@ def get(identifier):
     if identifier is None or isinstance(identifier, Metric):
         return identifier
     if isinstance(identifier, dict):
-        cls = _BY_NAME.get(identifier.get("class_name"))
-        if cls is None:
-            raise ValueError(f"Could not interpret metric identifier: {identifier!r}")
-        return cls.from_config(identifier.get("config", {}))
+        return from_config_dict(identifier, _BY_NAME, "metric")
     if isinstance(identifier, str):
-        cls = _BY_NAME.get(identifier)
-        if cls is None:
-            raise ValueError(f"Could not interpret metric identifier: {identifier!r} (known: "
-                             f"{', '.join(sorted(_BY_NAME))})")
-        return cls()
+        return from_name(identifier, _BY_NAME, "metric")
     if isinstance(identifier, type) and issubclass(identifier, Metric):
         return identifier()
     if callable(identifier):

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 import flowjit as fj
+from .identifiers import from_config_dict, from_name
 from flowjit.frontend.optimizers import Optimizer as _FjOptimizer, schedules as _fj_schedules
 from flowjit.frontend.variables import transaction
 
@@ -638,16 +639,9 @@ def get(identifier):
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, dict):
-        cls = _CLASSES.get(str(identifier.get("class_name")).lower())
-        if cls is None:
-            raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
-        return cls.from_config(identifier.get("config", {}))
+        return from_config_dict(identifier, _CLASSES, "optimizer", key=lambda n: str(n).lower())
     if isinstance(identifier, str):
-        cls = _CLASSES.get(identifier.lower())
-        if cls is None:
-            raise ValueError(f"Could not interpret optimizer identifier: {identifier!r} "
-                             f"(known: {', '.join(sorted(_CLASSES))})")
-        return cls()
+        return from_name(identifier, _CLASSES, "optimizer", key=str.lower)
     if isinstance(identifier, type) and issubclass(identifier, Optimizer):
         return identifier()
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
