@@ -147,3 +147,23 @@ def test_word2vec_nce_learns_cooccurrence():
     # words that appear next to each other end up with similar embeddings
     assert m["cooccurring_similarity"] > m["random_similarity"] + 0.05
     assert ("standard", "error") in m["pairs"] and len(m["neighbours"]["fetch"]) == 6
+
+
+@pytest.mark.parametrize("fmt", ["idx", "npz"])
+def test_keras_examples_read_real_mnist_files(tmp_path, fmt):
+    """--mnist DIR: the four IDX files (as the other examples read them) or Keras's
+    mnist.npz, 28x28 uint8 images."""
+    rng = np.random.default_rng(1)
+    parts = {"train": (rng.integers(0, 256, (48, 28, 28)), rng.integers(0, 10, 48)),
+             "t10k": (rng.integers(0, 256, (16, 28, 28)), rng.integers(0, 10, 16))}
+    if fmt == "npz":
+        np.savez(tmp_path / "mnist.npz", x_train=parts["train"][0].astype(np.uint8),
+                 y_train=parts["train"][1].astype(np.uint8), x_test=parts["t10k"][0].astype(np.uint8),
+                 y_test=parts["t10k"][1].astype(np.uint8))
+    else:
+        for part, (images, labels) in parts.items():
+            for stem, arr in ((f"{part}-images-idx3-ubyte", images), (f"{part}-labels-idx1-ubyte", labels)):
+                head = (0x0800 | arr.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+                (tmp_path / stem).write_bytes(head + arr.astype(np.uint8).tobytes())
+    m = run("keras_quickstart", "--mnist", str(tmp_path), "--epochs", "1", "--steps", "2", "--verbose", "0")
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and math.isfinite(m["final_loss"])
