@@ -472,3 +472,56 @@ def test_tensorboard_callback_writes_epoch_scalars_and_the_step_graph(tmp_path):
     val = EventAccumulator(str(tmp_path / "validation"))
     val.Reload()
     assert len(val.Scalars("epoch_loss")) == 2
+
+
+def test_save_and_load_model_round_trip(tmp_path):
+    x, y = toy_data(64)
+    model = small_mlp(14)
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded.compiled and loaded.metrics_names == ["loss", "accuracy"]
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+    assert loaded.optimizer.learning_rate == pytest.approx(0.01)
+    loaded.fit(x, y, epochs=1, verbose=0)                     # trains on after loading
+
+    a, b = keras.Input((4,)), keras.Input((3,))
+    h = layers.Dense(5, activation="tanh")(a)
+    out = layers.Dense(2)(layers.concatenate([h, b]))
+    functional = keras.Model([a, b], [out, h])
+    nested = keras.Sequential([small_mlp(15), layers.Softmax()])
+    for m, args in ((functional, [np.ones((3, 4), np.float32), np.ones((3, 3), np.float32)]),
+                    (nested, np.ones((3, 6), np.float32))):
+        m.save(str(tmp_path / "m.keras"))
+        back = keras.models.load_model(str(tmp_path / "m.keras"))
+        got, want = back(args), m(args)
+        for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
+            np.testing.assert_array_equal(g.numpy(), w.numpy())
+
+
+def test_save_refusals_and_checkpoint_callback(tmp_path):
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+    sub = Sub()
+    sub(np.ones((1, 3), np.float32))
+    with pytest.raises(NotImplementedError, match="subclassed model"):
+        sub.save(str(tmp_path / "s.keras"))
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a model file"):
+        keras.models.load_model(str(tmp_path / "junk.keras"))
+    x, y = toy_data(64)
+    model = small_mlp(16)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    best = str(tmp_path / "best.keras")
+    model.fit(x, y, epochs=2, verbose=0, validation_split=0.25,
+              callbacks=[keras.callbacks.ModelCheckpoint(best, save_best_only=True)])
+    assert keras.models.load_model(best).count_params() == model.count_params()

@@ -11,7 +11,7 @@ Names are imported on first use, so `import flowjit` stays light.
 import importlib
 
 _SUBMODULES = ("activations", "callbacks", "datasets", "initializers", "layers", "losses", "metrics",
-               "models", "optimizers", "regularizers", "utils")
+               "models", "optimizers", "regularizers", "saving", "utils")
 _NAMES = {"Sequential": "model", "Model": "model", "Input": "layer", "Layer": "layer",
           "InputLayer": "layer", "KerasTensor": "layer"}
 

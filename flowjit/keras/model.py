@@ -86,10 +86,16 @@ class Model(Trainer, Layer):
         self.set_weights([arrays[k] for k in sorted(arrays)])
 
     def save(self, filepath, overwrite=True, **kwargs):
-        raise NotImplementedError(
-            f"{self.name}.save({filepath!r}): whole-model files (.keras) are not supported yet; use "
-            "save_weights(path) and rebuild the model in code before load_weights(path) "
-            "(ModelCheckpoint(..., save_weights_only=True) does this)")
+        """The architecture, weights and compile arguments in one file (saving.py);
+        `keras.models.load_model(filepath)` reads it back."""
+        from .saving import save_model
+        save_model(self, filepath, overwrite=overwrite)
+
+    def get_config(self):
+        if self._functional is None and not isinstance(self, Sequential):
+            return Layer.get_config(self)
+        from .saving import _graph_config
+        return _graph_config(self)["config"]
 
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
                 show_trainable=False, layer_range=None):

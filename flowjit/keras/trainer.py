@@ -48,6 +48,7 @@ class Trainer:
         self.loss = loss
         self._loss_fn = losses.get(loss) if loss is not None else None
         self._compile_metrics = [M.resolve(m, loss) for m in _as_list(metrics)]
+        self._metric_identifiers = _as_list(metrics)        # as given, for model.save
         self._loss_tracker = _LossTracker(self.name)
         self.run_eagerly = bool(run_eagerly)
         self.train_function = self.test_function = self.predict_function = None
