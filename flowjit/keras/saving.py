@@ -66,7 +66,7 @@ def _compile_config(model):
     object that has no name (then load_model returns the model uncompiled)."""
     if not model.compiled:
         return None
-    from . import losses, metrics, optimizers
+    from . import losses, optimizers
     try:
         loss = model.loss if isinstance(model.loss, (str, type(None))) else losses.serialize(model.loss)
         return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss,
