@@ -57,7 +57,8 @@ newaxis = None
 # never need them): tf.keras, tf.initializers (Keras's), tf.estimator, tf.compat.v1, and
 # tf.losses / tf.metrics, which TF2 made Keras's
 _LAZY = {"keras": ".keras", "initializers": ".keras.initializers", "losses": ".keras.losses",
-         "metrics": ".keras.metrics", "estimator": ".compat.v1.estimator", "compat": ".compat"}
+         "metrics": ".keras.metrics", "estimator": ".compat.v1.estimator", "compat": ".compat",
+         "distributed": ".distributed"}
 _LEFT_OUT = {
     "strings": "flowjit has string constants but no string ops",
     "io": "read files with NumPy (np.load, fj.data.read_idx) and feed the arrays",

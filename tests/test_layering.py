@@ -15,6 +15,7 @@ FORBIDDEN = {
     "runtime": ("frontend", "compat"),
     "frontend": ("backends", "compat"),
     "keras": ("backends", "compat", "runtime", "passes"),
+    "distributed": ("backends", "compat", "keras"),
 }
 
 

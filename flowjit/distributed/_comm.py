@@ -1,0 +1,267 @@
+"""The MPI side of `fj.distributed`: the world (rank, size), and the collectives on
+contiguous NumPy buffers, each waited for with a timeout.
+
+Which MPI: MPICH, through `mpi4py` (`pip install flowjit[distributed]` installs the
+`mpi4py` and `mpich` wheels from the package index). MPICH's wheel needs no system MPI
+(it brings its own `libmpi` and the Hydra launcher `mpiexec`), and unlike Open MPI it
+runs as root (containers, CI) without extra variables (Open MPI refuses root unless
+OMPI_ALLOW_RUN_AS_ROOT and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM are set). Any MPI that mpi4py
+was built against works the same.
+
+The world: `init()` imports mpi4py (so MPI_Init runs) only when the process was started
+by an MPI launcher (PMI_*/PMIX_*/OMPI_* variables in the environment, set by mpiexec).
+Without a launcher, or without mpi4py, the world has size 1: every collective returns its
+input (a copy) and nothing is imported.
+
+Timeouts: every collective is non-blocking (Iallreduce, Ibcast, Iallgatherv, Ibarrier)
+and waited for by a polling loop (`Testall`, sleeping 20 us growing to 1 ms between
+polls) for at most FLOWJIT_MPI_TIMEOUT seconds (default 60; `init(timeout=...)` or
+`set_timeout`). When it expires, `CollectiveTimeoutError` is raised, naming the
+operation, this rank and the world size. The request cannot be cancelled (MPI has no
+cancel for collectives) and MPI_Finalize would wait for it, so the process must not
+exit normally: `init()` installs a `sys.excepthook` (world size > 1 only) that prints
+the traceback of any uncaught exception -- a timeout, or any error of the user's program
+-- and then (after 0.5 s, so mpiexec forwards that output) calls MPI_Abort on
+COMM_WORLD, which makes mpiexec end every rank. So a rank
+that raises ends the job at once, and a rank that waits for a rank that hangs (or loops
+forever) raises its timeout error and then ends the job. A program that catches the
+error itself should call `fj.distributed.abort()` after reporting it.
+"""
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+
+# a bucket: the most bytes one Iallreduce carries (the gradients are packed into one
+# contiguous buffer, cut into buckets all reduced at once)
+BUCKET_BYTES = int(os.environ.get("FLOWJIT_MPI_BUCKET_BYTES", str(4 << 20)))
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A collective did not complete on this rank within the timeout."""
+
+
+class _State:
+    def __init__(self):
+        self.initialized = False
+        self.comm = None          # mpi4py's COMM_WORLD when size > 1 (or launched)
+        self.MPI = None
+        self.rank = 0
+        self.size = 1
+        self.pid = None
+        self.timeout = None
+        self.lock = threading.RLock()
+        self.hook_installed = False
+
+
+S = _State()
+
+
+def _env_timeout():
+    try:
+        return float(os.environ.get("FLOWJIT_MPI_TIMEOUT", "60"))
+    except ValueError:
+        return 60.0
+
+
+def launched():
+    """Whether an MPI launcher (mpiexec, srun with PMI) started this process."""
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def init(timeout=None, abort_on_error=True):
+    with S.lock:
+        if timeout is not None:
+            S.timeout = float(timeout)
+        if S.initialized:
+            return
+        S.pid = os.getpid()
+        if launched():
+            try:
+                from mpi4py import MPI
+            except ImportError:
+                MPI = None
+            if MPI is not None:
+                S.MPI = MPI
+                S.comm = MPI.COMM_WORLD
+                S.rank = S.comm.Get_rank()
+                S.size = S.comm.Get_size()
+        S.initialized = True
+        if S.size > 1 and abort_on_error and not S.hook_installed:
+            _install_hook()
+
+
+def ensure():
+    if not S.initialized:
+        init()
+
+
+def timeout():
+    return S.timeout if S.timeout is not None else _env_timeout()
+
+
+def active():
+    """Whether collectives really talk to other ranks (in the process that called init:
+    a background-compile child running a kernel once on zeros does not)."""
+    return S.comm is not None and S.size > 1 and os.getpid() == S.pid
+
+
+def abort(code=1):
+    """End every rank (MPI_Abort on COMM_WORLD); a world of size 1: exit this process."""
+    try:
+        sys.stderr.flush()
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001
+        pass
+    if S.comm is not None and S.size > 1:
+        # mpiexec kills every rank at MPI_Abort, maybe before its proxy has forwarded
+        # what this rank just wrote: give it a moment, so the reason reaches the user
+        time.sleep(0.5)
+        S.comm.Abort(code)
+    os._exit(code)
+
+
+def _install_hook():
+    previous = sys.excepthook
+
+    def hook(tp, value, tb):
+        try:
+            previous(tp, value, tb)
+            sys.stderr.write(f"flowjit.distributed: rank {S.rank} of {S.size} ended by an uncaught "
+                             f"{tp.__name__}; calling MPI_Abort so every rank ends\n")
+        finally:
+            abort(1)
+    sys.excepthook = hook
+    S.hook_installed = True
+    # a thread's uncaught exception does not reach sys.excepthook; the main thread's does.
+
+
+def wait(requests, what):
+    """Wait for `requests` with the timeout, or raise CollectiveTimeoutError."""
+    MPI = S.MPI
+    limit = timeout()
+    deadline = time.monotonic() + limit
+    pause = 2e-5
+    while not MPI.Request.Testall(requests):
+        if time.monotonic() > deadline:
+            raise CollectiveTimeoutError(
+                f"flowjit.distributed: {what} timed out on rank {S.rank} of {S.size} after "
+                f"{limit:g} s (FLOWJIT_MPI_TIMEOUT): another rank failed, hung or did not "
+                f"call the same collective; the job is aborted (MPI_Abort) when this error "
+                f"is not caught")
+        time.sleep(pause)
+        pause = min(pause * 2, 1e-3)
+
+
+# ---- the collectives on NumPy arrays --------------------------------------------------
+OPS = ("sum", "mean", "max", "min")
+
+
+def _mpi_op(op):
+    MPI = S.MPI
+    return {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+
+
+def allreduce_np(x, op="sum", what="allreduce"):
+    """The elementwise reduction of `x` over the ranks, as a new array (mean: the sum
+    divided by the world size, in x's dtype; integer mean floors)."""
+    if op not in OPS:
+        raise ValueError(f"fj.distributed.allreduce: op must be one of {OPS}, got {op!r}")
+    x = np.asarray(x)
+    if not active():
+        return np.array(x, copy=True)
+    buf = np.ascontiguousarray(x).copy().reshape(-1)
+    reqs = start_allreduce(buf, op)
+    wait(reqs, f"{what}(op={op!r}, {buf.size} x {buf.dtype})")
+    finish(buf, op)
+    return buf.reshape(x.shape)
+
+
+def start_allreduce(buf, op):
+    """Start in-place Iallreduces over the buckets of flat contiguous `buf`."""
+    MPI = S.MPI
+    per = max(1, BUCKET_BYTES // max(buf.itemsize, 1))
+    mop = _mpi_op(op)
+    return [S.comm.Iallreduce(MPI.IN_PLACE, buf[i:i + per], mop) for i in range(0, buf.size, per)]
+
+
+def finish(buf, op):
+    if op == "mean" and active():
+        if buf.dtype.kind == "f" or buf.dtype.kind == "c":
+            buf /= buf.dtype.type(S.size)
+        else:
+            buf //= S.size
+
+
+def broadcast_np(x, root=0, what="broadcast"):
+    x = np.asarray(x)
+    _check_root(root, what)
+    if not active():
+        return np.array(x, copy=True)
+    buf = np.ascontiguousarray(x).copy()
+    wait([S.comm.Ibcast(buf.reshape(-1), root=root)], f"{what}(root={root}, {buf.size} x {buf.dtype})")
+    return buf
+
+
+def allgather_np(x, what="allgather"):
+    """Every rank's `x` concatenated on axis 0 (in rank order); the other dims and the
+    dtype must agree (a scalar counts as shape (1,))."""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        x = x.reshape(1)
+    if not active():
+        return np.array(x, copy=True)
+    MPI = S.MPI
+    meta = np.array([x.shape[0], x.size, x.ndim, x.dtype.num], np.int64)
+    metas = np.empty((S.size, meta.size), np.int64)
+    wait([S.comm.Iallgather(meta, metas)], f"{what} (sizes)")
+    if len(set(metas[:, 2])) != 1 or len(set(metas[:, 3])) != 1:
+        raise ValueError(f"fj.distributed.allgather on rank {S.rank}: the ranks' arrays differ in "
+                         f"rank or dtype")
+    rows = metas[:, 0]
+    counts = metas[:, 1]
+    row_size = x.size // x.shape[0] if x.shape[0] else 0
+    if any(r and c // r != row_size for r, c in zip(rows, counts)):
+        raise ValueError(f"fj.distributed.allgather on rank {S.rank}: the ranks' arrays differ in a "
+                         f"dim after the first")
+    out = np.empty((int(rows.sum()),) + x.shape[1:], x.dtype)
+    send = np.ascontiguousarray(x).reshape(-1)
+    displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    mtype = MPI._typedict[x.dtype.char]
+    wait([S.comm.Iallgatherv([send, mtype], [out.reshape(-1), (counts, displs), mtype])],
+         f"{what}({x.size} x {x.dtype})")
+    return out
+
+
+def barrier(what="barrier"):
+    if not active():
+        return
+    wait([S.comm.Ibarrier()], what)
+
+
+def _check_root(root, what):
+    if not 0 <= int(root) < max(S.size, 1):
+        raise ValueError(f"fj.distributed.{what}: root must be in [0, {S.size}), got {root}")
+
+
+# ---- what compiled code calls (Numba object mode, ops.py) -----------------------------
+CODES = {"sum": 0, "mean": 1, "max": 2, "min": 3, "broadcast": 4}
+NAMES = {v: k for k, v in CODES.items()}
+
+
+def host_collective(code, root, x, out):
+    """Compiled code's callback: out[...] = the collective `code` of x (a background
+    compile child, or a world of size 1, copies)."""
+    name = NAMES[int(code)]
+    x = np.asarray(x)
+    if not active():
+        res = x
+    elif name == "broadcast":
+        res = broadcast_np(x, int(root), what="broadcast (in a jitted function)")
+    else:
+        res = allreduce_np(x, name, what="allreduce (in a jitted function)")
+    np.asarray(out).reshape(-1)[...] = np.asarray(res, dtype=np.asarray(out).dtype).reshape(-1)
