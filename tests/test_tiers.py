@@ -94,12 +94,14 @@ def loop(x, w):
 
 
 def sampling(x, labels):
-    """The random and host ops: shuffle (argsort), the candidate sampler, print."""
+    """The random and host ops: shuffle (argsort), the candidate sampler, print, and
+    fj.distributed's collective."""
     s = fj.random.shuffle(x, seed=3)
     ids, true_expected, sampled_expected = fj.random.log_uniform_candidate_sampler(
         labels, 1, 4, True, 10, seed=4)
     fj.print("sampled", ids)
-    return s, fj.cast(ids, x.dtype), fj.cast(true_expected, x.dtype), fj.cast(sampled_expected, x.dtype)
+    summed = fj.distributed.allreduce(fj.stop_gradient(s), op="sum")     # a world of size 1: a copy
+    return s, summed, fj.cast(ids, x.dtype), fj.cast(true_expected, x.dtype), fj.cast(sampled_expected, x.dtype)
 
 
 def grads_of(fn, n):

@@ -27,11 +27,11 @@ from numba.extending import intrinsic
 
 from ...ops import random_core as R
 
-# Compiled once as ordinary functions, and inlined by LLVM into each fused loop (where
-# they vectorise). Numba's own IR inlining (`inline="always"`) gives the same machine
-# code within a few per cent, but types each helper again at every call site: it made
-# the LSTM training step's cold compile 12% slower (13.0 s against 11.4 s).
-inline = njit(cache=True)
+# Inlined into each fused loop by Numba itself, so every copy is compiled with its
+# kernel's flags. (Compiling them once as ordinary functions for LLVM to inline made the
+# LSTM step's cold compile 12% faster, but a clean-clone CI run then got log1p's
+# rounding-error correction folded away, 1 + x computed without it: reverted.)
+inline = njit(inline="always", cache=True)
 
 
 # --- bit casts ------------------------------------------------------------------
