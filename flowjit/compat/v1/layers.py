@@ -256,7 +256,9 @@ class Layer:
         return inputs
 
     def compute_output_shape(self, input_shape):
-        raise NotImplementedError
+        # as TF1's base Layer: a subclass that is asked its output shape must say it
+        raise NotImplementedError(f"tf.layers: {type(self).__name__}.compute_output_shape is not defined "
+                                  f"(input shape {input_shape}); override it in the subclass")
 
     # -- calling ------------------------------------------------------------------------------
     def __call__(self, inputs, *args, **kwargs):
