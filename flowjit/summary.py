@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from .runtime import process
+
 _INSTALL = ("fj.summary needs the tensorboard package to write event files: "
             "pip install 'flowjit[tensorboard]'  (or: pip install tensorboard)")
 
@@ -164,6 +166,20 @@ def _as_graph_def(graph_or_fn, args, kwargs, optimized):
 # -- the writer -------------------------------------------------------------------------
 
 _default_writers = []
+
+
+class _DiscardingEventWriter:
+    """What a rank that does not write files (runtime/process.py) writes events to."""
+
+    def add_event(self, event):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
 _default_step = [None]
 
 
@@ -179,8 +195,11 @@ class SummaryWriter:
         tb = _tb()
         self.logdir = str(logdir)
         self._pb = tb
-        self._writer = tb["EventFileWriter"](self.logdir, max_queue_size=max_queue, flush_secs=flush_secs,
-                                             filename_suffix=filename_suffix)
+        if process.writes_files():
+            self._writer = tb["EventFileWriter"](self.logdir, max_queue_size=max_queue,
+                                                 flush_secs=flush_secs, filename_suffix=filename_suffix)
+        else:       # another rank of this multi-rank job writes the event files
+            self._writer = _DiscardingEventWriter()
         self.closed = False
 
     # TF1 FileWriter surface

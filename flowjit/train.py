@@ -48,6 +48,7 @@ from .frontend.module import Module
 from .frontend.optimizers import Optimizer
 from .frontend.tensor import current_trace
 from .frontend.variables import Variable
+from .runtime import process
 
 FORMAT = "flowjit-checkpoint"
 VERSION = 1
@@ -72,7 +73,10 @@ def _prefix(path):
 def _atomic_write(filename, write):
     """Call `write(fileobj)` on a temp file next to `filename`, fsync it and rename it
     over `filename` (atomic on POSIX and Windows); the temp file is removed on failure
-    (a killed process leaves it: `_remove_stale_temps` clears it later)."""
+    (a killed process leaves it: `_remove_stale_temps` clears it later). In a
+    multi-rank job only the writing rank writes (runtime/process.py)."""
+    if not process.writes_files():
+        return
     tmp = f"{filename}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as f:
@@ -113,6 +117,8 @@ def _remove_stale_temps(directory, name_re):
     """Remove `_atomic_write` temp files in `directory` whose target name fully matches
     `name_re` and whose writer process is dead: a killed save leaves one behind and no
     later save would otherwise look at it. A live writer's (ours included) is kept."""
+    if not process.writes_files():
+        return
     pattern = re.compile(name_re + _TMP_RE)
     try:
         names = os.listdir(directory or ".")
@@ -146,8 +152,11 @@ def _sha256(filename):
 def save_arrays(path, arrays, metadata=None):
     """Save a dict name -> ndarray as the checkpoint `path` (atomically: see the module
     docstring). `metadata` is any JSON-serialisable dict kept in the index. Returns the
-    prefix."""
+    prefix. In a multi-rank job, a rank that does not write files (runtime/process.py)
+    returns the prefix and writes nothing."""
     prefix = _prefix(path)
+    if not process.writes_files():
+        return prefix
     d = os.path.dirname(prefix)
     if d:
         os.makedirs(d, exist_ok=True)

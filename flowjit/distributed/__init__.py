@@ -43,6 +43,11 @@ allreduce and broadcast return their input, allgather returns it as is):
   example from `index`), of a tf.data-style DatasetV2 (its own .shard), of an array, or
   of a tuple/list/dict of arrays with the same first dim.
 
+Files: checkpoints (fj.train, tf.train.Saver, Keras saving) and TensorBoard event files
+are written by rank 0 only (the chief worker in a TF1 cluster); the other ranks' saves
+return the same path and write nothing. write_files("all") (or FLOWJIT_WRITE_FILES=all)
+makes every rank write; writes_files() says whether this rank writes.
+
 Timeouts: FLOWJIT_MPI_TIMEOUT seconds (default 60) per collective; then
 CollectiveTimeoutError names the operation and the rank, and (uncaught) MPI_Abort ends
 every rank.
@@ -52,6 +57,7 @@ import numpy as np
 from . import _comm as C
 from ._comm import CollectiveTimeoutError  # noqa: F401
 from . import ops as _ops
+from ..runtime import process as _process
 
 
 def init(timeout=None, abort_on_error=True):
@@ -80,6 +86,17 @@ def set_timeout(seconds):
 def barrier():
     C.ensure()
     C.barrier()
+
+
+def write_files(which="rank0"):
+    """Which ranks write checkpoints and TensorBoard event files: "rank0" (the default:
+    one writer, rank 0 or a TF1 cluster's chief worker) or "all"."""
+    _process.set_write_mode(which)
+
+
+def writes_files():
+    """Whether this rank writes checkpoints and event files."""
+    return _process.writes_files()
 
 
 def abort(code=1):
@@ -325,4 +342,4 @@ def shard(data, num_shards=None, index=None):
 
 __all__ = ["init", "rank", "world_size", "barrier", "allreduce", "broadcast", "allgather",
            "broadcast_variables", "DistributedOptimizer", "reduce_gradients", "shard",
-           "set_timeout", "abort", "CollectiveTimeoutError"]
+           "set_timeout", "abort", "CollectiveTimeoutError", "write_files", "writes_files"]

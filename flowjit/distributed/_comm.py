@@ -13,6 +13,10 @@ by an MPI launcher (PMI_*/PMIX_*/OMPI_* variables in the environment, set by mpi
 Without a launcher, or without mpi4py, the world has size 1: every collective returns its
 input (a copy) and nothing is imported.
 
+With several ranks, init() turns off the background compile (fj.config.background_compile):
+a rank running tier-0 NumPy steps while another runs compiled kernels would round
+differently, and the ranks' parameters would drift apart.
+
 Timeouts: every collective is non-blocking (Iallreduce, Ibcast, Iallgatherv, Ibarrier)
 and waited for by a polling loop (`Testall`, sleeping 20 us growing to 1 ms between
 polls) for at most FLOWJIT_MPI_TIMEOUT seconds (default 60; `init(timeout=...)` or
@@ -91,6 +95,13 @@ def init(timeout=None, abort_on_error=True):
                 S.rank = S.comm.Get_rank()
                 S.size = S.comm.Get_size()
         S.initialized = True
+        if S.size > 1:
+            # every rank must run the same code for its floats to round the same way (and
+            # the ranks' parameters to stay bit-identical): no tier-0 steps on one rank
+            # while another runs compiled kernels, so jitted functions compile before
+            # their first call
+            from .. import config
+            config.background_compile = False
         if S.size > 1 and abort_on_error and not S.hook_installed:
             _install_hook()
 

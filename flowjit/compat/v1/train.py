@@ -19,6 +19,7 @@ from ... import dtypes as D
 from ...frontend import api as F
 from ...frontend import optimizers as fjopt
 from ... import train as fj_train
+from ...runtime import process
 from ...errors import CheckpointError, InvalidArgumentError
 from .errors import FailedPreconditionError, NotFoundError, UnimplementedError
 from .graph import GraphKeys, Tensor, get_default_graph, make_op
@@ -420,6 +421,8 @@ def latest_checkpoint(checkpoint_dir, latest_filename=None):
 
 
 def _delete_checkpoint(prefix):
+    if not process.writes_files():        # another rank writes (and prunes) the checkpoints
+        return
     # the index first: it is the commit point, so a half-deleted checkpoint never "exists"
     for f in [prefix + fj_train._INDEX_SUFFIX] + glob.glob(glob.escape(prefix) + ".data-*.npz"):
         try:

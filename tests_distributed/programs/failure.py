@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under `mpiexec -n 2 ... failure.py raise|hang`:
+"""Run by tests_distributed/test_failure.py under `mpiexec -n 2 ... failure.py raise|hang`:
 rank 1 fails (raises, or hangs) before an allreduce that rank 0 waits in."""
 import sys
 import time
