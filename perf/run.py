@@ -32,7 +32,7 @@ from perf import common  # noqa: E402
 
 # Modules whose @register'ed functions make up the run, in this order.
 BENCH_MODULES = ["perf.bench_core", "perf.bench_train", "perf.bench_rnn", "perf.bench_conv", "perf.bench_compat",
-                 "perf.bench_keras", "perf.bench_cold"]
+                 "perf.bench_keras", "perf.bench_distributed", "perf.bench_cold"]
 
 COLUMNS = ["benchmark", "flowjit", "baseline", "ratio", "GB/s", "compile s", "target", "notes"]
 

@@ -26,7 +26,7 @@ allreduce and broadcast return their input, allgather returns it as is):
 - init(timeout=None, abort_on_error=True): idempotent; rank and size from MPI when
   started by mpiexec. Every other call calls it when needed.
 - rank(), world_size(), barrier(), abort(code=1)
-- allreduce(t, op="sum"|"mean"|"max"|"min"), broadcast(t, root=0): on flowjit tensors,
+- allreduce(t, op="sum"|"mean"|"max"|"min", inplace=False), broadcast(t, root=0): on flowjit tensors,
   Variables (their value), NumPy arrays and Python numbers; eagerly a NumPy array in
   gives a NumPy array out, otherwise a tensor. Inside `@fj.jit` both are graph nodes
   (ops.py) run by the compiled function between its kernels.
@@ -140,11 +140,15 @@ def _traced(t):
 
 
 # ---- collectives -----------------------------------------------------------------------
-def allreduce(t, op="sum", name=None):
-    """The elementwise `op` ("sum", "mean", "max", "min") of t over every rank."""
+def allreduce(t, op="sum", name=None, inplace=False):
+    """The elementwise `op` ("sum", "mean", "max", "min") of t over every rank.
+    inplace=True (a writable C-contiguous NumPy array, eager): reduce in t's own buffer
+    and return t, with no copies (a new array otherwise costs a copy in and one out)."""
     C.ensure()
     if op not in C.OPS:
         raise ValueError(f"fj.distributed.allreduce: op must be one of {C.OPS}, got {op!r}")
+    if inplace:
+        return C.allreduce_np(t, op, inplace=True)
     if _tracing() or _traced(t):
         x = _tensor_of(t)
         if x is None:
@@ -233,17 +237,18 @@ def reduce_gradients(grads, op="mean"):
     pending = []
     for key in sorted(groups):
         members = groups[key]
-        buf = np.concatenate([np.ascontiguousarray(arrays[i]).reshape(-1) for i in members])
+        buf = C.scratch(arrays[members[0]].dtype, sum(arrays[i].size for i in members))
+        np.concatenate([arrays[i].reshape(-1) for i in members], out=buf)
         pending.append((members, buf, C.start_allreduce(buf, op)))
     C.wait([r for _, _, reqs in pending for r in reqs],
-           f"DistributedOptimizer gradient allreduce ({sum(b.size for _, b, _ in pending)} values)")
+           lambda: f"DistributedOptimizer gradient allreduce ({sum(b.size for _, b, _ in pending)} values)")
     out = list(grads)
     for members, buf, _ in pending:
         C.finish(buf, op)
         off = 0
         for i in members:
             a = arrays[i]
-            r = buf[off:off + a.size].reshape(a.shape)
+            r = buf[off:off + a.size].reshape(a.shape).copy()    # buf is reused
             off += a.size
             out[i] = _wrap(r, grads[i])
     return out
