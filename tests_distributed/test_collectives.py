@@ -111,7 +111,7 @@ def test_reduce_gradients_keeps_none():
 def test_host_callback_outside_the_mpi_process_copies(monkeypatch):
     out = np.zeros(3)
     monkeypatch.setattr(D._comm.S, "pid", -1)        # as a background-compile child
-    D._comm.host_collective(D._comm.CODES["sum"], 0, np.arange(3.0), out)
+    D._comm.host_collective(D._comm.CODES["sum"], 0, 0, np.arange(3.0), out)
     np.testing.assert_array_equal(out, np.arange(3.0))
 
 

@@ -60,6 +60,7 @@ class _State:
         self.timeout = None
         self.lock = threading.RLock()
         self.hook_installed = False
+        self.groups = {}          # group id > 0 -> a sub-communicator (add_group)
 
 
 S = _State()
@@ -242,22 +243,33 @@ def allreduce_np(x, op="sum", what="allreduce", inplace=False):
     return buf.reshape(x.shape).copy()
 
 
-def start_allreduce(buf, op):
-    """Start in-place Iallreduces over the buckets of flat contiguous `buf`."""
+def start_allreduce(buf, op, comm=None):
+    """Start in-place Iallreduces over the buckets of flat contiguous `buf` (on COMM_WORLD,
+    or `comm`)."""
     MPI = S.MPI
+    comm = comm or S.comm
     mop = _mpi_op(op)
     per = max(1, BUCKET_BYTES // max(buf.itemsize, 1))
     if buf.size <= per:
-        return [S.comm.Iallreduce(MPI.IN_PLACE, buf, mop)]
-    return [S.comm.Iallreduce(MPI.IN_PLACE, buf[i:i + per], mop) for i in range(0, buf.size, per)]
+        return [comm.Iallreduce(MPI.IN_PLACE, buf, mop)]
+    return [comm.Iallreduce(MPI.IN_PLACE, buf[i:i + per], mop) for i in range(0, buf.size, per)]
 
 
-def finish(buf, op):
+def finish(buf, op, size=None):
     if op == "mean" and active():
+        size = S.size if size is None else size
         if buf.dtype.kind == "f" or buf.dtype.kind == "c":
-            buf /= buf.dtype.type(S.size)
+            buf /= buf.dtype.type(size)
         else:
-            buf //= S.size
+            buf //= size
+
+
+def add_group(comm):
+    """Register a sub-communicator for collectives inside jitted functions (the `group`
+    attribute of the mpi_collective op); returns its id (> 0)."""
+    gid = len(S.groups) + 1
+    S.groups[gid] = comm
+    return gid
 
 
 def broadcast_np(x, root=0, what="broadcast"):
@@ -317,23 +329,25 @@ CODES = {"sum": 0, "mean": 1, "max": 2, "min": 3, "broadcast": 4}
 NAMES = {v: k for k, v in CODES.items()}
 
 
-def host_collective(code, root, x, out):
-    """Compiled code's callback: out[...] = the collective `code` of x (a background
-    compile child, or a world of size 1, copies)."""
+def host_collective(code, root, group, x, out):
+    """Compiled code's callback: out[...] = the collective `code` of x over COMM_WORLD
+    (group 0) or the sub-communicator `group` (a background compile child, or a world of
+    size 1, copies)."""
     name = NAMES[int(code)]
     x = np.asarray(x)
     out = np.asarray(out).reshape(-1)
     if not active():
         out[...] = x.reshape(-1)
         return
+    comm = S.groups[int(group)] if group else S.comm
     buf = scratch(x.dtype, x.size)
     buf[...] = x.reshape(-1)
     if name == "broadcast":
         _check_root(root, "broadcast")
-        wait([S.comm.Ibcast(buf, root=int(root))],
+        wait([comm.Ibcast(buf, root=int(root))],
              lambda: f"broadcast (in a jitted function)(root={root}, {buf.size} x {buf.dtype})")
     else:
-        wait(start_allreduce(buf, name),
+        wait(start_allreduce(buf, name, comm),
              lambda: f"allreduce (in a jitted function)(op={name!r}, {buf.size} x {buf.dtype})")
-        finish(buf, name)
+        finish(buf, name, comm.Get_size())
     out[...] = buf

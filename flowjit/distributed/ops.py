@@ -4,7 +4,8 @@ function.
 
 Inputs: the tensor, then optionally ordering tokens (earlier collectives' results, only
 read for the order: every rank must run the collectives in the same order). Attributes:
-`code` (_comm.CODES) and `root`. Output: the tensor's shape and dtype.
+`code` (_comm.CODES), `root`, and `group` (0: COMM_WORLD; else a sub-communicator
+registered with _comm.add_group, e.g. a TF1 cluster's workers). Output: the tensor's shape and dtype.
 
 Where it runs (as `print`, ops/host_ops.py):
 - eagerly and in tier 0 (and GPU programs, which run ops without a CUDA kernel on host
@@ -36,16 +37,16 @@ def _infer(shapes, dts, attrs):
 def _ref(arrs, attrs, shape, dtype):
     x = np.asarray(arrs[0])
     out = np.empty(x.shape, x.dtype)
-    C.host_collective(attrs["code"], attrs["root"], x, out)
+    C.host_collective(attrs["code"], attrs["root"], attrs.get("group", 0), x, out)
     return out
 
 
 def _kernel_source(fname, dtype, n_inputs):
     xs = "".join(f"x{i}, " for i in range(n_inputs))
     return f'''
-def {fname}({xs}out, code, root):
+def {fname}({xs}out, code, root, group):
     with objmode():
-        host_collective(code, root, x0, out)
+        host_collective(code, root, group, x0, out)
 
 from numba import objmode
 from flowjit.distributed._comm import host_collective
@@ -57,7 +58,8 @@ def _grad(ins, out, g, attrs):
     if name not in ("sum", "mean"):
         raise NotImplementedError(f"fj.distributed: no gradient through a {name} collective")
     from ..frontend.tensor import apply_op
-    return [apply_op(OP, [g], {"code": attrs["code"], "root": 0})] + [None] * (len(ins) - 1)
+    return [apply_op(OP, [g], {"code": attrs["code"], "root": 0, "group": attrs.get("group", 0)})] \
+        + [None] * (len(ins) - 1)
 
 
 def _register():
@@ -66,7 +68,7 @@ def _register():
     register(OP, "opaque", _infer, _ref, effect=True)
     REGISTRY[OP].lower = dict(kind="call", kernel=_kernel_source,
                               fixed=lambda attrs, shapes: len(shapes),
-                              args=lambda attrs: [attrs["code"], attrs["root"]])
+                              args=lambda attrs: [attrs["code"], attrs["root"], attrs.get("group", 0)])
     from ..ops.grads import defgrad
     defgrad(OP, _grad)
 
@@ -74,10 +76,11 @@ def _register():
 _register()
 
 
-def collective(t, name, root=0, after=()):
-    """Record (or, eagerly, run) collective `name` on tensor t; `after`: tensors this one
-    must run after."""
+def collective(t, name, root=0, after=(), group=0):
+    """Record (or, eagerly, run) collective `name` on tensor t over COMM_WORLD or the
+    sub-communicator `group`; `after`: tensors this one must run after."""
     from ..frontend.tensor import apply_op
-    return apply_op(OP, [t] + list(after), {"code": C.CODES[name], "root": int(root)})
+    return apply_op(OP, [t] + list(after), {"code": C.CODES[name], "root": int(root),
+                                            "group": int(group)})
 
 

@@ -15,6 +15,10 @@ class UnimplementedError(OpError, _core.UnimplementedError):
     """A TF1 feature that flowjit.compat.v1 does not provide yet."""
 
 
+class DeadlineExceededError(OpError, TimeoutError):
+    """An operation took longer than allowed, e.g. waiting for the chief to initialize."""
+
+
 class NotFoundError(OpError, KeyError):
     """Something named does not exist, e.g. a variable missing from a checkpoint."""
 

@@ -256,14 +256,39 @@ class Graph:
 
     @contextlib.contextmanager
     def device(self, spec):
-        from ...frontend.device import _PATTERN
-        if spec and not callable(spec) and not _PATTERN.match(str(spec).strip()):
-            raise ValueError(f"tf.device: cannot parse device {spec!r}; use '/cpu:0' or '/gpu:0'")
-        self._device_stack.append(spec if isinstance(spec, str) else "")
+        """Ops created in the block get this device: a string (merged into the enclosing
+        blocks' one, field by field: "/job:ps/task:0", "/gpu:0", "/job:worker/task:1/cpu:0"),
+        a function of the op returning one (tf.train.replica_device_setter), or None
+        (clears it)."""
+        if callable(spec):
+            entry = spec
+        elif spec is None or spec == "":
+            entry = None
+        else:
+            if hasattr(spec, "to_string"):
+                spec = spec.to_string()
+            parse_device(spec)                 # fails now, at the user's line
+            entry = str(spec)
+        self._device_stack.append(entry)
         try:
             yield
         finally:
             self._device_stack.pop()
+
+    def _device_of(self, op):
+        """The device string of an op created now (see device())."""
+        merged = {}
+        for entry in self._device_stack:
+            if entry is None:
+                merged = {}
+            elif callable(entry):
+                op.device = device_string(merged)
+                got = entry(op)
+                if got:
+                    merged = {**merged, **parse_device(got.to_string() if hasattr(got, "to_string") else got)}
+            else:
+                merged = {**merged, **parse_device(entry)}
+        return device_string(merged)
 
     @contextlib.contextmanager
     def as_default(self):
@@ -369,6 +394,53 @@ def reset_default_graph():
     _global_default[:] = [Graph()]
 
 
+# --- device strings ------------------------------------------------------------------
+def parse_device(spec):
+    """'/job:ps/replica:0/task:1/device:GPU:0' (any part left out; '/cpu:0', 'GPU:1',
+    'cpu' too) -> {"job", "replica", "task", "type", "index"} (the parts given)."""
+    d = {}
+    text = str(spec).strip()
+    for part in text.split("/"):
+        if not part:
+            continue
+        key, _, rest = part.partition(":")
+        k = key.lower()
+        if k == "job" and rest:
+            d["job"] = rest
+        elif k in ("replica", "task") and rest.isdigit():
+            d[k] = int(rest)
+        elif k == "device" and rest:
+            typ, _, idx = rest.partition(":")
+            if typ.lower() not in ("cpu", "gpu") or not (idx.isdigit() or idx in ("", "*")):
+                raise ValueError(f"tf.device: cannot parse device {spec!r}")
+            d["type"], d["index"] = typ.upper(), int(idx) if idx.isdigit() else 0
+        elif k in ("cpu", "gpu") and (rest.isdigit() or rest in ("", "*")):
+            d["type"], d["index"] = k.upper(), int(rest) if rest.isdigit() else 0
+        else:
+            raise ValueError(f"tf.device: cannot parse device {spec!r}; use e.g. '/cpu:0', '/gpu:0', "
+                             f"'/job:ps/task:0' or '/job:worker/task:1/gpu:0'")
+    return d
+
+
+def device_string(d):
+    out = ""
+    if "job" in d:
+        out += f"/job:{d['job']}"
+    if "replica" in d:
+        out += f"/replica:{d['replica']}"
+    if "task" in d:
+        out += f"/task:{d['task']}"
+    if "type" in d:
+        out += f"/device:{d['type']}:{d.get('index', 0)}"
+    return out
+
+
+def local_device(spec):
+    """The device part of a device string ('/device:GPU:0'), '' when it names none."""
+    d = parse_device(spec) if spec else {}
+    return f"/device:{d['type']}:{d.get('index', 0)}" if "type" in d else ""
+
+
 # --- operations and tensors ----------------------------------------------------------
 class Operation:
     """A node of the TF1 graph. `compute(ev, values)` returns its outputs' flowjit
@@ -386,7 +458,8 @@ class Operation:
         self.compute = compute
         self.attrs = dict(attrs or {})
         self.stateful = stateful
-        self.device = graph._device_stack[-1] if graph._device_stack else ""
+        self.device = ""
+        self.device = graph._device_of(self) if graph._device_stack else ""
         self._src = user_src()
         self._id = None
         self._cf_context = None   # the loop body / cond branch (control_flow.Subgraph) it is part of

@@ -26,8 +26,9 @@ from ...frontend.jit import jit
 from ...frontend.random import _mix
 from ...frontend.tensor import Tensor as FjTensor, current_trace, src_override
 from ...frontend.variables import Variable as FjVariable
+from . import cluster as _cluster
 from .errors import FailedPreconditionError
-from .graph import Operation, Tensor, get_default_graph, _default_stack
+from .graph import Operation, Tensor, get_default_graph, local_device, _default_stack
 from .variables import Variable
 
 
@@ -188,6 +189,8 @@ class _Plan:
                 if d not in done:
                     stack.append((d, False))
         self.order = [op for op in order if op.type != "VariableV2"]
+        self.variables = sorted(reads | written, key=lambda v: v.op._id)
+        self.shared = None          # the ps variables it uses, in a cluster (cluster.py)
         self.needs_init = [v for v in reads if v not in written and v not in fed]
         self.needs_init.sort(key=lambda v: v.op._id)
         self.grad_ops = [op for op in self.order if op.type == "Gradients"]
@@ -222,10 +225,11 @@ class _Plan:
         soft = bool(cfg and cfg.allow_soft_placement)
         devs = set()
         for op in self.order:
-            if not op.device:
+            loc = local_device(op.device) if op.device else ""
+            if not loc:                # none asked for, or only a job/task (cluster.py)
                 continue
             try:
-                devs.add(_device.parse(op.device))
+                devs.add(_device.parse(loc))
             except FlowjitError as e:
                 if not soft:
                     raise InvalidArgumentError(
@@ -540,7 +544,13 @@ class Session:
         if plan is None:
             plan = _Plan(self, leaves, feed_ts)
             self._plans[key] = plan
-        values = plan.run(arrays)
+        rt = _cluster.runtime()
+        if rt is not None and rt.store is not None:      # a worker of a TF1 cluster (cluster.py)
+            pulled = _cluster.before_run(rt, self, plan)
+            values = plan.run(arrays)
+            _cluster.after_run(rt, self, plan, pulled)
+        else:
+            values = plan.run(arrays)
         if plan.host:
             out = plan.leaf_values(values, arrays)
         else:
@@ -554,7 +564,7 @@ class Session:
         raise NotImplementedError("partial_run is not supported by flowjit.compat.v1")
 
     def _new_variable(self, var):
-        spec = var.op.device
+        spec = local_device(var.op.device)
         dev = _device.CPU0
         if spec:
             try:

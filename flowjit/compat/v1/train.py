@@ -26,6 +26,7 @@ from .graph import GraphKeys, Tensor, get_default_graph, make_op
 from .gradients import gradients
 from .variables import Variable, trainable_variables
 from . import ops as O
+from . import cluster as _cluster
 
 
 class Optimizer:
@@ -288,7 +289,11 @@ class RMSPropOptimizer(Optimizer):
 def get_global_step(graph=None):
     g = graph or get_default_graph()
     steps = g.get_collection(GraphKeys.GLOBAL_STEP)
-    return steps[0] if steps else None
+    if steps:
+        return steps[0]
+    # as TF1: a global variable named "global_step" (tf.Variable(0, name="global_step"))
+    named = [v for v in g.get_collection(GraphKeys.GLOBAL_VARIABLES) if v.op.name == "global_step"]
+    return named[0] if named else None
 
 
 def create_global_step(graph=None):
@@ -504,6 +509,7 @@ class Saver:
             step = int(np.asarray(global_step))
             save_path = f"{save_path}-{step:08d}" if self._pad else f"{save_path}-{step}"
         arrays = {}
+        _cluster.refresh(sess, self._vars.values())     # ps variables: their owners' values now
         for name, v in self._vars.items():
             fv = sess._vars.get(v)
             if fv is None:
@@ -555,11 +561,15 @@ class Saver:
             if fv is None:
                 fv = sess._new_variable(v)
             fv.assign(arrays[name])
+        # a worker of a TF1 cluster: the ps variables' owners get the restored values
+        _cluster.write_values(sess, [(v, arrays[name]) for name, v in self._vars.items()])
 
 
 
 
 from .queues import Coordinator, start_queue_runners  # noqa: E402,F401
+from .cluster import ClusterSpec, Server, SyncReplicasOptimizer, replica_device_setter  # noqa: E402,F401
+from .monitored import MonitoredTrainingSession, StopAtStepHook, Supervisor, Scaffold  # noqa: E402,F401
 from . import queues as _queues  # noqa: E402
 
 
