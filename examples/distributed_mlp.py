@@ -13,7 +13,7 @@ import numpy as np
 
 import common
 import flowjit as fj
-from mlp_digits import build, model
+from mlp_digits import build, compiled_steps
 
 
 def main(argv=None):
@@ -34,19 +34,8 @@ def main(argv=None):
     with common.session(args):
         params = build(args.hidden, args.seed, data.train.images.shape[1])
         D.broadcast_variables(params, root=0)
-        opt = D.DistributedOptimizer(fj.optimizers.Adam(args.lr))
-
-        @fj.jit
-        def train_step(x, y):
-            with fj.GradientTape() as tape:
-                loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, model(params, x)))
-            opt.apply_gradients(zip(tape.gradient(loss, params), params))
-            return loss
-
-        @fj.jit
-        def logits(x):
-            return model(params, x)
-
+        # the MLP example's step, with the gradients averaged over the ranks
+        train_step, logits = compiled_steps(params, D.DistributedOptimizer(fj.optimizers.Adam(args.lr)))
         n = common.num_steps(args, data.train.num_examples)
         per_rank = args.batch_size // size
         loss, secs = common.train(args, train_step, lambda: train.next_batch(per_rank), n,

@@ -25,6 +25,21 @@ def model(params, x):
     return h @ w2 + b2
 
 
+def compiled_steps(params, opt):
+    """The jitted training step (loss, gradients, `opt`'s update) and logits function."""
+    @fj.jit
+    def train_step(x, y):
+        with fj.GradientTape() as tape:
+            loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, model(params, x)))
+        opt.apply_gradients(zip(tape.gradient(loss, params), params))
+        return loss
+
+    @fj.jit
+    def logits(x):
+        return model(params, x)
+    return train_step, logits
+
+
 def main(argv=None):
     ap = common.parser(__doc__, epochs=30, batch_size=64, lr=0.005)
     ap.add_argument("--hidden", type=int, default=128)
@@ -35,19 +50,7 @@ def main(argv=None):
     data = common.load_data(args)
     with common.session(args):
         params = build(args.hidden, args.seed, data.train.images.shape[1])
-        opt = fj.optimizers.Adam(args.lr)
-
-        @fj.jit
-        def train_step(x, y):
-            with fj.GradientTape() as tape:
-                loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, model(params, x)))
-            opt.apply_gradients(zip(tape.gradient(loss, params), params))
-            return loss
-
-        @fj.jit
-        def logits(x):
-            return model(params, x)
-
+        train_step, logits = compiled_steps(params, fj.optimizers.Adam(args.lr))
         n = common.num_steps(args, data.train.num_examples)
         loss, secs = common.train(args, train_step, lambda: data.train.next_batch(args.batch_size), n)
         if args.logdir:
