@@ -204,6 +204,11 @@ def _workers(out):
 
 
 def test_parameter_server_program_asynchronous(tmp_path):
+    # a short run first, so the workers load compiled code instead of compiling it at
+    # different speeds: one worker could otherwise finish before the other starts
+    warm, _ = launch(tmp_path, os.path.join(EXAMPLES, "tf1_parameter_server.py"), "--no-progress",
+                     "--last-step", "20", n=3, timeout=400)
+    assert warm.returncode == 0, warm.stdout + warm.stderr
     ckpt = tmp_path / "ckpt"
     p, _ = launch(tmp_path, os.path.join(EXAMPLES, "tf1_parameter_server.py"), "--no-progress",
                   "--last-step", "2000", "--ckpt", str(ckpt), n=3, timeout=400)
