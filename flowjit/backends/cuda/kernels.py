@@ -2,7 +2,8 @@
 
 Opaque ops are lowered through `LOWERINGS`, a table from op name to a function that
 returns the kernel sources and entry lines for one node. Adding a GPU kernel for a
-new op (conv2d, pooling...) is one `@lowering("op")` function here; a custom op with
+new op is one `@lowering("op")` function (conv2d, its backprops and the pools are in
+conv_kernels.py, imported at the end of this file); a custom op with
 a `cuda_kernel` is lowered by custom.py; any other op runs its NumPy reference on the
 host (copy in, compute, copy out) and says so when `fj.config.log_device_placement`
 is on.
@@ -15,6 +16,7 @@ device error word: (code, index, bound); the executor turns it into an exception
 naming the op, and nothing outside the arrays is read or written.
 """
 import hashlib
+import importlib
 
 from ..pyexpr import npt
 from ...ir.shapes import is_one
@@ -290,3 +292,8 @@ def host_fallback(ctx, n):
     ins = ", ".join(f"({buf(p)}, {shape_tuple(g.nodes[p].shape)})" for p in n.inputs)
     key = ctx.host_key(n) if getattr(ctx, "host_key", None) else n.id     # (a loop body's node: by key)
     return {}, [f"{buf(n.id)} = RT_host_op({key}, {shape_tuple(n.shape)}, [{ins}])"]
+
+
+# conv2d, its backprops and the pools register their lowerings in LOWERINGS (that
+# module imports this one's helpers, so it is loaded last)
+importlib.import_module(".conv_kernels", __package__)

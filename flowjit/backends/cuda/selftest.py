@@ -121,6 +121,19 @@ def _grads64(x, y):
     return [loss] + list(tape.gradient(loss, [x, y]))
 
 
+def _conv_pool(x, w):
+    # every conv and pool op and gradient (conv_kernels.py): SAME/VALID, strides,
+    # a dilation, NCHW
+    with fj.GradientTape() as tape:
+        tape.watch([x, w])
+        y = fj.nn.relu(fj.nn.conv2d(x, w, 2, "SAME"))
+        z = fj.nn.conv2d(fj.transpose(x, (0, 3, 1, 2)), w, 1, "VALID", data_format="NCHW", dilations=2)
+        m = fj.nn.max_pool2d(y, 3, 2, "SAME")
+        a = fj.nn.avg_pool2d(z, 2, 1, "VALID", data_format="NCHW")
+        loss = fj.reduce_sum(m * m) + fj.reduce_sum(fj.sin(a))
+    return [y, z, m, a, loss] + list(tape.gradient(loss, [x, w]))
+
+
 CASES = {
     "unary": (_unary, lambda: [f32(3, 5)]),
     "unary_f64": (_unary, lambda: [f64(3, 5)]),
@@ -141,6 +154,7 @@ CASES = {
     "gradients": (_grads, lambda: [f32(4, 3), f32(3, 4), f32(4), np.eye(4, dtype=np.float32)[[1, 0, 3, 2]],
                                    np.array([2, 0, 2], np.int32)]),
     "gradients_f64": (_grads64, lambda: [f64(3, 4), f64(4)]),
+    "conv_pool": (_conv_pool, lambda: [f32(2, 6, 7, 3), f32(3, 3, 3, 4)]),
 }
 
 
