@@ -95,13 +95,16 @@ def loop(x, w):
 
 def sampling(x, labels):
     """The random and host ops: shuffle (argsort), the candidate sampler, print, and
-    fj.distributed's collective."""
+    fj.distributed's collectives (whole, and split in start and wait)."""
     s = fj.random.shuffle(x, seed=3)
     ids, true_expected, sampled_expected = fj.random.log_uniform_candidate_sampler(
         labels, 1, 4, True, 10, seed=4)
     fj.print("sampled", ids)
     summed = fj.distributed.allreduce(fj.stop_gradient(s), op="sum")     # a world of size 1: a copy
-    return s, summed, fj.cast(ids, x.dtype), fj.cast(true_expected, x.dtype), fj.cast(sampled_expected, x.dtype)
+    from flowjit.distributed import ops as dist_ops
+    wait = dist_ops.start_and_wait([fj.stop_gradient(s)], "sum")           # the split allreduce
+    split = fj.reshape(wait(), s.shape)
+    return s, summed, split, fj.cast(ids, x.dtype), fj.cast(true_expected, x.dtype), fj.cast(sampled_expected, x.dtype)
 
 
 def grads_of(fn, n):

@@ -131,3 +131,33 @@ def test_shard():
     assert [int(np.asarray(e)) for e in D.shard(ds2, 3, 2)] == [2, 5]
     with pytest.raises(ValueError, match="index < num_shards"):
         D.shard(ds, 2, 2)
+
+
+def test_split_allreduce_starts_early_and_completes_late():
+    """A jitted step's gradient allreduce is two nodes: mpi_start, run as soon as its
+    inputs are computed, and mpi_wait, where the result is used; the compiled code runs
+    the work in between (here a matmul) while the bucket is reduced."""
+    from flowjit.distributed import ops as dist_ops
+
+    @fj.jit
+    def f(a, b):
+        g1 = fj.sin(a) * 2.0
+        g2 = fj.matmul(b, b)                     # recorded before the start, run after it
+        wait = dist_ops.start_and_wait([g1, a], "sum")
+        red = wait()
+        return red, fj.reduce_sum(g2)
+
+    a = np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)
+    b = np.eye(3, dtype=np.float32) * (R + 1)
+    for _ in range(3):
+        red, s = f(a, b)
+        want = N * np.concatenate([(np.sin(a) * 2).reshape(-1), a.reshape(-1)])
+        np.testing.assert_allclose(red.numpy(), want, rtol=1e-6)
+        np.testing.assert_allclose(s.numpy(), 3.0 * (R + 1) ** 2)
+    groups = str(f.inspect(a, b))
+    groups = groups[groups.index("== fusion groups =="):groups.index("== specialisations ==")]
+    steps = [ln for ln in groups.splitlines() if ln.startswith("step")]
+    start = next(k for k, ln in enumerate(steps) if "mpi_start" in ln)
+    mm = next(k for k, ln in enumerate(steps) if "matmul" in ln)
+    wait = next(k for k, ln in enumerate(steps) if "mpi_wait" in ln)
+    assert start < mm < wait, steps

@@ -255,25 +255,43 @@ def reduce_gradients(grads, op="mean"):
 
 
 def _reduce_traced(grads, idx, op):
+    """Inside a jitted step: the gradients in buckets, last variables first (the backward
+    computes them first), each bucket's allreduce started as soon as its gradients are
+    computed (mpi_start, scheduled early) and completed (mpi_wait) only when the update
+    needs it, so the rest of the backward runs meanwhile. The first bucket is small
+    (FIRST_BUCKET_BYTES), as PyTorch DDP's, so communication starts early."""
     from ..frontend import api as F
     tensors = {i: (_tensor_of(grads[i]) if _tensor_of(grads[i]) is not None
                    else F.convert_to_tensor(grads[i])) for i in idx}
-    groups = {}
-    for i in idx:
-        groups.setdefault(tensors[i].dtype.name, []).append(i)
+    try:
+        sizes = {i: int(np.prod([int(d) for d in tensors[i].shape])) for i in idx}
+    except (TypeError, ValueError):
+        from ..errors import TracerError
+        raise TracerError("fj.distributed: inside @fj.jit the gradients to reduce need fixed shapes "
+                          "(gradients of Variables have them)") from None
+    buckets, open_ = [], {}
+    for i in reversed(idx):
+        key = tensors[i].dtype.name
+        nbytes = sizes[i] * np.dtype(tensors[i].dtype.np).itemsize
+        b = open_.get(key)
+        cap = FIRST_BUCKET_BYTES if buckets and b is buckets[0][1] else C.BUCKET_BYTES
+        if b is None or (b["bytes"] and b["bytes"] + nbytes > cap):
+            b = open_[key] = {"members": [], "bytes": 0}
+            buckets.append((key, b))
+        b["members"].append(i)
+        b["bytes"] += nbytes
+    waits = [(b["members"], _ops.start_and_wait([tensors[i] for i in b["members"]], op))
+             for _, b in buckets]
     out = list(grads)
-    prev = []
-    for key in sorted(groups):
-        members = groups[key]
-        sizes = [int(np.prod([int(d) for d in tensors[i].shape])) for i in members]
-        flat = F.concat([F.reshape(tensors[i], [-1]) for i in members], 0) if len(members) > 1 \
-            else F.reshape(tensors[members[0]], [-1])
-        red = _ops.collective(flat, op, after=prev)
-        prev = [red]
-        parts = F.split(red, sizes, 0) if len(members) > 1 else [red]
+    for members, wait in waits:
+        red = wait()
+        parts = F.split(red, [sizes[i] for i in members], 0) if len(members) > 1 else [red]
         for i, p in zip(members, parts):
             out[i] = F.reshape(p, [int(d) for d in tensors[i].shape])
     return out
+
+
+FIRST_BUCKET_BYTES = 256 << 10
 
 
 class DistributedOptimizer:

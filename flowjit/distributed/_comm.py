@@ -351,3 +351,44 @@ def host_collective(code, root, group, x, out):
              lambda: f"allreduce (in a jitted function)(op={name!r}, {buf.size} x {buf.dtype})")
         finish(buf, name, comm.Get_size())
     out[...] = buf
+
+
+# ---- a compiled step's allreduce in two halves (ops.py: mpi_start / mpi_wait) ----------
+# start packs a bucket of gradients into the slot's own buffer and starts its
+# Iallreduce; the compiled code runs on (the rest of the backward) and wait, later,
+# completes it and writes the result. One slot per start node (a traced call site).
+_pending = {}          # slot -> (buffer, requests, op name, comm size)
+_slot_buffers = {}     # slot -> its buffer, reused by every call
+
+
+def host_start(code, group, slot, xs, token):
+    name = NAMES[int(code)]
+    xs = [np.asarray(x) for x in xs]
+    n = sum(x.size for x in xs)
+    buf = _slot_buffers.get(slot)
+    if buf is None or buf.size != n or buf.dtype != xs[0].dtype:
+        buf = _slot_buffers[slot] = np.empty(n, xs[0].dtype)
+    off = 0
+    for x in xs:
+        buf[off:off + x.size] = x.reshape(-1)
+        off += x.size
+    if active():
+        comm = S.groups[int(group)] if group else S.comm
+        _pending[slot] = (buf, start_allreduce(buf, name, comm), name, comm.Get_size())
+    else:           # a world of one, or a background-compile child: nothing to reduce
+        _pending[slot] = (buf, [], name, 1)
+    np.asarray(token).reshape(-1)[0] = slot
+
+
+def host_wait(token, out):
+    slot = int(np.asarray(token).reshape(-1)[0])
+    got = _pending.pop(slot, None)
+    out = np.asarray(out).reshape(-1)
+    if got is None:
+        raise RuntimeError(f"flowjit.distributed: internal error: allreduce slot {slot} was "
+                           f"waited for but never started")
+    buf, reqs, name, size = got
+    if reqs:
+        wait(reqs, lambda: f"a jitted step's gradient allreduce ({buf.size} x {buf.dtype})")
+        finish(buf, name, size)
+    out[...] = buf

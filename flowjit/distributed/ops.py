@@ -76,6 +76,98 @@ def _register():
 _register()
 
 
+# ---- an allreduce in two halves, so a compiled step overlaps it -----------------------
+# mpi_start(x1, ..., xk): packs the bucket and starts its Iallreduce; output: an int64
+# token (the slot). It is scheduled as early as its inputs allow (schedule_early), so the
+# kernels computing the other gradients run while the bucket is reduced.
+# mpi_wait(token, x1, ..., xk): completes it; output: the reduced bucket, flat (the x's
+# only give its size and dtype, and keep it after them).
+START, WAIT = "mpi_start", "mpi_wait"
+_slots = [0]
+
+
+def _start_ref(arrs, attrs, shape, dtype):
+    token = np.zeros((), np.int64)
+    C.host_start(attrs["code"], attrs.get("group", 0), attrs["slot"], arrs, token)
+    return token
+
+
+def _wait_infer(shapes, dts, attrs):
+    return (attrs["size"],), dts[1]
+
+
+def _wait_ref(arrs, attrs, shape, dtype):
+    out = np.empty(shape, dtype.np if hasattr(dtype, "np") else dtype)
+    C.host_wait(arrs[0], out)
+    return out
+
+
+def _start_kernel(fname, dtype, n_inputs):
+    xs = ", ".join(f"x{i}" for i in range(n_inputs))
+    return f'''
+def {fname}({xs}, out, code, group, slot):
+    with objmode():
+        host_start(code, group, slot, ({xs},), out)
+
+from numba import objmode
+from flowjit.distributed._comm import host_start
+'''
+
+
+def _wait_kernel(fname, dtype, n_inputs):
+    xs = ", ".join(f"x{i}" for i in range(n_inputs))
+    return f'''
+def {fname}({xs}, out):
+    with objmode():
+        host_wait(x0, out)
+
+from numba import objmode
+from flowjit.distributed._comm import host_wait
+'''
+
+
+def _no_grad(ins, out, g, attrs):
+    # internal to DistributedOptimizer's reduction of the gradients: what it feeds is an
+    # optimizer update, which nothing differentiates; its inputs count as constants
+    return [None] * len(ins)
+
+
+def _register_split():
+    if START in REGISTRY:
+        return
+    from .. import dtypes as D
+    register(START, "opaque", lambda shapes, dts, attrs: ((), D.int64), _start_ref, effect=True,
+             schedule_early=True)
+    REGISTRY[START].lower = dict(kind="call", kernel=_start_kernel,
+                                 fixed=lambda attrs, shapes: len(shapes),
+                                 args=lambda attrs: [attrs["code"], attrs.get("group", 0), attrs["slot"]])
+    register(WAIT, "opaque", _wait_infer, _wait_ref, effect=True)
+    REGISTRY[WAIT].lower = dict(kind="call", kernel=_wait_kernel,
+                                fixed=lambda attrs, shapes: len(shapes), args=lambda attrs: [])
+    from ..ops.grads import defgrad
+    defgrad(START, _no_grad)
+    defgrad(WAIT, _no_grad)
+
+
+_register_split()
+
+
+def start_and_wait(tensors, name, group=0):
+    """Record the split allreduce of a bucket of same-dtype tensors (static sizes):
+    returns a function that records the wait and gives the reduced bucket, flat. All
+    starts should be recorded before the waits."""
+    from ..frontend.tensor import apply_op
+    _slots[0] += 1
+    slot = _slots[0]
+    code = C.CODES[name]
+    token = apply_op(START, list(tensors), {"code": code, "group": int(group), "slot": slot})
+    size = sum(int(np.prod([int(d) for d in t.shape])) for t in tensors)
+
+    def wait():
+        return apply_op(WAIT, [token] + list(tensors), {"size": size, "slot": slot})
+    return wait
+
+
 def collective(t, name, root=0, after=(), group=0):
     """Record (or, eagerly, run) collective `name` on tensor t over COMM_WORLD or the
     sub-communicator `group`; `after`: tensors this one must run after."""

@@ -51,6 +51,9 @@ class OpDef:
     multi: bool = False
     # run for its side effect (ops/host_ops.py): never constant-folded or merged
     effect: bool = False
+    # compiled code runs it as soon as its inputs are ready (passes/fusion.py), so the
+    # steps after it overlap what it starts (an MPI allreduce: distributed/ops.py)
+    schedule_early: bool = False
 
 
 def register(name, kind, infer, ref, **kw):

@@ -248,7 +248,10 @@ def fuse(g):
             bases = [load_of(p).base for p in nodes[s.node].inputs]
         return [producer[b] for b in bases if b in producer and producer[b] is not s]
 
-    ordered = _toposort(steps, deps)
+    def early(s):
+        return s.kind == "opaque" and REGISTRY[nodes[s.node].op].schedule_early
+
+    ordered = _toposort(steps, deps, early)
     return Program(g, ordered, mat)
 
 
@@ -271,8 +274,13 @@ def _same_shape(a, b):
     return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
 
 
-def _toposort(steps, deps):
+def _toposort(steps, deps, early=lambda s: False):
+    """Steps in node order, each after the steps it reads; an `early` step goes right
+    after the last step it reads instead."""
     first = {id(s): min(s.outputs()) for s in steps}
+    for s in steps:
+        if early(s) and deps(s):
+            first[id(s)] = max(first[id(d)] for d in deps(s)) + 0.5
     done, order = set(), []
     pending = sorted(steps, key=lambda s: first[id(s)])
     while pending:
