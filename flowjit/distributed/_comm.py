@@ -154,11 +154,12 @@ def _install_hook():
 
 # How a wait polls. MPI moves a non-blocking collective forward only inside MPI calls, so
 # every pause between polls stalls the transfer (a 20 us sleep is ~80 us on a busy
-# machine; sleeps made a 235k-float allreduce 3.5x slower than a blocking one). So the
-# first YIELD_POLL_S seconds poll back to back, handing the core to any other runnable
+# machine; sleeps made a 235k-float allreduce 3.5x slower than a blocking one). So a
+# wait polls SPIN_POLLS times at once, then for YIELD_POLL_S seconds back to back, handing the core to any other runnable
 # process between polls (sched_yield: no spinning on a core another process needs);
 # a longer wait (a slow or failed peer) sleeps between polls, up to 1 ms.
 YIELD_POLL_S = 0.05
+SPIN_POLLS = 64         # (about 1 us each) before the first yield
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
@@ -168,6 +169,9 @@ def wait(requests, what):
     MPI = S.MPI
     if MPI.Request.Testall(requests):
         return
+    for _ in range(SPIN_POLLS):          # most waits end within microseconds: poll at once
+        if MPI.Request.Testall(requests):
+            return
     limit = timeout()
     start = time.monotonic()
     deadline = start + limit
@@ -211,9 +215,14 @@ def scratch(dtype, n):
 OPS = ("sum", "mean", "max", "min")
 
 
+_MPI_OPS = {}
+
+
 def _mpi_op(op):
-    MPI = S.MPI
-    return {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+    if not _MPI_OPS:
+        MPI = S.MPI
+        _MPI_OPS.update(sum=MPI.SUM, mean=MPI.SUM, max=MPI.MAX, min=MPI.MIN)
+    return _MPI_OPS[op]
 
 
 def allreduce_np(x, op="sum", what="allreduce", inplace=False):
@@ -229,8 +238,10 @@ def allreduce_np(x, op="sum", what="allreduce", inplace=False):
                             + (f" {x.shape} {x.dtype}" if isinstance(x, np.ndarray) else ""))
         if active():
             flat = x.reshape(-1)
-            wait(start_allreduce(flat, op), lambda: f"{what}(op={op!r}, {flat.size} x {flat.dtype})")
-            finish(flat, op)
+            reqs = start_allreduce(flat, op)
+            wait(reqs, lambda: f"{what}(op={op!r}, {flat.size} x {flat.dtype})")
+            if op == "mean":
+                finish(flat, op)
         return x
     x = np.asarray(x)
     if not active():
