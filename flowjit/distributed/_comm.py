@@ -167,17 +167,16 @@ def wait(requests, what):
     """Wait for `requests` with the timeout, or raise CollectiveTimeoutError. what: the
     operation, for the message (a string, or a function making it: only on a timeout)."""
     MPI = S.MPI
-    if MPI.Request.Testall(requests):
-        return
+    test = requests[0].Test if len(requests) == 1 else (lambda: MPI.Request.Testall(requests))
     for _ in range(SPIN_POLLS):          # most waits end within microseconds: poll at once
-        if MPI.Request.Testall(requests):
+        if test():
             return
     limit = timeout()
     start = time.monotonic()
     deadline = start + limit
     fast_until = start + YIELD_POLL_S
     pause = 5e-5
-    while not MPI.Request.Testall(requests):
+    while not test():
         now = time.monotonic()
         if now < fast_until:
             _yield()
@@ -238,7 +237,10 @@ def allreduce_np(x, op="sum", what="allreduce", inplace=False):
                             + (f" {x.shape} {x.dtype}" if isinstance(x, np.ndarray) else ""))
         if active():
             flat = x.reshape(-1)
-            reqs = start_allreduce(flat, op)
+            if flat.nbytes <= BUCKET_BYTES:      # (the common case, without the bucket list)
+                reqs = [S.comm.Iallreduce(S.MPI.IN_PLACE, flat, _mpi_op(op))]
+            else:
+                reqs = start_allreduce(flat, op)
             wait(reqs, lambda: f"{what}(op={op!r}, {flat.size} x {flat.dtype})")
             if op == "mean":
                 finish(flat, op)
