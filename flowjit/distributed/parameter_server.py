@@ -111,13 +111,6 @@ class ParameterStore:
         self.owned[name] = (offset, shape, dtype)
         return {"addr": offset}
 
-    def value(self, name):
-        """A server: the current values of a variable it owns (a copy)."""
-        offset, shape, dtype = self.owned[name]
-        n = int(np.prod(shape, dtype=np.int64))
-        start = offset + HEADER
-        return self.arena[start:start + n * dtype.itemsize].view(dtype).reshape(shape).copy()
-
     def _answer_one(self):
         """Answer one pending message, if any; whether there was one."""
         MPI = self.MPI
