@@ -29,6 +29,12 @@ class _Config:
         # default) uses SciPy's OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl), at
         # most the cores, and fewer while other processes want the cores; a number
         # fixes the count.
+        # On a GPU, consecutive kernels of a compiled step run as the phases of one
+        # cooperative launch (backends/cuda/fused_launch.py): a step costs one or a few
+        # launches instead of dozens. Read when a program is compiled; False (or
+        # FLOWJIT_CUDA_FUSE_LAUNCHES=0) launches every kernel on its own.
+        self.cuda_fuse_launches = os.environ.get("FLOWJIT_CUDA_FUSE_LAUNCHES", "1").strip().lower() \
+            not in ("0", "false", "no", "off")
         t = os.environ.get("FLOWJIT_THREADS", "").strip().lower()
         self.threads = "auto" if t in ("", "auto") else int(t)
 

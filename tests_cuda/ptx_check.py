@@ -58,7 +58,7 @@ def compile_all(in_path):
         recs = json.load(f)
     mods, ok, bad = {}, 0, 0
     for path, name, argtys in recs:
-        if not os.path.basename(path).startswith("k_"):
+        if not os.path.basename(path).startswith(("k_", "m_")):
             continue                       # runtime helpers, not generated code
         if path not in mods:
             lines = open(path).read().split("\n")

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from ...config import config
 from ...ir.registry import REGISTRY
 from ...ops.control import scan_results, stacked_outputs
 from ...runtime import stats as S
@@ -26,6 +27,7 @@ from ..loops import dim_src, prod_src
 from . import runtime as RT
 from .codegen import gen_loop, shape_tuple
 from .custom import kernel_globals, opaque_lowering
+from .fused_launch import fuse_launches
 from .kernels import Ctx, LOWERINGS, host_fallback, matmul_lines
 from .scalar import NAMES as SCALAR_NAMES
 
@@ -80,6 +82,8 @@ def gen_entry(prog):
         [buf(v) for _, v in g.effects]
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
     body = "def ENTRY(" + ", ".join(params) + "):\n" + "".join("    " + l + "\n" for l in lines)
+    if config.cuda_fuse_launches and RT.cooperative_launches():
+        body, kernels = fuse_launches(body, kernels)
     return body, kernels, err_codes, inplace, placement, ctx.host_nodes
 
 

@@ -17,6 +17,7 @@ naming the op, and nothing outside the arrays is read or written.
 """
 import hashlib
 import importlib
+import textwrap
 
 from ..pyexpr import npt
 from ...ir.shapes import is_one
@@ -94,28 +95,7 @@ def matmul_source(ta, tb, dtype):
         for q in range({LB}):
             gn = col0 + bn + q
             Bs[bk, bn + q] = B[zb, gk, gn] if (gk < K and gn < N) else {dt}(0)"""
-    body = f'''    M = C.shape[1]
-    N = C.shape[2]
-    K = A.shape[{1 if ta else 2}]
-    tid = cuda.threadIdx.x
-    tx = tid % {NTX}
-    ty = tid // {NTX}
-    row0 = cuda.blockIdx.y * {BM}
-    col0 = cuda.blockIdx.x * {BN}
-    bz = cuda.blockIdx.z
-    za = bz if A.shape[0] > 1 else 0
-    zb = bz if B.shape[0] > 1 else 0
-    As = cuda.shared.array(({BK}, {BM}), {dt})
-    Bs = cuda.shared.array(({BK}, {BN}), {dt})
-    acc = cuda.local.array(({TM}, {TN}), {dt})
-    ra = cuda.local.array({TM}, {dt})
-    rb = cuda.local.array({TN}, {dt})
-    for i in range({TM}):
-        for j in range({TN}):
-            acc[i, j] = 0
-    {a_setup}
-    {b_setup}
-    for k0 in range(0, K, {BK}):
+    tiles = f'''    for k0 in range(0, K, {BK}):
 {a_load}
 {b_load}
         cuda.syncthreads()
@@ -134,6 +114,35 @@ def matmul_source(ta, tb, dtype):
             gn = col0 + tx + j * {NTX}
             if gm < M and gn < N:
                 C[bz, gm, gn] = acc[i, j]
+'''
+    # block b computes tiles b, b + gridDim.x, ...: any grid size gives the same result,
+    # so the kernel can also run as one phase of a single-launch step (fused_launch.py)
+    body = f'''    M = C.shape[1]
+    N = C.shape[2]
+    K = A.shape[{1 if ta else 2}]
+    tid = cuda.threadIdx.x
+    tx = tid % {NTX}
+    ty = tid // {NTX}
+    gx = (N + {BN - 1}) // {BN}
+    gy = (M + {BM - 1}) // {BM}
+    As = cuda.shared.array(({BK}, {BM}), {dt})
+    Bs = cuda.shared.array(({BK}, {BN}), {dt})
+    acc = cuda.local.array(({TM}, {TN}), {dt})
+    ra = cuda.local.array({TM}, {dt})
+    rb = cuda.local.array({TN}, {dt})
+    {a_setup}
+    {b_setup}
+    tile = cuda.blockIdx.x
+    while tile < gx * gy * C.shape[0]:
+        col0 = (tile % gx) * {BN}
+        row0 = ((tile // gx) % gy) * {BM}
+        bz = tile // (gx * gy)
+        za = bz if A.shape[0] > 1 else 0
+        zb = bz if B.shape[0] > 1 else 0
+        for i in range({TM}):
+            for j in range({TN}):
+                acc[i, j] = 0
+{textwrap.indent(tiles, "    ")}        tile += cuda.gridDim.x
 '''
     return named(kernel_def("A, B, C", body), f"matmul ta={ta} tb={tb} ({dtype.name})")
 
@@ -154,7 +163,7 @@ def matmul_lines(ctx, n):
     nt = (BN // TN) * (BM // TM)
     out = buf(n.id)
     lines = [ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype)),
-             f"{name}[(RT.cdiv({N}, {BN}), RT.cdiv({M}, {BM}), max(1, {nb})), {nt}]"
+             f"{name}[RT.blocks(RT.cdiv({N}, {BN}) * RT.cdiv({M}, {BM}) * max(1, {nb})), {nt}]"
              f"({three(a)}, {three(b)}, {out}.reshape((max(1, {nb}), {M}, {N})))"]
     return {name: src}, lines
 

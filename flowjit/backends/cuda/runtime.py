@@ -28,11 +28,13 @@ SIM = bool(_nb_config.ENABLE_CUDASIM)
 
 class Counted:
     """A kernel whose launches fj.stats() counts: `k[grid, block](*args)` as for the
-    kernel itself, counted when it runs (a launch under an `if` only when taken)."""
-    __slots__ = ("kernel",)
+    kernel itself, counted when it runs (a launch under an `if` only when taken).
+    `blocks`: a cooperative kernel's grid size, once known (coop_grid)."""
+    __slots__ = ("kernel", "blocks")
 
     def __init__(self, kernel):
         self.kernel = kernel
+        self.blocks = None
 
     def __getitem__(self, config):
         launch = self.kernel[config]
@@ -111,7 +113,10 @@ if SIM:
 # threads per block of the loop/reduction kernels (a power of two: tree reductions)
 TPB = 8 if SIM else 256
 # matmul tiling: block tile BM x BN, k-step BK, each thread computes TM x TN outputs
-MM = dict(BM=16, BN=16, BK=8, TM=4, TN=4) if SIM else dict(BM=64, BN=64, BK=8, TM=4, TN=4)
+# (a block has (BN / TN) * (BM / TM) threads: TPB, so a matmul can be one phase of a
+# single-launch step, whose block size is TPB for every phase)
+MM = dict(BM=8, BN=8, BK=8, TM=2, TN=4) if SIM else dict(BM=64, BN=64, BK=8, TM=4, TN=4)
+assert (MM["BN"] // MM["TN"]) * (MM["BM"] // MM["TM"]) == TPB
 _max_blocks = None
 
 
@@ -303,3 +308,54 @@ def scratch(pool, key, n, dtype, zero=False):
     if zero and n:
         _fill_zero[grid(n), TPB](a)
     return a
+
+
+def coop_grid(k):
+    """Blocks of a cooperative launch of Counted kernel `k` (backends/cuda/fused_launch.py):
+    every block must be resident at once. The simulator runs grid barriers for one block
+    only. On a GPU the first launch uses one block per multiprocessor (a block of TPB
+    threads always fits), later ones as many as the compiled kernel's resources allow."""
+    if SIM:
+        return 1
+    if k.blocks is not None:
+        return k.blocks
+    overloads = list(getattr(k.kernel, "overloads", {}).values())
+    sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+    if not overloads:
+        return sms
+    k.blocks = max(sms, min(overloads[0].max_cooperative_grid_blocks(TPB), max_blocks()))
+    return k.blocks
+
+
+_cooperative = None
+
+
+def cooperative_launches():
+    """Whether this device runs cooperative kernels (grid-wide barriers): checked once
+    with a two-block kernel; where it fails, steps keep one launch per kernel."""
+    global _cooperative
+    if _cooperative is None:
+        if SIM:
+            _cooperative = True
+        else:
+            try:
+                _cooperative = _probe_cooperative()
+            except Exception as e:       # a driver or linker without grid groups
+                warnings.warn(f"flowjit: cooperative CUDA launches are unavailable ({type(e).__name__}: "
+                              f"{e}); each kernel of a step launches on its own", RuntimeWarning)
+                _cooperative = False
+    return _cooperative
+
+
+def _probe_cooperative():
+    @cuda.jit
+    def probe(out):
+        g = cuda.cg.this_grid()
+        if cuda.threadIdx.x == 0:
+            out[cuda.blockIdx.x] = cuda.blockIdx.x + 1
+        g.sync()
+        if cuda.threadIdx.x == 0 and cuda.blockIdx.x == 0:
+            out[2] = out[0] + out[1]
+    out = cuda.to_device(np.zeros(3, np.int64))
+    probe[2, 32](out)
+    return int(out.copy_to_host()[2]) == 3
