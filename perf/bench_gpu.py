@@ -5,8 +5,10 @@
 1. fused elementwise chain over 64M float32 (2 reads, 1 write) as a fraction of the
    device's copy bandwidth (a device-to-device copy measured with numba.cuda);
 2. tiled matmul 4096^3 float32 in TFLOP/s, against cupy.matmul when CuPy is installed;
-3. MLP 784-256-128-10 training step (Adam) at batch 1024, against PyTorch CUDA eager
-   when torch with CUDA is installed.
+3. MLP 784-256-128-10 training step (Adam) at batch 1024, its kernels fused into a few
+   cooperative launches (the default) and launched one by one, with launches per step;
+4. perf/bench_conv.py's small CNN training step (Adam) at batch 256;
+   3 and 4 against PyTorch CUDA eager when torch with CUDA is installed.
 Timings synchronize the device; medians of repeated runs.
 """
 import argparse
@@ -28,6 +30,87 @@ def timeit(fn, sync, reps, warmup=2):
         sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def timed(fn, sync, reps, warmup=2):
+    return (timeit(fn, sync, reps, warmup),)
+
+
+def _launches(fj, step, *args):
+    before = fj.stats()["kernel_launches"]
+    step(*args)
+    return fj.stats()["kernel_launches"] - before
+
+
+def _flowjit_mlp(fj, init):
+    with fj.device("/gpu:0"):
+        params = []
+        for w in init:
+            params += [fj.Variable(w), fj.Variable(np.zeros(w.shape[1], np.float32))]
+        opt = fj.optimizers.Adam(1e-3)
+
+        @fj.jit
+        def step(x, y):
+            with fj.GradientTape() as tape:
+                h = x
+                for k in range(0, 4, 2):
+                    h = fj.nn.relu(h @ params[k] + params[k + 1])
+                logits = h @ params[4] + params[5]
+                loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, logits))
+            opt.apply_gradients(zip(tape.gradient(loss, params), params))
+            return loss
+    return step
+
+
+def _torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def _torch_mlp(torch, init, xb, yb):
+    dev = torch.device("cuda")
+    tw = [torch.tensor(w, device=dev, requires_grad=True) for w in init]
+    tb = [torch.zeros(w.shape[1], device=dev, requires_grad=True) for w in init]
+    topt = torch.optim.Adam(tw + tb, lr=1e-3)
+    tx, ty = torch.tensor(xb, device=dev), torch.tensor(yb, device=dev)
+
+    def tstep():
+        topt.zero_grad()
+        h = tx
+        for w, bb in zip(tw[:2], tb[:2]):
+            h = torch.relu(h @ w + bb)
+        loss = torch.nn.functional.cross_entropy(h @ tw[2] + tb[2], ty)
+        loss.backward()
+        topt.step()
+    return tstep
+
+
+def _torch_cnn(torch, BC, params0, xc, yc):
+    """perf/bench_conv.py's CNN in PyTorch CUDA eager (NCHW, explicit SAME padding)."""
+    import torch.nn.functional as tF
+    dev = torch.device("cuda")
+    tp = [torch.tensor(p.transpose(3, 2, 0, 1).copy() if p.ndim == 4 else p, device=dev, requires_grad=True)
+          for p in params0]
+    opt = torch.optim.Adam(tp, lr=BC.CNN_LR, betas=(BC.ADAM_B1, BC.ADAM_B2), eps=BC.ADAM_EPS)
+    tx = torch.tensor(xc.transpose(0, 3, 1, 2).copy(), device=dev)
+    ty = torch.tensor(yc, device=dev)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        h = tx
+        for i, (k, _, _, st) in enumerate(BC.CNN_CONVS):
+            _, t, b = BC.same_pads(h.shape[2], k, st)
+            _, l, r = BC.same_pads(h.shape[3], k, st)
+            h = tF.relu(tF.conv2d(tF.pad(h, (l, r, t, b)), tp[2 * i], tp[2 * i + 1], stride=st))
+        h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)
+        h = tF.relu(torch.addmm(tp[7], h, tp[6]))
+        loss = tF.cross_entropy(torch.addmm(tp[9], h, tp[8]), ty)
+        loss.backward()
+        opt.step()
+    return step
 
 
 def main(argv=None):
@@ -85,53 +168,45 @@ def main(argv=None):
         pass
     rows.append((f"matmul {m}^3 f32", f"{t_mm * 1e3:.2f} ms, {tf:.2f} TFLOP/s (rel err {err:.1e})", other, ""))
 
-    # 3. MLP training step
+    # 3. MLP training step, with the step's kernels fused into few launches (the
+    # default) and launched one at a time
     batch, sizes = 1024, (784, 256, 128, 10)
     xb = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
     yb = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)]
     init = [(rng.standard_normal((i, o)) * np.sqrt(2.0 / i)).astype(np.float32) for i, o in zip(sizes[:-1], sizes[1:])]
-    with fj.device("/gpu:0"):
-        params = []
-        for w in init:
-            params += [fj.Variable(w), fj.Variable(np.zeros(w.shape[1], np.float32))]
-        opt = fj.optimizers.Adam(1e-3)
-
-        @fj.jit
-        def step(x, y):
-            with fj.GradientTape() as tape:
-                h = x
-                for k in range(0, 4, 2):
-                    h = fj.nn.relu(h @ params[k] + params[k + 1])
-                logits = h @ params[4] + params[5]
-                loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, logits))
-            opt.apply_gradients(zip(tape.gradient(loss, params), params))
-            return loss
-        xd, yd = cuda.to_device(xb), cuda.to_device(yb)
-        t_fj = timeit(lambda: step(xd, yd), sync, reps * 2, warmup=3)
+    xd, yd = cuda.to_device(xb), cuda.to_device(yb)
+    t_fj = {}
+    for fuse in (True, False):
+        fj.config.cuda_fuse_launches = fuse
+        step = _flowjit_mlp(fj, init)
+        t_fj[fuse] = timed(lambda: step(xd, yd), sync, reps * 2, warmup=3) + (_launches(fj, step, xd, yd),)
+    fj.config.cuda_fuse_launches = True
     other = "torch with CUDA not installed"
-    try:
-        import torch
-        if torch.cuda.is_available():
-            dev = torch.device("cuda")
-            tw = [torch.tensor(w, device=dev, requires_grad=True) for w in init]
-            tb = [torch.zeros(w.shape[1], device=dev, requires_grad=True) for w in init]
-            topt = torch.optim.Adam(tw + tb, lr=1e-3)
-            tx, ty = torch.tensor(xb, device=dev), torch.tensor(yb, device=dev)
+    torch = _torch_cuda()
+    if torch is not None:
+        t_t = timeit(_torch_mlp(torch, init, xb, yb), torch.cuda.synchronize, reps * 2, warmup=3)
+        other = f"torch eager {t_t * 1e3:.3f} ms; flowjit/torch time {t_fj[True][0] / t_t:.2f}x"
+    for fuse in (True, False):
+        t, launches = t_fj[fuse]
+        how = "fused launches" if fuse else "one launch per kernel"
+        rows.append((f"MLP 784-256-128-10 Adam step, batch 1024, {how}",
+                     f"{t * 1e3:.3f} ms, {launches} launches", other if fuse else "", ""))
 
-            def tstep():
-                topt.zero_grad()
-                h = tx
-                for w, bb in zip(tw[:2], tb[:2]):
-                    h = torch.relu(h @ w + bb)
-                logits = h @ tw[2] + tb[2]
-                loss = torch.nn.functional.cross_entropy(logits, ty)
-                loss.backward()
-                topt.step()
-            t_t = timeit(tstep, torch.cuda.synchronize, reps * 2, warmup=3)
-            other = f"torch eager {t_t * 1e3:.3f} ms; flowjit/torch time {t_fj / t_t:.2f}x"
-    except ImportError:
-        pass
-    rows.append(("MLP 784-256-128-10 Adam step, batch 1024", f"{t_fj * 1e3:.3f} ms", other, ""))
+    # 4. small CNN training step (perf/bench_conv.py's model) at batch 256
+    from perf import bench_conv as BC
+    params0 = BC.cnn_init()
+    xc = rng.random((256, BC.CNN_SIDE, BC.CNN_SIDE, 1), dtype=np.float32)
+    yc = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 256)]
+    xcd, ycd = cuda.to_device(xc), cuda.to_device(yc)
+    with fj.device("/gpu:0"):
+        cnn_step = BC.build_flowjit_cnn(params0)[0]
+    t_cnn = timeit(lambda: cnn_step(xcd, ycd), sync, reps * 2, warmup=3)
+    launches = _launches(fj, cnn_step, xcd, ycd)
+    other = "torch with CUDA not installed"
+    if torch is not None:
+        t_t = timeit(_torch_cnn(torch, BC, params0, xc, yc), torch.cuda.synchronize, reps * 2, warmup=3)
+        other = f"torch eager {t_t * 1e3:.3f} ms; flowjit/torch time {t_cnn / t_t:.2f}x"
+    rows.append(("small CNN Adam step, batch 256", f"{t_cnn * 1e3:.3f} ms, {launches} launches", other, ""))
 
     for r in rows:
         print(" | ".join(x for x in r if x))

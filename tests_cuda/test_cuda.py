@@ -119,11 +119,16 @@ def test_log_device_placement_prints_each_kernel(capsys):
     try:
         with fj.device("/gpu:0"):
             f(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
+            g = fj.jit(lambda a, b: (a @ b, fj.exp(a)))
+            g(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
     finally:
         fj.config.log_device_placement = False
     out = capsys.readouterr().out
-    assert "matmul -> /job:localhost/replica:0/task:0/device:GPU:0" in out
-    assert "fused loop" in out and "device:GPU:0 (kernels k_" in out
+    # the relu and add run in the matmul's kernel (its only reader); a returned product
+    # is a matmul of its own, the exp a fused loop
+    assert "step 0: matmul + fused loop [relu add] -> /job:localhost/replica:0/task:0/device:GPU:0 (kernels k_" in out
+    assert "matmul -> /job:localhost/replica:0/task:0/device:GPU:0 (kernels k_" in out
+    assert "fused loop [exp] -> /job:localhost/replica:0/task:0/device:GPU:0" in out
 
 
 def test_list_devices_and_missing_gpu(monkeypatch):

@@ -25,7 +25,7 @@ from ...passes.inplace import inplace_effects
 from ..entry import entry_params, results_read, scan_body_names, scan_result_name, size_lines
 from ..loops import dim_src, prod_src
 from . import runtime as RT
-from .codegen import gen_loop, shape_tuple
+from .codegen import epilogue_fits, gen_loop, matmul_epilogue, shape_tuple
 from .custom import kernel_globals, opaque_lowering
 from .fused_launch import fuse_launches
 from .kernels import Ctx, LOWERINGS, host_fallback, matmul_lines
@@ -91,9 +91,17 @@ def _steps(prog, ctx, alias, scalars, kernels, placement, prefix):
     """The lines of prog's steps (a loop body's too: `prefix` names its placement)."""
     g = prog.graph
     lines = []
-    for k, step in enumerate(prog.steps):
+    steps = list(prog.steps)
+    for k, step in enumerate(steps):
+        if step is None:            # run as the epilogue of the matmul before it
+            continue
         n = g.nodes[step.node] if step.kind != "loop" else None
-        if step.kind == "loop":
+        nxt = steps[k + 1] if k + 1 < len(steps) else None
+        if step.kind == "matmul" and nxt is not None and nxt.kind == "loop" and \
+                epilogue_fits(g, nxt.group, n.id, ctx.alloc.kept):
+            what, ks, ls = _matmul_epilogue_step(ctx, n, nxt.group, alias, scalars)
+            steps[k + 1] = None
+        elif step.kind == "loop":
             what, ks, ls = _loop_step(ctx, step.group, alias, scalars)
         elif n.op in _CONTROL:
             what, ks, ls = f"{n.op} (a loop or branch of the host entry, {step.node})", {}, \
@@ -274,18 +282,35 @@ def _prologue(prog, names, buf):
     return scalars, lines
 
 
-def _loop_step(ctx, grp, alias, scalars):
+def _loop_outputs(ctx, grp, alias):
+    """Lines allocating a loop group's outputs (a variable's new value is written over
+    its buffer)."""
     g, buf = ctx.g, ctx.buf
     lines = []
     for o in grp.stores + grp.reduces:
         n = g.nodes[o]
-        if o in alias:      # a variable's new value, written over its buffer
+        if o in alias:
             lines.append(f"{buf(o)} = {buf(alias[o])}")
         else:
             lines.append(ctx.alloc(o, prod_src(n.shape), f"np.{n.dtype.np.name}"))
-    ks, ls = gen_loop(g, grp, buf, scalars.get, ctx.alloc)
+    return lines
+
+
+def _loop_step(ctx, grp, alias, scalars):
+    g = ctx.g
+    ks, ls = gen_loop(g, grp, ctx.buf, scalars.get, ctx.alloc)
     what = f"fused loop [{' '.join(g.nodes[i].op for i in grp.nodes) or 'copy'}]"
-    return what, ks, lines + ls
+    return what, ks, _loop_outputs(ctx, grp, alias) + ls
+
+
+def _matmul_epilogue_step(ctx, n, grp, alias, scalars):
+    """A matmul whose product only the next loop group reads, elementwise: one kernel
+    computing the group's values from the product in registers."""
+    g = ctx.g
+    epi = matmul_epilogue(g, grp, n.id, ctx.buf, scalars.get, ctx.alloc)
+    ks, ls = matmul_lines(ctx, n, epi)
+    what = f"matmul + fused loop [{' '.join(g.nodes[i].op for i in grp.nodes)}]"
+    return what, ks, _loop_outputs(ctx, grp, alias) + ls
 
 
 def _node_step(ctx, n, kind):

@@ -63,7 +63,11 @@ class Ctx:
 # outputs in registers. Operands are 3-D views (batch, rows, cols); a batch extent of 1
 # broadcasts; blockIdx.z is the batch entry.
 # ----------------------------------------------------------------------------------
-def matmul_source(ta, tb, dtype):
+def matmul_source(ta, tb, dtype, epilogue=None):
+    """(name, source) of the tiled matmul C = A @ B. With `epilogue` (params, lines):
+    the product is not stored; for each element, at flat index `lin` of its (M, N)
+    output, `acc_` holds it and the lines (an elementwise loop group's loads, body and
+    stores: matmul_epilogue_lines) run; M and N are then parameters."""
     BM, BN, BK, TM, TN = (MM[k] for k in ("BM", "BN", "BK", "TM", "TN"))
     NTX = BN // TN
     NT = NTX * (BM // TM)
@@ -113,12 +117,20 @@ def matmul_source(ta, tb, dtype):
         for j in range({TN}):
             gn = col0 + tx + j * {NTX}
             if gm < M and gn < N:
-                C[bz, gm, gn] = acc[i, j]
+{{store}}
 '''
     # block b computes tiles b, b + gridDim.x, ...: any grid size gives the same result,
     # so the kernel can also run as one phase of a single-launch step (fused_launch.py)
-    body = f'''    M = C.shape[1]
-    N = C.shape[2]
+    if epilogue is None:
+        store, params, nz = "                C[bz, gm, gn] = acc[i, j]", "A, B, C", "C.shape[0]"
+    else:
+        eparams, elines = epilogue
+        store = "\n".join(["                acc_ = acc[i, j]", "                lin = gm * N + gn"] +
+                          ["                " + x for x in elines])
+        params, nz = "A, B, M, N, " + ", ".join(eparams), "1"
+    tiles = tiles.replace("{store}", store)
+    body = f'''    M = {"C.shape[1]" if epilogue is None else "M"}
+    N = {"C.shape[2]" if epilogue is None else "N"}
     K = A.shape[{1 if ta else 2}]
     tid = cuda.threadIdx.x
     tx = tid % {NTX}
@@ -133,7 +145,7 @@ def matmul_source(ta, tb, dtype):
     {a_setup}
     {b_setup}
     tile = cuda.blockIdx.x
-    while tile < gx * gy * C.shape[0]:
+    while tile < gx * gy * {nz}:
         col0 = (tile % gx) * {BN}
         row0 = ((tile // gx) % gy) * {BM}
         bz = tile // (gx * gy)
@@ -144,14 +156,18 @@ def matmul_source(ta, tb, dtype):
                 acc[i, j] = 0
 {textwrap.indent(tiles, "    ")}        tile += cuda.gridDim.x
 '''
-    return named(kernel_def("A, B, C", body), f"matmul ta={ta} tb={tb} ({dtype.name})")
+    what = f"matmul ta={ta} tb={tb} ({dtype.name})" + (" with an elementwise epilogue" if epilogue else "")
+    return named(kernel_def(params, body), what)
 
 
-def matmul_lines(ctx, n):
+def matmul_lines(ctx, n, epilogue=None):
+    """(kernels, entry lines) of matmul node n. epilogue: (params, call arguments, lines)
+    of the elementwise loop group that alone reads the product (codegen.py): then the
+    product is never stored and the group's stores are written instead."""
     g, buf = ctx.g, ctx.buf
     a, b = (g.nodes[i] for i in n.inputs)
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
-    name, src = matmul_source(ta, tb, n.dtype)
+    name, src = matmul_source(ta, tb, n.dtype, epilogue and epilogue[::2])
     M, N = dim_src(n.shape[-2]), dim_src(n.shape[-1])
     nb = prod_src(n.shape[:-2])
 
@@ -161,10 +177,13 @@ def matmul_lines(ctx, n):
         return f"{buf(x.id)}.reshape(({lead}, {dim_src(x.shape[-2])}, {dim_src(x.shape[-1])}))"
     BM, BN, TM, TN = MM["BM"], MM["BN"], MM["TM"], MM["TN"]
     nt = (BN // TN) * (BM // TM)
+    launch = f"{name}[RT.blocks(RT.cdiv({N}, {BN}) * RT.cdiv({M}, {BM}) * max(1, {nb})), {nt}]"
+    if epilogue is not None:
+        args = [three(a), three(b), f"np.int64({M})", f"np.int64({N})"] + list(epilogue[1])
+        return {name: src}, [f"{launch}({', '.join(args)})"]
     out = buf(n.id)
     lines = [ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype)),
-             f"{name}[RT.blocks(RT.cdiv({N}, {BN}) * RT.cdiv({M}, {BM}) * max(1, {nb})), {nt}]"
-             f"({three(a)}, {three(b)}, {out}.reshape((max(1, {nb}), {M}, {N})))"]
+             f"{launch}({three(a)}, {three(b)}, {out}.reshape((max(1, {nb}), {M}, {N})))"]
     return {name: src}, lines
 
 
