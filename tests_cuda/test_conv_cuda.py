@@ -3,6 +3,8 @@ against the CPU backend, tiny shapes: values and GradientTape gradients for SAME
 and explicit padding, strides, dilations, NHWC and NCHW, max-pool ties and NaNs; and a
 small CNN's training step whose every op runs on the device (the placement log shows
 no NumPy on the host)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -45,8 +47,10 @@ def nchw(x):
 
 
 def on_gpu(log, *ops):
+    """Each op has a kernel on the GPU: its own, or one that also runs the elementwise
+    loop reading its result ("conv2d + fused loop [add relu]")."""
     for op in ops:
-        assert f"{op} -> {GPU} (kernels k_" in log, (op, log)
+        assert re.search(rf"\b{op}( \+ fused loop \[[a-z_ ]+\])? -> {re.escape(GPU)} \(kernels k_", log), (op, log)
 
 
 # (input NHWC, filter HWIO, strides, padding, dilations); NHWC and NCHW each
@@ -232,6 +236,7 @@ def test_cnn_training_step_runs_every_op_on_the_gpu(capsys):
     log = capsys.readouterr().out
     assert HOST not in log, log
     on_gpu(log, "conv2d", "max_pool2d", "max_pool2d_grad", "conv2d_backprop_filter", "matmul")
+    assert "conv2d + fused loop [add relu] ->" in log      # the bias and relu in conv2d's kernel
     assert "RT_host_op" not in ins.forward_source + ins.backward_source
     assert all(p.endswith("GPU:0") for p in placed), placed
     assert launches > 0

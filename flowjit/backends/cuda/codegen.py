@@ -24,7 +24,7 @@ from ...ir import scalar as S
 from ...ir.shapes import same
 from ..loops import analyse_loop, dim_src, index_term, int_arg, load_lines, node_expr, prod_src
 from ..pyexpr import const_src, npt, render, sfx
-from .kernels import named
+from .kernels import EPILOGUES, named
 from .runtime import TPB
 
 
@@ -398,12 +398,12 @@ class LoopCode:
         return F + ["        row += stride"]
 
 
-def matmul_epilogue(g, grp, product, buf, scalar_src, alloc):
+def epilogue_code(g, grp, product, buf, scalar_src, alloc):
     """(params, call arguments, lines) running elementwise loop group `grp` as the
-    epilogue of the matmul whose result `product` it reads elementwise (and nothing else
-    does): at flat index `lin` of the output, the product's element is `acc_`
-    (kernels.matmul_source); the group's other loads, body and stores are as in its own
-    kernel."""
+    epilogue of the matmul or conv2d whose result `product` it reads elementwise (and
+    nothing else does): at flat index `lin` of the output, the product's element is
+    `acc_` (kernels.matmul_source, conv_kernels._lines); the group's other loads, body
+    and stores are as in its own kernel."""
     lc = LoopCode(g, grp, buf, scalar_src, alloc)
     an = analyse_loop(g, grp)
     (j,) = [k for k, lf in enumerate(an.leaves) if lf["load"].base == product]
@@ -414,19 +414,23 @@ def matmul_epilogue(g, grp, product, buf, scalar_src, alloc):
 
 
 def epilogue_fits(g, grp, product, kept):
-    """Whether loop group `grp` can run as the epilogue of 2-D matmul node `product`: it
-    has no reductions, the product's shape, and is the only reader of the product, which
-    it reads elementwise; the product does not leave the call."""
+    """Whether loop group `grp` can run as the epilogue of node `product` (a 2-D matmul,
+    or an op in kernels.EPILOGUES): it has no reductions, the product's shape, and is
+    the only reader of the product, which it reads elementwise; the product does not
+    leave the call."""
     m = g.nodes[product]
     leaves_call = product in kept or product in g.outputs or any(v == product for _, v in g.effects)
-    if grp.reduces or leaves_call or len(m.shape) != 2 or \
-            any(len(g.nodes[i].shape) != 2 for i in m.inputs) or \
-            len(grp.shape) != 2 or any(not same(a, b) for a, b in zip(grp.shape, m.shape)):
+    if m.op == "matmul":
+        shaped = len(m.shape) == 2 and all(len(g.nodes[i].shape) == 2 for i in m.inputs)
+    else:
+        shaped = m.op in EPILOGUES
+    if grp.reduces or leaves_call or not shaped or len(grp.shape) != len(m.shape) or \
+            any(not same(a, b) for a, b in zip(grp.shape, m.shape)):
         return False
     if not set(g.users()[product]) <= set(grp.nodes):
         return False
     leaves = [lf for lf in analyse_loop(g, grp).leaves if lf["load"].base == product]
-    return len(leaves) == 1 and leaves[0]["identity"] and len(leaves[0]["present"]) == 2
+    return len(leaves) == 1 and leaves[0]["identity"] and len(leaves[0]["present"]) == len(m.shape)
 
 
 def gen_loop(g, grp, buf, scalar_src, alloc):

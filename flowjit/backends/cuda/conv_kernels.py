@@ -17,7 +17,7 @@ kernel arguments: one compiled kernel per op and dtype serves every layer.
 """
 from ..loops import dim_src, int_arg, prod_src
 from ..pyexpr import npt
-from .kernels import kernel_def, lowering, named
+from .kernels import EPILOGUES, kernel_def, lowering, named
 from .runtime import TPB
 
 SIZES = "N, H, W, C, OH, OW, CO, KH, KW, SH, SW, DH, DW, PT, PL"
@@ -50,13 +50,25 @@ def _each(idx, ext, body):
 '''
 
 
-def _lines(ctx, n, kind, arrays, body, sizes, launch=None):
+def _lines(ctx, n, kind, arrays, body, sizes, launch=None, epilogue=None):
     """(kernels, entry lines) of node n: allocate its output, launch kernel `body` on
-    the buffers of its inputs and output (named `arrays` in the kernel) and `sizes`."""
-    name, src = named(kernel_def(", ".join(arrays) + ", " + SIZES, body), f"{kind} ({n.dtype.name})")
+    the buffers of its inputs and output (named `arrays` in the kernel) and `sizes`.
+    epilogue: (params, call arguments, lines) of the elementwise loop group that alone
+    reads the output (codegen.epilogue_code): the body's `out[t] = acc` becomes those
+    lines, with the element in `acc_` at flat index `lin`, and the output is not stored."""
     total = prod_src(n.shape)
-    args = [ctx.buf(p) for p in n.inputs] + [ctx.buf(n.id)] + sizes
     launch = launch or f"RT.grid({total}), RT.TPB"
+    if epilogue is not None:
+        eparams, ecall, elines = epilogue
+        store = f"        {arrays[-1]}[t] = acc\n"
+        assert store in body
+        body = body.replace(store, "".join("        " + x + "\n" for x in ["acc_ = acc", "lin = t"] + elines))
+        name, src = named(kernel_def(", ".join(arrays[:-1] + [SIZES] + eparams), body),
+                          f"{kind} ({n.dtype.name}) with an elementwise epilogue")
+        args = [ctx.buf(p) for p in n.inputs] + sizes + list(ecall)
+        return {name: src}, [f"{name}[{launch}]({', '.join(args)})"]
+    name, src = named(kernel_def(", ".join(arrays) + ", " + SIZES, body), f"{kind} ({n.dtype.name})")
+    args = [ctx.buf(p) for p in n.inputs] + [ctx.buf(n.id)] + sizes
     return {name: src}, [ctx.alloc(n.id, total, npt(n.dtype)),
                          f"{name}[{launch}]({', '.join(args)})"]
 
@@ -76,7 +88,7 @@ def _tap_rows(r, i, v, axis, ind):
 
 
 @lowering("conv2d")
-def _conv2d(ctx, n):
+def _conv2d(ctx, n, epilogue=None):
     x, w = (ctx.g.nodes[p] for p in n.inputs)
     dt = npt(n.dtype)
     # neighbouring threads compute neighbouring output channels: they read one input
@@ -96,7 +108,10 @@ def _conv2d(ctx, n):
 '''
     sizes = _geometry(x.shape, n.shape[1:3], n.shape[3], w.shape[:2], n.attrs)
     return _lines(ctx, n, "conv2d", ["x", "w", "out"],
-                  _each(("n", "oh", "ow", "co"), ("N", "OH", "OW", "CO"), body), sizes)
+                  _each(("n", "oh", "ow", "co"), ("N", "OH", "OW", "CO"), body), sizes, epilogue=epilogue)
+
+
+EPILOGUES["conv2d"] = _conv2d
 
 
 @lowering("conv2d_backprop_input")

@@ -26,6 +26,9 @@ from .runtime import MM
 
 KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
 LOWERINGS = {}
+# op name -> its lowering taking an `epilogue` argument: the op's kernel can also run an
+# elementwise loop group on each output element instead of storing it (conv2d)
+EPILOGUES = {}
 
 
 def lowering(op):
@@ -67,7 +70,7 @@ def matmul_source(ta, tb, dtype, epilogue=None):
     """(name, source) of the tiled matmul C = A @ B. With `epilogue` (params, lines):
     the product is not stored; for each element, at flat index `lin` of its (M, N)
     output, `acc_` holds it and the lines (an elementwise loop group's loads, body and
-    stores: matmul_epilogue_lines) run; M and N are then parameters."""
+    stores: codegen.epilogue_code) run; M and N are then parameters."""
     BM, BN, BK, TM, TN = (MM[k] for k in ("BM", "BN", "BK", "TM", "TN"))
     NTX = BN // TN
     NT = NTX * (BM // TM)
