@@ -188,3 +188,22 @@ def test_rewrite_splits_a_run_whose_shared_memory_exceeds_the_limit(monkeypatch)
     assert sum("RT.coop_grid" in line for line in body.splitlines()) == 2
     # the grid/block configurations of fused launches are not computed at all
     assert "RT.grid(4)" not in body
+
+
+def test_rewrite_ends_a_run_where_the_host_reads_a_device_element():
+    ka, sa = kernel("    b[0] = a[0]\n")
+    entry = f"""def ENTRY(a0, k0, err):
+    v1 = RT.empty(4, np.float32)
+    {ka}[RT.grid(4), RT.TPB](a0, v1)
+    {ka}[RT.grid(4), RT.TPB](v1, np.int64(k0[0]))
+    s = np.float32(v1[0])
+    {ka}[RT.grid(4), RT.TPB](v1, s)
+    {ka}[RT.grid(4), RT.TPB](v1, a0)
+    return (v1,)
+"""
+    body, _ = fused_launch.fuse_launches(entry, {ka: sa})
+    lines = [line.strip() for line in body.splitlines()]
+    fused = [i for i, line in enumerate(lines) if "RT.coop_grid" in line]
+    # k0 is a parameter (an rng key on the host): its element joins the run; v1's ends it
+    read = lines.index("s = np.float32(v1[0])")
+    assert len(fused) == 2 and fused[0] < read < fused[1]

@@ -59,10 +59,15 @@ def _dotted(node):
     return None
 
 
-def _host_expr(node):
+def _host_expr(node, params):
     """True when evaluating `node` touches no device data: names, constants, arithmetic,
-    `.shape` / `.reshape(...)` views and the calls in _HOST_CALLS or np.*."""
+    `.shape` / `.reshape(...)` views, the calls in _HOST_CALLS or np.*, and elements of
+    the entry's parameters `params` (only the rng keys, host arrays, are read so; an
+    element of another buffer could be one a kernel of the run is still writing)."""
     for n in ast.walk(node):
+        if isinstance(n, ast.Subscript) and not (
+                isinstance(n.value, ast.Name) and n.value.id in params):
+            return False
         if isinstance(n, ast.Call):
             f = _dotted(n.func)
             if f is None:
@@ -75,7 +80,7 @@ def _host_expr(node):
     return True
 
 
-def _launch(node, kernels):
+def _launch(node, kernels, params):
     """(kernel name, grid/block expression, args) of a fusable launch statement, or None."""
     if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
         return None
@@ -86,14 +91,14 @@ def _launch(node, kernels):
     src = kernels.get(name)
     if src is None or KERNEL_HEADER not in src or call.keywords or kernel_globals(src):
         return None
-    if not all(_host_expr(a) for a in call.args) or not _host_expr(call.func.slice):
+    if not all(_host_expr(a, params) for a in call.args) or not _host_expr(call.func.slice, params):
         return None
     return name, call.func.slice, call.args
 
 
 class _Fuser:
-    def __init__(self, kernels):
-        self.kernels = kernels
+    def __init__(self, kernels, params):
+        self.kernels, self.params = kernels, params      # params: the entry's parameters
         self.out = []            # statements of the new entry body (source)
         self.run = []            # phases of the current run: (kernel, arg temps, test temp)
         self.temps = {}          # (expression, versions of its names) -> temp name
@@ -124,11 +129,11 @@ class _Fuser:
         self.run.append((name, self._temp(config), [self._temp(a) for a in args], test))
 
     def statement(self, node):
-        launch = _launch(node, self.kernels)
+        launch = _launch(node, self.kernels, self.params)
         if launch is not None:
             return self.phase(launch)
-        if isinstance(node, ast.If) and not node.orelse and _host_expr(node.test):
-            launches = [_launch(s, self.kernels) for s in node.body]
+        if isinstance(node, ast.If) and not node.orelse and _host_expr(node.test, self.params):
+            launches = [_launch(s, self.kernels, self.params) for s in node.body]
             if all(launches):
                 test = self._temp(ast.Call(ast.Name("int", ast.Load()), [node.test], []))
                 for la in launches:
@@ -138,10 +143,10 @@ class _Fuser:
                 isinstance(node.targets[0], ast.Name):
             v = node.value
             if (isinstance(v, ast.Call) and _dotted(v.func) == "RT.zeros" and not v.keywords and
-                    all(_host_expr(a) for a in v.args)) or \
-                    _zeroed_scratch(v):
+                    all(_host_expr(a, self.params) for a in v.args)) or \
+                    _zeroed_scratch(v, self.params):
                 return self._zeros(node)
-            if _host_expr(v):
+            if _host_expr(v, self.params):
                 self.out.append(ast.unparse(node))
                 return self._assigned(node)
         self.flush()
@@ -221,10 +226,10 @@ def _shared_bytes(src):
     return total
 
 
-def _zeroed_scratch(v):
+def _zeroed_scratch(v, params):
     return isinstance(v, ast.Call) and _dotted(v.func) == "RT.scratch" and not v.keywords and \
         len(v.args) == 5 and isinstance(v.args[4], ast.Constant) and v.args[4].value is True and \
-        all(_host_expr(a) for a in v.args)
+        all(_host_expr(a, params) for a in v.args)
 
 
 def _device_source(name, src):
@@ -259,7 +264,7 @@ def fuse_launches(entry_src, kernels):
     """(entry source, kernels) with each run of two or more launches as one launch."""
     fn = ast.parse(entry_src).body[0]
     kernels = dict(kernels)
-    f = _Fuser(kernels)
+    f = _Fuser(kernels, {a.arg for a in fn.args.args})
     for node in fn.body:
         f.statement(node)
     f.flush()
