@@ -207,3 +207,20 @@ def test_rewrite_ends_a_run_where_the_host_reads_a_device_element():
     # k0 is a parameter (an rng key on the host): its element joins the run; v1's ends it
     read = lines.index("s = np.float32(v1[0])")
     assert len(fused) == 2 and fused[0] < read < fused[1]
+
+
+def test_a_variable_updated_in_place_from_a_matmul_that_reads_it():
+    # the update v - 0.1 * (v @ x) is computed into v's own buffer; it must not run in
+    # the matmul's kernel, whose other tiles still read v (16 x 16: several tiles)
+    rng = np.random.default_rng(5)
+    w0 = rng.standard_normal((16, 16)).astype(np.float32)
+    x = rng.standard_normal((16, 16)).astype(np.float32)
+    with fj.device("/gpu:0"):
+        v = fj.Variable(w0.copy())
+
+        @fj.jit
+        def step(x):
+            v.assign(v - 0.1 * (v @ x))
+        step(x)
+        got = v.numpy()
+    np.testing.assert_allclose(got, w0 - 0.1 * (w0 @ x), rtol=1e-5, atol=1e-5)

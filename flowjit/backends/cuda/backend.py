@@ -97,7 +97,10 @@ def _steps(prog, ctx, alias, scalars, kernels, placement, prefix):
             continue
         n = g.nodes[step.node] if step.kind != "loop" else None
         nxt = steps[k + 1] if k + 1 < len(steps) else None
+        # (not when the group writes a variable in place: the product's other tiles may
+        # still read it)
         if step.kind in ("matmul", "opaque") and nxt is not None and nxt.kind == "loop" and \
+                not any(o in alias for o in nxt.group.stores) and \
                 epilogue_fits(g, nxt.group, n.id, ctx.alloc.kept):
             what, ks, ls = _epilogue_step(ctx, n, nxt.group, alias, scalars)
             steps[k + 1] = None

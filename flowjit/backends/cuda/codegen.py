@@ -85,7 +85,7 @@ class LoopCode:
     def __init__(self, g, grp, buf, scalar_src, alloc):
         self.g, self.grp, self.buf, self.alloc = g, grp, buf, alloc
         an = analyse_loop(g, grp)
-        self.epilogue, self.cof = an.epilogue, an.cof
+        self.epilogue, self.cof, self.leaves = an.epilogue, an.cof, an.leaves
         for lf in an.leaves:
             lf["hostscalar"] = lf["identity"] and scalar_src(lf["load"].base) is not None
         C = self.C = len(an.cdims)
@@ -405,8 +405,7 @@ def epilogue_code(g, grp, product, buf, scalar_src, alloc):
     `acc_` (kernels.matmul_source, conv_kernels._lines); the group's other loads, body
     and stores are as in its own kernel."""
     lc = LoopCode(g, grp, buf, scalar_src, alloc)
-    an = analyse_loop(g, grp)
-    (j,) = [k for k, lf in enumerate(an.leaves) if lf["load"].base == product]
+    (j,) = [k for k, lf in enumerate(lc.leaves) if lf["load"].base == product]
     k = lc.params.index(f"L{j}")          # an identity load: no other parameters
     del lc.params[k], lc.call[k]
     loads = [f"v{j} = acc_" if x.startswith(f"v{j} = ") else x for x in lc.loads]
