@@ -224,3 +224,17 @@ def test_a_variable_updated_in_place_from_a_matmul_that_reads_it():
         step(x)
         got = v.numpy()
     np.testing.assert_allclose(got, w0 - 0.1 * (w0 @ x), rtol=1e-5, atol=1e-5)
+
+
+def test_backward_runs_bias_gradients_and_activation_gradients_inside_the_matmuls(capsys):
+    # the MLP's backward: each hidden layer's activation gradient runs in the kernel of
+    # the matmul computing its input (dh = g @ W^T), each bias gradient in the weight
+    # gradient's (h^T @ g, whose tiles read every row of g); values: the MLP test above
+    fj.config.log_device_placement = True
+    try:
+        mlp_training("/gpu:0", steps=1)
+    finally:
+        fj.config.log_device_placement = False
+    log = capsys.readouterr().out
+    assert log.count("matmul + fused loop [multiply subtract multiply] ->") == 2, log
+    assert log.count("matmul + bias gradient %") == 3, log

@@ -25,7 +25,8 @@ from ...passes.inplace import inplace_effects
 from ..entry import entry_params, results_read, scan_body_names, scan_result_name, size_lines
 from ..loops import dim_src, prod_src
 from . import runtime as RT
-from .codegen import epilogue_code, epilogue_fits, gen_loop, shape_tuple
+from . import merge
+from .codegen import epilogue_code, gen_loop, shape_tuple
 from .custom import kernel_globals, opaque_lowering
 from .fused_launch import fuse_launches
 from .kernels import Ctx, EPILOGUES, LOWERINGS, host_fallback, matmul_lines
@@ -91,21 +92,22 @@ def _steps(prog, ctx, alias, scalars, kernels, placement, prefix):
     """The lines of prog's steps (a loop body's too: `prefix` names its placement)."""
     g = prog.graph
     lines = []
-    steps = list(prog.steps)
-    for k, step in enumerate(steps):
-        if step is None:            # run as the epilogue of the matmul before it
+    pl = merge.plan(prog, ctx.alloc.kept, alias)
+    for k, step in enumerate(prog.steps):
+        # bias gradients a later matmul computes get their buffers where they were
+        lines += [ctx.alloc(r, prod_src(g.nodes[r].shape), f"np.{g.nodes[r].dtype.np.name}")
+                  for r in pl.allocs.get(k, ())]
+        if k in pl.merged:          # runs in the kernel of an earlier step (merge.py)
             continue
         n = g.nodes[step.node] if step.kind != "loop" else None
-        nxt = steps[k + 1] if k + 1 < len(steps) else None
-        # (not when the group writes a variable in place: the product's other tiles may
-        # still read it)
-        if step.kind in ("matmul", "opaque") and nxt is not None and nxt.kind == "loop" and \
-                not any(o in alias for o in nxt.group.stores) and \
-                epilogue_fits(g, nxt.group, n.id, ctx.alloc.kept):
-            what, ks, ls = _epilogue_step(ctx, n, nxt.group, alias, scalars)
-            steps[k + 1] = None
+        colsum = pl.colsums.get(k)
+        if k in pl.epilogues:
+            what, ks, ls = _epilogue_step(ctx, n, pl.groups.get(pl.epilogues[k], prog.steps[pl.epilogues[k]].group),
+                                          alias, scalars, colsum)
         elif step.kind == "loop":
-            what, ks, ls = _loop_step(ctx, step.group, alias, scalars)
+            what, ks, ls = _loop_step(ctx, pl.groups.get(k, step.group), alias, scalars)
+        elif colsum is not None:
+            what, ks, ls = (f"matmul + bias gradient %{colsum}",) + matmul_lines(ctx, n, colsum=colsum)
         elif n.op in _CONTROL:
             what, ks, ls = f"{n.op} (a loop or branch of the host entry, {step.node})", {}, \
                 _CONTROL[n.op](ctx, n, step.body, kernels, placement, prefix)
@@ -306,13 +308,14 @@ def _loop_step(ctx, grp, alias, scalars):
     return what, ks, _loop_outputs(ctx, grp, alias) + ls
 
 
-def _epilogue_step(ctx, n, grp, alias, scalars):
-    """A matmul (or conv2d) whose result only the next loop group reads, elementwise:
-    one kernel computing the group's values from the result in registers."""
+def _epilogue_step(ctx, n, grp, alias, scalars, colsum=None):
+    """A matmul (or conv2d) whose result only a later loop group reads, elementwise: one
+    kernel computing the group's values from the result in registers (merge.py)."""
     g = ctx.g
     epi = epilogue_code(g, grp, n.id, ctx.buf, scalars.get, ctx.alloc)
-    ks, ls = matmul_lines(ctx, n, epi) if n.op == "matmul" else EPILOGUES[n.op](ctx, n, epi)
-    what = f"{n.op} + fused loop [{' '.join(g.nodes[i].op for i in grp.nodes)}]"
+    ks, ls = matmul_lines(ctx, n, epi, colsum) if n.op == "matmul" else EPILOGUES[n.op](ctx, n, epi)
+    what = f"{n.op} + fused loop [{' '.join(g.nodes[i].op for i in grp.nodes)}]" + \
+        (f" + bias gradient %{colsum}" if colsum is not None else "")
     return what, ks, _loop_outputs(ctx, grp, alias) + ls
 
 

@@ -66,11 +66,13 @@ class Ctx:
 # outputs in registers. Operands are 3-D views (batch, rows, cols); a batch extent of 1
 # broadcasts; blockIdx.z is the batch entry.
 # ----------------------------------------------------------------------------------
-def matmul_source(ta, tb, dtype, epilogue=None):
+def matmul_source(ta, tb, dtype, epilogue=None, colsum=False):
     """(name, source) of the tiled matmul C = A @ B. With `epilogue` (params, lines):
     the product is not stored; for each element, at flat index `lin` of its (M, N)
     output, `acc_` holds it and the lines (an elementwise loop group's loads, body and
-    stores: codegen.epilogue_code) run; M and N are then parameters."""
+    stores: codegen.epilogue_code) run; M and N are then parameters. colsum (2-D): the
+    blocks of the first row of tiles also add up the columns of B's tiles into S (float64
+    accumulators), so S[n] = sum over k of B[k, n] (a bias gradient: backends/cuda/merge.py)."""
     BM, BN, BK, TM, TN = (MM[k] for k in ("BM", "BN", "BK", "TM", "TN"))
     NTX = BN // TN
     NT = NTX * (BM // TM)
@@ -114,8 +116,8 @@ def matmul_source(ta, tb, dtype, epilogue=None):
             for i in range({TM}):
                 for j in range({TN}):
                     acc[i, j] += ra[i] * rb[j]
-        cuda.syncthreads()
-    for i in range({TM}):
+{{colsum_add}}        cuda.syncthreads()
+{{colsum_store}}    for i in range({TM}):
         gm = row0 + ty * {TM} + i
         for j in range({TN}):
             gn = col0 + tx + j * {NTX}
@@ -132,6 +134,20 @@ def matmul_source(ta, tb, dtype, epilogue=None):
                           ["                " + x for x in elines])
         params, nz = "A, B, M, N, " + ", ".join(eparams), "1"
     tiles = tiles.replace("{store}", store)
+    add = put = ""
+    if colsum:
+        params += ", S"
+        add = f"""            if row0 == 0 and ty == 0:
+                for j in range({TN}):
+                    cs[j] += np.float64(rb[j])
+"""
+        put = f"""    if row0 == 0 and ty == 0:
+        for j in range({TN}):
+            gn = col0 + tx + j * {NTX}
+            if gn < N:
+                S[gn] = {dt}(cs[j])
+"""
+    tiles = tiles.replace("{colsum_add}", add).replace("{colsum_store}", put)
     body = f'''    M = {"C.shape[1]" if epilogue is None else "M"}
     N = {"C.shape[2]" if epilogue is None else "N"}
     K = A.shape[{1 if ta else 2}]
@@ -145,6 +161,7 @@ def matmul_source(ta, tb, dtype, epilogue=None):
     acc = cuda.local.array(({TM}, {TN}), {dt})
     ra = cuda.local.array({TM}, {dt})
     rb = cuda.local.array({TN}, {dt})
+    cs = cuda.local.array({TN}, np.float64)
     {a_setup}
     {b_setup}
     tile = cuda.blockIdx.x
@@ -157,20 +174,25 @@ def matmul_source(ta, tb, dtype, epilogue=None):
         for i in range({TM}):
             for j in range({TN}):
                 acc[i, j] = 0
+        for j in range({TN}):
+            cs[j] = 0
 {textwrap.indent(tiles, "    ")}        tile += cuda.gridDim.x
 '''
-    what = f"matmul ta={ta} tb={tb} ({dtype.name})" + (" with an elementwise epilogue" if epilogue else "")
+    what = f"matmul ta={ta} tb={tb} ({dtype.name})" + (" with an elementwise epilogue" if epilogue else "") + \
+        (" and column sums of B" if colsum else "")
     return named(kernel_def(params, body), what)
 
 
-def matmul_lines(ctx, n, epilogue=None):
+def matmul_lines(ctx, n, epilogue=None, colsum=None):
     """(kernels, entry lines) of matmul node n. epilogue: (params, call arguments, lines)
     of the elementwise loop group that alone reads the product (codegen.py): then the
-    product is never stored and the group's stores are written instead."""
+    product is never stored and the group's stores are written instead. colsum: the
+    node whose buffer (allocated already) gets the column sums of B."""
     g, buf = ctx.g, ctx.buf
     a, b = (g.nodes[i] for i in n.inputs)
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
-    name, src = matmul_source(ta, tb, n.dtype, epilogue and epilogue[::2])
+    name, src = matmul_source(ta, tb, n.dtype, epilogue and epilogue[::2], colsum is not None)
+    extra = [] if colsum is None else [buf(colsum)]
     M, N = dim_src(n.shape[-2]), dim_src(n.shape[-1])
     nb = prod_src(n.shape[:-2])
 
@@ -182,12 +204,10 @@ def matmul_lines(ctx, n, epilogue=None):
     nt = (BN // TN) * (BM // TM)
     launch = f"{name}[RT.blocks(RT.cdiv({N}, {BN}) * RT.cdiv({M}, {BM}) * max(1, {nb})), {nt}]"
     if epilogue is not None:
-        args = [three(a), three(b), f"np.int64({M})", f"np.int64({N})"] + list(epilogue[1])
+        args = [three(a), three(b), f"np.int64({M})", f"np.int64({N})"] + list(epilogue[1]) + extra
         return {name: src}, [f"{launch}({', '.join(args)})"]
-    out = buf(n.id)
-    lines = [ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype)),
-             f"{launch}({three(a)}, {three(b)}, {out}.reshape((max(1, {nb}), {M}, {N})))"]
-    return {name: src}, lines
+    args = [three(a), three(b), f"{buf(n.id)}.reshape((max(1, {nb}), {M}, {N}))"] + extra
+    return {name: src}, [ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype)), f"{launch}({', '.join(args)})"]
 
 
 # ----------------------------------------------------------------------------------
