@@ -30,15 +30,16 @@ def plan(prog, kept, alias):
     p = Plan()
     steps = prog.steps
     _bias_gradients(g, steps, p)
-    users = g.users()
     for k, s in enumerate(steps):
         if s.kind not in ("matmul", "opaque"):
             continue
-        j = _reader(g, steps, k, s.node, users, p)
+        j = _reader(g, steps, k, s.node, p)
         if j is None:
             continue
         grp = p.groups.get(j, steps[j].group)
-        between = {o for s2 in steps[k + 1:j] for o in s2.outputs()}
+        # what the steps between produce (a weight gradient matmul also its bias gradient)
+        between = {o for s2 in steps[k + 1:j] for o in s2.outputs()} | \
+            {p.colsums[i] for i in range(k + 1, j) if i in p.colsums}
         if any(o in alias for o in grp.stores) or any(ld.base in between for ld in grp.loads.values()):
             continue
         if epilogue_fits(g, grp, s.node, kept):
@@ -47,7 +48,7 @@ def plan(prog, kept, alias):
     return p
 
 
-def _reader(g, steps, k, node, users, p):
+def _reader(g, steps, k, node, p):
     """Index of the first loop step after k that reads `node`, if no other step between
     does and it is not merged already."""
     for j in range(k + 1, len(steps)):
