@@ -64,7 +64,7 @@ class Ctx:
 # tiles in shared memory (each thread loads a few consecutive elements, so the index
 # arithmetic is done once, outside the k loop) and each thread accumulates TM x TN
 # outputs in registers. Operands are 3-D views (batch, rows, cols); a batch extent of 1
-# broadcasts; blockIdx.z is the batch entry.
+# broadcasts; a block loops over tiles (batch entries included) by the grid's size.
 # ----------------------------------------------------------------------------------
 def matmul_source(ta, tb, dtype, epilogue=None, colsum=False):
     """(name, source) of the tiled matmul C = A @ B. With `epilogue` (params, lines):
@@ -134,8 +134,10 @@ def matmul_source(ta, tb, dtype, epilogue=None, colsum=False):
                           ["                " + x for x in elines])
         params, nz = "A, B, M, N, " + ", ".join(eparams), "1"
     tiles = tiles.replace("{store}", store)
-    add = put = ""
-    if colsum:
+    add = put = cs_decl = cs_zero = ""
+    if colsum:       # (float64 column accumulators only in the kernel that needs them)
+        cs_decl = f"    cs = cuda.local.array({TN}, np.float64)\n"
+        cs_zero = f"        for j in range({TN}):\n            cs[j] = 0\n"
         params += ", S"
         add = f"""            if row0 == 0 and ty == 0:
                 for j in range({TN}):
@@ -161,8 +163,7 @@ def matmul_source(ta, tb, dtype, epilogue=None, colsum=False):
     acc = cuda.local.array(({TM}, {TN}), {dt})
     ra = cuda.local.array({TM}, {dt})
     rb = cuda.local.array({TN}, {dt})
-    cs = cuda.local.array({TN}, np.float64)
-    {a_setup}
+{cs_decl}    {a_setup}
     {b_setup}
     tile = cuda.blockIdx.x
     while tile < gx * gy * {nz}:
@@ -174,9 +175,7 @@ def matmul_source(ta, tb, dtype, epilogue=None, colsum=False):
         for i in range({TM}):
             for j in range({TN}):
                 acc[i, j] = 0
-        for j in range({TN}):
-            cs[j] = 0
-{textwrap.indent(tiles, "    ")}        tile += cuda.gridDim.x
+{cs_zero}{textwrap.indent(tiles, "    ")}        tile += cuda.gridDim.x
 '''
     what = f"matmul ta={ta} tb={tb} ({dtype.name})" + (" with an elementwise epilogue" if epilogue else "") + \
         (" and column sums of B" if colsum else "")
