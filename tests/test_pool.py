@@ -143,3 +143,30 @@ def test_fewer_rows_than_threads_and_uneven_blocks(pooled, rng):
         s, d = f(x)
         assert_close(s.numpy(), np.sum(x * x))
         assert_close(d.numpy(), x * 2.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_helper_on_strided_operands_and_output(rng, dtype):
+    """The GEMM helper's path for operands BLAS cannot read in place (both strides
+    bigger than one element) and an output with gaps between its elements: contiguous
+    copies, one BLAS call, the result written back; with and without accumulating, for
+    the four transposes. Shapes that do not fit are an error, not a read out of bounds."""
+    from flowjit.backends.cpu.runtime_lib import gemm
+    M, K, N = 6, 5, 7
+    for ta in (False, True):
+        for tb in (False, True):
+            a_full = rng.standard_normal((2 * K, 2 * M) if ta else (2 * M, 2 * K)).astype(dtype)
+            b_full = rng.standard_normal((2 * N, 2 * K) if tb else (2 * K, 2 * N)).astype(dtype)
+            a, b = a_full[::2, ::2], b_full[::2, ::2]
+            want = (a.T if ta else a) @ (b.T if tb else b)
+            for acc in (False, True):
+                out_full = rng.standard_normal((M, 2 * N)).astype(dtype)
+                out = out_full[:, ::2]
+                before, gaps = out.copy(), out_full[:, 1::2].copy()
+                gemm(a, b, out, np.bool_(ta), np.bool_(tb), np.bool_(acc))
+                np.testing.assert_allclose(out, want + before if acc else want,
+                                           rtol=1e-5, atol=1e-5)
+                np.testing.assert_array_equal(out_full[:, 1::2], gaps)   # untouched
+    with pytest.raises(ValueError, match="matmul: operand shapes"):
+        gemm(a_full, b_full[:3], np.empty((3, 3), dtype), np.bool_(False), np.bool_(False),
+             np.bool_(False))

@@ -204,7 +204,7 @@ def _storage(x, transposed, isz):
 
 
 @njit(cache=True, error_model="numpy")
-def pooled_gemm(a, b, out, ta, tb, accumulate=False):
+def pooled_gemm(a, b, out, ta, tb, accumulate):
     """out = op(a) @ op(b) (out += ... with `accumulate`) by BLAS: in blocks on the pool
     when big, else one call here; False (nothing done) when an operand's layout or a
     size does not suit BLAS."""

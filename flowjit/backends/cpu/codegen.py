@@ -924,11 +924,11 @@ def _matmul_lines(g, n, buf, alloc, into=None):
     out = buf(n.id)
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"]
     if into is not None:
-        return [f"gemm_acc({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}))"]
+        return [f"gemm({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
     lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if len(n.shape) == 2 and n.dtype.is_floating:
         # one helper for the four transposes (np.bool_: not a literal, so not compiled per flag)
-        lines.append(f"gemm({buf(a.id)}, {buf(b.id)}, {out}, np.bool_({ta}), np.bool_({tb}))")
+        lines.append(f"gemm({buf(a.id)}, {buf(b.id)}, {out}, np.bool_({ta}), np.bool_({tb}), np.bool_(False))")
         return lines
     batch = n.shape[:-2]
     nb = prod_src(batch)

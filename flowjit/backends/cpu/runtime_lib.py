@@ -12,40 +12,51 @@ _start_blas()      # the symbols the GEMMs below link against, before they compi
 # single-threaded BLAS call. Compiled once per machine (disk cache) and called by every
 # entry, so no entry pays for typing BLAS calls itself.
 @njit(cache=True, error_model="numpy")
-def gemm(a, b, out, ta, tb):
-    """out = op(a) @ op(b), op transposing where ta / tb, by BLAS (blas.pooled_gemm). One
-    compiled function per array types serves all four transposes: compiled code passes
-    the flags as np.bool_ values, since a literal True would compile it once more."""
-    if not pooled_gemm(a, b, out, ta, tb):
-        # an operand BLAS cannot read in place (neither stride one element)
-        x = np.ascontiguousarray(a.T) if ta else np.ascontiguousarray(a)
-        y = np.ascontiguousarray(b.T) if tb else np.ascontiguousarray(b)
-        np.dot(x, y, out)
-
-
-@njit(cache=True, error_model="numpy")
-def gemm_acc(a, b, out, ta, tb):
-    """out += op(a) @ op(b) (a loop accumulating a weight's gradient over its steps)."""
-    if not pooled_gemm(a, b, out, ta, tb, True):
-        x = np.ascontiguousarray(a.T) if ta else np.ascontiguousarray(a)
-        y = np.ascontiguousarray(b.T) if tb else np.ascontiguousarray(b)
-        out += np.dot(x, y)
+def gemm(a, b, out, ta, tb, acc):
+    """out = op(a) @ op(b), or out += ... with `acc` (a loop accumulating a weight's
+    gradient over its steps), op transposing where ta / tb, by BLAS (blas.pooled_gemm).
+    One compiled function per array types serves all eight flag combinations: compiled
+    code passes the flags as np.bool_ values, since a literal True would compile it once
+    more. No np.dot fallback: typing Numba's linalg for it cost about a second of every
+    cold compile, for operands that are rarely strided both ways."""
+    if pooled_gemm(a, b, out, ta, tb, acc):
+        return
+    # an operand BLAS cannot read in place (neither stride one element), or an output
+    # whose rows are not contiguous: the same BLAS call on contiguous copies (plain
+    # loops: np.ascontiguousarray and slice assignment cost a second of compile here)
+    x = np.empty(a.shape, a.dtype)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            x[i, j] = a[i, j]
+    y = np.empty(b.shape, b.dtype)
+    for i in range(b.shape[0]):
+        for j in range(b.shape[1]):
+            y[i, j] = b[i, j]
+    res = np.empty(out.shape, out.dtype)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            res[i, j] = out[i, j] if acc else 0
+    if not pooled_gemm(x, y, res, ta, tb, acc):
+        raise ValueError("matmul: operand shapes do not match the output, or a size is 2**31 or more")
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = res[i, j]
 
 
 # fixed transposes, for the convolution kernels that call them from compiled code
 @njit(cache=True, error_model="numpy")
 def gemm_nn(a, b, out):
-    gemm(a, b, out, np.bool_(False), np.bool_(False))
+    gemm(a, b, out, np.bool_(False), np.bool_(False), np.bool_(False))
 
 
 @njit(cache=True, error_model="numpy")
 def gemm_tn(a, b, out):
-    gemm(a, b, out, np.bool_(True), np.bool_(False))
+    gemm(a, b, out, np.bool_(True), np.bool_(False), np.bool_(False))
 
 
 @njit(cache=True, error_model="numpy")
 def gemm_nt(a, b, out):
-    gemm(a, b, out, np.bool_(False), np.bool_(True))
+    gemm(a, b, out, np.bool_(False), np.bool_(True), np.bool_(False))
 
 
 @njit(cache=True, error_model="numpy")
@@ -56,7 +67,7 @@ def bmm(a, b, out, ta, tb):
     for i in range(nb):
         x = a[i if a.shape[0] > 1 else 0]
         y = b[i if b.shape[0] > 1 else 0]
-        gemm(x, y, out[i], np.bool_(ta), np.bool_(tb))
+        gemm(x, y, out[i], np.bool_(ta), np.bool_(tb), np.bool_(False))
 
 
 @njit(cache=True, error_model="numpy")
