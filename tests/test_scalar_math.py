@@ -117,3 +117,38 @@ def test_every_float32_exp_variant(variant, reassoc):
         expected = np.exp(x.astype(np.float64)).astype(np.float32)
     err = ulp_error(out, expected, np.float32)
     assert err.max() <= ULPS["exp"], (variant, x[int(np.argmax(err))], err.max())
+
+
+def _expandable():
+    from flowjit.backends.cpu import inline_math
+    return [n for n in S.NAMES if not n.startswith("_") and inline_math._inline_dispatcher(getattr(S, n))]
+
+
+@pytest.mark.parametrize("reassoc", [False, True])
+def test_expanded_source_computes_what_numbas_inlining_does(reassoc):
+    """Kernels get the scalar functions written into their source (inline_math.py), not
+    inlined by Numba: the two give the same bits for every function, in kernels with
+    and without reassociation."""
+    from flowjit.backends.cpu import inline_math
+    names = _expandable()
+    assert {"exp_f32", "sigmoid_f32", "tanh_f32", "log1p_f64", "expm1_f64"} <= set(names)
+    flags = {"nsz", "contract"} | ({"reassoc"} if reassoc else set())
+    for name in names:
+        dtype = np.float32 if name.endswith("f32") else np.float64
+        base = name.rsplit("_", 1)[0].replace("_ordered", "")
+        x = inputs("log" if base.startswith("log") else "exp", dtype)
+        src = ("from flowjit.backends.cpu.scalar import *\nimport numpy as np\n"
+               f"def run(a, out):\n    for i in range(a.shape[0]):\n        y = {name}(a[i])\n"
+               "        out[i] = y\n")
+        expanded = inline_math.expand(src)
+        assert f"{name}(" not in expanded.replace(f"# y = {name}(", ""), expanded
+        outs = []
+        for text in (src, expanded):
+            ns = {}
+            exec(compile(text, f"<{name}>", "exec"), ns)
+            run = njit(fastmath=flags, error_model="numpy")(ns["run"])
+            out = np.empty_like(x)
+            with np.errstate(all="ignore"):
+                run(x, out)
+            outs.append(out)
+        np.testing.assert_array_equal(outs[0].view(np.uint8), outs[1].view(np.uint8), err_msg=name)

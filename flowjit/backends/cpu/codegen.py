@@ -17,6 +17,7 @@ from ...passes.inplace import inplace_effects
 from ... import dtypes as D
 from ...ir import scalar as S
 from ...ir.shapes import hint, is_one
+from . import inline_math
 from ..entry import entry_params, results_read, scan_body_names, scan_result_name, size_lines
 from ..loops import (analyse_loop, dim_src, index_term, int_arg, load_lines, node_expr, prod_src,
                      shape_src)
@@ -472,6 +473,7 @@ class LoopKernel:
         decorator = f"@njit(cache=CACHE, error_model='numpy', {opts})\n"
         ops = " ".join(self.nodes[i].op for i in self.grp.nodes) or "copy"
         source = f"# fused loop: {ops}\n" + self.source(name, name + "_rows", key, decorator)
+        source = inline_math.expand(source)
         return KernelSpec(name, source, self.call, threads=self.parallel, pooled=self.pooled)
 
 
