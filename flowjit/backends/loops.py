@@ -135,9 +135,10 @@ def analyse_loop(g, grp):
                         cdims, cof, len(cdims))
 
 
-def index_term(d, s0, s1, cof, params, call, starts):
+def index_term(d, s0, s1, cof, params, call, starts, loop_var=lambda c: f"i{c}"):
     """One base dim's index in an access-chain load: its start (a kernel argument
-    P<k> unless 0) plus step * the coalesced loop variable i<c>. Returns (expr, starts)."""
+    P<k> unless 0) plus step * the coalesced loop variable (loop_var(c), default i<c>).
+    Returns (expr, starts)."""
     st = ""
     if not (not isinstance(s0, Sym) and int(s0) == 0):
         params.append(f"P{starts}")
@@ -147,7 +148,7 @@ def index_term(d, s0, s1, cof, params, call, starts):
     if d is None:
         return st or "0", starts
     step = int(s1)
-    term = f"i{cof[d]}" if step == 1 else f"{step} * i{cof[d]}"
+    term = loop_var(cof[d]) if step == 1 else f"{step} * {loop_var(cof[d])}"
     return (f"{st} + {term}" if st else term), starts
 
 

@@ -199,12 +199,19 @@ class LoopKernel:
 
     def _chain_load(self, j, p, lf, code, starts):
         """A read through transposes, slices and pads: the buffer as it is (any rank),
-        start offsets P<k> as extra parameters. Returns the next P number."""
+        start offsets P<k> as extra parameters. Returns the next P number. The first
+        loop's variable is read as a signed integer: in a pool task's rows function it
+        is unsigned (the rows function), and an unsigned index plus a signed start is a
+        float in Numba's typing; everywhere else the cast is a no-op."""
         self.call.append(self.bufname(lf["load"].base))
-        self.poolable = False
+        if lf["idx"]:
+            self._array_param(p, lf["load"].base, len(lf["idx"]))
+        else:
+            self.poolable = False
         exprs = []
         for d, s0, s1 in lf["idx"]:
-            e, starts = index_term(d, s0, s1, self.an.cof, self.params, self.call, starts)
+            e, starts = index_term(d, s0, s1, self.an.cof, self.params, self.call, starts,
+                                   loop_var=lambda c: "np.int64(i0)" if c == 0 else f"i{c}")
             exprs.append(e)
         bounds = [f"{p}.shape[{k}]" for k in range(len(exprs))]
         load_lines(j, p, lf, exprs, bounds, lambda ex: ", ".join(ex) or "0", self.nodes, code)
@@ -430,16 +437,15 @@ class LoopKernel:
         return out + [ind + line for line in self.epi_loads + self.epi_body + self.epi_stores]
 
     # -- assembly ------------------------------------------------------------------------
-    def _kernel_lines(self, name, rows, key):
-        """The kernel function. Pooled: row blocks dispatched to the pool, else (below
-        the threshold, or with one thread) the same rows function over all rows: one
-        compiled copy of the loop nest, not two. Parallel: a prange nest for big loops
-        and the serial nest for small ones."""
+    def _kernel_lines(self, name, key):
+        """The kernel function. Pooled: row blocks dispatched to the pool's task, else
+        (below the threshold) one block, which the task runs in this thread: one compiled
+        copy of the loop nest, not two. Parallel: a prange nest for big loops and the
+        serial nest for small ones."""
         params = ", ".join(self.params)
         lines = [f"def {name}({params}):"]
         if self.pooled:
             lines += pool_dispatch(self.params, self.arrays, self.C, self.reds if self.partials else [], key)
-            lines.append(f"    {rows}(np.int64(0), n0, {params})")
         elif self.parallel:
             lines.append(f"    if {' * '.join(f'n{c}' for c in range(self.C))} >= {PAR_MIN}:")
             lines.extend("    " + line for line in self._loop_nest(par=True))
@@ -451,28 +457,27 @@ class LoopKernel:
             lines.append("    return")
         return lines
 
-    def source(self, name, rows, key, decorator):
-        """The kernel's module text: kernel `name`; when pooled, first its rows function
-        `rows` and the pool task registered under `key`. decorator: the line above each
-        Numba function ("" for the text the name is hashed from)."""
-        kernel = decorator + "\n".join(self._kernel_lines(name, rows, key)) + "\n"
+    def source(self, name, key, decorator):
+        """The kernel's module text: kernel `name`; when pooled, first the pool task
+        `<name>_task` holding the loop nest, registered under `key`. decorator: the line
+        above the kernel ("" for the text the name is hashed from)."""
+        kernel = decorator + "\n".join(self._kernel_lines(name, key)) + "\n"
         if not self.pooled:
             return kernel
-        rows_fn = "\n".join([f"def {rows}(row_lo, row_hi, {', '.join(self.params)}):"]
-                            + self._loop_nest(rows=True))
-        # rows function, task, then the kernel: the two Numba functions share the options
-        return (decorator + rows_fn + "\n\n\n" + pool.task_source(key, rows, self.params, self.arrays)
+        fastmath = "{" + ", ".join(repr(x) for x in sorted(self.fastmath)) + "}"
+        return (pool.inline_task_source(key, f"{name}_task", self.params, self.arrays,
+                                        self._loop_nest(rows=True), fastmath)
                 + "\n\n" + kernel)
 
     def spec(self):
         """KernelSpec named k_<hash of the options and the source written with
         placeholder names>; the pool task key is the same hash."""
         opts = self.options()
-        key = _hash(opts + self.source("KERNEL", "__ROWS__", "__KEY__", ""))
+        key = _hash(opts + self.source("KERNEL", "__KEY__", ""))
         name = f"k_{key}"
         decorator = f"@njit(cache=CACHE, error_model='numpy', {opts})\n"
         ops = " ".join(self.nodes[i].op for i in self.grp.nodes) or "copy"
-        source = f"# fused loop: {ops}\n" + self.source(name, name + "_rows", key, decorator)
+        source = f"# fused loop: {ops}\n" + self.source(name, key, decorator)
         source = inline_math.expand(source)
         return KernelSpec(name, source, self.call, threads=self.parallel, pooled=self.pooled)
 
@@ -487,40 +492,37 @@ def red_update(red, acc, v):
 
 
 def pool_dispatch(params, arrays, C, partials, key):
-    """Kernel lines that split a big loop into block_count(n0) row blocks, one record
-    per block (see pool.record_lines), run on the pool as task `key`. partials: the
+    """Kernel lines that split a loop into row blocks, one record per block (see
+    pool.record_lines), run as task `key`: block_count(n0) blocks on the pool when the
+    loop is big, else one block, which pool_run runs in this thread. partials: the
     reductions over the first loop (Reductions): each block writes its own slice of a
     (blocks, ...) array, combined into the output afterwards in block order."""
-    out = [f"    if {' * '.join(f'n{c}' for c in range(C))} >= {POOL_MIN}:",
-           "        nt = block_count(n0)",
-           "        if nt > 1:",
-           f"            rec = np.empty((nt, {pool.record_width(params, arrays)}), np.int64)"]
+    out = [f"    nt = block_count(n0) if {' * '.join(f'n{c}' for c in range(C))} >= {POOL_MIN} else 1",
+           f"    rec = np.empty((nt, {pool.record_width(params, arrays)}), np.int64)"]
     part = {r.param: f"part_{r.param}" for r in partials}
     for r in partials:
-        out.append(f"            {part[r.param]} = np.empty((nt,) + {r.param}.shape, {r.param}.dtype)")
-    out += ["            for t in range(nt):",
-            "                rec[t, 0] = t * n0 // nt",
-            "                rec[t, 1] = (t + 1) * n0 // nt"]
-    out += pool.record_lines(params, arrays, " " * 16, lambda p: f"{part[p]}[t]" if p in part else p)
-    out.append(f"            pool_run(nt, '{key}', rec)")
+        out.append(f"    {part[r.param]} = np.empty((nt,) + {r.param}.shape, {r.param}.dtype)")
+    out += ["    for t in range(nt):",
+            "        rec[t, 0] = t * n0 // nt",
+            "        rec[t, 1] = (t + 1) * n0 // nt"]
+    out += pool.record_lines(params, arrays, " " * 8, lambda p: f"{part[p]}[t]" if p in part else p)
+    out.append(f"    pool_run(nt, '{key}', rec)")
     for r in partials:
         out += _combine_partials(r, part[r.param])
-    out.append("            return")
     return out
 
 
 def _combine_partials(r, pa):
     """Lines adding up the blocks' partial results of reduction r, in block order; a
-    float32 sum's block partials are float32 (what the rows function stores), added
-    in float64."""
+    float32 sum's block partials are float32 (what the task stores), added in float64."""
     first = f"np.float64({pa}2[0, e])" if r.wide else f"{pa}2[0, e]"
-    return [f"            {pa}2 = {pa}.reshape((nt, -1))",
-            f"            out_{r.param} = {r.param}.reshape(-1)",
-            f"            for e in range(out_{r.param}.shape[0]):",
-            f"                acc = {first}",
-            "                for t in range(1, nt):",
-            f"                    acc = {red_update(r, 'acc', pa + '2[t, e]')}",
-            f"                out_{r.param}[e] = acc"]
+    return [f"    {pa}2 = {pa}.reshape((nt, -1))",
+            f"    out_{r.param} = {r.param}.reshape(-1)",
+            f"    for e in range(out_{r.param}.shape[0]):",
+            f"        acc = {first}",
+            "        for t in range(1, nt):",
+            f"            acc = {red_update(r, 'acc', pa + '2[t, e]')}",
+            f"        out_{r.param}[e] = acc"]
 
 
 # ----------------------------------------------------------------------------------

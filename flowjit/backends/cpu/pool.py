@@ -160,23 +160,41 @@ def record_lines(params, arrays, ind, source=None):
     return out
 
 
-def task_source(key, rows_name, params, arrays):
-    """A C-callable task `<rows_name>_task` running `rows_name(row_lo, row_hi, *params)` on one
-    record, registered under `key`."""
-    args, k = [], 2
+def _unpacked(params, arrays, rec):
+    """(parameter, the expression reading it from record `rec`) per parameter."""
+    out, k = [], 2
     for p in params:
         if p in arrays:
             dt, nd = arrays[p]
-            shape = "".join(f"p[{k + 1 + a}], " for a in range(nd))
-            args.append(f"carray(ptr_{dt}(p[{k}]), ({shape}))")
+            shape = "".join(f"{rec}[{k + 1 + a}], " for a in range(nd))
+            out.append((p, f"carray(ptr_{dt}({rec}[{k}]), ({shape}))"))
             k += 1 + nd
         else:
-            args.append(f"p[{k}]")
+            out.append((p, f"{rec}[{k}]"))
             k += 1
+    return out
+
+
+def task_source(key, rows_name, params, arrays):
+    """A C-callable task `<rows_name>_task` running `rows_name(row_lo, row_hi, *params)` on one
+    record, registered under `key`."""
+    args = [e for _, e in _unpacked(params, arrays, "p")]
     return (f"@cfunc(TASK_SIG, cache=CACHE, error_model='numpy')\n"
             f"def {rows_name}_task(p):\n"
             f"    {rows_name}(p[0], p[1], {', '.join(args)})\n\n\n"
             f"register_task('{key}', {rows_name}_task)\n")
+
+
+def inline_task_source(key, task_name, params, arrays, loop_lines, fastmath):
+    """A C-callable task `task_name` that runs `loop_lines` (at one indent; they read the
+    parameters by name and the rows row_lo..row_hi) on one record, registered under
+    `key`. The loops are written into the task itself rather than called there: a
+    separate rows function was compiled once alone and once more inside each caller,
+    and cost a pooled kernel a third of its compile time."""
+    lines = [f"@cfunc(TASK_SIG, cache=CACHE, error_model='numpy', fastmath={fastmath})",
+             f"def {task_name}(_rec):", "    row_lo = _rec[0]", "    row_hi = _rec[1]"]
+    lines += [f"    {p} = {e}" for p, e in _unpacked(params, arrays, "_rec")]
+    return "\n".join(lines + loop_lines) + f"\n\n\nregister_task('{key}', {task_name})\n"
 
 
 def run_rows_source(key, rows_name, params, arrays):
