@@ -18,8 +18,8 @@ Each kernel checks the input's channel and filter sizes against its literals and
 returns False when they differ (the driver then takes the generic path).
 
 Each kernel's parallel loop (over output rows, filter-gradient parts, images) runs on
-the BLAS thread pool (backends/cpu/pool.py) as a rows function, one block of
-iterations per thread: the step's GEMMs and loop kernels already use that pool, and a
+the BLAS thread pool (backends/cpu/pool.py) as a pool task, one block of iterations
+per thread: the step's GEMMs and loop kernels already use that pool, and a
 second pool (Numba's) would pay a wake-up per loop and fight it for the cores. Without
 a usable pool the loop is a Numba prange."""
 
@@ -45,18 +45,20 @@ _KERNEL = "@njit(cache=CACHE, error_model='numpy', fastmath=True, boundscheck=Fa
 def _parallel_loop(name, var, count, params, arrays, body, args=None):
     """The kernel's parallel loop `for var in range(count)` whose body lines (at indent
     8) read only `params`: (source placed before the kernel, the kernel's lines). On
-    the BLAS thread pool (backends/cpu/pool.py) the body becomes a rows function run in
-    one block of iterations per thread, called with `args` (default: the params; the
-    arrays must be C-contiguous); without a pool it stays a prange."""
+    the BLAS thread pool (backends/cpu/pool.py) the loop goes into a pool task, run in
+    one block of iterations per thread by a small `<name>_run` function called with
+    `args` (default: the params; the arrays must be C-contiguous); without a pool it
+    stays a prange."""
     if not pool.available():
         return "", [f"    for {var} in prange({count}):"] + body.lines
-    rows = "\n".join([_KERNEL, f"def {name}_rows(row_lo, row_hi, {', '.join(params)}):",
-                      f"    for {var} in range(row_lo, row_hi):"] + body.lines) + "\n"
+    loop = [f"    for {var} in range(row_lo, row_hi):"] + body.lines
     # the key names the task for every process: it must cover the dtypes the task
     # rebuilds its arrays with, not only the loop text (equal for float32 and float64)
-    key = f"{name}_{hashlib.sha1((rows + repr(sorted(arrays.items()))).encode()).hexdigest()[:16]}"
-    return (rows + "\n\n" + pool.run_rows_source(key, f"{name}_rows", params, arrays) + "\n\n",
-            [f"    {name}_rows_run({count}, {', '.join(args or params)})"])
+    text = "\n".join(loop) + repr(sorted(arrays.items()))
+    key = f"{name}_{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+    return (pool.inline_task_source(key, f"{name}_task", params, arrays, loop, "True") + "\n\n"
+            + pool.run_source(key, f"{name}_run", params, arrays) + "\n\n",
+            [f"    {name}_run({count}, {', '.join(args or params)})"])
 
 
 def _kernel(head, main, loop, tail):

@@ -197,22 +197,18 @@ def inline_task_source(key, task_name, params, arrays, loop_lines, fastmath):
     return "\n".join(lines + loop_lines) + f"\n\n\nregister_task('{key}', {task_name})\n"
 
 
-def run_rows_source(key, rows_name, params, arrays):
-    """`<rows_name>_run(total, *params)`: rows 0..total of `rows_name` split into
-    block_count(total) contiguous blocks on the pool (in one piece when that is 1),
-    plus the task it runs."""
-    width = record_width(params, arrays)
+def run_source(key, run_name, params, arrays):
+    """`run_name(total, *params)`: rows 0..total of task `key` split into
+    block_count(total) contiguous blocks on the pool (one block, run in the caller's
+    thread, when that is 1)."""
     body = "\n".join([
         "@njit(cache=CACHE, error_model='numpy')",
-        f"def {rows_name}_run(total, {', '.join(params)}):",
+        f"def {run_name}(total, {', '.join(params)}):",
         "    nt = block_count(total)",
-        "    if nt < 2:",
-        f"        {rows_name}(np.int64(0), np.int64(total), {', '.join(params)})",
-        "        return",
-        f"    rec = np.empty((nt, {width}), np.int64)",
+        f"    rec = np.empty((nt, {record_width(params, arrays)}), np.int64)",
         "    for t in range(nt):",
         "        rec[t, 0] = t * total // nt",
         "        rec[t, 1] = (t + 1) * total // nt"]
         + record_lines(params, arrays, "        ")
         + [f"    pool_run(nt, '{key}', rec)"])
-    return task_source(key, rows_name, params, arrays) + "\n\n" + body + "\n"
+    return body + "\n"
