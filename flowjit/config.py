@@ -24,6 +24,11 @@ class _Config:
         # "compiled" never runs tier 0 (kernels compile before the first call
         # returns); "reference" runs tier 0 only and compiles nothing.
         self.tier = os.environ.get("FLOWJIT_TIER", "auto").strip().lower() or "auto"
+        # Processes that compile a cold program's kernels together before its first
+        # compiled call (backends/cpu/split_compile.py): "auto" (the default) uses the
+        # cores no other process wants now, at most 4; 1 compiles in this process only.
+        p = os.environ.get("FLOWJIT_COMPILE_PROCESSES", "").strip().lower()
+        self.compile_processes = "auto" if p in ("", "auto") else int(p)
         self.log_device_placement = False
         # Threads for GEMMs and parallel loops (backends/cpu/threads.py): "auto" (the
         # default) uses SciPy's OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl), at

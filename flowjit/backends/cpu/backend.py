@@ -10,7 +10,7 @@ import numpy as np
 from ...config import config
 from ...errors import CompileError
 from ...runtime import stats as S
-from . import background, loader, threads
+from . import background, loader, split_compile, threads
 from ..reference import ReferenceProgram
 from .codegen import gen_entry
 
@@ -118,6 +118,7 @@ class CpuExecutable:
     def _enter_python_tier(self, args):
         """Load the kernels (from disk, or compiling them here) and run the Python tier;
         until that succeeds, every call tries again."""
+        split_compile.compile_ahead(self, args)      # on idle cores, where it can
         self._load_python_tier()
         self.run = self._run_python
         return self._run_python(args)

@@ -1,0 +1,205 @@
+"""A cold program's kernels compiled in several processes at once, on idle cores.
+
+Numba compiles while holding the GIL, so a program's 20-30 kernels compile one after
+another in the calling process, on one core, while the Python tier's first call waits
+for them (seconds: the LSTM step about ten). Here, before that first call, a *dry run*
+of the Python tier records what each kernel and GEMM helper will be called with: the
+same entry source, run on copies of the real arguments, with every kernel and helper
+replaced by a stub that notes its argument types (numba.typeof) and computes nothing.
+Those are the types of the real first call, for programs whose control flow does not
+depend on computed values (no while loop, cond or print: those compile as before).
+
+The calls are cut into parts of about equal source size. Forked children compile all
+parts but one into Numba's disk cache while this process compiles the last; then this
+process loads the children's from disk (milliseconds each). Each kernel is compiled
+once, by one process, to the same machine code, so nothing in a result depends on
+this. It runs only where the disk cache is on, the platform forks, and as many cores
+as it would use are idle now (threads.others_runnable): on a busy machine, or beside
+another compiling process, the kernels compile in this process as before. A child that
+fails, or runs past TIMEOUT seconds, only means this process compiles its part when
+the kernel is first called.
+"""
+import os
+import signal
+import time
+
+import numba
+import numpy as np
+
+from ... import runtime_config as cfg
+from ...config import config
+from ...runtime import stats as S
+from . import loader, runtime_lib, threads
+
+HELPERS = ("gemm", "bmm", "bmm_loop")       # runtime_lib helpers entries call by name
+DATA_DEPENDENT = {"while", "cond", "print"}  # ops whose Python-tier control flow reads values
+# compile cost in source characters (on 2 cores, a kernel took about 0.1 s plus 1 s per
+# 6000 characters of its source, the gemm helper about 1.7 s)
+KERNEL_COST = 600
+HELPER_COST = 10000
+TIMEOUT = 600.0
+
+
+def processes():
+    """How many processes would compile now: `fj.config.compile_processes` (default
+    "auto": the cores no other process wants, at most 4)."""
+    want = config.compile_processes
+    if want != "auto":
+        return max(int(want), 1)
+    others = threads.others_runnable()
+    if others is None:
+        return 1
+    return max(min(threads._cores() - others, 4), 1)
+
+
+def compile_ahead(exe, args):
+    """Compile exe's kernels for `args` in several processes when that can help;
+    returns how many kernel signatures were compiled here or in children."""
+    n = processes()
+    if n < 2 or not _eligible(exe):
+        return 0
+    t0 = time.perf_counter()
+    try:
+        calls = _dry_run(exe, args)
+    except Exception:            # noqa: BLE001  (the normal path reports any real error)
+        return 0
+    # (a kernel already in the disk cache loads in milliseconds on its first call)
+    jobs = [(name, sig) for name, sigs in calls.items() for sig in sigs
+            if not _ready(exe, name, sig) and (name in HELPERS or not loader.has_disk_cache(name))]
+    if len(jobs) < 2:
+        return 0
+    parts = _balance(jobs, exe, min(n, len(jobs)))
+    children = _fork_children(exe, parts[:-1])
+    _compile(exe, parts[-1])
+    _wait(children)
+    for part in parts[:-1]:      # load what the children saved (or compile what they did not)
+        _compile(exe, part)
+    compiled = sum(1 for name, _ in jobs if name not in HELPERS)
+    S.bump("compiles", compiled)
+    S.bump("compile_seconds", time.perf_counter() - t0)
+    return compiled
+
+
+def _eligible(exe):
+    if not hasattr(os, "fork") or not cfg.disk_cache_enabled() or exe.py_src is None:
+        return False
+    from .background import possible
+    return possible(exe) and not _has_data_dependent(exe.program.graph)
+
+
+def _has_data_dependent(graph, seen=None):
+    seen = set() if seen is None else seen
+    if id(graph) in seen:
+        return False
+    seen.add(id(graph))
+    for n in graph.nodes:
+        if n.op in DATA_DEPENDENT:
+            return True
+        for v in n.attrs.values():
+            sub = getattr(v, "graph", v)
+            if hasattr(sub, "nodes") and _has_data_dependent(sub, seen):
+                return True
+    return False
+
+
+def _dry_run(exe, args):
+    """{kernel or helper name: {signature: None}} of the Python tier's first call."""
+    calls = {}
+
+    def stub(name):
+        def record(*a):
+            calls.setdefault(name, {})[tuple(numba.typeof(x) for x in a)] = None
+        return record
+    ns = {"CACHE": False}
+    exec(compile(loader.HEADER, "<flowjit header>", "exec"), ns)
+    ns.update({k: stub(k) for k in list(exe.kernel_names) + list(HELPERS)})
+    ns["alloc"] = lambda site, shape, dtype: np.empty(shape, dtype)
+    exec(compile(exe.py_src, f"<flowjit dry run {exe.entry_name}>", "exec"), ns)
+    ns[exe.entry_name](*[_copy(a) for a in args])     # scalar lines may write into variables
+    return calls
+
+
+def _copy(a):
+    if not isinstance(a, np.ndarray):
+        return a
+    c = np.copy(a, order="K")
+    c.flags.writeable = a.flags.writeable
+    return c
+
+
+def _ready(exe, name, sig):
+    """Whether this process already has `name` compiled for `sig`."""
+    if name in HELPERS:
+        return sig in getattr(runtime_lib, name).overloads
+    mod = loader._modules.get(name)
+    return mod is not None and sig in getattr(mod, name).overloads
+
+
+def _cost(exe, name):
+    return HELPER_COST if name in HELPERS else KERNEL_COST + len(exe.kernel_srcs[name])
+
+
+def _balance(jobs, exe, n):
+    """The jobs in n parts of about equal cost, costliest first."""
+    parts, totals = [[] for _ in range(n)], [0] * n
+    for job in sorted(jobs, key=lambda j: -_cost(exe, j[0])):
+        i = totals.index(min(totals))
+        parts[i].append(job)
+        totals[i] += _cost(exe, job[0])
+    return parts
+
+
+def _compile(exe, part):
+    for name, sig in part:
+        if name in HELPERS:
+            getattr(runtime_lib, name).compile(sig)
+        else:
+            mod = loader.load(name, exe.kernel_srcs[name], threads=name in exe.threaded)
+            getattr(mod, name).compile(sig)
+
+
+def _fork_children(exe, parts):
+    """Start one forked child per part. Numba's compiler lock is held across the fork,
+    so no other thread of this process holds it in a child."""
+    from numba.core.compiler_lock import global_compiler_lock
+    pids = []
+    for part in parts:
+        global_compiler_lock.acquire()
+        try:
+            pid = os.fork()
+        except OSError:
+            global_compiler_lock.release()
+            break
+        global_compiler_lock.release()
+        if pid == 0:                     # the child: compile, save, leave at once
+            code = 1
+            try:
+                _compile(exe, part)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
+def _wait(pids):
+    deadline = time.monotonic() + TIMEOUT
+    left = list(pids)
+    while left:
+        for pid in list(left):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                left.remove(pid)
+        if left and time.monotonic() > deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (OSError, ChildProcessError):
+                    pass
+            return
+        if left:
+            time.sleep(0.005)

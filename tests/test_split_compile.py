@@ -1,0 +1,92 @@
+"""A cold program's kernels compiled by forked children and this process together
+(backends/cpu/split_compile.py): the same results to the bit and the same counters as
+compiling them in this process alone; programs whose control flow reads values, and
+children that fail, fall back to compiling here."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+
+PROGRAM = textwrap.dedent("""
+    import json, os, sys, numpy as np, flowjit as fj
+    from flowjit.backends.cpu import split_compile as SC
+    forked, parent = [], os.getpid()
+    fork = SC._fork_children
+    def counting(exe, parts):
+        forked.append(len(parts))
+        return fork(exe, parts)
+    SC._fork_children = counting
+    if sys.argv[1] == "failing":        # every child dies before compiling anything
+        compile_part = SC._compile
+        def failing(exe, part):
+            if os.getpid() != parent:
+                os._exit(3)
+            return compile_part(exe, part)
+        SC._compile = failing
+    rng = np.random.default_rng(0)
+    w1 = fj.Variable(rng.standard_normal((12, 16)).astype(np.float32) * 0.3)
+    w2 = fj.Variable(rng.standard_normal((16, 3)).astype(np.float32) * 0.3)
+    opt = fj.optimizers.Adam(0.01)
+    x = rng.standard_normal((32, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+
+    @fj.jit
+    def step(x, y):
+        with fj.GradientTape() as tape:
+            h = fj.tanh(x @ w1)
+            loss = fj.reduce_mean(fj.nn.sparse_softmax_cross_entropy_with_logits(y, h @ w2))
+        grads = tape.gradient(loss, [w1, w2])
+        opt.apply_gradients(zip(grads, [w1, w2]))
+        return loss
+
+    @fj.jit
+    def halved(x):                        # one program: a while loop whose trip count
+        v = fj.reduce_sum(fj.tanh(x @ w1) ** 2)     # comes from a computed value
+        return fj.while_loop(lambda i, v: v > 0.1, lambda i, v: (i + 1, v * 0.5), (0, v))[1]
+    f = halved if sys.argv[1] == "while" else step
+    losses = [float(f(x, y) if f is step else f(x)) for _ in range(3)]
+    print(json.dumps({"losses": [l.hex() for l in losses], "w1": w1.numpy().tobytes().hex(),
+                      "forked": forked, "stats": fj.stats()}))
+""")
+
+
+def run(tmp_path, name, processes, mode="plain"):
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path / name), FLOWJIT_BACKGROUND_COMPILE="0",
+               FLOWJIT_COMPILE_PROCESSES=str(processes),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("NUMBA_CACHE_DIR", None)
+    p = subprocess.run([sys.executable, "-c", PROGRAM, mode], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_children_compile_what_this_process_would(tmp_path):
+    alone = run(tmp_path, "alone", 1)
+    split = run(tmp_path, "split", 2)
+    assert alone["forked"] == [] and split["forked"] and all(n == 1 for n in split["forked"])
+    assert split["losses"] == alone["losses"] and split["w1"] == alone["w1"]
+    for key in ("compiles", "disk_cache_hits", "traces", "calls_python_tier"):
+        assert split["stats"][key] == alone["stats"][key], key
+    assert split["stats"]["compiles"] > 0 and split["stats"]["disk_cache_hits"] == 0
+
+
+def test_failed_children_leave_their_kernels_to_this_process(tmp_path):
+    alone = run(tmp_path, "alone", 1)
+    failing = run(tmp_path, "failing", 2, "failing")
+    assert failing["forked"]
+    assert failing["losses"] == alone["losses"] and failing["w1"] == alone["w1"]
+    assert failing["stats"]["compiles"] == alone["stats"]["compiles"]
+
+
+def test_control_flow_that_reads_values_compiles_here(tmp_path):
+    out = run(tmp_path, "while", 2, "while")
+    assert out["forked"] == []
+    assert out["stats"]["compiles"] > 0
