@@ -7,7 +7,8 @@ of the Python tier records what each kernel and GEMM helper will be called with:
 same entry source, run on copies of the real arguments, with every kernel and helper
 replaced by a stub that notes its argument types (numba.typeof) and computes nothing.
 Those are the types of the real first call, for programs whose control flow does not
-depend on computed values (no while loop, cond or print: those compile as before).
+depend on computed values and that run no op for its side effect (no while loop, cond,
+print or MPI collective: those compile as before).
 
 The calls are cut into parts of about equal source size. Forked children compile all
 parts but one into Numba's disk cache while this process compiles the last; then this
@@ -28,11 +29,12 @@ import numpy as np
 
 from ... import runtime_config as cfg
 from ...config import config
+from ...ir.registry import REGISTRY
 from ...runtime import stats as S
 from . import loader, runtime_lib, threads
 
 HELPERS = ("gemm", "bmm", "bmm_loop")       # runtime_lib helpers entries call by name
-DATA_DEPENDENT = {"while", "cond", "print"}  # ops whose Python-tier control flow reads values
+DATA_DEPENDENT = {"while", "cond"}          # ops whose Python-tier control flow reads values
 # compile cost in source characters (on 2 cores, a kernel took about 0.1 s plus 1 s per
 # 6000 characters of its source, the gemm helper about 1.7 s)
 KERNEL_COST = 600
@@ -55,6 +57,8 @@ def processes():
 def compile_ahead(exe, args):
     """Compile exe's kernels for `args` in several processes when that can help;
     returns how many kernel signatures were compiled here or in children."""
+    if all(loader.has_disk_cache(k) for k in exe.kernel_names):
+        return 0                 # they load in milliseconds
     n = processes()
     if n < 2 or not _eligible(exe):
         return 0
@@ -88,12 +92,16 @@ def _eligible(exe):
 
 
 def _has_data_dependent(graph, seen=None):
+    """Whether the program (its loop and branch bodies included) has control flow that
+    reads computed values, or an op run for its side effect (print, an MPI collective):
+    a dry run would run that effect once more."""
     seen = set() if seen is None else seen
     if id(graph) in seen:
         return False
     seen.add(id(graph))
     for n in graph.nodes:
-        if n.op in DATA_DEPENDENT:
+        op = REGISTRY.get(n.op)
+        if n.op in DATA_DEPENDENT or (op is not None and op.effect):
             return True
         for v in n.attrs.values():
             sub = getattr(v, "graph", v)
