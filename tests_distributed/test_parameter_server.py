@@ -221,7 +221,11 @@ def test_parameter_server_program_asynchronous(tmp_path):
     assert sorted(w) == [0, 1], p.stdout
     # every update landed: the two workers' steps add up to the global step
     assert w[0]["steps"] + w[1]["steps"] >= 2000
-    assert max(w[0]["global_step"], w[1]["global_step"]) <= 2001
+    # and both stopped promptly: a worker stops once the global step it fetched reaches
+    # 2000, and reads are not locked (Hogwild), so each worker's fetch may miss the other's
+    # last update: both can read 1998, go on, and the second of their next steps fetches
+    # 2002 (seen once in CI). One more per worker would be a stop hook that does not stop.
+    assert max(w[0]["global_step"], w[1]["global_step"]) <= 2000 + 2
     assert w[0]["interleaved"] + w[1]["interleaved"] > 0          # really asynchronous
     assert min(w[0]["accuracy"], w[1]["accuracy"]) >= 0.9
     assert tf.train.latest_checkpoint(str(ckpt)) is not None      # the chief's checkpoint
