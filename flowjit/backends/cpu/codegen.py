@@ -200,8 +200,8 @@ class LoopKernel:
     def _chain_load(self, j, p, lf, code, starts):
         """A read through transposes, slices and pads: the buffer as it is (any rank),
         start offsets P<k> as extra parameters. Returns the next P number. The first
-        loop's variable is read as a signed integer: in a pool task's rows function it
-        is unsigned (the rows function), and an unsigned index plus a signed start is a
+        loop's variable is read as a signed integer: in a pool task's loop nest it is
+        unsigned (_loop_header), and an unsigned index plus a signed start is a
         float in Numba's typing; everywhere else the cast is a no-op."""
         self.call.append(self.bufname(lf["load"].base))
         if lf["idx"]:
@@ -351,7 +351,7 @@ class LoopKernel:
     # -- the loop nest -------------------------------------------------------------------
     def _loop_nest(self, par=False, rows=False):
         """The loops, at one indent; par: the first one is a prange; rows: it runs over
-        rows row_lo..row_hi only (the rows function a pool task calls)."""
+        rows row_lo..row_hi only (the loop nest of a pool task)."""
         out = list(self.hoisted)
         if self.grp.reduces and not self.kind_a:
             out += self._init_outputs()
@@ -465,7 +465,7 @@ class LoopKernel:
         if not self.pooled:
             return kernel
         fastmath = "{" + ", ".join(repr(x) for x in sorted(self.fastmath)) + "}"
-        return (pool.inline_task_source(key, f"{name}_task", self.params, self.arrays,
+        return (pool.task_source(key, f"{name}_task", self.params, self.arrays,
                                         self._loop_nest(rows=True), fastmath)
                 + "\n\n" + kernel)
 

@@ -56,7 +56,7 @@ def _parallel_loop(name, var, count, params, arrays, body, args=None):
     # rebuilds its arrays with, not only the loop text (equal for float32 and float64)
     text = "\n".join(loop) + repr(sorted(arrays.items()))
     key = f"{name}_{hashlib.sha1(text.encode()).hexdigest()[:16]}"
-    return (pool.inline_task_source(key, f"{name}_task", params, arrays, loop, "True") + "\n\n"
+    return (pool.task_source(key, f"{name}_task", params, arrays, loop, "True") + "\n\n"
             + pool.run_source(key, f"{name}_run", params, arrays) + "\n\n",
             [f"    {name}_run({count}, {', '.join(args or params)})"])
 

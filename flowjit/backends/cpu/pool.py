@@ -175,17 +175,7 @@ def _unpacked(params, arrays, rec):
     return out
 
 
-def task_source(key, rows_name, params, arrays):
-    """A C-callable task `<rows_name>_task` running `rows_name(row_lo, row_hi, *params)` on one
-    record, registered under `key`."""
-    args = [e for _, e in _unpacked(params, arrays, "p")]
-    return (f"@cfunc(TASK_SIG, cache=CACHE, error_model='numpy')\n"
-            f"def {rows_name}_task(p):\n"
-            f"    {rows_name}(p[0], p[1], {', '.join(args)})\n\n\n"
-            f"register_task('{key}', {rows_name}_task)\n")
-
-
-def inline_task_source(key, task_name, params, arrays, loop_lines, fastmath):
+def task_source(key, task_name, params, arrays, loop_lines, fastmath):
     """A C-callable task `task_name` that runs `loop_lines` (at one indent; they read the
     parameters by name and the rows row_lo..row_hi) on one record, registered under
     `key`. The loops are written into the task itself rather than called there: a

@@ -69,7 +69,7 @@ def compile_ahead(exe, args):
         return 0
     # (a kernel already in the disk cache loads in milliseconds on its first call)
     jobs = [(name, sig) for name, sigs in calls.items() for sig in sigs
-            if not _ready(exe, name, sig) and (name in HELPERS or not loader.has_disk_cache(name))]
+            if not _ready(name, sig) and (name in HELPERS or not loader.has_disk_cache(name))]
     if len(jobs) < 2:
         return 0
     parts = _balance(jobs, exe, min(n, len(jobs)))
@@ -135,7 +135,7 @@ def _copy(a):
     return c
 
 
-def _ready(exe, name, sig):
+def _ready(name, sig):
     """Whether this process already has `name` compiled for `sig`."""
     if name in HELPERS:
         return sig in getattr(runtime_lib, name).overloads
