@@ -37,7 +37,9 @@ def gemm(a, b, out, ta, tb, acc):
         for j in range(out.shape[1]):
             res[i, j] = out[i, j] if acc else 0
     if not pooled_gemm(x, y, res, ta, tb, acc):
-        raise ValueError("matmul: operand shapes do not match the output, or a size is 2**31 or more")
+        # (Numba passes run-time values as the exception's further arguments)
+        raise ValueError("matmul: operand shapes do not match the output, or a size is 2**31 "
+                         "or more: a, b, out shapes (transposes aside)", a.shape, b.shape, out.shape)
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
             out[i, j] = res[i, j]
