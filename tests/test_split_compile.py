@@ -99,3 +99,39 @@ def test_values_read_by_control_flow_or_effects_compile_here(tmp_path, mode):
     out = run(tmp_path, mode, 2, mode)
     assert out["forked"] == []
     assert out["stats"]["compiles"] > 0
+
+
+def test_dry_run_takes_one_step_of_a_loop_whatever_its_length(monkeypatch):
+    """A scan's loop runs one step in the dry run (the calls of every later step are the
+    same, with the same types), so it takes as long for 200 steps as for 3."""
+    import numpy as np
+
+    import flowjit as fj
+    from flowjit.backends.cpu import split_compile as SC
+    seen = []
+    ahead = SC.compile_ahead
+
+    def capture(exe, args):
+        seen.append((exe, args))
+        return ahead(exe, args)
+    monkeypatch.setattr(SC, "compile_ahead", capture)
+    w = fj.Variable(np.full((4, 4), 0.1, np.float32))
+
+    @fj.jit
+    def run(xs):
+        def cell(c, x):
+            c = fj.tanh(fj.matmul(c, w) + x)
+            return c, c * 2.0
+        return fj.scan(cell, fj.zeros((2, 4)), xs)[1]
+    rng = np.random.default_rng(0)
+    run(rng.standard_normal((3, 2, 4)).astype(np.float32))
+    exe, args = seen[-1]
+    assert "for " in exe.py_src and "range(" in exe.py_src
+
+    def dry(steps):
+        full = [np.zeros((steps, 2, 4), np.float32)] + list(args[1:])
+        return SC._dry_run(exe, full)
+    short, long = dry(3), dry(200)
+    assert short == long
+    assert any(name.startswith("k_") for name in short)
+    assert all(n == 1 for sigs in long.values() for n in sigs.values())

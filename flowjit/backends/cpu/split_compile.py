@@ -111,20 +111,31 @@ def _has_data_dependent(graph, seen=None):
 
 
 def _dry_run(exe, args):
-    """{kernel or helper name: {signature: None}} of the Python tier's first call."""
+    """{kernel or helper name: {signature: times called}} of the Python tier's first
+    call (its loops cut to one step)."""
     calls = {}
 
     def stub(name):
         def record(*a):
-            calls.setdefault(name, {})[tuple(numba.typeof(x) for x in a)] = None
+            sigs = calls.setdefault(name, {})
+            sig = tuple(numba.typeof(x) for x in a)
+            sigs[sig] = sigs.get(sig, 0) + 1
         return record
     ns = {"CACHE": False}
     exec(compile(loader.HEADER, "<flowjit header>", "exec"), ns)
     ns.update({k: stub(k) for k in list(exe.kernel_names) + list(HELPERS)})
     ns["alloc"] = lambda site, shape, dtype: np.empty(shape, dtype)
+    # a loop's first step makes every call its later steps make, with the same types
+    # (a scan's carry keeps its type): the entry's only `range` is a scan's loop, run
+    # here for one step, so the dry run takes as long for 200 steps as for 50
+    ns["range"] = _first_step
     exec(compile(exe.py_src, f"<flowjit dry run {exe.entry_name}>", "exec"), ns)
     ns[exe.entry_name](*[_copy(a) for a in args])     # scalar lines may write into variables
     return calls
+
+
+def _first_step(*bounds):
+    return range(*bounds)[:1]
 
 
 def _copy(a):
