@@ -19,16 +19,16 @@ PROGRAM = textwrap.dedent("""
     from flowjit.backends.cpu import split_compile as SC
     forked, parent = [], os.getpid()
     fork = SC._fork_children
-    def counting(exe, parts):
+    def counting(parts):
         forked.append(len(parts))
-        return fork(exe, parts)
+        return fork(parts)
     SC._fork_children = counting
     if sys.argv[1] == "failing":        # every child dies before compiling anything
         compile_part = SC._compile
-        def failing(exe, part):
+        def failing(part):
             if os.getpid() != parent:
                 os._exit(3)
-            return compile_part(exe, part)
+            return compile_part(part)
         SC._compile = failing
     rng = np.random.default_rng(0)
     w1 = fj.Variable(rng.standard_normal((12, 16)).astype(np.float32) * 0.3)
@@ -77,7 +77,8 @@ def run(tmp_path, name, processes, mode="plain"):
 def test_children_compile_what_this_process_would(tmp_path):
     alone = run(tmp_path, "alone", 1)
     split = run(tmp_path, "split", 2)
-    assert alone["forked"] == [] and split["forked"] and all(n == 1 for n in split["forked"])
+    # one batch of parts for the forward's and the backward's kernels together
+    assert alone["forked"] == [] and split["forked"] == [1]
     assert split["losses"] == alone["losses"] and split["w1"] == alone["w1"]
     for key in ("compiles", "disk_cache_hits", "traces", "calls_python_tier"):
         assert split["stats"][key] == alone["stats"][key], key
@@ -104,6 +105,7 @@ def test_values_read_by_control_flow_or_effects_compile_here(tmp_path, mode):
 def test_dry_run_takes_one_step_of_a_loop_whatever_its_length(monkeypatch):
     """A scan's loop runs one step in the dry run (the calls of every later step are the
     same, with the same types), so it takes as long for 200 steps as for 3."""
+    import numba
     import numpy as np
 
     import flowjit as fj
@@ -111,9 +113,9 @@ def test_dry_run_takes_one_step_of_a_loop_whatever_its_length(monkeypatch):
     seen = []
     ahead = SC.compile_ahead
 
-    def capture(exe, args):
+    def capture(exe, args, runs_next=()):
         seen.append((exe, args))
-        return ahead(exe, args)
+        return ahead(exe, args, runs_next)
     monkeypatch.setattr(SC, "compile_ahead", capture)
     w = fj.Variable(np.full((4, 4), 0.1, np.float32))
 
@@ -130,8 +132,13 @@ def test_dry_run_takes_one_step_of_a_loop_whatever_its_length(monkeypatch):
 
     def dry(steps):
         full = [np.zeros((steps, 2, 4), np.float32)] + list(args[1:])
-        return SC._dry_run(exe, full)
-    short, long = dry(3), dry(200)
-    assert short == long
-    assert any(name.startswith("k_") for name in short)
-    assert all(n == 1 for sigs in long.values() for n in sigs.values())
+        jobs, typed = {}, []
+        typeof = numba.typeof
+        monkeypatch.setattr(numba, "typeof", lambda x: typed.append(x) or typeof(x))
+        outs = SC._dry_run(exe, full, jobs)
+        monkeypatch.setattr(numba, "typeof", typeof)
+        return jobs, len(typed), outs
+    (short, n_short, _), (long, n_long, outs) = dry(3), dry(200)
+    assert set(short) == set(long) and n_short == n_long
+    assert any(name.startswith("k_") for name, _ in short)
+    assert outs[0].shape == (200, 2, 4) and outs[0].dtype == np.float32

@@ -138,14 +138,19 @@ class StageRunner:
         # the error word kernels write on a bad index (calls are not reentrant)
         self.err = np.zeros(3, np.int64)
 
-    def __call__(self, args):
+    def extended(self, args, dry=False):
+        """The program's arguments: args, its constants, fresh random keys (zeros, which
+        advance no stream, for a dry run), the error word."""
         if self.consts:
             args = args + self.consts
         if self.streams:
-            args = args + [np.array([s.next_key()], np.int64) for s in self.streams]
+            args = args + [np.array([0 if dry else s.next_key()], np.int64) for s in self.streams]
+        return args + [np.zeros(3, np.int64) if dry else self.err]
+
+    def __call__(self, args):
         err = self.err
         try:
-            outs = self.exe.run(args + [err])
+            outs = self.exe.run(self.extended(args))
         except SystemError as e:
             reraise_interrupt(e)
         except Exception as e:
@@ -215,6 +220,17 @@ class Compiled:
         self.copy_out = [_shares_state(joint, o, in_place) for o in joint.outputs]
         self.single = (out_struct == "*" and out_static == [None] and not joint.effects
                        and self.bwd is None and not self.copy_out[0])
+        if self.bwd is not None and hasattr(self.exe, "runs_next") and not self.exe.runs_next:
+            self.exe.runs_next.append((self.bwd.exe, self._backward_args))
+
+    def _backward_args(self, fwd_args, fwd_outs):
+        """The backward's arguments after the forward ran on fwd_args and returned
+        fwd_outs (a backend compiling both programs' kernels ahead of the first call
+        uses it with a dry run's outputs)."""
+        n = len(fwd_args) - (len(self.fwd.extended([], dry=True)))
+        nf = len(self.split.fwd_outputs)
+        residuals = list(fwd_outs[nf:nf + len(self.split.saved)])
+        return self.bwd.extended(list(fwd_args[:n]) + residuals, dry=True)
 
     def run(self, arrays):
         if self.effect_vars:        # a step that updates variables: all of it or none

@@ -80,6 +80,10 @@ class CpuExecutable:
         self.calls = 0             # calls of the Python tier
         self.python_share = 1.0    # estimated share of a Python-tier call spent interpreting
         self.pending = None        # a background compile (background.py)
+        # programs the same call runs next (a training step's backward): (executable, a
+        # function from this program's arguments and outputs to theirs); their kernels
+        # compile ahead together with this one's (split_compile.py)
+        self.runs_next = []
         self.buffers = BufferCache(n_sites)
         self.run = self._run_first
 
@@ -118,7 +122,7 @@ class CpuExecutable:
     def _enter_python_tier(self, args):
         """Load the kernels (from disk, or compiling them here) and run the Python tier;
         until that succeeds, every call tries again."""
-        split_compile.compile_ahead(self, args)      # on idle cores, where it can
+        split_compile.compile_ahead(self, args, self.runs_next)      # on idle cores, where it can
         self._load_python_tier()
         self.run = self._run_python
         return self._run_python(args)

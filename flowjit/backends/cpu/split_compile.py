@@ -54,31 +54,47 @@ def processes():
     return max(min(threads._cores() - others, 4), 1)
 
 
-def compile_ahead(exe, args):
-    """Compile exe's kernels for `args` in several processes when that can help;
-    returns how many kernel signatures were compiled here or in children."""
-    if all(loader.has_disk_cache(k) for k in exe.kernel_names):
+def compile_ahead(exe, args, runs_next=()):
+    """Compile exe's kernels for `args` in several processes when that can help, and
+    with them the kernels of the programs that run after it in the same call:
+    runs_next holds (executable, a function from the previous program's arguments and
+    outputs to its own arguments), a training step's backward, say, which reads the
+    forward's residuals. A dry run's outputs have the real ones' shapes and types, so
+    one batch of parts covers both programs (the backward's kernels no longer wait for
+    the forward's). Returns how many kernel signatures were compiled here or in
+    children."""
+    stages = [exe] + [e for e, _ in runs_next]
+    if all(loader.has_disk_cache(k) for e in stages for k in e.kernel_names):
         return 0                 # they load in milliseconds
     n = processes()
     if n < 2 or not _eligible(exe):
         return 0
     t0 = time.perf_counter()
+    jobs = {}                    # (name, signature): the executable with its source
     try:
-        calls = _dry_run(exe, args)
+        outs = _dry_run(exe, args, jobs)
     except Exception:            # noqa: BLE001  (the normal path reports any real error)
         return 0
+    for nxt, next_args in runs_next:
+        if not _eligible(nxt):
+            break
+        try:
+            args = next_args(args, outs)
+            outs = _dry_run(nxt, args, jobs)
+        except Exception:        # noqa: BLE001  (it compiles on its first call instead)
+            break
     # (a kernel already in the disk cache loads in milliseconds on its first call)
-    jobs = [(name, sig) for name, sigs in calls.items() for sig in sigs
+    todo = [(e, name, sig) for (name, sig), e in jobs.items()
             if not _ready(name, sig) and (name in HELPERS or not loader.has_disk_cache(name))]
-    if len(jobs) < 2:
+    if len(todo) < 2:
         return 0
-    parts = _balance(jobs, exe, min(n, len(jobs)))
-    children = _fork_children(exe, parts[:-1])
-    _compile(exe, parts[-1])
+    parts = _balance(todo, min(n, len(todo)))
+    children = _fork_children(parts[:-1])
+    _compile(parts[-1])
     _wait(children)
     for part in parts[:-1]:      # load what the children saved (or compile what they did not)
-        _compile(exe, part)
-    compiled = sum(1 for name, _ in jobs if name not in HELPERS)
+        _compile(part)
+    compiled = sum(1 for _, name, _ in todo if name not in HELPERS)
     S.bump("compiles", compiled)
     S.bump("compile_seconds", time.perf_counter() - t0)
     return compiled
@@ -110,16 +126,12 @@ def _has_data_dependent(graph, seen=None):
     return False
 
 
-def _dry_run(exe, args):
-    """{kernel or helper name: {signature: times called}} of the Python tier's first
-    call (its loops cut to one step)."""
-    calls = {}
-
+def _dry_run(exe, args, jobs):
+    """The outputs of the Python tier's first call made with stubs (its loops cut to one
+    step); each kernel or helper signature it calls goes into jobs, with exe."""
     def stub(name):
         def record(*a):
-            sigs = calls.setdefault(name, {})
-            sig = tuple(numba.typeof(x) for x in a)
-            sigs[sig] = sigs.get(sig, 0) + 1
+            jobs.setdefault((name, tuple(numba.typeof(x) for x in a)), exe)
         return record
     ns = {"CACHE": False}
     exec(compile(loader.HEADER, "<flowjit header>", "exec"), ns)
@@ -130,8 +142,7 @@ def _dry_run(exe, args):
     # here for one step, so the dry run takes as long for 200 steps as for 50
     ns["range"] = _first_step
     exec(compile(exe.py_src, f"<flowjit dry run {exe.entry_name}>", "exec"), ns)
-    ns[exe.entry_name](*[_copy(a) for a in args])     # scalar lines may write into variables
-    return calls
+    return ns[exe.entry_name](*[_copy(a) for a in args])     # scalar lines may write into variables
 
 
 def _first_step(*bounds):
@@ -154,22 +165,24 @@ def _ready(name, sig):
     return mod is not None and sig in getattr(mod, name).overloads
 
 
-def _cost(exe, name):
+def _cost(job):
+    exe, name, _ = job
     return HELPER_COST if name in HELPERS else KERNEL_COST + len(exe.kernel_srcs[name])
 
 
-def _balance(jobs, exe, n):
-    """The jobs in n parts of about equal cost, costliest first."""
+def _balance(jobs, n):
+    """The jobs ((executable, name, signature)) in n parts of about equal cost,
+    costliest first."""
     parts, totals = [[] for _ in range(n)], [0] * n
-    for job in sorted(jobs, key=lambda j: -_cost(exe, j[0])):
+    for job in sorted(jobs, key=lambda j: -_cost(j)):
         i = totals.index(min(totals))
         parts[i].append(job)
-        totals[i] += _cost(exe, job[0])
+        totals[i] += _cost(job)
     return parts
 
 
-def _compile(exe, part):
-    for name, sig in part:
+def _compile(part):
+    for exe, name, sig in part:
         if name in HELPERS:
             getattr(runtime_lib, name).compile(sig)
         else:
@@ -177,7 +190,7 @@ def _compile(exe, part):
             getattr(mod, name).compile(sig)
 
 
-def _fork_children(exe, parts):
+def _fork_children(parts):
     """Start one forked child per part. Numba's compiler lock is held across the fork,
     so no other thread of this process holds it in a child."""
     from numba.core.compiler_lock import global_compiler_lock
@@ -193,7 +206,7 @@ def _fork_children(exe, parts):
         if pid == 0:                     # the child: compile, save, leave at once
             code = 1
             try:
-                _compile(exe, part)
+                _compile(part)
                 code = 0
             finally:
                 os._exit(code)
