@@ -19,9 +19,9 @@ PROGRAM = textwrap.dedent("""
     from flowjit.backends.cpu import split_compile as SC
     forked, parent = [], os.getpid()
     fork = SC._fork_children
-    def counting(parts):
-        forked.append(len(parts))
-        return fork(parts)
+    def counting(n, work):
+        forked.append(n)
+        return fork(n, work)
     SC._fork_children = counting
     if sys.argv[1] == "failing":        # every child dies before compiling anything
         compile_part = SC._compile
@@ -77,7 +77,7 @@ def run(tmp_path, name, processes, mode="plain"):
 def test_children_compile_what_this_process_would(tmp_path):
     alone = run(tmp_path, "alone", 1)
     split = run(tmp_path, "split", 2)
-    # one batch of parts for the forward's and the backward's kernels together
+    # one queue for the forward's and the backward's kernels together
     assert alone["forked"] == [] and split["forked"] == [1]
     assert split["losses"] == alone["losses"] and split["w1"] == alone["w1"]
     for key in ("compiles", "disk_cache_hits", "traces", "calls_python_tier"):

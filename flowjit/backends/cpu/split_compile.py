@@ -10,18 +10,18 @@ Those are the types of the real first call, for programs whose control flow does
 depend on computed values and that run no op for its side effect (no while loop, cond,
 print or MPI collective: those compile as before).
 
-The calls are cut into parts of about equal source size. Forked children compile all
-parts but one into Numba's disk cache while this process compiles the last; then this
-process loads the children's from disk (milliseconds each). Each kernel is compiled
-once, by one process, to the same machine code, so nothing in a result depends on
-this. It runs only where the disk cache is on, the platform forks, and as many cores
-as it would use are idle now (threads.others_runnable): on a busy machine, or beside
-another compiling process, the kernels compile in this process as before. A child that
-fails, or runs past TIMEOUT seconds, only means this process compiles its part when
-the kernel is first called.
+Forked children and this process take the calls one at a time from a shared queue,
+costliest first, and compile them into Numba's disk cache; then this process loads the
+children's from disk (milliseconds each). Each kernel is compiled once, by one
+process, to the same machine code, so nothing in a result depends on this. It runs
+only where the disk cache is on, the platform forks, and as many cores as it would use
+are idle now (threads.others_runnable): on a busy machine, or beside another compiling
+process, the kernels compile in this process as before. A child that fails, or runs
+past TIMEOUT seconds, only leaves this process the kernels it had not saved.
 """
 import os
 import signal
+import struct
 import time
 
 import numba
@@ -60,8 +60,8 @@ def compile_ahead(exe, args, runs_next=()):
     runs_next holds (executable, a function from the previous program's arguments and
     outputs to its own arguments), a training step's backward, say, which reads the
     forward's residuals. A dry run's outputs have the real ones' shapes and types, so
-    one batch of parts covers both programs (the backward's kernels no longer wait for
-    the forward's). Returns how many kernel signatures were compiled here or in
+    one queue covers both programs (the backward's kernels no longer wait for the
+    forward's). Returns how many kernel signatures were compiled here or in
     children."""
     stages = [exe] + [e for e, _ in runs_next]
     if all(loader.has_disk_cache(k) for e in stages for k in e.kernel_names):
@@ -88,12 +88,16 @@ def compile_ahead(exe, args, runs_next=()):
             if not _ready(name, sig) and (name in HELPERS or not loader.has_disk_cache(name))]
     if len(todo) < 2:
         return 0
-    parts = _balance(todo, min(n, len(todo)))
-    children = _fork_children(parts[:-1])
-    _compile(parts[-1])
-    _wait(children)
-    for part in parts[:-1]:      # load what the children saved (or compile what they did not)
-        _compile(part)
+    todo.sort(key=_cost, reverse=True)     # the costliest first: the last ones are short
+    try:
+        queue = _JobQueue(len(todo))
+    except OSError:
+        return 0
+    with queue:
+        children = _fork_children(min(n, len(todo)) - 1, lambda: _compile_from(queue, todo))
+        _compile_from(queue, todo)
+        _wait(children)
+    _compile(todo)               # load what the children saved (or compile what they did not)
     compiled = sum(1 for _, name, _ in todo if name not in HELPERS)
     S.bump("compiles", compiled)
     S.bump("compile_seconds", time.perf_counter() - t0)
@@ -170,15 +174,35 @@ def _cost(job):
     return HELPER_COST if name in HELPERS else KERNEL_COST + len(exe.kernel_srcs[name])
 
 
-def _balance(jobs, n):
-    """The jobs ((executable, name, signature)) in n parts of about equal cost,
-    costliest first."""
-    parts, totals = [[] for _ in range(n)], [0] * n
-    for job in sorted(jobs, key=lambda j: -_cost(j)):
-        i = totals.index(min(totals))
-        parts[i].append(job)
-        totals[i] += _cost(job)
-    return parts
+class _JobQueue:
+    """Job indices 0..n-1 in a pipe, taken one at a time by whichever process is free
+    (this one and its forked children): a read of 4 bytes from a pipe is atomic, so
+    each index goes to exactly one process. Costs estimated ahead of time missed by up
+    to 2x here, so parts fixed in advance left one process idle near the end."""
+
+    def __init__(self, n):
+        if 4 * n > 65536:          # all of them must fit in the pipe's buffer
+            raise OSError("too many jobs for one pipe")
+        self.r, w = os.pipe()
+        try:
+            os.write(w, b"".join(struct.pack("<I", i) for i in range(n)))
+        finally:
+            os.close(w)            # drained: read() returns b"" in every process
+
+    def take(self):
+        b = os.read(self.r, 4)
+        return struct.unpack("<I", b)[0] if len(b) == 4 else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.r)
+
+
+def _compile_from(queue, todo):
+    while (i := queue.take()) is not None:
+        _compile([todo[i]])
 
 
 def _compile(part):
@@ -190,12 +214,13 @@ def _compile(part):
             getattr(mod, name).compile(sig)
 
 
-def _fork_children(parts):
-    """Start one forked child per part. Numba's compiler lock is held across the fork,
-    so no other thread of this process holds it in a child."""
+def _fork_children(n, work):
+    """Start n forked children, each running work() and leaving at once. Numba's
+    compiler lock is held across the fork, so no other thread of this process holds
+    it in a child."""
     from numba.core.compiler_lock import global_compiler_lock
     pids = []
-    for part in parts:
+    for _ in range(n):
         global_compiler_lock.acquire()
         try:
             pid = os.fork()
@@ -206,7 +231,7 @@ def _fork_children(parts):
         if pid == 0:                     # the child: compile, save, leave at once
             code = 1
             try:
-                _compile(part)
+                work()
                 code = 0
             finally:
                 os._exit(code)
