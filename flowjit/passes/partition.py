@@ -67,7 +67,7 @@ def _sinkable(g, is_b):
     return out
 
 
-def partition(g):
+def partition(g, recompute_max_cost=RECOMPUTE_MAX_COST):
     nodes = g.nodes
     is_b = {}
     for n in nodes:
@@ -119,7 +119,7 @@ def partition(g):
         if k == "elementwise" and (i in read_from_memory or i in fwd_outs):
             saved.add(i)              # written by the forward anyway
             return
-        if k in ("access", "view") or cone_cost(i) <= RECOMPUTE_MAX_COST:
+        if k in ("access", "view") or cone_cost(i) <= recompute_max_cost:
             recompute.add(i)
             for p in n.inputs:
                 decide(p)
