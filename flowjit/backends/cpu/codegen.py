@@ -608,12 +608,15 @@ def _has_matmul(prog):
     return any(s.kind == "matmul" or any(_has_matmul(b) for b in s.body or ()) for s in prog.steps)
 
 
-def _program_lines(prog, gen, buf, alias, prefix, special=None):
+def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None):
     """The lines computing prog's steps. `buf(node id)` names a value; `prefix` keeps a
     loop body's scalar names apart from the entry's; `special` replaces the step of a
-    node (a matmul, or a loop computing that node alone) with the given lines."""
+    node (a matmul, or a loop computing that node alone) with the given lines; `into`
+    (node id -> a C-contiguous array expression) gives loop kernels' outputs their
+    buffers: those used are removed from it."""
     g = prog.graph
     special = special or {}
+    into = {} if into is None else into
     lines = []
     for n in g.nodes:
         if n.op == "sym_scalar":
@@ -640,6 +643,8 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None):
                 n = g.nodes[o]
                 if o in alias:      # a variable's new value, written over its buffer
                     lines.append(f"{buf(o)} = {buf(alias[o])}")
+                elif o in into:     # a loop step's result, written into its stacked result
+                    lines.append(f"{buf(o)} = {into.pop(o)}")
                 else:
                     lines.append(f"{buf(o)} = {gen.alloc(shape_src(n.shape), npt(n.dtype))}")
             lines.append(f"{spec.name}({', '.join(spec.call_args)})")
@@ -777,13 +782,18 @@ def _scan_lines(g, n, body, gen, buf, prefix):
     special_lines = {m: _matmul_lines(bg, bg.nodes[m], body_buf, gen.alloc, into=f"{p}c{k}")
                      for k, (m, add) in special.items()}
     special_lines.update({add: [] for m, add in special.values()})
-    inner += _program_lines(body, gen, body_buf, {}, p, special_lines)
+    into = _stacked_in_place(body, per_step, a, p, t, set(names))
+    offered = dict(into)
+    inner += _program_lines(body, gen, body_buf, {}, p, special_lines, into)
+    direct = {o for o in offered if o not in into}      # the kernel wrote into it
     res = [body_buf(o) for o in bg.outputs]
     fresh = _fresh_results(body, nc, set(a for _, a in special.values()))
     inner += [f"{p}n{k} = {res[k]}" if k in fresh or k in special else
               f"{p}n{k} = {res[k]}.reshape({shape_src(outs[k][0])}).copy()" for k in range(nc)]
     inner += [f"{p}c{k} = {p}n{k}" for k in range(nc) if k not in special]
     for i, j in per_step:
+        if offered.get(bg.outputs[j]) == f"{scan_result_name(p, a, i)}[{t}]" and bg.outputs[j] in direct:
+            continue                # already there
         size = _size(outs[i][0][1:])
         inner.append(f"{scan_result_name(p, a, i)}.reshape(({T}, {size}))[{t}, :] = {res[j]}.reshape(({size},))")
     lines.append(f"for {t} in {order}:")
@@ -814,6 +824,25 @@ def _accumulations(body, nc, p):
             continue                  # the add is fused with other work: leave it
         out[k] = (other, o)
     return out
+
+
+def _stacked_in_place(body, per_step, attrs, p, t, named):
+    """{body node: its stacked result's slice at step t} for the step's ys and residuals
+    a loop kernel computes: the kernel writes straight into the stacked result, so the
+    step makes no copy (the LSTM's forward step made eight of 64 KB). Not for a value
+    already named (an argument, a carry summed in place), a 0-d one (its slice would be
+    a scalar), or one stacked twice (the second is copied)."""
+    g = body.graph
+    stores = {o for s in body.steps if s.kind == "loop" for o in s.group.stores}
+    outs = attrs["outs"]
+    into = {}
+    for i, j in per_step:
+        o = g.outputs[j]
+        n = g.nodes[o]
+        if o in stores and o not in named and o not in into and len(n.shape) >= 1 \
+                and outs[i][1] == n.dtype and tuple(outs[i][0][1:]) == tuple(n.shape):
+            into[o] = f"{scan_result_name(p, attrs, i)}[{t}]"
+    return into
 
 
 def _fresh_results(body, nc, skip):
