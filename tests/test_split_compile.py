@@ -142,3 +142,18 @@ def test_dry_run_takes_one_step_of_a_loop_whatever_its_length(monkeypatch):
     assert set(short) == set(long) and n_short == n_long
     assert any(name.startswith("k_") for name, _ in short)
     assert outs[0].shape == (200, 2, 4) and outs[0].dtype == np.float32
+
+
+def test_auto_processes_count_the_cores_idle_in_a_few_samples(monkeypatch):
+    """"auto" takes the fewest other runnable threads over a few samples: a process
+    caught exiting in one sample does not make the compile run alone, while a machine
+    busy in every sample still gets no extra process."""
+    from flowjit.backends.cpu import split_compile as SC, threads
+    from flowjit.config import config
+    monkeypatch.setattr(config, "compile_processes", "auto")
+    monkeypatch.setattr(threads, "_cores", lambda: 2)
+    monkeypatch.setattr(SC, "SAMPLE_GAP_S", 0.0)
+    for samples, want in (([1, 0, 0], 2), ([0, 0, 0], 2), ([1, 1, 1], 1), ([2, 2, 1], 1), ([0, None, 0], 1)):
+        it = iter(samples)
+        monkeypatch.setattr(threads, "others_runnable", lambda: next(it))
+        assert SC.processes() == want, samples

@@ -40,6 +40,7 @@ DATA_DEPENDENT = {"while", "cond"}          # ops whose Python-tier control flow
 KERNEL_COST = 600
 HELPER_COST = 10000
 TIMEOUT = 600.0
+SAMPLES, SAMPLE_GAP_S = 3, 0.005      # how processes() looks at the machine
 
 
 def processes():
@@ -48,10 +49,18 @@ def processes():
     want = config.compile_processes
     if want != "auto":
         return max(int(want), 1)
-    others = threads.others_runnable()
-    if others is None:
+    # the fewest runnable threads of other processes in a few samples a few ms apart:
+    # one sample can catch a process that is just exiting (a cold compile then ran in
+    # one process, twice as long, about once in ten runs here); a busy machine stays
+    # busy in every sample
+    seen = []
+    for k in range(SAMPLES):
+        if k:
+            time.sleep(SAMPLE_GAP_S)
+        seen.append(threads.others_runnable())
+    if None in seen:
         return 1
-    return max(min(threads._cores() - others, 4), 1)
+    return max(min(threads._cores() - min(seen), 4), 1)
 
 
 def compile_ahead(exe, args, runs_next=()):
