@@ -23,6 +23,7 @@ import os
 import signal
 import struct
 import time
+import warnings
 
 import numba
 import numpy as np
@@ -155,7 +156,11 @@ def _dry_run(exe, args, jobs):
     # here for one step, so the dry run takes as long for 200 steps as for 50
     ns["range"] = _first_step
     exec(compile(exe.py_src, f"<flowjit dry run {exe.entry_name}>", "exec"), ns)
-    return ns[exe.entry_name](*[_copy(a) for a in args])
+    # its scalar lines compute on uninitialised buffers: whatever NumPy would warn of
+    # there is no user's concern
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return ns[exe.entry_name](*[_copy(a) for a in args])
 
 
 def _first_step(*bounds):
