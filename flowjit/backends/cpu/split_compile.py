@@ -76,8 +76,10 @@ def compile_ahead(exe, args, runs_next=()):
     stages = [exe] + [e for e, _ in runs_next]
     if all(loader.has_disk_cache(k) for e in stages for k in e.kernel_names):
         return 0                 # they load in milliseconds
-    n = processes()
-    if n < 2 or not _eligible(exe):
+    if not _eligible(exe):
+        return 0
+    n = processes()              # (samples the machine for ~10 ms: only when it matters)
+    if n < 2:
         return 0
     t0 = time.perf_counter()
     jobs = {}                    # (name, signature): the executable with its source
