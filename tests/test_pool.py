@@ -2,11 +2,13 @@
 lowered to one element, every poolable kernel of these small programs is split into
 row blocks run on the pool; results must equal NumPy's (and the serial kernels', with
 the pool limited to one thread)."""
+import ctypes
+
 import numpy as np
 import pytest
 
 import flowjit as fj
-from flowjit.backends.cpu import codegen, loader, pool
+from flowjit.backends.cpu import blas, codegen, loader, pool, scheduler
 from conftest import assert_close
 
 pytestmark = pytest.mark.skipif(not pool.available(), reason="no thread pool here")
@@ -170,6 +172,72 @@ def test_gemm_helper_on_strided_operands_and_output(rng, dtype):
     with pytest.raises(ValueError, match="matmul: operand shapes"):
         gemm(a_full, b_full[:3], np.empty((3, 3), dtype), np.bool_(False), np.bool_(False),
              np.bool_(False))
+
+
+def _layouts(x):
+    """x as a C array, a Fortran array, a reversed view and a view with gaps (the
+    same values every time)."""
+    gapped = np.zeros((x.shape[0], 2 * x.shape[1]), x.dtype)
+    gapped[:, ::2] = x
+    return {"C": np.ascontiguousarray(x), "F": np.asfortranarray(x),
+            "reversed": np.ascontiguousarray(x[::-1])[::-1], "gaps": gapped[:, ::2]}
+
+
+def _pool_jobs():
+    """How many jobs the pool has been given (the generation in its job word)."""
+    return ctypes.c_int64.from_address(scheduler.state["addr"]["word"]).value >> 32
+
+
+@pytest.fixture
+def pool_of_three():
+    """The pool at 3 threads for direct helper calls (a step sets it itself)."""
+    saved = scheduler.size(), scheduler.helpers()
+    scheduler.configure(3, 2)
+    yield
+    scheduler.configure(*saved)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(5, 3, 4), (96, 72, 80), (40, 150, 200), (200, 150, 24)])
+def test_gemm_helper_matches_numpy_for_every_layout_and_size(rng, pool_of_three, dtype, M, K, N):
+    """The GEMM call (LLVM IR, gemm_ir.py) against NumPy: operands in every layout
+    (in place when one stride is one element, else copied), the four transposes, with
+    and without accumulating, for products small enough for one call and big enough
+    for blocks of rows or of columns on the pool."""
+    from flowjit.backends.cpu.runtime_lib import gemm
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    jobs = _pool_jobs()
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+            b = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+            want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+            for (la, av), (lb, bv) in zip(_layouts(a).items(), list(_layouts(b).items())[::-1]):
+                for lc, out in _layouts(np.zeros((M, N), dtype)).items():
+                    start = rng.standard_normal((M, N)).astype(dtype)
+                    for acc in (False, True):
+                        out[...] = start
+                        gemm(av, bv, out, np.bool_(ta), np.bool_(tb), np.bool_(acc))
+                        np.testing.assert_allclose(out, want + start if acc else want,
+                                                   rtol=tol, atol=tol * K,
+                                                   err_msg=f"{la} {lb} {lc} ta={ta} tb={tb} acc={acc}")
+    split = M * N * K >= 2 * blas.GEMM_BLOCK_MACS
+    assert (_pool_jobs() > jobs) == split, "big products go to the pool in blocks, small ones do not"
+
+
+def test_gemm_helper_with_empty_sizes():
+    """No inner terms: zeros, or the output unchanged when accumulating; an empty output
+    is left alone."""
+    from flowjit.backends.cpu.runtime_lib import gemm
+    F = np.bool_(False)
+    out = np.full((3, 4), 7.0, np.float32)
+    gemm(np.ones((3, 0), np.float32), np.ones((0, 4), np.float32), out, F, F, np.bool_(True))
+    np.testing.assert_array_equal(out, 7.0)
+    gemm(np.ones((3, 0), np.float32), np.ones((0, 4), np.float32), out, F, F, F)
+    np.testing.assert_array_equal(out, 0.0)
+    gemm(np.ones((0, 5), np.float32), np.ones((5, 4), np.float32), np.empty((0, 4), np.float32), F, F, F)
+    with pytest.raises(ValueError, match="matmul: operand shapes"):
+        gemm(np.ones((3, 5), np.float32), np.ones((4, 4), np.float32), np.empty((3, 4), np.float32), F, F, F)
 
 
 def test_reads_through_slices_pads_and_transposes_on_pool(pooled, rng):

@@ -15,19 +15,21 @@ call, so a block is cut only where it keeps at least GEMM_BLOCK_MACS multiply-ad
 SciPy's `cython_blas` exports sgemm and dgemm (Fortran conventions: column-major, every
 argument by pointer); they are registered with LLVM as `flowjit_sgemm`/`flowjit_dgemm`,
 and the block task `flowjit_task_gemm` is a few lines of LLVM IR compiled once per
-process. A row-major product C = op(A) op(B) is the column-major product
-C^T = op(B)^T op(A)^T, so every call passes B first.
+process, as is the call that checks the operands and cuts the blocks (`flowjit_gemm`,
+gemm_ir.py), which compiled code reaches through `gemm_call`. A row-major product
+C = op(A) op(B) is the column-major product C^T = op(B)^T op(A)^T, so every call
+passes B first.
 """
 import ctypes
 
 import llvmlite.binding as ll
-import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 import llvmlite.ir as lir
 
-from . import pool, scheduler
+from . import gemm_ir, pool, scheduler
 
 GEMM_BLOCK_MACS = 1 << 18       # the fewest multiply-adds worth a block of its own (softmax 784-10
                                 # b100: 2^19 left its two 0.8M-MAC GEMMs on one thread, 144 us a
@@ -160,7 +162,16 @@ def start():
             engine = ll.create_mcjit_compiler(mod, tm)
             engine.finalize_object()
             ll.add_symbol("flowjit_task_gemm", engine.get_function_address("flowjit_task_gemm"))
-            _keep.extend([mod, tm, engine, lib])
+            libc = ctypes.CDLL(None)
+            for name in ("malloc", "free"):
+                ll.add_symbol("flowjit_sys_" + name, ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
+            gemm_mod = ll.parse_assembly(gemm_ir.module("flowjit_task_gemm", pool.RUN_SYMBOL,
+                                                        pool.SIZE_SYMBOL, GEMM_BLOCK_MACS, ROW_ALIGN))
+            gemm_mod.verify()
+            gemm_engine = ll.create_mcjit_compiler(gemm_mod, tm)
+            gemm_engine.finalize_object()
+            ll.add_symbol(gemm_ir.NAME, gemm_engine.get_function_address(gemm_ir.NAME))
+            _keep.extend([mod, tm, engine, lib, gemm_mod, gemm_engine])
             state.update(started=True, why="SciPy's BLAS, blocks on flowjit's pool")
         except Exception as e:  # noqa: BLE001  (any failure only means: GEMMs unsplit)
             state.update(started=False, why=f"GEMMs not split ({e})")
@@ -179,98 +190,26 @@ def set_threads(n):
 
 
 @intrinsic
-def data_address(typingctx, arr):
-    """The address of an array's first element (any layout)."""
-    if not isinstance(arr, types.Array):
-        return None
+def gemm_call(typingctx, a, b, out, ta, tb, acc):
+    """out = op(a) @ op(b) (out += ... with `acc`) through `flowjit_gemm` (gemm_ir.py):
+    0 when done, 1 when the shapes do not make the product, 2 when out of memory. The
+    three arrays are 2-D of one float dtype; any layout, any strides."""
+    arrays = (a, b, out)
+    if not all(isinstance(t, types.Array) and t.ndim == 2 and t.dtype == out.dtype
+               and t.dtype in (types.float32, types.float64) for t in arrays):
+        raise TypingError(f"gemm_call: three 2-D float arrays of one dtype, got {arrays}")
 
     def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.ptrtoint(a.data, lir.IntType(64))
-    return types.int64(arr), codegen
-
-
-@njit(cache=True, error_model="numpy")
-def _storage(x, transposed, isz):
-    """(stored transposed?, leading dimension) of a 2-D operand for BLAS, or (False, 0)
-    when neither of its strides is one element (BLAS cannot read it in place)."""
-    r, c = x.shape
-    s0, s1 = x.strides
-    if s1 == isz and s0 >= max(c, 1) * isz and s0 % isz == 0:
-        return transposed, s0 // isz
-    if s0 == isz and s1 >= max(r, 1) * isz and s1 % isz == 0:
-        return not transposed, s1 // isz
-    return False, 0
-
-
-@njit(cache=True, error_model="numpy")
-def pooled_gemm(a, b, out, ta, tb, accumulate):
-    """out = op(a) @ op(b) (out += ... with `accumulate`) by BLAS: in blocks on the pool
-    when big, else one call here; False (nothing done) when an operand's layout or a
-    size does not suit BLAS."""
-    M, N = out.shape
-    K = a.shape[0] if ta else a.shape[1]
-    blocks = min(pool.pool_size(), M * N * K // GEMM_BLOCK_MACS)
-    # what BLAS would read and write must be exactly these shapes, in int32 sizes
-    # (np.dot, the fallback, reports a mismatch)
-    if (a.shape[1] if ta else a.shape[0]) != M or (b.shape[1] if tb else b.shape[0]) != K \
-            or (b.shape[0] if tb else b.shape[1]) != N or max(M, N, K) >= 1 << 31:
-        return False
-    isz = out.itemsize
-    if out.strides[1] != isz or out.strides[0] < N * isz or out.strides[0] % isz != 0:
-        return False
-    at, lda = _storage(a, ta, isz)
-    bt, ldb = _storage(b, tb, isz)
-    if lda == 0 or ldb == 0:
-        return False
-    ldc = out.strides[0] // isz
-    rows = N < M                  # re-pack the smaller operand: 128x784 @ 784x256 in two
-                                  # column blocks alone 948 us, row blocks 1060 (one call 905)
-    dim = M if rows else N
-    blocks = min(blocks, dim // ROW_ALIGN)
-    if blocks < 2:                # one call, made here (no pool, no np.dot)
-        blocks, step = 1, max(dim, 1)
-    else:
-        step = ((dim + blocks - 1) // blocks + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
-        blocks = (dim + step - 1) // step
-    pa, pb, pc = data_address(a), data_address(b), data_address(out)
-    rec = np.empty((blocks, 13), np.int64)
-    for i in range(blocks):
-        lo = i * step
-        hi = min(dim, lo + step)
-        rec[i, 0] = 1 if isz == 8 else 0
-        rec[i, 12] = 1 if accumulate else 0
-        rec[i, 1] = 84 if bt else 78          # 'T' or 'N'
-        rec[i, 2] = 84 if at else 78
-        rec[i, 5] = K
-        rec[i, 7] = ldb
-        rec[i, 9] = lda
-        rec[i, 11] = ldc
-        if rows:                  # C rows lo..hi: columns of C^T, rows of op(A)
-            rec[i, 3], rec[i, 4] = N, hi - lo
-            rec[i, 6] = pb
-            rec[i, 8] = pa + (lo if at else lo * lda) * isz
-            rec[i, 10] = pc + lo * ldc * isz
-        else:                     # C columns lo..hi: rows of C^T, columns of op(B)
-            rec[i, 3], rec[i, 4] = hi - lo, M
-            rec[i, 6] = pb + (lo * ldb if bt else lo) * isz
-            rec[i, 8] = pa
-            rec[i, 10] = pc + lo * isz
-    if blocks == 1:
-        _run_block(rec)
-    else:
-        pool.pool_run(blocks, "gemm", rec)
-    return True
-
-
-@intrinsic
-def _run_block(typingctx, records):
-    """Call the GEMM block task on the first record, in this thread."""
-    def codegen(context, builder, sig, args):
-        arr = context.make_array(sig.args[0])(context, builder, args[0])
-        i8p = lir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(builder.module, lir.FunctionType(lir.VoidType(), [i8p]),
-                                            "flowjit_task_gemm")
-        builder.call(fn, [builder.bitcast(arr.data, i8p)])
-        return context.get_dummy_value()
-    return types.none(records), codegen
+        i64 = lir.IntType(64)
+        values = []
+        for t, v in zip(sig.args[:3], args[:3]):
+            arr = context.make_array(t)(context, builder, v)
+            values.append(builder.bitcast(arr.data, lir.IntType(8).as_pointer()))
+            values += cgutils.unpack_tuple(builder, arr.shape, 2)
+            values += cgutils.unpack_tuple(builder, arr.strides, 2)
+        values.append(lir.Constant(i64, out.dtype.bitwidth // 8))
+        values += [context.cast(builder, v, t, types.int64) for t, v in zip(sig.args[3:], args[3:])]
+        fnty = lir.FunctionType(lir.IntType(32), [v.type for v in values])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, gemm_ir.NAME)
+        return builder.call(fn, values)
+    return types.int32(a, b, out, ta, tb, acc), codegen

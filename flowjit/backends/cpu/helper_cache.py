@@ -28,7 +28,7 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 def _backends_hash():
     """A short hash of every backend source file. Numba checks a cached function against
     its own file only, not against the helpers it calls and compiled in (a cached `gemm`
-    kept an edited `blas.pooled_gemm`), so any change there starts a new directory."""
+    kept an edited helper it called), so any change there starts a new directory."""
     h = hashlib.sha1()
     root = os.path.join(_PACKAGE, "backends")
     for folder, dirs, files in sorted(os.walk(root)):

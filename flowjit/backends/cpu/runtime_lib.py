@@ -3,46 +3,28 @@ import numpy as np
 from numba import njit
 
 
-from .blas import pooled_gemm, start as _start_blas
+from .blas import gemm_call, start as _start_blas
 
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
 
 
-# 2-D float matmuls: big ones in blocks on the pool (blas.py), small ones one
-# single-threaded BLAS call. Compiled once per machine (disk cache) and called by every
-# entry, so no entry pays for typing BLAS calls itself.
+# 2-D float matmuls: big ones in blocks on the pool, small ones one single-threaded
+# BLAS call, operands BLAS cannot read in place copied first. All of that is LLVM IR
+# built once per process (gemm_ir.py), so an entry's GEMM costs Numba one small
+# function per array types, not the 1.1-1.8 s the same logic cost as Numba code.
 @njit(cache=True, error_model="numpy")
 def gemm(a, b, out, ta, tb, acc):
     """out = op(a) @ op(b), or out += ... with `acc` (a loop accumulating a weight's
-    gradient over its steps), op transposing where ta / tb, by BLAS (blas.pooled_gemm).
-    One compiled function per array types serves all eight flag combinations: compiled
-    code passes the flags as np.bool_ values, since a literal True would compile it once
-    more. No np.dot fallback: typing Numba's linalg for it cost about a second of every
-    cold compile, for operands that are rarely strided both ways."""
-    if pooled_gemm(a, b, out, ta, tb, acc):
-        return
-    # an operand BLAS cannot read in place (neither stride one element), or an output
-    # whose rows are not contiguous: the same BLAS call on contiguous copies (plain
-    # loops: np.ascontiguousarray and slice assignment cost a second of compile here)
-    x = np.empty(a.shape, a.dtype)
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            x[i, j] = a[i, j]
-    y = np.empty(b.shape, b.dtype)
-    for i in range(b.shape[0]):
-        for j in range(b.shape[1]):
-            y[i, j] = b[i, j]
-    res = np.empty(out.shape, out.dtype)
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            res[i, j] = out[i, j] if acc else 0
-    if not pooled_gemm(x, y, res, ta, tb, acc):
+    gradient over its steps), op transposing where ta / tb. One compiled function per
+    array types serves all eight flag combinations: compiled code passes the flags as
+    np.bool_ values, since a literal True would compile it once more."""
+    status = gemm_call(a, b, out, ta, tb, acc)
+    if status == 1:
         # (Numba passes run-time values as the exception's further arguments)
         raise ValueError("matmul: operand shapes do not match the output, or a size is 2**31 "
                          "or more: a, b, out shapes (transposes aside)", a.shape, b.shape, out.shape)
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[i, j] = res[i, j]
+    if status != 0:
+        raise MemoryError("matmul: no memory for contiguous copies of strided operands")
 
 
 # fixed transposes, for the convolution kernels that call them from compiled code
