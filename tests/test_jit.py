@@ -194,7 +194,7 @@ def test_large_parallel_kernels(rng, monkeypatch, pool_available):
     f = fj.jit(lambda a: (fj.sigmoid(a) * 2.0, fj.reduce_sum(a * a)))
     s, t = f(x)
     src = f.inspect(x).forward_source
-    assert src.count("pool_run(" if pool_available else "prange(") == 2, src
+    assert src.count("pool_launch(" if pool_available else "prange(") == 2, src
     assert_close(s, 2 / (1 + np.exp(-x)), rtol=1e-5)
     assert_close(t, np.sum(x.astype(np.float64) ** 2), rtol=1e-5)
 

@@ -25,7 +25,7 @@ def pooled(monkeypatch):
         for name, mod in loader._modules.items():
             with open(mod.__file__) as f:
                 text = f.read()
-            if "pool_run(" in text and " >= 1 else 1\n" in text:
+            if "pool_launch(" in text and " >= 1 else 1\n" in text:
                 out.append(name)
         return out
     return pooled_modules

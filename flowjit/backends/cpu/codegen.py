@@ -493,20 +493,15 @@ def red_update(red, acc, v):
 
 def pool_dispatch(params, arrays, C, partials, key):
     """Kernel lines that split a loop into row blocks, one record per block (see
-    pool.record_lines), run as task `key`: block_count(n0) blocks on the pool when the
-    loop is big, else one block, which pool_run runs in this thread. partials: the
+    pool.pool_launch), run as task `key`: block_count(n0) blocks on the pool when the
+    loop is big, else one block, which the pool runs in this thread. partials: the
     reductions over the first loop (Reductions): each block writes its own slice of a
     (blocks, ...) array, combined into the output afterwards in block order."""
-    out = [f"    nt = block_count(n0) if {' * '.join(f'n{c}' for c in range(C))} >= {POOL_MIN} else 1",
-           f"    rec = np.empty((nt, {pool.record_width(params, arrays)}), np.int64)"]
+    out = [f"    nt = block_count(n0) if {' * '.join(f'n{c}' for c in range(C))} >= {POOL_MIN} else 1"]
     part = {r.param: f"part_{r.param}" for r in partials}
     for r in partials:
         out.append(f"    {part[r.param]} = np.empty((nt,) + {r.param}.shape, {r.param}.dtype)")
-    out += ["    for t in range(nt):",
-            "        rec[t, 0] = t * n0 // nt",
-            "        rec[t, 1] = (t + 1) * n0 // nt"]
-    out += pool.record_lines(params, arrays, " " * 8, lambda p: f"{part[p]}[t]" if p in part else p)
-    out.append(f"    pool_run(nt, '{key}', rec)")
+    out.append(pool.launch_line(key, "n0", params, arrays, "    ", part))
     for r in partials:
         out += _combine_partials(r, part[r.param])
     return out

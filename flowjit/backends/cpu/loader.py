@@ -32,7 +32,7 @@ from flowjit.backends.cpu.scalar import *
 from flowjit.backends.cpu.runtime_lib import alloc, bmm, bmm_loop, gemm, gemm_nn, gemm_tn
 from flowjit.backends.cpu.loader import kernel
 from numba import carray, cfunc
-from flowjit.backends.cpu.pool import (TASK_SIG, block_count, c_address, pool_run, ptr_float32,
+from flowjit.backends.cpu.pool import (TASK_SIG, block_count, pool_launch, ptr_float32,
                                        ptr_float64, ptr_int32, ptr_int64, register_task)
 """
 

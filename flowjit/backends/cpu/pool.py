@@ -74,45 +74,80 @@ def block_count(rows):
     return max(min(rows, pool_size() * BLOCKS_PER_THREAD), 1)
 
 
-@intrinsic
-def pool_run(typingctx, ntasks, task_name, records):
-    """Run task `flowjit_task_<task_name>` on rows 0..ntasks-1 of `records` (a C-contiguous
-    int64 2-D array, one record per task) on the pool; returns when all are done."""
-    if not isinstance(task_name, types.StringLiteral):
-        raise TypingError("pool_run: the task name must be a string literal")
-    if not (isinstance(records, types.Array) and records.dtype == types.int64
-            and records.ndim == 2 and records.layout == "C"):
-        raise TypingError("pool_run: records must be a C-contiguous int64 2-D array")
+def _layout_ranks(layout):
+    """[(kind, dtype name, rank)] of a pool_launch layout string: kind "i" (an integer),
+    "a" (an array) or "part" (a (blocks, ...) array, block t passed to record t)."""
+    out = []
+    for spec in layout.split(","):
+        if spec == "i":
+            out.append(("i", None, 0))
+        else:
+            kind, rest = ("part", spec[5:]) if spec.startswith("part:") else ("a", spec)
+            dt, nd = rest.split(":")
+            out.append((kind, dt, int(nd)))
+    return out
 
-    def codegen(context, builder, sig, args):
-        n, _, rec = args
-        i32, i8p = lir.IntType(32), lir.IntType(8).as_pointer()
-        task = _extern(builder, "flowjit_task_" + task_name.literal_value, lir.VoidType(), [i8p])
+
+@intrinsic
+def pool_launch(typingctx, key, nt, rows, layout, args):
+    """Run task `flowjit_task_<key>` on rows 0..rows cut into `nt` blocks: record t (the
+    layout _unpacked reads: its rows, then each argument's value, or its address and
+    shape) is built here, in LLVM IR on the stack, and the records go to the pool (one
+    block runs in this thread). `layout` describes `args` ("i", "float32:2",
+    "part:float32:1", comma-separated); an array must be C-contiguous of that dtype and
+    rank, else this fails to compile: no task ever reads memory with the wrong layout.
+    One typed call instead of a record array filled element by element, which cost
+    Numba more to compile than the task's loops."""
+    if not (isinstance(key, types.StringLiteral) and isinstance(layout, types.StringLiteral)):
+        raise TypingError("pool_launch: the task key and the layout must be string literals")
+    specs = _layout_ranks(layout.literal_value)
+    if not isinstance(args, types.BaseTuple) or len(args) != len(specs):
+        raise TypingError(f"pool_launch: {len(specs)} arguments expected, got {args}")
+    for (kind, dt, nd), t in zip(specs, args.types):
+        if kind == "i":
+            ok = isinstance(t, types.Integer)
+        else:
+            want = nd + (kind == "part")
+            ok = isinstance(t, types.Array) and t.layout == "C" and str(t.dtype) == dt and t.ndim == want
+        if not ok:
+            raise TypingError(f"pool_launch: argument {t} does not match layout {layout.literal_value}")
+    width = 2 + sum(1 + nd if kind != "i" else 1 for kind, _, nd in specs)
+
+    def codegen(context, builder, sig, llargs):
+        _, nt_v, rows_v, _, tup = llargs
+        i32, i64, i8p = lir.IntType(32), lir.IntType(64), lir.IntType(8).as_pointer()
+        n = context.cast(builder, nt_v, sig.args[1], types.int64)
+        total = context.cast(builder, rows_v, sig.args[2], types.int64)
+        fields = []          # per argument: (value or address, shapes, block stride or None)
+        for (kind, _, nd), t, v in zip(specs, sig.args[4].types, cgutils.unpack_tuple(builder, tup)):
+            if kind == "i":
+                fields.append((context.cast(builder, v, t, types.int64), [], None))
+                continue
+            arr = context.make_array(t)(context, builder, v)
+            shapes = cgutils.unpack_tuple(builder, arr.shape, t.ndim)
+            stride = cgutils.unpack_tuple(builder, arr.strides, t.ndim)[0] if kind == "part" else None
+            fields.append((builder.ptrtoint(arr.data, i64), shapes[1:] if kind == "part" else shapes, stride))
+        rec = builder.alloca(i64, size=builder.mul(n, lir.Constant(i64, width)))
+        with cgutils.for_range(builder, n) as loop:
+            t = loop.index
+            base = builder.mul(t, lir.Constant(i64, width))
+
+            def put(k, value):
+                builder.store(value, builder.gep(rec, [builder.add(base, lir.Constant(i64, k))]))
+            put(0, builder.sdiv(builder.mul(t, total), n))
+            put(1, builder.sdiv(builder.mul(builder.add(t, lir.Constant(i64, 1)), total), n))
+            k = 2
+            for value, shapes, stride in fields:
+                put(k, value if stride is None else builder.add(value, builder.mul(t, stride)))
+                for j, s in enumerate(shapes):
+                    put(k + 1 + j, s)
+                k += 1 + len(shapes)
+        task = _extern(builder, "flowjit_task_" + key.literal_value, lir.VoidType(), [i8p])
         run = _extern(builder, RUN_SYMBOL, i32, [i32, i8p, i8p, i32])
-        arr = context.make_array(sig.args[2])(context, builder, rec)
-        row_bytes = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
         builder.call(run, [builder.trunc(n, i32), builder.bitcast(task, i8p),
-                           builder.bitcast(arr.data, i8p), builder.trunc(row_bytes, i32)])
+                           builder.bitcast(rec, i8p), lir.Constant(i32, width * 8)])
         return context.get_dummy_value()
-    return types.none(ntasks, task_name, records), codegen
-
-
-@intrinsic
-def c_address(typingctx, arr, expect):
-    """The data address of `arr`, which must be a C-contiguous array of the dtype and
-    rank the code generator expected ("float32:2"): anything else fails to compile, it
-    never reaches a task that would read it with the wrong layout."""
-    if not isinstance(expect, types.StringLiteral):
-        raise TypingError("c_address: expected type must be a string literal")
-    want = expect.literal_value
-    got = f"{arr.dtype}:{arr.ndim}" if isinstance(arr, types.Array) else str(arr)
-    if not (isinstance(arr, types.Array) and arr.layout == "C" and got == want):
-        raise TypingError(f"c_address: expected a C-contiguous {want} array, got {arr}")
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.ptrtoint(a.data, lir.IntType(64))
-    return types.int64(arr, expect), codegen
+    return types.none(key, nt, rows, layout, args), codegen
 
 
 def _pointer_intrinsic(nbtype):
@@ -137,27 +172,17 @@ TASK_SIG = types.void(types.CPointer(types.int64))
 
 # ---- source helpers for generated modules ------------------------------------------
 # A record is [first row, end row, then per parameter: its value (an integer) or its
-# address and shape (an array, `arrays[name] = (dtype name, rank)`)]. A task must not
+# address and shape (an array, `arrays[name] = (dtype name, rank)`)], built by pool_launch. A task must not
 # allocate or raise: Numba reports a cfunc's exception by taking the GIL, which the
 # caller holds while it waits for the task.
-def record_width(params, arrays):
-    return 2 + sum(1 + arrays[p][1] if p in arrays else 1 for p in params)
-
-
-def record_lines(params, arrays, ind, source=None):
-    """Lines filling record `rec[t]` (rows r0..r1 already in columns 0 and 1);
-    source(p) names the array passed for p (default: p itself)."""
-    out, k = [], 2
-    for p in params:
-        if p in arrays:
-            dt, nd = arrays[p]
-            out.append(f"{ind}rec[t, {k}] = c_address({source(p) if source else p}, '{dt}:{nd}')")
-            out.extend(f"{ind}rec[t, {k + 1 + a}] = {p}.shape[{a}]" for a in range(nd))
-            k += 1 + nd
-        else:
-            out.append(f"{ind}rec[t, {k}] = {p}")
-            k += 1
-    return out
+def launch_line(key, rows, params, arrays, ind, parts=None):
+    """The kernel line running task `key` on rows 0..`rows` in `nt` blocks (pool_launch);
+    parts: {parameter: the (blocks, ...) array whose block t record t gets instead}."""
+    parts = parts or {}
+    layout = ",".join(("part:" if p in parts else "") + "{}:{}".format(*arrays[p]) if p in arrays
+                      else "i" for p in params)
+    args = "".join(f"{parts.get(p, p)}, " for p in params)
+    return f"{ind}pool_launch('{key}', nt, {rows}, '{layout}', ({args}))"
 
 
 def _unpacked(params, arrays, rec):
@@ -191,14 +216,8 @@ def run_source(key, run_name, params, arrays):
     """`run_name(total, *params)`: rows 0..total of task `key` split into
     block_count(total) contiguous blocks on the pool (one block, run in the caller's
     thread, when that is 1)."""
-    body = "\n".join([
+    return "\n".join([
         "@njit(cache=CACHE, error_model='numpy')",
         f"def {run_name}(total, {', '.join(params)}):",
         "    nt = block_count(total)",
-        f"    rec = np.empty((nt, {record_width(params, arrays)}), np.int64)",
-        "    for t in range(nt):",
-        "        rec[t, 0] = t * total // nt",
-        "        rec[t, 1] = (t + 1) * total // nt"]
-        + record_lines(params, arrays, "        ")
-        + [f"    pool_run(nt, '{key}', rec)"])
-    return body + "\n"
+        launch_line(key, "total", params, arrays, "    ")]) + "\n"
