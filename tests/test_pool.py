@@ -65,6 +65,24 @@ def test_full_and_column_reductions_combine_blocks(pooled, rng, dtype):
     assert pooled()
 
 
+def test_reductions_over_the_first_loop_with_rank_two_partials(pooled, rng):
+    """A sum and a max over axis 0 of a 3-D array: each block's partial result is a 2-D
+    slice of the (blocks, 6, 4) partials array (pool_launch passes block t's slice to
+    record t), combined in block order."""
+    x = rng.standard_normal((9, 6, 4)).astype(np.float32)
+    b = rng.standard_normal((6, 1)).astype(np.float32)     # keeps the two kept dims apart
+
+    @fj.jit
+    def f(x, b):
+        return fj.reduce_sum(x * b, axis=0), fj.reduce_max(x - b, axis=0)
+
+    s, m = f(x, b)
+    assert_close(s.numpy(), np.sum(x * b, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(m.numpy(), np.max(x - b, axis=0))
+    sources = [open(loader._modules[n].__file__).read() for n in pooled()]
+    assert any("part:float32:2" in text for text in sources), "no kernel with 2-D block partials"
+
+
 def test_integer_kernels_on_pool(pooled, rng):
     a = rng.integers(-50, 50, size=(6, 4)).astype(np.int32)
     b = rng.integers(-50, 50, size=(4,)).astype(np.int32)
