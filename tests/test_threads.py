@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from numba import carray, cfunc, types
+from numba import cfunc, types
 
 import flowjit as fj
 from flowjit.backends.cpu import blas, pool, scheduler as S, threads as T
@@ -196,15 +196,15 @@ def test_steps_in_two_python_threads(fresh_threads):
 # ---- the scheduler on its own ---------------------------------------------------------
 @cfunc(types.void(types.CPointer(types.int64)))
 def _fill_task(p):
-    """Record [address, first, end, size, tag]: out[first:end] = i * 3 + tag."""
-    out = carray(pool.ptr_int64(p[0]), (p[3],))
-    for i in range(p[1], p[2]):
+    """Record [address, size, first, end, tag]: out[first:end] = i * 3 + tag."""
+    out = pool.record_array(p, 0, "int64:1")
+    for i in range(p[2], p[3]):
         out[i] = i * 3 + p[4]
 
 
 def _records(out, blocks, tag):
     n = len(out)
-    return np.array([[out.ctypes.data, b * n // blocks, (b + 1) * n // blocks, n, tag]
+    return np.array([[out.ctypes.data, n, b * n // blocks, (b + 1) * n // blocks, tag]
                      for b in range(blocks)], np.int64)
 
 

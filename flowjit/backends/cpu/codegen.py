@@ -511,13 +511,13 @@ def _combine_partials(r, pa):
     """Lines adding up the blocks' partial results of reduction r, in block order; a
     float32 sum's block partials are float32 (what the task stores), added in float64."""
     first = f"np.float64({pa}2[0, e])" if r.wide else f"{pa}2[0, e]"
-    return [f"    {pa}2 = {pa}.reshape((nt, -1))",
-            f"    out_{r.param} = {r.param}.reshape(-1)",
-            f"    for e in range(out_{r.param}.shape[0]):",
+    return [f"    {pa}2 = flat_rows({pa}, nt)",
+            f"    out_{r.param} = flat_rows({r.param}, 1)",
+            f"    for e in range(out_{r.param}.shape[1]):",
             f"        acc = {first}",
             "        for t in range(1, nt):",
             f"            acc = {red_update(r, 'acc', pa + '2[t, e]')}",
-            f"        out_{r.param}[e] = acc"]
+            f"        out_{r.param}[0, e] = acc"]
 
 
 # ----------------------------------------------------------------------------------

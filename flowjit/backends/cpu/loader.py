@@ -31,9 +31,9 @@ from numba import njit, prange
 from flowjit.backends.cpu.scalar import *
 from flowjit.backends.cpu.runtime_lib import alloc, bmm, bmm_loop, gemm, gemm_nn, gemm_tn
 from flowjit.backends.cpu.loader import kernel
-from numba import carray, cfunc
-from flowjit.backends.cpu.pool import (TASK_SIG, block_count, pool_launch, ptr_float32,
-                                       ptr_float64, ptr_int32, ptr_int64, register_task)
+from numba import cfunc
+from flowjit.backends.cpu.pool import (TASK_SIG, block_count, flat_rows, pool_launch, record_array,
+                                       register_task)
 """
 
 _modules = {}

@@ -20,6 +20,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
+from numba.core.imputils import impl_ret_borrowed
+from numba.np.arrayobj import populate_array
 
 from . import scheduler
 
@@ -150,24 +152,70 @@ def pool_launch(typingctx, key, nt, rows, layout, args):
     return types.none(key, nt, rows, layout, args), codegen
 
 
-def _pointer_intrinsic(nbtype):
-    @intrinsic
-    def as_pointer(typingctx, addr):
-        def codegen(context, builder, sig, args):
-            return builder.inttoptr(args[0], context.get_value_type(types.CPointer(nbtype)))
-        return types.CPointer(nbtype)(types.int64), codegen
-    return as_pointer
-
-
-# addresses back to typed pointers, for numba.carray in the tasks (the dtypes tasks take)
+# the dtypes a task's arrays may have
 POINTER_TYPES = {"float32": types.float32, "float64": types.float64,
                  "int32": types.int32, "int64": types.int64}
-ptr_float32 = _pointer_intrinsic(types.float32)
-ptr_float64 = _pointer_intrinsic(types.float64)
-ptr_int32 = _pointer_intrinsic(types.int32)
-ptr_int64 = _pointer_intrinsic(types.int64)
+
+
+@intrinsic
+def record_array(typingctx, rec, index, spec):
+    """In a task: the array whose address and shape record `rec` holds from field
+    `index` on (pool_launch wrote them), as a C-contiguous view owned by no one, of the
+    dtype and rank `spec` names ("float32:2"). One typed call per array where
+    numba.carray over a typed pointer and a shape tuple cost several."""
+    if not (isinstance(spec, types.StringLiteral) and isinstance(index, types.IntegerLiteral)):
+        raise TypingError("record_array: the field index and the spec must be literals")
+    dt, nd = spec.literal_value.split(":")
+    dtype, nd = POINTER_TYPES[dt], int(nd)
+    ret = types.Array(dtype, nd, "C")
+    first = index.literal_value
+
+    def codegen(context, builder, sig, args):
+        i64 = lir.IntType(64)
+
+        def field(k):
+            return builder.load(builder.gep(args[0], [lir.Constant(i64, first + k)]))
+        shape = [field(1 + j) for j in range(nd)]
+        itemsize = context.get_abi_sizeof(context.get_data_type(dtype))
+        strides = [lir.Constant(i64, itemsize)]
+        for j in range(nd - 1, 0, -1):
+            strides.insert(0, builder.mul(strides[0], shape[j]))
+        arr = context.make_array(ret)(context, builder)
+        data = builder.inttoptr(field(0), context.get_data_type(dtype).as_pointer())
+        populate_array(arr, data=data, shape=shape, strides=strides,
+                       itemsize=lir.Constant(i64, itemsize), meminfo=None)
+        return arr._getvalue()
+    return ret(rec, index, spec), codegen
+
 
 TASK_SIG = types.void(types.CPointer(types.int64))
+
+
+@intrinsic
+def flat_rows(typingctx, arr, rows):
+    """A C-contiguous array viewed as `rows` rows of size // rows elements (a kernel
+    combining its blocks' partial results). Array.reshape made Numba compile its
+    reshape checks and their error path, half a second per cold process."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C"):
+        raise TypingError(f"flat_rows: a C-contiguous array expected, got {arr}")
+    ret = types.Array(arr.dtype, 2, "C")
+
+    def codegen(context, builder, sig, args):
+        i64 = lir.IntType(64)
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        n = context.cast(builder, args[1], sig.args[1], types.int64)
+        size = lir.Constant(i64, 1)
+        for d in cgutils.unpack_tuple(builder, src.shape, arr.ndim):
+            size = builder.mul(size, d)
+        cols = builder.sdiv(size, builder.select(builder.icmp_signed(">", n, lir.Constant(i64, 0)),
+                                                 n, lir.Constant(i64, 1)))
+        itemsize = context.get_abi_sizeof(context.get_data_type(arr.dtype))
+        out = context.make_array(ret)(context, builder)
+        populate_array(out, data=src.data, shape=[n, cols],
+                       strides=[builder.mul(cols, lir.Constant(i64, itemsize)), lir.Constant(i64, itemsize)],
+                       itemsize=lir.Constant(i64, itemsize), meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, ret, out._getvalue())
+    return ret(arr, rows), codegen
 
 
 # ---- source helpers for generated modules ------------------------------------------
@@ -191,8 +239,7 @@ def _unpacked(params, arrays, rec):
     for p in params:
         if p in arrays:
             dt, nd = arrays[p]
-            shape = "".join(f"{rec}[{k + 1 + a}], " for a in range(nd))
-            out.append((p, f"carray(ptr_{dt}({rec}[{k}]), ({shape}))"))
+            out.append((p, f"record_array({rec}, {k}, '{dt}:{nd}')"))
             k += 1 + nd
         else:
             out.append((p, f"{rec}[{k}]"))
