@@ -11,7 +11,8 @@ twice, and the expansion computes what the inlined call computed, operation for
 operation (tests/test_scalar_math.py compares the two bit for bit).
 
 Only straight-line functions are expanded (assignments, then one `return`: the whole
-library is branch-free); a call of anything else is left for Numba to inline.
+library is branch-free); a call of anything else is left for Numba to inline. The
+expanded bodies' constant conversions (`np.float32(1.0 / 6)`) become module globals.
 """
 import ast
 import builtins
@@ -171,6 +172,46 @@ def _has_inline_call(node, module_names):
                and _inline_dispatcher(module_names.get(c.func.id)) for c in ast.walk(node))
 
 
+def _constant(node):
+    """Whether `node` is a number known before the kernel runs: a literal, one of
+    scalar.py's numeric constants (`_fjm.X`), or + - * / of those."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, (ast.USub, ast.UAdd)) and _constant(node.operand)
+    if isinstance(node, ast.BinOp):
+        return isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)) \
+            and _constant(node.left) and _constant(node.right)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == MODULE_ALIAS:
+        v = getattr(scalar, node.attr, None)
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return False
+
+
+class _Constants(ast.NodeTransformer):
+    """`np.float32(<constant>)` in an expanded body -> a module global holding the same
+    value (`_fjc<i>`): Numba types a global as a constant, where each such call cost it
+    a call's typing and lowering (a tenth of the LSTM cell kernel's compile). NumPy
+    rounds the float64 value to float32 as the compiled call did."""
+
+    def __init__(self):
+        self.names = {}
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        f = node.func
+        if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "np"
+                and f.attr in ("float32", "float64") and len(node.args) == 1 and not node.keywords
+                and _constant(node.args[0])):
+            name = self.names.setdefault(ast.unparse(node), f"_fjc{len(self.names)}")
+            return ast.Name(name, ast.Load())
+        return node
+
+    def lines(self):
+        return (["import numpy as np"] if self.names else []) + \
+            [f"{name} = {text}" for text, name in self.names.items()]
+
+
 def expand(source):
     """`source` (a generated kernel module importing scalar.py's names with `*`) with the
     inline scalar calls in its assignments expanded; the lines without one are kept as
@@ -180,6 +221,7 @@ def expand(source):
     lines = source.split("\n")
     edits = []
     ex = _Expander()
+    constants = _Constants()
     for node in ast.walk(tree):
         if not isinstance(node, (ast.Assign, ast.AugAssign)) or not _has_inline_call(node.value, module_names):
             continue
@@ -196,9 +238,10 @@ def expand(source):
         # the call as written stays as a comment, for whoever reads the kernel (inspect)
         original = " ".join(x.strip() for x in lines[node.lineno - 1:node.end_lineno])
         edits.append((node.lineno, node.end_lineno,
-                      [f"{indent}# {original}"] + [indent + ast.unparse(s) for s in ex.pre + [new]]))
+                      [f"{indent}# {original}"]
+                      + [indent + ast.unparse(constants.visit(s)) for s in ex.pre + [new]]))
     if not edits:
         return source
     for first, last, new_lines in sorted(edits, reverse=True):
         lines[first - 1:last] = new_lines
-    return f"import flowjit.backends.cpu.scalar as {MODULE_ALIAS}\n" + "\n".join(lines)
+    return "\n".join([f"import flowjit.backends.cpu.scalar as {MODULE_ALIAS}"] + constants.lines() + lines)
