@@ -194,6 +194,8 @@ def gemm_call(typingctx, a, b, out, ta, tb, acc):
     """out = op(a) @ op(b) (out += ... with `acc`) through `flowjit_gemm` (gemm_ir.py):
     0 when done, 1 when the shapes do not make the product, 2 when out of memory. The
     three arrays are 2-D of one float dtype; any layout, any strides."""
+    if not start():       # the symbol the call links against, before anything compiles it
+        raise TypingError(f"gemm_call: {state['why']}")
     arrays = (a, b, out)
     if not all(isinstance(t, types.Array) and t.ndim == 2 and t.dtype == out.dtype
                and t.dtype in (types.float32, types.float64) for t in arrays):
