@@ -29,8 +29,12 @@ from .scalar import ORDERED
 PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a loop runs serially
 # Loops that can run on the BLAS thread pool (pool.py) pay off much earlier: handing
 # work to a worker still awake after a GEMM costs microseconds. Such a kernel compiles a
-# task function too (~0.3-0.8 s more on a cold cache), so smaller loops stay serial.
+# task function and a launcher too (about 0.1 s more on a cold cache since the launcher's
+# records are built by one intrinsic, pool.pool_launch), so smaller loops stay serial.
 POOL_MIN = int(os.environ.get("FLOWJIT_POOL_MIN", 1 << 16))
+# Generated kernels are called from Python or from compiled entries, never through C
+# function pointers: Numba's C wrapper of each would be compiled for nothing (5-10 ms).
+NJIT_FLAGS = "no_cfunc_wrapper=True, "
 SUM_BLOCK = 1024     # float32 terms summed in float32 before a float64 add (see the loop kernels)
 
 
@@ -475,7 +479,7 @@ class LoopKernel:
         opts = self.options()
         key = _hash(opts + self.source("KERNEL", "__KEY__", ""))
         name = f"k_{key}"
-        decorator = f"@njit(cache=CACHE, error_model='numpy', {opts})\n"
+        decorator = f"@njit(cache=CACHE, error_model='numpy', {NJIT_FLAGS}{opts})\n"
         ops = " ".join(self.nodes[i].op for i in self.grp.nodes) or "copy"
         source = f"# fused loop: {ops}\n" + self.source(name, key, decorator)
         source = inline_math.expand(source)
@@ -536,7 +540,7 @@ def gen_opaque_kernel(n, g):
         return lower["kernel"](fname, dtype) if fixed is None else lower["kernel"](fname, dtype, fixed)
     opts = lower.get("njit", "")          # e.g. "fastmath=True, parallel=True"
     name = f"k_{_hash(op + dtype.name + opts + body('KERNEL'))}"
-    source = f"# {op} ({dtype.name})\n@njit(cache=CACHE, error_model='numpy'{', ' + opts if opts else ''})" \
+    source = f"# {op} ({dtype.name})\n@njit(cache=CACHE, error_model='numpy', {NJIT_FLAGS}{opts})" \
         + body(name)
     return KernelSpec(name, source, None, threads=lower.get("threads", False))
 

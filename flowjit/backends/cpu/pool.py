@@ -264,7 +264,7 @@ def run_source(key, run_name, params, arrays):
     block_count(total) contiguous blocks on the pool (one block, run in the caller's
     thread, when that is 1)."""
     return "\n".join([
-        "@njit(cache=CACHE, error_model='numpy')",
+        "@njit(cache=CACHE, error_model='numpy', no_cfunc_wrapper=True)",
         f"def {run_name}(total, {', '.join(params)}):",
         "    nt = block_count(total)",
         launch_line(key, "total", params, arrays, "    ")]) + "\n"
