@@ -15,6 +15,7 @@ Returns 0 when done, 1 when the shapes do not make a product (or a size is 2**31
 more, which BLAS's int32 sizes cannot hold), 2 when a buffer could not be allocated.
 """
 import llvmlite.ir as ir
+from numba.core import cgutils
 
 I1, I32, I64, DBL = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.DoubleType()
 I8P = ir.IntType(8).as_pointer()
@@ -34,20 +35,8 @@ def _declare(mod, name, ret, args):
 
 def _for(b, count, body):
     """for i in range(count): body(i)"""
-    pre = b.block
-    head = b.append_basic_block("for.head")
-    loop = b.append_basic_block("for.body")
-    done = b.append_basic_block("for.end")
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64)
-    i.add_incoming(_c(0), pre)
-    b.cbranch(b.icmp_signed("<", i, count), loop, done)
-    b.position_at_end(loop)
-    body(i)
-    i.add_incoming(b.add(i, _c(1)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
+    with cgutils.for_range(b, count) as loop:
+        body(loop.index)
 
 
 def _max(b, x, y):
