@@ -162,9 +162,6 @@ def start():
             engine = ll.create_mcjit_compiler(mod, tm)
             engine.finalize_object()
             ll.add_symbol("flowjit_task_gemm", engine.get_function_address("flowjit_task_gemm"))
-            libc = ctypes.CDLL(None)
-            for name in ("malloc", "free"):
-                ll.add_symbol("flowjit_sys_" + name, ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
             gemm_mod = ll.parse_assembly(gemm_ir.module("flowjit_task_gemm", pool.RUN_SYMBOL,
                                                         pool.SIZE_SYMBOL, GEMM_BLOCK_MACS, ROW_ALIGN))
             gemm_mod.verify()

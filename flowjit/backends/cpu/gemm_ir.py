@@ -64,23 +64,24 @@ def _storage(b, rows, cols, s0, s1, isz, transposed):
     return readable, stored_t, ld
 
 
+def _move(b, isz, dst, src=None):
+    """One element (a 4- or 8-byte word) from address src to address dst, or a zero."""
+    with b.if_else(b.icmp_signed("==", isz, _c(8))) as (eight, four):
+        for branch, word in ((eight, I64), (four, I32)):
+            with branch:
+                value = ir.Constant(word, 0) if src is None else b.load(b.bitcast(src, word.as_pointer()))
+                b.store(value, b.bitcast(dst, word.as_pointer()))
+
+
 def _copy(b, dst, src, rows, cols, s0, s1, isz, packing):
     """Copy a strided 2-D array to (packing) or from a contiguous row-major buffer,
-    element by element as 4- or 8-byte words (the copy of an operand BLAS cannot read)."""
-    eight = b.icmp_signed("==", isz, _c(8))
-
+    element by element (the copy of an operand BLAS cannot read)."""
     def row(i):
         def col(j):
             strided = b.add(b.mul(i, s0), b.mul(j, s1))
             dense = b.mul(b.add(b.mul(i, cols), j), isz)
             frm, to = (strided, dense) if packing else (dense, strided)
-            p = b.gep(src, [frm])
-            q = b.gep(dst, [to])
-            with b.if_else(eight) as (then, other):
-                with then:
-                    b.store(b.load(b.bitcast(p, I64.as_pointer())), b.bitcast(q, I64.as_pointer()))
-                with other:
-                    b.store(b.load(b.bitcast(p, I32.as_pointer())), b.bitcast(q, I32.as_pointer()))
+            _move(b, isz, b.gep(dst, [to]), b.gep(src, [frm]))
         _for(b, cols, col)
     _for(b, rows, row)
 
@@ -169,12 +170,7 @@ def module(task, run, size, macs, align):
         with b.if_then(b.not_(acc)):
             def zero_row(i):
                 def zero(j):
-                    p = b.gep(v["c"], [b.add(b.mul(i, v["cs0"]), b.mul(j, v["cs1"]))])
-                    with b.if_else(b.icmp_signed("==", isz, _c(8))) as (then, other):
-                        with then:
-                            b.store(_c(0), b.bitcast(p, I64.as_pointer()))
-                        with other:
-                            b.store(ir.Constant(I32, 0), b.bitcast(p, I32.as_pointer()))
+                    _move(b, isz, b.gep(v["c"], [b.add(b.mul(i, v["cs0"]), b.mul(j, v["cs1"]))]))
                 _for(b, N, zero)
             _for(b, M, zero_row)
         b.ret(ir.Constant(I32, 0))

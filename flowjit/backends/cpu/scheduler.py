@@ -272,7 +272,8 @@ def _libc():
     libc = ctypes.CDLL(None)
     names = {"lock": "pthread_mutex_lock", "unlock": "pthread_mutex_unlock",
              "wait": "pthread_cond_wait", "broadcast": "pthread_cond_broadcast",
-             "yield": "sched_yield", "usleep": "usleep"}
+             "yield": "sched_yield", "usleep": "usleep",
+             "malloc": "malloc", "free": "free"}       # (malloc/free: gemm_ir's copies)
     for ours, theirs in names.items():
         ll.add_symbol("flowjit_sys_" + ours, ctypes.cast(getattr(libc, theirs), ctypes.c_void_p).value)
     return libc
