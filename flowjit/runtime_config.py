@@ -17,6 +17,7 @@ import warnings
 
 _private = None
 _given_up = None       # (directory, reason) once the disk cache is given up
+_quiet = False         # a forked compile child: give up without a warning of its own
 _UID = os.geteuid() if hasattr(os, "geteuid") else None   # None: no POSIX owners
 
 
@@ -44,11 +45,28 @@ def private_dir():
     return _private
 
 
+def forked_child():
+    """Called first in a forked child that compiles into the cache for its parent
+    (split_compile): the parent, which meets the same fault, warns once for the whole
+    program, so the child gives up without a warning; and the parent's private
+    directory is not the child's to use or remove."""
+    global _quiet, _private
+    _quiet, _private = True, None
+
+
+def leave_child():
+    """Remove a forked child's private directory (it leaves with os._exit: no atexit)."""
+    if _private is not None:
+        shutil.rmtree(_private, True)
+
+
 def give_up(path, reason):
     """Stop using the disk cache for the rest of the process; warn the first time."""
     global _given_up
     if _given_up is None:
         _given_up = (path, str(reason))
+        if _quiet:
+            return
         hint = " (FLOWJIT_CACHE_DIR must be a directory only you can write)" \
             if isinstance(reason, UnsafeCache) else ""
         warnings.warn(f"flowjit: not using the disk cache {path}: {reason}{hint}; compiling "

@@ -222,7 +222,9 @@ class _JobQueue:
 
 
 def _compile_from(queue, todo):
-    while (i := queue.take()) is not None:
+    # a process that gave up the disk cache (full, say) saves nothing for the others:
+    # it stops taking jobs, and this process compiles what is left after the children
+    while cfg.disk_cache_enabled() and (i := queue.take()) is not None:
         _compile([todo[i]])
 
 
@@ -252,9 +254,11 @@ def _fork_children(n, work):
         if pid == 0:                     # the child: compile, save, leave at once
             code = 1
             try:
+                cfg.forked_child()
                 work()
                 code = 0
             finally:
+                cfg.leave_child()
                 os._exit(code)
         pids.append(pid)
     return pids
