@@ -216,6 +216,13 @@ class LoopKernel:
         for d, s0, s1 in lf["idx"]:
             e, starts = index_term(d, s0, s1, self.an.cof, self.params, self.call, starts,
                                    loop_var=lambda c: "np.int64(i0)" if c == 0 else f"i{c}")
+            # a start plus the loop term is never negative where no pad guards it, but
+            # Numba wraps a negative signed index around (idx + shape): LLVM then cannot
+            # see the address is affine and gathers element by element (the LSTM cell
+            # kernel reading its gates as slices ran 4x slower); an unsigned index is not
+            # wrapped
+            if e.startswith("P") and len(exprs) not in lf["guards"]:
+                e = f"np.uint64({e})"
             exprs.append(e)
         bounds = [f"{p}.shape[{k}]" for k in range(len(exprs))]
         load_lines(j, p, lf, exprs, bounds, lambda ex: ", ".join(ex) or "0", self.nodes, code)
