@@ -262,6 +262,42 @@ def test_new_sequence_length_does_not_retrace_and_code_does_not_grow(rng):
     assert len(re.findall(r"for l\d+_t in", short.forward_source)) == 1   # one loop, not unrolled
 
 
+@pytest.mark.parametrize("T", [0, 1, 6])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_summed_products_of_stacked_slices_run_as_one_gemm_after_the_loop(rng, tier, T, reverse):
+    # acc + x_t^T @ y_t, where x_t is a step of xs and y_t a y the loop stacks anyway:
+    # the CPU backend computes the sum as one GEMM of the stacked arrays after the loop
+    # (an LSTM's weight gradient); acc2 reads its carry in the step, so it stays a
+    # per-step GEMM
+    xs = rng.standard_normal((T, 5, 3)).astype(np.float32)
+    W = rng.standard_normal((3, 4)).astype(np.float32)
+    acc0 = rng.standard_normal((3, 4)).astype(np.float32)
+
+    def run(xs, W, acc0):
+        def step(carry, x):
+            acc, acc2 = carry
+            y = fj.tanh(fj.matmul(x, W))
+            acc = acc + fj.matmul(x, y, transpose_a=True)
+            acc2 = acc2 * 0.5 + fj.matmul(x, y + 1.0, transpose_a=True)
+            return (acc, acc2), y
+        return fj.scan(step, (acc0, acc0), xs, reverse=reverse)
+    acc, acc2 = acc0.astype(np.float64), acc0.astype(np.float64)
+    ys = np.tanh(xs.astype(np.float64) @ W)
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        acc = acc + xs[t].T @ ys[t]
+        acc2 = acc2 * 0.5 + xs[t].T @ (ys[t] + 1.0)
+    f = fj.jit(run)
+    for (a, a2), y in (run(*[fj.convert_to_tensor(v) for v in (xs, W, acc0)]), f(xs, W, acc0)):
+        assert_close(a.numpy(), acc, rtol=1e-5, atol=1e-5)
+        assert_close(a2.numpy(), acc2, rtol=1e-5, atol=1e-5)
+        assert_close(y.numpy(), ys, rtol=1e-5, atol=1e-6)
+    src = f.inspect(xs, W, acc0).forward_source
+    after = src[src.index("for l"):].split("\n")
+    after_loop = [ln for ln in after if ln.startswith("    gemm(") and "_T * " in ln]
+    in_loop = [ln for ln in after if ln.startswith("        gemm(")]
+    assert len(after_loop) == 1 and len(in_loop) == 2, src
+
+
 def test_scan_with_zero_steps(rng, tier):
     h0, xs, W, U, b = make(rng, T=0)
     for h, hs, sums in (fj_rnn(*[fj.convert_to_tensor(a) for a in (h0, xs, W, U, b)]), fj.jit(fj_rnn)(h0, xs, W, U, b)):

@@ -785,7 +785,9 @@ def _scan_lines(g, n, body, gen, buf, prefix):
     special = _accumulations(body, nc, p)
     for k, (m, add) in special.items():
         names[add] = f"{p}c{k}"
-    special_lines = {m: _matmul_lines(bg, bg.nodes[m], body_buf, gen.alloc, into=f"{p}c{k}")
+    after = _summed_after(g, n, special, stacked, buf, p)
+    special_lines = {m: [] if k in after else
+                     _matmul_lines(bg, bg.nodes[m], body_buf, gen.alloc, into=f"{p}c{k}")
                      for k, (m, add) in special.items()}
     special_lines.update({add: [] for m, add in special.values()})
     into = _stacked_in_place(body, per_step, a, p, t, set(names))
@@ -804,7 +806,7 @@ def _scan_lines(g, n, body, gen, buf, prefix):
         inner.append(f"{scan_result_name(p, a, i)}.reshape(({T}, {size}))[{t}, :] = {res[j]}.reshape(({size},))")
     lines.append(f"for {t} in {order}:")
     lines += ["    " + line for line in inner] or ["    pass"]
-    return lines
+    return lines + list(after.values())
 
 
 def _accumulations(body, nc, p):
@@ -829,6 +831,34 @@ def _accumulations(body, nc, p):
         if not any(s.kind == "loop" and s.group.nodes == [o] for s in body.steps):
             continue                  # the add is fused with other work: leave it
         out[k] = (other, o)
+    return out
+
+
+def _summed_after(g, n, special, stacked, buf, p):
+    """{carry k: the line after the loop} for accumulations (_accumulations) whose
+    product is a_t^T @ b_t with a_t and b_t each a step's slice of a stacked array (an
+    xs, or a y or residual the loop stacks anyway): the sum over the steps is then one
+    GEMM of the stacked arrays, rows of all steps together, after the loop. An LSTM's
+    weight gradient: 50 memory-bound products of 64 rows became one of 3200 rows. Not
+    when the steps read the carry (stacked)."""
+    a = n.attrs
+    nc, nx = a["n_carry"], a["n_xs"]
+    bg = a["body"]
+    T = f"{p}T"
+    whole = {bg.args[nc + k]: buf(n.inputs[nc + k]) for k in range(nx)}
+    for i, j in stacked_outputs(a):
+        whole.setdefault(bg.outputs[j], scan_result_name(p, a, i))
+    out = {}
+    for k, (m, _) in special.items():
+        mm = bg.nodes[m]
+        x, y = mm.inputs
+        if k in stacked or not mm.attrs["transpose_a"] or mm.attrs["transpose_b"] \
+                or x not in whole or y not in whole:
+            continue
+        (rows, cx), cy = bg.nodes[x].shape, bg.nodes[y].shape[1]
+        flat = f"({T} * {dim_src(rows)}, "
+        out[k] = (f"gemm({whole[x]}.reshape({flat}{dim_src(cx)})), {whole[y]}.reshape({flat}{dim_src(cy)})), "
+                  f"{p}c{k}, np.bool_(True), np.bool_(False), np.bool_(True))")
     return out
 
 
