@@ -32,6 +32,11 @@ PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a
 # task function and a launcher too (about 0.1 s more on a cold cache since the launcher's
 # records are built by one intrinsic, pool.pool_launch), so smaller loops stay serial.
 POOL_MIN = int(os.environ.get("FLOWJIT_POOL_MIN", 1 << 16))
+# A loop that only moves data (a copy through transposes and slices, a fill) is bound by
+# memory: a second thread saves a fraction of a copy that takes ~0.1-0.3 ms below this
+# size, and the pooled kernel costs ~0.1-0.2 s more to compile (the LSTM step's cold
+# compile had five such kernels)
+MOVE_POOL_MIN = max(POOL_MIN, 1 << 20)
 # Generated kernels are called from Python or from compiled entries, never through C
 # function pointers: Numba's C wrapper of each would be compiled for nothing (5-10 ms).
 NJIT_FLAGS = "no_cfunc_wrapper=True, "
@@ -335,12 +340,15 @@ class LoopKernel:
         self.partials = bool(grp.reduces) and all(0 in self.red_c[r] for r in grp.reduces)
         rows_ok = not grp.reduces or (self.kind_a and self.k_split > 0) or (self.partials and not self.an.epilogue)
         # (iota and random read the loop index as a value: it stays signed, off the pool)
+        moves_only = not grp.reduces and all(nodes[i].op == "broadcast_to" for i in grp.nodes)
         self.pooled = self.poolable and not self.randoms and not any(nodes[i].op == "iota" for i in grp.nodes) \
-            and C > 0 and rows_ok and total_hint >= POOL_MIN and pool.available()
+            and C > 0 and rows_ok and total_hint >= (MOVE_POOL_MIN if moves_only else POOL_MIN) \
+            and pool.available()
         # (a prange over a reduced loop itself needs accumulators Numba recognises as
         # reductions: the += and *= of sums and products)
         scalar_ok = all(r.kind in ("sum", "prod") for r in self.reds)
-        self.parallel = not self.pooled and total_hint >= PAR_MIN and C > 0 and (
+        self.parallel = not self.pooled and total_hint >= max(PAR_MIN, MOVE_POOL_MIN if moves_only else 0) \
+            and C > 0 and (
             not grp.reduces or (self.kind_a and (self.k_split > 0 or scalar_ok)))
         has_f64_trans = any(S.uses_transcendental(e, "float64") for _, e in exprs)
         # reassociation lets LLVM vectorise reductions over the innermost loops (kind A:
