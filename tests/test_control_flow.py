@@ -298,6 +298,36 @@ def test_summed_products_of_stacked_slices_run_as_one_gemm_after_the_loop(rng, t
     assert len(after_loop) == 1 and len(in_loop) == 2, src
 
 
+@pytest.mark.parametrize("T", [0, 4])
+def test_a_weight_read_transposed_in_a_loop_is_transposed_once_before_it(rng, tier, T):
+    # h @ W^T with W from outside the loop: the loop multiplies by a contiguous copy of
+    # W^T made before it (OpenBLAS packs a transposed operand more slowly every step);
+    # (W * 2)^T is computed outside the loop too and copied the same way
+    xs = rng.standard_normal((T, 3, 4)).astype(np.float32)
+    W = (rng.standard_normal((4, 4)) * 0.5).astype(np.float32)
+    h0 = rng.standard_normal((3, 4)).astype(np.float32)
+
+    def run(h0, xs, W):
+        W2 = W * 2.0
+
+        def step(h, x):
+            h = fj.tanh(fj.matmul(h, W, transpose_b=True) + fj.matmul(x, W2, transpose_b=True))
+            return h, h
+        return fj.scan(step, h0, xs)
+    h, hs = h0.astype(np.float64), []
+    for t in range(T):
+        h = np.tanh(h @ W.T + xs[t] @ (2 * W).T)
+        hs.append(h)
+    f = fj.jit(run)
+    for got_h, got_hs in (run(*[fj.convert_to_tensor(v) for v in (h0, xs, W)]), f(h0, xs, W)):
+        assert_close(got_h.numpy(), h, rtol=1e-5, atol=1e-6)
+        assert_close(got_hs.numpy(), np.array(hs).reshape(T, 3, 4), rtol=1e-5, atol=1e-6)
+    src = f.inspect(h0, xs, W).forward_source
+    before, loop = src.split("    for l", 1)
+    assert len(re.findall(r"= np\.ascontiguousarray\(\w+\.T\)", before)) == 2, src
+    assert "np.bool_(True)" not in loop, src
+
+
 def test_scan_with_zero_steps(rng, tier):
     h0, xs, W, U, b = make(rng, T=0)
     for h, hs, sums in (fj_rnn(*[fj.convert_to_tensor(a) for a in (h0, xs, W, U, b)]), fj.jit(fj_rnn)(h0, xs, W, U, b)):
