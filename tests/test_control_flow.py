@@ -328,6 +328,43 @@ def test_a_weight_read_transposed_in_a_loop_is_transposed_once_before_it(rng, ti
     assert "np.bool_(True)" not in loop, src
 
 
+def test_a_sequence_the_backward_step_does_not_read_is_not_passed_to_it(rng, tier):
+    # h = tanh(p_t + h @ U) with p = x @ W computed before the loop (an LSTM's input
+    # projection): the backward step reads h (saved) but not p_t, so the backward loop
+    # does not take p, and the forward need not keep it
+    h0, xs, W, U, b = make(rng, np.float64)
+
+    def loss(h0, xs, W, U):
+        p = fj.matmul(fj.reshape(xs, (-1, 3)), W)
+        p = fj.reshape(p, (xs.shape[0], xs.shape[1], 4))
+        h, hs = fj.scan(lambda h, p_t: (lambda h2: (h2, h2))(fj.tanh(p_t + fj.matmul(h, U))), h0, p)
+        return fj.reduce_sum(hs * hs)
+
+    def np_loss(h0, xs, W, U):
+        h, total = h0, 0.0
+        for t in range(len(xs)):
+            h = np.tanh(xs[t] @ W + h @ U)
+            total += (h * h).sum()
+        return total
+
+    def grads(*a):
+        ts = [fj.convert_to_tensor(v) for v in a]
+        with fj.GradientTape() as tape:
+            tape.watch(ts)
+            val = loss(*ts)
+        return [val] + tape.gradient(val, ts)
+    args = [h0, xs, W, U]
+    f = fj.jit(grads)
+    for got in (grads(*args), f(*args)):
+        assert_close(got[0].numpy(), np_loss(*args), rtol=1e-12)
+        for i in range(len(args)):
+            assert_close(got[i + 1].numpy(), _fd(np_loss, args, i), rtol=1e-6, atol=1e-8)
+    g = f.inspect(*args).optimized_graph_ir
+    fwd, bwd = sorted((n for n in g.nodes if n.op == "scan"), key=lambda n: n.attrs["reverse"])
+    p = fwd.inputs[fwd.attrs["n_carry"]]           # the forward's sequence
+    assert p not in bwd.inputs
+
+
 def test_scan_with_zero_steps(rng, tier):
     h0, xs, W, U, b = make(rng, T=0)
     for h, hs, sums in (fj_rnn(*[fj.convert_to_tensor(a) for a in (h0, xs, W, U, b)]), fj.jit(fj_rnn)(h0, xs, W, U, b)):

@@ -523,6 +523,7 @@ def _scan_grad(inputs, out, g, attrs):
         bwd_body, saved = step.graph, []
     else:
         bwd_body, saved = _split_step(step.graph, replayed, ncb + len(xs_b))
+    bwd_body, xs_b = _without_unread_slices(bwd_body, ncb, xs_b)
     if saved:
         res_results = _add_residuals(out, saved, na)
     else:
@@ -567,6 +568,25 @@ def _split_step(joint, replayed, n_loop_args):
     n_joint = len(joint.args)
     bg.args = bg.args[:n_loop_args] + bg.args[n_joint:] + bg.args[n_loop_args:n_joint]
     return bg, [(back_of[s], joint.nodes[s]) for s in split.saved]
+
+
+def _without_unread_slices(body, first, xs):
+    """(body, xs) less the per-step slices the backward step does not read: once the
+    partition saved what the step needs (an LSTM's gate activations), the forward's
+    own sequence (its input projection) is often unread, and passing it anyway kept it
+    alive as a residual and recomputed it before the backward loop. Body arguments
+    `first`.. are the slices of xs."""
+    users = body.users()
+    unread = {body.args[first + k] for k in range(len(xs))
+              if not users[body.args[first + k]] and body.args[first + k] not in body.outputs}
+    if not unread:
+        return body, xs
+    from ..passes.simplify import dead_code_eliminated
+    kept = [x for k, x in enumerate(xs) if body.args[first + k] not in unread]
+    body = Graph(env=body.env, nodes=body.nodes, args=[a for a in body.args if a not in unread],
+                 consts=body.consts, outputs=list(body.outputs), rng_streams=body.rng_streams,
+                 effects=list(body.effects), keep=list(body.keep))
+    return dead_code_eliminated(body), kept
 
 
 def _add_residuals(out, saved, na):

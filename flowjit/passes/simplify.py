@@ -121,6 +121,12 @@ def _live(g):
     return live
 
 
+def dead_code_eliminated(g):
+    """g less the nodes no output, effect or kept node reads (and no arg): a new Graph,
+    node ids renumbered, or g itself when everything is live."""
+    return _dce(g)
+
+
 def _dce(g):
     live = _live(g)
     if len(live) == len(g.nodes):
