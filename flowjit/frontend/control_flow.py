@@ -483,7 +483,11 @@ def _scan_grad(inputs, out, g, attrs):
     fk = [k for k in range(len(consts)) if consts[k].dtype.is_floating and needs_gradient(consts[k])]
     fy = [k for k in range(ny) if outs[nc + k][1].is_floating]
     g_carry = [parts.get(k) if parts.get(k) is not None else _zeros(*outs[k]) for k in fc]
-    g_ys = [parts.get(nc + k) if parts.get(nc + k) is not None else _zeros(*outs[nc + k]) for k in fy]
+    # a y nothing differentiates (an RNN's outputs when the loss reads the last state)
+    # has a zero cotangent: the step makes its zeros itself rather than reading a stacked
+    # array of them (a fill of T x batch x units, and a slice read every step)
+    fy_given = [k for k in fy if parts.get(nc + k) is not None]
+    g_ys = [parts[nc + k] for k in fy_given]
     # cotangents of the stacked entering carries (a second-order gradient reads them):
     # added to the carry's cotangent at its step
     g_in = [parts.get(nc + ny + k) for k in fc]
@@ -502,7 +506,9 @@ def _scan_grad(inputs, out, g, attrs):
         gc, gk = targs[:len(fc)], targs[len(fc):ncb]
         rest = targs[ncb:]
         c_t, x_t = rest[:nc], rest[nc:nc + nx]
-        gy_t, gin_t = rest[nc + nx:nc + nx + len(fy)], rest[nc + nx + len(fy):]
+        given = dict(zip(fy_given, rest[nc + nx:nc + nx + len(fy_given)]))
+        gy_t = [given[k] if k in given else _zeros(outs[nc + k][0][1:], outs[nc + k][1]) for k in fy]
+        gin_t = rest[nc + nx + len(fy_given):]
         here = current_trace()
         kc = [here.lift(c) for c in consts]
         srcs = [c_t[k] for k in fc] + [x_t[k] for k in fx] + [kc[k] for k in fk]
