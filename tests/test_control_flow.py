@@ -369,6 +369,47 @@ def test_a_sequence_the_backward_step_does_not_read_is_not_passed_to_it(rng, tie
                    for i in bwd.inputs)                                    # no stacked zeros
 
 
+@pytest.mark.parametrize("T", [0, 5])
+def test_a_product_added_to_a_computed_sequence_accumulates_into_its_slice(rng, tier, T):
+    # gates z = p_t + h @ U, read as two slices (an LSTM's gates), with p = x @ W + b
+    # computed before the loop and read by nothing else: the step's product is added
+    # into p's slice in place (BLAS beta = 1), with no add kernel; a sequence the caller
+    # passed in (q) is never written
+    h0, xs, _, _, _ = make(rng, T=T)
+    W = (rng.standard_normal((3, 8)) * 0.5).astype(np.float32)
+    U = (rng.standard_normal((4, 8)) * 0.5).astype(np.float32)
+    b = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    q = rng.standard_normal((T, 2, 8)).astype(np.float32)
+
+    def cell(z):
+        return fj.tanh(z[:, :4]) * fj.sigmoid(z[:, 4:])
+
+    def run(h0, xs, W, U, b, q):
+        p = fj.reshape(fj.matmul(fj.reshape(xs, (-1, 3)), W) + b, (xs.shape[0], xs.shape[1], 8))
+
+        def step(h, pq):
+            p_t, q_t = pq
+            h = cell(p_t + fj.matmul(h, U))
+            return h, cell(q_t + fj.matmul(h, U))
+        return fj.scan(step, h0, (p, q))
+
+    def np_cell(z):
+        return np.tanh(z[:, :4]) / (1 + np.exp(-z[:, 4:]))
+    q0 = q.copy()
+    h, ys = h0.astype(np.float64), []
+    for t in range(T):
+        h = np_cell(xs[t] @ W + b + h @ U)
+        ys.append(np_cell(q[t] + h @ U))
+    f = fj.jit(run)
+    for got_h, got_ys in (run(*[fj.convert_to_tensor(v) for v in (h0, xs, W, U, b, q)]), f(h0, xs, W, U, b, q)):
+        assert_close(got_h.numpy(), h, rtol=1e-5, atol=1e-6)
+        assert_close(got_ys.numpy(), np.array(ys).reshape(T, 2, 4), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(q, q0)
+    loop = f.inspect(h0, xs, W, U, b, q).forward_source.split("    for l", 1)[1]
+    assert len(re.findall(r"gemm\(\w+, \w+, l\d+_x0, .*np\.bool_\(True\)\)", loop)) == 1, loop
+    assert not re.search(r"gemm\(\w+, \w+, l\d+_x1, ", loop), loop
+
+
 def test_scan_with_zero_steps(rng, tier):
     h0, xs, W, U, b = make(rng, T=0)
     for h, hs, sums in (fj_rnn(*[fj.convert_to_tensor(a) for a in (h0, xs, W, U, b)]), fj.jit(fj_rnn)(h0, xs, W, U, b)):

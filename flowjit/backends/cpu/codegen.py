@@ -16,7 +16,7 @@ from ...ops.control import scan_results, stacked_outputs
 from ...passes.inplace import inplace_effects
 from ... import dtypes as D
 from ...ir import scalar as S
-from ...ir.shapes import hint, is_one
+from ...ir.shapes import hint, is_one, same
 from . import inline_math
 from ..entry import entry_params, results_read, scan_body_names, scan_result_name, size_lines
 from ..loops import (analyse_loop, dim_src, index_term, int_arg, load_lines, node_expr, prod_src,
@@ -670,7 +670,7 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None):
         elif step.kind == "matmul":
             lines.extend(_matmul_lines(g, n, buf, gen.alloc))
         elif n.op == "scan":
-            lines.extend(_scan_lines(g, n, step.body[0], gen, buf, prefix))
+            lines.extend(_scan_lines(g, n, step.body[0], gen, buf, prefix, _owned_sequences(prog, n, alias)))
         elif n.op == "cond":
             lines.extend(_cond_lines(g, n, step.body, gen, buf, prefix))
         elif n.op == "while":
@@ -750,7 +750,7 @@ def _result(prefix, node, k):
     return scan_result_name(p, node.attrs, k) if node.op == "scan" else f"{p}o{k}"
 
 
-def _scan_lines(g, n, body, gen, buf, prefix):
+def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset()):
     """A scan node as one `for` loop of the entry, the body's steps inside it.
 
     The carry lives in buffers of the loop's own (copies: the body never writes into
@@ -797,15 +797,17 @@ def _scan_lines(g, n, body, gen, buf, prefix):
     flipped = _transposed_captures(body, nc + nx)
     for arg in sorted(set(flipped.values())):
         lines.append(f"{p}w{arg} = np.ascontiguousarray({names[arg]}.T)")
-    into_carry = {m: f"{p}c{k}" for k, (m, _) in special.items()}
-    special_lines = {m: [] if k in after else
-                     _matmul_lines(bg, bg.nodes[m], body_buf, gen.alloc, into=into_carry[m])
-                     for k, (m, add) in special.items()}
-    for m, arg in flipped.items():
-        if special_lines.get(m) != []:
-            special_lines[m] = _matmul_lines(bg, bg.nodes[m], lambda i: f"{p}w{arg}" if i == arg else body_buf(i),
-                                             gen.alloc, into=into_carry.get(m), untranspose_b=True)
-    special_lines.update({add: [] for m, add in special.values()})
+    # products BLAS adds into a buffer (beta = 1): a carry's sum per step, a sequence's slice
+    added_to = {m: f"{p}c{k}" for k, (m, _) in special.items() if k not in after}
+    to_sequences = _added_to_sequences(body, nc, owned, special)
+    for m, (k, add) in to_sequences.items():
+        names[add] = added_to[m] = f"{p}x{k}"
+    special_lines = {m: [] for k, (m, _) in special.items() if k in after}      # summed after the loop
+    for m in (added_to.keys() | flipped.keys()) - special_lines.keys():
+        w = flipped.get(m)
+        special_lines[m] = _matmul_lines(bg, bg.nodes[m], lambda i, w=w: f"{p}w{w}" if i == w else body_buf(i),
+                                         gen.alloc, into=added_to.get(m), untranspose_b=w is not None)
+    special_lines.update({add: [] for m, add in list(special.values()) + list(to_sequences.values())})
     into = _stacked_in_place(body, per_step, a, p, t, set(names))
     offered = dict(into)
     inner += _program_lines(body, gen, body_buf, {}, p, special_lines, into)
@@ -847,6 +849,58 @@ def _accumulations(body, nc, p):
         if not any(s.kind == "loop" and s.group.nodes == [o] for s in body.steps):
             continue                  # the add is fused with other work: leave it
         out[k] = (other, o)
+    return out
+
+
+def _owned_sequences(prog, n, alias):
+    """The xs indices of scan node n whose stacked buffer its loop may write into: n is
+    its only reader, and it is a buffer this program computed for it (a loop's or a
+    product's result, perhaps through reshapes nothing else reads), not an argument, a
+    variable or a result."""
+    g = prog.graph
+    users = g.users()
+    producer = {o: s for s in prog.steps for o in s.outputs()}
+    kept = set(g.outputs) | {x for e in g.effects for x in e} | set(g.keep)
+    nc = n.attrs["n_carry"]
+    out = set()
+    for k in range(n.attrs["n_xs"]):
+        x, reader = n.inputs[nc + k], n.id
+        while users[x] == [reader] and x not in kept and x in producer:
+            s = producer[x]
+            if s.kind == "view":
+                x, reader = g.nodes[x].inputs[0], x
+                continue
+            if s.kind == "matmul" or (s.kind == "loop" and x not in alias):
+                out.add(k)
+            break
+    return out
+
+
+def _added_to_sequences(body, nc, owned, special):
+    """{matmul node: (xs index k, add node)} for steps that add a product to this step's
+    slice of an owned sequence (an LSTM's gates: the input projection, computed for all
+    steps before the loop, plus h @ W): BLAS adds the product into the slice in place,
+    with no per-step temporary and no add kernel. Only an add nothing but the step reads
+    (not a result of the body) and that runs as a loop of its own."""
+    g = body.graph
+    users = g.users()
+    taken = {m for m, _ in special.values()}
+    lone = {s.group.nodes[0] for s in body.steps if s.kind == "loop" and len(s.group.nodes) == 1}
+    out = {}
+    for k in sorted(owned):
+        xa = g.args[nc + k]
+        if len(users[xa]) != 1:
+            continue
+        add = g.nodes[users[xa][0]]
+        if add.op != "add" or add.id not in lone or add.id in g.outputs or len(add.shape) != 2:
+            continue
+        m = g.nodes[add.inputs[1] if add.inputs[0] == xa else add.inputs[0]]
+        if m.op != "matmul" or m.id in taken or users[m.id] != [add.id] or m.id in g.outputs \
+                or not m.dtype.is_floating or m.dtype is not add.dtype or g.nodes[xa].dtype is not add.dtype \
+                or not all(len(g.nodes[i].shape) == 2 and all(map(same, g.nodes[i].shape, add.shape))
+                           for i in (m.id, xa)):
+            continue
+        out[m.id] = (k, add.id)
     return out
 
 
