@@ -100,7 +100,7 @@ def simplify(g):
     out.outputs = [remap[o] for o in g.outputs]
     out.effects = [(remap[a], remap[b]) for a, b in g.effects]
     out.keep = [remap[k] for k in g.keep]
-    return _dce(out)
+    return dead_code_eliminated(out)
 
 
 def _same_shape(a, b):
@@ -124,10 +124,6 @@ def _live(g):
 def dead_code_eliminated(g):
     """g less the nodes no output, effect or kept node reads (and no arg): a new Graph,
     node ids renumbered, or g itself when everything is live."""
-    return _dce(g)
-
-
-def _dce(g):
     live = _live(g)
     if len(live) == len(g.nodes):
         return g
