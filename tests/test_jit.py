@@ -1,5 +1,6 @@
 """The compile model: fusion, signatures, symbolic sizes, specialisation, statics."""
 import gc
+import sys
 import weakref
 
 import numpy as np
@@ -220,6 +221,31 @@ def test_big_buffers_are_reused_only_once_the_caller_dropped_them():
     np.testing.assert_array_equal(held[0], x * 2.0 + 1.0)
     assert any(again[0] is r() for r in refs)    # recycled: no fresh pages to fault in
     assert held[0].ctypes.data not in {a.ctypes.data for a in again}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps are Linux's")
+def test_big_fresh_buffers_are_not_advised_for_huge_pages():
+    # NumPy asks for transparent huge pages on arrays from 4 MB; the kernel's compaction
+    # to find one stalled the first write of a step's big buffers (the Python tier keeps
+    # them, so only the first call pays): they are advised back to normal pages
+    from flowjit.backends.cpu.backend import BufferCache
+    a = BufferCache(1).alloc(0, (3 << 20,), np.float32)       # 12 MB, not yet touched
+
+    def flags(addr):
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                head = line.split()[0]
+                if "-" in head and ":" not in head:
+                    lo, hi = (int(v, 16) for v in head.split("-"))
+                    inside = lo <= addr < hi
+                elif inside and head == "VmFlags:":
+                    return line.split()[1:]
+    middle = a.ctypes.data + a.nbytes // 2
+    assert "nh" in flags(middle)
+    a[:] = 1.5
+    assert float(a.sum()) == 1.5 * a.size
+    assert "nh" not in flags(np.empty(3 << 20, np.float32).ctypes.data + (6 << 20))
 
 
 def test_a_call_returning_a_pytree_leaves_no_reference_cycle():
