@@ -20,9 +20,9 @@ import importlib
 import textwrap
 
 from ..pyexpr import npt
-from ...ir.shapes import is_one
+from ...ir.shapes import Sym, is_one
 from ..loops import dim_src, prod_src
-from .runtime import MM
+from .runtime import BIG_MIN, MM, MM_BIG
 
 KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
 LOWERINGS = {}
@@ -66,14 +66,15 @@ class Ctx:
 # outputs in registers. Operands are 3-D views (batch, rows, cols); a batch extent of 1
 # broadcasts; a block loops over tiles (batch entries included) by the grid's size.
 # ----------------------------------------------------------------------------------
-def matmul_source(ta, tb, dtype, epilogue=None, colsum=False):
+def matmul_source(ta, tb, dtype, epilogue=None, colsum=False, mm=MM):
     """(name, source) of the tiled matmul C = A @ B. With `epilogue` (params, lines):
     the product is not stored; for each element, at flat index `lin` of its (M, N)
     output, `acc_` holds it and the lines (an elementwise loop group's loads, body and
     stores: codegen.epilogue_code) run; M and N are then parameters. colsum (2-D): the
     blocks of the first row of tiles also add up the columns of B's tiles into S (float64
-    accumulators), so S[n] = sum over k of B[k, n] (a bias gradient: backends/cuda/merge.py)."""
-    BM, BN, BK, TM, TN = (MM[k] for k in ("BM", "BN", "BK", "TM", "TN"))
+    accumulators), so S[n] = sum over k of B[k, n] (a bias gradient: backends/cuda/merge.py).
+    mm: the tiling (runtime.MM, or MM_BIG for a product launched on its own)."""
+    BM, BN, BK, TM, TN = (mm[k] for k in ("BM", "BN", "BK", "TM", "TN"))
     NTX = BN // TN
     NT = NTX * (BM // TM)
     LA, LB = BM * BK // NT, BN * BK // NT
@@ -178,7 +179,7 @@ def matmul_source(ta, tb, dtype, epilogue=None, colsum=False):
 {cs_zero}{textwrap.indent(tiles, "    ")}        tile += cuda.gridDim.x
 '''
     what = f"matmul ta={ta} tb={tb} ({dtype.name})" + (" with an elementwise epilogue" if epilogue else "") + \
-        (" and column sums of B" if colsum else "")
+        (" and column sums of B" if colsum else "") + (f" {BM}x{BN} tiles" if mm is not MM else "")
     return named(kernel_def(params, body), what)
 
 
@@ -206,7 +207,19 @@ def matmul_lines(ctx, n, epilogue=None, colsum=None):
         args = [three(a), three(b), f"np.int64({M})", f"np.int64({N})"] + list(epilogue[1]) + extra
         return {name: src}, [f"{launch}({', '.join(args)})"]
     args = [three(a), three(b), f"{buf(n.id)}.reshape((max(1, {nb}), {M}, {N}))"] + extra
-    return {name: src}, [ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype)), f"{launch}({', '.join(args)})"]
+    alloc = ctx.alloc(n.id, prod_src(n.shape), npt(n.dtype))
+    K = a.shape[-2] if ta else a.shape[-1]
+    if colsum is None and _may_be_big(n.shape[-2], n.shape[-1], K):
+        big, bsrc = matmul_source(ta, tb, n.dtype, mm=MM_BIG)
+        return {name: src, big: bsrc}, [
+            alloc, f"RT.matmul({big}, {name}, {M}, {N}, {dim_src(K)}, {nb}, {', '.join(args)})"]
+    return {name: src}, [alloc, f"{launch}({', '.join(args)})"]
+
+
+def _may_be_big(*dims):
+    """Whether the product's sizes (M, N, K) may reach runtime.BIG_MIN: a size known at
+    compile time must; a symbolic one may. The choice is then made per call."""
+    return all(isinstance(d, Sym) or int(d) >= least for d, least in zip(dims, BIG_MIN))
 
 
 # ----------------------------------------------------------------------------------

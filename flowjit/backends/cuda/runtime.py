@@ -29,12 +29,14 @@ SIM = bool(_nb_config.ENABLE_CUDASIM)
 class Counted:
     """A kernel whose launches fj.stats() counts: `k[grid, block](*args)` as for the
     kernel itself, counted when it runs (a launch under an `if` only when taken).
-    `blocks`: a cooperative kernel's grid size, once known (coop_grid)."""
-    __slots__ = ("kernel", "blocks")
+    `blocks`: a cooperative kernel's grid size, once known (coop_grid). `unusable`: the
+    device refused to launch it (matmul: the big tiles' kernel)."""
+    __slots__ = ("kernel", "blocks", "unusable")
 
     def __init__(self, kernel):
         self.kernel = kernel
         self.blocks = None
+        self.unusable = False
 
     def __getitem__(self, config):
         launch = self.kernel[config]
@@ -116,7 +118,15 @@ TPB = 8 if SIM else 256
 # (a block has (BN / TN) * (BM / TM) threads: TPB, so a matmul can be one phase of a
 # single-launch step, whose block size is TPB for every phase)
 MM = dict(BM=8, BN=8, BK=8, TM=2, TN=4) if SIM else dict(BM=64, BN=64, BK=8, TM=4, TN=4)
-assert (MM["BN"] // MM["TN"]) * (MM["BM"] // MM["TM"]) == TPB
+# a big product's own launch: 128 x 128 tiles, 8 x 8 outputs a thread (4x the work per
+# shared-memory load of MM; its registers would hold back every phase of a fused launch,
+# so it is never one). Under the simulator: the same size as MM, another register block.
+MM_BIG = dict(BM=8, BN=8, BK=8, TM=4, TN=2) if SIM else dict(BM=128, BN=128, BK=8, TM=8, TN=8)
+for _mm in (MM, MM_BIG):
+    assert (_mm["BN"] // _mm["TN"]) * (_mm["BM"] // _mm["TM"]) == TPB
+# (M, N, K) below which a product never takes the big tiles: a matmul whose known sizes
+# are smaller is compiled without the choice (kernels.matmul_lines)
+BIG_MIN = (32, 32, 8) if SIM else (1024, 1024, 256)
 _max_blocks = None
 
 
@@ -267,6 +277,40 @@ def row_threads(length, splits):
 
 def cdiv(a, b):
     return max(1, (int(a) + b - 1) // b)
+
+
+try:
+    from numba.cuda.cudadrv.driver import CudaAPIError as _LaunchError
+except ImportError:                   # (a numba.cuda without it: nothing to catch)
+    class _LaunchError(Exception):
+        pass
+
+
+def _fills_with_big_tiles(M, N, K):
+    """Whether a product has enough 128 x 128 tiles for two waves over the multiprocessors
+    (fewer, bigger tiles would leave some idle) and a K worth the longer tile loop."""
+    if M < BIG_MIN[0] or N < BIG_MIN[1] or K < BIG_MIN[2]:
+        return False
+    sms = 1 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+    return M * N >= 2 * sms * MM_BIG["BM"] * MM_BIG["BN"]
+
+
+def matmul(big, small, M, N, K, nb, A, B, C):
+    """C = A @ B (3-D views) with the big tiles' kernel when the product fills the GPU
+    with them, else the standard tiling. A device that refuses to launch the big kernel
+    (its registers or shared memory over the device's limits) gets the standard one from
+    then on: the call still computes C, and a warning says so once."""
+    M, N, K, nb = int(M), int(N), int(K), max(1, int(nb))
+    if not big.unusable and _fills_with_big_tiles(M, N, K):
+        try:
+            big[blocks(cdiv(N, MM_BIG["BN"]) * cdiv(M, MM_BIG["BM"]) * nb), TPB](A, B, C)
+            return
+        except _LaunchError as e:
+            big.unusable = True
+            warnings.warn(f"flowjit: the {MM_BIG['BM']}x{MM_BIG['BN']}-tile matmul kernel cannot "
+                          f"launch on this device ({e}); products use {MM['BM']}x{MM['BN']} tiles",
+                          RuntimeWarning)
+    small[blocks(cdiv(N, MM["BN"]) * cdiv(M, MM["BM"]) * nb), TPB](A, B, C)
 
 
 @Counted

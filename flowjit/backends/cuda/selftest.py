@@ -82,6 +82,19 @@ def _matmul(a, b, bt, c3, d3, d1):
             c3 @ d3, fj.matmul(c3, d1), fj.nn.relu(a @ b + 1.0)]
 
 
+def _big_matmul(a, b, at):
+    return [a @ b, fj.matmul(at, b, transpose_a=True)]
+
+
+def _big_matmul_inputs():
+    """Sizes that take runtime.matmul's big tiles on this device (the simulator's
+    thresholds are small; a GPU's need enough 128x128 tiles to fill it twice)."""
+    from . import runtime as RT
+    m, k = (40, 36) if RT.SIM else (2304, 256)
+    a = f32(m, k, lo=-0.1, hi=0.1)
+    return [a, f32(k, m + 8, lo=-0.1, hi=0.1), np.ascontiguousarray(a.T)]
+
+
 def _int_matmul(i, j):
     return [i @ j]
 
@@ -148,6 +161,7 @@ CASES = {
     "rowwise_losses": (_rowwise, lambda: [f32(4, 5), np.eye(5, dtype=np.float32)[[0, 3, 1, 4]],
                                           np.array([0, 3, 1, 4], np.int32)]),
     "matmul": (_matmul, lambda: [f32(5, 7), f32(7, 6), f32(6, 7), f32(3, 5, 7), f32(3, 7, 2), f32(7, 4)]),
+    "matmul_big_tiles": (_big_matmul, _big_matmul_inputs),
     "matmul_int": (_int_matmul, lambda: [R.integers(-3, 3, (2, 4, 3)).astype(np.int64),
                                          R.integers(-3, 3, (2, 3, 5)).astype(np.int64)]),
     "shapes": (_shapes, lambda: [f32(2, 3, 4), f32(4, 6)]),
