@@ -8,7 +8,8 @@
    standard ones), against cupy.matmul when CuPy is installed and the device's SIMT
    float32 peak;
 3. MLP 784-256-128-10 training step (Adam) at batch 1024, its kernels fused into a few
-   cooperative launches (the default) and launched one by one, with launches per step;
+   cooperative launches with their arguments kept between launches (the default), with
+   arguments marshalled on every launch, and launched one by one; launches per step;
 4. perf/bench_conv.py's small CNN training step (Adam) at batch 256;
    3 and 4 against PyTorch CUDA eager when torch with CUDA is installed.
 Timings synchronize the device; medians of repeated runs.
@@ -198,21 +199,22 @@ def main(argv=None):
     init = [(rng.standard_normal((i, o)) * np.sqrt(2.0 / i)).astype(np.float32) for i, o in zip(sizes[:-1], sizes[1:])]
     xd, yd = cuda.to_device(xb), cuda.to_device(yb)
     t_fj = {}
-    for fuse in (True, False):
-        fj.config.cuda_fuse_launches = fuse
+    # (fused launches, arguments kept between launches): the default, then each off
+    for how in ((True, True), (True, False), (False, True)):
+        fj.config.cuda_fuse_launches, RT.PREPARED_LAUNCHES = how
         step = _flowjit_mlp(fj, init)
-        t_fj[fuse] = timed(lambda: step(xd, yd), sync, reps * 2, warmup=3) + (_launches(fj, step, xd, yd),)
-    fj.config.cuda_fuse_launches = True
+        t_fj[how] = timed(lambda: step(xd, yd), sync, reps * 2, warmup=3) + (_launches(fj, step, xd, yd),)
+    fj.config.cuda_fuse_launches, RT.PREPARED_LAUNCHES = True, True
     other = "torch with CUDA not installed"
     torch = _torch_cuda()
     if torch is not None:
         t_t = timeit(_torch_mlp(torch, init, xb, yb), torch.cuda.synchronize, reps * 2, warmup=3)
-        other = f"torch eager {t_t * 1e3:.3f} ms; flowjit/torch time {t_fj[True][0] / t_t:.2f}x"
-    for fuse in (True, False):
-        t, launches = t_fj[fuse]
-        how = "fused launches" if fuse else "one launch per kernel"
+        other = f"torch eager {t_t * 1e3:.3f} ms; flowjit/torch time {t_fj[True, True][0] / t_t:.2f}x"
+    for (fuse, kept), (t, launches) in t_fj.items():
+        how = ("fused launches" if fuse else "one launch per kernel") + \
+            ("" if kept else ", arguments marshalled on every launch")
         rows.append((f"MLP 784-256-128-10 Adam step, batch 1024, {how}",
-                     f"{t * 1e3:.3f} ms, {launches} launches", other if fuse else "", ""))
+                     f"{t * 1e3:.3f} ms, {launches} launches", other if (fuse and kept) else "", ""))
 
     # 4. small CNN training step (perf/bench_conv.py's model) at batch 256
     from perf import bench_conv as BC

@@ -24,27 +24,152 @@ warnings.filterwarnings("ignore", message=r".*GPU under-utilization due to low o
 
 SIM = bool(_nb_config.ENABLE_CUDASIM)
 
+try:        # what the driver raises for a launch it refuses
+    from numba.cuda.cudadrv.driver import CudaAPIError as _LaunchError
+except ImportError:                   # (a numba.cuda without it: nothing to catch)
+    class _LaunchError(Exception):
+        pass
+
 
 
 class Counted:
     """A kernel whose launches fj.stats() counts: `k[grid, block](*args)` as for the
     kernel itself, counted when it runs (a launch under an `if` only when taken).
     `blocks`: a cooperative kernel's grid size, once known (coop_grid). `unusable`: the
-    device refused to launch it (matmul: the big tiles' kernel)."""
-    __slots__ = ("kernel", "blocks", "unusable")
+    device refused to launch it (matmul: the big tiles' kernel). `prepared`: its
+    arguments as marshalled for the last launch (PreparedLaunch), on a GPU."""
+    __slots__ = ("kernel", "blocks", "unusable", "prepared")
 
     def __init__(self, kernel):
         self.kernel = kernel
         self.blocks = None
         self.unusable = False
+        self.prepared = None
 
     def __getitem__(self, config):
+        if PREPARED_LAUNCHES and not SIM:
+            return lambda *args: self._launch(config, args)
         launch = self.kernel[config]
 
         def counted(*args):
             S.bump("kernel_launches")
             return launch(*args)
         return counted
+
+    def _launch(self, config, args):
+        S.bump("kernel_launches")
+        p = self.prepared
+        try:
+            if p is not None and p.launch(config, args):
+                return
+        except _LaunchError:
+            raise                           # the device's answer, as numba's launch would get it
+        except Exception as e:              # a numba-cuda whose internals differ: its own launch
+            self._give_up(e)
+        self.kernel[config](*args)          # numba's own launch (it compiles on first use)
+        if PREPARED_LAUNCHES:
+            try:
+                self.prepared = PreparedLaunch.after(self.kernel, config, args)
+            except Exception as e:
+                self._give_up(e)
+
+    def _give_up(self, e):
+        global PREPARED_LAUNCHES
+        PREPARED_LAUNCHES = False
+        self.prepared = None
+        warnings.warn(f"flowjit: kernel arguments are marshalled on every launch ({type(e).__name__}: {e})",
+                      RuntimeWarning)
+
+
+# Counted kernels keep their marshalled arguments between launches (off: numba-cuda
+# marshals every argument of every launch; perf/bench_gpu.py measures both)
+PREPARED_LAUNCHES = True
+
+
+class PreparedLaunch:
+    """A kernel overload's arguments as numba-cuda marshals them (`_Kernel._prepare_args`:
+    ctypes values, an array as meminfo, parent, size, itemsize, data pointer, shape,
+    strides), kept for the next launch. A training step launches the same kernels on
+    the same buffers every call (scratch buffers live in the executable's pool,
+    variables in place), so most arguments are unchanged: an array whose memory, shape
+    and dtype are the ones last seen keeps its values, a changed pointer or scalar is
+    marshalled again alone, and a changed shape or type (another overload) goes back to
+    numba's own launch. Why: that marshalling, repeated per argument and per launch, was
+    most of a small step's host time (issue 22)."""
+
+    def __init__(self, overload, args, keys, kernelargs, slots):
+        self.overload, self.keys, self.kernelargs, self.slots = overload, keys, kernelargs, slots
+        self.handle = overload._codelibrary.get_cufunc().handle
+        self.cooperative = bool(getattr(overload, "cooperative", False))
+        self.held = list(args)       # keeps each array's memory alive while its pointer is kept
+
+    @classmethod
+    def after(cls, dispatcher, config, args):
+        """The prepared launch of the overload numba just launched for `args`, or None
+        when its arguments cannot be kept (a host array copied in, a debug kernel, a
+        launch configuration other than (blocks, threads))."""
+        if not _plain_config(config):
+            return None
+        overload = dispatcher.overloads.get(tuple(dispatcher.typeof_pyval(a) for a in args))
+        if overload is None or getattr(overload, "debug", False) or getattr(overload, "extensions", None):
+            return None
+        kernelargs, slots, keys = [], [], []
+        for t, v in zip(overload.argument_types, args):
+            key = _arg_key(v)
+            if key is None:
+                return None
+            start, retr = len(kernelargs), []
+            overload._prepare_args(t, v, 0, retr, kernelargs)
+            if retr:
+                return None
+            slots.append((start, len(kernelargs)))
+            keys.append(key)
+        return cls(overload, args, keys, kernelargs, slots)
+
+    def launch(self, config, args):
+        """Launch with the kept arguments, re-marshalling those that changed; False when
+        numba's own launch must run instead (another overload, or a config it must read)."""
+        if len(args) != len(self.keys) or not _plain_config(config):
+            return False
+        for i, v in enumerate(args):
+            key, old = _arg_key(v), self.keys[i]
+            if key == old:
+                continue                # (an array's old memory is held: its id is not reused)
+            if key is None or key[0] != old[0] or (key[0] == "array" and key[1:4] != old[1:4]):
+                return False            # another type, dtype or shape: maybe another overload
+            part, retr = [], []
+            self.overload._prepare_args(self.overload.argument_types[i], v, 0, retr, part)
+            a, b = self.slots[i]
+            if retr or len(part) != b - a:
+                return False
+            self.kernelargs[a:b] = part
+            self.keys[i], self.held[i] = key, v
+        grid, block = config
+        driver_launch(self.handle, grid, block, self.kernelargs, self.cooperative)
+        return True
+
+
+def _plain_config(config):
+    return isinstance(config, tuple) and len(config) == 2 and type(config[0]) is int and type(config[1]) is int
+
+
+def _arg_key(v):
+    """What decides an argument's marshalled values: ("array", dtype, shape, strides,
+    memory) for a device array, (type, value) for a scalar; None for anything else."""
+    if hasattr(v, "gpu_data") and hasattr(v, "strides"):
+        return ("array", v.dtype, tuple(v.shape), tuple(v.strides), id(v.gpu_data))
+    if isinstance(v, (np.integer, np.floating, np.bool_, int, float, bool)):
+        return (type(v), v)
+    return None
+
+
+def driver_launch(handle, grid, block, kernelargs, cooperative):
+    """numba-cuda's driver.launch_kernel on the default stream (a CUstream with NVIDIA's
+    bindings, a null pointer with ctypes')."""
+    from numba.cuda.cudadrv import driver
+    nv = getattr(driver, "USE_NV_BINDING", False) and hasattr(driver, "binding")
+    stream = driver.binding.CUstream(0) if nv else 0
+    driver.launch_kernel(handle, grid, 1, 1, block, 1, 1, 0, stream, kernelargs, cooperative=cooperative)
 
 
 def _patch_simulator_shared_arrays():
@@ -277,13 +402,6 @@ def row_threads(length, splits):
 
 def cdiv(a, b):
     return max(1, (int(a) + b - 1) // b)
-
-
-try:
-    from numba.cuda.cudadrv.driver import CudaAPIError as _LaunchError
-except ImportError:                   # (a numba.cuda without it: nothing to catch)
-    class _LaunchError(Exception):
-        pass
 
 
 def _fills_with_big_tiles(M, N, K):
