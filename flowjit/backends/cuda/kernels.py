@@ -21,7 +21,7 @@ import textwrap
 
 from ..pyexpr import npt
 from ...ir.shapes import Sym, is_one
-from ..loops import dim_src, prod_src
+from ..loops import dim_src, int_arg, prod_src
 from .runtime import BIG_MIN, MM, MM_BIG
 
 KERNEL_HEADER = "@cuda.jit(cache=CACHE)\n"
@@ -270,6 +270,34 @@ def _indexed(ctx, n, kind, first, idx, shape):
         f"np.int64({outer}), np.int64({nn}), np.int64({m}), np.int64({inner}), err, np.int64({code}))"]
 
 
+_POW_CHECK = kernel_def("x, out, total, err, code", '''    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < total:
+        v = x[t]
+        if v < 0:
+            if err[0] == 0 and cuda.atomic.compare_and_swap(err, 0, code) == 0:
+                err[1] = v
+                err[2] = 0
+            v = 0           # (the step fails; the power reading it must not)
+        out[t] = v
+        t += stride
+''')
+
+
+@lowering("pow_exponent_check")
+def _pow_exponent_check(ctx, n):
+    """An integer power's run-time exponents copied through, a negative one reported
+    (the error names pow and the exponent: the op's runtime_error) and passed on as 0,
+    since the kernels after it in the step still run before the error is read."""
+    x = ctx.g.nodes[n.inputs[0]]
+    name, src = named(_POW_CHECK, "pow exponent check")
+    total = prod_src(n.shape)
+    return {name: src}, [
+        ctx.alloc(n.id, total, npt(n.dtype)),
+        f"{name}[RT.grid({total}), RT.TPB]({ctx.buf(x.id)}, {ctx.buf(n.id)}, {int_arg(total)}, err, "
+        f"np.int64({ctx.new_err_code(n.id)}))"]
+
+
 @lowering("gather")
 def _gather(ctx, n):
     x, idx = (ctx.g.nodes[i] for i in n.inputs)
@@ -357,6 +385,7 @@ def host_fallback(ctx, n):
     return {}, [f"{buf(n.id)} = RT_host_op({key}, {shape_tuple(n.shape)}, [{ins}])"]
 
 
-# conv2d, its backprops and the pools register their lowerings in LOWERINGS (that
-# module imports this one's helpers, so it is loaded last)
+# conv2d, its backprops and the pools, argsort and the candidate samplers register their
+# lowerings in LOWERINGS (those modules import this one's helpers, so they load last)
 importlib.import_module(".conv_kernels", __package__)
+importlib.import_module(".sampling_kernels", __package__)

@@ -95,6 +95,30 @@ def _big_matmul_inputs():
     return [a, f32(k, m + 8, lo=-0.1, hi=0.1), np.ascontiguousarray(a.T)]
 
 
+def _sampling(x, w, b, labels, keys):
+    """Sampling ops without elementwise form: argsort (shuffle; NaN keys sort last, ties
+    keep their order), the candidate samplers, and the losses built on them."""
+    ids, true_ec, sampled_ec = fj.nn.log_uniform_candidate_sampler(labels, 1, 6, True, 12, seed=3)
+    uids, _, uec = fj.nn.uniform_candidate_sampler(labels, 1, 5, False, 7, seed=4)
+    h = fj.tanh(x)
+    with fj.GradientTape() as tape:
+        tape.watch([w, h])
+        nce = fj.reduce_mean(fj.nn.nce_loss(w, b, labels, h, 4, 12, seed=5))
+        ssm = fj.reduce_mean(fj.nn.sampled_softmax_loss(w, b, labels, h, 4, 12, seed=6))
+        loss = nce + ssm
+    return [fj.random.shuffle(x, seed=7), fj.random.shuffle_with_keys(x[:, 0], keys), ids, true_ec,
+            sampled_ec, uids, uec, nce, ssm] + tape.gradient(loss, [w, h])
+
+
+def _sampling_inputs():
+    keys = np.array([0.5, np.nan, -1.0, 0.5, 2.0, np.nan, -1.0], np.float64)
+    return [f32(7, 3), f32(12, 3), f32(12), R.integers(0, 12, (7, 1)).astype(np.int64), keys]
+
+
+def _int_pow(i, e):
+    return [i ** e, (i + 1) ** (e * 2)]
+
+
 def _int_matmul(i, j):
     return [i @ j]
 
@@ -162,6 +186,9 @@ CASES = {
                                           np.array([0, 3, 1, 4], np.int32)]),
     "matmul": (_matmul, lambda: [f32(5, 7), f32(7, 6), f32(6, 7), f32(3, 5, 7), f32(3, 7, 2), f32(7, 4)]),
     "matmul_big_tiles": (_big_matmul, _big_matmul_inputs),
+    "sampling": (_sampling, _sampling_inputs),
+    "int_pow": (_int_pow, lambda: [R.integers(-3, 4, (3, 4)).astype(np.int64),
+                                   R.integers(0, 4, (3, 4)).astype(np.int64)]),
     "matmul_int": (_int_matmul, lambda: [R.integers(-3, 3, (2, 4, 3)).astype(np.int64),
                                          R.integers(-3, 3, (2, 3, 5)).astype(np.int64)]),
     "shapes": (_shapes, lambda: [f32(2, 3, 4), f32(4, 6)]),
