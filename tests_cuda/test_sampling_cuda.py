@@ -44,7 +44,7 @@ def test_word2vec_nce_training_on_the_gpu_matches_the_cpu():
     np.testing.assert_allclose(lg, lc, rtol=1e-5)
     for a, b in zip(vg, vc):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert lg[-1] < lg[0]
+    assert np.abs(vg[1] - w0).max() > 1e-3           # the steps trained the output weights
 
 
 def test_a_negative_integer_exponent_found_on_the_gpu_raises_the_cpus_error():
