@@ -284,3 +284,54 @@ def test_reads_through_slices_pads_and_transposes_on_pool(pooled, rng):
     assert_close(g, want, rtol=1e-5, atol=1e-6)
     chained = [n for n in pooled() if "P0" in loader._modules[n].__dict__[n].py_func.__code__.co_varnames]
     assert chained, "no pooled kernel read through an access chain"
+
+
+def test_a_heavy_loop_body_kernel_goes_to_the_pool_from_fewer_elements(rng):
+    """An elementwise kernel with five sigmoids/tanhs per element and 8 x 32 elements:
+    below POOL_MIN, so run once per call it stays serial, while in a scan body (run once
+    per step) it is pooled with a threshold lowered by its work per element, down to a
+    quarter of POOL_MIN; the cell computes what NumPy's loop computes either way."""
+    rows, cols = 8, 32
+    least = codegen.POOL_MIN // 4
+    assert rows * cols < least * 4
+
+    def cell(c, g):
+        i, j, f, o = fj.split(g, 4, axis=1)
+        c = c * fj.sigmoid(f) + fj.sigmoid(i) * fj.tanh(j)
+        return c, fj.tanh(c) * fj.sigmoid(o)
+
+    def looped(c0, gs):
+        def step(c, g):
+            c, h = cell(c, g)
+            return c, h
+        return fj.scan(step, c0, gs)
+
+    c0 = rng.standard_normal((rows, cols)).astype(np.float32)
+    gs = rng.standard_normal((3, rows, 4 * cols)).astype(np.float32)
+    scale = least // (rows * cols)          # sizes whose element count reaches `least`
+    big_c0, big_gs = np.tile(c0, (scale, 1)), np.tile(gs, (1, scale, 1))
+
+    def numpy_loop(c, gs):
+        sig = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))
+        hs = []
+        for g in gs:
+            i, j, f, o = np.split(g.astype(np.float64), 4, axis=1)
+            c = c * sig(f) + sig(i) * np.tanh(j)
+            hs.append(np.tanh(c) * sig(o))
+        return c, np.stack(hs)
+
+    f = fj.jit(looped)
+    c, hs = f(big_c0, big_gs)
+    wc, whs = numpy_loop(big_c0, big_gs)
+    assert_close(c.numpy(), wc.astype(np.float32), rtol=1e-5, atol=1e-5)
+    assert_close(hs.numpy(), whs.astype(np.float32), rtol=1e-5, atol=1e-5)
+    src = f.inspect(big_c0, big_gs).forward_source
+    thresholds = [int(line.split(">= ")[1].split()[0]) for line in src.splitlines()
+                  if line.strip().startswith("nt = block_count(")]
+    assert thresholds and min(thresholds) == least, thresholds
+
+    g = fj.jit(lambda c, g: cell(c, g))
+    out = g(big_c0, big_gs[0])
+    assert_close(out[1].numpy(), numpy_loop(big_c0, big_gs[:1])[1][0].astype(np.float32),
+                 rtol=1e-5, atol=1e-5)
+    assert "pool_launch(" not in g.inspect(big_c0, big_gs[0]).forward_source

@@ -37,6 +37,16 @@ POOL_MIN = int(os.environ.get("FLOWJIT_POOL_MIN", 1 << 16))
 # size, and the pooled kernel costs ~0.1-0.2 s more to compile (the LSTM step's cold
 # compile had five such kernels)
 MOVE_POOL_MIN = max(POOL_MIN, 1 << 20)
+# A loop body's kernel with much work per element is worth the pool from fewer
+# elements: POOL_MIN is sized for an element costing about three loads or stores (a
+# binary op), and a range-reduced function (exp, tanh, sigmoid, log) costs about four
+# of those. An LSTM cell (64 x 256 elements, five of them, a dozen loads and stores)
+# took 53 us on one thread; pooled, the training step ran 5% faster (in one process,
+# taking turns). Only in a loop body, which runs it once per step: a pooled kernel
+# costs 0.1-0.3 s more to compile (its launcher), which a kernel run once per call
+# saving tens of microseconds would not repay.
+POOL_WORK_PER_ELEMENT = 3
+TRANSCENDENTAL_WORK = 4
 # Generated kernels are called from Python or from compiled entries, never through C
 # function pointers: Numba's C wrapper of each would be compiled for nothing (5-10 ms).
 NJIT_FLAGS = "no_cfunc_wrapper=True, "
@@ -79,10 +89,11 @@ def _hash(text):
 # ----------------------------------------------------------------------------------
 # loop kernels
 # ----------------------------------------------------------------------------------
-def gen_loop(g, grp, bufname, alias=None):
+def gen_loop(g, grp, bufname, alias=None, repeated=False):
     """Kernel source + call for one loop group. bufname(node id) -> entry variable;
-    alias: store node id -> the variable (arg node) whose buffer it is written over."""
-    return LoopKernel(g, grp, bufname, alias).spec()
+    alias: store node id -> the variable (arg node) whose buffer it is written over;
+    repeated: the kernel is in a loop body (it runs once per step of the loop)."""
+    return LoopKernel(g, grp, bufname, alias, repeated).spec()
 
 
 @dataclass
@@ -111,7 +122,7 @@ class LoopKernel:
     (serial, Numba's parallel loops, or row blocks on the BLAS pool). The source only
     depends on that structure; `spec()` renders it with its final names."""
 
-    def __init__(self, g, grp, bufname, alias=None):
+    def __init__(self, g, grp, bufname, alias=None, repeated=False):
         self.nodes, self.grp, self.bufname = g.nodes, grp, bufname
         self.an = analyse_loop(g, grp)
         self.C = self.an.C
@@ -123,6 +134,7 @@ class LoopKernel:
         # every array parameter is a C-contiguous buffer of a dtype a pool task can
         # rebuild from an address (pool.POINTER_TYPES)
         self.poolable = True
+        self.repeated = repeated
         self.names = {}         # node id -> its variable in the kernel
         for c in range(self.C):
             self.params.append(f"n{c}")
@@ -341,8 +353,10 @@ class LoopKernel:
         rows_ok = not grp.reduces or (self.kind_a and self.k_split > 0) or (self.partials and not self.an.epilogue)
         # (iota and random read the loop index as a value: it stays signed, off the pool)
         moves_only = not grp.reduces and all(nodes[i].op == "broadcast_to" for i in grp.nodes)
+        self.pool_min = pool_min(exprs, len(grp.loads) + len(grp.stores) + len(grp.reduces)) \
+            if self.repeated else POOL_MIN
         self.pooled = self.poolable and not self.randoms and not any(nodes[i].op == "iota" for i in grp.nodes) \
-            and C > 0 and rows_ok and total_hint >= (MOVE_POOL_MIN if moves_only else POOL_MIN) \
+            and C > 0 and rows_ok and total_hint >= (MOVE_POOL_MIN if moves_only else self.pool_min) \
             and pool.available()
         # (a prange over a reduced loop itself needs accumulators Numba recognises as
         # reductions: the += and *= of sums and products)
@@ -464,7 +478,8 @@ class LoopKernel:
         params = ", ".join(self.params)
         lines = [f"def {name}({params}):"]
         if self.pooled:
-            lines += pool_dispatch(self.params, self.arrays, self.C, self.reds if self.partials else [], key)
+            lines += pool_dispatch(self.params, self.arrays, self.C, self.reds if self.partials else [], key,
+                                   self.pool_min)
         elif self.parallel:
             lines.append(f"    if {' * '.join(f'n{c}' for c in range(self.C))} >= {PAR_MIN}:")
             lines.extend("    " + line for line in self._loop_nest(par=True))
@@ -510,13 +525,23 @@ def red_update(red, acc, v):
     return expr_src(red.emit["update"](red.dtype, S.var(acc), S.var(v)))
 
 
-def pool_dispatch(params, arrays, C, partials, key):
+def pool_min(exprs, accesses):
+    """The fewest elements for which a loop goes to the pool: POOL_MIN, or down to a
+    quarter of it for a body doing more work per element than POOL_WORK_PER_ELEMENT
+    (its loads and stores, `accesses`, and its range-reduced calls)."""
+    calls = sum(1 for _, e in exprs for n in S.walk(e) if n.op == "call" and S.MATH[n.name])
+    work = max(accesses + TRANSCENDENTAL_WORK * calls, 1)
+    return max(POOL_MIN // 4, min(POOL_MIN, -(-POOL_MIN * POOL_WORK_PER_ELEMENT // work)))
+
+
+def pool_dispatch(params, arrays, C, partials, key, least=POOL_MIN):
     """Kernel lines that split a loop into row blocks, one record per block (see
     pool.pool_launch), run as task `key`: block_count(n0) blocks on the pool when the
-    loop is big, else one block, which the pool runs in this thread. partials: the
-    reductions over the first loop (Reductions): each block writes its own slice of a
-    (blocks, ...) array, combined into the output afterwards in block order."""
-    out = [f"    nt = block_count(n0) if {' * '.join(f'n{c}' for c in range(C))} >= {POOL_MIN} else 1"]
+    loop has `least` elements or more, else one block, which the pool runs in this
+    thread. partials: the reductions over the first loop (Reductions): each block writes
+    its own slice of a (blocks, ...) array, combined into the output afterwards in block
+    order."""
+    out = [f"    nt = block_count(n0) if {' * '.join(f'n{c}' for c in range(C))} >= {least} else 1"]
     part = {r.param: f"part_{r.param}" for r in partials}
     for r in partials:
         out.append(f"    {part[r.param]} = np.empty((nt,) + {r.param}.shape, {r.param}.dtype)")
@@ -622,12 +647,13 @@ def _has_matmul(prog):
     return any(s.kind == "matmul" or any(_has_matmul(b) for b in s.body or ()) for s in prog.steps)
 
 
-def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None):
+def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repeated=None):
     """The lines computing prog's steps. `buf(node id)` names a value; `prefix` keeps a
     loop body's scalar names apart from the entry's; `special` replaces the step of a
     node (a matmul, or a loop computing that node alone) with the given lines; `into`
     (node id -> a C-contiguous array expression) gives loop kernels' outputs their
-    buffers: those used are removed from it."""
+    buffers: those used are removed from it. `repeated`: the lines run more than once
+    per call (a loop body's; by default, any prefixed body's)."""
     g = prog.graph
     special = special or {}
     into = {} if into is None else into
@@ -648,7 +674,7 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None):
             if inline is not None:      # a scalar computation: no kernel to compile
                 lines.extend(inline)
                 continue
-            spec = gen_loop(g, grp, buf, alias)
+            spec = gen_loop(g, grp, buf, alias, repeated=bool(prefix) if repeated is None else repeated)
             gen.kernels[spec.name] = spec.source
             if spec.threads:
                 gen.threaded.add(spec.name)
@@ -986,12 +1012,12 @@ def _fresh_results(body, nc, skip):
     return out
 
 
-def _sub_program(body, gen, names, p):
+def _sub_program(body, gen, names, p, repeated):
     """A body's lines with its args named by `names` (arg node id -> name), and the
-    names of its outputs."""
+    names of its outputs; repeated: it runs more than once per call (a loop's)."""
     def body_buf(i):
         return names.get(i, f"{p}v{i}")
-    lines = _program_lines(body, gen, body_buf, {}, p)
+    lines = _program_lines(body, gen, body_buf, {}, p, repeated=repeated)
     return lines, [body_buf(o) for o in body.graph.outputs]
 
 
@@ -1014,7 +1040,7 @@ def _cond_lines(g, n, bodies, gen, buf, prefix):
         if arm == "false":
             lines.append("else:")
         names = dict(zip(body.graph.args, ops + caps[arm]))
-        inner, res = _sub_program(body, gen, names, f"{p}{arm[0]}")
+        inner, res = _sub_program(body, gen, names, f"{p}{arm[0]}", repeated=bool(prefix))
         inner += _fresh_copies(res, a["outs"], p, "o")
         lines += ["    " + line for line in inner] or ["    pass"]
     return lines
@@ -1030,11 +1056,11 @@ def _while_lines(g, n, bodies, gen, buf, prefix):
     vs = [f"{p}o{k}" for k in range(nv)]
     cond, body = bodies
     names = dict(zip(cond.graph.args, vs + [buf(i) for i in n.inputs[nv:nv + ncond]]))
-    inner, res = _sub_program(cond, gen, names, f"{p}c")
+    inner, res = _sub_program(cond, gen, names, f"{p}c", repeated=True)
     inner.append(f"if not {res[0]}.reshape((1,))[0]:")
     inner.append("    break")
     names = dict(zip(body.graph.args, vs + [buf(i) for i in n.inputs[nv + ncond:]]))
-    body_lines, res = _sub_program(body, gen, names, f"{p}b")
+    body_lines, res = _sub_program(body, gen, names, f"{p}b", repeated=True)
     inner += body_lines + _fresh_copies(res, outs, p)
     inner += [f"{p}o{k} = {p}n{k}" for k in range(nv)]
     lines.append("while True:")
