@@ -165,3 +165,32 @@ def load_lines(j, p, lf, exprs, bounds, index, nodes, out):
         out.append(f"v{j} = {p}[{index(exprs)}] if {cond} else {pv}")
     else:
         out.append(f"v{j} = {p}[{index(exprs)}]")
+
+
+def candidate_draws(uniform, log, exp):
+    """The loop of a candidate sampler's kernel (ops/sampling.sample_candidates, one draw
+    at a time) with the backend's names for the counter-based uniform, log and exp: it
+    reads `k` (the key as uint64) and the kernel's parameters, and fills `out`."""
+    return f'''log_range = {log}(range_max + 1.0)
+i = 0
+tries = 0
+c = 0
+while i < num_sampled:
+    u = {uniform}(k, np.uint64(c))
+    c += 1
+    tries += 1
+    if log_uniform:
+        v = (np.int64({exp}(u * log_range)) - 1) % range_max
+    else:
+        v = np.int64(u * range_max) % range_max
+    fresh = True
+    if unique:
+        for j in range(i):
+            if out[j] == v:
+                fresh = False
+                break
+    if fresh:
+        out[i] = v
+        i += 1
+out[num_sampled] = tries
+'''

@@ -4,7 +4,10 @@ gather, scatter_add, concat, pow_exponent_check): kernel source templates for co
 entries when the CPU backend loads (the ops themselves are in ops/). Also through the
 generic `"call"`: argsort and the candidate sampler (ops/sampling.py), and `print`
 (ops/host_ops.py), whose kernel calls back into Python through Numba's object mode."""
+import textwrap
+
 from ...ir.registry import REGISTRY
+from ..loops import candidate_draws
 
 
 def _arg_source(kind):
@@ -127,36 +130,10 @@ def {fname}(x, out):
 
 
 def _sampler_source(fname, dtype):
-    # the same draws as ops/sampling.sample_candidates (the NumPy reference)
-    return f'''
-def {fname}(key, out, num_sampled, range_max, unique, log_uniform):
-    k = np.uint64(key[0])
-    log_range = np.log(range_max + 1.0)
-    i = 0
-    tries = 0
-    c = 0
-    while i < num_sampled:
-        u = uniform_f64(k, np.uint64(c))
-        c += 1
-        tries += 1
-        if log_uniform:
-            v = (np.int64(np.exp(u * log_range)) - 1) % range_max
-        else:
-            v = np.int64(u * range_max) % range_max
-        if unique:
-            dup = False
-            for j in range(i):
-                if out[j] == v:
-                    dup = True
-                    break
-            if dup:
-                continue
-        out[i] = v
-        i += 1
-    out[num_sampled] = tries
-
-from flowjit.ops.random_core import uniform_f64
-'''
+    # the same draws as ops/sampling.sample_candidates (the NumPy reference) and the GPU's
+    return (f"\ndef {fname}(key, out, num_sampled, range_max, unique, log_uniform):\n"
+            "    k = np.uint64(key[0])\n" + textwrap.indent(candidate_draws("uniform_f64", "np.log", "np.exp"), "    ") +
+            "\nfrom flowjit.ops.random_core import uniform_f64\n")
 
 
 def _attach(name, **lower):

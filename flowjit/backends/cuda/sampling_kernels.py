@@ -12,7 +12,9 @@ kernel make, so a step gives the same numbers on either device.
   (num_sampled is small: tens to a few hundred) on the same counter-based uniforms as
   the CPU (scalar.rand_uniform_f64). The key is the entry's rng key, read on the host.
 """
-from ..loops import dim_src, int_arg, prod_src
+import textwrap
+
+from ..loops import candidate_draws, dim_src, int_arg, prod_src
 from ..pyexpr import npt
 from .kernels import host_fallback, kernel_def, lowering, named
 
@@ -47,32 +49,10 @@ def _argsort(ctx, n):
         f"{int_arg(rows)}, {int_arg(m)})"]
 
 
-# the draws of ops/sampling.sample_candidates, one at a time
-_SAMPLER = kernel_def("key, out, num_sampled, range_max, unique, log_uniform", '''    if cuda.grid(1) == 0:
-        k = np.uint64(key)
-        log_range = log_f64(range_max + 1.0)
-        i = 0
-        tries = 0
-        c = 0
-        while i < num_sampled:
-            u = rand_uniform_f64(k, np.uint64(c))
-            c += 1
-            tries += 1
-            if log_uniform:
-                v = (np.int64(exp_f64(u * log_range)) - 1) % range_max
-            else:
-                v = np.int64(u * range_max) % range_max
-            fresh = True
-            if unique:
-                for j in range(i):
-                    if out[j] == v:
-                        fresh = False
-                        break
-            if fresh:
-                out[i] = v
-                i += 1
-        out[num_sampled] = tries
-''')
+# the draws of ops/sampling.sample_candidates, one at a time, in thread 0
+_SAMPLER = kernel_def("key, out, num_sampled, range_max, unique, log_uniform",
+                      "    if cuda.grid(1) == 0:\n        k = np.uint64(key)\n" +
+                      textwrap.indent(candidate_draws("rand_uniform_f64", "log_f64", "exp_f64"), "        "))
 
 
 @lowering("candidate_sampler")
