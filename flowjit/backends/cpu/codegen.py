@@ -671,7 +671,9 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
         if step.kind == "loop":
             grp = step.group
             inline = _scalar_inline(g, grp, buf, alias, gen.alloc, prefix)
-            if inline is not None:      # a scalar computation: no kernel to compile
+            if inline is None:
+                inline = _move_lines(g, grp, buf, alias, into, gen.alloc, prefix)
+            if inline is not None:      # a scalar computation or a move: no kernel to compile
                 lines.extend(inline)
                 continue
             spec = gen_loop(g, grp, buf, alias, repeated=bool(prefix) if repeated is None else repeated)
@@ -1097,6 +1099,102 @@ def _scalar_inline(g, grp, buf, alias, alloc, prefix=""):
             lines.append(f"{buf(o)} = {alloc(shape_src(n.shape), npt(n.dtype))}")
         lines.append(f"{buf(o)}.reshape((1,))[0] = {names[o]}")
     return lines
+
+
+def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
+    """Entry lines for a loop group that only moves data, as one array assignment, or
+    None: a copy through transposes and slices (broadcast along leading dims), or a fill
+    with one value computed from one-element operands. NumPy runs it in the Python
+    tier, Numba's array assignment in a compiled entry; no kernel is compiled for it
+    (each cost a cold process about 0.1 s, and the LSTM step had five). Exact either
+    way: a copy, or the scalar lines _scalar_inline writes. Big moves keep their kernels,
+    which can run on the pool (MOVE_POOL_MIN)."""
+    if grp.reduces or len(grp.stores) != 1 or grp.stores[0] in alias:
+        return None
+    total = 1
+    for d in grp.shape:
+        total *= max(hint(d), 1)
+    if total >= MOVE_POOL_MIN:
+        return None
+    o = grp.stores[0]
+    nodes = g.nodes
+    wide = [d for d in range(len(grp.shape)) if not is_one(grp.shape[d])]
+    target = f"{buf(o)}.reshape(({''.join(dim_src(grp.shape[d]) + ', ' for d in wide)}))"
+    value = _fill_value(g, grp, buf, prefix)
+    if value is not None:
+        scalar_lines, src = value
+    else:
+        scalar_lines, src = [], _copied_view(g, grp, buf)
+        if src is None:
+            return None
+    n = nodes[o]
+    first = [f"{buf(o)} = {into.pop(o)}"] if o in into else \
+        [f"{buf(o)} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
+    return scalar_lines + first + [f"{target}[...] = {src}"]
+
+
+def _fill_value(g, grp, buf, prefix):
+    """(lines, name) of the one value a group of elementwise ops on one-element operands
+    stores everywhere, or None."""
+    names, lines = {}, []
+    for vid, load in grp.loads.items():
+        if load.chain or not all(is_one(d) for d in g.nodes[vid].shape):
+            return None
+        names[vid] = f"{prefix}s{vid}"
+        lines.append(f"{prefix}s{vid} = {buf(load.base)}.reshape((1,))[0]")
+    if not names:
+        return None
+    for i in grp.nodes:
+        n = g.nodes[i]
+        if n.op in ("iota", "random") or REGISTRY[n.op].kind != "elementwise":
+            return None
+        names[i] = f"{prefix}s{i}"
+        lines.append(f"{prefix}s{i} = {npt(n.dtype)}({expr_src(node_expr(n, names, g.nodes))})")
+    return lines, names[grp.stores[0]]
+
+
+def _copied_view(g, grp, buf):
+    """The view of a group's one load that it stores (through broadcasts only), as a
+    NumPy expression shaped like the group's dims that are not 1, or None: the load's
+    slices with positive steps, then its transposes; its dims must be the group's last
+    ones (NumPy broadcasts the rest)."""
+    nodes = g.nodes
+    v = grp.stores[0]
+    while v in grp.nodes and nodes[v].op == "broadcast_to":
+        v = nodes[v].inputs[0]
+    if v not in grp.loads or any(nodes[i].op != "broadcast_to" for i in grp.nodes):
+        return None
+    lf = next(lf for lf in analyse_loop(g, grp).leaves if lf["vid"] == v)
+    if lf["guards"]:
+        return None
+    base = lf["load"].base
+    if not lf["idx"]:
+        return f"{buf(base)}.reshape((1,))[0]"
+    base_shape = nodes[base].shape if lf["load"].chain else nodes[v].shape
+    subs, kept = [], []
+    for k, (d, s0, s1) in enumerate(lf["idx"]):
+        if d is None or is_one(grp.shape[d]):
+            subs.append(dim_src(s0))
+            continue
+        step = int(s1)
+        if step < 1 or d in kept:
+            return None
+        n = dim_src(grp.shape[d])
+        if step == 1 and same(s0, 0) and same(base_shape[k], grp.shape[d]):
+            subs.append(":")
+        else:
+            start = "" if same(s0, 0) else dim_src(s0)
+            end = n if step == 1 else f"{step} * ({n} - 1) + 1"
+            subs.append(f"{start}:{start + ' + ' if start else ''}{end}{f':{step}' if step > 1 else ''}")
+        kept.append(d)
+    wide = [d for d in range(len(grp.shape)) if not is_one(grp.shape[d])]
+    if sorted(kept) != wide[len(wide) - len(kept):]:
+        return None
+    view = buf(base) if all(x == ":" for x in subs) else f"{buf(base)}[{', '.join(subs)}]"
+    perm = sorted(range(len(kept)), key=lambda j: kept[j])
+    if perm != list(range(len(kept))):
+        view += f".transpose(({''.join(f'{j}, ' for j in perm)}))"
+    return view
 
 
 def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):

@@ -1,0 +1,139 @@
+"""Loop groups that only move data (a copy through transposes and slices, a broadcast,
+a fill with one value) run as one array assignment in the CPU entry, with no kernel
+(codegen._move_lines): values against NumPy in the Python tier and in the compiled
+entry, which kernels remain, and the groups that must keep theirs."""
+import numpy as np
+
+import flowjit as fj
+from conftest import assert_close
+
+
+def tiers(fn, *args, compiled=True):
+    """fn jitted, called until its entry is compiled: (first call's outputs, the compiled
+    entry's outputs, the forward executable). compiled=False: a program big enough to
+    stay in the Python tier (backend.estimate_python_share)."""
+    f = fj.jit(fn)
+    first = [np.asarray(o) for o in _listed(f(*args))]
+    for _ in range(fj.config.compile_entry_after):
+        last = [np.asarray(o) for o in _listed(f(*args))]
+    c, _ = f._lookup(args, {})
+    exe = c.stages[0].exe
+    assert (exe.run == exe._run_njit) == compiled
+    return first, last, exe
+
+
+def _listed(out):
+    return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+
+def check(fn, expected, *args, kernels=0, compiled=True):
+    first, last, exe = tiers(fn, *args, compiled=compiled)
+    for got in (first, last):
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape and g.dtype == e.dtype
+            np.testing.assert_array_equal(g, e)
+    assert len(exe.kernel_names) == kernels, exe.source()
+    return exe
+
+
+def x3(seed=0, shape=(4, 5, 6), dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def test_transpose_is_an_assignment():
+    x = x3()
+    exe = check(lambda x: fj.transpose(x, (1, 0, 2)), [x.transpose(1, 0, 2)], x)
+    assert "[...] = a0.transpose((1, 0, 2, ))" in exe.source()
+
+
+def test_slices_with_starts_and_steps():
+    x = x3(1, (9, 7))
+    check(lambda x: (x[2:8:3, 1:], x[1:4], x[:, ::2]), [x[2:8:3, 1:], x[1:4], x[:, ::2]], x)
+
+
+def test_slice_and_transpose_together():
+    x = x3(2, (6, 5, 4))
+    check(lambda x: fj.transpose(x[1:5, :, 1::2], (2, 0, 1)), [x[1:5, :, 1::2].transpose(2, 0, 1)], x)
+
+
+def test_broadcast_along_leading_dims_and_an_index():
+    x = x3(3, (3, 4))
+    check(lambda x: (fj.broadcast_to(x[1], (5, 4)), fj.broadcast_to(x[2:3, 1:], (2, 6, 3))),
+          [np.broadcast_to(x[1], (5, 4)).copy(), np.broadcast_to(x[2:3, 1:], (2, 6, 3)).copy()], x)
+
+
+def test_fill_with_a_value_computed_from_scalars():
+    x = x3(4, (3, 4))
+    a = np.array([1.5], np.float32)
+
+    def f(x, a):
+        s = fj.reduce_sum(x)                         # a kernel of its own
+        return fj.broadcast_to(-(a * 2.0) + 1.0, (4, 3)), fj.broadcast_to(-s, (2, 5))
+    s = np.float32(np.sum(x.astype(np.float64)))
+    first, last, exe = tiers(f, x, a)
+    for got in (first, last):
+        np.testing.assert_array_equal(got[0], np.full((4, 3), np.float32(-(a[0] * 2) + 1)))
+        assert got[1].shape == (2, 5) and np.all(got[1] == got[1][0, 0])
+        assert_close(got[1][0, 0], -s)
+    assert len(exe.kernel_names) == 1            # the sum
+
+
+def test_integer_and_bool_moves():
+    i = np.arange(24, dtype=np.int32).reshape(4, 6)
+    b = (i % 3 == 0)
+    check(lambda i, b: (fj.transpose(i), b[:, 1:4]), [i.T.copy(), b[:, 1:4]], i, b)
+
+
+def test_a_broadcast_in_the_middle_keeps_its_kernel():
+    x = x3(5, (4, 3))
+    check(lambda x: fj.broadcast_to(fj.reshape(x, (4, 1, 3)), (4, 5, 3)),
+          [np.broadcast_to(x[:, None, :], (4, 5, 3)).copy()], x, kernels=1)
+
+
+def test_a_move_with_arithmetic_or_padding_keeps_its_kernel():
+    x = x3(6, (4, 3))
+    check(lambda x: fj.transpose(x) * 2.0, [x.T * np.float32(2.0)], x, kernels=1)
+    check(lambda x: fj.pad(x, [[1, 0], [0, 2]]), [np.pad(x, [[1, 0], [0, 2]])], x, kernels=1)
+
+
+def test_new_sizes_reuse_the_trace():
+    f = fj.jit(lambda x: fj.transpose(x[1:], (1, 0)))
+    for n in (5, 9, 3):
+        x = x3(n, (n, 4))
+        np.testing.assert_array_equal(f(x).numpy(), x[1:].T)
+
+
+def test_moves_in_a_scan_body_and_their_gradient():
+    xs = x3(7, (5, 3, 2)).astype(np.float64)
+    h0 = x3(8, (2, 3)).astype(np.float64)
+
+    def f(h0, xs):
+        def body(h, x):
+            hn = fj.tanh(fj.transpose(h) + x)        # (3, 2)
+            return fj.transpose(hn), fj.transpose(hn)[1:]
+        h, ys = fj.scan(body, h0, xs)
+        return fj.reduce_sum(h * h) + fj.reduce_sum(ys)
+
+    def ref(h0, xs):
+        h, total = h0, 0.0
+        for x in xs:
+            hn = np.tanh(h.T + x)
+            h = hn.T
+            total += hn.T[1:].sum()
+        return (h * h).sum() + total
+    g = fj.jit(fj.value_and_grad(f))
+    v, gr = g(h0, xs)
+    assert_close(v.numpy(), ref(h0, xs), rtol=1e-12)
+    eps = 1e-6
+    num = np.zeros_like(h0)
+    for k in np.ndindex(*h0.shape):
+        d = np.zeros_like(h0)
+        d[k] = eps
+        num[k] = (ref(h0 + d, xs) - ref(h0 - d, xs)) / (2 * eps)
+    assert_close(gr.numpy(), num, rtol=1e-6, atol=1e-8)
+
+
+def test_a_big_move_keeps_its_kernel():
+    x = np.arange(1 << 20, dtype=np.float32).reshape(2, -1)      # MOVE_POOL_MIN elements
+    check(lambda x: fj.transpose(x), [x.T.copy()], x, kernels=1, compiled=False)
