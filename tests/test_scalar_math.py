@@ -125,13 +125,15 @@ def _expandable():
 
 
 @pytest.mark.parametrize("reassoc", [False, True])
-def test_expanded_source_computes_what_numbas_inlining_does(reassoc):
-    """Kernels get the scalar functions written into their source (inline_math.py), not
-    inlined by Numba: the two give the same bits for every function, in kernels with
-    and without reassociation."""
-    from flowjit.backends.cpu import inline_math
+def test_expanded_and_lowered_calls_compute_what_numbas_inlining_does(reassoc):
+    """Kernels call the scalar functions as intrinsics that emit their IR (scalar_ir.py)
+    or, for a function it cannot lower, get them written into their source
+    (inline_math.py); neither is inlined by Numba. All three give the same bits for
+    every function, in kernels with and without reassociation."""
+    from flowjit.backends.cpu import inline_math, scalar_ir
     names = _expandable()
     assert {"exp_f32", "sigmoid_f32", "tanh_f32", "log1p_f64", "expm1_f64"} <= set(names)
+    assert set(names) <= set(scalar_ir.LOWERED)
     flags = {"nsz", "contract"} | ({"reassoc"} if reassoc else set())
     for name in names:
         dtype = np.float32 if name.endswith("f32") else np.float64
@@ -140,10 +142,12 @@ def test_expanded_source_computes_what_numbas_inlining_does(reassoc):
         src = ("from flowjit.backends.cpu.scalar import *\nimport numpy as np\n"
                f"def run(a, out):\n    for i in range(a.shape[0]):\n        y = {name}(a[i])\n"
                "        out[i] = y\n")
-        expanded = inline_math.expand(src)
+        expanded = inline_math.expand(src, lower=False)
         assert f"{name}(" not in expanded.replace(f"# y = {name}(", ""), expanded
+        lowered = inline_math.expand(src)
+        assert f"y = _fjx.{name}(a[i])" in lowered and "_s1_" not in lowered, lowered
         outs = []
-        for text in (src, expanded):
+        for text in (src, expanded, lowered):
             ns = {}
             exec(compile(text, f"<{name}>", "exec"), ns)
             run = njit(fastmath=flags, error_model="numpy")(ns["run"])
@@ -151,4 +155,26 @@ def test_expanded_source_computes_what_numbas_inlining_does(reassoc):
             with np.errstate(all="ignore"):
                 run(x, out)
             outs.append(out)
-        np.testing.assert_array_equal(outs[0].view(np.uint8), outs[1].view(np.uint8), err_msg=name)
+        for out in outs[1:]:
+            np.testing.assert_array_equal(outs[0].view(np.uint8), out.view(np.uint8), err_msg=name)
+
+
+def test_lowered_calls_nest_and_take_mixed_arguments():
+    """A lowered call's argument may be another call or an expression of another float
+    type (cast as Numba casts a call's argument); unsupported syntax stays expanded."""
+    from flowjit.backends.cpu import inline_math, scalar_ir
+    src = ("from flowjit.backends.cpu.scalar import *\nimport numpy as np\n"
+           "def run(a, out):\n    for i in range(a.shape[0]):\n"
+           "        y = tanh_f32(sigmoid_f32(a[i]) * np.float32(3.0)) + np.float32(exp_f64(np.float64(a[i])))\n"
+           "        out[i] = y\n")
+    x = inputs("exp", np.float32)
+    outs = []
+    for text in (src, inline_math.expand(src)):
+        ns = {}
+        exec(compile(text, "<nested>", "exec"), ns)
+        out = np.empty_like(x)
+        with np.errstate(all="ignore"):
+            njit(fastmath={"nsz", "contract"}, error_model="numpy")(ns["run"])(x, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0].view(np.uint8), outs[1].view(np.uint8))
+    assert not scalar_ir._supported(S.rand_truncated_normal_f64)      # a loop: not straight-line

@@ -25,6 +25,7 @@ import numpy as np
 from . import scalar
 
 MODULE_ALIAS = "_fjm"        # how an expanded body refers to scalar.py's globals
+LOWERED_ALIAS = "_fjx"       # how a kernel refers to scalar_ir.py's intrinsics
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,10 +159,14 @@ class _NotExpandable(Exception):
     pass
 
 
-def _kernel_resolver(module_names):
+def _kernel_resolver(module_names, lowered):
+    """A name in the kernel's own text: a function scalar_ir lowers becomes its
+    intrinsic (`_fjx.<name>`, one call), another inline function is expanded."""
     def resolve(n):
         obj = module_names.get(n.id)
         if obj is not None and _inline_dispatcher(obj):
+            if n.id in lowered:
+                return ast.Attribute(value=ast.Name(LOWERED_ALIAS, ast.Load()), attr=n.id, ctx=ast.Load())
             return obj
         return ast.Name(n.id, ast.Load())
     return resolve
@@ -212,10 +217,13 @@ class _Constants(ast.NodeTransformer):
             [f"{name} = {text}" for text, name in self.names.items()]
 
 
-def expand(source):
+def expand(source, lower=True):
     """`source` (a generated kernel module importing scalar.py's names with `*`) with the
-    inline scalar calls in its assignments expanded; the lines without one are kept as
-    they are, comments included."""
+    inline scalar calls in its assignments expanded, or, for the functions scalar_ir
+    lowers (unless lower=False), calling its intrinsics; the lines without one are kept
+    as they are, comments included."""
+    from .scalar_ir import LOWERED          # (it reads the definitions from here)
+    lowered = LOWERED if lower else {}
     module_names = {k: getattr(scalar, k) for k in dir(scalar) if not k.startswith("_")}
     tree = ast.parse(source)
     lines = source.split("\n")
@@ -227,7 +235,7 @@ def expand(source):
             continue
         ex.pre = []
         try:
-            value = ex.expr(node.value, _kernel_resolver(module_names))
+            value = ex.expr(node.value, _kernel_resolver(module_names, lowered))
         except _NotExpandable:
             continue                                       # Numba inlines this one
         new = ast.Assign(targets=node.targets, value=value, lineno=0) if isinstance(node, ast.Assign) \
@@ -244,4 +252,7 @@ def expand(source):
         return source
     for first, last, new_lines in sorted(edits, reverse=True):
         lines[first - 1:last] = new_lines
-    return "\n".join([f"import flowjit.backends.cpu.scalar as {MODULE_ALIAS}"] + constants.lines() + lines)
+    header = [f"import flowjit.backends.cpu.scalar as {MODULE_ALIAS}"]
+    if lowered and any(f"{LOWERED_ALIAS}." in "\n".join(e[2]) for e in edits):
+        header.append(f"import flowjit.backends.cpu.scalar_ir as {LOWERED_ALIAS}")
+    return "\n".join(header + constants.lines() + lines)

@@ -55,7 +55,7 @@ def _salt():
     import numba
     return files_salt(os.path.dirname(os.path.abspath(__file__)),
                       ("scalar.py", "runtime_lib.py", "codegen.py", "loader.py", "pool.py", "blas.py",
-                       "conv_cpu.py", "scheduler.py", "inline_math.py"), numba.__version__)
+                       "conv_cpu.py", "scheduler.py", "inline_math.py", "scalar_ir.py"), numba.__version__)
 
 
 SALT = _salt()
