@@ -77,7 +77,10 @@ def bmm_loop(a, b, out, ta, tb):
                     o[r, c] += v * y[q, c]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def alloc(site, shape, dtype):
-    """An allocation of the compiled entry (its Python tier reuses buffers per site)."""
+    """An allocation of the compiled entry (its Python tier reuses buffers per site).
+    Inlined: called as a function, Numba compiled it once per call site (the site and
+    the shape's constant sizes are literals), 0.06-0.27 s each, a second or more of
+    an entry's compile."""
     return np.empty(shape, dtype)
