@@ -681,14 +681,7 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
             if spec.threads:
                 gen.threaded.add(spec.name)
             gen.pooled = gen.pooled or spec.pooled
-            for o in grp.stores + grp.reduces:
-                n = g.nodes[o]
-                if o in alias:      # a variable's new value, written over its buffer
-                    lines.append(f"{buf(o)} = {buf(alias[o])}")
-                elif o in into:     # a loop step's result, written into its stacked result
-                    lines.append(f"{buf(o)} = {into.pop(o)}")
-                else:
-                    lines.append(f"{buf(o)} = {gen.alloc(shape_src(n.shape), npt(n.dtype))}")
+            lines += [_output_line(g, o, buf, alias, into, gen.alloc) for o in grp.stores + grp.reduces]
             lines.append(f"{spec.name}({', '.join(spec.call_args)})")
             continue
         n = g.nodes[step.node]
@@ -708,6 +701,16 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
         else:
             lines.extend(_opaque_lines(g, n, gen, buf, prefix))
     return lines
+
+
+def _output_line(g, o, buf, alias, into, alloc):
+    """The line giving loop output `o` its buffer."""
+    if o in alias:      # a variable's new value, written over its buffer
+        return f"{buf(o)} = {buf(alias[o])}"
+    if o in into:       # a loop step's result, written into its stacked result
+        return f"{buf(o)} = {into.pop(o)}"
+    n = g.nodes[o]
+    return f"{buf(o)} = {alloc(shape_src(n.shape), npt(n.dtype))}"
 
 
 def _opaque_lines(g, n, gen, buf, prefix):
@@ -1078,27 +1081,33 @@ def _scalar_inline(g, grp, buf, alias, alloc, prefix=""):
     """Entry lines computing a loop group whose iteration space is one element, or None."""
     if any(not is_one(d) for d in grp.shape) or grp.reduces:
         return None
+    scalar = _scalar_lines(g, grp, buf, prefix)
+    if scalar is None:
+        return None
+    lines, names = scalar
+    for o in grp.stores:
+        lines.append(_output_line(g, o, buf, alias, {}, alloc))
+        lines.append(f"{buf(o)}.reshape((1,))[0] = {names[o]}")
+    return lines
+
+
+def _scalar_lines(g, grp, buf, prefix):
+    """(lines, names) computing a group's nodes once, as scalars read from its loads'
+    first elements (names: node id -> its variable), or None for a load through an
+    access op, an iota or a random draw."""
     names, lines = {}, []
     for vid, load in grp.loads.items():
         if load.chain:
             return None
         names[vid] = f"{prefix}s{vid}"
         lines.append(f"{prefix}s{vid} = {buf(load.base)}.reshape((1,))[0]")
-    for local, i in enumerate(grp.nodes):
+    for i in grp.nodes:
         n = g.nodes[i]
         if n.op in ("iota", "random"):
             return None
-        expr = expr_src(node_expr(n, names, g.nodes))
         names[i] = f"{prefix}s{i}"
-        lines.append(f"{prefix}s{i} = {npt(n.dtype)}({expr})")
-    for o in grp.stores:
-        n = g.nodes[o]
-        if o in alias:
-            lines.append(f"{buf(o)} = {buf(alias[o])}")
-        else:
-            lines.append(f"{buf(o)} = {alloc(shape_src(n.shape), npt(n.dtype))}")
-        lines.append(f"{buf(o)}.reshape((1,))[0] = {names[o]}")
-    return lines
+        lines.append(f"{prefix}s{i} = {npt(n.dtype)}({expr_src(node_expr(n, names, g.nodes))})")
+    return lines, names
 
 
 def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
@@ -1117,7 +1126,6 @@ def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
     if total >= MOVE_POOL_MIN:
         return None
     o = grp.stores[0]
-    nodes = g.nodes
     wide = [d for d in range(len(grp.shape)) if not is_one(grp.shape[d])]
     target = f"{buf(o)}.reshape(({''.join(dim_src(grp.shape[d]) + ', ' for d in wide)}))"
     value = _fill_value(g, grp, buf, prefix)
@@ -1127,30 +1135,17 @@ def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
         scalar_lines, src = [], _copied_view(g, grp, buf)
         if src is None:
             return None
-    n = nodes[o]
-    first = [f"{buf(o)} = {into.pop(o)}"] if o in into else \
-        [f"{buf(o)} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
-    return scalar_lines + first + [f"{target}[...] = {src}"]
+    return scalar_lines + [_output_line(g, o, buf, alias, into, alloc), f"{target}[...] = {src}"]
 
 
 def _fill_value(g, grp, buf, prefix):
     """(lines, name) of the one value a group of elementwise ops on one-element operands
     stores everywhere, or None."""
-    names, lines = {}, []
-    for vid, load in grp.loads.items():
-        if load.chain or not all(is_one(d) for d in g.nodes[vid].shape):
-            return None
-        names[vid] = f"{prefix}s{vid}"
-        lines.append(f"{prefix}s{vid} = {buf(load.base)}.reshape((1,))[0]")
-    if not names:
+    if not grp.loads or any(not all(is_one(d) for d in g.nodes[vid].shape) for vid in grp.loads) \
+            or any(REGISTRY[g.nodes[i].op].kind != "elementwise" for i in grp.nodes):
         return None
-    for i in grp.nodes:
-        n = g.nodes[i]
-        if n.op in ("iota", "random") or REGISTRY[n.op].kind != "elementwise":
-            return None
-        names[i] = f"{prefix}s{i}"
-        lines.append(f"{prefix}s{i} = {npt(n.dtype)}({expr_src(node_expr(n, names, g.nodes))})")
-    return lines, names[grp.stores[0]]
+    scalar = _scalar_lines(g, grp, buf, prefix)
+    return None if scalar is None else (scalar[0], scalar[1][grp.stores[0]])
 
 
 def _copied_view(g, grp, buf):
