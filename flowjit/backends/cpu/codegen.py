@@ -813,7 +813,7 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset()):
     def body_buf(i):
         return names.get(i, f"{p}v{i}")
     order = f"range({T} - 1, -1, -1)" if a["reverse"] else f"range({T})"
-    inner = [f"{p}h{k}.reshape(({T}, {_size(outs[k][0])}))[{t}, :] = {p}c{k}.reshape(({_size(outs[k][0])},))"
+    inner = [f"assign({p}h{k}.reshape(({T}, {_size(outs[k][0])}))[{t}], {p}c{k}.reshape(({_size(outs[k][0])},)))"
              for k in stacked]
     for k in range(nx):
         x = g.nodes[n.inputs[nc + k]]
@@ -852,7 +852,7 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset()):
         if offered.get(bg.outputs[j]) == f"{scan_result_name(p, a, i)}[{t}]" and bg.outputs[j] in direct:
             continue                # already there
         size = _size(outs[i][0][1:])
-        inner.append(f"{scan_result_name(p, a, i)}.reshape(({T}, {size}))[{t}, :] = {res[j]}.reshape(({size},))")
+        inner.append(f"assign({scan_result_name(p, a, i)}.reshape(({T}, {size}))[{t}], {res[j]}.reshape(({size},)))")
     lines.append(f"for {t} in {order}:")
     lines += ["    " + line for line in inner] or ["    pass"]
     return lines + list(after.values())
@@ -1113,8 +1113,9 @@ def _scalar_lines(g, grp, buf, prefix):
 def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
     """Entry lines for a loop group that only moves data, as one array assignment, or
     None: a copy through transposes and slices (broadcast along leading dims), or a fill
-    with one value computed from one-element operands. NumPy runs it in the Python
-    tier, Numba's array assignment in a compiled entry; no kernel is compiled for it
+    with one value computed from one-element operands, as a call of runtime_lib.assign:
+    NumPy's assignment in the Python tier, a loop nest in a compiled entry (Numba's own
+    assignment and transpose cost seconds to compile). No kernel is compiled for it
     (each cost a cold process about 0.1 s, and the LSTM step had five). Exact either
     way: a copy, or the scalar lines _scalar_inline writes. Big moves keep their kernels,
     which can run on the pool (MOVE_POOL_MIN)."""
@@ -1135,7 +1136,7 @@ def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
         scalar_lines, src = [], _copied_view(g, grp, buf)
         if src is None:
             return None
-    return scalar_lines + [_output_line(g, o, buf, alias, into, alloc), f"{target}[...] = {src}"]
+    return scalar_lines + [_output_line(g, o, buf, alias, into, alloc), f"assign({target}, {src})"]
 
 
 def _fill_value(g, grp, buf, prefix):
@@ -1149,10 +1150,11 @@ def _fill_value(g, grp, buf, prefix):
 
 
 def _copied_view(g, grp, buf):
-    """The view of a group's one load that it stores (through broadcasts only), as a
-    NumPy expression shaped like the group's dims that are not 1, or None: the load's
-    slices with positive steps, then its transposes; its dims must be the group's last
-    ones (NumPy broadcasts the rest)."""
+    """The view of a group's one load that it stores (through broadcasts only), as
+    `assign`'s source arguments (runtime_lib.py), or None: a NumPy expression for the
+    load's slices with positive steps, then the permutation that transposes it to the
+    group's dims that are not 1; its dims must be the group's last ones (the rest
+    broadcast)."""
     nodes = g.nodes
     v = grp.stores[0]
     while v in grp.nodes and nodes[v].op == "broadcast_to":
@@ -1188,7 +1190,7 @@ def _copied_view(g, grp, buf):
     view = buf(base) if all(x == ":" for x in subs) else f"{buf(base)}[{', '.join(subs)}]"
     perm = sorted(range(len(kept)), key=lambda j: kept[j])
     if perm != list(range(len(kept))):
-        view += f".transpose(({''.join(f'{j}, ' for j in perm)}))"
+        view += f", ({''.join(f'{j}, ' for j in perm)})"      # assign's perm argument
     return view
 
 

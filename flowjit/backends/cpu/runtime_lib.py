@@ -1,6 +1,7 @@
 """Helpers the generated entry functions call (compiled once, cached on disk)."""
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 
 from .blas import gemm_call, start as _start_blas
@@ -84,3 +85,42 @@ def alloc(site, shape, dtype):
     the shape's constant sizes are literals), 0.06-0.27 s each, a second or more of
     an entry's compile."""
     return np.empty(shape, dtype)
+
+
+def assign(dst, src, perm=None):
+    """dst[...] = src, or src.transpose(perm): an entry's move (codegen._move_lines). src
+    is a scalar or an array shaped like dst's last dims (broadcast along the leading
+    ones). The Python tier runs this, NumPy's copy; a compiled entry runs the loop nest
+    below instead, since Numba's array assignment cost about 2 s to compile in every
+    process, and its transpose with a permutation 3 s (the LSTM step's forward entry
+    took 9.5 s with both)."""
+    dst[...] = src if perm is None else src.transpose(perm)
+
+
+@overload(assign, prefer_literal=True, jit_options={"error_model": "numpy"})
+def _assign_loops(dst, src, perm=None):
+    n = dst.ndim
+    m = src.ndim if isinstance(src, types.Array) else 0
+    order = list(range(m))            # the index of src's dim k is that of dst's n - m + order[k]
+    if not (perm is None or isinstance(perm, (types.NoneType, types.Omitted))):
+        if not (isinstance(perm, types.BaseTuple) and len(perm) == m
+                and all(isinstance(t, types.IntegerLiteral) for t in perm.types)):
+            return None
+        p = [t.literal_value for t in perm.types]
+        if sorted(p) != order:
+            return None
+        for j, k in enumerate(p):
+            order[k] = j
+    if m > n:
+        return None
+    lines = ["def impl(dst, src, perm=None):"]
+    for k in range(m):          # Numba checks no bounds: the shapes are checked first
+        lines.append(f"    if src.shape[{k}] != dst.shape[{n - m + order[k]}]:")
+        lines.append("        raise ValueError('assign: source and target shapes differ')")
+    for k in range(n):
+        lines.append(f"{'    ' * (k + 1)}for i{k} in range(dst.shape[{k}]):")
+    value = f"src[{', '.join(f'i{n - m + order[k]}' for k in range(m))}]" if m else "src"
+    lines.append(f"{'    ' * (n + 1)}dst[{', '.join(f'i{k}' for k in range(n)) or '()'}] = {value}")
+    ns = {}
+    exec("\n".join(lines), ns)
+    return ns["impl"]
