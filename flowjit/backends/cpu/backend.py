@@ -114,6 +114,8 @@ class CpuExecutable:
         # compile ahead together with this one's (split_compile.py)
         self.runs_next = []
         self.buffers = BufferCache(n_sites)
+        self.loop_names = []       # the entry's loops as functions (entry_loops.py)
+        self._py_ns = None         # the Python tier's globals (its loop functions)
         self.run = self._run_first
 
     def _load(self):
@@ -131,6 +133,7 @@ class CpuExecutable:
         ns["alloc"] = self.buffers.alloc          # the same source, buffers reused per site
         exec(compile(self.py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
         self.py_entry = ns[self.entry_name]
+        self._py_ns = ns
         S.bump("compile_seconds", time.perf_counter() - t0)
 
     def _run_first(self, args):
@@ -217,7 +220,66 @@ class CpuExecutable:
                 self.run = self._run_njit
                 return self._run_njit(args)
             self.run = self._run_python_only
+            if self.loop_names:
+                return self._compile_loops(args)
         return self._run_python_only(args)
+
+    def _compile_loops(self, args):
+        """This call runs the Python tier noting the types its loop functions get; those
+        then compile, in a child where background compiles are on (this tier runs on
+        meanwhile), else here on their next call."""
+        ns, sigs = self._py_ns, {}
+        python = {name: ns[name] for name in self.loop_names}
+
+        def noting(name):
+            def loop(*a):
+                sigs.setdefault(name, tuple(numba.typeof(x) for x in a))
+                return python[name](*a)
+            return loop
+        ns.update({name: noting(name) for name in self.loop_names})
+        try:
+            out = self._run_python_only(args)
+        except BaseException:
+            self.run = self._run_python          # (the next call tries again)
+            raise
+        finally:
+            ns.update(python)
+        if not sigs:            # no loop ran (inside a branch not taken): keep interpreting
+            return out
+        cached = all(loader.has_disk_cache(self.entry_name, name) for name in sigs)
+        if not cached and config.background_compile and background.possible(self):
+            try:
+                self.pending = background.Compile("loops", self, loops=sigs)
+                self.run = self._run_loops_pending
+                return out
+            except OSError:       # no room for the job file: compile them here
+                pass
+        self._bind_compiled_loops()
+        self.run = self._run_loops_first
+        return out
+
+    def _bind_compiled_loops(self):
+        self._py_ns.update({name: getattr(self._module, name) for name in self.loop_names})
+
+    def _run_loops_pending(self, args):
+        """The Python tier while a child compiles the loop functions."""
+        done = self.pending.poll()
+        if done is None:
+            return self._run_python_only(args)
+        job, self.pending = self.pending, None
+        self.run = self._run_python_only
+        if not done:
+            warnings.warn(f"flowjit: compiling the loops of {self.entry_name} in the background "
+                          f"failed; they go on uncompiled. {job.failure or ''}", RuntimeWarning, stacklevel=2)
+            return self._run_python_only(args)
+        self._bind_compiled_loops()
+        return self._run_loops_first(args)
+
+    def _run_loops_first(self, args):
+        """The first call with the compiled loops: they load from the disk cache (or
+        compile) on the way, counted."""
+        self.run = self._run_python_only
+        return self._counted(self._run_python_only, (args,))
 
     def _run_python_pending(self, args):
         """The Python tier while a child compiles the entry; switches between two calls."""
@@ -270,7 +332,7 @@ class CpuExecutable:
         S.bump("compile_seconds", time.perf_counter() - t0)
 
     def _dispatchers(self):
-        ds = [self.entry]
+        ds = [self.entry] + [getattr(self._module, name) for name in self.loop_names]
         for k in self.kernel_names:
             ds.append(loader.kernel(k))
         return ds
@@ -332,11 +394,13 @@ def compile_program(prog):
     # the name is a hash of the entry written with a placeholder name, and its kernels
     key = hashlib.sha1((code.source("ENTRY") + "".join(names)).encode()).hexdigest()[:16]
     ename = f"e_{key}"
-    entry = code.source(ename)
-    src = "".join(f"{k} = kernel({k!r})\n" for k in names) + \
-        "\n@njit(cache=CACHE, error_model='numpy')\n" + entry
-    exe = CpuExecutable(prog, ename, names, src, code.kernels, code.err_codes, code.inplace, entry,
-                        code.n_sites, code.threaded)
-    exe.python_share = estimate_python_share(prog, len(code.lines))
+    src = "".join(f"{k} = kernel({k!r})\n" for k in names) + "\n" + \
+        code.source(ename, "@njit(cache=CACHE, error_model='numpy')\n")
+    exe = CpuExecutable(prog, ename, names, src, code.kernels, code.err_codes, code.inplace,
+                        code.source(ename), code.n_sites, code.threaded)
+    exe.loop_names = code.loop_names(ename)
+    # (a loop's lines counted once, as when they were the entry's own)
+    n_lines = len(code.lines) + sum(len(loop.lines) - 1 for loop in code.loops)
+    exe.python_share = estimate_python_share(prog, n_lines)
     exe.parallel = code.parallel
     return exe

@@ -9,6 +9,8 @@ two calls whether it has finished. Two kinds of job:
   Python tier once on zero-filled arguments of the same shapes and dtypes (so it
   compiles exactly the variants the parent will call). Then the parent loads them from
   the disk cache and switches to the Python tier.
+- "loops": an entry's loops over steps as functions (entry_loops.py), for the argument
+  types a Python-tier call passed them; the Python tier then calls them compiled.
 - "entry": compiling the njit entry links and re-optimises every kernel it calls (for
   the digits MLP, 14.5 of the 27 cold-cache compile seconds), for a step the Python
   tier already runs within about 20% of the compiled speed; the Python tier runs on
@@ -47,11 +49,11 @@ _queue = []            # jobs waiting for the one child slot, first come first s
 
 class Compile:
     """One child process compiling one executable's kernels ("kernels", for argument
-    specs `args`: (shape, dtype, writeable) each) or its entry ("entry", for Numba
-    signature `sig`)."""
+    specs `args`: (shape, dtype, writeable) each), its entry ("entry", for Numba
+    signature `sig`) or its loop functions ("loops": {name: signature})."""
 
-    def __init__(self, what, exe, args=None, sig=None):
-        job = {"what": what, "cache_dir": cfg.cache_dir(), "sig": sig, "args": args,
+    def __init__(self, what, exe, args=None, sig=None, loops=None):
+        job = {"what": what, "cache_dir": cfg.cache_dir(), "sig": sig, "args": args, "loops": loops,
                "kernels": [(k, exe.kernel_srcs[k], k in exe.threaded) for k in exe.kernel_names],
                "entry": (exe.entry_name, exe.entry_src), "py_entry": exe.py_src}
         fd, self.job_path = tempfile.mkstemp(prefix="flowjit-job-", suffix=".pkl")
@@ -196,6 +198,9 @@ def compile_job(job):
         fcntl.flock(fd, fcntl.LOCK_EX)
         if job["what"] == "entry":
             getattr(mod, name).compile(job["sig"])
+        elif job["what"] == "loops":
+            for loop, sig in job["loops"].items():
+                getattr(mod, loop).compile(sig)
         else:
             _run_python_tier(mod, name, job)
     finally:

@@ -9,7 +9,7 @@ as a whole, so a call costs one dispatch.
 """
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...ir.registry import REGISTRY
 from ...ops.control import scan_results, stacked_outputs
@@ -17,7 +17,7 @@ from ...passes.inplace import inplace_effects
 from ... import dtypes as D
 from ...ir import scalar as S
 from ...ir.shapes import hint, is_one, same
-from . import inline_math
+from . import entry_loops, inline_math
 from ..entry import entry_params, results_read, scan_body_names, scan_result_name, size_lines
 from ..loops import (analyse_loop, dim_src, index_term, int_arg, load_lines, node_expr, prod_src,
                      shape_src)
@@ -608,9 +608,16 @@ class EntryCode:
     inplace: list        # effects written straight into the variables' buffers
     n_sites: int         # allocation sites (AllocSites)
     parallel: bool       # it may run work on several threads (GEMMs, pool or prange loops)
+    loops: list = field(default_factory=list)   # its top-level loops as functions (entry_loops.py)
 
-    def source(self, name):
-        return f"def {name}({', '.join(self.params)}):\n" + "".join("    " + l + "\n" for l in self.lines)
+    def source(self, name, decorator=""):
+        """The loop functions' and the entry's definitions, each after `decorator`."""
+        body = "".join("    " + line.replace(entry_loops.NAME, name) + "\n" for line in self.lines)
+        return "".join(loop.source(name, decorator) + "\n" for loop in self.loops) + \
+            f"{decorator}def {name}({', '.join(self.params)}):\n{body}"
+
+    def loop_names(self, name):
+        return [name + loop.suffix for loop in self.loops]
 
 
 @dataclass
@@ -639,8 +646,9 @@ def gen_entry(prog):
     outs = [buf(o) for o in g.outputs] + [buf(v) for _, v in g.effects]
     lines.append(f"return ({''.join(o + ', ' for o in outs)})")
     parallel = bool(gen.threaded) or gen.pooled or _has_matmul(prog)
+    lines, loops = entry_loops.split_loops(params, lines)
     return EntryCode(params, lines, gen.kernels, gen.threaded, gen.err_codes, inplace,
-                     gen.alloc.count, parallel)
+                     gen.alloc.count, parallel, loops)
 
 
 def _has_matmul(prog):

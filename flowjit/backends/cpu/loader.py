@@ -249,11 +249,12 @@ def forget(names):
                 pass
 
 
-def has_disk_cache(name):
-    """Whether Numba's disk cache holds an index for module `name` (compiled before)."""
+def has_disk_cache(name, function=None):
+    """Whether Numba's disk cache holds an index for module `name`'s function of that
+    name, or `function` (compiled before)."""
     if not cfg.disk_cache_enabled():
         return False
-    return bool(glob.glob(os.path.join(numba_dir(), f"{name}.*.nbi")))
+    return bool(glob.glob(os.path.join(numba_dir(), f"{name}.{function or name}-*.nbi")))
 
 
 def _guard_numba_cache():
