@@ -170,6 +170,7 @@ def test_assign_compiled_matches_numpy():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4, 5, 6)).astype(np.float32)
     cases = [(plain, x, None), (plain, x[1:3, ::2, 1:], None), (plain, x[0], None),
+             (plain, x[0, 1], None), (plain, x[0, :, 2], None),
              (t102, x, (1, 0, 2)), (t201, x[:, 1:4, ::3], (2, 0, 1)), (t10, x[2], (1, 0)),
              (t3012, rng.standard_normal((2, 3, 4, 5)), (3, 0, 1, 2))]
     for fn, src, perm in cases:
@@ -187,3 +188,45 @@ def test_assign_compiled_matches_numpy():
         plain(np.zeros((3, 5, 7), np.float32), x[0])
     with pytest.raises(ValueError, match="assign"):
         t102(np.zeros((4, 5, 6), np.float32), x)
+
+
+def test_the_gradient_of_a_split_is_copied_into_its_slices(monkeypatch, tmp_path):
+    """The gradient of a split is its pieces' gradients, each zero-padded to the whole
+    and summed: with pieces tiling the axis that is one copy per piece into its slice
+    (codegen._concat_lines), no kernel, in both tiers; pieces that overlap still sum
+    in a kernel."""
+    x = np.random.default_rng(3).standard_normal((5, 12))
+
+    def grad(x, overlap=False):
+        with fj.GradientTape() as tape:
+            tape.watch(x)
+            a, b, c = fj.split(x, 3, axis=1)
+            if overlap:
+                a = x[:, 2:6]
+            loss = fj.reduce_sum(fj.sin(a) + 2.0 * fj.cos(b) + c * c)
+        return tape.gradient(loss, x)
+    a, b, c = np.split(x, 3, axis=1)
+    want = np.concatenate([np.cos(a), -2.0 * np.sin(b), 2.0 * c], axis=1)
+    old = fj.config.entry_overhead_share
+    for share in (old, 1.5):       # a compiled entry; one left in the Python tier
+        fj.config.entry_overhead_share = share
+        # (an empty disk cache: the entry compiled first would load from the first call)
+        monkeypatch.setenv("FLOWJIT_CACHE_DIR", str(tmp_path / str(share)))
+        try:
+            f = fj.jit(grad)
+            outs = [f(x).numpy() for _ in range(fj.config.compile_entry_after + 1)]
+        finally:
+            fj.config.entry_overhead_share = old
+        c, _ = f._lookup((x,), {})
+        exe = c.stages[-1].exe           # the backward computes the gradient
+        assert (exe.run == exe._run_njit) == (share == old)
+        for got in outs:
+            assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert exe.entry_src.count("assign(") == 3 and len(exe.kernel_names) == 1, exe.source()
+    f = fj.jit(lambda x: grad(x, overlap=True))
+    want = np.zeros_like(x)
+    want[:, 2:6] += np.cos(x[:, 2:6])
+    want[:, 4:8] -= 2.0 * np.sin(x[:, 4:8])
+    want[:, 8:] += 2.0 * x[:, 8:]
+    assert_close(f(x).numpy(), want, rtol=1e-12, atol=1e-12)
+    assert "assign(" not in f.inspect(x).backward_source

@@ -681,6 +681,8 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
             inline = _scalar_inline(g, grp, buf, alias, gen.alloc, prefix)
             if inline is None:
                 inline = _move_lines(g, grp, buf, alias, into, gen.alloc, prefix)
+            if inline is None:
+                inline = _concat_lines(g, grp, buf, alias, into, gen.alloc)
             if inline is not None:      # a scalar computation or a move: no kernel to compile
                 lines.extend(inline)
                 continue
@@ -1145,6 +1147,86 @@ def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
         if src is None:
             return None
     return scalar_lines + [_output_line(g, o, buf, alias, into, alloc), f"assign({target}, {src})"]
+
+
+def _concat_lines(g, grp, buf, alias, into, alloc):
+    """Entry lines for a loop group that adds zero-padded pieces tiling one dim (the
+    gradient of a split: each piece padded to the whole, then summed) as one `assign`
+    per piece into its slice, or None. An LSTM's backward step had one such kernel (its
+    four gate gradients into one row of the stacked gradient): 0.7 s to compile, and
+    20 us a step where the copies take a few."""
+    if grp.reduces or len(grp.stores) != 1 or grp.stores[0] in alias or len(grp.loads) < 2 \
+            or any(g.nodes[i].op != "add" for i in grp.nodes):
+        return None
+    total = 1
+    for d in grp.shape:
+        total *= max(hint(d), 1)
+    if total >= MOVE_POOL_MIN:
+        return None
+    o = grp.stores[0]
+    pieces = _tiling_pieces(g, grp, analyse_loop(g, grp).leaves)
+    if pieces is None or not _sums_each_once(g, grp, o, [vid for vid, *_ in pieces]):
+        return None
+    target = f"{buf(o)}.reshape({shape_src(grp.shape)})"
+    lines = [_output_line(g, o, buf, alias, into, alloc)]
+    for vid, axis, lo, n in pieces:
+        base = g.nodes[vid].inputs[0]
+        lines.append(f"assign({target}[{':, ' * axis}{lo}:{lo + n}], "
+                     f"{buf(base)}.reshape({shape_src(g.nodes[base].shape)}))")
+    return lines
+
+
+def _tiling_pieces(g, grp, leaves):
+    """[(pad node, axis, offset, size)] sorted by offset when every load is a zero pad of
+    an array shaped like the group but along one axis, the same for all, and the pieces
+    tile that axis; else None."""
+    pieces, axes = [], set()
+    for lf in leaves:
+        chain = lf["load"].chain
+        if len(chain) != 1 or len(lf["guards"]) != 1:
+            return None
+        pad = g.nodes[chain[0]]
+        (k,) = lf["guards"]
+        base_shape = g.nodes[pad.inputs[0]].shape
+        if pad.op != "pad" or pad.attrs["constant"] != 0 or pad.dtype != g.nodes[grp.stores[0]].dtype \
+                or len(base_shape) != len(grp.shape) or len(lf["idx"]) != len(grp.shape):
+            return None
+        try:
+            lo, n = int(pad.attrs["paddings"][k][0]), int(base_shape[k])
+        except TypeError:          # a symbolic size
+            return None
+        for j, (d, s0, s1) in enumerate(lf["idx"]):
+            if j == k:
+                ok = (d, s0, s1) == (k, -lo, 1)
+            elif is_one(grp.shape[j]):
+                ok = d is None and is_one(base_shape[j])
+            else:
+                ok = (d, s0, s1) == (j, 0, 1) and same(base_shape[j], grp.shape[j])
+            if not ok:
+                return None
+        pieces.append((lf["vid"], k, lo, n))
+        axes.add(k)
+    pieces.sort(key=lambda p: p[2])
+    if len(axes) != 1:
+        return None
+    end = 0
+    for _, _, lo, n in pieces:
+        if lo != end:
+            return None
+        end += n
+    return pieces if same(grp.shape[pieces[0][1]], end) else None
+
+
+def _sums_each_once(g, grp, root, leaves):
+    """Whether the group's adds sum exactly these values, each once, into root."""
+    counts = {}
+
+    def walk(v):
+        if v in leaves:
+            counts[v] = counts.get(v, 0) + 1
+            return True
+        return v in grp.nodes and all(walk(i) for i in g.nodes[v].inputs)
+    return walk(root) and sorted(counts) == sorted(leaves) and set(counts.values()) == {1}
 
 
 def _fill_value(g, grp, buf, prefix):
