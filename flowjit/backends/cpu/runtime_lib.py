@@ -121,8 +121,8 @@ def _assign_loops(dst, src, perm=None):
         lines.append("        raise ValueError('assign: source and target shapes differ')")
     value = f"src[{', '.join(f'i{n - m + order[k]}' for k in range(m))}]" if m else "src"
     target = f"dst[{', '.join(f'i{k}' for k in range(n)) or '()'}]"
-    rows = n >= 1 and (m == 0 or order[m - 1] == m - 1)
-    if rows:
+    known = dst.layout == "C" and (m == 0 or src.layout == "C")    # strides LLVM can see
+    if n >= 1 and (m == 0 or order[m - 1] == m - 1) and not known:
         # rows of consecutive elements on both sides (a slice of columns, say) are
         # copied as contiguous 1-D views, which LLVM vectorises (four 64 x 256 float
         # slices took 18 us as a nest of strided scalar copies, 6 us so)
