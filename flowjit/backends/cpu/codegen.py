@@ -1129,12 +1129,7 @@ def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
     (each cost a cold process about 0.1 s, and the LSTM step had five). Exact either
     way: a copy, or the scalar lines _scalar_inline writes. Big moves keep their kernels,
     which can run on the pool (MOVE_POOL_MIN)."""
-    if grp.reduces or len(grp.stores) != 1 or grp.stores[0] in alias:
-        return None
-    total = 1
-    for d in grp.shape:
-        total *= max(hint(d), 1)
-    if total >= MOVE_POOL_MIN:
+    if not _small_move(grp, alias):
         return None
     o = grp.stores[0]
     wide = [d for d in range(len(grp.shape)) if not is_one(grp.shape[d])]
@@ -1149,19 +1144,24 @@ def _move_lines(g, grp, buf, alias, into, alloc, prefix=""):
     return scalar_lines + [_output_line(g, o, buf, alias, into, alloc), f"assign({target}, {src})"]
 
 
+def _small_move(grp, alias):
+    """Whether a loop group could be copies in the entry: one result, no reduction, not
+    a variable's new value written over its buffer, and below MOVE_POOL_MIN elements."""
+    if grp.reduces or len(grp.stores) != 1 or grp.stores[0] in alias:
+        return False
+    total = 1
+    for d in grp.shape:
+        total *= max(hint(d), 1)
+    return total < MOVE_POOL_MIN
+
+
 def _concat_lines(g, grp, buf, alias, into, alloc):
     """Entry lines for a loop group that adds zero-padded pieces tiling one dim (the
     gradient of a split: each piece padded to the whole, then summed) as one `assign`
     per piece into its slice, or None. An LSTM's backward step had one such kernel (its
     four gate gradients into one row of the stacked gradient): 0.7 s to compile, and
     20 us a step where the copies take a few."""
-    if grp.reduces or len(grp.stores) != 1 or grp.stores[0] in alias or len(grp.loads) < 2 \
-            or any(g.nodes[i].op != "add" for i in grp.nodes):
-        return None
-    total = 1
-    for d in grp.shape:
-        total *= max(hint(d), 1)
-    if total >= MOVE_POOL_MIN:
+    if not _small_move(grp, alias) or len(grp.loads) < 2 or any(g.nodes[i].op != "add" for i in grp.nodes):
         return None
     o = grp.stores[0]
     pieces = _tiling_pieces(g, grp, analyse_loop(g, grp).leaves)
