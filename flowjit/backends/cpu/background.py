@@ -10,7 +10,8 @@ two calls whether it has finished. Two kinds of job:
   compiles exactly the variants the parent will call). Then the parent loads them from
   the disk cache and switches to the Python tier.
 - "loops": an entry's loops over steps as functions (entry_loops.py), for the argument
-  types a Python-tier call passed them; the Python tier then calls them compiled.
+  types a Python-tier call passed them; the Python tier then calls them compiled. Like
+  an entry's, at nice 10: the Python tier runs on meanwhile.
 - "entry": compiling the njit entry links and re-optimises every kernel it calls (for
   the digits MLP, 14.5 of the 27 cold-cache compile seconds), for a step the Python
   tier already runs within about 20% of the compiled speed; the Python tier runs on
@@ -231,7 +232,7 @@ def main(path):
         os.unlink(path)        # read: nothing is left behind if the parent is killed
     except OSError:
         pass
-    if job["what"] == "entry":
+    if job["what"] in ("entry", "loops"):
         try:
             os.nice(10)        # the Python tier is near full speed already: it comes first
         except OSError:
