@@ -60,10 +60,9 @@ def _names(lines):
 
 def split_loops(params, lines):
     """(the entry's lines with each top-level loop replaced by a call, [EntryLoop])."""
-    stmts = _statements(lines)
     out, loops = [], []
-    defined = list(params)
-    for k, (lo, hi) in enumerate(stmts):
+    defined = set(params)          # names the entry has set so far
+    for lo, hi in _statements(lines):
         block = lines[lo:hi]
         loop = None
         if lines[lo].startswith("for ") and lo + 1 < hi:
@@ -73,17 +72,15 @@ def split_loops(params, lines):
         else:
             loops.append(loop)
             out.append(loop.call(NAME))
-        _, wrote = _names(block)
-        defined += [n for n in wrote if n not in defined]
+        defined.update(_names(block)[1])
     return out, loops
 
 
 def _as_function(block, defined, after, suffix):
     read, wrote = _names(block)
-    read_after, _ = _names(after)
-    known = set(defined)
+    read_after = set(_names(after)[0])
     results = [n for n in wrote if n in read_after]
-    if any(n not in known for n in results):
+    if any(n not in defined for n in results):
         return None
-    params = [n for n in read if n in known] + [n for n in results if n not in read]
+    params = [n for n in read if n in defined] + [n for n in results if n not in read]
     return EntryLoop(suffix, params, results, block)
