@@ -31,7 +31,8 @@ class _Config:
         self.compile_processes = "auto" if p in ("", "auto") else int(p)
         self.log_device_placement = False
         # Threads for GEMMs and parallel loops (backends/cpu/threads.py): "auto" (the
-        # default) uses SciPy's OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl), at
+        # default) uses the GEMMs' OpenBLAS count (NumPy's, else SciPy's:
+        # OPENBLAS_NUM_THREADS, threadpoolctl), at
         # most the cores, and fewer while other processes want the cores; a number
         # fixes the count.
         # On a GPU, consecutive kernels of a compiled step run as the phases of one

@@ -148,9 +148,9 @@ def bench_mlp_forward(cfg):
     want = mlp_forward_numpy(x, *params)
     check_close("mlp forward", got.numpy(), want, rtol=1e-3, atol=1e-4)
 
-    # NumPy's BLAS and the one Numba calls (SciPy's) are two separate OpenBLAS thread
-    # pools; right after switching from one to the other their idle threads still spin
-    # and the first calls can be many times slower. A longer warm-up and at least 20
+    # NumPy's BLAS runs on OpenBLAS's own threads, flowjit's GEMMs on flowjit's pool;
+    # right after switching from one to the other the idle threads of the first still
+    # spin and the first calls can be many times slower. A longer warm-up and at least 20
     # steps (each ~1 ms, cheap even in quick mode) keep that out of the median.
     steps, warmup = max(cfg.steps, 20), max(cfg.warmup, 5)
     t_fj = median_time(lambda: mlp_forward(x, *params), steps, warmup)

@@ -335,3 +335,53 @@ def test_a_heavy_loop_body_kernel_goes_to_the_pool_from_fewer_elements(rng):
     assert_close(out[1].numpy(), numpy_loop(big_c0, big_gs[:1])[1][0].astype(np.float32),
                  rtol=1e-5, atol=1e-5)
     assert "pool_launch(" not in g.inspect(big_c0, big_gs[0]).forward_source
+
+
+_EITHER_BLAS = r"""
+import numpy as np
+from flowjit.backends.cpu import blas, threads
+from flowjit.backends.cpu.runtime_lib import gemm
+rng = np.random.default_rng(3)
+worst = 0.0
+threads.begin()
+try:
+    for dtype in (np.float32, np.float64):
+        for M, K, N in ((5, 3, 4), (200, 150, 24), (64, 640, 96)):
+            for ta in (False, True):
+                for tb in (False, True):
+                    a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+                    b = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+                    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+                    for acc in (False, True):
+                        out = np.ones((M, N), dtype)
+                        gemm(a, b, out, np.bool_(ta), np.bool_(tb), np.bool_(acc))
+                        worst = max(worst, float(np.abs(out - (want + 1 if acc else want)).max() / K))
+finally:
+    threads.end()
+print(blas.state["why"])
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("which", ["default", "scipy"])
+def test_gemm_in_either_openblas(which):
+    """The GEMMs call NumPy's bundled OpenBLAS (64-bit integers) where NumPy has one, and
+    SciPy's (32-bit integers) with FLOWJIT_BLAS=scipy or where it has not: both give
+    NumPy's products, small and in blocks, all four transposes, with and without
+    accumulating (a fresh process each: the choice is made once per process)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    env.pop("FLOWJIT_BLAS", None)
+    if which == "scipy":
+        env["FLOWJIT_BLAS"] = "scipy"
+    out = subprocess.run([sys.executable, "-c", _EITHER_BLAS], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    why, worst = out.stdout.split("\n")[-3:-1]
+    assert float(worst) < 1e-5, why
+    if which == "scipy":
+        assert why.startswith("SciPy's BLAS"), why
+    elif blas._numpy_openblas() is not None:
+        assert why.startswith("NumPy's OpenBLAS"), why

@@ -1,7 +1,7 @@
 """Parallel work on flowjit's help-first pool (backends/cpu/scheduler.py, threads.py):
 the caller never waits for a worker that has not started, results are the same to the
 bit however many threads helped, the count of helping threads drops while other
-processes want every core, and fj.config.threads / SciPy's BLAS count set the pool."""
+processes want every core, and fj.config.threads / OpenBLAS's count set the pool."""
 import os
 import threading
 
@@ -137,10 +137,10 @@ def test_fixed_thread_count(fresh_threads, monkeypatch):
 
 
 def test_blas_count_is_the_pool_size_and_is_restored(fresh_threads):
-    """SciPy's OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl) sizes the pool; the
+    """The GEMMs' OpenBLAS count (OPENBLAS_NUM_THREADS, threadpoolctl) sizes the pool; the
     step runs BLAS single-threaded and gives the count back."""
     if blas.get_threads() is None:
-        pytest.skip("SciPy's OpenBLAS thread count cannot be read")
+        pytest.skip("OpenBLAS's thread count cannot be read")
     f, a, b = _step()
     before = blas.get_threads()
     try:
@@ -156,7 +156,7 @@ def test_blas_count_is_the_pool_size_and_is_restored(fresh_threads):
 
 def test_blas_count_restored_when_a_step_raises(fresh_threads):
     if blas.get_threads() is None:
-        pytest.skip("SciPy's OpenBLAS thread count cannot be read")
+        pytest.skip("OpenBLAS's thread count cannot be read")
 
     @fj.jit
     def bad(a, i):

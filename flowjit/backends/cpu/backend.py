@@ -306,7 +306,7 @@ class CpuExecutable:
 
     def _parallel(self, fn, args):
         """fn(*args); with parallel work, on as many threads as the machine has free now
-        and with SciPy's BLAS single-threaded meanwhile (threads.py)."""
+        and with OpenBLAS single-threaded meanwhile (threads.py)."""
         if not self.parallel:
             return fn(*args)
         try:

@@ -5,7 +5,8 @@ Parallel work (loop kernels and GEMMs split into blocks) runs on flowjit's help-
 pool (scheduler.py). A step with parallel work calls `begin()` before it runs and
 `end()` after (also when it raises):
 - the pool's *size* is the user's thread count: `fj.config.threads` (env
-  FLOWJIT_THREADS) when it is a number, else SciPy's OpenBLAS count, which honours
+  FLOWJIT_THREADS) when it is a number, else the count of the OpenBLAS the GEMMs
+  call (blas.py: NumPy's, else SciPy's), which honours
   OPENBLAS_NUM_THREADS and threadpoolctl limits (read at every step), at most the
   cores this process may use. Jobs are cut into blocks counted from the size, so a
   result depends on the size alone, never on the load;
@@ -15,7 +16,7 @@ pool (scheduler.py). A step with parallel work calls `begin()` before it runs an
   threads) and lets as many threads work as there are cores left over, at least the
   caller: fewer at once, more once AGREE samples in a row say so. A worker that is not
   helping sleeps;
-- SciPy's OpenBLAS runs single-threaded inside the step (the GEMM blocks are
+- that OpenBLAS runs single-threaded inside the step (the GEMM blocks are
   single-threaded calls on the pool) and gets the user's count back after it;
 - Numba's prange loops (the generic convolutions) get the helping count too.
 """
@@ -124,7 +125,7 @@ def _sample(size):
 
 def begin():
     """Before a step with parallel work: set the pool up for the machine as it is now
-    and run SciPy's OpenBLAS on one thread until the matching end(). Steps running at
+    and run the GEMMs' OpenBLAS on one thread until the matching end(). Steps running at
     once in several Python threads share one setup: the first begin makes it and the
     last end restores OpenBLAS's count, so no step sees another's count of 1 as the
     user's."""
