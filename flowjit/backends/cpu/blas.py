@@ -159,9 +159,9 @@ def _thread_controls(lib, suffix=""):
 
 
 def _numpy_openblas():
-    """NumPy's bundled OpenBLAS (its wheels' scipy-openblas64: symbols scipy_*64_, 64-bit
-    integers) as (sgemm, dgemm, get, set), or None where NumPy has no such library (a
-    build on MKL, Accelerate or a system BLAS). The file is already loaded by NumPy, so
+    """NumPy's bundled OpenBLAS (its wheels' ILP64 build: symbols scipy_sgemm_64_ or
+    sgemm_64_, 64-bit integers) as (sgemm, dgemm, get, set, library), or None where NumPy
+    has no such library (a build on MKL, Accelerate or a system BLAS). The file is already loaded by NumPy, so
     this is NumPy's own instance, thread pool and all."""
     import numpy
     here = os.path.dirname(numpy.__file__)
@@ -172,15 +172,17 @@ def _numpy_openblas():
         except OSError:
             continue
         get, put = _thread_controls(lib, "64_")
-        if hasattr(lib, "scipy_sgemm_64_") and hasattr(lib, "scipy_dgemm_64_") and get is not None:
-            addr = (ctypes.cast(getattr(lib, n), ctypes.c_void_p).value
-                    for n in ("scipy_sgemm_64_", "scipy_dgemm_64_"))
-            return (*addr, get, put, lib)
+        for prefix in ("scipy_", ""):          # NumPy 2 wheels; NumPy 1.26's openblas64_
+            names = (prefix + "sgemm_64_", prefix + "dgemm_64_")
+            if all(hasattr(lib, n) for n in names) and get is not None:
+                return (*(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names),
+                        get, put, lib)
     return None
 
 
 def _scipy_openblas():
-    """SciPy's BLAS through cython_blas (32-bit integers) as (sgemm, dgemm, get, set)."""
+    """SciPy's BLAS through cython_blas (32-bit integers) as (sgemm, dgemm, get, set,
+    library)."""
     import scipy.linalg.cython_blas as cb
     s, d = (_capsule_pointer(cb.__pyx_capi__[n]) for n in ("sgemm", "dgemm"))
     lib = ctypes.CDLL(_library_of(s))
