@@ -312,3 +312,26 @@ def test_eval_shape_traces_without_running():
     k = np.ones((3, 3, 3, 4), np.float32)
     out = fj.eval_shape(lambda x: fj.nn.conv2d(x, k, 1, "VALID"), x)
     assert out.shape == (None, 8, None, 4)
+
+
+def test_compile_seconds_count_compiling_not_the_run():
+    """fj.stats()["compile_seconds"] for a first call counts the time Numba compiled or
+    loaded on the way, not the call's own run (a long first step read as compiling)."""
+    import time
+    from types import MethodType, SimpleNamespace
+    import numba
+    from flowjit.backends.cpu.backend import CpuExecutable
+    exe = SimpleNamespace(_dispatchers=lambda: [])
+    exe._count = MethodType(CpuExecutable._count, exe)
+
+    def counted(fn):
+        before = fj.stats()["compile_seconds"]
+        CpuExecutable._counted(exe, fn, ())
+        return fj.stats()["compile_seconds"] - before
+
+    assert counted(lambda: time.sleep(0.2)) == 0.0
+
+    def compiles():
+        numba.njit(lambda a: a + 1)(np.float64(1.0))
+        time.sleep(0.2)
+    assert counted(compiles) > 0.0
