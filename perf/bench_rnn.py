@@ -192,6 +192,8 @@ def bench_train_lstm(cfg):
     if not rows:
         rows.append(Result(f"train lstm 1x{H} b{B} T{T} in{I} Adam", t["flowjit"], compile_s=first_s,
                            target="faster than torch & jax", notes=f"{n_timed} steps; no peer installed"))
+    if not cfg.cold_processes:
+        return rows
     for seq in (T, 4 * T):
         child = _compile_child(seq)
         # the compile time: what the first call takes beyond a warm step (its own run,

@@ -23,6 +23,7 @@ class Config:
     steps: int            # timed steps per measurement (median taken over them)
     warmup: int           # untimed calls before timing (the first one compiles)
     skipped: list = field(default_factory=list)   # optional baselines that were not run
+    cold_processes: bool = True   # rows timing a fresh process's first call (off beside busy ones)
 
     def skip(self, what, why):
         msg = f"{what}: {why}"

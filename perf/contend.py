@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from perf import common
 
 TRAINING = ("bench_train_softmax", "bench_train_mlp", "bench_train_autoencoder",
-            "bench_train_fused_grad", "bench_conv_cnn_step")
+            "bench_train_fused_grad", "bench_conv_cnn_step", "bench_train_lstm")
 # a busy loop with a deadline of its own, that also ends when its parent does (killed
 # runs leave no spinner behind)
 SPIN = ("import os, sys, time\nt, parent = float(sys.argv[1]), os.getppid()\n"
@@ -63,6 +63,7 @@ def run(cfg, k, only):
     from flowjit.backends.cpu import threads
     benches = [b for b in common.REGISTRY if b.__name__ in TRAINING
                and (not only or any(s in b.__name__ for s in only))]
+    cfg.cold_processes = False          # (the LSTM's cold-compile rows have no baseline)
     print("[perf] quiet pass", file=sys.stderr, flush=True)
     quiet = _run(benches, cfg)
     saved = fj.config.threads
