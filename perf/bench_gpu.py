@@ -144,7 +144,7 @@ def main(argv=None):
     sync = cuda.synchronize
     reps = 5 if args.quick else 20
     print(f"device: {cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes) else cuda.get_current_device().name}")
-    rows = []
+    rows = _Printed()
 
     # 1. elementwise chain vs copy bandwidth
     n = (1 << 22) if args.quick else (1 << 26)
@@ -232,9 +232,66 @@ def main(argv=None):
         other = f"torch eager {t_t * 1e3:.3f} ms; flowjit/torch time {t_cnn / t_t:.2f}x"
     rows.append(("small CNN Adam step, batch 256", f"{t_cnn * 1e3:.3f} ms, {launches} launches", other, ""))
 
-    for r in rows:
-        print(" | ".join(x for x in r if x))
+    # 5. LSTM training step (perf/bench_rnn.py's model): the scan a loop of the host
+    # entry launching the body's kernels each step
+    from perf import bench_rnn as BR
+    lstm_rows(fj, BR, sync, reps, rows, torch)
     return 0
+
+
+class _Printed(list):
+    """Rows printed as they are added: a part that fails or runs out of time later keeps
+    the rows measured before it."""
+
+    def append(self, row):
+        super().append(row)
+        print(" | ".join(x for x in row if x), flush=True)
+
+
+def lstm_rows(fj, BR, sync, reps, rows, torch=None):
+    """perf/bench_rnn.py's LSTM step (batch 64, 50 steps, input 64, hidden 256, Adam) on
+    the GPU: the first call (compiling), its losses against the CPU's over three steps,
+    the step time, launches per step; PyTorch CUDA's nn.LSTM where installed."""
+    from numba import cuda
+    params0, data = BR.init_params(), BR.batches()
+    with fj.device("/cpu:0"):
+        cpu_step, _ = BR.build_flowjit(params0)
+        want = [float(cpu_step(x, y)) for x, y in data[:3]]
+    on_gpu = [(cuda.to_device(x), cuda.to_device(y)) for x, y in data]
+    with fj.device("/gpu:0"):
+        step, _ = BR.build_flowjit(params0)
+    t0 = time.perf_counter()
+    got = [float(np.asarray(step(*on_gpu[0])))]
+    first = time.perf_counter() - t0
+    got += [float(np.asarray(step(*d))) for d in on_gpu[1:3]]
+    err = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(got, want))
+    k = {"i": 0}
+
+    def cycling():
+        k["i"] += 1
+        return step(*on_gpu[k["i"] % len(on_gpu)])
+    t = timeit(cycling, sync, reps * 2, warmup=2)
+    launches = _launches(fj, step, *on_gpu[0])
+    other = "torch with CUDA not installed"
+    if torch is not None:
+        t_t = timeit(_torch_lstm(torch, BR, params0, data), torch.cuda.synchronize, reps * 2, warmup=3)
+        other = f"torch eager nn.LSTM {t_t * 1e3:.3f} ms; flowjit/torch time {t / t_t:.2f}x"
+    rows.append((f"LSTM 1x{BR.H} b{BR.B} T{BR.T} in{BR.I} Adam step",
+                 f"{t * 1e3:.3f} ms, {launches} launches; first call {first:.2f} s; "
+                 f"losses vs the CPU's: rel err {err:.1e}", other, ""))
+
+
+def _torch_lstm(torch, BR, params0, data):
+    """perf/bench_rnn.py's PyTorch model on CUDA, the batches placed there first."""
+    dev = torch.device("cuda")
+    tstep, _ = BR.build_torch(params0, device=dev)
+    placed = [(torch.tensor(x, device=dev), torch.tensor(y, device=dev)) for x, y in data]
+    k = {"i": 0}
+
+    def step():
+        k["i"] += 1
+        tstep(*placed[k["i"] % len(placed)])
+    return step
 
 
 if __name__ == "__main__":

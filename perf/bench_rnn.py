@@ -110,7 +110,9 @@ def build_jax(params0):
     return step, (lambda: [np.asarray(p) for p in state["ps"]]), _jax_info(jax)
 
 
-def build_torch(params0):
+def build_torch(params0, device="cpu"):
+    """The step in PyTorch eager on `device`; it takes NumPy batches (on the CPU, zero
+    copy) or tensors already on the device."""
     import torch
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(I, H, batch_first=True)
@@ -127,11 +129,13 @@ def build_torch(params0):
         lstm.bias_hh_l0.zero_()
         head.weight.copy_(torch.from_numpy(Wo.T.copy()))
         head.bias.copy_(torch.from_numpy(bo))
+    lstm, head = lstm.to(device), head.to(device)
     params = list(lstm.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=LR, eps=1e-7)
 
     def step(x, y):
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        tx = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+        ty = y if isinstance(y, torch.Tensor) else torch.from_numpy(y)
         opt.zero_grad()
         _, (h, _) = lstm(tx)
         loss = -(ty * torch.log_softmax(head(h[0]), dim=1)).sum(1).mean()

@@ -83,3 +83,44 @@ def test_a_cond_and_a_while_inside_a_scan_body_with_a_gradient():
     c0, w = rng.standard_normal(3).astype(np.float32), np.float32(0.7)
     for a, b in zip(run("/gpu:0", f, c0, w), run("/cpu:0", f, c0, w)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _lstm_training(device, params0, data):
+    """perf/bench_rnn.py's model (fj.nn.lstm, a dense softmax head, Adam) at tiny sizes:
+    the losses of a few steps and the parameters after them."""
+    with fj.device(device):
+        vs = [fj.Variable(p) for p in params0]
+        opt = fj.optimizers.Adam(0.05)
+
+        @fj.jit
+        def step(x, y):
+            K, b, Wo, bo = vs
+            with fj.GradientTape() as tape:
+                _, (c, h) = fj.nn.lstm(x, K, b)
+                logits = fj.matmul(h, Wo) + bo
+                loss = fj.reduce_mean(fj.nn.softmax_cross_entropy_with_logits(y, logits))
+            opt.apply_gradients(zip(tape.gradient(loss, vs), vs))
+            return loss
+        losses = [float(np.asarray(step(x, y))) for x, y in data]
+    return losses, [v.numpy() for v in vs]
+
+
+def test_an_lstm_training_step_on_the_gpu_matches_the_cpu(capsys):
+    rng = np.random.default_rng(3)
+    B, T, I, H, C = 2, 3, 3, 4, 3
+    params0 = [rng.uniform(-0.5, 0.5, (I + H, 4 * H)).astype(np.float32),
+               rng.uniform(-0.1, 0.1, 4 * H).astype(np.float32),
+               rng.standard_normal((H, C)).astype(np.float32) * 0.5, np.zeros(C, np.float32)]
+    data = [(rng.standard_normal((B, T, I)).astype(np.float32),
+             np.eye(C, dtype=np.float32)[rng.integers(0, C, B)]) for _ in range(3)]
+    fj.config.log_device_placement = True
+    try:
+        got_losses, got_params = _lstm_training("/gpu:0", params0, data)
+    finally:
+        fj.config.log_device_placement = False
+    log = capsys.readouterr().out
+    assert "scan (a loop or branch of the host entry" in log and "NumPy on the host" not in log, log
+    want_losses, want_params = _lstm_training("/cpu:0", params0, data)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got_params, want_params):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
