@@ -18,6 +18,16 @@ def f32(*shape):
     return R.standard_normal(shape).astype(np.float32)
 
 
+@pytest.fixture(autouse=True)
+def simulator_thresholds(monkeypatch):
+    """The simulator's thresholds on a real GPU too, so that these small products take
+    the big tiles (on a GPU, a product fills it with them from 2 x multiprocessors x
+    128 x 128 outputs: perf/bench_gpu.py's 4096^3 product does)."""
+    if not RT.SIM:
+        monkeypatch.setattr(RT, "BIG_MIN", (32, 32, 8))
+        monkeypatch.setattr(RT, "_fills_with_big_tiles", lambda M, N, K: M >= 32 and N >= 32 and K >= 8)
+
+
 @pytest.fixture
 def launched(monkeypatch):
     """The kernels runtime.matmul launched, in order: 'big' or 'small'."""
