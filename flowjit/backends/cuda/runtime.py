@@ -99,7 +99,7 @@ class PreparedLaunch:
 
     def __init__(self, overload, args, keys, kernelargs, slots):
         self.overload, self.keys, self.kernelargs, self.slots = overload, keys, kernelargs, slots
-        self.handle = overload._codelibrary.get_cufunc().handle
+        self.cufunc = overload._codelibrary.get_cufunc()
         self.cooperative = bool(getattr(overload, "cooperative", False))
         self.held = list(args)       # keeps each array's memory alive while its pointer is kept
 
@@ -145,7 +145,7 @@ class PreparedLaunch:
             self.kernelargs[a:b] = part
             self.keys[i], self.held[i] = key, v
         grid, block = config
-        driver_launch(self.handle, grid, block, self.kernelargs, self.cooperative)
+        driver_launch(self.cufunc, grid, block, self.kernelargs, self.cooperative)
         return True
 
 
@@ -163,13 +163,44 @@ def _arg_key(v):
     return None
 
 
-def driver_launch(handle, grid, block, kernelargs, cooperative):
-    """numba-cuda's driver.launch_kernel on the default stream (a CUstream with NVIDIA's
-    bindings, a null pointer with ctypes')."""
+def driver_launch(cufunc, grid, block, kernelargs, cooperative):
+    """Launch `cufunc` on the default stream with arguments as numba-cuda marshals them,
+    the way this numba-cuda's own _Kernel.launch does."""
+    global _launcher
+    if _launcher is None:
+        _launcher = _find_launcher()
+    _launcher(cufunc, grid, block, kernelargs, cooperative)
+
+
+_launcher = None
+
+
+def _find_launcher():
+    """numba-cuda up to 0.2x: its driver's launch_kernel (the stream a CUstream with
+    NVIDIA's bindings, a null pointer with ctypes'); 0.30 on: cuda.core's launch, which
+    its dispatcher module imports, with a LaunchConfig per configuration."""
     from numba.cuda.cudadrv import driver
-    nv = getattr(driver, "USE_NV_BINDING", False) and hasattr(driver, "binding")
-    stream = driver.binding.CUstream(0) if nv else 0
-    driver.launch_kernel(handle, grid, 1, 1, block, 1, 1, 0, stream, kernelargs, cooperative=cooperative)
+    if hasattr(driver, "launch_kernel"):
+        nv = getattr(driver, "USE_NV_BINDING", False) and hasattr(driver, "binding")
+        stream = driver.binding.CUstream(0) if nv else 0
+
+        def launch_kernel(cufunc, grid, block, kernelargs, cooperative):
+            driver.launch_kernel(cufunc.handle, grid, 1, 1, block, 1, 1, 0, stream, kernelargs,
+                                 cooperative=cooperative)
+        return launch_kernel
+    from numba.cuda import dispatcher
+    stream = driver._to_core_stream(0)
+    coop = "is_cooperative" if getattr(dispatcher, "CUDA_CORE_GE_1_0", True) else "cooperative_launch"
+    configs = {}
+
+    def core_launch(cufunc, grid, block, kernelargs, cooperative):
+        key = (grid, block, cooperative)
+        config = configs.get(key)
+        if config is None:
+            config = configs[key] = dispatcher.LaunchConfig(grid=grid, block=block, shmem_size=0,
+                                                            **{coop: cooperative})
+        dispatcher.launch(stream, config, cufunc.kernel, *kernelargs)
+    return core_launch
 
 
 def _patch_simulator_shared_arrays():
