@@ -157,14 +157,17 @@ def test_a_failing_prepared_launch_falls_back_to_numba_with_a_warning(gpu_launch
     assert RT.PREPARED_LAUNCHES is False
 
 
-def test_a_device_error_from_a_prepared_launch_reaches_the_caller(gpu_launch_path, monkeypatch):
+@pytest.mark.parametrize("error", RT.LAUNCH_ERRORS, ids=lambda c: c.__name__)
+def test_a_device_error_from_a_prepared_launch_reaches_the_caller(gpu_launch_path, monkeypatch, error):
+    """numba-cuda's CudaAPIError, or (0.30 on, launching through cuda.core) cuda.core's
+    CUDAError: the device's answer, not a sign of a numba-cuda whose internals differ."""
     def refuse(*a):
-        raise RT._LaunchError(701, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
+        raise error.__new__(error)
     d = Dispatcher()
     k = RT.Counted(d)
     x = Array(Memory(100), (4,))
     k[(1, 256)](x)
     monkeypatch.setattr(RT, "driver_launch", refuse)
-    with pytest.raises(RT._LaunchError):
+    with pytest.raises(error):
         k[(1, 256)](x)
     assert RT.PREPARED_LAUNCHES is True

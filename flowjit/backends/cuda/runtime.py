@@ -29,6 +29,11 @@ try:        # what the driver raises for a launch it refuses
 except ImportError:                   # (a numba.cuda without it: nothing to catch)
     class _LaunchError(Exception):
         pass
+try:        # numba-cuda 0.30 on launches through cuda.core, which raises its own error
+    from cuda.core._utils.cuda_utils import CUDAError as _CoreError
+    LAUNCH_ERRORS = (_LaunchError, _CoreError)
+except ImportError:
+    LAUNCH_ERRORS = (_LaunchError,)
 
 
 
@@ -62,7 +67,7 @@ class Counted:
         try:
             if p is not None and p.launch(config, args):
                 return
-        except _LaunchError:
+        except LAUNCH_ERRORS:
             raise                           # the device's answer, as numba's launch would get it
         except Exception as e:              # a numba-cuda whose internals differ: its own launch
             self._give_up(e)
@@ -454,7 +459,7 @@ def matmul(big, small, M, N, K, nb, A, B, C):
         try:
             big[blocks(cdiv(N, MM_BIG["BN"]) * cdiv(M, MM_BIG["BM"]) * nb), TPB](A, B, C)
             return
-        except _LaunchError as e:
+        except LAUNCH_ERRORS as e:
             big.unusable = True
             warnings.warn(f"flowjit: the {MM_BIG['BM']}x{MM_BIG['BN']}-tile matmul kernel cannot "
                           f"launch on this device ({e}); products use {MM['BM']}x{MM['BN']} tiles",
