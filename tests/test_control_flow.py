@@ -295,17 +295,20 @@ def test_summed_products_of_stacked_slices_run_as_one_gemm_after_the_loop(rng, t
     after = src[src.index("for l"):].split("\n")
     after_loop = [ln for ln in after if ln.startswith("    gemm(") and "_T * " in ln]
     in_loop = [ln for ln in after if ln.startswith("        gemm(")]
-    assert len(after_loop) == 1 and len(in_loop) == 2, src
+    packed = [ln for ln in after if ln.startswith("        pgemm(")]     # x_t @ W, W packed once
+    assert len(after_loop) == 1 and len(in_loop) == 1 and len(packed) == 1, src
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("T", [0, 4])
-def test_a_weight_read_transposed_in_a_loop_is_transposed_once_before_it(rng, tier, T):
-    # h @ W^T with W from outside the loop: the loop multiplies by a contiguous copy of
-    # W^T made before it (OpenBLAS packs a transposed operand more slowly every step);
-    # (W * 2)^T is computed outside the loop too and copied the same way
-    xs = rng.standard_normal((T, 3, 4)).astype(np.float32)
-    W = (rng.standard_normal((4, 4)) * 0.5).astype(np.float32)
-    h0 = rng.standard_normal((3, 4)).astype(np.float32)
+def test_a_weight_read_transposed_in_a_loop_is_transposed_once_before_it(rng, tier, T, dtype):
+    # h @ W^T with W from outside the loop: a float32 loop multiplies by W^T packed once
+    # before it (packed_ir.py), a float64 one by a contiguous copy of W^T made before it
+    # (OpenBLAS packs a transposed operand more slowly every step); (W * 2)^T is
+    # computed outside the loop too and treated the same way
+    xs = rng.standard_normal((T, 3, 4)).astype(dtype)
+    W = (rng.standard_normal((4, 4)) * 0.5).astype(dtype)
+    h0 = rng.standard_normal((3, 4)).astype(dtype)
 
     def run(h0, xs, W):
         W2 = W * 2.0
@@ -326,8 +329,12 @@ def test_a_weight_read_transposed_in_a_loop_is_transposed_once_before_it(rng, ti
     # the loop is a function of its own, defined before the entry that calls it
     before = src[src.rindex("def e_"):].split("_loop0(", 1)[0]
     loop = src[src.index("    for l"):src.rindex("def e_")]
-    assert len(re.findall(r"= np\.ascontiguousarray\(\w+\.T\)", before)) == 2, src
-    assert "np.bool_(True)" not in loop, src
+    if dtype == np.float32:
+        assert len(re.findall(r"= pack_weight\(\w+, np\.bool_\(True\)\)", before)) == 2, src
+        assert len(re.findall(r"\bpgemm\(", loop)) == 2 and not re.search(r"\bgemm\(", loop), src
+    else:
+        assert len(re.findall(r"= np\.ascontiguousarray\(\w+\.T\)", before)) == 2, src
+        assert "np.bool_(True)" not in loop, src
 
 
 @pytest.mark.parametrize("reads", ["ys", "final carry"])

@@ -7,8 +7,10 @@ from numba.extending import intrinsic, overload
 
 
 from .blas import gemm_call, start as _start_blas
+from .packed import PANEL, pack_call, pgemm_call, start as _start_packed
 
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
+_start_packed()
 
 
 # 2-D float matmuls: big ones in blocks on the pool, small ones one single-threaded
@@ -28,6 +30,25 @@ def gemm(a, b, out, ta, tb, acc):
                          "or more: a, b, out shapes (transposes aside)", a.shape, b.shape, out.shape)
     if status != 0:
         raise MemoryError("matmul: no memory for contiguous copies of strided operands")
+
+
+# a loop's product with a weight that does not change between its steps: the weight
+# packed once before the loop, each step's product on the packed copy (packed_ir.py)
+@njit(cache=True, error_model="numpy")
+def pack_weight(w, transposed):
+    """op(w) (w.T where transposed) packed for pgemm: (panels, rows of op(w), PANEL)."""
+    k, n = (w.shape[1], w.shape[0]) if transposed else (w.shape[0], w.shape[1])
+    out = np.empty(((n + PANEL - 1) // PANEL, k, PANEL), np.float32)
+    pack_call(w, transposed, out)
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def pgemm(a, packed, out, acc):
+    """out = a @ W, or out += ... with `acc`, for W packed by pack_weight."""
+    if pgemm_call(a, packed, out, acc) != 0:
+        raise ValueError("matmul: operand shapes do not match the output: a, packed weight "
+                         "(panels, rows, PANEL), out shapes", a.shape, packed.shape, out.shape)
 
 
 # fixed transposes, for the convolution kernels that call them from compiled code

@@ -1,0 +1,103 @@
+"""Compiled code's door to packed-weight products (packed_ir.py): `pack_call` and
+`pgemm_call`, intrinsics calling the IR functions by name, registered with LLVM once
+per process. The IR is compiled for this machine's CPU (its vector width and FMA), not
+cached: llvmlite builds it in well under a second."""
+import llvmlite.binding as ll
+import llvmlite.ir as lir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+
+from . import packed_ir, scheduler
+
+PANEL = packed_ir.PANEL
+# a block keeps at least this many multiply-adds (blas.py's rule for GEMM blocks)
+BLOCK_MACS = 1 << 18
+
+state = {"started": None, "why": ""}
+_keep = []
+
+
+def start():
+    """Compile the packed-product functions and register them (once per process);
+    False where that failed (code generation then leaves products to BLAS)."""
+    if state["started"] is None:
+        try:
+            if not scheduler.start():
+                raise OSError(scheduler.state["why"])
+            mod = ll.parse_assembly(packed_ir.module(scheduler.RUN_SYMBOL, scheduler.SIZE_SYMBOL,
+                                                     BLOCK_MACS))
+            mod.verify()
+            tm = ll.Target.from_default_triple().create_target_machine(
+                cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(), opt=3)
+            # the IR passes (registers for the accumulators, the loops' invariants), which
+            # the JIT alone does not run
+            pb = ll.create_pass_builder(tm, ll.PipelineTuningOptions(speed_level=3))
+            pb.getModulePassManager().run(mod, pb)
+            engine = ll.create_mcjit_compiler(mod, tm)
+            engine.finalize_object()
+            for name in (packed_ir.PACK_NAME, packed_ir.GEMM_NAME):
+                ll.add_symbol(name, engine.get_function_address(name))
+            _keep.extend([mod, tm, engine])
+            state.update(started=True, why="")
+        except Exception as e:  # noqa: BLE001  (any failure only means: no packed products)
+            state.update(started=False, why=f"no packed products ({e})")
+    return state["started"]
+
+
+def _float32_array(t, ndim):
+    return isinstance(t, types.Array) and t.ndim == ndim and t.dtype == types.float32
+
+
+def _unpack(context, builder, t, v):
+    """(data pointer, shape..., strides in elements...) of an array value."""
+    arr = context.make_array(t)(context, builder, v)
+    four = lir.Constant(lir.IntType(64), 4)
+    return ([builder.bitcast(arr.data, lir.FloatType().as_pointer())]
+            + cgutils.unpack_tuple(builder, arr.shape, t.ndim)
+            + [builder.sdiv(s, four) for s in cgutils.unpack_tuple(builder, arr.strides, t.ndim)])
+
+
+def _call(builder, name, ret, values):
+    fnty = lir.FunctionType(ret, [v.type for v in values])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), values)
+
+
+@intrinsic
+def pack_call(typingctx, w, transposed, out):
+    """Fill out (panels, K, PANEL), C-contiguous, with op(w) (w.T where transposed),
+    zero past its last column. The caller checks out's shape."""
+    if not start():
+        raise TypingError(f"pack_call: {state['why']}")
+    if not (_float32_array(w, 2) and _float32_array(out, 3) and out.layout == "C"):
+        raise TypingError(f"pack_call: a 2-D float32 array and a C-contiguous 3-D one, got {w}, {out}")
+
+    def codegen(context, builder, sig, args):
+        wv = _unpack(context, builder, sig.args[0], args[0])
+        ov = _unpack(context, builder, sig.args[2], args[2])
+        flag = context.cast(builder, args[1], sig.args[1], types.int64)
+        _call(builder, packed_ir.PACK_NAME, lir.VoidType(), wv[:5] + [flag, ov[0], ov[1]])
+        return context.get_dummy_value()
+    return types.none(w, transposed, out), codegen
+
+
+@intrinsic
+def pgemm_call(typingctx, a, packed, out, acc):
+    """out = a @ W (out += ... with acc) for W packed by pack_call: 0, or 1 when the
+    shapes do not make the product. a and out: 2-D float32, any strides."""
+    if not start():
+        raise TypingError(f"pgemm_call: {state['why']}")
+    if not (_float32_array(a, 2) and _float32_array(packed, 3) and packed.layout == "C"
+            and _float32_array(out, 2)):
+        raise TypingError(f"pgemm_call: float32 arrays a (2-D), packed (3-D, C-contiguous), out "
+                          f"(2-D), got {a}, {packed}, {out}")
+
+    def codegen(context, builder, sig, args):
+        av = _unpack(context, builder, sig.args[0], args[0])
+        pv = _unpack(context, builder, sig.args[1], args[1])
+        ov = _unpack(context, builder, sig.args[2], args[2])
+        flag = context.cast(builder, args[3], sig.args[3], types.int64)
+        return _call(builder, packed_ir.GEMM_NAME, lir.IntType(32),
+                     av[:5] + pv[:3] + ov[:5] + [flag])
+    return types.int32(a, packed, out, acc), codegen

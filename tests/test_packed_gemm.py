@@ -1,0 +1,110 @@
+"""Products with a weight packed once (packed_ir.py): against NumPy in float64, over
+shapes that leave partial tiles and panels, strided and transposed operands, adding
+into the output, and the same bits whichever threads ran the blocks."""
+import numpy as np
+import pytest
+
+import flowjit as fj
+from flowjit.backends.cpu import packed, scheduler
+from flowjit.backends.cpu.runtime_lib import pack_weight, pgemm
+
+pytestmark = pytest.mark.skipif(not packed.start(), reason="no packed products here")
+
+# rows: every remainder modulo the tile's 6 rows, and more than one row chunk (192)
+SHAPES = [(1, 1, 1), (2, 3, 5), (3, 7, 16), (4, 5, 17), (5, 9, 31), (6, 2, 33), (7, 4, 48),
+          (13, 0, 9), (0, 4, 4), (3, 4, 0), (64, 32, 70), (200, 17, 40)]
+
+
+def _reference(a, w, tr, c0, acc):
+    prod = a.astype(np.float64) @ (w.T if tr else w).astype(np.float64)
+    return prod + c0 if acc else prod
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("tr", [False, True])
+@pytest.mark.parametrize("acc", [False, True])
+def test_packed_products_match_numpy(rng, M, K, N, tr, acc):
+    w = rng.standard_normal((N, K) if tr else (K, N)).astype(np.float32)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    c = rng.standard_normal((M, N)).astype(np.float32)
+    c0 = c.astype(np.float64)
+    p = pack_weight(w, np.bool_(tr))
+    assert p.shape == (-(-N // 16), K, 16)
+    pgemm(a, p, c, np.bool_(acc))
+    np.testing.assert_allclose(c, _reference(a, w, tr, c0, acc), rtol=1e-5, atol=1e-5 * max(K, 1))
+
+
+@pytest.mark.parametrize("acc", [False, True])
+def test_strided_and_reversed_operands(rng, acc):
+    # A with every other column and its rows reversed, W a strided view, C every other
+    # column of a wider array: the columns past C's are untouched
+    M, K, N = 11, 9, 21
+    a_full = rng.standard_normal((M, 2 * K)).astype(np.float32)
+    a = a_full[::-1, ::2]
+    w = rng.standard_normal((2 * K, N + 3)).astype(np.float32)[::2, 1:N + 1]
+    wide = rng.standard_normal((M, 2 * N)).astype(np.float32)
+    keep = wide[:, 1::2].copy()
+    c = wide[:, ::2]
+    c0 = c.astype(np.float64)
+    pgemm(a, pack_weight(w, np.bool_(False)), c, np.bool_(acc))
+    np.testing.assert_allclose(c, _reference(a, w, False, c0, acc), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(wide[:, 1::2], keep)
+
+
+def test_shapes_that_do_not_make_a_product_raise(rng):
+    p = pack_weight(np.zeros((5, 6), np.float32), np.bool_(False))
+    with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
+        pgemm(np.zeros((3, 4), np.float32), p, np.zeros((3, 6), np.float32), np.bool_(False))
+    with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
+        pgemm(np.zeros((3, 5), np.float32), p, np.zeros((3, 40), np.float32), np.bool_(False))
+
+
+def test_the_bits_do_not_depend_on_the_threads(rng):
+    # every output element is one sum over k in order, whichever block computes it:
+    # one block, blocks on two threads, and blocks the caller runs alone (worker paused)
+    a = rng.standard_normal((64, 256)).astype(np.float32)
+    p = pack_weight(rng.standard_normal((256, 1024)).astype(np.float32), np.bool_(False))
+    saved = (scheduler.size(), scheduler.helpers())
+    outs = []
+    try:
+        for size, helping, paused in ((1, 0, False), (2, 1, False), (2, 1, True), (4, 3, False)):
+            scheduler.configure(size, helping)
+            scheduler.set_test_hooks(paused=paused)
+            c = np.empty((64, 1024), np.float32)
+            pgemm(a, p, c, np.bool_(False))
+            outs.append(c)
+    finally:
+        scheduler.set_test_hooks(paused=False)
+        scheduler.configure(*saved)
+    for c in outs[1:]:
+        np.testing.assert_array_equal(c, outs[0])
+
+
+@pytest.mark.parametrize("T", [0, 3])
+def test_an_rnn_loop_packs_its_weights_once_and_matches_numpy(rng, tier, T):
+    # a tanh RNN with a weight read plainly, one read transposed, and a product added to
+    # the step's slice of a sequence: all three multiply packed weights
+    B, H = 7, 20
+    xs = rng.standard_normal((T, B, H)).astype(np.float32)
+    W = (rng.standard_normal((H, H)) * 0.3).astype(np.float32)
+    U = (rng.standard_normal((H, H)) * 0.3).astype(np.float32)
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+
+    def run(h0, xs, W, U):
+        def step(h, x):
+            z = x + fj.matmul(h, W)
+            h = fj.tanh(z + fj.matmul(fj.tanh(z), U, transpose_b=True))
+            return h, h
+        return fj.scan(step, h0, xs * 1.0)
+    h, hs = h0.astype(np.float64), []
+    for t in range(T):
+        z = xs[t] + h @ W
+        h = np.tanh(z + np.tanh(z) @ U.T)
+        hs.append(h)
+    f = fj.jit(run)
+    got_h, got_hs = f(h0, xs, W, U)
+    np.testing.assert_allclose(got_h.numpy(), h, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_hs.numpy(), np.array(hs).reshape(T, B, H), rtol=1e-4, atol=1e-5)
+    src = f.inspect(h0, xs, W, U).forward_source
+    assert src.count("= pack_weight(") == 2, src
+    assert src.count("pgemm(") == 2, src
