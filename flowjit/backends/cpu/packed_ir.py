@@ -71,16 +71,43 @@ def _pack(mod):
     sk, sn = b.select(t, s1, s0), b.select(t, s0, s1)
 
     def panel(p):
+        n0 = b.mul(p, _c(PANEL))
+        full = b.icmp_signed("<=", b.add(n0, _c(PANEL)), N)
+
         def row(k):
             base = b.mul(b.add(b.mul(p, K), k), _c(PANEL))
-            for j in range(PANEL):
-                n = b.add(b.mul(p, _c(PANEL)), _c(j))
-                inside = b.icmp_signed("<", n, N)
-                src = b.gep(w, [b.add(b.mul(k, sk), b.mul(_min(b, n, b.sub(N, _c(1))), sn))])
-                v = b.select(inside, b.load(src), ir.Constant(F32, 0.0))
-                b.store(v, b.gep(dst, [b.add(base, _c(j))]))
+            first = b.gep(w, [b.add(b.mul(k, sk), b.mul(n0, sn))])
+            with b.if_else(full) as (whole, part):
+                with whole:           # a whole panel: no column past N to fill with zeros
+                    for j in range(PANEL):
+                        b.store(b.load(b.gep(first, [b.mul(_c(j), sn)])), b.gep(dst, [b.add(base, _c(j))]))
+                with part:
+                    for j in range(PANEL):
+                        inside = b.icmp_signed("<", b.add(n0, _c(j)), N)
+                        src = b.gep(first, [b.mul(b.select(inside, _c(j), _c(0)), sn)])
+                        v = b.select(inside, b.load(src), ir.Constant(F32, 0.0))
+                        b.store(v, b.gep(dst, [b.add(base, _c(j))]))
         _for(b, _c(0), K, row)
-    _for(b, _c(0), panels, panel)
+
+    def panel_by_columns(p):
+        # op(w) = w.T: a column of the panel is a row of w, read in order
+        n0 = b.mul(p, _c(PANEL))
+
+        def column(j):
+            n = b.add(n0, j)
+            inside = b.icmp_signed("<", n, N)
+            first = b.gep(w, [b.mul(b.select(inside, n, _c(0)), sn)])
+
+            def row(k):
+                v = b.select(inside, b.load(b.gep(first, [b.mul(k, sk)])), ir.Constant(F32, 0.0))
+                b.store(v, b.gep(dst, [b.add(b.mul(b.add(b.mul(p, K), k), _c(PANEL)), j)]))
+            _for(b, _c(0), K, row)
+        _for(b, _c(0), _c(PANEL), column)
+    with b.if_else(t) as (by_columns, by_rows):
+        with by_columns:
+            _for(b, _c(0), panels, panel_by_columns)
+        with by_rows:
+            _for(b, _c(0), panels, panel)
     b.ret_void()
 
 
