@@ -19,7 +19,12 @@ import llvmlite.ir as ir
 
 PANEL = 16                  # columns per panel: two vectors of 8 floats
 MR = 6                      # rows per tile: 12 accumulators, 2 panel vectors, 1 broadcast
-TAIL_ROWS = (4, 2, 1)        # tiles for the rows left after the full ones (MR - 1 at most)
+TAIL_ROWS = (4, 2, 1)       # tiles for the rows left after the full ones (MR - 1 at most)
+# blocks per pool thread: with one block each, a step whose worker started late ran
+# its half after the caller's (64x256 @ 256x1024 on two threads: 168-373 us a call
+# against OpenBLAS's 202-294 over five processes); with four the caller takes more of
+# them (186-243 us against 228-256)
+BLOCKS_PER_THREAD = 4
 RECORD = 13                 # fields of one block record
 PACK_NAME, GEMM_NAME, TASK_NAME = "flowjit_pack_b", "flowjit_pgemm", "flowjit_task_pgemm"
 
@@ -237,9 +242,10 @@ def _gemm(mod, task, run, size, macs):
         b.ret(ir.Constant(I32, 1))
     with b.if_then(b.or_(b.icmp_signed("==", cr, _c(0)), b.icmp_signed("==", cc, _c(0)))):
         b.ret(ir.Constant(I32, 0))
-    # at most one block per pool thread and per `macs` multiply-adds
+    # at most BLOCKS_PER_THREAD blocks per pool thread and one per `macs` multiply-adds
     work = b.mul(b.mul(cr, cc), _max(b, pk, _c(1)))
-    blocks = _min(b, _min(b, b.call(size, []), b.sdiv(work, _c(macs))), panels)
+    most = b.mul(b.call(size, []), _c(BLOCKS_PER_THREAD))
+    blocks = _min(b, _min(b, most, b.sdiv(work, _c(macs))), panels)
     blocks = _max(b, blocks, _c(1))
     step = b.sdiv(b.add(panels, b.sub(blocks, _c(1))), blocks)
     blocks = b.sdiv(b.add(panels, b.sub(step, _c(1))), step)
