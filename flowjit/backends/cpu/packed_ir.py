@@ -86,12 +86,13 @@ def _pack(mod):
                 with whole:           # a whole panel: no column past N to fill with zeros
                     for j in range(PANEL):
                         b.store(b.load(b.gep(first, [b.mul(_c(j), sn)])), b.gep(dst, [b.add(base, _c(j))]))
-                with part:
-                    for j in range(PANEL):
-                        inside = b.icmp_signed("<", b.add(n0, _c(j)), N)
-                        src = b.gep(first, [b.mul(b.select(inside, _c(j), _c(0)), sn)])
+                with part:            # the last panel: zeros past N
+                    def col(j):
+                        inside = b.icmp_signed("<", b.add(n0, j), N)
+                        src = b.gep(first, [b.mul(b.select(inside, j, _c(0)), sn)])
                         v = b.select(inside, b.load(src), ir.Constant(F32, 0.0))
-                        b.store(v, b.gep(dst, [b.add(base, _c(j))]))
+                        b.store(v, b.gep(dst, [b.add(base, j)]))
+                    _for(b, _c(0), _c(PANEL), col)
         _for(b, _c(0), K, row)
 
     def panel_by_columns(p):
@@ -121,49 +122,76 @@ def _splat(b, x):
     return b.shuffle_vector(v, ir.Constant(V8, ir.Undefined), ir.Constant(ir.VectorType(I32, 8), [0] * 8))
 
 
-def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr):
-    """C[i0:i0+mr, panel p] (=|+=) A[i0:i0+mr, :] @ panel p; rows past M are computed
-    from row M - 1 and not stored, columns past N not stored."""
-    rows = [b.add(i0, _c(r)) for r in range(mr)]
-    arow = [b.gep(a, [b.mul(_min(b, r, b.sub(M, _c(1))), as0)]) for r in rows]
+def _edge_copy(b, c_row, cs0, cs1, rows, cols, buf, to_c):
+    """Copy the valid rows x cols corner of an MR x PANEL tile between C and a dense
+    scratch tile (a tile whose columns are strided or run past N)."""
+    def row(r):
+        def col(j):
+            at_c = b.gep(c_row, [b.add(b.mul(r, cs0), b.mul(j, cs1))])
+            at_buf = b.gep(buf, [b.add(b.mul(r, _c(PANEL)), j)])
+            src, dst = (at_buf, at_c) if to_c else (at_c, at_buf)
+            b.store(b.load(src), dst)
+        _for(b, _c(0), cols, col)
+    _for(b, _c(0), rows, row)
+
+
+def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf):
+    """C[i0:i0+mr, panel p] (=|+=) A[i0:i0+mr, :] @ panel p, mr rows all below M;
+    columns past N are not stored. `buf`: an MR x PANEL scratch tile."""
+    arow = [b.gep(a, [b.mul(b.add(i0, _c(r)), as0)]) for r in range(mr)]
     col0 = b.mul(p, _c(PANEL))
-    full_cols = b.icmp_signed("<=", b.add(col0, _c(PANEL)), N)
-    vec_out = b.and_(full_cols, b.icmp_signed("==", cs1, _c(1)))
-    cptr = [b.gep(c, [b.add(b.mul(_min(b, r, b.sub(M, _c(1))), cs0), b.mul(col0, cs1))]) for r in rows]
-    zero = ir.Constant(V8, [0.0] * 8)
+    cols = _min(b, _c(PANEL), b.sub(N, col0))
+    vec_out = b.and_(b.icmp_signed("==", cols, _c(PANEL)), b.icmp_signed("==", cs1, _c(1)))
+    c0 = b.gep(c, [b.add(b.mul(i0, cs0), b.mul(col0, cs1))])
+    cptr = [b.gep(c0, [b.mul(_c(r), cs0)]) for r in range(mr)]
+    bufv = b.bitcast(buf, V8P)
 
-    # starting values: zeros, or C's tile when adding into it (element by element
-    # where C's columns are strided or the panel runs past N)
-    start = []
-    for r in range(mr):
-        for h in range(2):
-            with b.goto_entry_block():     # (an alloca in a loop would grow the stack)
-                slot = b.alloca(V8)
-            b.store(zero, slot)
-            with b.if_then(acc):
-                with b.if_else(vec_out) as (vec, scalar):
-                    with vec:
-                        b.store(b.load(b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P), align=4), slot)
-                    with scalar:
-                        for j in range(8):
-                            col = b.add(col0, _c(8 * h + j))
-                            with b.if_then(b.icmp_signed("<", col, N)):
-                                x = b.load(b.gep(cptr[r], [b.mul(_c(8 * h + j), cs1)]))
-                                b.store(b.insert_element(b.load(slot), x, ir.Constant(I32, j)), slot)
-            start.append(b.load(slot))
-
+    # starting values: zeros, or C's tile when adding into it (through the scratch
+    # tile where C's columns are strided or the panel runs past N)
     pre = b.block
     fn = pre.function
+    vec_in, zero_in, begin = (fn.append_basic_block() for _ in range(3))
+    b.cbranch(acc, vec_in, zero_in)
+    b.position_at_end(zero_in)
+    b.branch(begin)
+    b.position_at_end(vec_in)
+    loaded = []
+    with b.if_else(vec_out) as (vec, edge):
+        with vec:
+            whole = [b.load(b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P), align=4)
+                     for r in range(mr) for h in range(2)]
+            vec_end = b.block
+        with edge:
+            for i in range(MR * 2):
+                b.store(ir.Constant(V8, [0.0] * 8), b.gep(bufv, [_c(i)]))
+            _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, False)
+            part = [b.load(b.gep(bufv, [_c(2 * r + h)])) for r in range(mr) for h in range(2)]
+            edge_end = b.block
+    for x, y in zip(whole, part):
+        v = b.phi(V8)
+        v.add_incoming(x, vec_end)
+        v.add_incoming(y, edge_end)
+        loaded.append(v)
+    b.branch(begin)
+    acc_end = b.block
+    b.position_at_end(begin)
+    start = []
+    for x in loaded:
+        v = b.phi(V8)
+        v.add_incoming(x, acc_end)
+        v.add_incoming(ir.Constant(V8, [0.0] * 8), zero_in)
+        start.append(v)
+
     head, body, done = (fn.append_basic_block() for _ in range(3))
     b.branch(head)
     b.position_at_end(head)
     k = b.phi(I64)
-    k.add_incoming(_c(0), pre)
+    k.add_incoming(_c(0), begin)
     accs = []
-    for s in start:
-        x = b.phi(V8)
-        x.add_incoming(s, pre)
-        accs.append(x)
+    for x in start:
+        v = b.phi(V8)
+        v.add_incoming(x, begin)
+        accs.append(v)
     b.cbranch(b.icmp_signed("<", k, K), body, done)
     b.position_at_end(body)
     q = b.gep(bp, [b.mul(b.add(b.mul(p, K), k), _c(PANEL))])
@@ -177,19 +205,16 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr):
     b.branch(head)
     b.position_at_end(done)
 
-    for r in range(mr):
-        with b.if_then(b.icmp_signed("<", rows[r], M)):
-            with b.if_else(vec_out) as (vec, scalar):
-                with vec:
-                    for h in range(2):
-                        b.store(accs[2 * r + h], b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P), align=4)
-                with scalar:
-                    for h in range(2):
-                        for j in range(8):
-                            col = b.add(col0, _c(8 * h + j))
-                            with b.if_then(b.icmp_signed("<", col, N)):
-                                b.store(b.extract_element(accs[2 * r + h], ir.Constant(I32, j)),
-                                        b.gep(cptr[r], [b.mul(_c(8 * h + j), cs1)]))
+    with b.if_else(vec_out) as (vec, edge):
+        with vec:
+            for r in range(mr):
+                for h in range(2):
+                    b.store(accs[2 * r + h], b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P), align=4)
+        with edge:
+            for r in range(mr):
+                for h in range(2):
+                    b.store(accs[2 * r + h], b.gep(bufv, [_c(2 * r + h)]))
+            _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, True)
 
 
 def _task(mod, fma):
@@ -202,6 +227,8 @@ def _task(mod, fma):
     a, bp, c = (b.inttoptr(f[i], FP) for i in (0, 5, 7))
     as0, as1, M, K, N, cs0, cs1, lo, hi = (f[i] for i in (1, 2, 3, 4, 6, 8, 9, 11, 12))
     acc = b.icmp_signed("!=", f[10], _c(0))
+    buf = b.alloca(F32, MR * PANEL)
+    buf.align = 32                # whole vectors are stored to it and loaded from it
     # rows in chunks that stay in the cache while every panel of the block reads them
     chunk = _c(MR * 32)
 
@@ -213,14 +240,14 @@ def _task(mod, fma):
             full = b.sdiv(b.sub(r1, r0), _c(MR))
 
             def tile(ti):
-                _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, b.add(r0, b.mul(ti, _c(MR))), MR)
+                _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, b.add(r0, b.mul(ti, _c(MR))), MR, buf)
             _for(b, _c(0), full, tile)
             # the last rows (fewer than MR): tiles of 4, 2 and 1 rows as needed
             i = b.add(r0, b.mul(full, _c(MR)))
             for mr in TAIL_ROWS:
                 left = b.sub(r1, i)
                 with b.if_then(b.icmp_signed(">=", left, _c(mr))):
-                    _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i, mr)
+                    _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i, mr, buf)
                 i = b.select(b.icmp_signed(">=", left, _c(mr)), b.add(i, _c(mr)), i)
         _for(b, lo, hi, panel)
     _for(b, _c(0), b.sdiv(b.add(M, b.sub(chunk, _c(1))), chunk), rows_chunk)
