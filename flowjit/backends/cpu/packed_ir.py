@@ -28,7 +28,7 @@ BLOCKS_PER_THREAD = 4
 RECORD = 13                 # fields of one block record
 PACK_NAME, GEMM_NAME, TASK_NAME = "flowjit_pack_b", "flowjit_pgemm", "flowjit_task_pgemm"
 
-I1, I32, I64, F32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
+I32, I64, F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 I8P, FP = ir.IntType(8).as_pointer(), F32.as_pointer()
 V8 = ir.VectorType(F32, 8)
 V8P = V8.as_pointer()
