@@ -92,9 +92,10 @@ class LoopAnalysis:
     C: int
 
 
-def analyse_loop(g, grp):
+def analyse_loop(g, grp, apart=()):
     """Classify the group's loads, find the reduction epilogue, and coalesce adjacent
-    loop dims that every operand (and every reduction) walks the same way."""
+    loop dims that every operand (and every reduction) walks the same way. `apart`:
+    group dims that stay loops of their own (a store into a slice along that dim)."""
     nodes = g.nodes
     gshape = grp.shape
     loop_dims = [d for d in range(len(gshape)) if not is_one(gshape[d])]
@@ -111,7 +112,7 @@ def analyse_loop(g, grp):
     epi_inputs = {p for i in epilogue for p in nodes[i].inputs}
     body_inputs = {p for i in grp.nodes if i not in epilogue for p in nodes[i].inputs}
     body_inputs |= {s for s in grp.stores if s not in grp.nodes}     # a copy loop stores a load
-    blocked = set()
+    blocked = set(apart)
     for lf in leaves:
         if not lf["identity"]:
             blocked |= {e[0] for e in lf["idx"] if e[0] is not None}

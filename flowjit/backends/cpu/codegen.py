@@ -89,11 +89,22 @@ def _hash(text):
 # ----------------------------------------------------------------------------------
 # loop kernels
 # ----------------------------------------------------------------------------------
-def gen_loop(g, grp, bufname, alias=None, repeated=False):
+def gen_loop(g, grp, bufname, alias=None, repeated=False, placed=None):
     """Kernel source + call for one loop group. bufname(node id) -> entry variable;
     alias: store node id -> the variable (arg node) whose buffer it is written over;
-    repeated: the kernel is in a loop body (it runs once per step of the loop)."""
-    return LoopKernel(g, grp, bufname, alias, repeated).spec()
+    repeated: the kernel is in a loop body (it runs once per step of the loop);
+    placed: store node id -> Placement (it is stored into a slice of a bigger buffer)."""
+    return LoopKernel(g, grp, bufname, alias, repeated, placed).spec()
+
+
+@dataclass
+class Placement:
+    """Where a loop kernel stores a value that only a concatenation reads: straight into
+    its slice of the concatenation's buffer, at `offset` along `axis`."""
+    target: str         # the concatenation's buffer (a C-contiguous array expression)
+    shape: tuple        # its shape
+    axis: int
+    offset: object      # the value's first index along axis
 
 
 @dataclass
@@ -122,9 +133,11 @@ class LoopKernel:
     (serial, Numba's parallel loops, or row blocks on the BLAS pool). The source only
     depends on that structure; `spec()` renders it with its final names."""
 
-    def __init__(self, g, grp, bufname, alias=None, repeated=False):
+    def __init__(self, g, grp, bufname, alias=None, repeated=False, placed=None):
         self.nodes, self.grp, self.bufname = g.nodes, grp, bufname
-        self.an = analyse_loop(g, grp)
+        self.placed = {s: pl for s, pl in (placed or {}).items() if s in grp.stores}
+        # a placed store's axis is a loop of its own: the store offsets it
+        self.an = analyse_loop(g, grp, apart={pl.axis for pl in self.placed.values()})
         self.C = self.an.C
         self.ivar = [f"i{c}" for c in range(self.C)]
         self.randoms = [i for i in grp.nodes if self.nodes[i].op == "random"]
@@ -310,11 +323,47 @@ class LoopKernel:
                 continue
             p = f"O{j}"
             self.params.append(p)
+            if s in self.placed:
+                self._placed_store(j, s, p)
+                continue
             loops = self.row_loops if in_epilogue else everywhere
             ext = self._extents(loops)
             self.call.append(reshaped(self.bufname(s), ext))
             self._array_param(p, s, len(ext))
             (self.epi_stores if in_epilogue else self.stores).append(f"{self._at(p, loops)} = {self.names[s]}")
+
+    def _placed_store(self, j, s, p):
+        """Store s into its slice of a concatenation's buffer (Placement), viewed as
+        (before the axis, the axis, after it): the group's loops before the axis
+        linearised, the axis's loop plus the offset Q<j>, the loops after it
+        linearised. Unsigned indices, as for slice loads (_chain_load)."""
+        pl = self.placed[s]
+        ax, R = pl.axis, len(self.grp.shape)
+
+        def flat(dims, signed=False):
+            # (a pool task's first loop variable is unsigned: signed where it is added to)
+            loops = sorted({self.an.cof[d] for d in dims if d in self.an.cof})
+            if len(loops) == 1:
+                return "np.int64(i0)" if signed and loops[0] == 0 else self.ivar[loops[0]]
+            e = ""
+            for c in loops:
+                v = "np.int64(i0)" if c == 0 else self.ivar[c]
+                e = f"({e}) * n{c} + {v}" if e else v
+            return (e if signed else f"np.uint64({e})") if e else "0"
+        ext, idx = [], []
+        if ax > 0:
+            ext.append(prod_src(pl.shape[:ax]))
+            idx.append(flat(range(ax)))
+        ext.append(dim_src(pl.shape[ax]))
+        idx.append(f"np.uint64(Q{j} + {flat([ax], signed=True)})")
+        if ax < R - 1:
+            ext.append(prod_src(pl.shape[ax + 1:]))
+            idx.append(flat(range(ax + 1, R)))
+        self.call.append(reshaped(pl.target, ext))
+        self._array_param(p, s, len(ext))
+        self.params.append(f"Q{j}")
+        self.call.append(int_arg(dim_src(pl.offset)))
+        self.stores.append(f"{p}[{', '.join(idx)}] = {self.names[s]}")
 
     def _reductions(self):
         """A parameter R<j> per reduction, shaped by the loops it keeps. A float32 sum of
@@ -665,6 +714,8 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
     g = prog.graph
     special = special or {}
     into = {} if into is None else into
+    plan = _placements(prog, alias)
+    placed, opened = set(), set()       # values stored in place; concatenations with a buffer
     lines = []
     for n in g.nodes:
         if n.op == "sym_scalar":
@@ -682,16 +733,27 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
             if inline is None:
                 inline = _move_lines(g, grp, buf, alias, into, gen.alloc, prefix)
             if inline is None:
-                inline = _concat_lines(g, grp, buf, alias, into, gen.alloc)
+                inline = _concat_lines(g, grp, buf, alias, into, gen.alloc, placed, opened)
             if inline is not None:      # a scalar computation or a move: no kernel to compile
                 lines.extend(inline)
                 continue
-            spec = gen_loop(g, grp, buf, alias, repeated=bool(prefix) if repeated is None else repeated)
+            here = {}
+            for s in grp.stores:
+                if s in plan and s not in into:
+                    o, axis, lo = plan[s]
+                    if o not in opened:
+                        lines.append(_output_line(g, o, buf, alias, into, gen.alloc))
+                        opened.add(o)
+                    here[s] = Placement(buf(o), g.nodes[o].shape, axis, lo)
+            placed |= here.keys()
+            spec = gen_loop(g, grp, buf, alias, repeated=bool(prefix) if repeated is None else repeated,
+                            placed=here)
             gen.kernels[spec.name] = spec.source
             if spec.threads:
                 gen.threaded.add(spec.name)
             gen.pooled = gen.pooled or spec.pooled
-            lines += [_output_line(g, o, buf, alias, into, gen.alloc) for o in grp.stores + grp.reduces]
+            lines += [_output_line(g, o, buf, alias, into, gen.alloc) for o in grp.stores + grp.reduces
+                      if o not in here]
             lines.append(f"{spec.name}({', '.join(spec.call_args)})")
             continue
         n = g.nodes[step.node]
@@ -1199,25 +1261,68 @@ def _small_move(grp, alias):
     return total < MOVE_POOL_MIN
 
 
-def _concat_lines(g, grp, buf, alias, into, alloc):
-    """Entry lines for a loop group that adds zero-padded pieces tiling one dim (the
-    gradient of a split: each piece padded to the whole, then summed) as one `assign`
-    per piece into its slice, or None. An LSTM's backward step had one such kernel (its
-    four gate gradients into one row of the stacked gradient): 0.7 s to compile, and
-    20 us a step where the copies take a few."""
-    if not _small_move(grp, alias) or len(grp.loads) < 2 or any(g.nodes[i].op != "add" for i in grp.nodes):
+def _concat_pieces(g, grp, alias):
+    """(output node, [(pad node, axis, offset, size)]) for a loop group that adds
+    zero-padded pieces tiling one dim (the gradient of a split: each piece padded to the
+    whole, then summed), or None."""
+    if grp.reduces or len(grp.stores) != 1 or grp.stores[0] in alias or len(grp.loads) < 2 \
+            or any(g.nodes[i].op != "add" for i in grp.nodes):
         return None
     o = grp.stores[0]
     pieces = _tiling_pieces(g, grp, analyse_loop(g, grp).leaves)
     if pieces is None or not _sums_each_once(g, grp, o, [vid for vid, *_ in pieces]):
         return None
+    return o, pieces
+
+
+def _concat_lines(g, grp, buf, alias, into, alloc, placed=frozenset(), opened=frozenset()):
+    """Entry lines for a concatenation (_concat_pieces) as one `assign` per piece into
+    its slice, or None (a kernel). An LSTM's backward step had one such kernel (its four
+    gate gradients into one row of the stacked gradient): 0.7 s to compile, and 20 us a
+    step where the copies take a few. Pieces in `placed` are there already (their
+    kernels stored them in place, _placements); an output in `opened` has its buffer."""
+    found = _concat_pieces(g, grp, alias)
+    if found is None:
+        return None
+    o, pieces = found
+    rest = [p for p in pieces if g.nodes[p[0]].inputs[0] not in placed]
+    if len(rest) == len(pieces) and not _small_move(grp, alias):
+        return None
     target = f"{buf(o)}.reshape({shape_src(grp.shape)})"
-    lines = [_output_line(g, o, buf, alias, into, alloc)]
-    for vid, axis, lo, n in pieces:
+    lines = [] if o in opened else [_output_line(g, o, buf, alias, into, alloc)]
+    for vid, axis, lo, n in rest:
         base = g.nodes[vid].inputs[0]
         lines.append(f"assign({target}[{':, ' * axis}{lo}:{lo + n}], "
                      f"{buf(base)}.reshape({shape_src(g.nodes[base].shape)}))")
     return lines
+
+
+def _placements(prog, alias):
+    """{value: (concatenation output, axis, offset)} for values a loop group stores that
+    nothing but one concatenation reads (_concat_pieces): the group's kernel stores them
+    straight into their slices of its buffer, and the concatenation copies nothing. An
+    LSTM's backward step copied its four gate gradients into one row of the stacked
+    gradient (256 KB a step)."""
+    g = prog.graph
+    users = g.users()
+    kept = set(g.outputs) | {x for e in g.effects for x in e} | set(g.keep)
+    stored = {s: step.group for step in prog.steps if step.kind == "loop" for s in step.group.stores}
+    out = {}
+    for step in prog.steps:
+        found = _concat_pieces(g, step.group, alias) if step.kind == "loop" else None
+        if found is None:
+            continue
+        o, pieces = found
+        for vid, axis, lo, _ in pieces:
+            base = g.nodes[vid].inputs[0]
+            grp = stored.get(base)
+            if grp is None or grp is step.group or base in kept or base in alias or users[base] != [vid] \
+                    or not set(users[vid]) <= set(step.group.nodes) \
+                    or len(g.nodes[base].shape) != len(grp.shape) \
+                    or not all(map(same, g.nodes[base].shape, grp.shape)):
+                continue
+            out[base] = (o, axis, lo)
+    return out
 
 
 def _tiling_pieces(g, grp, leaves):
