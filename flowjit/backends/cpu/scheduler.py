@@ -19,7 +19,11 @@ thread or many, and the thread count may change from step to step (threads.py).
 
 The scheduler is a small LLVM IR module compiled once per process by llvmlite (a few
 milliseconds); its workers are plain pthreads started through ctypes. The job is one
-64-bit word: a generation (32 bits), the block count and the next block (16 bits each).
+64-bit word: a generation (32 bits), the end of the unclaimed blocks and the first of
+them (16 bits each). The caller claims blocks from the front and workers from the
+back, so from one call to the next each thread tends to run the same blocks and finds
+their data in its own core's cache (an LSTM's products with a packed 1 MB weight,
+each core reading its half: 1-3% faster a step than both claiming from the front).
 A claim is a compare-and-swap on the whole word, so a late worker can never claim a
 block of a newer job with the task of an older one. An idle worker polls for work for
 a short while (yielding its core to anyone else who wants it on every poll), then
@@ -68,16 +72,17 @@ define private void @ctl_add(i64 %i, i64 %d) {
   ret void
 }
 
-; claim and run blocks of the current job until none is left
-define private void @help() {
+; claim and run blocks of the current job until none is left: from the front (the
+; caller) or from the back (workers)
+define private void @help(i1 %back) {
 entry:
   br label %loop
 loop:
   %w = load atomic i64, ptr @word seq_cst, align 8
-  %next = and i64 %w, 65535
+  %front = and i64 %w, 65535
   %hi = lshr i64 %w, 16
-  %nb = and i64 %hi, 65535
-  %more = icmp ult i64 %next, %nb
+  %end = and i64 %hi, 65535
+  %more = icmp ult i64 %front, %end
   br i1 %more, label %claim, label %out
 claim:
   %fn = load atomic i64, ptr @job monotonic, align 8
@@ -85,7 +90,11 @@ claim:
   %rec = load atomic i64, ptr %recp monotonic, align 8
   %stp = getelementptr [3 x i64], ptr @job, i64 0, i64 2
   %stride = load atomic i64, ptr %stp monotonic, align 8
-  %w1 = add i64 %w, 1
+  %wf = add i64 %w, 1
+  %wb = sub i64 %w, 65536
+  %w1 = select i1 %back, i64 %wb, i64 %wf
+  %last = sub i64 %end, 1
+  %next = select i1 %back, i64 %last, i64 %front
   %cas = cmpxchg ptr @word, i64 %w, i64 %w1 seq_cst seq_cst
   %ok = extractvalue { i64, i1 } %cas, 1
   br i1 %ok, label %run, label %loop
@@ -106,12 +115,12 @@ define private i1 @has_work(i64 %idx) {
   %h = call i64 @ctl_load(i64 2)
   %p = call i64 @ctl_load(i64 4)
   %w = load atomic i64, ptr @word seq_cst, align 8
-  %next = and i64 %w, 65535
+  %front = and i64 %w, 65535
   %hi = lshr i64 %w, 16
-  %nb = and i64 %hi, 65535
+  %end = and i64 %hi, 65535
   %mine = icmp slt i64 %idx, %h
   %free = icmp eq i64 %p, 0
-  %more = icmp ult i64 %next, %nb
+  %more = icmp ult i64 %front, %end
   %a = and i1 %mine, %free
   %b = and i1 %a, %more
   ret i1 %b
@@ -169,7 +178,7 @@ wake:
   %u = call i32 @flowjit_sys_unlock(ptr @mtx)
   br label %work
 work:
-  call void @help()
+  call void @help(i1 false)
   br label %wait
 wait:
   %k = phi i64 [0, %work], [%k1, %spin], [0, %yield]
@@ -214,7 +223,7 @@ sleep_us:
   %s = call i32 @flowjit_sys_usleep(i32 %us32)
   br label %helping
 helping:
-  call void @help()
+  call void @help(i1 true)
   br label %helped
 helped:
   br label %top
