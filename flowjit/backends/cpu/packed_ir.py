@@ -4,16 +4,17 @@ steps, written as LLVM IR.
 OpenBLAS packs both operands on every call. Inside a loop the weight is the same at
 every step, and with few rows per step (an LSTM's batch of 64) packing it costs a fifth
 of the product: on the 2-core Zen 4 VM, one thread, 50 steps of 64x256 @ 256x1024 ran
-at 77 GFLOP/s through OpenBLAS and at 99 with the weight packed before the loop (64x1024
-@ 1024x256: 90 -> 100). So a loop packs such a weight once (`flowjit_pack_b`) and
+at 77 GFLOP/s through OpenBLAS and at 102-108 with the weight packed before the loop
+(64x1024 @ 1024x256: 90 -> 107). So a loop packs such a weight once (`flowjit_pack_b`) and
 each step calls `flowjit_pgemm`, which cuts the panels into blocks for the pool.
 
 Packed layout: panels of PANEL columns, each K rows of PANEL contiguous floats (zeros
 past the last column): packed[p, k, j] = op(W)[k, p * PANEL + j]. The kernel computes
 a tile of MR rows by one panel in 2 * MR vector registers of 8 floats, reading each
 A value once per tile (a broadcast) and the panel's row k once per tile. Every output
-element is one sum over k in order, whichever block or thread computes it, so the
-result does not depend on the thread count. float32 only (float64 keeps OpenBLAS).
+element is one sum over k in order (then added to C's element when adding into C),
+whichever block or thread computes it, so the result does not depend on the thread
+count. float32 only (float64 keeps OpenBLAS).
 """
 import llvmlite.ir as ir
 
@@ -154,51 +155,17 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf):
             b.call(prefetch, [b.bitcast(b.gep(cptr[r], [b.mul(_c(j), cs1)]), I8P),
                               ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
-    # starting values: zeros, or C's tile when adding into it (through the scratch
-    # tile where C's columns are strided or the panel runs past N)
-    pre = b.block
-    fn = pre.function
-    vec_in, zero_in, begin = (fn.append_basic_block() for _ in range(3))
-    b.cbranch(acc, vec_in, zero_in)
-    b.position_at_end(zero_in)
-    b.branch(begin)
-    b.position_at_end(vec_in)
-    loaded = []
-    with b.if_else(vec_out) as (vec, edge):
-        with vec:
-            whole = [b.load(b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P), align=4)
-                     for r in range(mr) for h in range(2)]
-            vec_end = b.block
-        with edge:
-            for i in range(MR * 2):
-                b.store(ir.Constant(V8, [0.0] * 8), b.gep(bufv, [_c(i)]))
-            _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, False)
-            part = [b.load(b.gep(bufv, [_c(2 * r + h)])) for r in range(mr) for h in range(2)]
-            edge_end = b.block
-    for x, y in zip(whole, part):
-        v = b.phi(V8)
-        v.add_incoming(x, vec_end)
-        v.add_incoming(y, edge_end)
-        loaded.append(v)
-    b.branch(begin)
-    acc_end = b.block
-    b.position_at_end(begin)
-    start = []
-    for x in loaded:
-        v = b.phi(V8)
-        v.add_incoming(x, acc_end)
-        v.add_incoming(ir.Constant(V8, [0.0] * 8), zero_in)
-        start.append(v)
-
+    fn = b.block.function
     head, body, done = (fn.append_basic_block() for _ in range(3))
+    begin = b.block
     b.branch(head)
     b.position_at_end(head)
     k = b.phi(I64)
     k.add_incoming(_c(0), begin)
     accs = []
-    for x in start:
+    for _ in range(2 * mr):
         v = b.phi(V8)
-        v.add_incoming(x, begin)
+        v.add_incoming(ir.Constant(V8, [0.0] * 8), begin)
         accs.append(v)
     b.cbranch(b.icmp_signed("<", k, K), body, done)
     b.position_at_end(body)
@@ -213,15 +180,29 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf):
     b.branch(head)
     b.position_at_end(done)
 
+    # the product, plus C's tile when adding into it (C + sum, the sum over k taken
+    # first); through the scratch tile where C's columns are strided or the panel runs
+    # past N. Accumulators that start from C's tile (phis merging loaded values and
+    # zeros) made the k loop slower whether adding or not: 64x256 @ 256x1024, one
+    # thread, 357 -> 329 us adding, 336 -> 319 us not
     with b.if_else(vec_out) as (vec, edge):
         with vec:
             for r in range(mr):
                 for h in range(2):
-                    b.store(accs[2 * r + h], b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P), align=4)
+                    at = b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P)
+                    with b.if_else(acc) as (add, put):
+                        with add:
+                            b.store(b.fadd(b.load(at, align=4), accs[2 * r + h]), at, align=4)
+                        with put:
+                            b.store(accs[2 * r + h], at, align=4)
         with edge:
+            with b.if_then(acc):
+                _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, False)
             for r in range(mr):
                 for h in range(2):
-                    b.store(accs[2 * r + h], b.gep(bufv, [_c(2 * r + h)]))
+                    at = b.gep(bufv, [_c(2 * r + h)])
+                    summed = b.fadd(b.load(at), accs[2 * r + h])
+                    b.store(b.select(acc, summed, accs[2 * r + h]), at)
             _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, True)
 
 
