@@ -148,7 +148,8 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf):
     bufv = b.bitcast(buf, V8P)
     # ask for C's tile now: it is read (when adding) and written after the k loop, and
     # an LSTM's gates add into a slice of a 13 MB input projection that is not in the
-    # cache (64x256 @ 256x1024 added into such slices: 363 -> 336 us, one thread)
+    # cache (64x256 @ 256x1024 added into such slices, one thread: 363 -> 357 us;
+    # prefetching the next panel's tile instead gained nothing more)
     prefetch = b.module.get_global("llvm.prefetch.p0")
     for r in range(mr):
         for j in (0, PANEL - 1):
