@@ -298,3 +298,34 @@ def test_split_gradients_stored_in_place_match_numpy(shape, axis, wide):
     copies = re.findall(r"assign\([^[\n]*\[[:, ]*\d+:\d+\], ", exe.entry_src)    # a piece into its slice
     assert len(copies) == {None: 0, "matmul": 1, "kept": 2}[wide], exe.source()
     assert ("_task(" in exe.source()) == (x.size > 10000)
+
+
+def test_split_gradient_pieces_that_their_kernel_also_sums_are_stored_in_place():
+    """A piece's gradient that the kernel computing it also sums (the gradient of a bias
+    added to the piece) is still stored straight into its slice: the sum reads it in a
+    register."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 12))
+    bs = [rng.standard_normal(4) for _ in range(3)]
+
+    def fn(x, b0, b1, b2):
+        with fj.GradientTape() as tape:
+            tape.watch(x)
+            for b in (b0, b1, b2):
+                tape.watch(b)
+            p0, p1, p2 = fj.split(x, 3, axis=1)
+            loss = fj.reduce_sum(fj.sin(p0 + b0)) + fj.reduce_sum(2.0 * fj.cos(p1 + b1)) \
+                + fj.reduce_sum((p2 + b2) * (p2 + b2))
+        return tape.gradient(loss, [x, b0, b1, b2])
+    a, b, c = (p + q for p, q in zip(np.split(x, 3, axis=1), bs))
+    pieces = [np.cos(a), -2.0 * np.sin(b), 2.0 * c]
+    want = [np.concatenate(pieces, axis=1)] + [p.sum(axis=0) for p in pieces]
+    f = fj.jit(fn)
+    for _ in range(fj.config.compile_entry_after + 1):
+        got = f(x, *bs)
+    for g, w in zip(got, want):
+        assert_close(g.numpy(), w, rtol=1e-12, atol=1e-12)
+    c, _ = f._lookup((x, *bs), {})
+    exe = c.stages[-1].exe
+    assert not re.findall(r"assign\([^[\n]*\[[:, ]*\d+:\d+\], ", exe.entry_src), exe.source()
+    assert "Q2" in exe.source()

@@ -1299,7 +1299,7 @@ def _concat_lines(g, grp, buf, alias, into, alloc, placed=frozenset(), opened=fr
 
 def _placements(prog, alias):
     """{value: (concatenation output, axis, offset)} for values a loop group stores that
-    nothing but one concatenation reads (_concat_pieces): the group's kernel stores them
+    nothing but one concatenation (and the group itself) reads (_concat_pieces): the group's kernel stores them
     straight into their slices of its buffer, and the concatenation copies nothing. An
     LSTM's backward step copied its four gate gradients into one row of the stacked
     gradient (256 KB a step)."""
@@ -1316,7 +1316,9 @@ def _placements(prog, alias):
         for vid, axis, lo, _ in pieces:
             base = g.nodes[vid].inputs[0]
             grp = stored.get(base)
-            if grp is None or grp is step.group or base in kept or base in alias or users[base] != [vid] \
+            # (its own group may read it too: there it is a register, not the buffer)
+            if grp is None or grp is step.group or base in kept or base in alias \
+                    or not set(users[base]) <= {vid} | set(grp.nodes) \
                     or not set(users[vid]) <= set(step.group.nodes) \
                     or len(g.nodes[base].shape) != len(grp.shape) \
                     or not all(map(same, g.nodes[base].shape, grp.shape)):
