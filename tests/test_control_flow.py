@@ -378,17 +378,21 @@ def test_a_sequence_the_backward_step_does_not_read_is_not_passed_to_it(rng, tie
                    for i in bwd.inputs)                                    # no stacked zeros
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("T", [0, 5])
-def test_a_product_added_to_a_computed_sequence_accumulates_into_its_slice(rng, tier, T):
+def test_a_product_added_to_a_sequence_adds_its_slice_as_it_is_stored(rng, tier, T, dtype):
     # gates z = p_t + h @ U, read as two slices (an LSTM's gates), with p = x @ W + b
-    # computed before the loop and read by nothing else: the step's product is added
-    # into p's slice in place (BLAS beta = 1), with no add kernel; a sequence the caller
-    # passed in (q) is never written
+    # computed before the loop: in float32 the packed product adds p's slice as it
+    # stores into a buffer of the loop's own, with no add kernel, and the same for a
+    # sequence the caller passed in (q); in float64 BLAS adds the product into p's slice
+    # in place (beta = 1), p being the loop's to write, and q's add is a kernel. q is
+    # never written
     h0, xs, _, _, _ = make(rng, T=T)
-    W = (rng.standard_normal((3, 8)) * 0.5).astype(np.float32)
-    U = (rng.standard_normal((4, 8)) * 0.5).astype(np.float32)
-    b = (rng.standard_normal(8) * 0.1).astype(np.float32)
-    q = rng.standard_normal((T, 2, 8)).astype(np.float32)
+    h0, xs = h0.astype(dtype), xs.astype(dtype)
+    W = (rng.standard_normal((3, 8)) * 0.5).astype(dtype)
+    U = (rng.standard_normal((4, 8)) * 0.5).astype(dtype)
+    b = (rng.standard_normal(8) * 0.1).astype(dtype)
+    q = rng.standard_normal((T, 2, 8)).astype(dtype)
 
     def cell(z):
         return fj.tanh(z[:, :4]) * fj.sigmoid(z[:, 4:])
@@ -415,8 +419,13 @@ def test_a_product_added_to_a_computed_sequence_accumulates_into_its_slice(rng, 
         assert_close(got_ys.numpy(), np.array(ys).reshape(T, 2, 4), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(q, q0)
     loop = f.inspect(h0, xs, W, U, b, q).forward_source.split("    for l", 1)[1]
-    assert len(re.findall(r"gemm\(\w+, \w+, l\d+_x0, .*np\.bool_\(True\)\)", loop)) == 1, loop
-    assert not re.search(r"gemm\(\w+, \w+, l\d+_x1, ", loop), loop
+    if dtype == np.float32:
+        adds = re.findall(r"pgemm\(\w+, \w+, (\w+), (l\d+_x[01]), np\.bool_\(True\)\)", loop)
+        assert sorted(x[-2:] for _, x in adds) == ["x0", "x1"] and all(o != x for o, x in adds), loop
+        assert not re.search(r"gemm\(\w+, \w+, l\d+_x[01], ", loop), loop
+    else:
+        assert len(re.findall(r"\bgemm\(\w+, \w+, l\d+_x0, .*np\.bool_\(True\)\)", loop)) == 1, loop
+        assert not re.search(r"gemm\(\w+, \w+, l\d+_x1, ", loop), loop
 
 
 def test_scan_with_zero_steps(rng, tier):

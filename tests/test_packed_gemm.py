@@ -1,6 +1,7 @@
 """Products with a weight packed once (packed_ir.py): against NumPy in float64, over
 shapes that leave partial tiles and panels, strided and transposed operands, adding
-into the output, and the same bits whichever threads ran the blocks."""
+into the output or adding another array as it is stored, and the same bits whichever
+threads ran the blocks."""
 import numpy as np
 import pytest
 
@@ -30,8 +31,30 @@ def test_packed_products_match_numpy(rng, M, K, N, tr, acc):
     c0 = c.astype(np.float64)
     p = pack_weight(w, np.bool_(tr))
     assert p.shape == (-(-N // 16), K, 16)
-    pgemm(a, p, c, np.bool_(acc))
+    pgemm(a, p, c, c, np.bool_(acc))
     np.testing.assert_allclose(c, _reference(a, w, tr, c0, acc), rtol=1e-5, atol=1e-5 * max(K, 1))
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_an_addend_of_its_own(rng, M, K, N):
+    # out = d + a @ W with d another array (strided: every other column of a wider one,
+    # rows reversed), which is only read; the same bits as adding into a copy of d
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    wide = rng.standard_normal((M, 2 * N)).astype(np.float32)
+    d = wide[::-1, ::2]
+    before = wide.copy()
+    p = pack_weight(w, np.bool_(False))
+    out = np.full((M, N), np.nan, np.float32)
+    pgemm(a, p, out, d, np.bool_(True))
+    np.testing.assert_allclose(out, _reference(a, w, False, d.astype(np.float64), True),
+                               rtol=1e-5, atol=1e-5 * max(K, 1))
+    np.testing.assert_array_equal(wide, before)
+    inplace = d.copy()
+    pgemm(a, p, inplace, inplace, np.bool_(True))
+    np.testing.assert_array_equal(out, inplace)
+    with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
+        pgemm(a, p, out, np.zeros((M + 1, N), np.float32), np.bool_(True))
 
 
 @pytest.mark.parametrize("acc", [False, True])
@@ -46,7 +69,7 @@ def test_strided_and_reversed_operands(rng, acc):
     keep = wide[:, 1::2].copy()
     c = wide[:, ::2]
     c0 = c.astype(np.float64)
-    pgemm(a, pack_weight(w, np.bool_(False)), c, np.bool_(acc))
+    pgemm(a, pack_weight(w, np.bool_(False)), c, c, np.bool_(acc))
     np.testing.assert_allclose(c, _reference(a, w, False, c0, acc), rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(wide[:, 1::2], keep)
 
@@ -54,9 +77,11 @@ def test_strided_and_reversed_operands(rng, acc):
 def test_shapes_that_do_not_make_a_product_raise(rng):
     p = pack_weight(np.zeros((5, 6), np.float32), np.bool_(False))
     with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
-        pgemm(np.zeros((3, 4), np.float32), p, np.zeros((3, 6), np.float32), np.bool_(False))
+        z = np.zeros((3, 6), np.float32)
+        pgemm(np.zeros((3, 4), np.float32), p, z, z, np.bool_(False))
     with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
-        pgemm(np.zeros((3, 5), np.float32), p, np.zeros((3, 40), np.float32), np.bool_(False))
+        z = np.zeros((3, 40), np.float32)
+        pgemm(np.zeros((3, 5), np.float32), p, z, z, np.bool_(False))
 
 
 def test_the_bits_do_not_depend_on_the_threads(rng):
@@ -71,7 +96,7 @@ def test_the_bits_do_not_depend_on_the_threads(rng):
             scheduler.configure(size, helping)
             scheduler.set_test_hooks(paused=paused)
             c = np.empty((64, 1024), np.float32)
-            pgemm(a, p, c, np.bool_(False))
+            pgemm(a, p, c, c, np.bool_(False))
             outs.append(c)
     finally:
         scheduler.set_test_hooks(paused=False)
@@ -81,9 +106,11 @@ def test_the_bits_do_not_depend_on_the_threads(rng):
 
 
 @pytest.mark.parametrize("T", [0, 3])
-def test_an_rnn_loop_packs_its_weights_once_and_matches_numpy(rng, tier, T):
+@pytest.mark.parametrize("owned", [True, False])
+def test_an_rnn_loop_packs_its_weights_once_and_matches_numpy(rng, tier, T, owned):
     # a tanh RNN with a weight read plainly, one read transposed, and a product added to
-    # the step's slice of a sequence: all three multiply packed weights
+    # the step's slice of a sequence (one the loop computed, or an argument): all three
+    # multiply packed weights
     B, H = 7, 20
     xs = rng.standard_normal((T, B, H)).astype(np.float32)
     W = (rng.standard_normal((H, H)) * 0.3).astype(np.float32)
@@ -95,7 +122,7 @@ def test_an_rnn_loop_packs_its_weights_once_and_matches_numpy(rng, tier, T):
             z = x + fj.matmul(h, W)
             h = fj.tanh(z + fj.matmul(fj.tanh(z), U, transpose_b=True))
             return h, h
-        return fj.scan(step, h0, xs * 1.0)
+        return fj.scan(step, h0, xs * 1.0 if owned else xs)
     h, hs = h0.astype(np.float64), []
     for t in range(T):
         z = xs[t] + h @ W

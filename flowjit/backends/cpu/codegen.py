@@ -905,14 +905,26 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset()):
         lines.append(f"{p}w{arg} = np.ascontiguousarray({names[arg]}.T)")
     # products BLAS adds into a buffer (beta = 1): a carry's sum per step, a sequence's slice
     added_to = {m: f"{p}c{k}" for k, (m, _) in special.items() if k not in after}
-    to_sequences = _added_to_sequences(body, nc, owned, special)
-    for m, (k, add) in to_sequences.items():
-        names[add] = added_to[m] = f"{p}x{k}"
+    # a step's slice of a sequence plus a product (an LSTM's gates: the input projection
+    # plus h @ W): a packed product adds the slice as it stores into a buffer of the
+    # loop's own, made once (the sequence is only read); BLAS adds the product into the
+    # slice itself, where the sequence is the loop's to write (owned)
+    to_sequences, plus_slice = _added_to_sequences(body, nc, range(nx), special), {}
+    for m, (k, add) in list(to_sequences.items()):
+        if m in packed:
+            names[add] = f"{p}s{add}"
+            plus_slice[m] = f"{p}x{k}"
+            lines.append(f"{p}s{add} = {gen.alloc(shape_src(bg.nodes[add].shape), npt(bg.nodes[add].dtype))}")
+        elif k in owned:
+            names[add] = added_to[m] = f"{p}x{k}"
+        else:
+            del to_sequences[m]
     special_lines = {m: [] for k, (m, _) in special.items() if k in after}      # summed after the loop
     for m in packed.keys() - special_lines.keys():
         arg, tr = packed[m]
         special_lines[m] = _packed_matmul_lines(bg.nodes[m], body_buf, gen.alloc, f"{p}k{arg}_{int(tr)}",
-                                                into=added_to.get(m))
+                                                into=added_to.get(m), addend=plus_slice.get(m),
+                                                out=names.get(to_sequences.get(m, (0, None))[1]))
     for m in (added_to.keys() | flipped.keys()) - special_lines.keys():
         w = flipped.get(m)
         special_lines[m] = _matmul_lines(bg, bg.nodes[m], lambda i, w=w: f"{p}w{w}" if i == w else body_buf(i),
@@ -988,10 +1000,10 @@ def _owned_sequences(prog, n, alias):
 
 def _added_to_sequences(body, nc, owned, special):
     """{matmul node: (xs index k, add node)} for steps that add a product to this step's
-    slice of an owned sequence (an LSTM's gates: the input projection, computed for all
-    steps before the loop, plus h @ W): BLAS adds the product into the slice in place,
-    with no per-step temporary and no add kernel. Only an add nothing but the step reads
-    (not a result of the body) and that runs as a loop of its own."""
+    slice of sequence k, one of `owned` (an LSTM's gates: the input projection, computed
+    for all steps before the loop, plus h @ W): the product's call adds the slice, with no
+    add kernel (_scan_lines). Only an add nothing but the step reads (not a result of the
+    body) and that runs as a loop of its own."""
     g = body.graph
     users = g.users()
     taken = {m for m, _ in special.values()}
@@ -1056,15 +1068,17 @@ def _packed_weights(body, first_capture):
     return out
 
 
-def _packed_matmul_lines(n, buf, alloc, packed_name, into=None):
+def _packed_matmul_lines(n, buf, alloc, packed_name, into=None, addend=None, out=None):
     """A loop body's product with a packed weight (_packed_weights); `into`: a buffer it
-    is added to."""
+    is added to; `addend`: an array added to it as it is stored into buffer `out`."""
     a = buf(n.inputs[0]) + (".T" if n.attrs["transpose_a"] else "")
     if into is not None:
-        return [f"pgemm({a}, {packed_name}, {into}, np.bool_(True))"]
+        return [f"pgemm({a}, {packed_name}, {into}, {into}, np.bool_(True))"]
+    if addend is not None:
+        return [f"pgemm({a}, {packed_name}, {out}, {addend}, np.bool_(True))"]
     out = buf(n.id)
     return [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}",
-            f"pgemm({a}, {packed_name}, {out}, np.bool_(False))"]
+            f"pgemm({a}, {packed_name}, {out}, {out}, np.bool_(False))"]
 
 
 def _summed_after(g, n, special, stacked, buf, p):

@@ -83,21 +83,23 @@ def pack_call(typingctx, w, transposed, out):
 
 
 @intrinsic
-def pgemm_call(typingctx, a, packed, out, acc):
-    """out = a @ W (out += ... with acc) for W packed by pack_call: 0, or 1 when the
-    shapes do not make the product. a and out: 2-D float32, any strides."""
+def pgemm_call(typingctx, a, packed, out, addend, acc):
+    """out = a @ W, or addend + a @ W with acc (addend may be out itself), for W packed
+    by pack_call: 0, or 1 when the shapes do not make the product. a, out and addend:
+    2-D float32, any strides."""
     if not start():
         raise TypingError(f"pgemm_call: {state['why']}")
     if not (_float32_array(a, 2) and _float32_array(packed, 3) and packed.layout == "C"
-            and _float32_array(out, 2)):
+            and _float32_array(out, 2) and _float32_array(addend, 2)):
         raise TypingError(f"pgemm_call: float32 arrays a (2-D), packed (3-D, C-contiguous), out "
-                          f"(2-D), got {a}, {packed}, {out}")
+                          f"and addend (2-D), got {a}, {packed}, {out}, {addend}")
 
     def codegen(context, builder, sig, args):
         av = _unpack(context, builder, sig.args[0], args[0])
         pv = _unpack(context, builder, sig.args[1], args[1])
         ov = _unpack(context, builder, sig.args[2], args[2])
-        flag = context.cast(builder, args[3], sig.args[3], types.int64)
+        dv = _unpack(context, builder, sig.args[3], args[3])
+        flag = context.cast(builder, args[4], sig.args[4], types.int64)
         return _call(builder, packed_ir.GEMM_NAME, lir.IntType(32),
-                     av[:5] + pv[:3] + ov[:5] + [flag])
-    return types.int32(a, packed, out, acc), codegen
+                     av[:5] + pv[:3] + ov[:5] + dv[:5] + [flag])
+    return types.int32(a, packed, out, addend, acc), codegen

@@ -26,7 +26,7 @@ TAIL_ROWS = (4, 2, 1)       # tiles for the rows left after the full ones (MR - 
 # against OpenBLAS's 202-294 over five processes); with four the caller takes more of
 # them (186-243 us against 228-256)
 BLOCKS_PER_THREAD = 4
-RECORD = 13                 # fields of one block record
+RECORD = 16                 # fields of one block record
 PACK_NAME, GEMM_NAME, TASK_NAME = "flowjit_pack_b", "flowjit_pgemm", "flowjit_task_pgemm"
 
 I32, I64, F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -136,25 +136,29 @@ def _edge_copy(b, c_row, cs0, cs1, rows, cols, buf, to_c):
     _for(b, _c(0), rows, row)
 
 
-def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf):
-    """C[i0:i0+mr, panel p] (=|+=) A[i0:i0+mr, :] @ panel p, mr rows all below M;
-    columns past N are not stored. `buf`: an MR x PANEL scratch tile."""
+def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d, ds0, ds1):
+    """C[i0:i0+mr, panel p] = (D[i0:i0+mr, panel p] + when acc) A[i0:i0+mr, :] @ panel p,
+    mr rows all below M; columns past N are not stored. `buf`: an MR x PANEL scratch
+    tile. D, the addend, may be C itself."""
     arow = [b.gep(a, [b.mul(b.add(i0, _c(r)), as0)]) for r in range(mr)]
     col0 = b.mul(p, _c(PANEL))
     cols = _min(b, _c(PANEL), b.sub(N, col0))
-    vec_out = b.and_(b.icmp_signed("==", cols, _c(PANEL)), b.icmp_signed("==", cs1, _c(1)))
+    vec_out = b.and_(b.and_(b.icmp_signed("==", cols, _c(PANEL)), b.icmp_signed("==", cs1, _c(1))),
+                     b.icmp_signed("==", ds1, _c(1)))
     c0 = b.gep(c, [b.add(b.mul(i0, cs0), b.mul(col0, cs1))])
     cptr = [b.gep(c0, [b.mul(_c(r), cs0)]) for r in range(mr)]
+    d0 = b.gep(d, [b.add(b.mul(i0, ds0), b.mul(col0, ds1))])
+    dptr = [b.gep(d0, [b.mul(_c(r), ds0)]) for r in range(mr)]
     bufv = b.bitcast(buf, V8P)
-    # ask for C's tile now: it is read (when adding) and written after the k loop, and
-    # an LSTM's gates add into a slice of a 13 MB input projection that is not in the
-    # cache (64x256 @ 256x1024 added into such slices, one thread: 363 -> 357 us;
-    # prefetching the next panel's tile instead gained nothing more)
+    # ask for the addend's tile now: it is read after the k loop, and an LSTM's gates
+    # add a slice of a 13 MB input projection that is not in the cache (64x256 @
+    # 256x1024 added to such slices, one thread: 363 -> 357 us; prefetching the next
+    # panel's tile instead gained nothing more)
     prefetch = b.module.get_global("llvm.prefetch.p0")
     for r in range(mr):
         for j in (0, PANEL - 1):
-            b.call(prefetch, [b.bitcast(b.gep(cptr[r], [b.mul(_c(j), cs1)]), I8P),
-                              ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+            b.call(prefetch, [b.bitcast(b.gep(dptr[r], [b.mul(_c(j), ds1)]), I8P),
+                              ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
     fn = b.block.function
     head, body, done = (fn.append_basic_block() for _ in range(3))
@@ -193,12 +197,13 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf):
                     at = b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P)
                     with b.if_else(acc) as (add, put):
                         with add:
-                            b.store(b.fadd(b.load(at, align=4), accs[2 * r + h]), at, align=4)
+                            dv = b.load(b.bitcast(b.gep(dptr[r], [_c(8 * h)]), V8P), align=4)
+                            b.store(b.fadd(dv, accs[2 * r + h]), at, align=4)
                         with put:
                             b.store(accs[2 * r + h], at, align=4)
         with edge:
             with b.if_then(acc):
-                _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, False)
+                _edge_copy(b, d0, ds0, ds1, _c(mr), cols, buf, False)
             for r in range(mr):
                 for h in range(2):
                     at = b.gep(bufv, [_c(2 * r + h)])
@@ -209,7 +214,7 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf):
 
 def _task(mod, fma):
     """The block task: panels lo..hi for every row. Record: [A, as0, as1, M, K, packed B,
-    N, C, cs0, cs1, add?, lo, hi] (strides in elements)."""
+    N, C, cs0, cs1, add?, lo, hi, D, ds0, ds1] (strides in elements)."""
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P]), TASK_NAME)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     rec = b.bitcast(fn.args[0], I64.as_pointer())
@@ -217,6 +222,7 @@ def _task(mod, fma):
     a, bp, c = (b.inttoptr(f[i], FP) for i in (0, 5, 7))
     as0, as1, M, K, N, cs0, cs1, lo, hi = (f[i] for i in (1, 2, 3, 4, 6, 8, 9, 11, 12))
     acc = b.icmp_signed("!=", f[10], _c(0))
+    d, ds0, ds1 = b.inttoptr(f[13], FP), f[14], f[15]
     buf = b.alloca(F32, MR * PANEL)
     buf.align = 32                # whole vectors are stored to it and loaded from it
     # rows in chunks that stay in the cache while every panel of the block reads them
@@ -230,14 +236,15 @@ def _task(mod, fma):
             full = b.sdiv(b.sub(r1, r0), _c(MR))
 
             def tile(ti):
-                _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, b.add(r0, b.mul(ti, _c(MR))), MR, buf)
+                _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, b.add(r0, b.mul(ti, _c(MR))), MR, buf,
+                      d, ds0, ds1)
             _for(b, _c(0), full, tile)
             # the last rows (fewer than MR): tiles of 4, 2 and 1 rows as needed
             i = b.add(r0, b.mul(full, _c(MR)))
             for mr in TAIL_ROWS:
                 left = b.sub(r1, i)
                 with b.if_then(b.icmp_signed(">=", left, _c(mr))):
-                    _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i, mr, buf)
+                    _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i, mr, buf, d, ds0, ds1)
                 i = b.select(b.icmp_signed(">=", left, _c(mr)), b.add(i, _c(mr)), i)
         _for(b, lo, hi, panel)
     _for(b, _c(0), b.sdiv(b.add(M, b.sub(chunk, _c(1))), chunk), rows_chunk)
@@ -246,15 +253,17 @@ def _task(mod, fma):
 
 
 def _gemm(mod, task, run, size, macs):
-    """pgemm(a, ar, ac, as0, as1, packed, panels, pk, c, cr, cc, cs0, cs1, acc) -> 0, or 1
-    when the shapes do not make a product (strides in elements)."""
-    args = [FP, I64, I64, I64, I64, FP, I64, I64, FP, I64, I64, I64, I64, I64]
+    """pgemm(a, ar, ac, as0, as1, packed, panels, pk, c, cr, cc, cs0, cs1, d, dr, dc, ds0,
+    ds1, acc) -> 0, or 1 when the shapes do not make a product (strides in elements):
+    c = a @ W, or d + a @ W with acc (d may be c)."""
+    args = [FP, I64, I64, I64, I64, FP, I64, I64, FP, I64, I64, I64, I64, FP, I64, I64, I64, I64, I64]
     fn = ir.Function(mod, ir.FunctionType(I32, args), GEMM_NAME)
-    a, ar, ac, as0, as1, bp, panels, pk, c, cr, cc, cs0, cs1, acc = fn.args
+    a, ar, ac, as0, as1, bp, panels, pk, c, cr, cc, cs0, cs1, d, dr, dc, ds0, ds1, acc = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     want_panels = b.sdiv(b.add(cc, _c(PANEL - 1)), _c(PANEL))
     bad = b.or_(b.icmp_signed("!=", ac, pk), b.icmp_signed("!=", ar, cr))
     bad = b.or_(bad, b.icmp_signed("!=", panels, want_panels))
+    bad = b.or_(bad, b.or_(b.icmp_signed("!=", dr, cr), b.icmp_signed("!=", dc, cc)))
     with b.if_then(bad, likely=False):
         b.ret(ir.Constant(I32, 1))
     with b.if_then(b.or_(b.icmp_signed("==", cr, _c(0)), b.icmp_signed("==", cc, _c(0)))):
@@ -273,7 +282,7 @@ def _gemm(mod, task, run, size, macs):
     def fill(i):
         base = b.mul(i, _c(RECORD))
         lo = b.mul(i, step)
-        for j, v in enumerate(fields + [lo, _min(b, panels, b.add(lo, step))]):
+        for j, v in enumerate(fields + [lo, _min(b, panels, b.add(lo, step)), b.ptrtoint(d, I64), ds0, ds1]):
             b.store(v, b.gep(recs, [b.add(base, _c(j))]))
     _for(b, _c(0), blocks, fill)
     recp = b.bitcast(recs, I8P)

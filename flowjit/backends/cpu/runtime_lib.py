@@ -44,11 +44,13 @@ def pack_weight(w, transposed):
 
 
 @njit(cache=True, error_model="numpy")
-def pgemm(a, packed, out, acc):
-    """out = a @ W, or out += ... with `acc`, for W packed by pack_weight."""
-    if pgemm_call(a, packed, out, acc) != 0:
+def pgemm(a, packed, out, addend, acc):
+    """out = a @ W, or addend + a @ W with `acc` (addend may be out: out += a @ W), for W
+    packed by pack_weight."""
+    if pgemm_call(a, packed, out, addend, acc) != 0:
         raise ValueError("matmul: operand shapes do not match the output: a, packed weight "
-                         "(panels, rows, PANEL), out shapes", a.shape, packed.shape, out.shape)
+                         "(panels, rows, PANEL), out, addend shapes", a.shape, packed.shape,
+                         out.shape, addend.shape)
 
 
 # fixed transposes, for the convolution kernels that call them from compiled code
