@@ -77,16 +77,30 @@ def _pack(mod):
     sk, sn = b.select(t, s1, s0), b.select(t, s0, s1)
 
     def panel(p):
+        # row k of the panel at a time: op(w)'s columns n0.. are contiguous in w (plain,
+        # two vector copies) or strided (w.T: one value from each of 16 rows of w, each
+        # row read in order as k grows)
         n0 = b.mul(p, _c(PANEL))
         full = b.icmp_signed("<=", b.add(n0, _c(PANEL)), N)
+        contiguous = b.icmp_signed("==", sn, _c(1))
 
         def row(k):
             base = b.mul(b.add(b.mul(p, K), k), _c(PANEL))
             first = b.gep(w, [b.add(b.mul(k, sk), b.mul(n0, sn))])
             with b.if_else(full) as (whole, part):
                 with whole:           # a whole panel: no column past N to fill with zeros
-                    for j in range(PANEL):
-                        b.store(b.load(b.gep(first, [b.mul(_c(j), sn)])), b.gep(dst, [b.add(base, _c(j))]))
+                    with b.if_else(contiguous) as (vec, strided):
+                        with vec:
+                            for h in range(2):
+                                v = b.load(b.bitcast(b.gep(first, [_c(8 * h)]), V8P), align=4)
+                                b.store(v, b.bitcast(b.gep(dst, [b.add(base, _c(8 * h))]), V8P), align=4)
+                        with strided:
+                            for h in range(2):
+                                v = ir.Constant(V8, ir.Undefined)
+                                for j in range(8):
+                                    x = b.load(b.gep(first, [b.mul(_c(8 * h + j), sn)]))
+                                    v = b.insert_element(v, x, ir.Constant(I32, j))
+                                b.store(v, b.bitcast(b.gep(dst, [b.add(base, _c(8 * h))]), V8P), align=4)
                 with part:            # the last panel: zeros past N
                     def col(j):
                         inside = b.icmp_signed("<", b.add(n0, j), N)
@@ -95,26 +109,7 @@ def _pack(mod):
                         b.store(v, b.gep(dst, [b.add(base, j)]))
                     _for(b, _c(0), _c(PANEL), col)
         _for(b, _c(0), K, row)
-
-    def panel_by_columns(p):
-        # op(w) = w.T: a column of the panel is a row of w, read in order
-        n0 = b.mul(p, _c(PANEL))
-
-        def column(j):
-            n = b.add(n0, j)
-            inside = b.icmp_signed("<", n, N)
-            first = b.gep(w, [b.mul(b.select(inside, n, _c(0)), sn)])
-
-            def row(k):
-                v = b.select(inside, b.load(b.gep(first, [b.mul(k, sk)])), ir.Constant(F32, 0.0))
-                b.store(v, b.gep(dst, [b.add(b.mul(b.add(b.mul(p, K), k), _c(PANEL)), j)]))
-            _for(b, _c(0), K, row)
-        _for(b, _c(0), _c(PANEL), column)
-    with b.if_else(t) as (by_columns, by_rows):
-        with by_columns:
-            _for(b, _c(0), panels, panel_by_columns)
-        with by_rows:
-            _for(b, _c(0), panels, panel)
+    _for(b, _c(0), panels, panel)
     b.ret_void()
 
 
