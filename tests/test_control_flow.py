@@ -384,7 +384,8 @@ def test_a_product_added_to_a_sequence_adds_its_slice_as_it_is_stored(rng, tier,
     # gates z = p_t + h @ U, read as two slices (an LSTM's gates), with p = x @ W + b
     # computed before the loop: in float32 the packed product adds p's slice as it
     # stores into a buffer of the loop's own, with no add kernel, and the same for a
-    # sequence the caller passed in (q); in float64 BLAS adds the product into p's slice
+    # sequence the caller passed in (q); it adds b too, p's slice being read from x @ W
+    # (no pass adding b to all of it before the loop); in float64 BLAS adds the product into p's slice
     # in place (beta = 1), p being the loop's to write, and q's add is a kernel. q is
     # never written
     h0, xs, _, _, _ = make(rng, T=T)
@@ -418,10 +419,16 @@ def test_a_product_added_to_a_sequence_adds_its_slice_as_it_is_stored(rng, tier,
         assert_close(got_h.numpy(), h, rtol=1e-5, atol=1e-6)
         assert_close(got_ys.numpy(), np.array(ys).reshape(T, 2, 4), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(q, q0)
-    loop = f.inspect(h0, xs, W, U, b, q).forward_source.split("    for l", 1)[1]
+    src = f.inspect(h0, xs, W, U, b, q).forward_source
+    loop = src.split("    for l", 1)[1]
     if dtype == np.float32:
-        adds = re.findall(r"pgemm\(\w+, \w+, (\w+), (l\d+_x[01]), np\.bool_\(True\)\)", loop)
-        assert sorted(x[-2:] for _, x in adds) == ["x0", "x1"] and all(o != x for o, x in adds), loop
+        adds = re.findall(r"pgemm\(\w+, \w+, (\w+), (l\d+_x[01]), (.*), np\.bool_\(True\)\)", loop)
+        assert sorted(x[-2:] for _, x, _ in adds) == ["x0", "x1"] and all(o != x for o, x, _ in adds), loop
+        # p's bias is added by the product too: the loop reads x @ W's slices, and no
+        # kernel adds the bias to all of x @ W before the loop
+        assert sorted(re.sub(r"^a\d+\.reshape\(.*\)$", "b", bias) for _, _, bias in adds) == ["NO_BIAS", "b"], loop
+        entry = src[src.index("(a0, "):]
+        assert not re.search(r"\bk_\w+\(", entry.split("_loop0(", 1)[0]), src
         assert not re.search(r"gemm\(\w+, \w+, l\d+_x[01], ", loop), loop
     else:
         assert len(re.findall(r"\bgemm\(\w+, \w+, l\d+_x0, .*np\.bool_\(True\)\)", loop)) == 1, loop

@@ -7,7 +7,7 @@ import pytest
 
 import flowjit as fj
 from flowjit.backends.cpu import packed, scheduler
-from flowjit.backends.cpu.runtime_lib import pack_weight, pgemm
+from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_weight, pgemm
 
 pytestmark = pytest.mark.skipif(not packed.start(), reason="no packed products here")
 
@@ -31,7 +31,7 @@ def test_packed_products_match_numpy(rng, M, K, N, tr, acc):
     c0 = c.astype(np.float64)
     p = pack_weight(w, np.bool_(tr))
     assert p.shape == (-(-N // 16), K, 16)
-    pgemm(a, p, c, c, np.bool_(acc))
+    pgemm(a, p, c, c, NO_BIAS, np.bool_(acc))
     np.testing.assert_allclose(c, _reference(a, w, tr, c0, acc), rtol=1e-5, atol=1e-5 * max(K, 1))
 
 
@@ -46,15 +46,41 @@ def test_an_addend_of_its_own(rng, M, K, N):
     before = wide.copy()
     p = pack_weight(w, np.bool_(False))
     out = np.full((M, N), np.nan, np.float32)
-    pgemm(a, p, out, d, np.bool_(True))
+    pgemm(a, p, out, d, NO_BIAS, np.bool_(True))
     np.testing.assert_allclose(out, _reference(a, w, False, d.astype(np.float64), True),
                                rtol=1e-5, atol=1e-5 * max(K, 1))
     np.testing.assert_array_equal(wide, before)
     inplace = d.copy()
-    pgemm(a, p, inplace, inplace, np.bool_(True))
+    pgemm(a, p, inplace, inplace, NO_BIAS, np.bool_(True))
     np.testing.assert_array_equal(out, inplace)
     with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
-        pgemm(a, p, out, np.zeros((M + 1, N), np.float32), np.bool_(True))
+        pgemm(a, p, out, np.zeros((M + 1, N), np.float32), NO_BIAS, np.bool_(True))
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("acc", [False, True])
+def test_a_bias_row(rng, M, K, N, acc):
+    # out = (d +) bias + a @ W, bias added to d first: the same bits as adding the bias
+    # to d before the product is added
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    d = rng.standard_normal((M, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    p = pack_weight(w, np.bool_(False))
+    out = np.full((M, N), np.nan, np.float32)
+    pgemm(a, p, out, d, bias, np.bool_(acc))
+    first = (d + bias) if acc else np.broadcast_to(bias, (M, N)).copy()
+    want = np.empty((M, N), np.float32)
+    pgemm(a, p, want, first, NO_BIAS, np.bool_(True))
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_allclose(out, _reference(a, w, False, first.astype(np.float64), True),
+                               rtol=1e-5, atol=1e-5 * max(K, 1))
+    # the strided path (the scratch tile): every other column of a wider output
+    wide = np.zeros((M, 2 * N), np.float32)
+    pgemm(a, p, wide[:, ::2], d, bias, np.bool_(acc))
+    np.testing.assert_array_equal(wide[:, ::2], want)
+    with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
+        pgemm(a, p, out, d, np.zeros(N + 1, np.float32), np.bool_(acc))
 
 
 @pytest.mark.parametrize("acc", [False, True])
@@ -69,7 +95,7 @@ def test_strided_and_reversed_operands(rng, acc):
     keep = wide[:, 1::2].copy()
     c = wide[:, ::2]
     c0 = c.astype(np.float64)
-    pgemm(a, pack_weight(w, np.bool_(False)), c, c, np.bool_(acc))
+    pgemm(a, pack_weight(w, np.bool_(False)), c, c, NO_BIAS, np.bool_(acc))
     np.testing.assert_allclose(c, _reference(a, w, False, c0, acc), rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(wide[:, 1::2], keep)
 
@@ -78,10 +104,10 @@ def test_shapes_that_do_not_make_a_product_raise(rng):
     p = pack_weight(np.zeros((5, 6), np.float32), np.bool_(False))
     with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
         z = np.zeros((3, 6), np.float32)
-        pgemm(np.zeros((3, 4), np.float32), p, z, z, np.bool_(False))
+        pgemm(np.zeros((3, 4), np.float32), p, z, z, NO_BIAS, np.bool_(False))
     with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
         z = np.zeros((3, 40), np.float32)
-        pgemm(np.zeros((3, 5), np.float32), p, z, z, np.bool_(False))
+        pgemm(np.zeros((3, 5), np.float32), p, z, z, NO_BIAS, np.bool_(False))
 
 
 def test_the_bits_do_not_depend_on_the_threads(rng):
@@ -96,7 +122,7 @@ def test_the_bits_do_not_depend_on_the_threads(rng):
             scheduler.configure(size, helping)
             scheduler.set_test_hooks(paused=paused)
             c = np.empty((64, 1024), np.float32)
-            pgemm(a, p, c, c, np.bool_(False))
+            pgemm(a, p, c, c, NO_BIAS, np.bool_(False))
             outs.append(c)
     finally:
         scheduler.set_test_hooks(paused=False)

@@ -716,6 +716,13 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
     into = {} if into is None else into
     plan = _placements(prog, alias)
     placed, opened = set(), set()       # values stored in place; concatenations with a buffer
+    folds, skipped = {}, set()          # scan node -> {xs index: (product, bias)}; steps left out
+    for step in prog.steps:
+        if step.kind != "loop" and g.nodes[step.node].op == "scan":
+            found = _folded_biases(prog, g.nodes[step.node], step.body[0], alias)
+            if found:
+                folds[step.node] = {k: (prod, bias) for k, (prod, bias, _) in found.items()}
+                skipped |= {id(s) for _, _, ss in found.values() for s in ss}
     lines = []
     for n in g.nodes:
         if n.op == "sym_scalar":
@@ -723,6 +730,8 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
             lines.append(f"{buf(n.id)}[0] = {dim_src(n.attrs['expr'])}")
 
     for step in prog.steps:
+        if id(step) in skipped:
+            continue
         key = step.node if step.kind != "loop" else (step.group.nodes[0] if len(step.group.nodes) == 1 else None)
         if key in special:
             lines.extend(special[key])
@@ -763,7 +772,8 @@ def _program_lines(prog, gen, buf, alias, prefix, special=None, into=None, repea
         elif step.kind == "matmul":
             lines.extend(_matmul_lines(g, n, buf, gen.alloc))
         elif n.op == "scan":
-            lines.extend(_scan_lines(g, n, step.body[0], gen, buf, prefix, _owned_sequences(prog, n, alias)))
+            lines.extend(_scan_lines(g, n, step.body[0], gen, buf, prefix, _owned_sequences(prog, n, alias),
+                                     folds.get(n.id, {})))
         elif n.op == "cond":
             lines.extend(_cond_lines(g, n, step.body, gen, buf, prefix))
         elif n.op == "while":
@@ -853,14 +863,16 @@ def _result(prefix, node, k):
     return scan_result_name(p, node.attrs, k) if node.op == "scan" else f"{p}o{k}"
 
 
-def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset()):
+def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
     """A scan node as one `for` loop of the entry, the body's steps inside it.
 
     The carry lives in buffers of the loop's own (copies: the body never writes into
     the caller's arrays), replaced by copies of the body's new carry after each step
     (all read before any is replaced, so a body that swaps two carries is right). Each
     step's ys (and residuals) are written into their stacked results, allocated before
-    the loop; so is the carry entering each step when the gradient reads it."""
+    the loop; so is the carry entering each step when the gradient reads it. `folded`:
+    {xs index: (product node, bias node)} for sequences read as a product whose bias row
+    the step's packed product adds (_folded_biases)."""
     a = n.attrs
     nc, ny = scan_results(a)
     nx = a["n_xs"]
@@ -887,9 +899,12 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset()):
     order = f"range({T} - 1, -1, -1)" if a["reverse"] else f"range({T})"
     inner = [f"assign({p}h{k}.reshape(({T}, {_size(outs[k][0])}))[{t}], {p}c{k}.reshape(({_size(outs[k][0])},)))"
              for k in stacked]
+    folded = folded or {}
     for k in range(nx):
         x = g.nodes[n.inputs[nc + k]]
-        if len(x.shape) == 1:         # a 0-d slice travels as shape (1,)
+        if k in folded:
+            inner.append(f"{p}x{k} = {buf(folded[k][0])}.reshape({shape_src(x.shape)})[{t}]")
+        elif len(x.shape) == 1:         # a 0-d slice travels as shape (1,)
             inner.append(f"{p}x{k} = {buf(x.id)}.reshape(({T}, 1))[{t}]")
         else:
             inner.append(f"{p}x{k} = {buf(x.id)}[{t}]")
@@ -909,11 +924,14 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset()):
     # plus h @ W): a packed product adds the slice as it stores into a buffer of the
     # loop's own, made once (the sequence is only read); BLAS adds the product into the
     # slice itself, where the sequence is the loop's to write (owned)
-    to_sequences, plus_slice = _added_to_sequences(body, nc, range(nx), special), {}
+    to_sequences, plus_slice, bias_of = _added_to_sequences(body, nc, range(nx), special), {}, {}
     for m, (k, add) in list(to_sequences.items()):
         if m in packed:
             names[add] = f"{p}s{add}"
             plus_slice[m] = f"{p}x{k}"
+            if k in folded:
+                bias = folded[k][1]
+                bias_of[m] = f"{buf(bias)}.reshape(({_size(g.nodes[bias].shape)},))"
             lines.append(f"{p}s{add} = {gen.alloc(shape_src(bg.nodes[add].shape), npt(bg.nodes[add].dtype))}")
         elif k in owned:
             names[add] = added_to[m] = f"{p}x{k}"
@@ -924,7 +942,8 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset()):
         arg, tr = packed[m]
         special_lines[m] = _packed_matmul_lines(bg.nodes[m], body_buf, gen.alloc, f"{p}k{arg}_{int(tr)}",
                                                 into=added_to.get(m), addend=plus_slice.get(m),
-                                                out=names.get(to_sequences.get(m, (0, None))[1]))
+                                                out=names.get(to_sequences.get(m, (0, None))[1]),
+                                                bias=bias_of.get(m, "NO_BIAS"))
     for m in (added_to.keys() | flipped.keys()) - special_lines.keys():
         w = flipped.get(m)
         special_lines[m] = _matmul_lines(bg, bg.nodes[m], lambda i, w=w: f"{p}w{w}" if i == w else body_buf(i),
@@ -972,6 +991,61 @@ def _accumulations(body, nc, p):
             continue                  # the add is fused with other work: leave it
         out[k] = (other, o)
     return out
+
+
+def _folded_biases(prog, n, body, alias):
+    """{xs index k: (product node, bias node, [steps left out])} for sequences of scan n
+    that are a float32 product plus a bias row (an RNN's input projection x @ W + b,
+    through reshapes) nothing else reads, where the step's slice is only added to a
+    packed product (_added_to_sequences): the loop reads the product's slices and the
+    packed product adds the bias row too (the bias added to the slice first, as the
+    add it replaces did), so the 13 MB pass adding an LSTM's bias is left out. Not when
+    the product is not a matmul's result or either is a variable written in place (the
+    loop reads them later than the add did)."""
+    g, bg = prog.graph, body.graph
+    nc, nx = n.attrs["n_carry"], n.attrs["n_xs"]
+    packed = _packed_weights(body, nc + nx)
+    seqs = _added_to_sequences(body, nc, range(nx), _accumulations(body, nc, ""))
+    users, b_users = g.users(), bg.users()
+    kept = set(g.outputs) | {x for e in g.effects for x in e} | set(g.keep)
+    producer = {o: s for s in prog.steps for o in s.outputs()}
+    out = {}
+    for m, (k, add) in seqs.items():
+        if m not in packed or b_users[bg.args[nc + k]] != [add]:
+            continue
+        x, reader, steps = n.inputs[nc + k], n.id, []
+        while x in producer and producer[x].kind == "view" and users[x] == [reader] and x not in kept:
+            steps.append(producer[x])
+            x, reader = g.nodes[x].inputs[0], x
+        s = producer.get(x)
+        if s is None or s.kind != "loop" or users[x] != [reader] or x in kept:
+            continue
+        found = _bias_add(g, s.group, x)
+        if found is not None and found[0] in producer and producer[found[0]].kind == "matmul" \
+                and not set(found) & set(alias.values()):
+            out[k] = found + (steps + [s],)
+    return out
+
+
+def _bias_add(g, grp, x):
+    """(product, bias) when loop group grp computes only x = product + bias, a 2-D float32
+    product and a bias row read along its last dim; else None."""
+    ops = [g.nodes[i].op for i in grp.nodes]
+    if grp.stores != [x] or grp.reduces or ops.count("add") != 1 or set(ops) - {"add", "broadcast_to"} \
+            or g.nodes[x].op != "add" or g.nodes[x].dtype is not D.float32 or len(grp.shape) != 2:
+        return None
+    leaves = analyse_loop(g, grp).leaves
+    if len(leaves) != 2 or not all(lf["identity"] for lf in leaves):
+        return None
+    whole = [lf for lf in leaves if lf["present"] == [0, 1]]
+    row = [lf for lf in leaves if lf["present"] == [1]]
+    if len(whole) != 1 or len(row) != 1:
+        return None
+    prod, bias = whole[0]["vid"], row[0]["vid"]
+    if g.nodes[prod].dtype is not D.float32 or g.nodes[bias].dtype is not D.float32 \
+            or len(g.nodes[prod].shape) != 2:
+        return None
+    return prod, bias
 
 
 def _owned_sequences(prog, n, alias):
@@ -1068,17 +1142,18 @@ def _packed_weights(body, first_capture):
     return out
 
 
-def _packed_matmul_lines(n, buf, alloc, packed_name, into=None, addend=None, out=None):
+def _packed_matmul_lines(n, buf, alloc, packed_name, into=None, addend=None, out=None, bias="NO_BIAS"):
     """A loop body's product with a packed weight (_packed_weights); `into`: a buffer it
-    is added to; `addend`: an array added to it as it is stored into buffer `out`."""
+    is added to; `addend`: an array added to it (then `bias`, a row, unless NO_BIAS) as
+    it is stored into buffer `out`."""
     a = buf(n.inputs[0]) + (".T" if n.attrs["transpose_a"] else "")
     if into is not None:
-        return [f"pgemm({a}, {packed_name}, {into}, {into}, np.bool_(True))"]
+        return [f"pgemm({a}, {packed_name}, {into}, {into}, NO_BIAS, np.bool_(True))"]
     if addend is not None:
-        return [f"pgemm({a}, {packed_name}, {out}, {addend}, np.bool_(True))"]
+        return [f"pgemm({a}, {packed_name}, {out}, {addend}, {bias}, np.bool_(True))"]
     out = buf(n.id)
     return [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}",
-            f"pgemm({a}, {packed_name}, {out}, {out}, np.bool_(False))"]
+            f"pgemm({a}, {packed_name}, {out}, {out}, NO_BIAS, np.bool_(False))"]
 
 
 def _summed_after(g, n, special, stacked, buf, p):

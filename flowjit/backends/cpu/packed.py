@@ -83,23 +83,26 @@ def pack_call(typingctx, w, transposed, out):
 
 
 @intrinsic
-def pgemm_call(typingctx, a, packed, out, addend, acc):
-    """out = a @ W, or addend + a @ W with acc (addend may be out itself), for W packed
-    by pack_call: 0, or 1 when the shapes do not make the product. a, out and addend:
-    2-D float32, any strides."""
+def pgemm_call(typingctx, a, packed, out, addend, bias, acc):
+    """out = a @ W, plus addend with acc (addend may be out itself), plus the row `bias`
+    unless it is empty, for W packed by pack_call: 0, or 1 when the shapes do not make
+    the product. a, out and addend: 2-D float32, any strides; bias: 1-D, contiguous."""
     if not start():
         raise TypingError(f"pgemm_call: {state['why']}")
     if not (_float32_array(a, 2) and _float32_array(packed, 3) and packed.layout == "C"
-            and _float32_array(out, 2) and _float32_array(addend, 2)):
+            and _float32_array(out, 2) and _float32_array(addend, 2) and _float32_array(bias, 1)
+            and bias.layout == "C"):
         raise TypingError(f"pgemm_call: float32 arrays a (2-D), packed (3-D, C-contiguous), out "
-                          f"and addend (2-D), got {a}, {packed}, {out}, {addend}")
+                          f"and addend (2-D), bias (1-D, contiguous), got {a}, {packed}, {out}, "
+                          f"{addend}, {bias}")
 
     def codegen(context, builder, sig, args):
         av = _unpack(context, builder, sig.args[0], args[0])
         pv = _unpack(context, builder, sig.args[1], args[1])
         ov = _unpack(context, builder, sig.args[2], args[2])
         dv = _unpack(context, builder, sig.args[3], args[3])
-        flag = context.cast(builder, args[4], sig.args[4], types.int64)
+        bv = _unpack(context, builder, sig.args[4], args[4])
+        flag = context.cast(builder, args[5], sig.args[5], types.int64)
         return _call(builder, packed_ir.GEMM_NAME, lir.IntType(32),
-                     av[:5] + pv[:3] + ov[:5] + dv[:5] + [flag])
-    return types.int32(a, packed, out, addend, acc), codegen
+                     av[:5] + pv[:3] + ov[:5] + dv[:5] + bv[:2] + [flag])
+    return types.int32(a, packed, out, addend, bias, acc), codegen

@@ -26,7 +26,7 @@ TAIL_ROWS = (4, 2, 1)       # tiles for the rows left after the full ones (MR - 
 # against OpenBLAS's 202-294 over five processes); with four the caller takes more of
 # them (186-243 us against 228-256)
 BLOCKS_PER_THREAD = 4
-RECORD = 16                 # fields of one block record
+RECORD = 18                 # fields of one block record
 PACK_NAME, GEMM_NAME, TASK_NAME = "flowjit_pack_b", "flowjit_pgemm", "flowjit_task_pgemm"
 
 I32, I64, F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -131,10 +131,11 @@ def _edge_copy(b, c_row, cs0, cs1, rows, cols, buf, to_c):
     _for(b, _c(0), rows, row)
 
 
-def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d, ds0, ds1):
-    """C[i0:i0+mr, panel p] = (D[i0:i0+mr, panel p] + when acc) A[i0:i0+mr, :] @ panel p,
-    mr rows all below M; columns past N are not stored. `buf`: an MR x PANEL scratch
-    tile. D, the addend, may be C itself."""
+def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d, ds0, ds1, bias,
+          has_bias):
+    """C[i0:i0+mr, panel p] = (D[i0:i0+mr, panel p] + when acc) (bias[panel p] + when
+    has_bias) A[i0:i0+mr, :] @ panel p, mr rows all below M; columns past N are not
+    stored. `buf`: an MR x PANEL scratch tile. D, the addend, may be C itself."""
     arow = [b.gep(a, [b.mul(b.add(i0, _c(r)), as0)]) for r in range(mr)]
     col0 = b.mul(p, _c(PANEL))
     cols = _min(b, _c(PANEL), b.sub(N, col0))
@@ -180,36 +181,51 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d,
     b.branch(head)
     b.position_at_end(done)
 
-    # the product, plus C's tile when adding into it (C + sum, the sum over k taken
-    # first); through the scratch tile where C's columns are strided or the panel runs
-    # past N. Accumulators that start from C's tile (phis merging loaded values and
-    # zeros) made the k loop slower whether adding or not: 64x256 @ 256x1024, one
+    # the product, plus the addend's tile (D + sum, the sum over k taken first) and the
+    # bias row (D + bias + sum, in that order: what adding the bias to D first gives);
+    # through the scratch tile where C's or D's columns are strided or the panel runs
+    # past N. Accumulators that start from the addend's tile (phis merging loaded values
+    # and zeros) made the k loop slower whether adding or not: 64x256 @ 256x1024, one
     # thread, 357 -> 329 us adding, 336 -> 319 us not
+    # (without a bias its pointer is the scratch tile's: loaded, never used)
+    bias0 = b.select(has_bias, b.gep(bias, [col0]), buf)
     with b.if_else(vec_out) as (vec, edge):
         with vec:
+            bv = [b.load(b.bitcast(b.gep(bias0, [_c(8 * h)]), V8P), align=4) for h in range(2)]
             for r in range(mr):
                 for h in range(2):
                     at = b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P)
                     with b.if_else(acc) as (add, put):
                         with add:
                             dv = b.load(b.bitcast(b.gep(dptr[r], [_c(8 * h)]), V8P), align=4)
+                            dv = b.select(has_bias, b.fadd(dv, bv[h]), dv)
                             b.store(b.fadd(dv, accs[2 * r + h]), at, align=4)
                         with put:
-                            b.store(accs[2 * r + h], at, align=4)
+                            v = b.select(has_bias, b.fadd(bv[h], accs[2 * r + h]), accs[2 * r + h])
+                            b.store(v, at, align=4)
         with edge:
             with b.if_then(acc):
                 _edge_copy(b, d0, ds0, ds1, _c(mr), cols, buf, False)
+            with b.if_then(has_bias):
+                def row(r):
+                    def col(j):
+                        at = b.gep(buf, [b.add(b.mul(r, _c(PANEL)), j)])
+                        base = b.select(acc, b.load(at), ir.Constant(F32, -0.0))
+                        b.store(b.fadd(base, b.load(b.gep(bias0, [j]))), at)
+                    _for(b, _c(0), cols, col)
+                _for(b, _c(0), _c(mr), row)
+            added = b.or_(acc, has_bias)
             for r in range(mr):
                 for h in range(2):
                     at = b.gep(bufv, [_c(2 * r + h)])
                     summed = b.fadd(b.load(at), accs[2 * r + h])
-                    b.store(b.select(acc, summed, accs[2 * r + h]), at)
+                    b.store(b.select(added, summed, accs[2 * r + h]), at)
             _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, True)
 
 
 def _task(mod, fma):
     """The block task: panels lo..hi for every row. Record: [A, as0, as1, M, K, packed B,
-    N, C, cs0, cs1, add?, lo, hi, D, ds0, ds1] (strides in elements)."""
+    N, C, cs0, cs1, add?, lo, hi, D, ds0, ds1, bias, bias?] (strides in elements)."""
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P]), TASK_NAME)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     rec = b.bitcast(fn.args[0], I64.as_pointer())
@@ -218,6 +234,7 @@ def _task(mod, fma):
     as0, as1, M, K, N, cs0, cs1, lo, hi = (f[i] for i in (1, 2, 3, 4, 6, 8, 9, 11, 12))
     acc = b.icmp_signed("!=", f[10], _c(0))
     d, ds0, ds1 = b.inttoptr(f[13], FP), f[14], f[15]
+    bias, has_bias = b.inttoptr(f[16], FP), b.icmp_signed("!=", f[17], _c(0))
     buf = b.alloca(F32, MR * PANEL)
     buf.align = 32                # whole vectors are stored to it and loaded from it
     # rows in chunks that stay in the cache while every panel of the block reads them
@@ -232,14 +249,15 @@ def _task(mod, fma):
 
             def tile(ti):
                 _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, b.add(r0, b.mul(ti, _c(MR))), MR, buf,
-                      d, ds0, ds1)
+                      d, ds0, ds1, bias, has_bias)
             _for(b, _c(0), full, tile)
             # the last rows (fewer than MR): tiles of 4, 2 and 1 rows as needed
             i = b.add(r0, b.mul(full, _c(MR)))
             for mr in TAIL_ROWS:
                 left = b.sub(r1, i)
                 with b.if_then(b.icmp_signed(">=", left, _c(mr))):
-                    _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i, mr, buf, d, ds0, ds1)
+                    _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i, mr, buf, d, ds0, ds1,
+                          bias, has_bias)
                 i = b.select(b.icmp_signed(">=", left, _c(mr)), b.add(i, _c(mr)), i)
         _for(b, lo, hi, panel)
     _for(b, _c(0), b.sdiv(b.add(M, b.sub(chunk, _c(1))), chunk), rows_chunk)
@@ -249,16 +267,18 @@ def _task(mod, fma):
 
 def _gemm(mod, task, run, size, macs):
     """pgemm(a, ar, ac, as0, as1, packed, panels, pk, c, cr, cc, cs0, cs1, d, dr, dc, ds0,
-    ds1, acc) -> 0, or 1 when the shapes do not make a product (strides in elements):
-    c = a @ W, or d + a @ W with acc (d may be c)."""
-    args = [FP, I64, I64, I64, I64, FP, I64, I64, FP, I64, I64, I64, I64, FP, I64, I64, I64, I64, I64]
+    ds1, bias, nbias, acc) -> 0, or 1 when the shapes do not make a product (strides in
+    elements): c = a @ W, plus d with acc (d may be c), plus the row bias (contiguous)
+    when nbias is not 0."""
+    args = [FP, I64, I64, I64, I64, FP, I64, I64, FP, I64, I64, I64, I64, FP, I64, I64, I64, I64, FP, I64, I64]
     fn = ir.Function(mod, ir.FunctionType(I32, args), GEMM_NAME)
-    a, ar, ac, as0, as1, bp, panels, pk, c, cr, cc, cs0, cs1, d, dr, dc, ds0, ds1, acc = fn.args
+    a, ar, ac, as0, as1, bp, panels, pk, c, cr, cc, cs0, cs1, d, dr, dc, ds0, ds1, bias, nbias, acc = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     want_panels = b.sdiv(b.add(cc, _c(PANEL - 1)), _c(PANEL))
     bad = b.or_(b.icmp_signed("!=", ac, pk), b.icmp_signed("!=", ar, cr))
     bad = b.or_(bad, b.icmp_signed("!=", panels, want_panels))
     bad = b.or_(bad, b.or_(b.icmp_signed("!=", dr, cr), b.icmp_signed("!=", dc, cc)))
+    bad = b.or_(bad, b.and_(b.icmp_signed("!=", nbias, _c(0)), b.icmp_signed("!=", nbias, cc)))
     with b.if_then(bad, likely=False):
         b.ret(ir.Constant(I32, 1))
     with b.if_then(b.or_(b.icmp_signed("==", cr, _c(0)), b.icmp_signed("==", cc, _c(0)))):
@@ -277,7 +297,8 @@ def _gemm(mod, task, run, size, macs):
     def fill(i):
         base = b.mul(i, _c(RECORD))
         lo = b.mul(i, step)
-        for j, v in enumerate(fields + [lo, _min(b, panels, b.add(lo, step)), b.ptrtoint(d, I64), ds0, ds1]):
+        for j, v in enumerate(fields + [lo, _min(b, panels, b.add(lo, step)), b.ptrtoint(d, I64), ds0, ds1,
+                                  b.ptrtoint(bias, I64), nbias]):
             b.store(v, b.gep(recs, [b.add(base, _c(j))]))
     _for(b, _c(0), blocks, fill)
     recp = b.bitcast(recs, I8P)

@@ -44,13 +44,16 @@ def pack_weight(w, transposed):
 
 
 @njit(cache=True, error_model="numpy")
-def pgemm(a, packed, out, addend, acc):
-    """out = a @ W, or addend + a @ W with `acc` (addend may be out: out += a @ W), for W
-    packed by pack_weight."""
-    if pgemm_call(a, packed, out, addend, acc) != 0:
+def pgemm(a, packed, out, addend, bias, acc):
+    """out = a @ W, plus addend with `acc` (addend may be out: out += a @ W), plus the row
+    `bias` unless it is empty (NO_BIAS), for W packed by pack_weight."""
+    if pgemm_call(a, packed, out, addend, bias, acc) != 0:
         raise ValueError("matmul: operand shapes do not match the output: a, packed weight "
-                         "(panels, rows, PANEL), out, addend shapes", a.shape, packed.shape,
-                         out.shape, addend.shape)
+                         "(panels, rows, PANEL), out, addend, bias shapes", a.shape, packed.shape,
+                         out.shape, addend.shape, bias.shape)
+
+
+NO_BIAS = np.zeros(0, np.float32)         # pgemm's bias when there is none
 
 
 # fixed transposes, for the convolution kernels that call them from compiled code
