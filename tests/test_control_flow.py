@@ -41,6 +41,24 @@ def fj_rnn(h0, xs, W, U, b, reverse=False):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
+def test_stacked_results_nothing_reads_are_not_stacked(rng, tier, reverse):
+    # only the final h and the per-step sums are used: the h of every step (a y of the
+    # scan) gets no stacked array; with a gradient the backward reads the sums' stack
+    args = make(rng)
+    h_want, _, sums_want = np_rnn(*args, reverse=reverse)
+
+    def run(*a):
+        h, _, sums = fj_rnn(*a, reverse=reverse)
+        return h, sums
+    f = fj.jit(run)
+    for got, want in zip(f(*args), (h_want, sums_want)):
+        assert_close(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    src = f.inspect(*args).forward_source
+    stacks = re.findall(r"(l\d+_y\d+) = alloc\(", src)
+    assert len(stacks) == 1, src            # the sums'
+
+
+@pytest.mark.parametrize("reverse", [False, True])
 def test_scan_matches_numpy_loop(rng, tier, reverse):
     args = make(rng)
     want = np_rnn(*args, reverse=reverse)

@@ -883,7 +883,9 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
     lines = [f"{T} = {dim_src(a['length'])}"]
     for k in range(nc):
         lines.append(f"{p}c{k} = {buf(n.inputs[k])}.copy()")
-    per_step = stacked_outputs(a)
+    # (a stacked result nothing reads is not stacked: an LSTM layer's outputs where only
+    # its final state is used, 64 KB a step written to a 3.3 MB array no one read)
+    per_step = [(i, j) for i, j in stacked_outputs(a) if i in used]
     for i, _ in per_step:
         shape, dtype = outs[i]
         lines.append(f"{scan_result_name(p, a, i)} = {gen.alloc(shape_src(shape), npt(dtype))}")
@@ -911,7 +913,7 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
     special = _accumulations(body, nc, p)
     for k, (m, add) in special.items():
         names[add] = f"{p}c{k}"
-    after = _summed_after(g, n, special, stacked, buf, p)
+    after = _summed_after(g, n, special, stacked, buf, p, per_step)
     packed = _packed_weights(body, nc + nx)
     for arg, tr in sorted(set(packed.values())):
         lines.append(f"{p}k{arg}_{int(tr)} = pack_weight({names[arg]}, np.bool_({tr}))")
@@ -1156,7 +1158,7 @@ def _packed_matmul_lines(n, buf, alloc, packed_name, into=None, addend=None, out
             f"pgemm({a}, {packed_name}, {out}, {out}, NO_BIAS, np.bool_(False))"]
 
 
-def _summed_after(g, n, special, stacked, buf, p):
+def _summed_after(g, n, special, stacked, buf, p, per_step):
     """{carry k: the line after the loop} for accumulations (_accumulations) whose
     product is a_t^T @ b_t with a_t and b_t each a step's slice of a stacked array (an
     xs, or a y or residual the loop stacks anyway): the sum over the steps is then one
@@ -1168,7 +1170,7 @@ def _summed_after(g, n, special, stacked, buf, p):
     bg = a["body"]
     T = f"{p}T"
     whole = {bg.args[nc + k]: buf(n.inputs[nc + k]) for k in range(nx)}
-    for i, j in stacked_outputs(a):
+    for i, j in per_step:           # the stacked results the loop fills
         whole.setdefault(bg.outputs[j], scan_result_name(p, a, i))
     out = {}
     for k, (m, _) in special.items():
