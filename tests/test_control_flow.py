@@ -41,6 +41,57 @@ def fj_rnn(h0, xs, W, U, b, reverse=False):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
+def test_carries_the_gradient_reads_live_in_their_stack(rng, tier, reverse):
+    # the gradient reads every step's entering carries: each lives in its stack (a row
+    # more than the steps), a kernel writes the new carry into the next row, and a
+    # carry that is another carry's old value (d, e swapped) is copied there; values and
+    # float64 gradients against NumPy and finite differences
+    T, B, H = 4, 2, 3
+    xs = rng.standard_normal((T, B, H))
+    init = [rng.standard_normal((B, H)) * 0.5 for _ in range(4)]
+
+    def run(a0, b0, d0, e0, xs):
+        def step(carry, x):
+            a, b, d, e = carry
+            return (b * x + d, fj.tanh(a) + x * e, e, d), a * b
+        (a, b, d, e), ys = fj.scan(step, (a0, b0, d0, e0), xs, reverse=reverse)
+        return fj.reduce_sum(ys) + fj.reduce_sum(a * b)
+
+    def np_run(a, b, d, e, xs):
+        total = 0.0
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            total += (a * b).sum()
+            a, b, d, e = b * xs[t] + d, np.tanh(a) + xs[t] * e, e, d
+        return total + (a * b).sum()
+
+    def grads(*args):
+        with fj.GradientTape() as tape:
+            ts = list(args)
+            for v in ts:
+                tape.watch(v)
+            loss = run(*ts)
+        return [loss] + tape.gradient(loss, ts)
+    args = init + [xs]
+    got = fj.jit(grads)(*args)
+    assert_close(got[0].numpy(), np_run(*args), rtol=1e-10, atol=1e-10)
+    eps = 1e-6
+    for i, arg in enumerate(args):
+        num = np.zeros_like(arg)
+        for idx in np.ndindex(arg.shape):
+            up = [a.copy() for a in args]
+            down = [a.copy() for a in args]
+            up[i][idx] += eps
+            down[i][idx] -= eps
+            num[idx] = (np_run(*up) - np_run(*down)) / (2 * eps)
+        assert_close(got[1 + i].numpy(), num, rtol=1e-5, atol=1e-6)
+    src = fj.jit(grads).inspect(*args).forward_source
+    # (the gradient reads the entering a, b and e: d only adds)
+    assert len(re.findall(r"l\d+_hb\d = alloc\(", src)) == 3, src
+    assert not re.search(r"assign\(l\d+_h\d\.reshape", src), src        # no copy of an entering carry
+    assert len(re.findall(r"assign\(l\d+_hb\d\.reshape", src)) == 1, src  # e, d's old value
+
+
+@pytest.mark.parametrize("reverse", [False, True])
 def test_stacked_results_nothing_reads_are_not_stacked(rng, tier, reverse):
     # only the final h and the per-step sums are used: the h of every step (a y of the
     # scan) gets no stacked array; with a gradient the backward reads the sums' stack

@@ -881,26 +881,41 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
     p = f"{prefix}l{n.id}_"
     T, t = f"{p}T", f"{p}t"
     lines = [f"{T} = {dim_src(a['length'])}"]
+    bg = body.graph
+    special = _accumulations(body, nc, p)
+    stacked = [k for k in range(nc) if nc + ny + k in used]
+    # an entering carry the gradient reads lives in its stack, which has a row more
+    # than the steps: the carry is its step's row and the new carry goes to the next
+    # row (an LSTM's forward copied c and h into their stacks every step). Not a carry
+    # the step adds into in place (special), nor a 0-d one.
+    in_stack = [k for k in stacked if k not in special and len(outs[k][0]) >= 1]
+    row0, nxt = (T, t) if a["reverse"] else ("0", f"{t} + 1")
     for k in range(nc):
-        lines.append(f"{p}c{k} = {buf(n.inputs[k])}.copy()")
+        if k in in_stack:
+            rest = "".join(dim_src(d) + ", " for d in outs[k][0])
+            lines += [f"{p}hb{k} = {gen.alloc(f'({T} + 1, {rest})', npt(outs[k][1]))}",
+                      f"{p}h{k} = {p}hb{k}[{'1' if a['reverse'] else '0'}:{'1 + ' if a['reverse'] else ''}{T}]",
+                      f"assign({p}hb{k}[{row0}], {buf(n.inputs[k])})",
+                      f"{p}c{k} = {p}hb{k}[{row0}]"]
+        else:
+            lines.append(f"{p}c{k} = {buf(n.inputs[k])}.copy()")
     # (a stacked result nothing reads is not stacked: an LSTM layer's outputs where only
     # its final state is used, 64 KB a step written to a 3.3 MB array no one read)
     per_step = [(i, j) for i, j in stacked_outputs(a) if i in used]
     for i, _ in per_step:
         shape, dtype = outs[i]
         lines.append(f"{scan_result_name(p, a, i)} = {gen.alloc(shape_src(shape), npt(dtype))}")
-    stacked = [k for k in range(nc) if nc + ny + k in used]
     for k in stacked:
-        shape, dtype = outs[nc + ny + k]
-        lines.append(f"{p}h{k} = {gen.alloc(shape_src(shape), npt(dtype))}")
-    bg = body.graph
+        if k not in in_stack:
+            shape, dtype = outs[nc + ny + k]
+            lines.append(f"{p}h{k} = {gen.alloc(shape_src(shape), npt(dtype))}")
     names = scan_body_names(bg, n, p, buf)
 
     def body_buf(i):
         return names.get(i, f"{p}v{i}")
     order = f"range({T} - 1, -1, -1)" if a["reverse"] else f"range({T})"
     inner = [f"assign({p}h{k}.reshape(({T}, {_size(outs[k][0])}))[{t}], {p}c{k}.reshape(({_size(outs[k][0])},)))"
-             for k in stacked]
+             for k in stacked if k not in in_stack]
     folded = folded or {}
     for k in range(nx):
         x = g.nodes[n.inputs[nc + k]]
@@ -910,7 +925,6 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
             inner.append(f"{p}x{k} = {buf(x.id)}.reshape(({T}, 1))[{t}]")
         else:
             inner.append(f"{p}x{k} = {buf(x.id)}[{t}]")
-    special = _accumulations(body, nc, p)
     for k, (m, add) in special.items():
         names[add] = f"{p}c{k}"
     after = _summed_after(g, n, special, stacked, buf, p, per_step)
@@ -952,13 +966,27 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
                                          gen.alloc, into=added_to.get(m), untranspose_b=w is not None)
     special_lines.update({add: [] for m, add in list(special.values()) + list(to_sequences.values())})
     into = _stacked_in_place(body, per_step, a, p, t, set(names))
+    stores = {o for s in body.steps if s.kind == "loop" for o in s.group.stores}
+    for k in in_stack:            # a kernel computing the new carry writes it into the next row
+        o = bg.outputs[k]
+        if o in stores and o not in into and o not in names and bg.outputs[:nc].count(o) == 1 \
+                and bg.nodes[o].dtype == outs[k][1] and tuple(bg.nodes[o].shape) == tuple(outs[k][0]):
+            into[o] = f"{p}hb{k}[{nxt}]"
     offered = dict(into)
     inner += _program_lines(body, gen, body_buf, {}, p, special_lines, into)
     direct = {o for o in offered if o not in into}      # the kernel wrote into it
     res = [body_buf(o) for o in bg.outputs]
     fresh = _fresh_results(body, nc, set(a for _, a in special.values()))
-    inner += [f"{p}n{k} = {res[k]}" if k in fresh or k in special else
-              f"{p}n{k} = {res[k]}.reshape({shape_src(outs[k][0])}).copy()" for k in range(nc)]
+    for k in range(nc):
+        if k in in_stack:
+            if not (bg.outputs[k] in direct and offered[bg.outputs[k]] == f"{p}hb{k}[{nxt}]"):
+                size = _size(outs[k][0])
+                inner.append(f"assign({p}hb{k}.reshape(({T} + 1, {size}))[{nxt}], {res[k]}.reshape(({size},)))")
+            inner.append(f"{p}n{k} = {p}hb{k}[{nxt}]")
+        elif k in fresh or k in special:
+            inner.append(f"{p}n{k} = {res[k]}")
+        else:
+            inner.append(f"{p}n{k} = {res[k]}.reshape({shape_src(outs[k][0])}).copy()")
     inner += [f"{p}c{k} = {p}n{k}" for k in range(nc) if k not in special]
     for i, j in per_step:
         if offered.get(bg.outputs[j]) == f"{scan_result_name(p, a, i)}[{t}]" and bg.outputs[j] in direct:
