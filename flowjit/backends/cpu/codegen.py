@@ -958,7 +958,7 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
         arg, tr = packed[m]
         special_lines[m] = _packed_matmul_lines(bg.nodes[m], body_buf, gen.alloc, f"{p}k{arg}_{int(tr)}",
                                                 into=added_to.get(m), addend=plus_slice.get(m),
-                                                out=names.get(to_sequences.get(m, (0, None))[1]),
+                                                out=names[to_sequences[m][1]] if m in plus_slice else None,
                                                 bias=bias_of.get(m, "NO_BIAS"))
     for m in (added_to.keys() | flipped.keys()) - special_lines.keys():
         w = flipped.get(m)
