@@ -122,8 +122,18 @@ class Reduction:
     term32: str         # the same, not widened
 
 
-def reshaped(var, extents):
-    """Call argument: entry variable `var` viewed with these extents (at least one)."""
+def reshaped(var, extents, shape=()):
+    """Call argument: entry variable `var` viewed with these extents (at least one), or
+    `var` itself where its shape is already those extents. Every buffer variable holds a
+    C-contiguous array of its value's shape, so a reshape to that shape changes nothing,
+    and in compiled code each one cost Numba about 25 ms to compile: an LSTM backward's
+    loop passed its cell kernel 21 of them. shape "one": `var` is an input or constant
+    of one element, which the executor passes with shape (1,)."""
+    if shape == "one":
+        if not extents:
+            return var
+    elif shape and [dim_src(d) for d in shape] == list(extents):
+        return var
     return f"{var}.reshape(({''.join(e + ', ' for e in extents) or '1, '}))"
 
 
@@ -173,6 +183,12 @@ class LoopKernel:
     def _at(self, p, loops):
         """Element of array parameter p at the loop variables of `loops`."""
         return f"{p}[{', '.join(self.ivar[c] for c in loops) or '0'}]"
+
+    def _shape(self, node_id):
+        """The shape `reshaped` compares extents with: an input's or constant's 0-d value
+        arrives as shape (1,)."""
+        n = self.nodes[node_id]
+        return "one" if not n.shape and n.op in ("arg", "const") else n.shape
 
     def _array_param(self, p, node_id, ndim):
         dt = self.nodes[node_id].dtype.name
@@ -224,7 +240,7 @@ class LoopKernel:
         """A buffer read as it is: a C-contiguous view indexed by the loops it varies along."""
         cs = sorted({self.an.cof[d] for d in lf["present"]})
         ext = self._extents(cs)
-        self.call.append(reshaped(self.bufname(lf["load"].base), ext))
+        self.call.append(reshaped(self.bufname(lf["load"].base), ext, self._shape(lf["load"].base)))
         self._array_param(p, lf["load"].base, len(ext))
         if lf["scalar"]:
             self.hoisted.append(f"    v{j} = {p}[0]")
@@ -328,7 +344,7 @@ class LoopKernel:
                 continue
             loops = self.row_loops if in_epilogue else everywhere
             ext = self._extents(loops)
-            self.call.append(reshaped(self.bufname(s), ext))
+            self.call.append(reshaped(self.bufname(s), ext, self._shape(s)))
             self._array_param(p, s, len(ext))
             (self.epi_stores if in_epilogue else self.stores).append(f"{self._at(p, loops)} = {self.names[s]}")
 
@@ -359,7 +375,7 @@ class LoopKernel:
         if ax < R - 1:
             ext.append(prod_src(pl.shape[ax + 1:]))
             idx.append(flat(range(ax + 1, R)))
-        self.call.append(reshaped(pl.target, ext))
+        self.call.append(reshaped(pl.target, ext, pl.shape))
         self._array_param(p, s, len(ext))
         self.params.append(f"Q{j}")
         self.call.append(int_arg(dim_src(pl.offset)))
@@ -375,7 +391,7 @@ class LoopKernel:
             n = self.nodes[r]
             kept = [c for c in range(self.C) if c not in self.red_c[r]]
             ext = self._extents(kept)
-            self.call.append(reshaped(self.bufname(r), ext))
+            self.call.append(reshaped(self.bufname(r), ext, self._shape(r)))
             self._array_param(p, r, len(ext))
             em = REGISTRY[n.op].emit
             wide = em["kind"] == "sum" and n.dtype.name == "float32" and self.kind_a
