@@ -208,7 +208,8 @@ def bench_train_lstm(cfg):
                            compile_s=child["first_s"],
                            target=f"<= {COMPILE_TARGET_S:g} s", ok=compile_s <= COMPILE_TARGET_S,
                            notes=f"empty cache, synchronous compile: first call {child['first_s']:.2f} s "
-                                 f"minus a warm step {child['step_s']:.2f} s; compile_seconds "
+                                 f"minus a warm step {child['step_s']:.2f} s; the loop functions then "
+                                 f"compile on call 4: {child['loops_s']:.2f} s more; compile_seconds "
                                  f"{child['stats']['compile_seconds']:.2f}; compiles={child['stats']['compiles']}; "
                                  f"compiling processes the machine allowed just before: {child['processes']}"))
     child = _compile_child(T, background=True)
@@ -265,5 +266,9 @@ if __name__ == "__main__":          # the compile child: first call of the step 
     procs = split_compile.processes()
     s, _ = first_call_time(lambda: float(step(x, y)))
     stats = fj.stats()
-    warm = sorted(first_call_time(lambda: float(step(x, y)))[0] for _ in range(3))
-    print(json.dumps({"first_s": s, "step_s": warm[1], "stats": stats, "processes": procs}))
+    # the Python tier compiles its loop functions on a later call (backend.py: the third
+    # notes their types, the next compiles them); warm steps are the last three calls
+    later = [first_call_time(lambda: float(step(x, y)))[0] for _ in range(7)]
+    warm = sorted(later[-3:])[1]
+    print(json.dumps({"first_s": s, "step_s": warm, "loops_s": sum(max(t - warm, 0.0) for t in later[:-3]),
+                      "stats": stats, "processes": procs}))
