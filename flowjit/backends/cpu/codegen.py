@@ -1328,6 +1328,15 @@ def _size(shape):
     return prod_src(shape) if shape else "1"
 
 
+def _first(g, vid, var):
+    """The first element of one-element buffer `var` (node vid). A 1-D buffer, or an
+    input's or constant's 0-d value (the executor passes those as shape (1,)), is
+    indexed as it is; in compiled code each `.reshape((1,))` cost Numba about 25 ms."""
+    n = g.nodes[vid]
+    plain = len(n.shape) == 1 or (not n.shape and n.op in ("arg", "const"))
+    return f"{var}[0]" if plain else f"{var}.reshape((1,))[0]"
+
+
 def _scalar_inline(g, grp, buf, alias, alloc, prefix=""):
     """Entry lines computing a loop group whose iteration space is one element, or None."""
     if any(not is_one(d) for d in grp.shape) or grp.reduces:
@@ -1338,7 +1347,7 @@ def _scalar_inline(g, grp, buf, alias, alloc, prefix=""):
     lines, names = scalar
     for o in grp.stores:
         lines.append(_output_line(g, o, buf, alias, {}, alloc))
-        lines.append(f"{buf(o)}.reshape((1,))[0] = {names[o]}")
+        lines.append(f"{_first(g, o, buf(o))} = {names[o]}")
     return lines
 
 
@@ -1351,7 +1360,7 @@ def _scalar_lines(g, grp, buf, prefix):
         if load.chain:
             return None
         names[vid] = f"{prefix}s{vid}"
-        lines.append(f"{prefix}s{vid} = {buf(load.base)}.reshape((1,))[0]")
+        lines.append(f"{prefix}s{vid} = {_first(g, load.base, buf(load.base))}")
     for i in grp.nodes:
         n = g.nodes[i]
         if n.op in ("iota", "random"):
@@ -1542,7 +1551,7 @@ def _copied_view(g, grp, buf):
         return None
     base = lf["load"].base
     if not lf["idx"]:
-        return f"{buf(base)}.reshape((1,))[0]"
+        return _first(g, base, buf(base))
     base_shape = nodes[base].shape if lf["load"].chain else nodes[v].shape
     subs, kept = [], []
     for k, (d, s0, s1) in enumerate(lf["idx"]):
