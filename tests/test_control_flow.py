@@ -272,6 +272,30 @@ def test_gradient_of_gradient_through_scan(rng, tier):
         assert_close(dw.numpy(), fd, rtol=1e-4, atol=1e-6)
 
 
+def test_gradient_of_gradient_flows_through_the_residuals_the_backward_reads(rng, tier):
+    """The step saves its tanh for the backward (a residual the forward stacks); the
+    first-order backward reads it, so the second-order gradient flows back through it
+    (it was dropped: d/dw was off by 10-50%)."""
+    T, B, H = 3, 2, 3
+    h0 = rng.standard_normal((B, H)) * 0.5
+    xs = rng.standard_normal((T, B, H)) * 0.5
+    w = rng.standard_normal((H, H)) * 0.5
+
+    def loss(w, h0, xs):
+        def body(h, x):
+            h2 = fj.tanh(fj.matmul(h, w) + x)
+            return h2, h2 * h
+        hT, ys = fj.scan(body, h0, xs)
+        return fj.reduce_sum(ys * ys) + fj.reduce_sum(hT * hT)
+    grad = fj.grad(loss)
+
+    def outer(w, h0, xs):
+        return fj.reduce_sum(fj.square(grad(w, h0, xs)))
+    want = _fd(lambda w_: float(np.asarray(outer(w_, h0, xs))), [w], 0)
+    for got in (fj.grad(outer)(w, h0, xs), fj.jit(fj.grad(outer))(w, h0, xs)):
+        assert_close(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+
+
 def test_loop_inside_tape_inside_loop(rng, tier):
     """Each outer step takes a gradient through an inner loop (a tape inside a scan
     body), and an outer tape differentiates the whole."""

@@ -493,12 +493,16 @@ def _scan_grad(inputs, out, g, attrs):
     g_in = [parts.get(nc + ny + k) for k in fc]
     g_in = [] if all(v is None for v in g_in) else \
         [v if v is not None else _zeros(*outs[nc + ny + k]) for v, k in zip(g_in, fc)]
+    # cotangents of residuals an earlier gradient added (a second-order gradient reaches
+    # the values the first-order backward read): added at their step like a y's
+    fr_given = [r for r in range(na.get("n_res", 0)) if parts.get(2 * nc + ny + r) is not None]
+    g_res = [parts[2 * nc + ny + r] for r in fr_given]
     with _phase("fwd"):       # forward results: the partition saves them as residuals
         entering = [_result(out, nc + ny + k, outs) for k in range(nc)]
     body = na["body"]
     gk0 = [F.zeros_like(consts[k]) for k in fk]
     carry_b = g_carry + gk0
-    xs_b = entering + list(xs) + g_ys + g_in
+    xs_b = entering + list(xs) + g_ys + g_in + g_res
     ncb = len(carry_b)
     replayed = {}
 
@@ -508,7 +512,8 @@ def _scan_grad(inputs, out, g, attrs):
         c_t, x_t = rest[:nc], rest[nc:nc + nx]
         given = dict(zip(fy_given, rest[nc + nx:nc + nx + len(fy_given)]))
         gy_t = [given[k] if k in given else _zeros(outs[nc + k][0][1:], outs[nc + k][1]) for k in fy]
-        gin_t = rest[nc + nx + len(fy_given):]
+        at = nc + nx + len(fy_given)
+        gin_t, gres_t = rest[at:at + len(g_in)], rest[at + len(g_in):]
         here = current_trace()
         kc = [here.lift(c) for c in consts]
         srcs = [c_t[k] for k in fc] + [x_t[k] for k in fx] + [kc[k] for k in fk]
@@ -516,8 +521,8 @@ def _scan_grad(inputs, out, g, attrs):
             for s in srcs:
                 tape.watch(s)
             res = replay(body, list(c_t) + list(x_t) + kc, replayed)
-        targets = [res[k] for k in fc] + [res[nc + k] for k in fy]
-        grads = tape.gradient(targets, srcs, output_gradients=list(gc) + list(gy_t),
+        targets = [res[k] for k in fc] + [res[nc + k] for k in fy] + [res[nc + ny + r] for r in fr_given]
+        grads = tape.gradient(targets, srcs, output_gradients=list(gc) + list(gy_t) + list(gres_t),
                               unconnected_gradients="zero")
         a, b = len(fc), len(fc) + len(fx)
         g_c = [p + q for p, q in zip(grads[:a], gin_t)] if gin_t else grads[:a]
