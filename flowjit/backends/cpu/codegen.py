@@ -122,6 +122,12 @@ class Reduction:
     term32: str         # the same, not widened
 
 
+def _passed_as_one(n):
+    """Whether node n is an input's or constant's 0-d value, which the executor passes
+    as an array of shape (1,) (devices._host_argument)."""
+    return not n.shape and n.op in ("arg", "const")
+
+
 def reshaped(var, extents, shape=()):
     """Call argument: entry variable `var` viewed with these extents (at least one), or
     `var` itself where its shape is already those extents. Every buffer variable holds a
@@ -185,10 +191,9 @@ class LoopKernel:
         return f"{p}[{', '.join(self.ivar[c] for c in loops) or '0'}]"
 
     def _shape(self, node_id):
-        """The shape `reshaped` compares extents with: an input's or constant's 0-d value
-        arrives as shape (1,)."""
+        """The shape `reshaped` compares extents with ("one": see _passed_as_one)."""
         n = self.nodes[node_id]
-        return "one" if not n.shape and n.op in ("arg", "const") else n.shape
+        return "one" if _passed_as_one(n) else n.shape
 
     def _array_param(self, p, node_id, ndim):
         dt = self.nodes[node_id].dtype.name
@@ -1333,7 +1338,7 @@ def _first(g, vid, var):
     input's or constant's 0-d value (the executor passes those as shape (1,)), is
     indexed as it is; in compiled code each `.reshape((1,))` cost Numba about 25 ms."""
     n = g.nodes[vid]
-    plain = len(n.shape) == 1 or (not n.shape and n.op in ("arg", "const"))
+    plain = len(n.shape) == 1 or _passed_as_one(n)
     return f"{var}[0]" if plain else f"{var}.reshape((1,))[0]"
 
 
