@@ -51,18 +51,23 @@ def test_dcgan_trains_on_digits():
         sess.run(tf.global_variables_initializer())
         z_fixed = rng.uniform(-1, 1, (256, noise_dim)).astype(np.float32)
         before = sess.run(sample, {z: z_fixed})
+        target = images.mean(axis=0)
+        start = np.abs(before.mean(axis=0) - target).mean()
+        moved = []            # the generated images' per-pixel mean's distance to the digits'
         for step in range(300):
             idx = rng.integers(0, len(images), batch)
             zb = rng.uniform(-1, 1, (batch, noise_dim)).astype(np.float32)
             dl, _ = sess.run([d_loss, d_train], {real: images[idx], z: zb})
             gl, _ = sess.run([g_loss, g_train], {z: zb})
-        after = sess.run(sample, {z: z_fixed})
+            if step >= 150 and step % 25 == 24:
+                after = sess.run(sample, {z: z_fixed})
+                moved.append(np.abs(after.mean(axis=0) - target).mean() / start)
         moving = sess.run(mm[0])
     assert np.isfinite([dl, gl]).all()
     assert np.abs(moving).sum() > 0                 # the UPDATE_OPS ran with the generator's step
     # what it learned: the generated images' per-pixel mean moved towards the digits'.
-    # (A GAN's 300 steps are chaotic: the same program ends at 0.60-0.72 of the starting
-    # distance depending on the CPU's vector units and the thread count, so the bound
-    # asks for a clear move, not a particular one.)
-    target = images.mean(axis=0)
-    assert np.abs(after.mean(axis=0) - target).mean() < 0.8 * np.abs(before.mean(axis=0) - target).mean()
+    # A GAN's steps are chaotic: the distance at one step swings with the CPU's vector
+    # units and the thread count (0.45-0.89 of the starting one over steps 150-300 on an
+    # AVX-512 Xeon, where the last step alone had ended at 0.60-0.72 on a Zen 4), so the
+    # bound is on the median over the second half of training, not on one step.
+    assert np.median(moved) < 0.8, moved

@@ -156,7 +156,17 @@ def test_expanded_and_lowered_calls_compute_what_numbas_inlining_does(reassoc):
                 run(x, out)
             outs.append(out)
         for out in outs[1:]:
-            np.testing.assert_array_equal(outs[0].view(np.uint8), out.view(np.uint8), err_msg=name)
+            _assert_same_bits(outs[0], out, name)
+
+
+def _assert_same_bits(a, b, msg=""):
+    """The same bits, zeros' signs included, except a NaN's sign and payload: which NaN
+    an operation on a NaN gives is the CPU's choice (an AVX-512 Xeon gave tanh(NaN) + exp(NaN)
+    with the sign bit set in one form of the code and clear in the other)."""
+    def canonical(x):
+        return np.where(np.isnan(x), np.array(np.nan, x.dtype), x).view(np.uint8)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=msg)
+    np.testing.assert_array_equal(canonical(a), canonical(b), err_msg=msg)
 
 
 def test_lowered_calls_nest_and_take_mixed_arguments():
@@ -176,5 +186,5 @@ def test_lowered_calls_nest_and_take_mixed_arguments():
         with np.errstate(all="ignore"):
             njit(fastmath={"nsz", "contract"}, error_model="numpy")(ns["run"])(x, out)
         outs.append(out)
-    np.testing.assert_array_equal(outs[0].view(np.uint8), outs[1].view(np.uint8))
+    _assert_same_bits(outs[0], outs[1])
     assert not scalar_ir._supported(S.rand_truncated_normal_f64)      # a loop: not straight-line
