@@ -1,7 +1,12 @@
 """Products with a weight packed once (packed_ir.py): against NumPy in float64, over
 shapes that leave partial tiles and panels, strided and transposed operands, adding
 into the output or adding another array as it is stored, and the same bits whichever
-threads ran the blocks."""
+threads ran the blocks. The tests run with this CPU's geometry (AVX-512's tiles or
+AVX2's), and once more in a process made to use the other one."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -11,9 +16,11 @@ from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_weight, pgemm
 
 pytestmark = pytest.mark.skipif(not packed.start(), reason="no packed products here")
 
-# rows: every remainder modulo the tile's 6 rows, and more than one row chunk (192)
+PANEL = packed.PANEL
+# rows: every remainder modulo the tile's rows (6 or 8), more than one row chunk (192 or
+# 256 rows); columns: partial panels of 16 and of 32
 SHAPES = [(1, 1, 1), (2, 3, 5), (3, 7, 16), (4, 5, 17), (5, 9, 31), (6, 2, 33), (7, 4, 48),
-          (13, 0, 9), (0, 4, 4), (3, 4, 0), (64, 32, 70), (200, 17, 40)]
+          (13, 0, 9), (0, 4, 4), (3, 4, 0), (64, 32, 70), (200, 17, 40), (301, 5, 65)]
 
 
 def _reference(a, w, tr, c0, acc):
@@ -30,7 +37,7 @@ def test_packed_products_match_numpy(rng, M, K, N, tr, acc):
     c = rng.standard_normal((M, N)).astype(np.float32)
     c0 = c.astype(np.float64)
     p = pack_weight(w, np.bool_(tr))
-    assert p.shape == (-(-N // 16), K, 16)
+    assert p.shape == (-(-N // PANEL), K, PANEL)
     pgemm(a, p, c, c, NO_BIAS, np.bool_(acc))
     np.testing.assert_allclose(c, _reference(a, w, tr, c0, acc), rtol=1e-5, atol=1e-5 * max(K, 1))
 
@@ -100,17 +107,17 @@ def test_strided_and_reversed_operands(rng, acc):
     np.testing.assert_array_equal(wide[:, 1::2], keep)
 
 
-@pytest.mark.parametrize("K,N", [(8, 16), (17, 33), (64, 40), (9, 5)])
+@pytest.mark.parametrize("K,N", [(8, 16), (17, 33), (64, 40), (16, 64), (9, 5)])
 @pytest.mark.parametrize("view", ["plain", "rows reversed", "columns strided"])
 def test_packing_a_transposed_weight(rng, K, N, view):
-    # op(w) = w.T packed from w's rows (8 values of 16 rows at a time where w's rows are
-    # contiguous, one value at a time otherwise): the layout against NumPy
+    # op(w) = w.T packed from w's rows (8 values of a panel's rows at a time where w's
+    # rows are contiguous, one value at a time otherwise): the layout against NumPy
     w = rng.standard_normal((N, 2 * K)).astype(np.float32)
     w = {"plain": w[:, :K], "rows reversed": w[::-1, :K], "columns strided": w[:, ::2]}[view]
     p = pack_weight(w, np.bool_(True))
-    want = np.zeros((-(-N // 16), K, 16), np.float32)
+    want = np.zeros((-(-N // PANEL), K, PANEL), np.float32)
     for q in range(want.shape[0]):
-        cols = w.T[:, 16 * q:16 * (q + 1)]
+        cols = w.T[:, PANEL * q:PANEL * (q + 1)]
         want[q, :, :cols.shape[1]] = cols
     np.testing.assert_array_equal(p, want)
 
@@ -123,6 +130,11 @@ def test_shapes_that_do_not_make_a_product_raise(rng):
     with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
         z = np.zeros((3, 40), np.float32)
         pgemm(np.zeros((3, 5), np.float32), p, z, z, NO_BIAS, np.bool_(False))
+    with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
+        # panels of another geometry's width (one panel either way)
+        z = np.zeros((3, 5), np.float32)
+        other = np.zeros((1, 6, PANEL // 2), np.float32)
+        pgemm(np.zeros((3, 6), np.float32), other, z, z, NO_BIAS, np.bool_(False))
 
 
 def test_the_bits_do_not_depend_on_the_threads(rng):
@@ -176,3 +188,22 @@ def test_an_rnn_loop_packs_its_weights_once_and_matches_numpy(rng, tier, T, owne
     src = f.inspect(h0, xs, W, U).forward_source
     assert src.count("= pack_weight(") == 2, src
     assert src.count("pgemm(") == 2, src
+
+
+def test_the_other_geometry_in_a_process_of_its_own(tmp_path):
+    # this file's tests with the tiles this CPU does not pick (AVX2's where it has
+    # AVX-512, AVX-512's otherwise: LLVM splits its 16-float vectors on an AVX2 CPU)
+    other = 8 if packed.GEOMETRY.width == 16 else 16
+    env = dict(os.environ, FLOWJIT_PACKED_WIDTH=str(other))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                        __file__, "-k", "not other_geometry and not rnn_loop"],
+                       env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_the_geometry_is_the_one_asked_for():
+    # (in the process above: the one it asked for)
+    import llvmlite.binding as ll
+    asked = os.environ.get("FLOWJIT_PACKED_WIDTH")
+    width = int(asked) if asked else (16 if ll.get_host_cpu_features().get("avx512f") else 8)
+    assert packed.GEOMETRY.width == width and PANEL == 2 * width

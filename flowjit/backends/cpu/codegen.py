@@ -1168,7 +1168,7 @@ def _transposed_captures(body, first_capture):
 
 
 # a weight with more rows than this is left to BLAS: the kernel reads a panel's rows
-# (PANEL floats each) once per tile, and beyond this they no longer stay in the cache
+# (a panel's width of floats each) once per tile, and beyond this they no longer stay in the cache
 PACK_MAX_ROWS = 4096
 
 

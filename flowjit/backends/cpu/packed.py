@@ -2,6 +2,8 @@
 `pgemm_call`, intrinsics calling the IR functions by name, registered with LLVM once
 per process. The IR is compiled for this machine's CPU (its vector width and FMA), not
 cached: llvmlite builds it in about 0.07 s."""
+import os
+
 import llvmlite.binding as ll
 import llvmlite.ir as lir
 from numba import types
@@ -11,7 +13,19 @@ from numba.extending import intrinsic
 
 from . import packed_ir, scheduler
 
-PANEL = packed_ir.PANEL
+
+
+def _geometry():
+    """AVX-512's tiles where the CPU has it (unless FLOWJIT_PACKED_WIDTH=8 asks for
+    AVX2's, which tests use to run the other geometry), else AVX2's."""
+    ll.initialize_native_target()
+    wide = ll.get_host_cpu_features().get("avx512f", False)
+    width = os.environ.get("FLOWJIT_PACKED_WIDTH") or (16 if wide else 8)
+    return packed_ir.GEOMETRIES[int(width)]
+
+
+GEOMETRY = _geometry()
+PANEL = GEOMETRY.panel
 # a block keeps at least this many multiply-adds (blas.py's rule for GEMM blocks)
 BLOCK_MACS = 1 << 18
 
@@ -27,7 +41,7 @@ def start():
             if not scheduler.start():
                 raise OSError(scheduler.state["why"])
             mod = ll.parse_assembly(packed_ir.module(scheduler.RUN_SYMBOL, scheduler.SIZE_SYMBOL,
-                                                     BLOCK_MACS))
+                                                     BLOCK_MACS, GEOMETRY))
             mod.verify()
             tm = ll.Target.from_default_triple().create_target_machine(
                 cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(), opt=3)
@@ -37,7 +51,7 @@ def start():
             # 0.4-0.7 s in every process against 0.07 s for code generation alone
             engine = ll.create_mcjit_compiler(mod, tm)
             engine.finalize_object()
-            for name in (packed_ir.PACK_NAME, packed_ir.GEMM_NAME):
+            for name in (packed_ir.PACK_NAME, packed_ir.GEMM_NAME, packed_ir.PANEL_NAME):
                 ll.add_symbol(name, engine.get_function_address(name))
             _keep.extend([mod, tm, engine])
             state.update(started=True, why="")
@@ -83,6 +97,18 @@ def pack_call(typingctx, w, transposed, out):
 
 
 @intrinsic
+def panel_call(typingctx):
+    """The panel width of this process's geometry, asked at run time (a constant would be
+    kept by a function cached under another geometry)."""
+    if not start():
+        raise TypingError(f"panel_call: {state['why']}")
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, packed_ir.PANEL_NAME, lir.IntType(64), [])
+    return types.int64(), codegen
+
+
+@intrinsic
 def pgemm_call(typingctx, a, packed, out, addend, bias, acc):
     """out = a @ W, plus addend with acc (addend may be out itself), plus the row `bias`
     unless it is empty, for W packed by pack_call: 0, or 1 when the shapes do not make
@@ -104,5 +130,5 @@ def pgemm_call(typingctx, a, packed, out, addend, bias, acc):
         bv = _unpack(context, builder, sig.args[4], args[4])
         flag = context.cast(builder, args[5], sig.args[5], types.int64)
         return _call(builder, packed_ir.GEMM_NAME, lir.IntType(32),
-                     av[:5] + pv[:3] + ov[:5] + dv[:5] + bv[:2] + [flag])
+                     av[:5] + pv[:4] + ov[:5] + dv[:5] + bv[:2] + [flag])
     return types.int32(a, packed, out, addend, bias, acc), codegen

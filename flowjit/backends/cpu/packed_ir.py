@@ -10,29 +10,60 @@ each step calls `flowjit_pgemm`, which cuts the panels into blocks for the pool.
 
 Packed layout: panels of PANEL columns, each K rows of PANEL contiguous floats (zeros
 past the last column): packed[p, k, j] = op(W)[k, p * PANEL + j]. The kernel computes
-a tile of MR rows by one panel in 2 * MR vector registers of 8 floats, reading each
-A value once per tile (a broadcast) and the panel's row k once per tile. Every output
+a tile of MR rows by one panel in 2 * MR vector registers, reading each A value once
+per tile (a broadcast) and the panel's row k once per tile. The geometry follows the
+CPU's vectors (`Geometry`): with AVX2, vectors of 8 floats, PANEL 16, MR 6; with
+AVX-512, vectors of 16, PANEL 32, MR 8. On a 2-core Intel Xeon VM with AVX-512, one
+thread: 64x256 @ 256x1024 at 84 GFLOP/s with AVX2's tiles, 150-164 with AVX-512's
+(OpenBLAS 123-133, PyTorch's oneDNN 176); 64x1024 @ 1024x256 (W read transposed)
+89 -> 144-163. 8 rows (16 accumulators) and 10-14 rows measured the same there. Every output
 element is one sum over k in order (then added to C's element when adding into C),
 whichever block or thread computes it, so the result does not depend on the thread
 count. float32 only (float64 keeps OpenBLAS).
 """
+from dataclasses import dataclass
+
 import llvmlite.ir as ir
 
-PANEL = 16                  # columns per panel: two vectors of 8 floats
-MR = 6                      # rows per tile: 12 accumulators, 2 panel vectors, 1 broadcast
-TAIL_ROWS = (4, 2, 1)       # tiles for the rows left after the full ones (MR - 1 at most)
+RECORD = 18                 # fields of one block record
+PACK_NAME, GEMM_NAME, TASK_NAME = "flowjit_pack_b", "flowjit_pgemm", "flowjit_task_pgemm"
+PANEL_NAME = "flowjit_packed_panel"
 # blocks per pool thread: with one block each, a step whose worker started late ran
 # its half after the caller's (64x256 @ 256x1024 on two threads: 168-373 us a call
 # against OpenBLAS's 202-294 over five processes); with four the caller takes more of
 # them (186-243 us against 228-256)
 BLOCKS_PER_THREAD = 4
-RECORD = 18                 # fields of one block record
-PACK_NAME, GEMM_NAME, TASK_NAME = "flowjit_pack_b", "flowjit_pgemm", "flowjit_task_pgemm"
 
 I32, I64, F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 I8P, FP = ir.IntType(8).as_pointer(), F32.as_pointer()
 V8 = ir.VectorType(F32, 8)
 V8P = V8.as_pointer()
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The tile shape: `width` floats a vector register (8 with AVX2, 16 with AVX-512),
+    panels of two vectors' columns, tiles of `rows` rows (2 * rows accumulators)."""
+    width: int
+    rows: int
+
+    @property
+    def panel(self):
+        return 2 * self.width
+
+    @property
+    def tail_rows(self):
+        """Tiles for the rows left after the full ones: the powers of two below `rows`."""
+        return tuple(1 << i for i in reversed(range(self.rows.bit_length())) if 1 << i < self.rows)
+
+    @property
+    def vec(self):
+        return ir.VectorType(F32, self.width)
+
+
+# AVX2: 12 accumulators, 2 panel vectors and a broadcast in 16 registers. AVX-512 (32
+# registers): 16 accumulators, 8 rows, which an LSTM's batch of 64 fills without a tail
+GEOMETRIES = {8: Geometry(8, 6), 16: Geometry(16, 8)}
 
 
 def _c(v):
@@ -65,8 +96,8 @@ def _for(b, lo, hi, body):
     b.position_at_end(done)
 
 
-def _pack(mod):
-    """pack_b(w, rows, cols, s0, s1, transposed, dst, panels): dst (panels x K x PANEL)
+def _pack(mod, g):
+    """pack_b(w, rows, cols, s0, s1, transposed, dst, panels): dst (panels x K x g.panel)
     from op(w), w's strides in elements; op(w) is K x N."""
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [FP, I64, I64, I64, I64, I64, FP, I64]),
                      PACK_NAME)
@@ -80,22 +111,22 @@ def _pack(mod):
         # row k of the panel at a time: op(w)'s columns n0.. are contiguous in w (plain,
         # two vector copies) or strided (w.T: one value from each of 16 rows of w, each
         # row read in order as k grows)
-        n0 = b.mul(p, _c(PANEL))
-        full = b.icmp_signed("<=", b.add(n0, _c(PANEL)), N)
+        n0 = b.mul(p, _c(g.panel))
+        full = b.icmp_signed("<=", b.add(n0, _c(g.panel)), N)
         contiguous = b.icmp_signed("==", sn, _c(1))
 
         def row(k):
-            base = b.mul(b.add(b.mul(p, K), k), _c(PANEL))
+            base = b.mul(b.add(b.mul(p, K), k), _c(g.panel))
             first = b.gep(w, [b.add(b.mul(k, sk), b.mul(n0, sn))])
             with b.if_else(full) as (whole, part):
                 with whole:           # a whole panel: no column past N to fill with zeros
                     with b.if_else(contiguous) as (vec, strided):
                         with vec:
-                            for h in range(2):
+                            for h in range(g.panel // 8):
                                 v = b.load(b.bitcast(b.gep(first, [_c(8 * h)]), V8P), align=4)
                                 b.store(v, b.bitcast(b.gep(dst, [b.add(base, _c(8 * h))]), V8P), align=4)
                         with strided:
-                            for h in range(2):
+                            for h in range(g.panel // 8):
                                 v = ir.Constant(V8, ir.Undefined)
                                 for j in range(8):
                                     x = b.load(b.gep(first, [b.mul(_c(8 * h + j), sn)]))
@@ -107,18 +138,18 @@ def _pack(mod):
                         src = b.gep(first, [b.mul(b.select(inside, j, _c(0)), sn)])
                         v = b.select(inside, b.load(src), ir.Constant(F32, 0.0))
                         b.store(v, b.gep(dst, [b.add(base, j)]))
-                    _for(b, _c(0), _c(PANEL), col)
+                    _for(b, _c(0), _c(g.panel), col)
 
         def eight_rows(kb):
-            # op(w) = w.T read along w's rows: 8 values of each of the panel's 16 rows of
-            # w, two 8x8 transposes in registers, 16 vector stores (the row at a time
-            # path above gathers one value per load: 256x1024 packed in 161 us, now 60)
+            # op(w) = w.T read along w's rows: 8 values of each of the panel's rows of w,
+            # 8x8 transposes in registers, vector stores (the row at a time path above
+            # gathers one value per load: 256x1024 packed in 161 us, now 60)
             k0 = b.mul(kb, _c(8))
-            for half in range(2):
+            for half in range(g.panel // 8):
                 rows = [b.load(b.bitcast(b.gep(w, [b.add(b.mul(b.add(n0, _c(8 * half + j)), sn), k0)]), V8P),
                                align=4) for j in range(8)]
                 for kk, v in enumerate(_transpose8(b, rows)):
-                    at = b.add(b.mul(b.add(b.mul(p, K), b.add(k0, _c(kk))), _c(PANEL)), _c(8 * half))
+                    at = b.add(b.mul(b.add(b.mul(p, K), b.add(k0, _c(kk))), _c(g.panel)), _c(8 * half))
                     b.store(v, b.bitcast(b.gep(dst, [at]), V8P), align=4)
         by_eights = b.and_(full, b.and_(b.icmp_signed("==", sk, _c(1)), b.icmp_signed("!=", sn, _c(1))))
         done = b.select(by_eights, b.mul(b.sdiv(K, _c(8)), _c(8)), _c(0))
@@ -144,46 +175,47 @@ def _transpose8(b, r):
     return [shuf(u[i], u[i + 4], first) for i in range(4)] + [shuf(u[i], u[i + 4], second) for i in range(4)]
 
 
-def _splat(b, x):
-    v = b.insert_element(ir.Constant(V8, ir.Undefined), x, ir.Constant(I32, 0))
-    return b.shuffle_vector(v, ir.Constant(V8, ir.Undefined), ir.Constant(ir.VectorType(I32, 8), [0] * 8))
+def _splat(b, g, x):
+    v = b.insert_element(ir.Constant(g.vec, ir.Undefined), x, ir.Constant(I32, 0))
+    return b.shuffle_vector(v, ir.Constant(g.vec, ir.Undefined), ir.Constant(ir.VectorType(I32, g.width), [0] * g.width))
 
 
-def _edge_copy(b, c_row, cs0, cs1, rows, cols, buf, to_c):
-    """Copy the valid rows x cols corner of an MR x PANEL tile between C and a dense
+def _edge_copy(b, c_row, cs0, cs1, rows, cols, buf, to_c, g):
+    """Copy the valid rows x cols corner of a g.rows x g.panel tile between C and a dense
     scratch tile (a tile whose columns are strided or run past N)."""
     def row(r):
         def col(j):
             at_c = b.gep(c_row, [b.add(b.mul(r, cs0), b.mul(j, cs1))])
-            at_buf = b.gep(buf, [b.add(b.mul(r, _c(PANEL)), j)])
+            at_buf = b.gep(buf, [b.add(b.mul(r, _c(g.panel)), j)])
             src, dst = (at_buf, at_c) if to_c else (at_c, at_buf)
             b.store(b.load(src), dst)
         _for(b, _c(0), cols, col)
     _for(b, _c(0), rows, row)
 
 
-def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d, ds0, ds1, bias,
+def _tile(b, g, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d, ds0, ds1, bias,
           has_bias):
     """C[i0:i0+mr, panel p] = (D[i0:i0+mr, panel p] + when acc) (bias[panel p] + when
     has_bias) A[i0:i0+mr, :] @ panel p, mr rows all below M; columns past N are not
-    stored. `buf`: an MR x PANEL scratch tile. D, the addend, may be C itself."""
+    stored. `buf`: a g.rows x g.panel scratch tile. D, the addend, may be C itself."""
     arow = [b.gep(a, [b.mul(b.add(i0, _c(r)), as0)]) for r in range(mr)]
-    col0 = b.mul(p, _c(PANEL))
-    cols = _min(b, _c(PANEL), b.sub(N, col0))
-    vec_out = b.and_(b.and_(b.icmp_signed("==", cols, _c(PANEL)), b.icmp_signed("==", cs1, _c(1))),
+    W, VP = g.width, g.vec.as_pointer()
+    col0 = b.mul(p, _c(g.panel))
+    cols = _min(b, _c(g.panel), b.sub(N, col0))
+    vec_out = b.and_(b.and_(b.icmp_signed("==", cols, _c(g.panel)), b.icmp_signed("==", cs1, _c(1))),
                      b.icmp_signed("==", ds1, _c(1)))
     c0 = b.gep(c, [b.add(b.mul(i0, cs0), b.mul(col0, cs1))])
     cptr = [b.gep(c0, [b.mul(_c(r), cs0)]) for r in range(mr)]
     d0 = b.gep(d, [b.add(b.mul(i0, ds0), b.mul(col0, ds1))])
     dptr = [b.gep(d0, [b.mul(_c(r), ds0)]) for r in range(mr)]
-    bufv = b.bitcast(buf, V8P)
+    bufv = b.bitcast(buf, VP)
     # ask for the addend's tile now: it is read after the k loop, and an LSTM's gates
     # add a slice of a 13 MB input projection that is not in the cache (64x256 @
     # 256x1024 added to such slices, one thread: 363 -> 357 us; prefetching the next
     # panel's tile instead gained nothing more)
     prefetch = b.module.get_global("llvm.prefetch.p0")
     for r in range(mr):
-        for j in (0, PANEL - 1):
+        for j in range(0, g.panel, 16):      # a 64-byte line at a time
             b.call(prefetch, [b.bitcast(b.gep(dptr[r], [b.mul(_c(j), ds1)]), I8P),
                               ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
@@ -196,16 +228,16 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d,
     k.add_incoming(_c(0), begin)
     accs = []
     for _ in range(2 * mr):
-        v = b.phi(V8)
-        v.add_incoming(ir.Constant(V8, [0.0] * 8), begin)
+        v = b.phi(g.vec)
+        v.add_incoming(ir.Constant(g.vec, [0.0] * W), begin)
         accs.append(v)
     b.cbranch(b.icmp_signed("<", k, K), body, done)
     b.position_at_end(body)
-    q = b.gep(bp, [b.mul(b.add(b.mul(p, K), k), _c(PANEL))])
-    b0 = b.load(b.bitcast(q, V8P), align=4)
-    b1 = b.load(b.bitcast(b.gep(q, [_c(8)]), V8P), align=4)
+    q = b.gep(bp, [b.mul(b.add(b.mul(p, K), k), _c(g.panel))])
+    b0 = b.load(b.bitcast(q, VP), align=4)
+    b1 = b.load(b.bitcast(b.gep(q, [_c(W)]), VP), align=4)
     for r in range(mr):
-        av = _splat(b, b.load(b.gep(arow[r], [b.mul(k, as1)])))
+        av = _splat(b, g, b.load(b.gep(arow[r], [b.mul(k, as1)])))
         accs[2 * r].add_incoming(b.call(fma, [av, b0, accs[2 * r]]), body)
         accs[2 * r + 1].add_incoming(b.call(fma, [av, b1, accs[2 * r + 1]]), body)
     k.add_incoming(b.add(k, _c(1)), body)
@@ -222,13 +254,13 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d,
     bias0 = b.select(has_bias, b.gep(bias, [col0]), buf)
     with b.if_else(vec_out) as (vec, edge):
         with vec:
-            bv = [b.load(b.bitcast(b.gep(bias0, [_c(8 * h)]), V8P), align=4) for h in range(2)]
+            bv = [b.load(b.bitcast(b.gep(bias0, [_c(W * h)]), VP), align=4) for h in range(2)]
             for r in range(mr):
                 for h in range(2):
-                    at = b.bitcast(b.gep(cptr[r], [_c(8 * h)]), V8P)
+                    at = b.bitcast(b.gep(cptr[r], [_c(W * h)]), VP)
                     with b.if_else(acc) as (add, put):
                         with add:
-                            dv = b.load(b.bitcast(b.gep(dptr[r], [_c(8 * h)]), V8P), align=4)
+                            dv = b.load(b.bitcast(b.gep(dptr[r], [_c(W * h)]), VP), align=4)
                             dv = b.select(has_bias, b.fadd(dv, bv[h]), dv)
                             b.store(b.fadd(dv, accs[2 * r + h]), at, align=4)
                         with put:
@@ -236,11 +268,11 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d,
                             b.store(v, at, align=4)
         with edge:
             with b.if_then(acc):
-                _edge_copy(b, d0, ds0, ds1, _c(mr), cols, buf, False)
+                _edge_copy(b, d0, ds0, ds1, _c(mr), cols, buf, False, g)
             with b.if_then(has_bias):
                 def row(r):
                     def col(j):
-                        at = b.gep(buf, [b.add(b.mul(r, _c(PANEL)), j)])
+                        at = b.gep(buf, [b.add(b.mul(r, _c(g.panel)), j)])
                         base = b.select(acc, b.load(at), ir.Constant(F32, -0.0))
                         b.store(b.fadd(base, b.load(b.gep(bias0, [j]))), at)
                     _for(b, _c(0), cols, col)
@@ -251,10 +283,10 @@ def _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d,
                     at = b.gep(bufv, [_c(2 * r + h)])
                     summed = b.fadd(b.load(at), accs[2 * r + h])
                     b.store(b.select(added, summed, accs[2 * r + h]), at)
-            _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, True)
+            _edge_copy(b, c0, cs0, cs1, _c(mr), cols, buf, True, g)
 
 
-def _task(mod, fma):
+def _task(mod, fma, g):
     """The block task: panels lo..hi for every row. Record: [A, as0, as1, M, K, packed B,
     N, C, cs0, cs1, add?, lo, hi, D, ds0, ds1, bias, bias?] (strides in elements)."""
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P]), TASK_NAME)
@@ -266,28 +298,28 @@ def _task(mod, fma):
     acc = b.icmp_signed("!=", f[10], _c(0))
     d, ds0, ds1 = b.inttoptr(f[13], FP), f[14], f[15]
     bias, has_bias = b.inttoptr(f[16], FP), b.icmp_signed("!=", f[17], _c(0))
-    buf = b.alloca(F32, MR * PANEL)
-    buf.align = 32                # whole vectors are stored to it and loaded from it
+    buf = b.alloca(F32, g.rows * g.panel)
+    buf.align = 64                # whole vectors are stored to it and loaded from it
     # rows in chunks that stay in the cache while every panel of the block reads them
-    chunk = _c(MR * 32)
+    chunk = _c(g.rows * 32)
 
     def rows_chunk(ci):
         r0 = b.mul(ci, chunk)
         r1 = _min(b, M, b.add(r0, chunk))
 
         def panel(p):
-            full = b.sdiv(b.sub(r1, r0), _c(MR))
+            full = b.sdiv(b.sub(r1, r0), _c(g.rows))
 
             def tile(ti):
-                _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, b.add(r0, b.mul(ti, _c(MR))), MR, buf,
-                      d, ds0, ds1, bias, has_bias)
+                _tile(b, g, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, b.add(r0, b.mul(ti, _c(g.rows))),
+                      g.rows, buf, d, ds0, ds1, bias, has_bias)
             _for(b, _c(0), full, tile)
-            # the last rows (fewer than MR): tiles of 4, 2 and 1 rows as needed
-            i = b.add(r0, b.mul(full, _c(MR)))
-            for mr in TAIL_ROWS:
+            # the last rows (fewer than g.rows): tiles of 4, 2 and 1 rows (say) as needed
+            i = b.add(r0, b.mul(full, _c(g.rows)))
+            for mr in g.tail_rows:
                 left = b.sub(r1, i)
                 with b.if_then(b.icmp_signed(">=", left, _c(mr))):
-                    _tile(b, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i, mr, buf, d, ds0, ds1,
+                    _tile(b, g, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i, mr, buf, d, ds0, ds1,
                           bias, has_bias)
                 i = b.select(b.icmp_signed(">=", left, _c(mr)), b.add(i, _c(mr)), i)
         _for(b, lo, hi, panel)
@@ -296,17 +328,19 @@ def _task(mod, fma):
     return fn
 
 
-def _gemm(mod, task, run, size, macs):
-    """pgemm(a, ar, ac, as0, as1, packed, panels, pk, c, cr, cc, cs0, cs1, d, dr, dc, ds0,
-    ds1, bias, nbias, acc) -> 0, or 1 when the shapes do not make a product (strides in
-    elements): c = a @ W, plus d with acc (d may be c), plus the row bias (contiguous)
-    when nbias is not 0."""
-    args = [FP, I64, I64, I64, I64, FP, I64, I64, FP, I64, I64, I64, I64, FP, I64, I64, I64, I64, FP, I64, I64]
+def _gemm(mod, task, run, size, macs, g):
+    """pgemm(a, ar, ac, as0, as1, packed, panels, pk, pw, c, cr, cc, cs0, cs1, d, dr, dc,
+    ds0, ds1, bias, nbias, acc) -> 0, or 1 when the shapes do not make a product (strides
+    in elements; pw: the packed array's panel width): c = a @ W, plus d with acc (d may
+    be c), plus the row bias (contiguous) when nbias is not 0."""
+    args = [FP, I64, I64, I64, I64, FP, I64, I64, I64, FP, I64, I64, I64, I64, FP, I64, I64, I64, I64, FP, I64,
+            I64]
     fn = ir.Function(mod, ir.FunctionType(I32, args), GEMM_NAME)
-    a, ar, ac, as0, as1, bp, panels, pk, c, cr, cc, cs0, cs1, d, dr, dc, ds0, ds1, bias, nbias, acc = fn.args
+    a, ar, ac, as0, as1, bp, panels, pk, pw, c, cr, cc, cs0, cs1, d, dr, dc, ds0, ds1, bias, nbias, acc = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    want_panels = b.sdiv(b.add(cc, _c(PANEL - 1)), _c(PANEL))
+    want_panels = b.sdiv(b.add(cc, _c(g.panel - 1)), _c(g.panel))
     bad = b.or_(b.icmp_signed("!=", ac, pk), b.icmp_signed("!=", ar, cr))
+    bad = b.or_(bad, b.icmp_signed("!=", pw, _c(g.panel)))
     bad = b.or_(bad, b.icmp_signed("!=", panels, want_panels))
     bad = b.or_(bad, b.or_(b.icmp_signed("!=", dr, cr), b.icmp_signed("!=", dc, cc)))
     bad = b.or_(bad, b.and_(b.icmp_signed("!=", nbias, _c(0)), b.icmp_signed("!=", nbias, cc)))
@@ -341,15 +375,25 @@ def _gemm(mod, task, run, size, macs):
     b.ret(ir.Constant(I32, 0))
 
 
-def module(run, size, macs):
-    """The IR module defining flowjit_pack_b, flowjit_task_pgemm and flowjit_pgemm; the
-    last runs blocks through the pool's run/size functions named here."""
+def _panel(mod, g):
+    """panel() -> the panel width: compiled code asks at run time, so a cached function
+    never keeps the width of another geometry."""
+    fn = ir.Function(mod, ir.FunctionType(I64, []), PANEL_NAME)
+    ir.IRBuilder(fn.append_basic_block("entry")).ret(_c(g.panel))
+
+
+def module(run, size, macs, g):
+    """The IR module defining flowjit_pack_b, flowjit_packed_panel, flowjit_task_pgemm and
+    flowjit_pgemm for
+    tiles of geometry g; the last runs blocks through the pool's run/size functions
+    named here."""
     mod = ir.Module(name="flowjit_packed")
-    fma = ir.Function(mod, ir.FunctionType(V8, [V8, V8, V8]), "llvm.fmuladd.v8f32")
+    fma = ir.Function(mod, ir.FunctionType(g.vec, [g.vec] * 3), f"llvm.fmuladd.v{g.width}f32")
     ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P, I32, I32, I32]), "llvm.prefetch.p0")
     run_fn = ir.Function(mod, ir.FunctionType(I32, [I32, I8P, I8P, I32]), run)
     size_fn = ir.Function(mod, ir.FunctionType(I64, []), size)
-    _pack(mod)
-    task = _task(mod, fma)
-    _gemm(mod, task, run_fn, size_fn, macs)
+    _pack(mod, g)
+    _panel(mod, g)
+    task = _task(mod, fma, g)
+    _gemm(mod, task, run_fn, size_fn, macs, g)
     return str(mod)

@@ -7,7 +7,7 @@ from numba.extending import intrinsic, overload
 
 
 from .blas import gemm_call, start as _start_blas
-from .packed import PANEL, pack_call, pgemm_call, start as _start_packed
+from .packed import pack_call, panel_call, pgemm_call, start as _start_packed
 
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
 _start_packed()
@@ -36,9 +36,10 @@ def gemm(a, b, out, ta, tb, acc):
 # packed once before the loop, each step's product on the packed copy (packed_ir.py)
 @njit(cache=True, error_model="numpy")
 def pack_weight(w, transposed):
-    """op(w) (w.T where transposed) packed for pgemm: (panels, rows of op(w), PANEL)."""
+    """op(w) (w.T where transposed) packed for pgemm: (panels, rows of op(w), panel width)."""
     k, n = (w.shape[1], w.shape[0]) if transposed else (w.shape[0], w.shape[1])
-    out = np.empty(((n + PANEL - 1) // PANEL, k, PANEL), np.float32)
+    panel = panel_call()
+    out = np.empty(((n + panel - 1) // panel, k, panel), np.float32)
     pack_call(w, transposed, out)
     return out
 
@@ -49,7 +50,7 @@ def pgemm(a, packed, out, addend, bias, acc):
     `bias` unless it is empty (NO_BIAS), for W packed by pack_weight."""
     if pgemm_call(a, packed, out, addend, bias, acc) != 0:
         raise ValueError("matmul: operand shapes do not match the output: a, packed weight "
-                         "(panels, rows, PANEL), out, addend, bias shapes", a.shape, packed.shape,
+                         "(panels, rows, panel width), out, addend, bias shapes", a.shape, packed.shape,
                          out.shape, addend.shape, bias.shape)
 
 
