@@ -207,3 +207,28 @@ def test_the_geometry_is_the_one_asked_for():
     asked = os.environ.get("FLOWJIT_PACKED_WIDTH")
     width = int(asked) if asked else (16 if ll.get_host_cpu_features().get("avx512f") else 8)
     assert packed.GEOMETRY.width == width and PANEL == 2 * width
+
+
+LAZY = """
+import numpy as np, flowjit as fj
+from flowjit.backends.cpu import packed
+a = np.ones((4, 4), np.float32)
+fj.jit(lambda a, b: fj.tanh(fj.matmul(a, b)) + 1.0)(a, a)
+first = packed.state["started"]
+h, hs = fj.jit(lambda h0, xs, w: fj.scan(lambda h, x: (fj.tanh(x + fj.matmul(h, w)),) * 2, h0, xs))(
+    a, np.ones((3, 4, 4), np.float32), a)
+print(first, packed.state["started"], float(h.numpy()[0, 0]))
+"""
+
+
+def test_only_a_program_with_packed_products_compiles_them(tmp_path):
+    # the packed module (0.2-0.27 s to compile) is built in a process only once code
+    # calling it is loaded: not for a plain matmul, yes for a loop's product with a
+    # weight; twice, so the second process loads both programs from the disk cache
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path), FLOWJIT_BACKGROUND_COMPILE="0")
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", LAZY], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        first, then, h = r.stdout.split()[-3:]
+        assert (first, then) == ("None", "True"), r.stdout
+        assert abs(float(h) - np.tanh(1 + 4 * np.tanh(1 + 4 * np.tanh(1 + 4)))) < 1e-5

@@ -7,10 +7,11 @@ from numba.extending import intrinsic, overload
 
 
 from .blas import gemm_call, start as _start_blas
-from .packed import pack_call, panel_call, pgemm_call, start as _start_packed
+from .packed import pack_call, panel_call, pgemm_call
 
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
-_start_packed()
+# (the packed products' symbols are registered by loader.start_packed_for, only in
+# processes whose code calls them: compiling them costs 0.2-0.27 s)
 
 
 # 2-D float matmuls: big ones in blocks on the pool, small ones one single-threaded

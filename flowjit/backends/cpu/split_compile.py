@@ -82,6 +82,8 @@ def compile_ahead(exe, args, runs_next=()):
     if n < 2:
         return 0
     t0 = time.perf_counter()
+    for e in stages:             # (before the children fork: they compile the helpers)
+        loader.start_packed_for(e.py_src or "")
     jobs = {}                    # (name, signature): the executable with its source
     try:
         outs = _dry_run(exe, args, jobs)
