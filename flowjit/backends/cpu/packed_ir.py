@@ -16,10 +16,11 @@ CPU's vectors (`Geometry`): with AVX2, vectors of 8 floats, PANEL 16, MR 6; with
 AVX-512, vectors of 16, PANEL 32, MR 8. On a 2-core Intel Xeon VM with AVX-512, one
 thread: 64x256 @ 256x1024 at 84 GFLOP/s with AVX2's tiles, 150-164 with AVX-512's
 (OpenBLAS 123-133, PyTorch's oneDNN 176); 64x1024 @ 1024x256 (W read transposed)
-89 -> 144-163. 8 rows (16 accumulators) and 10-14 rows measured the same there. Every output
-element is one sum over k in order (then added to C's element when adding into C),
-whichever block or thread computes it, so the result does not depend on the thread
-count. float32 only (float64 keeps OpenBLAS).
+89 -> 144-163. 8 rows (16 accumulators) and 10-14 rows measured the same there.
+
+Every output element is one sum over k in order (then added to C's element when adding
+into C), whichever block or thread computes it, so the result does not depend on the
+thread count. float32 only (float64 keeps OpenBLAS).
 """
 from dataclasses import dataclass
 
@@ -110,8 +111,8 @@ def _pack(mod, g):
 
     def panel(p):
         # row k of the panel at a time: op(w)'s columns n0.. are contiguous in w (plain,
-        # two vector copies) or strided (w.T: one value from each of 16 rows of w, each
-        # row read in order as k grows)
+        # vector copies) or strided (w.T: one value from each of the panel's rows of w,
+        # each row read in order as k grows)
         n0 = b.mul(p, _c(g.panel))
         full = b.icmp_signed("<=", b.add(n0, _c(g.panel)), N)
         contiguous = b.icmp_signed("==", sn, _c(1))
@@ -197,8 +198,8 @@ def _edge_copy(b, c_row, cs0, cs1, rows, cols, buf, to_c, g):
 def _k_loop(b, g, fma, arow, as1, bp, p, K, mr, lo, hi, unroll, start):
     """for k in range(lo, hi, unroll), the accumulators starting at `start`: each row
     r's pair += A[r, k] * the panel's row k, for `unroll` values of k a trip (hi - lo a
-    multiple of it); A[r, k] at arow[r] + k * as1 (+ k where as1 is None). Returns (the
-    k loop's phi, the accumulators after the loop)."""
+    multiple of it); A[r, k] at arow[r] + k * as1 (+ k where as1 is None). Returns the
+    accumulators after the loop."""
     VP = g.vec.as_pointer()
     fn = b.block.function
     head, body, done = (fn.append_basic_block() for _ in range(3))
@@ -229,7 +230,7 @@ def _k_loop(b, g, fma, arow, as1, bp, p, K, mr, lo, hi, unroll, start):
     k.add_incoming(b.add(k, _c(unroll)), b.block)
     b.branch(head)
     b.position_at_end(done)
-    return k, phis
+    return phis
 
 
 def _tile(b, g, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf, d, ds0, ds1, bias,
@@ -254,7 +255,7 @@ def _tile(b, g, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf,
     # panel's tile instead gained nothing more)
     prefetch = b.module.get_global("llvm.prefetch.p0")
     for r in range(mr):
-        for j in range(0, g.panel, 16):      # a 64-byte line at a time
+        for j in sorted({*range(0, g.panel, 16), g.panel - 1}):   # every 64-byte line it spans
             b.call(prefetch, [b.bitcast(b.gep(dptr[r], [b.mul(_c(j), ds1)]), I8P),
                               ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
@@ -266,21 +267,20 @@ def _tile(b, g, fma, a, as0, as1, M, K, bp, c, cs0, cs1, N, acc, p, i0, mr, buf,
     # (The same multiply-adds in the same order either way.)
     zero = [ir.Constant(g.vec, [0.0] * W)] * (2 * mr)
     if mr < g.rows:
-        _, accs = _k_loop(b, g, fma, arow, as1, bp, p, K, mr, _c(0), K, 1, zero)
+        accs = _k_loop(b, g, fma, arow, as1, bp, p, K, mr, _c(0), K, 1, zero)
     else:
         whole = b.mul(b.sdiv(K, _c(UNROLL)), _c(UNROLL))
-        ends = []
         with b.if_else(b.icmp_signed("==", as1, _c(1))) as (unit, strided):
             with unit:
-                _, part = _k_loop(b, g, fma, arow, None, bp, p, K, mr, _c(0), whole, UNROLL, zero)
-                ends.append((_k_loop(b, g, fma, arow, None, bp, p, K, mr, whole, K, 1, part)[1], b.block))
+                part = _k_loop(b, g, fma, arow, None, bp, p, K, mr, _c(0), whole, UNROLL, zero)
+                by_k = _k_loop(b, g, fma, arow, None, bp, p, K, mr, whole, K, 1, part), b.block
             with strided:
-                ends.append((_k_loop(b, g, fma, arow, as1, bp, p, K, mr, _c(0), K, 1, zero)[1], b.block))
+                by_stride = _k_loop(b, g, fma, arow, as1, bp, p, K, mr, _c(0), K, 1, zero), b.block
         accs = []
-        for x, y in zip(ends[0][0], ends[1][0]):
+        for x, y in zip(by_k[0], by_stride[0]):
             phi = b.phi(g.vec)
-            phi.add_incoming(x, ends[0][1])
-            phi.add_incoming(y, ends[1][1])
+            phi.add_incoming(x, by_k[1])
+            phi.add_incoming(y, by_stride[1])
             accs.append(phi)
 
     # the product, plus the addend's tile (D + sum, the sum over k taken first) and the
