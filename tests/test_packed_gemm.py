@@ -232,3 +232,26 @@ def test_only_a_program_with_packed_products_compiles_them(tmp_path):
         first, then, h = r.stdout.split()[-3:]
         assert (first, then) == ("None", "True"), r.stdout
         assert abs(float(h) - np.tanh(1 + 4 * np.tanh(1 + 4 * np.tanh(1 + 4)))) < 1e-5
+
+
+DIRECT = """
+import numpy as np
+from flowjit.backends.cpu import packed
+from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_weight, pgemm
+w = np.arange(12, dtype=np.float32).reshape(3, 4)
+a = np.ones((2, 3), np.float32)
+out = np.empty((2, 4), np.float32)
+before = packed.state["started"]
+pgemm(a, pack_weight(w, np.bool_(False)), out, out, NO_BIAS, np.bool_(False))
+print(before, out.tolist())
+"""
+
+
+def test_helpers_called_directly_build_the_packed_module_first(tmp_path):
+    # the second process reads pack_weight and pgemm from Numba's disk cache, where no
+    # typing starts the packed module: they used to jump to a null address there
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path))
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", DIRECT], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stdout.split(None, 1) == ["None", f"{[[12.0, 15.0, 18.0, 21.0]] * 2}\n"]

@@ -55,6 +55,25 @@ def pgemm(a, packed, out, addend, bias, acc):
                          out.shape, addend.shape, bias.shape)
 
 
+def _starts_packed_before_loading(dispatcher):
+    """A pack_weight or pgemm read from Numba's disk cache links against the packed
+    products' symbols by name, and no typing (where the intrinsics start them) happens on
+    the way: a process that called one directly, without a generated module's text
+    having started them (loader.start_packed_for), jumped to a null address. Starting
+    them before each cache load costs nothing once they are built."""
+    load = dispatcher._cache.load_overload
+
+    def load_overload(sig, target_context):
+        from .packed import start
+        start()
+        return load(sig, target_context)
+    dispatcher._cache.load_overload = load_overload
+
+
+_starts_packed_before_loading(pack_weight)
+_starts_packed_before_loading(pgemm)
+
+
 # pgemm's bias when there is none. Read-only, as compiled code types a global array: the
 # Python tier's calls and a compiled loop's then share one compiled pgemm (the LSTM's
 # loops compiled a second one, 0.24 s, when this was writeable)
