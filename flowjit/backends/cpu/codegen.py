@@ -9,6 +9,7 @@ as a whole, so a call costs one dispatch.
 """
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 
 from ...ir.registry import REGISTRY
@@ -573,15 +574,42 @@ class LoopKernel:
                                         self._loop_nest(rows=True), fastmath)
                 + "\n\n" + kernel)
 
+    def _merge_repeated_arrays(self):
+        """One parameter per array the entry passes: an LSTM cell's backward got the same
+        constant 1.0 five times and wrote four gradients into one concatenation's buffer
+        through four parameters, and each array parameter cost its kernel ~10 ms to
+        compile (unpacking it in the launcher, its Python wrapper and its pool task).
+        Returns {dropped parameter: the one kept}, for renaming in the source."""
+        kept, merged = {}, {}
+        for p, arg in zip(self.params, self.call):
+            if p not in self.arrays:
+                continue
+            first = kept.setdefault((arg, self.arrays[p]), p)
+            if first != p:
+                merged[p] = first
+        if merged:
+            pairs = [(p, a) for p, a in zip(self.params, self.call) if p not in merged]
+            self.params, self.call = [p for p, _ in pairs], [a for _, a in pairs]
+            for p in merged:
+                del self.arrays[p]
+        return merged
+
+    def _rendered(self, name, key, decorator, merged):
+        text = self.source(name, key, decorator)
+        if not merged:
+            return text
+        return re.sub(r"\b(" + "|".join(map(re.escape, merged)) + r")\b", lambda m: merged[m.group(1)], text)
+
     def spec(self):
         """KernelSpec named k_<hash of the options and the source written with
         placeholder names>; the pool task key is the same hash."""
+        merged = self._merge_repeated_arrays()
         opts = self.options()
-        key = _hash(opts + self.source("KERNEL", "__KEY__", ""))
+        key = _hash(opts + self._rendered("KERNEL", "__KEY__", "", merged))
         name = f"k_{key}"
         decorator = f"@njit(cache=CACHE, error_model='numpy', {NJIT_FLAGS}{opts})\n"
         ops = " ".join(self.nodes[i].op for i in self.grp.nodes) or "copy"
-        source = f"# fused loop: {ops}\n" + self.source(name, key, decorator)
+        source = f"# fused loop: {ops}\n" + self._rendered(name, key, decorator, merged)
         source = inline_math.expand(source)
         return KernelSpec(name, source, self.call, threads=self.parallel, pooled=self.pooled)
 
