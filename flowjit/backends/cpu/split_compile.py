@@ -34,12 +34,13 @@ from ...ir.registry import REGISTRY
 from ...runtime import stats as S
 from . import loader, runtime_lib, threads
 
-HELPERS = ("gemm", "bmm", "bmm_loop")       # runtime_lib helpers entries call by name
+# runtime_lib helpers entries call by name
+HELPERS = ("gemm", "bmm", "bmm_loop", "pack_weight", "pgemm")
 DATA_DEPENDENT = {"while", "cond"}          # ops whose Python-tier control flow reads values
 # compile cost in source characters (on 2 cores, a kernel took about 0.1 s plus 1 s per
-# 6000 characters of its source, the gemm helper about 1.7 s)
+# 6000 characters of its source, a helper 0.1-0.2 s)
 KERNEL_COST = 600
-HELPER_COST = 10000
+HELPER_COST = 1200
 TIMEOUT = 600.0
 SAMPLES, SAMPLE_GAP_S = 3, 0.005      # how processes() looks at the machine
 
@@ -84,6 +85,7 @@ def compile_ahead(exe, args, runs_next=()):
     t0 = time.perf_counter()
     for e in stages:             # (before the children fork: they compile the helpers)
         loader.start_packed_for(e.py_src or "")
+    _start_numba()
     jobs = {}                    # (name, signature): the executable with its source
     try:
         outs = _dry_run(exe, args, jobs)
@@ -154,6 +156,7 @@ def _dry_run(exe, args, jobs):
     ns = {"CACHE": False}
     exec(compile(loader.HEADER, "<flowjit header>", "exec"), ns)
     ns.update({k: stub(k) for k in list(exe.kernel_names) + list(HELPERS)})
+    ns["pack_weight"] = _packed_shape(ns["pack_weight"])
     ns["alloc"] = lambda site, shape, dtype: np.empty(shape, dtype)
     # a loop's first step makes every call its later steps make, with the same types
     # (a scan's carry keeps its type): the entry's only `range` is a scan's loop, run
@@ -165,6 +168,27 @@ def _dry_run(exe, args, jobs):
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         return ns[exe.entry_name](*[_copy(a) for a in args])
+
+
+def _packed_shape(record):
+    """pack_weight's stub: what it returns is passed on (to pgemm, to a loop), so it has
+    the packed array's shape."""
+    from .packed import PANEL
+
+    def stub(w, transposed):
+        record(w, transposed)
+        k, n = (w.shape[1], w.shape[0]) if transposed else w.shape
+        return np.empty((-(-n // PANEL), k, PANEL), np.float32)
+    return stub
+
+
+def _start_numba():
+    """Load Numba's typing and lowering registries (0.3 s, once per process) before the
+    children fork, so that they share them: the first compile in each would load them
+    again."""
+    from numba.core.registry import cpu_target
+    cpu_target.typing_context.refresh()
+    cpu_target.target_context.refresh()
 
 
 def _first_step(*bounds):
