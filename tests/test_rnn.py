@@ -166,3 +166,30 @@ def test_lstm_training_step_does_not_retrace_for_a_new_length(rng):
     fj.reset_stats()
     losses = [float(step(rng.standard_normal((2, T, 3)).astype(np.float32), y)) for T in (3, 9, 3, 20)]
     assert fj.stats()["traces"] == 1 and np.all(np.isfinite(losses))
+
+
+def test_lstm_kernels_take_each_array_once(rng):
+    # the cell's backward reads one constant (1.0) in several places and writes several
+    # gradients into one concatenation's buffer: each array is one kernel parameter
+    # (an array parameter costs compile time), and the gradients stay those of the loop
+    import re
+    B, T, I, H = 4, 3, 5, 6
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    K = (rng.standard_normal((I + H, 4 * H)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(4 * H) * 0.1).astype(np.float32)
+
+    def loss(x, K, b):
+        _, (c, h) = fj.nn.lstm(x, K, b)
+        return fj.reduce_sum(h * h)
+    grads = fj.jit(fj.grad(loss, argnums=(1, 2)))
+    info = grads.inspect(x, K, b)
+    calls = [m for src in (info.forward_source, info.backward_source)
+             for m in re.finditer(r"^\s*(k_\w+)\((.*)\)$", src, re.M)]
+    assert len(calls) >= 2
+    for m in calls:
+        arrays = [a.strip() for a in re.split(r",(?![^(]*\))", m.group(2)) if not a.strip().startswith("np.int64")]
+        assert len(arrays) == len(set(arrays)), m.group(0)
+    got = grads(x, K, b)
+    want = fj.grad(loss, argnums=(1, 2))(x, K, b)
+    for g, w in zip(got, want):
+        assert_close(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
