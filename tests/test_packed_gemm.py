@@ -255,3 +255,42 @@ def test_helpers_called_directly_build_the_packed_module_first(tmp_path):
         r = subprocess.run([sys.executable, "-c", DIRECT], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stdout.split(None, 1) == ["None", f"{[[12.0, 15.0, 18.0, 21.0]] * 2}\n"]
+
+
+CACHED = """
+import numpy as np
+from flowjit.backends.cpu import packed
+from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_weight, pgemm
+w = np.arange(40, dtype=np.float32).reshape(4, 10)
+a = np.ones((3, 4), np.float32)
+out = np.empty((3, 10), np.float32)
+pgemm(a, pack_weight(w, np.bool_(False)), out, out, NO_BIAS, np.bool_(False))
+print(packed.state["object"], out.sum())
+"""
+
+
+def test_the_packed_machine_code_is_kept_in_the_disk_cache(tmp_path):
+    # compiled by the first process and saved; loaded by the next; a damaged file is
+    # compiled and saved again; with the disk cache off nothing is read or written
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path))
+    want = float((np.ones((3, 4)) @ np.arange(40).reshape(4, 10)).sum())
+
+    def run(**extra):
+        r = subprocess.run([sys.executable, "-c", CACHED], env=dict(env, **extra), capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        how, total = r.stdout.split()
+        assert float(total) == want
+        return how
+    assert run() == "compiled"
+    files = list((tmp_path / "packed").glob("*.o"))
+    assert len(files) == 1
+    assert run() == "loaded"
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    assert run() == "compiled"
+    assert run() == "loaded"
+    files[0].unlink()
+    assert run(FLOWJIT_CACHE="0") == "compiled"
+    assert not files[0].exists()

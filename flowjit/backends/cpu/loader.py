@@ -179,8 +179,10 @@ def _start_numba_threads():
 def start_packed_for(text):
     """Register the packed products' symbols (packed.py) before code whose text calls
     them compiles or loads: a function Numba cached links against them by name. They
-    are compiled once per process, and only where a program multiplies in a loop by a
-    weight packed once: 0.2-0.27 s that a program without such a loop does not pay."""
+    are set up once per process, and only where a program multiplies in a loop by a
+    weight packed once: 0.2-0.27 s to compile them with a cold cache (a millisecond to
+    load their machine code from a warm one) that a program without such a loop does
+    not pay."""
     if "pgemm(" in text or "pack_weight(" in text:
         from . import packed
         packed.start()

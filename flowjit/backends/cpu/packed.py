@@ -1,9 +1,14 @@
 """Compiled code's door to packed-weight products (packed_ir.py): `pack_call` and
 `pgemm_call`, intrinsics calling the IR functions by name, registered with LLVM once
-per process. The IR is compiled for this machine's CPU (its vector width and FMA), not
-cached: llvmlite builds it in 0.12-0.27 s (AVX2's tiles, AVX-512's)."""
+per process. The IR is compiled for this machine's CPU (its vector width and FMA):
+llvmlite builds it in 0.12-0.27 s (AVX2's tiles, AVX-512's), so its machine code is kept
+in the disk cache (`packed/<key>.o`, keyed by packed_ir.py's source, the geometry, the
+CPU and LLVM), where a later process loads it in about a millisecond."""
+import hashlib
 import os
+import tempfile
 
+import llvmlite
 import llvmlite.binding as ll
 import llvmlite.ir as lir
 from numba import types
@@ -30,35 +35,105 @@ PANEL = GEOMETRY.panel
 # a block keeps at least this many multiply-adds (blas.py's rule for GEMM blocks)
 BLOCK_MACS = 1 << 18
 
-state = {"started": None, "why": ""}
+state = {"started": None, "why": "", "object": None}   # object: "compiled" or "loaded"
 _keep = []
 
 
 def start():
-    """Compile the packed-product functions and register them (once per process);
-    False where that failed (code generation then leaves products to BLAS)."""
+    """Compile the packed-product functions, or load them from the disk cache, and
+    register them (once per process); False where that failed (code generation then
+    leaves products to BLAS)."""
     if state["started"] is None:
         try:
             if not scheduler.start():
                 raise OSError(scheduler.state["why"])
-            mod = ll.parse_assembly(packed_ir.module(scheduler.RUN_SYMBOL, scheduler.SIZE_SYMBOL,
-                                                     BLOCK_MACS, GEOMETRY))
-            mod.verify()
             tm = ll.Target.from_default_triple().create_target_machine(
                 cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(), opt=3)
-            # no IR pass pipeline: the IR is written as it should run (accumulators in
-            # phis, invariants outside the loops), and LLVM's O1-O3 pipelines made the
-            # kernel slower (64x1024 @ 1024x256: 100 -> 77-96 GFLOP/s a thread) and cost
-            # 0.4-0.7 s in every process against 0.07 s for code generation alone
-            engine = ll.create_mcjit_compiler(mod, tm)
+            obj = _machine_code(tm)
+            # the object file's functions, linked against the pool's symbols by name
+            engine = ll.create_mcjit_compiler(ll.parse_assembly(""), tm)
+            engine.add_object_file(ll.ObjectFileRef.from_data(obj))
             engine.finalize_object()
             for name in (packed_ir.PACK_NAME, packed_ir.GEMM_NAME, packed_ir.PANEL_NAME):
-                ll.add_symbol(name, engine.get_function_address(name))
-            _keep.extend([mod, tm, engine])
+                address = engine.get_function_address(name)
+                if not address:
+                    raise RuntimeError(f"{name} missing from the packed products' machine code")
+                ll.add_symbol(name, address)
+            _keep.extend([tm, engine])
             state.update(started=True, why="")
         except Exception as e:  # noqa: BLE001  (any failure only means: no packed products)
             state.update(started=False, why=f"no packed products ({e})")
     return state["started"]
+
+
+def _machine_code(tm):
+    """The module's object code: from the disk cache, else compiled (and saved there)."""
+    path = _cache_path(tm)
+    obj = _read(path) if path else None
+    state["object"] = "loaded" if obj is not None else "compiled"
+    if obj is None:
+        mod = ll.parse_assembly(packed_ir.module(scheduler.RUN_SYMBOL, scheduler.SIZE_SYMBOL,
+                                                 BLOCK_MACS, GEOMETRY))
+        mod.verify()
+        # no IR pass pipeline: the IR is written as it should run (accumulators in
+        # phis, invariants outside the loops), and LLVM's O1-O3 pipelines made the
+        # kernel slower (64x1024 @ 1024x256: 100 -> 77-96 GFLOP/s a thread) and cost
+        # 0.4-0.7 s in every process against 0.07 s for code generation alone
+        obj = tm.emit_object(mod)
+        if path:
+            _write(path, obj)
+    return obj
+
+
+def _cache_path(tm):
+    """cache_dir()/packed/<key>.o, or None where the disk cache is off or unsafe. The
+    key covers what the machine code depends on: packed_ir.py (which writes the IR),
+    the module's parameters, the CPU and its features, LLVM's and llvmlite's versions."""
+    from ... import runtime_config as cfg
+    if not cfg.disk_cache_enabled():
+        return None
+    h = hashlib.sha1()
+    with open(packed_ir.__file__, "rb") as f:
+        h.update(f.read())
+    for part in (GEOMETRY, BLOCK_MACS, scheduler.RUN_SYMBOL, scheduler.SIZE_SYMBOL, ll.get_host_cpu_name(),
+                 ll.get_host_cpu_features().flatten(), tm.triple, ll.llvm_version_info, llvmlite.__version__):
+        h.update(repr(part).encode() + b"\0")
+    try:
+        d = os.path.join(cfg.cache_dir(), "packed")
+        cfg.secure_dir(cfg.cache_dir())
+        cfg.secure_dir(d)
+    except (OSError, cfg.UnsafeCache):
+        return None
+    return os.path.join(d, h.hexdigest()[:24] + ".o")
+
+
+def _read(path):
+    """The object code saved at path (behind its SHA-1), or None: missing, not ours,
+    writable by others, or not what was written (then it is compiled and saved again)."""
+    from ... import runtime_config as cfg
+    try:
+        with open(path, "rb") as f:
+            cfg.check_owner(path, os.fstat(f.fileno()))
+            data = f.read()
+    except (OSError, cfg.UnsafeCache):
+        return None
+    digest, obj = data[:20], data[20:]
+    return obj if obj and hashlib.sha1(obj).digest() == digest else None
+
+
+def _write(path, obj):
+    """Save obj behind its SHA-1, atomically (a reader sees the old file or the new)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".o")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(hashlib.sha1(obj).digest() + obj)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass             # not saved: the next process compiles it again
 
 
 def _float32_array(t, ndim):

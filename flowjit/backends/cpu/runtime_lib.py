@@ -11,7 +11,7 @@ from .packed import pack_call, panel_call, pgemm_call
 
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
 # (the packed products' symbols are registered by loader.start_packed_for, only in
-# processes whose code calls them: compiling them costs 0.2-0.27 s)
+# processes whose code calls them: compiling them costs 0.2-0.27 s on a cold cache)
 
 
 # 2-D float matmuls: big ones in blocks on the pool, small ones one single-threaded
