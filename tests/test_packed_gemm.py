@@ -294,3 +294,39 @@ def test_the_packed_machine_code_is_kept_in_the_disk_cache(tmp_path):
     files[0].unlink()
     assert run(FLOWJIT_CACHE="0") == "compiled"
     assert not files[0].exists()
+
+
+ASIDE = """
+import os
+import numpy as np, flowjit as fj
+from flowjit.backends.cpu import packed
+a = np.full((4, 4), 0.25, np.float32)
+h, hs = fj.jit(lambda h0, xs, w: fj.scan(lambda h, x: (fj.tanh(x + fj.matmul(h, w)),) * 2, h0, xs))(
+    a, np.ones((3, 4, 4), np.float32), a)
+try:
+    os.waitpid(-1, os.WNOHANG)
+    left = "a child left unreaped"
+except ChildProcessError:
+    left = "none"
+print(packed.state["object"], left, float(h.numpy()[0, 0]))
+"""
+
+
+def test_a_cold_loop_compiles_the_packed_products_aside(tmp_path):
+    # cold: a child forked at code generation compiles the packed products into the
+    # disk cache while the parent goes on, and is reaped; warm: loaded; no cache: here
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path), FLOWJIT_BACKGROUND_COMPILE="0")
+    h = 0.25                # h0; each step tanh(1 + h @ w), w all 0.25 over 4 rows
+    for _ in range(3):
+        h = np.tanh(1 + 4 * 0.25 * h)
+
+    def run(**extra):
+        r = subprocess.run([sys.executable, "-c", ASIDE], env=dict(env, **extra), capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        how, left, value = r.stdout.split("\n")[-2].rsplit(" ", 2)
+        assert left == "none" and abs(float(value) - h) < 1e-5, r.stdout
+        return how
+    assert run() == "compiled aside"
+    assert run() == "loaded"
+    assert run(FLOWJIT_CACHE="0") == "compiled"

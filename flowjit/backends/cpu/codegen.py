@@ -1215,7 +1215,7 @@ def _packed_weights(body, first_capture):
             continue
         tr = bool(m.attrs["transpose_b"])
         rows = bg.nodes[w].shape[1 if tr else 0]
-        if hint(rows) > PACK_MAX_ROWS or not packed.start():
+        if hint(rows) > PACK_MAX_ROWS or not packed.available():
             continue
         out[m.id] = (w, tr)
     return out

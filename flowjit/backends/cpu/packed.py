@@ -6,7 +6,9 @@ in the disk cache (`packed/<key>.o`, keyed by packed_ir.py's source, the geometr
 CPU and LLVM), where a later process loads it in about a millisecond."""
 import hashlib
 import os
+import signal
 import tempfile
+import time
 
 import llvmlite
 import llvmlite.binding as ll
@@ -35,8 +37,27 @@ PANEL = GEOMETRY.panel
 # a block keeps at least this many multiply-adds (blas.py's rule for GEMM blocks)
 BLOCK_MACS = 1 << 18
 
-state = {"started": None, "why": "", "object": None}   # object: "compiled" or "loaded"
+# object: how this process got the machine code, "compiled", "loaded" (from the disk
+# cache) or "compiled aside" (by a child forked when code generation first asked)
+state = {"started": None, "why": "", "object": None}
 _keep = []
+_aside = {"pid": None, "ok": False, "tried": False}   # the child compiling aside, its outcome
+ASIDE_TIMEOUT = 120.0       # seconds a child compiling the module aside may take
+
+
+def available():
+    """Whether packed products can be used here (code generation asks before it emits
+    them). The first time, where their machine code is not in the disk cache yet, a
+    forked child compiles it into the cache (0.2-0.27 s) while this process goes on
+    generating code, dry-running and loading Numba's registries: start(), later, loads
+    it from there. A cold LSTM's first call waited for that compile in line."""
+    if state["started"] is not None:
+        return state["started"]
+    if not _aside["tried"] and scheduler.start():
+        _aside["tried"] = True
+        _compile_aside()
+    # (nothing forked: the cache holds them, is off, or the platform cannot fork)
+    return True if _aside["pid"] is not None else start()
 
 
 def start():
@@ -47,9 +68,11 @@ def start():
         try:
             if not scheduler.start():
                 raise OSError(scheduler.state["why"])
-            tm = ll.Target.from_default_triple().create_target_machine(
-                cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(), opt=3)
+            tm = _target_machine()
+            aside = _wait_aside()
             obj = _machine_code(tm)
+            if aside and state["object"] == "loaded":
+                state["object"] = "compiled aside"
             # the object file's functions, linked against the pool's symbols by name
             engine = ll.create_mcjit_compiler(ll.parse_assembly(""), tm)
             engine.add_object_file(ll.ObjectFileRef.from_data(obj))
@@ -66,20 +89,99 @@ def start():
     return state["started"]
 
 
+def _target_machine():
+    return ll.Target.from_default_triple().create_target_machine(
+        cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(), opt=3)
+
+
+def _compile_aside():
+    """Fork a child that compiles the module into the disk cache and leaves (nothing to
+    do where the cache is off, already holds it, or the platform cannot fork)."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from ... import runtime_config as cfg
+    if not hasattr(os, "fork"):
+        return
+    tm = _target_machine()
+    path = _cache_path(tm)
+    if path is None or _read(path) is not None:
+        return
+    global_compiler_lock.acquire()      # (no other thread holds it, or LLVM, in the child)
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    finally:
+        global_compiler_lock.release()
+    if pid == 0:
+        code = 1
+        try:
+            cfg.forked_child()
+            _write(path, _compile(tm))
+            code = 0
+        finally:
+            cfg.leave_child()
+            os._exit(code)
+    _aside["pid"] = pid
+
+
+def compiling_aside():
+    """1 while a child compiles the module for this process (a sample of the machine's
+    load counts it as another process's thread), else 0."""
+    return 0 if _aside["pid"] is None or _reaped(os.WNOHANG) else 1
+
+
+def _reaped(flags):
+    """Whether the child compiling aside has left (noted in _aside["ok"])."""
+    try:
+        done, status = os.waitpid(_aside["pid"], flags)
+    except ChildProcessError:
+        done, status = _aside["pid"], -1
+    if not done:
+        return False
+    _aside.update(pid=None, ok=status != -1 and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+    return True
+
+
+def _wait_aside():
+    """Wait for the child compiling aside, if one was started: True when it left having
+    done its work (its machine code is then in the cache, unless something removed it)."""
+    if _aside["pid"] is None:       # none started, or compiling_aside() reaped it
+        ok, _aside["ok"] = _aside["ok"], False
+        return ok
+    pid = _aside["pid"]
+    deadline = time.monotonic() + ASIDE_TIMEOUT
+    while True:
+        if _reaped(os.WNOHANG):
+            ok, _aside["ok"] = _aside["ok"], False
+            return ok
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (OSError, ChildProcessError):
+                pass
+            _aside.update(pid=None, ok=False)
+            return False
+        time.sleep(0.002)
+
+
+def _compile(tm):
+    mod = ll.parse_assembly(packed_ir.module(scheduler.RUN_SYMBOL, scheduler.SIZE_SYMBOL, BLOCK_MACS, GEOMETRY))
+    mod.verify()
+    # no IR pass pipeline: the IR is written as it should run (accumulators in phis,
+    # invariants outside the loops), and LLVM's O1-O3 pipelines made the kernel slower
+    # (64x1024 @ 1024x256: 100 -> 77-96 GFLOP/s a thread) and cost 0.4-0.7 s in every
+    # process against 0.07 s for code generation alone
+    return tm.emit_object(mod)
+
+
 def _machine_code(tm):
     """The module's object code: from the disk cache, else compiled (and saved there)."""
     path = _cache_path(tm)
     obj = _read(path) if path else None
     state["object"] = "loaded" if obj is not None else "compiled"
     if obj is None:
-        mod = ll.parse_assembly(packed_ir.module(scheduler.RUN_SYMBOL, scheduler.SIZE_SYMBOL,
-                                                 BLOCK_MACS, GEOMETRY))
-        mod.verify()
-        # no IR pass pipeline: the IR is written as it should run (accumulators in
-        # phis, invariants outside the loops), and LLVM's O1-O3 pipelines made the
-        # kernel slower (64x1024 @ 1024x256: 100 -> 77-96 GFLOP/s a thread) and cost
-        # 0.4-0.7 s in every process against 0.07 s for code generation alone
-        obj = tm.emit_object(mod)
+        obj = _compile(tm)
         if path:
             _write(path, obj)
     return obj

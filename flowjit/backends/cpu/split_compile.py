@@ -62,7 +62,10 @@ def processes():
         seen.append(threads.others_runnable())
     if None in seen:
         return 1
-    return max(min(threads._cores() - min(seen), 4), 1)
+    # (a child compiling the packed products for this process is not another process)
+    from .packed import compiling_aside
+    others = max(min(seen) - compiling_aside(), 0)
+    return max(min(threads._cores() - others, 4), 1)
 
 
 def compile_ahead(exe, args, runs_next=()):
@@ -83,9 +86,9 @@ def compile_ahead(exe, args, runs_next=()):
     if n < 2:
         return 0
     t0 = time.perf_counter()
+    _start_numba()               # (meanwhile a child may be compiling the packed products)
     for e in stages:             # (before the children fork: they compile the helpers)
         loader.start_packed_for(e.py_src or "")
-    _start_numba()
     jobs = {}                    # (name, signature): the executable with its source
     try:
         outs = _dry_run(exe, args, jobs)
