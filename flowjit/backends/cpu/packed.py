@@ -6,9 +6,7 @@ in the disk cache (`packed/<key>.o`, keyed by packed_ir.py's source, the geometr
 CPU and LLVM), where a later process loads it in about a millisecond."""
 import hashlib
 import os
-import signal
 import tempfile
-import time
 
 import llvmlite
 import llvmlite.binding as ll
@@ -18,7 +16,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from . import packed_ir, scheduler
+from . import forked, packed_ir, scheduler
 
 
 def _geometry():
@@ -97,72 +95,33 @@ def _target_machine():
 def _compile_aside():
     """Fork a child that compiles the module into the disk cache and leaves (nothing to
     do where the cache is off, already holds it, or the platform cannot fork)."""
-    from numba.core.compiler_lock import global_compiler_lock
-    from ... import runtime_config as cfg
     if not hasattr(os, "fork"):
         return
     tm = _target_machine()
     path = _cache_path(tm)
     if path is None or _read(path) is not None:
         return
-    global_compiler_lock.acquire()      # (no other thread holds it, or LLVM, in the child)
-    try:
-        pid = os.fork()
-    except OSError:
-        return
-    finally:
-        global_compiler_lock.release()
-    if pid == 0:
-        code = 1
-        try:
-            cfg.forked_child()
-            _write(path, _compile(tm))
-            code = 0
-        finally:
-            cfg.leave_child()
-            os._exit(code)
-    _aside["pid"] = pid
+    _aside["pid"] = forked.fork_child(lambda: _write(path, _compile(tm)))
 
 
 def compiling_aside():
     """1 while a child compiles the module for this process (a sample of the machine's
     load counts it as another process's thread), else 0."""
-    return 0 if _aside["pid"] is None or _reaped(os.WNOHANG) else 1
-
-
-def _reaped(flags):
-    """Whether the child compiling aside has left (noted in _aside["ok"])."""
-    try:
-        done, status = os.waitpid(_aside["pid"], flags)
-    except ChildProcessError:
-        done, status = _aside["pid"], -1
-    if not done:
-        return False
-    _aside.update(pid=None, ok=status != -1 and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
-    return True
+    if _aside["pid"] is not None:
+        ok = forked.poll(_aside["pid"])
+        if ok is not None:
+            _aside.update(pid=None, ok=ok)
+    return 0 if _aside["pid"] is None else 1
 
 
 def _wait_aside():
     """Wait for the child compiling aside, if one was started: True when it left having
     done its work (its machine code is then in the cache, unless something removed it)."""
-    if _aside["pid"] is None:       # none started, or compiling_aside() reaped it
-        ok, _aside["ok"] = _aside["ok"], False
-        return ok
     pid = _aside["pid"]
-    deadline = time.monotonic() + ASIDE_TIMEOUT
-    while True:
-        if _reaped(os.WNOHANG):
-            ok, _aside["ok"] = _aside["ok"], False
-            return ok
-        if time.monotonic() > deadline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (OSError, ChildProcessError):
-                pass
-            _aside.update(pid=None, ok=False)
-            return False
-        time.sleep(0.002)
+    if pid is not None:
+        _aside.update(pid=None, ok=forked.wait([pid], ASIDE_TIMEOUT, every=0.002)[pid])
+    ok, _aside["ok"] = _aside["ok"], False
+    return ok
 
 
 def _compile(tm):

@@ -20,7 +20,6 @@ process, the kernels compile in this process as before. A child that fails, or r
 past TIMEOUT seconds, only leaves this process the kernels it had not saved.
 """
 import os
-import signal
 import struct
 import time
 import warnings
@@ -32,7 +31,7 @@ from ... import runtime_config as cfg
 from ...config import config
 from ...ir.registry import REGISTRY
 from ...runtime import stats as S
-from . import loader, runtime_lib, threads
+from . import forked, loader, runtime_lib, threads
 
 # runtime_lib helpers entries call by name
 HELPERS = ("gemm", "bmm", "bmm_loop", "pack_weight", "pgemm")
@@ -115,7 +114,7 @@ def compile_ahead(exe, args, runs_next=()):
     with queue:
         children = _fork_children(min(n, len(todo)) - 1, lambda: _compile_from(queue, todo))
         _compile_from(queue, todo)
-        _wait(children)
+        forked.wait(children, TIMEOUT)
     _compile(todo)               # load what the children saved (or compile what they did not)
     compiled = sum(1 for _, name, _ in todo if name not in HELPERS)
     S.bump("compiles", compiled)
@@ -267,50 +266,11 @@ def _compile(part):
 
 
 def _fork_children(n, work):
-    """Start n forked children, each running work() and leaving at once. Numba's
-    compiler lock is held across the fork, so no other thread of this process holds
-    it in a child."""
-    from numba.core.compiler_lock import global_compiler_lock
+    """Start n forked children, each running work() and leaving at once."""
     pids = []
     for _ in range(n):
-        global_compiler_lock.acquire()
-        try:
-            pid = os.fork()
-        except OSError:
-            global_compiler_lock.release()
+        pid = forked.fork_child(work)
+        if pid is None:
             break
-        global_compiler_lock.release()
-        if pid == 0:                     # the child: compile, save, leave at once
-            code = 1
-            try:
-                cfg.forked_child()
-                work()
-                code = 0
-            finally:
-                cfg.leave_child()
-                os._exit(code)
         pids.append(pid)
     return pids
-
-
-def _wait(pids):
-    deadline = time.monotonic() + TIMEOUT
-    left = list(pids)
-    while left:
-        for pid in list(left):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                left.remove(pid)
-        if left and time.monotonic() > deadline:
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (OSError, ChildProcessError):
-                    pass
-            return
-        if left:
-            time.sleep(0.005)
