@@ -985,6 +985,12 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
     packed = _packed_weights(body, nc + nx)
     for arg, tr in sorted(set(packed.values())):
         lines.append(f"{p}k{arg}_{int(tr)} = pack_weight({names[arg]}, np.bool_({tr}))")
+    if packed:
+        # the bias of a packed product without one: an empty array of the loop's own,
+        # typed like a bias row (writeable, contiguous), so the products with a bias and
+        # without share one compiled pgemm (a global array types as read-only: the
+        # LSTM's forward and backward compiled one each, 0.12-0.18 s a cold process)
+        lines.append(f"{p}nb = np.zeros(0, np.float32)")
     flipped = {m: w for m, w in _transposed_captures(body, nc + nx).items() if m not in packed}
     for arg in sorted(set(flipped.values())):
         lines.append(f"{p}w{arg} = np.ascontiguousarray({names[arg]}.T)")
@@ -1013,7 +1019,7 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
         special_lines[m] = _packed_matmul_lines(bg.nodes[m], body_buf, gen.alloc, f"{p}k{arg}_{int(tr)}",
                                                 into=added_to.get(m), addend=plus_slice.get(m),
                                                 out=names[to_sequences[m][1]] if m in plus_slice else None,
-                                                bias=bias_of.get(m, "NO_BIAS"))
+                                                bias=bias_of.get(m), no_bias=f"{p}nb")
     for m in (added_to.keys() | flipped.keys()) - special_lines.keys():
         w = flipped.get(m)
         special_lines[m] = _matmul_lines(bg, bg.nodes[m], lambda i, w=w: f"{p}w{w}" if i == w else body_buf(i),
@@ -1226,18 +1232,20 @@ def _packed_weights(body, first_capture):
     return out
 
 
-def _packed_matmul_lines(n, buf, alloc, packed_name, into=None, addend=None, out=None, bias="NO_BIAS"):
+def _packed_matmul_lines(n, buf, alloc, packed_name, no_bias, into=None, addend=None, out=None,
+                         bias=None):
     """A loop body's product with a packed weight (_packed_weights); `into`: a buffer it
-    is added to; `addend`: an array added to it (then `bias`, a row, unless NO_BIAS) as
-    it is stored into buffer `out`."""
+    is added to; `addend`: an array added to it (then `bias`, a row, unless it is
+    `no_bias`, an empty array) as it is stored into buffer `out`."""
+    bias = no_bias if bias is None else bias
     a = buf(n.inputs[0]) + (".T" if n.attrs["transpose_a"] else "")
     if into is not None:
-        return [f"pgemm({a}, {packed_name}, {into}, {into}, NO_BIAS, np.bool_(True))"]
+        return [f"pgemm({a}, {packed_name}, {into}, {into}, {no_bias}, np.bool_(True))"]
     if addend is not None:
         return [f"pgemm({a}, {packed_name}, {out}, {addend}, {bias}, np.bool_(True))"]
     out = buf(n.id)
     return [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}",
-            f"pgemm({a}, {packed_name}, {out}, {out}, NO_BIAS, np.bool_(False))"]
+            f"pgemm({a}, {packed_name}, {out}, {out}, {no_bias}, np.bool_(False))"]
 
 
 def _summed_after(g, n, special, stacked, buf, p, per_step):

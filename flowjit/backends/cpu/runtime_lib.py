@@ -74,11 +74,9 @@ _starts_packed_before_loading(pack_weight)
 _starts_packed_before_loading(pgemm)
 
 
-# pgemm's bias when there is none. Read-only, as compiled code types a global array: the
-# Python tier's calls and a compiled loop's then share one compiled pgemm (the LSTM's
-# loops compiled a second one, 0.24 s, when this was writeable)
+# pgemm's bias when there is none, in direct calls (a generated loop passes an empty array
+# of its own: codegen._scan_lines)
 NO_BIAS = np.zeros(0, np.float32)
-NO_BIAS.flags.writeable = False
 
 
 # fixed transposes, for the convolution kernels that call them from compiled code
