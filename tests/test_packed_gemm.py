@@ -190,6 +190,36 @@ def test_an_rnn_loop_packs_its_weights_once_and_matches_numpy(rng, tier, T, owne
     assert src.count("pgemm(") == 2, src
 
 
+@pytest.mark.parametrize("tr", [False, True])
+def test_a_product_with_many_rows_runs_packed_and_matches_numpy(rng, tier, tr):
+    # an RNN's input projection for all its steps: enough rows (codegen.PACKED_MIN_ROWS)
+    # to pack the weight for one product; a gradient through it too (its dx reads the
+    # weight transposed, its dW the input transposed: BLAS)
+    from flowjit.backends.cpu.codegen import PACKED_MIN_ROWS
+    M, K, N = PACKED_MIN_ROWS + 13, 24, 16 * PANEL + 5
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K) if tr else (K, N)).astype(np.float32)
+    g = rng.standard_normal((M, N)).astype(np.float32)
+
+    def run(x, w, g):
+        with fj.GradientTape() as tape:
+            tape.watch(x)
+            tape.watch(w)
+            y = fj.matmul(x, w, transpose_b=tr)
+            loss = fj.reduce_sum(y * g)
+        return (y,) + tuple(tape.gradient(loss, [x, w]))
+    f = fj.jit(run)
+    y, dx, dw = f(x, w, g)
+    w64 = (w.T if tr else w).astype(np.float64)
+    np.testing.assert_allclose(y.numpy(), x.astype(np.float64) @ w64, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx.numpy(), g.astype(np.float64) @ w64.T, rtol=1e-4, atol=1e-3)
+    dw64 = x.astype(np.float64).T @ g.astype(np.float64)
+    np.testing.assert_allclose(dw.numpy(), dw64.T if tr else dw64, rtol=1e-4, atol=1e-3)
+    src = f.inspect(x, w, g).forward_source
+    assert src.count("pack_weight(") == 1 and src.count("pgemm(") >= 1, src
+
+
+
 def test_the_other_geometry_in_a_process_of_its_own(tmp_path):
     # this file's tests with the tiles this CPU does not pick (AVX2's where it has
     # AVX-512, AVX-512's otherwise: LLVM splits its 16-float vectors on an AVX2 CPU)

@@ -1232,6 +1232,26 @@ def _packed_weights(body, first_capture):
     return out
 
 
+# a float32 product with at least this many rows (traced) packs its right operand and
+# runs on the packed products (packed_ir.py) instead of OpenBLAS: an RNN's input
+# projection for all steps, 3200x64 @ 64x1024, 2.25-2.65 ms against 2.76-2.83 (two
+# threads, the pack included); with 128-256 rows the pack's cost ate the gain
+PACKED_MIN_ROWS = 2048
+
+
+def _packed_once(a, b, n, ta):
+    """Whether a 2-D product runs as pack_weight + pgemm (PACKED_MIN_ROWS): float32, the
+    left operand read as it is, enough rows for the pack to pay and enough columns for a
+    few panels per pool thread."""
+    from . import packed
+    if len(n.shape) != 2 or n.dtype is not D.float32 or ta or len(b.shape) != 2:
+        return False
+    rows, cols = (hint(d) for d in n.shape)
+    inner = hint(a.shape[1])
+    return rows >= PACKED_MIN_ROWS and cols >= 16 * packed.PANEL and inner <= PACK_MAX_ROWS \
+        and packed.available()
+
+
 def _packed_matmul_lines(n, buf, alloc, packed_name, no_bias, into=None, addend=None, out=None,
                          bias=None):
     """A loop body's product with a packed weight (_packed_weights); `into`: a buffer it
@@ -1634,6 +1654,11 @@ def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):
     if into is not None:
         return [f"gemm({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
     lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
+    if _packed_once(a, b, n, ta):
+        nb = "np.zeros(0, np.float32)"          # no bias (typed as a loop's empty bias row)
+        lines.append(f"pgemm({buf(a.id)}, pack_weight({buf(b.id)}, np.bool_({tb})), {out}, {out}, {nb}, "
+                     f"np.bool_(False))")
+        return lines
     if len(n.shape) == 2 and n.dtype.is_floating:
         # one helper for the four transposes (np.bool_: not a literal, so not compiled per flag)
         lines.append(f"gemm({buf(a.id)}, {buf(b.id)}, {out}, np.bool_({ta}), np.bool_({tb}), np.bool_(False))")
