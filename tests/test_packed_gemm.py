@@ -219,7 +219,6 @@ def test_a_product_with_many_rows_runs_packed_and_matches_numpy(rng, tier, tr):
     assert src.count("pack_weight(") == 1 and src.count("pgemm(") >= 1, src
 
 
-
 def test_the_other_geometry_in_a_process_of_its_own(tmp_path):
     # this file's tests with the tiles this CPU does not pick (AVX2's where it has
     # AVX-512, AVX-512's otherwise: LLVM splits its 16-float vectors on an AVX2 CPU)
