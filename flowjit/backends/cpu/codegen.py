@@ -986,11 +986,7 @@ def _scan_lines(g, n, body, gen, buf, prefix, owned=frozenset(), folded=None):
     for arg, tr in sorted(set(packed.values())):
         lines.append(f"{p}k{arg}_{int(tr)} = pack_weight({names[arg]}, np.bool_({tr}))")
     if packed:
-        # the bias of a packed product without one: an empty array of the loop's own,
-        # typed like a bias row (writeable, contiguous), so the products with a bias and
-        # without share one compiled pgemm (a global array types as read-only: the
-        # LSTM's forward and backward compiled one each, 0.12-0.18 s a cold process)
-        lines.append(f"{p}nb = np.zeros(0, np.float32)")
+        lines.append(f"{p}nb = {NO_BIAS_SRC}")
     flipped = {m: w for m, w in _transposed_captures(body, nc + nx).items() if m not in packed}
     for arg in sorted(set(flipped.values())):
         lines.append(f"{p}w{arg} = np.ascontiguousarray({names[arg]}.T)")
@@ -1230,6 +1226,13 @@ def _packed_weights(body, first_capture):
             continue
         out[m.id] = (w, tr)
     return out
+
+
+# the bias of a packed product without one: an empty array made where it is used, typed
+# like a bias row (writeable, contiguous), so the products with a bias and without share
+# one compiled pgemm (a global array types as read-only: the LSTM's forward and backward
+# compiled one each, 0.12-0.18 s a cold process)
+NO_BIAS_SRC = "np.zeros(0, np.float32)"
 
 
 # a float32 product with at least this many rows (traced) packs its right operand and
@@ -1655,8 +1658,7 @@ def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):
         return [f"gemm({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
     lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if _packed_once(a, b, n, ta):
-        nb = "np.zeros(0, np.float32)"          # no bias (typed as a loop's empty bias row)
-        lines.append(f"pgemm({buf(a.id)}, pack_weight({buf(b.id)}, np.bool_({tb})), {out}, {out}, {nb}, "
+        lines.append(f"pgemm({buf(a.id)}, pack_weight({buf(b.id)}, np.bool_({tb})), {out}, {out}, {NO_BIAS_SRC}, "
                      f"np.bool_(False))")
         return lines
     if len(n.shape) == 2 and n.dtype.is_floating:
