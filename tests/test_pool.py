@@ -385,3 +385,63 @@ def test_gemm_in_either_openblas(which):
         assert why.startswith("SciPy's BLAS"), why
     elif blas._numpy_openblas() is not None:
         assert why.startswith("NumPy's OpenBLAS"), why
+
+
+def _stages(f, args):
+    c, _ = f._lookup(args, {})
+    return [s.exe for s in c.stages]
+
+
+@pytest.mark.parametrize("background_compile", [False, True])
+def test_the_python_tier_launches_pooled_kernels_from_python_until_their_launchers_compile(
+        pooled, rng, monkeypatch, tmp_path, background_compile):
+    """On a cold cache the Python tier's first calls run a pooled kernel's launcher as
+    plain Python (pool.python_launcher: its compiled launcher would cost as much as half
+    the kernel's compile); the later compile brings the compiled launcher, which the
+    tier then calls. Same blocks, same task, the same bits all along."""
+    from numba.core.registry import CPUDispatcher
+    monkeypatch.setenv("FLOWJIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fj.config, "entry_overhead_share", 1.5)     # stays in the Python tier
+    monkeypatch.setattr(fj.config, "background_compile", background_compile)
+    monkeypatch.setattr(fj.config, "tier", "compiled")              # no tier 0 first
+    x = rng.standard_normal((37, 9)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32)
+
+    # kernels of this test's own: this process keeps a launcher compiled by another test
+    @fj.jit
+    def f(x, b):
+        return fj.tanh(x * b) * fj.sigmoid(x - b) - (fj.exp(b - x) if background_compile else b)
+
+    want = (np.tanh(x * b) / (1.0 + np.exp(b - x)) - (np.exp(b - x) if background_compile else b))
+    want = want.astype(np.float32)
+    first = f(x, b).numpy()
+    assert_close(first, want, rtol=2e-6, atol=2e-6)
+    (exe,) = _stages(f, (x, b))
+    assert exe.py_launched, "no pooled kernel was launched from Python"
+    for k in exe.py_launched:
+        assert not isinstance(exe._py_ns[k], CPUDispatcher)
+        assert not loader.kernel(k).overloads            # its launcher is not compiled
+    launched = list(exe.py_launched)
+    for _ in range(400):
+        np.testing.assert_array_equal(f(x, b).numpy(), first)
+        if exe.calls > fj.config.compile_entry_after and not exe.py_launched and exe.pending is None:
+            break
+        if exe.pending is not None and exe.pending.proc is not None:
+            exe.pending.proc.wait(120)
+    assert not exe.py_launched
+    for k in launched:                                     # now the compiled launcher
+        assert exe._py_ns[k] is loader.kernel(k) and loader.kernel(k).overloads
+    np.testing.assert_array_equal(f(x, b).numpy(), first)
+
+
+def test_a_task_launched_from_python_checks_its_arrays_first():
+    """launch_from_python checks every array against the layout before any task reads
+    it (the compiled launcher's typing does that): the dtype, rank, contiguity and the
+    count of arguments, naming the kernel."""
+    good = np.zeros((4, 8), np.float32)
+    bad = [np.zeros((4, 8), np.float64), np.zeros(32, np.float32), good[:, ::2], good.tolist()]
+    for a in bad:
+        with pytest.raises(TypeError, match="k_test takes a C-contiguous float32 array of rank 2"):
+            pool.launch_from_python(0, 1, 4, "i,float32:2", (4, a), "k_test")
+    with pytest.raises(TypeError, match="k_test takes 2 arguments, got 1"):
+        pool.launch_from_python(0, 1, 4, "i,float32:2", (4,), "k_test")

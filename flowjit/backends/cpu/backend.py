@@ -14,7 +14,7 @@ from numba.core import event as numba_event
 from ...config import config
 from ...errors import CompileError
 from ...runtime import stats as S
-from . import background, loader, split_compile, threads
+from . import background, loader, pool, split_compile, threads
 from ..reference import ReferenceProgram
 from .codegen import gen_entry
 
@@ -116,6 +116,8 @@ class CpuExecutable:
         self.runs_next = []
         self.buffers = BufferCache(n_sites)
         self.loop_names = []       # the entry's loops as functions (entry_loops.py)
+        self.py_launched = []      # pooled kernels the Python tier launches from Python (pool.py)
+        self._compiled_later = []  # the loops and launchers the later compile brings
         self._py_ns = None         # the Python tier's globals (its loop functions)
         self.run = self._run_first
 
@@ -132,6 +134,12 @@ class CpuExecutable:
         self._load()
         ns = dict(vars(self._module))
         ns["alloc"] = self.buffers.alloc          # the same source, buffers reused per site
+        # a pooled kernel whose compiled launcher is not at hand is launched from Python
+        # until the later compile (_compile_loops) brings it: on a cold cache that
+        # launcher would cost as much as half the kernel's compile
+        self.py_launched = [k for k in self.kernel_names if pool.python_launchable(k, self.kernel_srcs[k])
+                            and not loader.kernel(k).overloads and not loader.has_disk_cache(k)]
+        ns.update({k: pool.python_launcher(loader._modules[k], k) for k in self.py_launched})
         exec(compile(self.py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
         self.py_entry = ns[self.entry_name]
         self._py_ns = ns
@@ -164,7 +172,7 @@ class CpuExecutable:
         if not config.background_compile or not background.possible(self):
             return False
         if loader.has_disk_cache(self.entry_name) or \
-                all(loader.has_disk_cache(k) for k in self.kernel_names):
+                all(loader.kernel_cached(k, self.kernel_srcs[k]) for k in self.kernel_names):
             return False                   # loads in milliseconds: no tier 0 needed
         specs = background.arg_specs(args)
         if specs is None:
@@ -221,23 +229,24 @@ class CpuExecutable:
                 self.run = self._run_njit
                 return self._run_njit(args)
             self.run = self._run_python_only
-            if self.loop_names:
+            if self.loop_names or self.py_launched:
                 return self._compile_loops(args)
         return self._run_python_only(args)
 
     def _compile_loops(self, args):
-        """This call runs the Python tier noting the types its loop functions get; those
-        then compile, in a child where background compiles are on (this tier runs on
-        meanwhile), else here on their next call."""
+        """This call runs the Python tier noting the types its loop functions get, and
+        those of the kernels it launches from Python; those functions and the kernels'
+        launchers then compile, in a child where background compiles are on (this tier
+        runs on meanwhile), else here on their next call."""
         ns, sigs = self._py_ns, {}
-        python = {name: ns[name] for name in self.loop_names}
+        python = {name: ns[name] for name in self.loop_names + self.py_launched}
 
         def noting(name):
             def loop(*a):
                 sigs.setdefault(name, tuple(numba.typeof(x) for x in a))
                 return python[name](*a)
             return loop
-        ns.update({name: noting(name) for name in self.loop_names})
+        ns.update({name: noting(name) for name in python})
         try:
             out = self._run_python_only(args)
         except BaseException:
@@ -247,7 +256,9 @@ class CpuExecutable:
             ns.update(python)
         if not sigs:            # no loop ran (inside a branch not taken): keep interpreting
             return out
-        cached = all(loader.has_disk_cache(self.entry_name, name) for name in sigs)
+        self._compiled_later = list(sigs)
+        cached = all(loader.has_disk_cache(name) if name in self.py_launched else
+                     loader.has_disk_cache(self.entry_name, name) for name in sigs)
         if not cached and config.background_compile and background.possible(self):
             try:
                 self.pending = background.Compile("loops", self, loops=sigs)
@@ -260,7 +271,10 @@ class CpuExecutable:
         return out
 
     def _bind_compiled_loops(self):
-        self._py_ns.update({name: getattr(self._module, name) for name in self.loop_names})
+        """The Python tier calls the compiled loop functions and kernel launchers (a
+        kernel the noting call did not launch keeps launching from Python)."""
+        self._py_ns.update({name: getattr(self._module, name) for name in self._compiled_later})
+        self.py_launched = [k for k in self.py_launched if k not in self._compiled_later]
 
     def _run_loops_pending(self, args):
         """The Python tier while a child compiles the loop functions."""

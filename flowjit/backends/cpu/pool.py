@@ -14,8 +14,13 @@ Code generation asks `available()`; without the pool (no pthreads) kernels keep 
 `flowjit_task_<kernel>`: addresses change from process to process, names do not, so
 kernels stay in Numba's disk cache.
 """
+import ctypes
+import functools
+import types as pytypes
+
 import llvmlite.binding as ll
 import llvmlite.ir as lir
+import numpy as np
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
@@ -282,3 +287,78 @@ def run_source(key, run_name, params, arrays):
         f"def {run_name}(total, {', '.join(params)}):",
         "    nt = block_count(total)",
         launch_line(key, "total", params, arrays, "    ")]) + "\n"
+
+
+# ---- launching a task from the Python tier -------------------------------------------
+# A pooled kernel's launcher is an njit function taking every array; on a cold cache it
+# cost 0.13-0.19 s to compile (its typing, lowering and Python wrapper: a third), as much
+# as half its task, for the few calls the Python tier makes before the loops or the
+# entry are compiled (which compile it anyway, as their callee). So the Python tier's
+# first calls run the launcher's own code in the interpreter, with Python versions of
+# block_count and pool_launch: the same blocks, the same records, the same task, the
+# same bits. A call costs ~25 us there against ~2 us compiled, so the backend binds the
+# compiled launcher once it is (backend.py).
+def python_launchable(name, src):
+    """Whether kernel `name`, module text `src`, has a launcher that also runs as plain
+    Python: a pooled loop kernel (codegen: task `<name>_task` under the key its name
+    holds) whose blocks write no partial results (combining those is an element loop,
+    slow in the interpreter)."""
+    return f"pool_launch('{name[2:]}', " in src and "flat_rows(" not in src
+
+
+def python_launcher(mod, name):
+    """Kernel `name` of the loaded module `mod` as a Python function running its
+    launcher's code (python_launchable)."""
+    task = getattr(mod, name + "_task")
+    code = getattr(mod, name).py_func.__code__
+    env = dict(vars(mod), block_count=_block_count_py,
+               pool_launch=lambda key, nt, rows, layout, args: launch_from_python(
+                   task.address, nt, rows, layout, args, name))
+    return pytypes.FunctionType(code, env, name)
+
+
+def _block_count_py(rows):
+    """block_count, in Python."""
+    return max(min(int(rows), scheduler.size() * BLOCKS_PER_THREAD), 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(layout):
+    specs = _layout_ranks(layout)
+    if any(kind == "part" for kind, _, _ in specs):
+        raise ValueError(f"pool_launch from Python: partial results are not supported ({layout})")
+    return specs
+
+
+@functools.cache
+def _run_from_python():
+    scheduler.start()
+    # PYFUNCTYPE: the call keeps the GIL, as the compiled launcher does
+    return ctypes.PYFUNCTYPE(ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_int32)(scheduler.state["run"])
+
+
+def launch_from_python(task_address, nt, rows, layout, args, name="a task"):
+    """pool_launch in Python: records of rows 0..rows cut into `nt` blocks, as
+    pool_launch builds them, run by the pool. Arrays are checked against the layout
+    first (the compiled launcher's typing did that): a task reads memory blindly."""
+    specs = _layout(layout)
+    if len(args) != len(specs):
+        raise TypeError(f"flowjit: kernel {name} takes {len(specs)} arguments, got {len(args)}")
+    vals = []
+    for (kind, dt, nd), a in zip(specs, args):
+        if kind == "i":
+            vals.append(int(a))
+            continue
+        if not (type(a) is np.ndarray and a.dtype.name == dt and a.ndim == nd and a.flags.c_contiguous):
+            raise TypeError(f"flowjit: kernel {name} takes a C-contiguous {dt} array of rank {nd}, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+        vals.append(a.__array_interface__["data"][0])
+        vals.extend(a.shape)
+    nt = int(nt)
+    rec = np.empty((nt, 2 + len(vals)), np.int64)
+    rec[:, 2:] = vals
+    bounds = np.arange(nt + 1, dtype=np.int64) * int(rows) // nt
+    rec[:, 0] = bounds[:-1]
+    rec[:, 1] = bounds[1:]
+    _run_from_python()(nt, task_address, rec.ctypes.data, rec.strides[0])

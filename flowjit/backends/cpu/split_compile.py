@@ -31,7 +31,7 @@ from ... import runtime_config as cfg
 from ...config import config
 from ...ir.registry import REGISTRY
 from ...runtime import stats as S
-from . import forked, loader, runtime_lib, threads
+from . import forked, loader, pool, runtime_lib, threads
 
 # runtime_lib helpers entries call by name
 HELPERS = ("gemm", "bmm", "bmm_loop", "pack_weight", "pgemm")
@@ -77,7 +77,7 @@ def compile_ahead(exe, args, runs_next=()):
     forward's). Returns how many kernel signatures were compiled here or in
     children."""
     stages = [exe] + [e for e, _ in runs_next]
-    if all(loader.has_disk_cache(k) for e in stages for k in e.kernel_names):
+    if all(loader.kernel_cached(k, e.kernel_srcs[k]) for e in stages for k in e.kernel_names):
         return 0                 # they load in milliseconds
     if not _eligible(exe):
         return 0
@@ -103,7 +103,7 @@ def compile_ahead(exe, args, runs_next=()):
             break
     # (a kernel already in the disk cache loads in milliseconds on its first call)
     todo = [(e, name, sig) for (name, sig), e in jobs.items()
-            if not _ready(name, sig) and (name in HELPERS or not loader.has_disk_cache(name))]
+            if not _ready(e, name, sig) and (name in HELPERS or not loader.kernel_cached(name, e.kernel_srcs[name]))]
     if len(todo) < 2:
         return 0
     todo.sort(key=_cost, reverse=True)     # the costliest first: the last ones are short
@@ -210,12 +210,14 @@ def _copy(a):
     return c
 
 
-def _ready(name, sig):
-    """Whether this process already has `name` compiled for `sig`."""
+def _ready(exe, name, sig):
+    """Whether this process already has `name` compiled for `sig` (a kernel the Python
+    tier launches from Python: its task, compiled when its module loads)."""
     if name in HELPERS:
         return sig in getattr(runtime_lib, name).overloads
     mod = loader._modules.get(name)
-    return mod is not None and sig in getattr(mod, name).overloads
+    return mod is not None and (pool.python_launchable(name, exe.kernel_srcs[name])
+                                or sig in getattr(mod, name).overloads)
 
 
 def _cost(job):
@@ -261,8 +263,10 @@ def _compile(part):
         if name in HELPERS:
             getattr(runtime_lib, name).compile(sig)
         else:
-            mod = loader.load(name, exe.kernel_srcs[name], threads=name in exe.threaded)
-            getattr(mod, name).compile(sig)
+            src = exe.kernel_srcs[name]
+            mod = loader.load(name, src, threads=name in exe.threaded)
+            if not pool.python_launchable(name, src):     # (its launcher compiles later: pool.py)
+                getattr(mod, name).compile(sig)
 
 
 def _fork_children(n, work):
