@@ -291,8 +291,8 @@ def run_source(key, run_name, params, arrays):
 
 # ---- launching a task from the Python tier -------------------------------------------
 # A pooled kernel's launcher is an njit function taking every array; on a cold cache it
-# cost 0.13-0.19 s to compile (its typing, lowering and Python wrapper: a third), as much
-# as half its task, for the few calls the Python tier makes before the loops or the
+# cost 0.13-0.40 s to compile (its typing, lowering and Python wrapper: a quarter), as
+# much as half its task, for the few calls the Python tier makes before the loops or the
 # entry are compiled (which compile it anyway, as their callee). So the Python tier's
 # first calls run the launcher's own code in the interpreter, with Python versions of
 # block_count and pool_launch: the same blocks, the same records, the same task, the
