@@ -392,38 +392,24 @@ def _stages(f, args):
     return [s.exe for s in c.stages]
 
 
-@pytest.mark.parametrize("background_compile", [False, True])
-def test_the_python_tier_launches_pooled_kernels_from_python_until_their_launchers_compile(
-        pooled, rng, monkeypatch, tmp_path, background_compile):
-    """On a cold cache the Python tier's first calls run a pooled kernel's launcher as
-    plain Python (pool.python_launcher: its compiled launcher would cost as much as half
-    the kernel's compile); the later compile brings the compiled launcher, which the
-    tier then calls. Same blocks, same task, the same bits all along."""
+def _launched_from_python_then_compiled(f, args, want, combine):
+    """Call f until its Python tier calls the compiled launchers of the kernels it first
+    launched from Python (one of them combining block partials with `combine`): the
+    results match NumPy's and stay the same to the bit all along."""
     from numba.core.registry import CPUDispatcher
-    monkeypatch.setenv("FLOWJIT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(fj.config, "entry_overhead_share", 1.5)     # stays in the Python tier
-    monkeypatch.setattr(fj.config, "background_compile", background_compile)
-    monkeypatch.setattr(fj.config, "tier", "compiled")              # no tier 0 first
-    x = rng.standard_normal((37, 9)).astype(np.float32)
-    b = rng.standard_normal(9).astype(np.float32)
-
-    # kernels of this test's own: this process keeps a launcher compiled by another test
-    @fj.jit
-    def f(x, b):
-        return fj.tanh(x * b) * fj.sigmoid(x - b) - (fj.exp(b - x) if background_compile else b)
-
-    want = (np.tanh(x * b) / (1.0 + np.exp(b - x)) - (np.exp(b - x) if background_compile else b))
-    want = want.astype(np.float32)
-    first = f(x, b).numpy()
-    assert_close(first, want, rtol=2e-6, atol=2e-6)
-    (exe,) = _stages(f, (x, b))
+    first = [t.numpy() for t in f(*args)]
+    for g, w in zip(first, want):
+        assert_close(g, w.astype(np.float32), rtol=1e-5, atol=1e-5)
+    (exe,) = _stages(f, args)
     assert exe.py_launched, "no pooled kernel was launched from Python"
+    assert any(combine + "(" in exe.kernel_srcs[k] for k in exe.py_launched)
     for k in exe.py_launched:
         assert not isinstance(exe._py_ns[k], CPUDispatcher)
         assert not loader.kernel(k).overloads            # its launcher is not compiled
     launched = list(exe.py_launched)
     for _ in range(400):
-        np.testing.assert_array_equal(f(x, b).numpy(), first)
+        for g, e in zip([t.numpy() for t in f(*args)], first):
+            np.testing.assert_array_equal(g, e)
         if exe.calls > fj.config.compile_entry_after and not exe.py_launched and exe.pending is None:
             break
         if exe.pending is not None and exe.pending.proc is not None:
@@ -431,7 +417,50 @@ def test_the_python_tier_launches_pooled_kernels_from_python_until_their_launche
     assert not exe.py_launched
     for k in launched:                                     # now the compiled launcher
         assert exe._py_ns[k] is loader.kernel(k) and loader.kernel(k).overloads
-    np.testing.assert_array_equal(f(x, b).numpy(), first)
+    for g, e in zip([t.numpy() for t in f(*args)], first):
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.fixture
+def cold_python_tier(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLOWJIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fj.config, "entry_overhead_share", 1.5)     # stays in the Python tier
+    monkeypatch.setattr(fj.config, "tier", "compiled")              # no tier 0 first
+
+
+@pytest.mark.parametrize("background_compile", [False, True])
+def test_the_python_tier_launches_pooled_kernels_from_python_until_their_launchers_compile(
+        pooled, cold_python_tier, rng, monkeypatch, background_compile):
+    """On a cold cache the Python tier's first calls run a pooled kernel's launcher as
+    plain Python (pool.python_launcher: its compiled launcher would cost as much as half
+    the kernel's compile), a column sum's block partials added by combine_sum's NumPy
+    twin; the later compile brings the compiled launcher, which the tier then calls.
+    Same blocks, same task, the same bits all along."""
+    monkeypatch.setattr(fj.config, "background_compile", background_compile)
+    x = rng.standard_normal((37, 9)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32)
+
+    # kernels of this test's own: this process keeps a launcher compiled by another test
+    @fj.jit
+    def f(x, b):
+        y = fj.tanh(x * b) * fj.sigmoid(x - b) - (fj.exp(b - x) if background_compile else b)
+        return y, fj.reduce_sum(y * x, axis=0)
+
+    y = np.tanh(x * b) / (1.0 + np.exp(b - x)) - (np.exp(b - x) if background_compile else b)
+    _launched_from_python_then_compiled(f, (x, b), [y, (y * x).sum(0)], "combine_sum")
+
+
+def test_a_whole_sum_launched_from_python_adds_its_blocks_in_float64(pooled, cold_python_tier, rng,
+                                                                      monkeypatch):
+    monkeypatch.setattr(fj.config, "background_compile", False)
+    x = rng.standard_normal((41, 7)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+
+    @fj.jit
+    def f(x, b):
+        return (fj.reduce_sum(fj.square(b * 0.5 - x)),)
+
+    _launched_from_python_then_compiled(f, (x, b), [np.square(b * 0.5 - x).sum()], "combine_sum_wide")
 
 
 def test_a_task_launched_from_python_checks_its_arrays_first():
@@ -445,3 +474,30 @@ def test_a_task_launched_from_python_checks_its_arrays_first():
             pool.launch_from_python(0, 1, 4, "i,float32:2", (4, a), "k_test")
     with pytest.raises(TypeError, match="k_test takes 2 arguments, got 1"):
         pool.launch_from_python(0, 1, 4, "i,float32:2", (4,), "k_test")
+    with pytest.raises(TypeError, match="k_test takes a C-contiguous float32 array of rank 2 with 3 blocks"):
+        pool.launch_from_python(0, 3, 4, "i,part:float32:1", (4, np.zeros((2, 5), np.float32)), "k_test")
+
+
+@pytest.mark.parametrize("dtype,wide", [(np.float32, False), (np.float32, True), (np.float64, False),
+                                        (np.int64, False)])
+def test_combine_sum_and_its_numpy_twin_add_blocks_in_order_to_the_same_bits(rng, dtype, wide):
+    """A sum's block partials: pool.combine_sum (LLVM IR in a compiled launcher) and the
+    NumPy twin a launcher run from Python uses give the same bits, those of adding the
+    blocks in order (in float64 where wide)."""
+    from numba import njit
+    parts = (rng.standard_normal((5, 3, 4)) * 1e4).astype(dtype)
+    combine = pool.combine_sum_wide if wide else pool.combine_sum
+
+    @njit
+    def compiled(out, parts, nt):
+        combine(out, parts, nt)
+    got, twin = np.empty((3, 4), dtype), np.empty((3, 4), dtype)
+    compiled(got, parts, 5)
+    pool._combine_sum_py(twin, parts, 5, wide)
+    acc = parts[0].astype(np.float64 if wide else dtype)
+    for t in range(1, 5):
+        acc = acc + parts[t]
+    np.testing.assert_array_equal(got, acc.astype(dtype))
+    np.testing.assert_array_equal(twin, got)
+    compiled(got, parts[:1], 1)                          # one block: copied as it is
+    np.testing.assert_array_equal(got, parts[0])

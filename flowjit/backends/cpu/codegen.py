@@ -656,7 +656,10 @@ def pool_dispatch(params, arrays, C, partials, key, least=POOL_MIN):
 
 def _combine_partials(r, pa):
     """Lines adding up the blocks' partial results of reduction r, in block order; a
-    float32 sum's block partials are float32 (what the task stores), added in float64."""
+    float32 sum's block partials are float32 (what the task stores), added in float64.
+    A sum goes through pool.combine_sum, which a launcher run from Python also has."""
+    if r.kind == "sum" and (r.dtype.is_floating or r.dtype.is_integer):
+        return [f"    combine_sum{'_wide' if r.wide else ''}({r.param}, {pa}, nt)"]
     first = f"np.float64({pa}2[0, e])" if r.wide else f"{pa}2[0, e]"
     return [f"    {pa}2 = flat_rows({pa}, nt)",
             f"    out_{r.param} = flat_rows({r.param}, 1)",

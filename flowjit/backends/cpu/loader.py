@@ -34,8 +34,8 @@ from flowjit.backends.cpu.runtime_lib import (alloc, assign, bmm, bmm_loop, gemm
                                              pgemm)
 from flowjit.backends.cpu.loader import kernel
 from numba import cfunc
-from flowjit.backends.cpu.pool import (TASK_SIG, block_count, flat_rows, pool_launch, record_array,
-                                       register_task)
+from flowjit.backends.cpu.pool import (TASK_SIG, block_count, combine_sum, combine_sum_wide, flat_rows,
+                                       pool_launch, record_array, register_task)
 """
 
 _modules = {}

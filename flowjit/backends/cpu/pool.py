@@ -237,6 +237,59 @@ def flat_rows(typingctx, arr, rows):
     return ret(arr, rows), codegen
 
 
+def _combine_sum_ir(wide):
+    """The intrinsic combine_sum (wide: combine_sum_wide)."""
+    def typer(typingctx, out, parts, nt):
+        if not (isinstance(out, types.Array) and isinstance(parts, types.Array) and out.layout == "C"
+                and parts.layout == "C" and parts.ndim == out.ndim + 1 and parts.dtype == out.dtype
+                and isinstance(nt, types.Integer) and (out.dtype == types.float32 or not wide)
+                and isinstance(out.dtype, (types.Float, types.Integer))):
+            raise TypingError(f"combine_sum: C-contiguous out and (blocks, *out.shape) partials of one "
+                              f"dtype expected, got {out}, {parts}")
+        is_float = isinstance(out.dtype, types.Float)
+
+        def codegen(context, builder, sig, args):
+            o = context.make_array(sig.args[0])(context, builder, args[0])
+            p = context.make_array(sig.args[1])(context, builder, args[1])
+            n = o.nitems
+            blocks = context.cast(builder, args[2], sig.args[2], types.int64)
+            elt = context.get_data_type(out.dtype)
+            acc_t = lir.DoubleType() if wide else elt
+            acc = cgutils.alloca_once(builder, acc_t)
+
+            def load(index):
+                v = builder.load(builder.gep(p.data, [index]))
+                return builder.fpext(v, acc_t) if wide else v
+            with cgutils.for_range(builder, n) as e:
+                builder.store(load(e.index), acc)
+                with cgutils.for_range(builder, builder.sub(blocks, lir.Constant(blocks.type, 1))) as t:
+                    row = builder.add(t.index, lir.Constant(blocks.type, 1))
+                    v = load(builder.add(builder.mul(row, n), e.index))
+                    a = builder.load(acc)
+                    builder.store(builder.fadd(a, v) if is_float else builder.add(a, v), acc)
+                total = builder.load(acc)
+                builder.store(builder.fptrunc(total, elt) if wide else total, builder.gep(o.data, [e.index]))
+            return context.get_dummy_value()
+        return types.none(out, parts, nt), codegen
+    return intrinsic(typer)
+
+
+# A sum's blocks' partial results (blocks, *out.shape), added into out in block order;
+# wide: float32 partials added in float64. LLVM IR in the launcher rather than a loop
+# Numba compiles, with a NumPy twin for a launcher run from Python (python_launcher):
+# the same additions in the same order, so the same bits.
+combine_sum = _combine_sum_ir(False)
+combine_sum_wide = _combine_sum_ir(True)
+
+
+def _combine_sum_py(out, parts, nt, wide=False):
+    rows = parts.reshape(int(nt), -1)
+    acc = rows[0].astype(np.float64 if wide else rows.dtype)
+    for t in range(1, int(nt)):
+        acc += rows[t]
+    out.reshape(-1)[:] = acc
+
+
 # ---- source helpers for generated modules ------------------------------------------
 # A record is [first row, end row, then per parameter: its value (an integer) or its
 # address and shape (an array, `arrays[name] = (dtype name, rank)`)], built by pool_launch. A task must not
@@ -301,8 +354,8 @@ def run_source(key, run_name, params, arrays):
 def python_launchable(name, src):
     """Whether kernel `name`, module text `src`, has a launcher that also runs as plain
     Python: a pooled loop kernel (codegen: task `<name>_task` under the key its name
-    holds) whose blocks write no partial results (combining those is an element loop,
-    slow in the interpreter)."""
+    holds) that combines no block partials in an element loop (a max, a min, a
+    product: slow in the interpreter; sums go through combine_sum)."""
     return f"pool_launch('{name[2:]}', " in src and "flat_rows(" not in src
 
 
@@ -313,7 +366,9 @@ def python_launcher(mod, name):
     code = getattr(mod, name).py_func.__code__
     env = dict(vars(mod), block_count=_block_count_py,
                pool_launch=lambda key, nt, rows, layout, args: launch_from_python(
-                   task.address, nt, rows, layout, args, name))
+                   task.address, nt, rows, layout, args, name),
+               combine_sum=_combine_sum_py,
+               combine_sum_wide=lambda out, parts, nt: _combine_sum_py(out, parts, nt, True))
     return pytypes.FunctionType(code, env, name)
 
 
@@ -322,12 +377,7 @@ def _block_count_py(rows):
     return max(min(int(rows), scheduler.size() * BLOCKS_PER_THREAD), 1)
 
 
-@functools.lru_cache(maxsize=None)
-def _layout(layout):
-    specs = _layout_ranks(layout)
-    if any(kind == "part" for kind, _, _ in specs):
-        raise ValueError(f"pool_launch from Python: partial results are not supported ({layout})")
-    return specs
+_layout = functools.lru_cache(maxsize=None)(_layout_ranks)
 
 
 @functools.cache
@@ -345,20 +395,28 @@ def launch_from_python(task_address, nt, rows, layout, args, name="a task"):
     specs = _layout(layout)
     if len(args) != len(specs):
         raise TypeError(f"flowjit: kernel {name} takes {len(specs)} arguments, got {len(args)}")
-    vals = []
+    nt = int(nt)
+    vals, parts = [], []         # parts: (record column, block stride in bytes)
     for (kind, dt, nd), a in zip(specs, args):
         if kind == "i":
             vals.append(int(a))
             continue
-        if not (type(a) is np.ndarray and a.dtype.name == dt and a.ndim == nd and a.flags.c_contiguous):
-            raise TypeError(f"flowjit: kernel {name} takes a C-contiguous {dt} array of rank {nd}, got "
+        rank = nd + (kind == "part")
+        if not (type(a) is np.ndarray and a.dtype.name == dt and a.ndim == rank and a.flags.c_contiguous
+                and (kind != "part" or a.shape[0] == nt)):
+            raise TypeError(f"flowjit: kernel {name} takes a C-contiguous {dt} array of rank {rank}"
+                            f"{f' with {nt} blocks' if kind == 'part' else ''}, got "
                             f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+        if kind == "part":
+            parts.append((2 + len(vals), a.strides[0]))
         vals.append(a.__array_interface__["data"][0])
-        vals.extend(a.shape)
-    nt = int(nt)
+        vals.extend(a.shape[1:] if kind == "part" else a.shape)
     rec = np.empty((nt, 2 + len(vals)), np.int64)
     rec[:, 2:] = vals
-    bounds = np.arange(nt + 1, dtype=np.int64) * int(rows) // nt
+    blocks = np.arange(nt + 1, dtype=np.int64)
+    bounds = blocks * int(rows) // nt
     rec[:, 0] = bounds[:-1]
     rec[:, 1] = bounds[1:]
+    for column, stride in parts:         # block t writes its own partial results
+        rec[:, column] += blocks[:-1] * stride
     _run_from_python()(nt, task_address, rec.ctypes.data, rec.strides[0])
