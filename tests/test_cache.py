@@ -50,7 +50,12 @@ HELPERS = textwrap.dedent("""
     from flowjit.backends.cpu import runtime_lib
     f = fj.jit(lambda a, b: fj.matmul(a, b))
     assert np.allclose(f(np.ones((3, 4), np.float32), np.ones((4, 2), np.float32)).numpy(), 4.0)
+    # (a cold Python tier's first calls run its Python twin: the compiled helper itself)
     g = runtime_lib.gemm
+    out = np.empty((3, 2), np.float32)
+    g(np.ones((3, 4), np.float32), np.ones((4, 2), np.float32), out, np.bool_(False), np.bool_(False),
+      np.bool_(False))
+    assert np.allclose(out, 4.0)
     print(json.dumps({"path": g._cache._cache_path, "hits": sum(g.stats.cache_hits.values()),
                       "misses": sum(g.stats.cache_misses.values())}))
 """)

@@ -359,3 +359,29 @@ def test_a_cold_loop_compiles_the_packed_products_aside(tmp_path):
     assert run() == "compiled aside"
     assert run() == "loaded"
     assert run(FLOWJIT_CACHE="0") == "compiled"
+
+
+def test_pack_weight_and_pgemm_from_python_give_the_compiled_helpers_bits(rng):
+    """The Python tier's first calls run pack_weight and pgemm through ctypes
+    (runtime_lib.PYTHON_TWINS): the same LLVM functions as the compiled helpers, so the
+    same bits, with the same checks of the operands before any of them is read."""
+    from flowjit.backends.cpu import runtime_lib as rl
+    for tr in (False, True):
+        w = rng.standard_normal((70, 37) if tr else (37, 70)).astype(np.float32)
+        w = np.asfortranarray(w) if tr else w
+        p = pack_weight(w, np.bool_(tr))
+        np.testing.assert_array_equal(rl.pack_weight_py(w, tr), p)
+        a = rng.standard_normal((13, 74)).astype(np.float32)[:, ::2]       # strided rows
+        bias = rng.standard_normal(70).astype(np.float32)
+        for acc, b in ((False, NO_BIAS), (True, bias)):
+            c0 = rng.standard_normal((13, 70)).astype(np.float32)
+            got, want = c0.copy(), c0.copy()
+            pgemm(a, p, want, want, b, np.bool_(acc))
+            rl.pgemm_py(a, p, got, got, b, acc)
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="operand shapes do not match"):
+        rl.pgemm_py(a[:, :5], p, got, got, NO_BIAS, False)
+    with pytest.raises(TypeError, match="pgemm takes C-contiguous 3-D float32"):
+        rl.pgemm_py(a, p[:, :, ::2], got, got, NO_BIAS, False)
+    with pytest.raises(TypeError, match="pack_weight takes 2-D float32"):
+        rl.pack_weight_py(w.astype(np.float64), False)

@@ -401,20 +401,20 @@ def _launched_from_python_then_compiled(f, args, want, combine):
     for g, w in zip(first, want):
         assert_close(g, w.astype(np.float32), rtol=1e-5, atol=1e-5)
     (exe,) = _stages(f, args)
-    assert exe.py_launched, "no pooled kernel was launched from Python"
-    assert any(combine + "(" in exe.kernel_srcs[k] for k in exe.py_launched)
-    for k in exe.py_launched:
+    assert exe.stand_ins, "no pooled kernel was launched from Python"
+    assert any(combine + "(" in exe.kernel_srcs[k] for k in exe.stand_ins)
+    for k in exe.stand_ins:
         assert not isinstance(exe._py_ns[k], CPUDispatcher)
         assert not loader.kernel(k).overloads            # its launcher is not compiled
-    launched = list(exe.py_launched)
+    launched = list(exe.stand_ins)
     for _ in range(400):
         for g, e in zip([t.numpy() for t in f(*args)], first):
             np.testing.assert_array_equal(g, e)
-        if exe.calls > fj.config.compile_entry_after and not exe.py_launched and exe.pending is None:
+        if exe.calls > fj.config.compile_entry_after and not exe.stand_ins and exe.pending is None:
             break
         if exe.pending is not None and exe.pending.proc is not None:
             exe.pending.proc.wait(120)
-    assert not exe.py_launched
+    assert not exe.stand_ins
     for k in launched:                                     # now the compiled launcher
         assert exe._py_ns[k] is loader.kernel(k) and loader.kernel(k).overloads
     for g, e in zip([t.numpy() for t in f(*args)], first):
@@ -501,3 +501,61 @@ def test_combine_sum_and_its_numpy_twin_add_blocks_in_order_to_the_same_bits(rng
     np.testing.assert_array_equal(twin, got)
     compiled(got, parts[:1], 1)                          # one block: copied as it is
     np.testing.assert_array_equal(got, parts[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gemm_helper_from_python_gives_the_compiled_helpers_bits(rng, dtype):
+    """runtime_lib.gemm_py (the Python tier's first calls: the same LLVM function through
+    ctypes) against the compiled gemm: every transpose, strided operands, accumulating
+    or not, and the same errors."""
+    from flowjit.backends.cpu import runtime_lib as rl
+    for ta in (False, True):
+        for tb in (False, True):
+            for acc in (False, True):
+                a = rng.standard_normal((9, 14) if ta else (7, 18)).astype(dtype)[:, ::2]
+                b = rng.standard_normal((5, 9) if tb else (9, 5)).astype(dtype)
+                out = rng.standard_normal((7, 10)).astype(dtype)[:, ::2]
+                want, got = out.copy(), out.copy()
+                rl.gemm(a, b, want, np.bool_(ta), np.bool_(tb), np.bool_(acc))
+                rl.gemm_py(a, b, got, ta, tb, acc)
+                np.testing.assert_array_equal(got, want)
+                ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b) + (out if acc else 0)
+                assert_close(got, ref.astype(dtype), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="operand shapes do not match"):
+        rl.gemm_py(a, b[:3], got, False, False, False)
+    with pytest.raises(TypeError, match="gemm takes 2-D"):
+        rl.gemm_py(a.astype(np.float16), b, got, False, False, False)
+
+
+_TWINS_CHILD = r"""
+import numpy as np, flowjit as fj
+from flowjit.backends.cpu import runtime_lib
+fj.config.entry_overhead_share = 1.5          # stays in the Python tier
+fj.config.background_compile = False
+rng = np.random.default_rng(0)
+x = rng.standard_normal((40, 30)).astype(np.float32)
+w = rng.standard_normal((30, 20)).astype(np.float32)
+f = fj.jit(lambda x, w: fj.tanh(fj.matmul(x, w)))
+first = f(x, w).numpy()
+(exe,) = [s.exe for s in f._lookup((x, w), {})[0].stages]
+assert "gemm" in exe.stand_ins and exe._py_ns["gemm"] is runtime_lib.gemm_py, exe.stand_ins
+assert not runtime_lib.gemm.overloads
+for _ in range(fj.config.compile_entry_after + 2):
+    assert np.array_equal(f(x, w).numpy(), first)
+assert not exe.stand_ins and exe._py_ns["gemm"] is runtime_lib.gemm and runtime_lib.gemm.overloads
+np.testing.assert_allclose(first, np.tanh(x.astype(np.float64) @ w), rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+def test_a_cold_python_tier_runs_the_gemm_helper_from_python_until_it_compiles(tmp_path):
+    """In a fresh process with an empty cache, the Python tier's first calls run gemm
+    through its Python twin; the later compile brings the compiled helper, which the
+    tier then calls: the same bits all along."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, FLOWJIT_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _TWINS_CHILD], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -2,6 +2,7 @@
 import ctypes
 import functools
 import hashlib
+import re
 import mmap
 import sys
 import time
@@ -14,7 +15,7 @@ from numba.core import event as numba_event
 from ...config import config
 from ...errors import CompileError
 from ...runtime import stats as S
-from . import background, loader, pool, split_compile, threads
+from . import background, loader, pool, runtime_lib, split_compile, threads
 from ..reference import ReferenceProgram
 from .codegen import gen_entry
 
@@ -116,7 +117,7 @@ class CpuExecutable:
         self.runs_next = []
         self.buffers = BufferCache(n_sites)
         self.loop_names = []       # the entry's loops as functions (entry_loops.py)
-        self.py_launched = []      # pooled kernels the Python tier launches from Python (pool.py)
+        self.stand_ins = []        # names the Python tier runs from Python for now (_load_python_tier)
         self._compiled_later = []  # the loops and launchers the later compile brings
         self._py_ns = None         # the Python tier's globals (its loop functions)
         self.run = self._run_first
@@ -134,16 +135,25 @@ class CpuExecutable:
         self._load()
         ns = dict(vars(self._module))
         ns["alloc"] = self.buffers.alloc          # the same source, buffers reused per site
-        # a pooled kernel whose compiled launcher is not at hand is launched from Python
-        # until the later compile (_compile_loops) brings it: on a cold cache that
-        # launcher would cost as much as half the kernel's compile
-        self.py_launched = [k for k in self.kernel_names if pool.python_launchable(k, self.kernel_srcs[k])
-                            and not loader.kernel(k).overloads and not loader.has_disk_cache(k)]
-        ns.update({k: pool.python_launcher(loader._modules[k], k) for k in self.py_launched})
+        ns.update(self._stand_ins())
         exec(compile(self.py_src, f"<flowjit entry {self.entry_name}>", "exec"), ns)
         self.py_entry = ns[self.entry_name]
         self._py_ns = ns
         S.bump("compile_seconds", time.perf_counter() - t0)
+
+    def _stand_ins(self):
+        """{name: a Python stand-in} for what the Python tier runs from Python until the
+        later compile (_compile_loops) brings the compiled function: a pooled kernel's
+        launcher (pool.python_launcher) and the GEMM helpers (runtime_lib.PYTHON_TWINS),
+        where not compiled yet. On a cold cache each would cost about half a kernel's
+        compile, for a few calls."""
+        out = {k: pool.python_launcher(loader._modules[k], k) for k in self.kernel_names
+               if pool.python_launchable(k, self.kernel_srcs[k]) and not loader.kernel(k).overloads
+               and not loader.has_disk_cache(k)}
+        out.update({h: twin for h, twin in runtime_lib.PYTHON_TWINS.items()
+                    if re.search(rf"\b{h}\(", self.py_src) and not runtime_lib.compiled_at_hand(h)})
+        self.stand_ins = list(out)
+        return out
 
     def _run_first(self, args):
         """The first call decides where calls start: tier 0 while a child compiles the
@@ -229,17 +239,17 @@ class CpuExecutable:
                 self.run = self._run_njit
                 return self._run_njit(args)
             self.run = self._run_python_only
-            if self.loop_names or self.py_launched:
+            if self.loop_names or self.stand_ins:
                 return self._compile_loops(args)
         return self._run_python_only(args)
 
     def _compile_loops(self, args):
-        """This call runs the Python tier noting the types its loop functions get, and
-        those of the kernels it launches from Python; those functions and the kernels'
-        launchers then compile, in a child where background compiles are on (this tier
-        runs on meanwhile), else here on their next call."""
+        """This call runs the Python tier noting the types its loop functions and its
+        stand-ins get; those functions, and the compiled versions of the stand-ins, then
+        compile, in a child where background compiles are on (this tier runs on
+        meanwhile), else here on their next call."""
         ns, sigs = self._py_ns, {}
-        python = {name: ns[name] for name in self.loop_names + self.py_launched}
+        python = {name: ns[name] for name in self.loop_names + self.stand_ins}
 
         def noting(name):
             def loop(*a):
@@ -257,8 +267,7 @@ class CpuExecutable:
         if not sigs:            # no loop ran (inside a branch not taken): keep interpreting
             return out
         self._compiled_later = list(sigs)
-        cached = all(loader.has_disk_cache(name) if name in self.py_launched else
-                     loader.has_disk_cache(self.entry_name, name) for name in sigs)
+        cached = all(self._cached(name) for name in sigs)
         if not cached and config.background_compile and background.possible(self):
             try:
                 self.pending = background.Compile("loops", self, loops=sigs)
@@ -270,11 +279,18 @@ class CpuExecutable:
         self.run = self._run_loops_first
         return out
 
+    def _cached(self, name):
+        if name in runtime_lib.PYTHON_TWINS:
+            return runtime_lib.compiled_at_hand(name)
+        if name in self.kernel_srcs:
+            return loader.has_disk_cache(name)
+        return loader.has_disk_cache(self.entry_name, name)
+
     def _bind_compiled_loops(self):
-        """The Python tier calls the compiled loop functions and kernel launchers (a
-        kernel the noting call did not launch keeps launching from Python)."""
+        """The Python tier calls the compiled loop functions and stand-ins' compiled
+        versions (a stand-in the noting call did not call stays)."""
         self._py_ns.update({name: getattr(self._module, name) for name in self._compiled_later})
-        self.py_launched = [k for k in self.py_launched if k not in self._compiled_later]
+        self.stand_ins = [k for k in self.stand_ins if k not in self._compiled_later]
 
     def _run_loops_pending(self, args):
         """The Python tier while a child compiles the loop functions."""

@@ -212,11 +212,13 @@ def _run_python_tier(mod, name, job):
     """One call of the entry's Python tier on zeros: every kernel compiles (or loads)
     for exactly the argument types the parent's calls will have."""
     import numpy as np
-    from . import loader, pool
+    from . import loader, pool, runtime_lib
     ns = dict(vars(mod))
-    # as the parent's Python tier will: a pooled kernel's launcher compiles later
+    # as the parent's Python tier will: a pooled kernel's launcher and the GEMM helpers
+    # compile later (CpuExecutable._stand_ins)
     ns.update({k: pool.python_launcher(loader._modules[k], k)
                for k, src, _ in job["kernels"] if pool.python_launchable(k, src)})
+    ns.update(runtime_lib.PYTHON_TWINS)
     ns["alloc"] = lambda site, shape, dtype: np.empty(shape, dtype)
     exec(compile(job["py_entry"], f"<flowjit entry {name}>", "exec"), ns)
     args = []

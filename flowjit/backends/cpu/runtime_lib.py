@@ -1,4 +1,10 @@
 """Helpers the generated entry functions call (compiled once, cached on disk)."""
+import ctypes
+import functools
+import glob
+import os
+
+import llvmlite.binding as ll
 import numpy as np
 import llvmlite.ir as lir
 from numba import njit, types
@@ -6,12 +12,21 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 
+from ... import runtime_config as cfg
+from . import gemm_ir, packed_ir
 from .blas import gemm_call, start as _start_blas
 from .packed import pack_call, panel_call, pgemm_call
 
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
 # (the packed products' symbols are registered by loader.start_packed_for, only in
 # processes whose code calls them: compiling them costs 0.2-0.27 s on a cold cache)
+
+
+GEMM_SHAPES = "matmul: operand shapes do not match the output, or a size is 2**31 or more: a, b, out " \
+    "shapes (transposes aside)"
+GEMM_MEMORY = "matmul: no memory for contiguous copies of strided operands"
+PGEMM_SHAPES = "matmul: operand shapes do not match the output: a, packed weight (panels, rows, panel " \
+    "width), out, addend, bias shapes"
 
 
 # 2-D float matmuls: big ones in blocks on the pool, small ones one single-threaded
@@ -27,10 +42,9 @@ def gemm(a, b, out, ta, tb, acc):
     status = gemm_call(a, b, out, ta, tb, acc)
     if status == 1:
         # (Numba passes run-time values as the exception's further arguments)
-        raise ValueError("matmul: operand shapes do not match the output, or a size is 2**31 "
-                         "or more: a, b, out shapes (transposes aside)", a.shape, b.shape, out.shape)
+        raise ValueError(GEMM_SHAPES, a.shape, b.shape, out.shape)
     if status != 0:
-        raise MemoryError("matmul: no memory for contiguous copies of strided operands")
+        raise MemoryError(GEMM_MEMORY)
 
 
 # a loop's product with a weight that does not change between its steps: the weight
@@ -50,9 +64,7 @@ def pgemm(a, packed, out, addend, bias, acc):
     """out = a @ W, plus addend with `acc` (addend may be out: out += a @ W), plus the row
     `bias` unless it is empty (NO_BIAS), for W packed by pack_weight."""
     if pgemm_call(a, packed, out, addend, bias, acc) != 0:
-        raise ValueError("matmul: operand shapes do not match the output: a, packed weight "
-                         "(panels, rows, panel width), out, addend, bias shapes", a.shape, packed.shape,
-                         out.shape, addend.shape, bias.shape)
+        raise ValueError(PGEMM_SHAPES, a.shape, packed.shape, out.shape, addend.shape, bias.shape)
 
 
 def _starts_packed_before_loading(dispatcher):
@@ -225,3 +237,99 @@ def _row(typingctx, arr, lead):
         # a view: a new reference to arr's memory
         return impl_ret_borrowed(context, builder, row, out._getvalue())
     return row(arr, lead), codegen
+
+
+# ---- gemm, pack_weight and pgemm for the Python tier's first calls --------------------
+# Each cost a cold process 0.1-0.4 s to compile, and each only checks its operands and
+# calls an LLVM function compiled once per process (gemm_ir.py, packed_ir.py). So the
+# Python tier's first calls make those calls through ctypes (the same functions, so the
+# same bits); the compiled helpers come with the later compile, as the pooled kernels'
+# launchers do (pool.python_launcher, backend.py). A call costs a few microseconds more.
+def _function(name, restype, *argtypes):
+    # PYFUNCTYPE: the call keeps the GIL, as the compiled helpers do
+    return ctypes.PYFUNCTYPE(restype, *argtypes)(ll.address_of_symbol(name))
+
+
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+
+
+@functools.cache
+def _gemm_function():
+    _start_blas()
+    return _function(gemm_ir.NAME, ctypes.c_int32, *([_PTR] + [_I64] * 4) * 3, *[_I64] * 4)
+
+
+@functools.cache
+def _packed_functions():
+    from .packed import start, state
+    if not start():
+        raise RuntimeError(f"flowjit: {state['why']}")
+    return (_function(packed_ir.PACK_NAME, None, _PTR, *[_I64] * 5, _PTR, _I64),
+            _function(packed_ir.GEMM_NAME, ctypes.c_int32, _PTR, *[_I64] * 4, _PTR, *[_I64] * 3,
+                      *([_PTR] + [_I64] * 4) * 2, _PTR, _I64, _I64),
+            _function(packed_ir.PANEL_NAME, _I64))
+
+
+def _operand(helper, a, ndim, dtypes, contiguous=False):
+    """The checks the compiled helper's typing makes: an ndarray of that rank and dtype
+    (and C-contiguous where asked), strides in whole elements."""
+    if not (type(a) is np.ndarray and a.ndim == ndim and a.dtype in dtypes
+            and all(st % a.itemsize == 0 for st in a.strides) and (a.flags.c_contiguous or not contiguous)):
+        raise TypeError(f"flowjit: {helper} takes {'C-contiguous ' if contiguous else ''}{ndim}-D "
+                        f"{' or '.join(map(str, dtypes))} arrays, got {getattr(a, 'dtype', type(a).__name__)} "
+                        f"{getattr(a, 'shape', '')}")
+    return a
+
+
+def _in_elements(a):
+    return [a.ctypes.data, *a.shape, *(st // a.itemsize for st in a.strides)]
+
+
+_FLOATS, _FLOAT32 = (np.dtype(np.float32), np.dtype(np.float64)), (np.dtype(np.float32),)
+
+
+def gemm_py(a, b, out, ta, tb, acc):
+    """gemm, from Python."""
+    for x in (a, b, out):
+        _operand("gemm", x, 2, (out.dtype,) if out.dtype in _FLOATS else _FLOATS)
+    args = []
+    for x in (a, b, out):
+        args += [x.ctypes.data, *x.shape, *x.strides]
+    status = _gemm_function()(*args, out.itemsize, int(ta), int(tb), int(acc))
+    if status == 1:
+        raise ValueError(GEMM_SHAPES, a.shape, b.shape, out.shape)
+    if status != 0:
+        raise MemoryError(GEMM_MEMORY)
+
+
+def pack_weight_py(w, transposed):
+    """pack_weight, from Python."""
+    pack, _, panel_width = _packed_functions()
+    _operand("pack_weight", w, 2, _FLOAT32)
+    k, n = (w.shape[1], w.shape[0]) if transposed else w.shape
+    panel = panel_width()
+    out = np.empty(((n + panel - 1) // panel, k, panel), np.float32)
+    pack(*_in_elements(w), int(transposed), out.ctypes.data, out.shape[0])
+    return out
+
+
+def pgemm_py(a, packed, out, addend, bias, acc):
+    """pgemm, from Python."""
+    _, product, _ = _packed_functions()
+    for x, nd in ((a, 2), (out, 2), (addend, 2)):
+        _operand("pgemm", x, nd, _FLOAT32)
+    _operand("pgemm", packed, 3, _FLOAT32, contiguous=True)
+    _operand("pgemm", bias, 1, _FLOAT32, contiguous=True)
+    if product(*_in_elements(a), packed.ctypes.data, *packed.shape, *_in_elements(out), *_in_elements(addend),
+               bias.ctypes.data, bias.shape[0], int(acc)) != 0:
+        raise ValueError(PGEMM_SHAPES, a.shape, packed.shape, out.shape, addend.shape, bias.shape)
+
+
+PYTHON_TWINS = {"gemm": gemm_py, "pack_weight": pack_weight_py, "pgemm": pgemm_py}
+
+
+def compiled_at_hand(name):
+    """Whether helper `name` is compiled in this process or in the disk cache."""
+    from .helper_cache import helper_dir
+    return bool(globals()[name].overloads) or (cfg.disk_cache_enabled() and bool(
+        glob.glob(os.path.join(glob.escape(helper_dir(__file__)), f"runtime_lib.{name}-*.nbi"))))

@@ -102,8 +102,10 @@ def compile_ahead(exe, args, runs_next=()):
         except Exception:        # noqa: BLE001  (it compiles on its first call instead)
             break
     # (a kernel already in the disk cache loads in milliseconds on its first call)
+    # (the GEMM helpers' Python twins stand in for them in the first calls: backend.py)
     todo = [(e, name, sig) for (name, sig), e in jobs.items()
-            if not _ready(e, name, sig) and (name in HELPERS or not loader.kernel_cached(name, e.kernel_srcs[name]))]
+            if not _ready(e, name, sig) and name not in runtime_lib.PYTHON_TWINS
+            and (name in HELPERS or not loader.kernel_cached(name, e.kernel_srcs[name]))]
     if len(todo) < 2:
         return 0
     todo.sort(key=_cost, reverse=True)     # the costliest first: the last ones are short
