@@ -134,3 +134,32 @@ def test_loops_compile_in_a_child_and_load_from_its_cache(monkeypatch, python_ti
     got = [o.numpy() for o in f(h0, xs)]
     for g, e in zip(got, first):
         assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="shared out by forking")
+def test_a_steps_later_compile_is_shared_out_on_idle_cores(synchronous, monkeypatch):
+    """Compiling synchronously, the later compile (the loop functions, and the compiled
+    versions of the Python stand-ins) of a training step's forward and backward goes to
+    one queue that forked children share (split_compile.compile_later); the calls then
+    load what they saved and give the interpreted calls' results to the bit."""
+    from flowjit.backends.cpu import split_compile
+    monkeypatch.setattr(fj.config, "compile_processes", 2)
+    queued = []
+    real = split_compile.compile_later
+
+    def recording(jobs):
+        queued.append([(exe.entry_name, name) for exe, name, _ in jobs])
+        return real(jobs)
+    monkeypatch.setattr(split_compile, "compile_later", recording)
+    fn, h0, xs = rnn_step(T=5, B=3, I=4, H=5, seed=2)
+    f = fj.jit(fn)
+    outs = [[o.numpy() for o in f(h0, xs)] for _ in range(fj.config.compile_entry_after + 2)]
+    exes = [s.exe for s in f._lookup((h0, xs), {})[0].stages]
+    loops = {(e.entry_name, name) for e in exes for name in e.loop_names}
+    assert len(loops) >= 2 and any(loops <= set(q) for q in queued), (loops, queued)
+    for exe in exes:
+        for name in exe.loop_names:
+            assert exe._py_ns[name] is getattr(exe._module, name) and getattr(exe._module, name).signatures
+    for got in outs[1:]:
+        for g, e in zip(got, outs[0]):
+            np.testing.assert_array_equal(g, e)

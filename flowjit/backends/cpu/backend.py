@@ -118,7 +118,7 @@ class CpuExecutable:
         self.buffers = BufferCache(n_sites)
         self.loop_names = []       # the entry's loops as functions (entry_loops.py)
         self.stand_ins = []        # names the Python tier runs from Python for now (_load_python_tier)
-        self._compiled_later = []  # the loops and launchers the later compile brings
+        self._compiled_later = {}  # what the later compile brings: {name: signature}
         self._py_ns = None         # the Python tier's globals (its loop functions)
         self.run = self._run_first
 
@@ -266,7 +266,7 @@ class CpuExecutable:
             ns.update(python)
         if not sigs:            # no loop ran (inside a branch not taken): keep interpreting
             return out
-        self._compiled_later = list(sigs)
+        self._compiled_later = sigs
         cached = all(self._cached(name) for name in sigs)
         if not cached and config.background_compile and background.possible(self):
             try:
@@ -308,7 +308,13 @@ class CpuExecutable:
 
     def _run_loops_first(self, args):
         """The first call with the compiled loops: they load from the disk cache (or
-        compile) on the way, counted."""
+        compile) on the way, counted. On a cold cache they are first shared out on idle
+        cores, with those of the programs this call runs next (a training step's
+        backward) that are at the same point."""
+        if self.pending is None:
+            stages = [self] + [e for e, _ in self.runs_next if e.run == e._run_loops_first]
+            split_compile.compile_later([(e, name, sig) for e in stages
+                                         for name, sig in e._compiled_later.items() if not e._cached(name)])
         self.run = self._run_python_only
         return self._counted(self._run_python_only, (args,))
 

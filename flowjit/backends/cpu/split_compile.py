@@ -124,6 +124,39 @@ def compile_ahead(exe, args, runs_next=()):
     return compiled
 
 
+def compile_later(jobs):
+    """The later compile of Python-tier programs (backend._compile_loops, synchronous):
+    jobs (executable, name, signature) for their loop functions and the compiled
+    versions of their Python stand-ins (each name an attribute of the executable's entry
+    module), shared out on idle cores as compile_ahead shares out the kernels, the loops
+    (the biggest) first. Their processes then load what the children saved at their
+    next calls. Returns how many were compiled (0: those calls compile them as before)."""
+    if len(jobs) < 2 or not hasattr(os, "fork") or not cfg.disk_cache_enabled():
+        return 0
+    n = processes()
+    if n < 2:
+        return 0
+    todo = sorted(jobs, key=lambda job: job[1] in job[0].loop_names, reverse=True)
+    try:
+        queue = _JobQueue(len(todo))
+    except OSError:
+        return 0
+
+    def work():
+        while cfg.disk_cache_enabled() and (i := queue.take()) is not None:
+            exe, name, sig = todo[i]
+            getattr(exe._module, name).compile(sig)
+    t0 = time.perf_counter()
+    _start_numba()
+    with queue:
+        children = _fork_children(min(n, len(todo)) - 1, work)
+        work()
+        forked.wait(children, TIMEOUT)
+    S.bump("compiles", len(todo))
+    S.bump("compile_seconds", time.perf_counter() - t0)
+    return len(todo)
+
+
 def _eligible(exe):
     if not hasattr(os, "fork") or not cfg.disk_cache_enabled() or exe.py_src is None:
         return False
