@@ -2,8 +2,8 @@
 import ctypes
 import functools
 import hashlib
-import re
 import mmap
+import re
 import sys
 import time
 import warnings
