@@ -278,7 +278,6 @@ def _operand(helper, a, ndim, dtypes, contiguous=False):
         raise TypeError(f"flowjit: {helper} takes {'C-contiguous ' if contiguous else ''}{ndim}-D "
                         f"{' or '.join(map(str, dtypes))} arrays, got {getattr(a, 'dtype', type(a).__name__)} "
                         f"{getattr(a, 'shape', '')}")
-    return a
 
 
 def _in_elements(a):

@@ -109,14 +109,8 @@ def compile_ahead(exe, args, runs_next=()):
     if len(todo) < 2:
         return 0
     todo.sort(key=_cost, reverse=True)     # the costliest first: the last ones are short
-    try:
-        queue = _JobQueue(len(todo))
-    except OSError:
+    if not _share_out(todo, n, _compile):
         return 0
-    with queue:
-        children = _fork_children(min(n, len(todo)) - 1, lambda: _compile_from(queue, todo))
-        _compile_from(queue, todo)
-        forked.wait(children, TIMEOUT)
     _compile(todo)               # load what the children saved (or compile what they did not)
     compiled = sum(1 for _, name, _ in todo if name not in HELPERS)
     S.bump("compiles", compiled)
@@ -137,21 +131,10 @@ def compile_later(jobs):
     if n < 2:
         return 0
     todo = sorted(jobs, key=lambda job: job[1] in job[0].loop_names, reverse=True)
-    try:
-        queue = _JobQueue(len(todo))
-    except OSError:
-        return 0
-
-    def work():
-        while cfg.disk_cache_enabled() and (i := queue.take()) is not None:
-            exe, name, sig = todo[i]
-            getattr(exe._module, name).compile(sig)
     t0 = time.perf_counter()
     _start_numba()
-    with queue:
-        children = _fork_children(min(n, len(todo)) - 1, work)
-        work()
-        forked.wait(children, TIMEOUT)
+    if not _share_out(todo, n, _compile_later):
+        return 0
     S.bump("compiles", len(todo))
     S.bump("compile_seconds", time.perf_counter() - t0)
     return len(todo)
@@ -286,11 +269,31 @@ class _JobQueue:
         os.close(self.r)
 
 
-def _compile_from(queue, todo):
+def _share_out(todo, n, compile_jobs):
+    """Run compile_jobs on the jobs of `todo`, one at a time from a shared queue, here and
+    in up to n - 1 forked children, which save into the disk cache; False when no queue
+    could be made (nothing ran)."""
+    try:
+        queue = _JobQueue(len(todo))
+    except OSError:
+        return False
+    with queue:
+        children = _fork_children(min(n, len(todo)) - 1, lambda: _compile_from(queue, todo, compile_jobs))
+        _compile_from(queue, todo, compile_jobs)
+        forked.wait(children, TIMEOUT)
+    return True
+
+
+def _compile_from(queue, todo, compile_jobs):
     # a process that gave up the disk cache (full, say) saves nothing for the others:
     # it stops taking jobs, and this process compiles what is left after the children
     while cfg.disk_cache_enabled() and (i := queue.take()) is not None:
-        _compile([todo[i]])
+        compile_jobs([todo[i]])
+
+
+def _compile_later(part):
+    for exe, name, sig in part:
+        getattr(exe._module, name).compile(sig)
 
 
 def _compile(part):
