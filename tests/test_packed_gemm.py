@@ -12,7 +12,7 @@ import pytest
 
 import flowjit as fj
 from flowjit.backends.cpu import packed, scheduler
-from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_weight, pgemm
+from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_pgemm, pack_weight, pgemm
 
 pytestmark = pytest.mark.skipif(not packed.start(), reason="no packed products here")
 
@@ -216,7 +216,7 @@ def test_a_product_with_many_rows_runs_packed_and_matches_numpy(rng, tier, tr):
     dw64 = x.astype(np.float64).T @ g.astype(np.float64)
     np.testing.assert_allclose(dw.numpy(), dw64.T if tr else dw64, rtol=1e-4, atol=1e-3)
     src = f.inspect(x, w, g).forward_source
-    assert src.count("pack_weight(") == 1 and src.count("pgemm(") >= 1, src
+    assert src.count("pack_pgemm(") == 1, src         # its blocks pack the weight as they go
 
 
 def test_the_other_geometry_in_a_process_of_its_own(tmp_path):
@@ -266,7 +266,7 @@ def test_only_a_program_with_packed_products_compiles_them(tmp_path):
 DIRECT = """
 import numpy as np
 from flowjit.backends.cpu import packed
-from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_weight, pgemm
+from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_pgemm, pack_weight, pgemm
 w = np.arange(12, dtype=np.float32).reshape(3, 4)
 a = np.ones((2, 3), np.float32)
 out = np.empty((2, 4), np.float32)
@@ -289,7 +289,7 @@ def test_helpers_called_directly_build_the_packed_module_first(tmp_path):
 CACHED = """
 import numpy as np
 from flowjit.backends.cpu import packed
-from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_weight, pgemm
+from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_pgemm, pack_weight, pgemm
 w = np.arange(40, dtype=np.float32).reshape(4, 10)
 a = np.ones((3, 4), np.float32)
 out = np.empty((3, 10), np.float32)
@@ -385,3 +385,88 @@ def test_pack_weight_and_pgemm_from_python_give_the_compiled_helpers_bits(rng):
         rl.pgemm_py(a, p[:, :, ::2], got, got, NO_BIAS, False)
     with pytest.raises(TypeError, match="pack_weight takes 2-D float32"):
         rl.pack_weight_py(w.astype(np.float64), False)
+
+
+def _scratch(w, tr):
+    k, n = (w.shape[1], w.shape[0]) if tr else w.shape
+    return np.full((-(-n // PANEL), k, PANEL), np.nan, np.float32)    # nothing left unwritten is read
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES + [(128, 300, 5 * PANEL + 3)])
+@pytest.mark.parametrize("tr", [False, True])
+def test_a_product_packing_as_it_goes_gives_pack_then_pgemm_bits(rng, M, K, N, tr):
+    # pack_pgemm: each block packs its own panels of the weight into the scratch array,
+    # then multiplies by them; the same bits as packing the whole weight first, on one
+    # thread, two, or two with the worker paused (the caller packs and runs every block)
+    w = rng.standard_normal((N, K) if tr else (K, N)).astype(np.float32)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    d = rng.standard_normal((M, N)).astype(np.float32)
+    want = np.empty((M, N), np.float32)
+    pgemm(a, pack_weight(w, np.bool_(tr)), want, d, bias, np.bool_(True))
+    np.testing.assert_allclose(want, d + bias + a.astype(np.float64) @ (w.T if tr else w), rtol=1e-4, atol=1e-4)
+    saved = (scheduler.size(), scheduler.helpers())
+    try:
+        for size, helping, paused in ((1, 0, False), (2, 1, False), (2, 1, True)):
+            scheduler.configure(size, helping)
+            scheduler.set_test_hooks(paused=paused)
+            got = np.empty((M, N), np.float32)
+            scratch = _scratch(w, tr)
+            pack_pgemm(a, w, np.bool_(tr), scratch, got, d, bias, np.bool_(True))
+            np.testing.assert_array_equal(got, want)
+            if M:                   # (with no rows there is nothing to multiply, nothing packed)
+                np.testing.assert_array_equal(scratch, pack_weight(w, np.bool_(tr)))
+    finally:
+        scheduler.set_test_hooks(paused=False)
+        scheduler.configure(*saved)
+
+
+def test_packing_as_it_goes_reads_strided_weights_and_checks_shapes(rng):
+    from flowjit.backends.cpu import runtime_lib as rl
+    w = rng.standard_normal((40, 150)).astype(np.float32)[:, ::2]       # 40 x 75, strided columns
+    a = rng.standard_normal((9, 80)).astype(np.float32)[:, ::2]         # strided rows
+    want, got, twin = (np.empty((9, 75), np.float32) for _ in range(3))
+    pgemm(a, pack_weight(w, np.bool_(False)), want, want, NO_BIAS, np.bool_(False))
+    pack_pgemm(a, w, np.bool_(False), _scratch(w, False), got, got, NO_BIAS, np.bool_(False))
+    rl.pack_pgemm_py(a, w, False, _scratch(w, False), twin, twin, NO_BIAS, False)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(twin, want)
+    bad = [(a[:, :30], w, _scratch(w, False)),                         # inner sizes differ
+           (a, w[:, :70], _scratch(w, False)),                         # the output has more columns
+           (a, w, _scratch(w, False)[:, :39].copy()),                  # scratch rows
+           (a, w, np.zeros((3, 40, PANEL // 2), np.float32))]          # another geometry's panels
+    for x, ww, s in bad:
+        for fn in (pack_pgemm, rl.pack_pgemm_py):
+            with pytest.raises(ValueError, match="matmul: operand shapes do not match"):
+                fn(x, ww, np.bool_(False), s, got, got, NO_BIAS, np.bool_(False))
+    with pytest.raises(TypeError, match="pack_pgemm takes C-contiguous 3-D float32"):
+        rl.pack_pgemm_py(a, w, False, _scratch(w, False)[:, :, ::2], got, got, NO_BIAS, False)
+
+
+@pytest.mark.parametrize("tr", [False, True])
+def test_a_training_products_weight_is_packed_by_its_blocks(rng, tier, tr):
+    # a product big enough (codegen.PACK_MIN_MACS) packs its weight for the one call as
+    # it goes on a CPU with AVX-512's tiles, and OpenBLAS runs it elsewhere: both match
+    # NumPy, and the gradient's products (the weight transposed, the input transposed)
+    from flowjit.backends.cpu import codegen
+    M, K, N = 96, 400, 4 * PANEL + 7
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K) if tr else (K, N)).astype(np.float32)
+    g = rng.standard_normal((M, N)).astype(np.float32)
+
+    def run(x, w, g):
+        with fj.GradientTape() as tape:
+            tape.watch(x)
+            tape.watch(w)
+            loss = fj.reduce_sum(fj.matmul(x, w, transpose_b=tr) * g)
+        return (fj.matmul(x, w, transpose_b=tr),) + tuple(tape.gradient(loss, [x, w]))
+    f = fj.jit(run)
+    y, dx, dw = f(x, w, g)
+    w64 = (w.T if tr else w).astype(np.float64)
+    np.testing.assert_allclose(y.numpy(), x.astype(np.float64) @ w64, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx.numpy(), g.astype(np.float64) @ w64.T, rtol=1e-4, atol=1e-3)
+    dw64 = x.astype(np.float64).T @ g.astype(np.float64)
+    np.testing.assert_allclose(dw.numpy(), dw64.T if tr else dw64, rtol=1e-4, atol=1e-3)
+    src = f.inspect(x, w, g).forward_source
+    packs = M * K * N >= codegen.PACK_MIN_MACS and packed.GEOMETRY.width == 16
+    assert ("pack_pgemm(" in src) == packs, src

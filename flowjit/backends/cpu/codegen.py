@@ -1241,21 +1241,34 @@ NO_BIAS_SRC = "np.zeros(0, np.float32)"
 # a float32 product with at least this many rows (traced) packs its right operand and
 # runs on the packed products (packed_ir.py) instead of OpenBLAS: an RNN's input
 # projection for all steps, 3200x64 @ 64x1024, 2.25-2.65 ms against 2.76-2.83 (two
-# threads, the pack included); with 128-256 rows the pack's cost ate the gain
+# threads, the pack included)
 PACKED_MIN_ROWS = 2048
+# With AVX-512's tiles, smaller products of at least PACK_MIN_MACS multiply-adds too,
+# their blocks packing the weight as they go (pack_pgemm): a training step's x @ W and
+# dY @ W^T. Taking turns in one process on the 2-core AVX-512 VM, two threads: the MLP's
+# step (128x784 @ 784x256 and two of 4M) 1.02x, the autoencoder's 1.06x; on one thread
+# 0.98-0.99x (noise-level). Smaller products (a 64x64 @ 64x128 step of mlp_digits)
+# stay on OpenBLAS: there the pack cost more than it saved.
+PACK_TRAINING_PRODUCTS = True
+PACK_MIN_MACS = 1 << 22
 
 
 def _packed_once(a, b, n, ta):
-    """Whether a 2-D product runs as pack_weight + pgemm (PACKED_MIN_ROWS): float32, the
-    left operand read as it is, enough rows for the pack to pay and enough columns for a
-    few panels per pool thread."""
+    """Whether a 2-D product packs its right operand for this one call and runs on the
+    packed products: float32, the left operand read as it is, and either many rows
+    (PACKED_MIN_ROWS) and enough columns for a few panels per pool thread, or, on a CPU
+    with AVX-512, PACK_MIN_MACS multiply-adds and at least two panels."""
     from . import packed
     if len(n.shape) != 2 or n.dtype is not D.float32 or ta or len(b.shape) != 2:
         return False
     rows, cols = (hint(d) for d in n.shape)
     inner = hint(a.shape[1])
-    return rows >= PACKED_MIN_ROWS and cols >= 16 * packed.PANEL and inner <= PACK_MAX_ROWS \
-        and packed.available()
+    if inner > PACK_MAX_ROWS:
+        return False
+    tall = rows >= PACKED_MIN_ROWS and cols >= 16 * packed.PANEL
+    small = PACK_TRAINING_PRODUCTS and packed.GEOMETRY.width == 16 and cols >= 2 * packed.PANEL \
+        and rows * cols * inner >= PACK_MIN_MACS
+    return (tall or small) and packed.available()
 
 
 def _packed_matmul_lines(n, buf, alloc, packed_name, no_bias, into=None, addend=None, out=None,
@@ -1661,8 +1674,13 @@ def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):
         return [f"gemm({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
     lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if _packed_once(a, b, n, ta):
-        lines.append(f"pgemm({buf(a.id)}, pack_weight({buf(b.id)}, np.bool_({tb})), {out}, {out}, {NO_BIAS_SRC}, "
-                     f"np.bool_(False))")
+        from .packed import PANEL
+        # the packed copy of the weight, in a buffer of its own allocation site (the
+        # Python tier reuses it from call to call)
+        scratch = alloc(f"(({dim_src(n.shape[1])} + {PANEL - 1}) // {PANEL}, {dim_src(a.shape[1])}, {PANEL})",
+                        "np.float32")
+        lines.append(f"pack_pgemm({buf(a.id)}, {buf(b.id)}, np.bool_({tb}), {scratch}, {out}, {out}, "
+                     f"{NO_BIAS_SRC}, np.bool_(False))")
         return lines
     if len(n.shape) == 2 and n.dtype.is_floating:
         # one helper for the four transposes (np.bool_: not a literal, so not compiled per flag)

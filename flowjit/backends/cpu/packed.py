@@ -75,7 +75,7 @@ def start():
             engine = ll.create_mcjit_compiler(ll.parse_assembly(""), tm)
             engine.add_object_file(ll.ObjectFileRef.from_data(obj))
             engine.finalize_object()
-            for name in (packed_ir.PACK_NAME, packed_ir.GEMM_NAME, packed_ir.PANEL_NAME):
+            for name in (packed_ir.PACK_NAME, packed_ir.GEMM_NAME, packed_ir.PANEL_NAME, packed_ir.PACKING_NAME):
                 address = engine.get_function_address(name)
                 if not address:
                     raise RuntimeError(f"{name} missing from the packed products' machine code")
@@ -269,3 +269,26 @@ def pgemm_call(typingctx, a, packed, out, addend, bias, acc):
         return _call(builder, packed_ir.GEMM_NAME, lir.IntType(32),
                      av[:5] + pv[:4] + ov[:5] + dv[:5] + bv[:2] + [flag])
     return types.int32(a, packed, out, addend, bias, acc), codegen
+
+
+@intrinsic
+def pack_pgemm_call(typingctx, a, w, transposed, scratch, out, addend, bias, acc):
+    """pgemm_call's product with W = op(w) (w.T where transposed), which the product's
+    blocks pack into `scratch` (panels, K, PANEL; C-contiguous) as they go: 0, or 1 when
+    the shapes do not make the product. w: 2-D float32, any strides."""
+    if not start():
+        raise TypingError(f"pack_pgemm_call: {state['why']}")
+    if not (_float32_array(a, 2) and _float32_array(w, 2) and _float32_array(scratch, 3)
+            and scratch.layout == "C" and _float32_array(out, 2) and _float32_array(addend, 2)
+            and _float32_array(bias, 1) and bias.layout == "C"):
+        raise TypingError(f"pack_pgemm_call: float32 arrays a and w (2-D), scratch (3-D, C-contiguous), "
+                          f"out and addend (2-D), bias (1-D, contiguous), got {a}, {w}, {scratch}, {out}, "
+                          f"{addend}, {bias}")
+
+    def codegen(context, builder, sig, args):
+        av, wv, sv, ov, dv, bv = (_unpack(context, builder, sig.args[i], args[i]) for i in (0, 1, 3, 4, 5, 6))
+        tr = context.cast(builder, args[2], sig.args[2], types.int64)
+        flag = context.cast(builder, args[7], sig.args[7], types.int64)
+        return _call(builder, packed_ir.PACKING_NAME, lir.IntType(32),
+                     av[:5] + wv[:5] + [tr] + sv[:4] + ov[:5] + dv[:5] + bv[:2] + [flag])
+    return types.int32(a, w, transposed, scratch, out, addend, bias, acc), codegen

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 RECORD = 18                 # fields of one block record
+PACKING_RECORD = RECORD + 7 # ... of a block that packs its panels first
 PACK_NAME, GEMM_NAME, TASK_NAME = "flowjit_pack_b", "flowjit_pgemm", "flowjit_task_pgemm"
+PACKING_NAME, PACKING_TASK_NAME = "flowjit_pack_pgemm", "flowjit_task_pack_pgemm"
 PANEL_NAME = "flowjit_packed_panel"
 # blocks per pool thread: with one block each, a step whose worker started late ran
 # its half after the caller's (64x256 @ 256x1024 on two threads: 168-373 us a call
@@ -100,10 +102,22 @@ def _for(b, lo, hi, body):
 
 def _pack(mod, g):
     """pack_b(w, rows, cols, s0, s1, transposed, dst, panels): dst (panels x K x g.panel)
-    from op(w), w's strides in elements; op(w) is K x N."""
+    from op(w), w's strides in elements; op(w) is K x N. Returns the function packing
+    panels lo..hi only (the same arguments, then lo and hi), which the packing task uses."""
+    some = _pack_panels(mod, g)
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [FP, I64, I64, I64, I64, I64, FP, I64]),
                      PACK_NAME)
-    w, rows, cols, s0, s1, tr, dst, panels = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.call(some, list(fn.args) + [_c(0), fn.args[7]])
+    b.ret_void()
+    return some
+
+
+def _pack_panels(mod, g):
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [FP, I64, I64, I64, I64, I64, FP, I64, I64, I64]),
+                     "pack_panels")
+    fn.linkage = "private"
+    w, rows, cols, s0, s1, tr, dst, _, lo, hi = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     t = b.icmp_signed("!=", tr, _c(0))
     K, N = b.select(t, cols, rows), b.select(t, rows, cols)
@@ -157,8 +171,9 @@ def _pack(mod, g):
         done = b.select(by_eights, b.mul(b.sdiv(K, _c(8)), _c(8)), _c(0))
         _for(b, _c(0), b.sdiv(done, _c(8)), eight_rows)
         _for(b, done, K, row)
-    _for(b, _c(0), panels, panel)
+    _for(b, lo, hi, panel)
     b.ret_void()
+    return fn
 
 
 def _transpose8(b, r):
@@ -367,6 +382,43 @@ def _task(mod, fma, g):
     return fn
 
 
+def _shapes_bad(b, g, ar, ac, panels, pk, pw, cr, cc, dr, dc, nbias):
+    """Whether a (ar x ac), packed W (panels x pk x pw), C (cr x cc), D (dr x dc) and a
+    bias of nbias (0: none) do not make C = D + bias + a @ W."""
+    want_panels = b.sdiv(b.add(cc, _c(g.panel - 1)), _c(g.panel))
+    bad = b.or_(b.icmp_signed("!=", ac, pk), b.icmp_signed("!=", ar, cr))
+    bad = b.or_(bad, b.icmp_signed("!=", pw, _c(g.panel)))
+    bad = b.or_(bad, b.icmp_signed("!=", panels, want_panels))
+    bad = b.or_(bad, b.or_(b.icmp_signed("!=", dr, cr), b.icmp_signed("!=", dc, cc)))
+    return b.or_(bad, b.and_(b.icmp_signed("!=", nbias, _c(0)), b.icmp_signed("!=", nbias, cc)))
+
+
+def _run_blocks(b, task, run, size, macs, g, panels, cr, cc, pk, head, tail, record):
+    """Cut the panels into blocks (at most BLOCKS_PER_THREAD per pool thread, one per
+    `macs` multiply-adds) and run `task` on each block's record: head, the block's
+    first and last panel, tail."""
+    work = b.mul(b.mul(cr, cc), _max(b, pk, _c(1)))
+    most = b.mul(b.call(size, []), _c(BLOCKS_PER_THREAD))
+    blocks = _min(b, _min(b, most, b.sdiv(work, _c(macs))), panels)
+    blocks = _max(b, blocks, _c(1))
+    step = b.sdiv(b.add(panels, b.sub(blocks, _c(1))), blocks)
+    blocks = b.sdiv(b.add(panels, b.sub(step, _c(1))), step)
+    recs = b.alloca(I64, b.mul(blocks, _c(record)))
+
+    def fill(i):
+        base = b.mul(i, _c(record))
+        lo = b.mul(i, step)
+        for j, v in enumerate(head + [lo, _min(b, panels, b.add(lo, step))] + tail):
+            b.store(v, b.gep(recs, [b.add(base, _c(j))]))
+    _for(b, _c(0), blocks, fill)
+    recp = b.bitcast(recs, I8P)
+    with b.if_else(b.icmp_signed("==", blocks, _c(1))) as (one, many):
+        with one:
+            b.call(task, [recp])
+        with many:
+            b.call(run, [b.trunc(blocks, I32), b.bitcast(task, I8P), recp, ir.Constant(I32, record * 8)])
+
+
 def _gemm(mod, task, run, size, macs, g):
     """pgemm(a, ar, ac, as0, as1, packed, panels, pk, pw, c, cr, cc, cs0, cs1, d, dr, dc,
     ds0, ds1, bias, nbias, acc) -> 0, or 1 when the shapes do not make a product (strides
@@ -377,40 +429,57 @@ def _gemm(mod, task, run, size, macs, g):
     fn = ir.Function(mod, ir.FunctionType(I32, args), GEMM_NAME)
     a, ar, ac, as0, as1, bp, panels, pk, pw, c, cr, cc, cs0, cs1, d, dr, dc, ds0, ds1, bias, nbias, acc = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    want_panels = b.sdiv(b.add(cc, _c(g.panel - 1)), _c(g.panel))
-    bad = b.or_(b.icmp_signed("!=", ac, pk), b.icmp_signed("!=", ar, cr))
-    bad = b.or_(bad, b.icmp_signed("!=", pw, _c(g.panel)))
-    bad = b.or_(bad, b.icmp_signed("!=", panels, want_panels))
-    bad = b.or_(bad, b.or_(b.icmp_signed("!=", dr, cr), b.icmp_signed("!=", dc, cc)))
-    bad = b.or_(bad, b.and_(b.icmp_signed("!=", nbias, _c(0)), b.icmp_signed("!=", nbias, cc)))
+    with b.if_then(_shapes_bad(b, g, ar, ac, panels, pk, pw, cr, cc, dr, dc, nbias), likely=False):
+        b.ret(ir.Constant(I32, 1))
+    with b.if_then(b.or_(b.icmp_signed("==", cr, _c(0)), b.icmp_signed("==", cc, _c(0)))):
+        b.ret(ir.Constant(I32, 0))
+    head = [b.ptrtoint(a, I64), as0, as1, cr, pk, b.ptrtoint(bp, I64), cc, b.ptrtoint(c, I64), cs0, cs1, acc]
+    tail = [b.ptrtoint(d, I64), ds0, ds1, b.ptrtoint(bias, I64), nbias]
+    _run_blocks(b, task, run, size, macs, g, panels, cr, cc, pk, head, tail, RECORD)
+    b.ret(ir.Constant(I32, 0))
+
+
+def _packing_task(mod, task, pack_some):
+    """The block task of a product that packs its weight as it goes: the block's panels
+    of op(W) packed into the scratch array, then the pgemm task on them. Record: the
+    pgemm task's, then [W, rows, cols, s0, s1, transposed?, panels]."""
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P]), PACKING_TASK_NAME)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    rec = b.bitcast(fn.args[0], I64.as_pointer())
+    f = [b.load(b.gep(rec, [_c(i)])) for i in range(RECORD, PACKING_RECORD)]
+    lo, hi = (b.load(b.gep(rec, [_c(i)])) for i in (11, 12))
+    dst = b.inttoptr(b.load(b.gep(rec, [_c(5)])), FP)
+    b.call(pack_some, [b.inttoptr(f[0], FP)] + f[1:6] + [dst, f[6], lo, hi])
+    b.call(task, [fn.args[0]])
+    b.ret_void()
+    return fn
+
+
+def _packing_gemm(mod, task, run, size, macs, g):
+    """pack_pgemm(a, ar, ac, as0, as1, w, wr, wc, ws0, ws1, transposed, scratch, panels, pk,
+    pw, c, cr, cc, cs0, cs1, d, dr, dc, ds0, ds1, bias, nbias, acc) -> 0, or 1 when the
+    shapes do not make a product: pgemm's product with W = op(w) (w.T where transposed)
+    packed into `scratch` (panels x pk x pw, C-contiguous) by the blocks themselves, each
+    its own panels, before each multiplies by them. The same bits as pack_b then pgemm;
+    a weight used once no longer packs on one thread while the others wait."""
+    args = [FP, I64, I64, I64, I64, FP, I64, I64, I64, I64, I64, FP, I64, I64, I64, FP, I64, I64, I64, I64,
+            FP, I64, I64, I64, I64, FP, I64, I64]
+    fn = ir.Function(mod, ir.FunctionType(I32, args), PACKING_NAME)
+    (a, ar, ac, as0, as1, w, wr, wc, ws0, ws1, tr, bp, panels, pk, pw, c, cr, cc, cs0, cs1, d, dr, dc, ds0, ds1,
+     bias, nbias, acc) = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    t = b.icmp_signed("!=", tr, _c(0))
+    bad = _shapes_bad(b, g, ar, ac, panels, pk, pw, cr, cc, dr, dc, nbias)
+    bad = b.or_(bad, b.icmp_signed("!=", b.select(t, wc, wr), pk))
+    bad = b.or_(bad, b.icmp_signed("!=", b.select(t, wr, wc), cc))
     with b.if_then(bad, likely=False):
         b.ret(ir.Constant(I32, 1))
     with b.if_then(b.or_(b.icmp_signed("==", cr, _c(0)), b.icmp_signed("==", cc, _c(0)))):
         b.ret(ir.Constant(I32, 0))
-    # at most BLOCKS_PER_THREAD blocks per pool thread and one per `macs` multiply-adds
-    work = b.mul(b.mul(cr, cc), _max(b, pk, _c(1)))
-    most = b.mul(b.call(size, []), _c(BLOCKS_PER_THREAD))
-    blocks = _min(b, _min(b, most, b.sdiv(work, _c(macs))), panels)
-    blocks = _max(b, blocks, _c(1))
-    step = b.sdiv(b.add(panels, b.sub(blocks, _c(1))), blocks)
-    blocks = b.sdiv(b.add(panels, b.sub(step, _c(1))), step)
-    recs = b.alloca(I64, b.mul(blocks, _c(RECORD)))
-    fields = [b.ptrtoint(a, I64), as0, as1, cr, pk, b.ptrtoint(bp, I64), cc, b.ptrtoint(c, I64),
-              cs0, cs1, acc]
-
-    def fill(i):
-        base = b.mul(i, _c(RECORD))
-        lo = b.mul(i, step)
-        for j, v in enumerate(fields + [lo, _min(b, panels, b.add(lo, step)), b.ptrtoint(d, I64), ds0, ds1,
-                                  b.ptrtoint(bias, I64), nbias]):
-            b.store(v, b.gep(recs, [b.add(base, _c(j))]))
-    _for(b, _c(0), blocks, fill)
-    recp = b.bitcast(recs, I8P)
-    with b.if_else(b.icmp_signed("==", blocks, _c(1))) as (one, many):
-        with one:
-            b.call(task, [recp])
-        with many:
-            b.call(run, [b.trunc(blocks, I32), b.bitcast(task, I8P), recp, ir.Constant(I32, RECORD * 8)])
+    head = [b.ptrtoint(a, I64), as0, as1, cr, pk, b.ptrtoint(bp, I64), cc, b.ptrtoint(c, I64), cs0, cs1, acc]
+    tail = [b.ptrtoint(d, I64), ds0, ds1, b.ptrtoint(bias, I64), nbias,
+            b.ptrtoint(w, I64), wr, wc, ws0, ws1, tr, panels]
+    _run_blocks(b, task, run, size, macs, g, panels, cr, cc, pk, head, tail, PACKING_RECORD)
     b.ret(ir.Constant(I32, 0))
 
 
@@ -422,8 +491,8 @@ def _panel(mod, g):
 
 
 def module(run, size, macs, g):
-    """The IR module defining flowjit_pack_b, flowjit_packed_panel, flowjit_task_pgemm and
-    flowjit_pgemm for
+    """The IR module defining flowjit_pack_b, flowjit_packed_panel, flowjit_task_pgemm,
+    flowjit_pgemm and flowjit_pack_pgemm (with its task) for
     tiles of geometry g; the last runs blocks through the pool's run/size functions
     named here."""
     mod = ir.Module(name="flowjit_packed")
@@ -431,8 +500,9 @@ def module(run, size, macs, g):
     ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P, I32, I32, I32]), "llvm.prefetch.p0")
     run_fn = ir.Function(mod, ir.FunctionType(I32, [I32, I8P, I8P, I32]), run)
     size_fn = ir.Function(mod, ir.FunctionType(I64, []), size)
-    _pack(mod, g)
+    pack_some = _pack(mod, g)
     _panel(mod, g)
     task = _task(mod, fma, g)
     _gemm(mod, task, run_fn, size_fn, macs, g)
+    _packing_gemm(mod, _packing_task(mod, task, pack_some), run_fn, size_fn, macs, g)
     return str(mod)

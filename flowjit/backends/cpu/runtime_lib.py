@@ -15,7 +15,7 @@ from numba.extending import intrinsic, overload
 from ... import runtime_config as cfg
 from . import gemm_ir, packed_ir
 from .blas import gemm_call, start as _start_blas
-from .packed import pack_call, panel_call, pgemm_call
+from .packed import pack_call, pack_pgemm_call, panel_call, pgemm_call
 
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
 # (the packed products' symbols are registered by loader.start_packed_for, only in
@@ -25,6 +25,8 @@ _start_blas()      # the symbols the GEMMs below link against, before they compi
 GEMM_SHAPES = "matmul: operand shapes do not match the output, or a size is 2**31 or more: a, b, out " \
     "shapes (transposes aside)"
 GEMM_MEMORY = "matmul: no memory for contiguous copies of strided operands"
+PACK_PGEMM_SHAPES = "matmul: operand shapes do not match the output: a, weight (transposed where asked), " \
+    "scratch (panels, rows, panel width), out, addend, bias shapes"
 PGEMM_SHAPES = "matmul: operand shapes do not match the output: a, packed weight (panels, rows, panel " \
     "width), out, addend, bias shapes"
 
@@ -67,8 +69,20 @@ def pgemm(a, packed, out, addend, bias, acc):
         raise ValueError(PGEMM_SHAPES, a.shape, packed.shape, out.shape, addend.shape, bias.shape)
 
 
+@njit(cache=True, error_model="numpy")
+def pack_pgemm(a, w, transposed, scratch, out, addend, bias, acc):
+    """pgemm(a, pack_weight(w, transposed), out, addend, bias, acc), the same bits, with
+    the packing shared out: each block of the product packs its own panels of the weight
+    into `scratch` (shaped as pack_weight's result; the caller's, so that a step reuses
+    it rather than page-faulting a fresh one) before it multiplies by them. For a weight
+    used once, such as a training step's x @ W."""
+    if pack_pgemm_call(a, w, transposed, scratch, out, addend, bias, acc) != 0:
+        raise ValueError(PACK_PGEMM_SHAPES, a.shape, w.shape, scratch.shape, out.shape, addend.shape,
+                         bias.shape)
+
+
 def _starts_packed_before_loading(dispatcher):
-    """A pack_weight or pgemm read from Numba's disk cache links against the packed
+    """A pack_weight, pgemm or pack_pgemm read from Numba's disk cache links against the packed
     products' symbols by name, and no typing (where the intrinsics start them) happens on
     the way: a process that called one directly, without a generated module's text
     having started them (loader.start_packed_for), jumped to a null address. Starting
@@ -84,6 +98,7 @@ def _starts_packed_before_loading(dispatcher):
 
 _starts_packed_before_loading(pack_weight)
 _starts_packed_before_loading(pgemm)
+_starts_packed_before_loading(pack_pgemm)
 
 
 # pgemm's bias when there is none, in direct calls (a generated loop passes an empty array
@@ -267,7 +282,9 @@ def _packed_functions():
     return (_function(packed_ir.PACK_NAME, None, _PTR, *[_I64] * 5, _PTR, _I64),
             _function(packed_ir.GEMM_NAME, ctypes.c_int32, _PTR, *[_I64] * 4, _PTR, *[_I64] * 3,
                       *([_PTR] + [_I64] * 4) * 2, _PTR, _I64, _I64),
-            _function(packed_ir.PANEL_NAME, _I64))
+            _function(packed_ir.PANEL_NAME, _I64),
+            _function(packed_ir.PACKING_NAME, ctypes.c_int32, _PTR, *[_I64] * 4, _PTR, *[_I64] * 5, _PTR,
+                      *[_I64] * 3, *([_PTR] + [_I64] * 4) * 2, _PTR, _I64, _I64))
 
 
 def _operand(helper, a, ndim, dtypes, contiguous=False):
@@ -303,7 +320,7 @@ def gemm_py(a, b, out, ta, tb, acc):
 
 def pack_weight_py(w, transposed):
     """pack_weight, from Python."""
-    pack, _, panel_width = _packed_functions()
+    pack, _, panel_width, _ = _packed_functions()
     _operand("pack_weight", w, 2, _FLOAT32)
     k, n = (w.shape[1], w.shape[0]) if transposed else w.shape
     panel = panel_width()
@@ -314,7 +331,7 @@ def pack_weight_py(w, transposed):
 
 def pgemm_py(a, packed, out, addend, bias, acc):
     """pgemm, from Python."""
-    _, product, _ = _packed_functions()
+    _, product, _, _ = _packed_functions()
     for x, nd in ((a, 2), (out, 2), (addend, 2)):
         _operand("pgemm", x, nd, _FLOAT32)
     _operand("pgemm", packed, 3, _FLOAT32, contiguous=True)
@@ -324,7 +341,20 @@ def pgemm_py(a, packed, out, addend, bias, acc):
         raise ValueError(PGEMM_SHAPES, a.shape, packed.shape, out.shape, addend.shape, bias.shape)
 
 
-PYTHON_TWINS = {"gemm": gemm_py, "pack_weight": pack_weight_py, "pgemm": pgemm_py}
+def pack_pgemm_py(a, w, transposed, scratch, out, addend, bias, acc):
+    """pack_pgemm, from Python."""
+    product = _packed_functions()[3]
+    for x in (a, w, out, addend):
+        _operand("pack_pgemm", x, 2, _FLOAT32)
+    _operand("pack_pgemm", scratch, 3, _FLOAT32, contiguous=True)
+    _operand("pack_pgemm", bias, 1, _FLOAT32, contiguous=True)
+    if product(*_in_elements(a), *_in_elements(w), int(transposed), scratch.ctypes.data, *scratch.shape,
+               *_in_elements(out), *_in_elements(addend), bias.ctypes.data, bias.shape[0], int(acc)) != 0:
+        raise ValueError(PACK_PGEMM_SHAPES, a.shape, w.shape, scratch.shape, out.shape, addend.shape,
+                         bias.shape)
+
+
+PYTHON_TWINS = {"gemm": gemm_py, "pack_weight": pack_weight_py, "pgemm": pgemm_py, "pack_pgemm": pack_pgemm_py}
 
 
 def compiled_at_hand(name):
