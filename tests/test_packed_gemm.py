@@ -190,13 +190,9 @@ def test_an_rnn_loop_packs_its_weights_once_and_matches_numpy(rng, tier, T, owne
     assert src.count("pgemm(") == 2, src
 
 
-@pytest.mark.parametrize("tr", [False, True])
-def test_a_product_with_many_rows_runs_packed_and_matches_numpy(rng, tier, tr):
-    # an RNN's input projection for all its steps: enough rows (codegen.PACKED_MIN_ROWS)
-    # to pack the weight for one product; a gradient through it too (its dx reads the
-    # weight transposed, its dW the input transposed: BLAS)
-    from flowjit.backends.cpu.codegen import PACKED_MIN_ROWS
-    M, K, N = PACKED_MIN_ROWS + 13, 24, 16 * PANEL + 5
+def _product_and_gradients(rng, M, K, N, tr):
+    """x @ op(w) (M x K, K x N) and its gradients under fj.jit against NumPy's; returns
+    the forward's generated source."""
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = rng.standard_normal((N, K) if tr else (K, N)).astype(np.float32)
     g = rng.standard_normal((M, N)).astype(np.float32)
@@ -215,7 +211,16 @@ def test_a_product_with_many_rows_runs_packed_and_matches_numpy(rng, tier, tr):
     np.testing.assert_allclose(dx.numpy(), g.astype(np.float64) @ w64.T, rtol=1e-4, atol=1e-3)
     dw64 = x.astype(np.float64).T @ g.astype(np.float64)
     np.testing.assert_allclose(dw.numpy(), dw64.T if tr else dw64, rtol=1e-4, atol=1e-3)
-    src = f.inspect(x, w, g).forward_source
+    return f.inspect(x, w, g).forward_source
+
+
+@pytest.mark.parametrize("tr", [False, True])
+def test_a_product_with_many_rows_runs_packed_and_matches_numpy(rng, tier, tr):
+    # an RNN's input projection for all its steps: enough rows (codegen.PACKED_MIN_ROWS)
+    # to pack the weight for one product; a gradient through it too (its dx reads the
+    # weight transposed, its dW the input transposed: BLAS)
+    from flowjit.backends.cpu.codegen import PACKED_MIN_ROWS
+    src = _product_and_gradients(rng, PACKED_MIN_ROWS + 13, 24, 16 * PANEL + 5, tr)
     assert src.count("pack_pgemm(") == 1, src         # its blocks pack the weight as they go
 
 
@@ -450,23 +455,6 @@ def test_a_training_products_weight_is_packed_by_its_blocks(rng, tier, tr):
     # NumPy, and the gradient's products (the weight transposed, the input transposed)
     from flowjit.backends.cpu import codegen
     M, K, N = 96, 400, 4 * PANEL + 7
-    x = rng.standard_normal((M, K)).astype(np.float32)
-    w = rng.standard_normal((N, K) if tr else (K, N)).astype(np.float32)
-    g = rng.standard_normal((M, N)).astype(np.float32)
-
-    def run(x, w, g):
-        with fj.GradientTape() as tape:
-            tape.watch(x)
-            tape.watch(w)
-            loss = fj.reduce_sum(fj.matmul(x, w, transpose_b=tr) * g)
-        return (fj.matmul(x, w, transpose_b=tr),) + tuple(tape.gradient(loss, [x, w]))
-    f = fj.jit(run)
-    y, dx, dw = f(x, w, g)
-    w64 = (w.T if tr else w).astype(np.float64)
-    np.testing.assert_allclose(y.numpy(), x.astype(np.float64) @ w64, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(dx.numpy(), g.astype(np.float64) @ w64.T, rtol=1e-4, atol=1e-3)
-    dw64 = x.astype(np.float64).T @ g.astype(np.float64)
-    np.testing.assert_allclose(dw.numpy(), dw64.T if tr else dw64, rtol=1e-4, atol=1e-3)
-    src = f.inspect(x, w, g).forward_source
+    src = _product_and_gradients(rng, M, K, N, tr)
     packs = M * K * N >= codegen.PACK_MIN_MACS and packed.GEOMETRY.width == 16
     assert ("pack_pgemm(" in src) == packs, src
