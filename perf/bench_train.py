@@ -137,13 +137,44 @@ def busy_note():
 def timed_steps(cfg, calls):
     """median_step_times with this run's budget: at least max(cfg.steps, 20) timed steps
     per implementation, in 3 (quick) / 5 (full) turns of at least 0.1 / 0.3 s each,
-    after 0.1 / 0.15 s of settling; more steps where they are short."""
+    after 0.1 / 0.15 s of settling; more steps where they are short.
+
+    Where the run sets `cfg.flowjit_settings` ([(label, fj.config.threads value)], the
+    contended mode), the flowjit step also takes its turns under each of those thread
+    settings, between the others' turns: their times go to `cfg.setting_times` {label:
+    StepTime}, so a setting is compared with the default under the same minutes of the
+    busy processes' luck."""
     rounds = 3 if cfg.quick else 5
     min_steps = max(cfg.steps, 20)
-    return median_step_times(calls, rounds=rounds, min_block=-(-min_steps // rounds),
-                             settle_s=0.1 if cfg.quick else 0.15,
-                             block_s=0.1 if cfg.quick else 0.3,
-                             warm_s=0.2 if cfg.quick else 0.5)
+    settings = cfg.flowjit_settings or []
+    calls = _with_settings(calls, settings)
+    t, n, cores = median_step_times(calls, rounds=rounds, min_block=-(-min_steps // rounds),
+                                    settle_s=0.1 if cfg.quick else 0.15,
+                                    block_s=0.1 if cfg.quick else 0.3,
+                                    warm_s=0.2 if cfg.quick else 0.5)
+    cfg.setting_times = {label: t.pop(f"flowjit ({label})") for label, _ in settings}
+    return t, n, cores
+
+
+def _with_settings(calls, settings):
+    """calls with, after flowjit's, flowjit's step under each thread setting."""
+    out = []
+    for name, fn in calls:
+        out.append((name, fn))
+        if name == "flowjit":
+            out += [(f"flowjit ({label})", _under_threads(fn, value)) for label, value in settings]
+    return out
+
+
+def _under_threads(fn, value):
+    def call():
+        saved = fj.config.threads
+        fj.config.threads = value
+        try:
+            return fn()
+        finally:
+            fj.config.threads = saved
+    return call
 
 
 # --------------------------------------------------------------------------------------

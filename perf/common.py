@@ -24,6 +24,11 @@ class Config:
     warmup: int           # untimed calls before timing (the first one compiles)
     skipped: list = field(default_factory=list)   # optional baselines that were not run
     cold_processes: bool = True   # rows timing a fresh process's first call (off beside busy ones)
+    # the contended mode's flowjit thread settings [(label, fj.config.threads value)],
+    # timed in turns with the default, and their last times {label: StepTime}
+    # (bench_train.timed_steps)
+    flowjit_settings: list = None
+    setting_times: dict = field(default_factory=dict)
 
     def skip(self, what, why):
         msg = f"{what}: {why}"

@@ -4,11 +4,13 @@ the run starts itself, each row next to the same row on the quiet machine.
 A learner's laptop or a shared CI runner is rarely quiet. flowjit's parallel work runs
 on a help-first pool (the caller never waits for a descheduled worker), and by default
 fewer workers help while other processes want the cores (backends/cpu/threads.py).
-In one process: a quiet pass; then, beside K busy processes, three settings taking
-turns for ROUNDS rounds: flowjit's default ("auto"); every thread of the pool working
-(the count fixed, no adapting: what help-first alone gives); flowjit on one thread
-(what the default must never be slower than). Baselines (NumPy, and PyTorch / JAX where installed) run in every pass,
-taking turns with flowjit as in the normal run. The busy processes are plain Python
+In one process: a quiet pass; then, beside K busy processes, ROUNDS passes in which
+flowjit's step takes its turns under three settings, between the baselines' turns:
+flowjit's default ("auto"); every thread of the pool working (the count fixed, no
+adapting: what help-first alone gives); flowjit on one thread (what the default must
+never be slower than). Baselines (NumPy, and PyTorch / JAX where installed) take their
+turns in the same round-robin (bench_train.timed_steps), so every figure of a row comes
+from the same minutes of the busy processes' luck. The busy processes are plain Python
 loops with a deadline of their own (they stop even if this process dies) and are
 killed at the end."""
 import statistics
@@ -45,52 +47,53 @@ def busy(k):
 
 
 def _run(benches, cfg):
+    """{row name: Result}, each with `settings`: {label: StepTime} of flowjit's step under
+    the run's thread settings (empty in the quiet pass)."""
     rows = {}
     for bench in benches:
         print(f"[perf]   {bench.__name__} ...", file=sys.stderr, flush=True)
+        cfg.setting_times = {}
         for r in bench(cfg):
             if r.flowjit_s and r.baseline_s:          # rows with a baseline to compare
+                r.settings = dict(cfg.setting_times)
                 rows[r.name] = r
     return rows
 
 
 def run(cfg, k, only):
-    """The passes; returns (table text, rows as dicts). Beside the busy processes the
-    three flowjit settings take turns for ROUNDS rounds (order reversed every other
-    round) and each row keeps the median of its rounds: one pass after another would
-    compare settings under different luck with the scheduler's time slices."""
-    import flowjit as fj
+    """The passes; returns (table text, rows as dicts). Beside the busy processes, ROUNDS
+    passes, flowjit's settings taking turns inside each (timed_steps); each row keeps the
+    median of its passes."""
     from flowjit.backends.cpu import threads
     benches = [b for b in common.REGISTRY if b.__name__ in TRAINING
                and (not only or any(s in b.__name__ for s in only))]
     cfg.cold_processes = False          # (the LSTM's cold-compile rows have no baseline)
     print("[perf] quiet pass", file=sys.stderr, flush=True)
     quiet = _run(benches, cfg)
-    saved = fj.config.threads
-    settings = [("default", saved), ("all", threads.state["size"] or threads._cores()), ("one", 1)]
-    passes = {label: [] for label, _ in settings}
+    passes = []
+    cfg.flowjit_settings = [("all", threads.state["size"] or threads._cores()), ("one", 1)]
     with busy(k):
         try:
             for r in range(ROUNDS):
-                for label, value in (settings if r % 2 == 0 else settings[::-1]):
-                    fj.config.threads = value
-                    print(f"[perf] beside {k} busy processes, round {r + 1}/{ROUNDS}, threads {value}",
-                          file=sys.stderr, flush=True)
-                    passes[label].append(_run(benches, cfg))
+                print(f"[perf] beside {k} busy processes, pass {r + 1}/{ROUNDS}", file=sys.stderr, flush=True)
+                passes.append(_run(benches, cfg))
         finally:
-            fj.config.threads = saved
+            cfg.flowjit_settings = None
     return table(quiet, passes, k)
 
 
-def _median_of(runs, name, attr):
-    vals = [getattr(rows[name], attr) for rows in runs if name in rows]
+def _values(runs, name, get):
+    return [v for v in (get(rows[name]) for rows in runs if name in rows) if v is not None]
+
+
+def _median_of(runs, name, get):
+    vals = _values(runs, name, get)
     return statistics.median(vals) if vals else None
 
 
-def _mean_of(runs, name, attr):
+def _mean_of(runs, name, get):
     """The mean step time over every pass (each pass's mean, weighted alike)."""
-    vals = [getattr(getattr(rows[name], attr), "mean", None) for rows in runs if name in rows]
-    vals = [v for v in vals if v is not None]
+    vals = [v for v in (getattr(x, "mean", None) for x in _values(runs, name, get)) if v is not None]
     return statistics.fmean(vals) if vals else None
 
 
@@ -105,15 +108,14 @@ def _ratio(a, b):
 def table(quiet, passes, k):
     """Two tables: medians of steps, then means (a run's time per step, which counts
     the time slices the busy processes take; see common.StepTime)."""
-    every = [rows for runs in passes.values() for rows in runs]
     cells, out = {"median": [], "mean": []}, []
     for name, q in quiet.items():
         got = {}
         for stat, of in (("median", _median_of), ("mean", _mean_of)):
-            c = of(passes["default"], name, "flowjit_s")
-            b = of(every, name, "baseline_s")
-            a = of(passes["all"], name, "flowjit_s")
-            o = of(passes["one"], name, "flowjit_s")
+            c = of(passes, name, lambda r: r.flowjit_s)
+            b = of(passes, name, lambda r: r.baseline_s)
+            a = of(passes, name, lambda r: r.settings.get("all"))
+            o = of(passes, name, lambda r: r.settings.get("one"))
             qf = q.flowjit_s if stat == "median" else getattr(q.flowjit_s, "mean", None)
             qb = q.baseline_s if stat == "median" else getattr(q.baseline_s, "mean", None)
             cells[stat].append([name, _ms(qf), _ms(qb), _ratio(qb, qf), _ms(c), _ms(b),
