@@ -114,6 +114,8 @@ def _pack(mod, g):
 
 
 def _pack_panels(mod, g):
+    """pack_panels(w, rows, cols, s0, s1, transposed, dst, panels, lo, hi): panels lo..hi
+    of dst from op(w) (pack_b's work; `panels` unused, kept so both take one list)."""
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [FP, I64, I64, I64, I64, I64, FP, I64, I64, I64]),
                      "pack_panels")
     fn.linkage = "private"
