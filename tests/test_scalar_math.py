@@ -188,3 +188,41 @@ def test_lowered_calls_nest_and_take_mixed_arguments():
         outs.append(out)
     _assert_same_bits(outs[0], outs[1])
     assert not scalar_ir._supported(S.rand_truncated_normal_f64)      # a loop: not straight-line
+
+
+def test_wide_vectors_reaches_the_machine_code_and_keeps_the_results():
+    """wide_vectors() marks its function "prefer-vector-width"="512": where the CPU has
+    AVX-512, the loop is vectorized with 512-bit registers; anywhere, the loop computes
+    the same bits as without the call (the accuracy tests above run through fused
+    kernels, which carry the call on AVX-512 hosts)."""
+    def body(wide):
+        def run(a, out):
+            if wide:
+                S.wide_vectors()
+            for i in range(a.shape[0]):
+                out[i] = S.tanh_f32(a[i]) * S.sigmoid_f32(a[i])
+        return njit(fastmath={"nsz", "contract"}, error_model="numpy")(run)
+    x = inputs("tanh", np.float32)
+    outs, fns = [], []
+    for wide in (False, True):
+        f = body(wide)
+        out = np.empty_like(x)
+        with np.errstate(all="ignore"):
+            f(x, out)
+        outs.append(out)
+        fns.append(f)
+    _assert_same_bits(outs[0], outs[1])
+    sig = fns[1].signatures[0]
+    assert '"prefer-vector-width"="512"' in fns[1].inspect_llvm(sig)
+    assert '"prefer-vector-width"' not in fns[0].inspect_llvm(fns[0].signatures[0])
+    if S.WIDE_VECTORS:
+        assert "zmm" in fns[1].inspect_asm(sig)
+
+
+def test_fused_kernels_ask_for_wide_vectors_where_the_cpu_has_them():
+    f = fj.jit(lambda a, b: fj.tanh(a * b + 1.0) * fj.sigmoid(a))
+    a = np.linspace(-3, 3, 4096, dtype=np.float32)
+    np.testing.assert_allclose(f(a, a).numpy(), np.tanh(a * a + 1) / (1 + np.exp(-a)), rtol=2e-6, atol=1e-7)
+    src = f.inspect(a, a).forward_source
+    assert "# fused loop" in src
+    assert ("wide_vectors()" in src) == S.WIDE_VECTORS

@@ -25,7 +25,7 @@ from ..loops import (analyse_loop, dim_src, index_term, int_arg, load_lines, nod
 from ..pyexpr import const_src, npt, render as render_expr, sfx
 from . import conv_lowering, lowerings  # noqa: F401  (attach the opaque ops' lowerings)
 from . import pool
-from .scalar import ORDERED
+from .scalar import ORDERED, WIDE_VECTORS
 
 PAR_MIN = int(os.environ.get("FLOWJIT_PAR_MIN", 1 << 18))   # elements: below, a loop runs serially
 # Loops that can run on the BLAS thread pool (pool.py) pay off much earlier: handing
@@ -456,7 +456,7 @@ class LoopKernel:
     def _loop_nest(self, par=False, rows=False):
         """The loops, at one indent; par: the first one is a prange; rows: it runs over
         rows row_lo..row_hi only (the loop nest of a pool task)."""
-        out = list(self.hoisted)
+        out = (["    wide_vectors()"] if WIDE_VECTORS else []) + list(self.hoisted)   # (scalar.py)
         if self.grp.reduces and not self.kind_a:
             out += self._init_outputs()
         depth = "    "
