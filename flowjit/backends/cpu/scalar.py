@@ -423,7 +423,6 @@ def rand_truncated_normal_f32(key, i):
 NAMES = [n for n in dir() if n.endswith(("_f32", "_f64"))]
 
 
-
 # --- vector width ---------------------------------------------------------------
 def _host_has_avx512():
     try:
@@ -438,7 +437,8 @@ def _host_has_avx512():
 # ones), so without the request the loop vectorizer stopped at 8 floats. Timed in turns
 # in one process on the 2-core Emerald Rapids VM: the fused loss+grad benchmark (4M
 # elements of tanh, sigmoid and exp) 1.54x faster; the MLP, autoencoder, CNN and LSTM
-# steps level (0.98-1.02x). The packed GEMM kernel uses these vectors already.
+# steps level within the noise (0.95-1.02x: their loops are bound by loads and stores,
+# their time is in GEMMs). The packed GEMM kernel uses these vectors already.
 WIDE_VECTORS = _host_has_avx512()
 
 
