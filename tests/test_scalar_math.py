@@ -219,10 +219,13 @@ def test_wide_vectors_reaches_the_machine_code_and_keeps_the_results():
         assert "zmm" in fns[1].inspect_asm(sig)
 
 
-def test_fused_kernels_ask_for_wide_vectors_where_the_cpu_has_them():
-    f = fj.jit(lambda a, b: fj.tanh(a * b + 1.0) * fj.sigmoid(a))
-    a = np.linspace(-3, 3, 4096, dtype=np.float32)
-    np.testing.assert_allclose(f(a, a).numpy(), np.tanh(a * a + 1) / (1 + np.exp(-a)), rtol=2e-6, atol=1e-7)
-    src = f.inspect(a, a).forward_source
-    assert "# fused loop" in src
-    assert ("wide_vectors()" in src) == S.WIDE_VECTORS
+def test_big_fused_loops_ask_for_wide_vectors_where_the_cpu_has_them():
+    from flowjit.backends.cpu import codegen
+    for n, wide in ((codegen.WIDE_MIN, S.WIDE_VECTORS), (4096, False)):
+        # (a function of its own each: a traced program serves every size after its first)
+        f = fj.jit(lambda a, b: fj.tanh(a * b + 1.0) * fj.sigmoid(a))
+        a = np.linspace(-3, 3, n, dtype=np.float32)
+        np.testing.assert_allclose(f(a, a).numpy(), np.tanh(a * a + 1) / (1 + np.exp(-a)), rtol=2e-6, atol=1e-7)
+        src = f.inspect(a, a).forward_source
+        assert "# fused loop" in src
+        assert ("wide_vectors()" in src) == wide, n

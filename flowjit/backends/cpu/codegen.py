@@ -48,6 +48,13 @@ MOVE_POOL_MIN = max(POOL_MIN, 1 << 20)
 # saving tens of microseconds would not repay.
 POOL_WORK_PER_ELEMENT = 3
 TRANSCENDENTAL_WORK = 4
+# A loop of at least this many elements (traced) asks for AVX-512's 16-float vectors
+# where the CPU has them (scalar.wide_vectors). Only big loops: they cost LLVM more to
+# compile (the LSTM step's cold first call 1.73-2.15 s -> 1.96-2.49 s with every loop
+# wide, in turns over three cold processes each), and only big ones gained (the fused
+# loss+grad's 4M elements 1.54x; the MLP's, autoencoder's, CNN's and LSTM's loops,
+# bound by their loads and stores, level).
+WIDE_MIN = 1 << 20
 # Generated kernels are called from Python or from compiled entries, never through C
 # function pointers: Numba's C wrapper of each would be compiled for nothing (5-10 ms).
 NJIT_FLAGS = "no_cfunc_wrapper=True, "
@@ -453,10 +460,17 @@ class LoopKernel:
         return "fastmath={" + ", ".join(repr(x) for x in sorted(self.fastmath)) + f"}}, parallel={self.parallel}"
 
     # -- the loop nest -------------------------------------------------------------------
+    def _wide(self):
+        """Whether the loop nest asks for 512-bit vectors (WIDE_MIN, scalar.wide_vectors)."""
+        total = 1
+        for d in self.grp.shape:
+            total *= max(hint(d), 1)
+        return WIDE_VECTORS and total >= WIDE_MIN
+
     def _loop_nest(self, par=False, rows=False):
         """The loops, at one indent; par: the first one is a prange; rows: it runs over
         rows row_lo..row_hi only (the loop nest of a pool task)."""
-        out = (["    wide_vectors()"] if WIDE_VECTORS else []) + list(self.hoisted)   # (scalar.py)
+        out = (["    wide_vectors()"] if self._wide() else []) + list(self.hoisted)
         if self.grp.reduces and not self.kind_a:
             out += self._init_outputs()
         depth = "    "

@@ -431,14 +431,13 @@ def _host_has_avx512():
         return False
 
 
-# Where the CPU has AVX-512, fused loops ask for its 16-float vectors (codegen puts a
-# wide_vectors() call at the top of each loop nest). LLVM's X86 tuning for Intel's
-# AVX-512 server parts prefers 256-bit vectors (Skylake-SP lowered its clock for wide
-# ones), so without the request the loop vectorizer stopped at 8 floats. Timed in turns
-# in one process on the 2-core Emerald Rapids VM: the fused loss+grad benchmark (4M
-# elements of tanh, sigmoid and exp) 1.54x faster; the MLP, autoencoder, CNN and LSTM
-# steps level within the noise (0.95-1.02x: their loops are bound by loads and stores,
-# their time is in GEMMs). The packed GEMM kernel uses these vectors already.
+# Where the CPU has AVX-512, big fused loops ask for its 16-float vectors (codegen puts a
+# wide_vectors() call at the top of their loop nests: codegen.WIDE_MIN). LLVM's X86
+# tuning for Intel's AVX-512 server parts prefers 256-bit vectors (Skylake-SP lowered
+# its clock for wide ones), so without the request the loop vectorizer stopped at 8
+# floats. Timed in turns in one process on the 2-core Emerald Rapids VM: the fused
+# loss+grad benchmark (4M elements of tanh, sigmoid and exp) 1.54x faster. The packed
+# GEMM kernel uses these vectors already.
 WIDE_VECTORS = _host_has_avx512()
 
 
