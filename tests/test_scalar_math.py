@@ -193,8 +193,7 @@ def test_lowered_calls_nest_and_take_mixed_arguments():
 def test_wide_vectors_reaches_the_machine_code_and_keeps_the_results():
     """wide_vectors() marks its function "prefer-vector-width"="512": where the CPU has
     AVX-512, the loop is vectorized with 512-bit registers; anywhere, the loop computes
-    the same bits as without the call (the accuracy tests above run through fused
-    kernels, which carry the call on AVX-512 hosts)."""
+    the same bits as without the call."""
     def body(wide):
         def run(a, out):
             if wide:

@@ -442,6 +442,7 @@ class LoopKernel:
         self.parallel = not self.pooled and total_hint >= max(PAR_MIN, MOVE_POOL_MIN if moves_only else 0) \
             and C > 0 and (
             not grp.reduces or (self.kind_a and (self.k_split > 0 or scalar_ok)))
+        self.wide = WIDE_VECTORS and total_hint >= WIDE_MIN      # 512-bit vectors (scalar.wide_vectors)
         has_f64_trans = any(S.uses_transcendental(e, "float64") for _, e in exprs)
         # reassociation lets LLVM vectorise reductions over the innermost loops (kind A:
         # one accumulator across iterations); nothing else needs it: reductions over outer
@@ -460,17 +461,10 @@ class LoopKernel:
         return "fastmath={" + ", ".join(repr(x) for x in sorted(self.fastmath)) + f"}}, parallel={self.parallel}"
 
     # -- the loop nest -------------------------------------------------------------------
-    def _wide(self):
-        """Whether the loop nest asks for 512-bit vectors (WIDE_MIN, scalar.wide_vectors)."""
-        total = 1
-        for d in self.grp.shape:
-            total *= max(hint(d), 1)
-        return WIDE_VECTORS and total >= WIDE_MIN
-
     def _loop_nest(self, par=False, rows=False):
         """The loops, at one indent; par: the first one is a prange; rows: it runs over
         rows row_lo..row_hi only (the loop nest of a pool task)."""
-        out = (["    wide_vectors()"] if self._wide() else []) + list(self.hoisted)
+        out = (["    wide_vectors()"] if self.wide else []) + list(self.hoisted)
         if self.grp.reduces and not self.kind_a:
             out += self._init_outputs()
         depth = "    "
