@@ -207,6 +207,30 @@ def test_which_training_steps_compile_their_entries(sizes, batch, compiled):
     assert all((s >= fj.config.entry_overhead_share) == compiled for s in shares), shares
 
 
+def test_a_scan_body_counts_once_a_step_in_the_tier_estimate():
+    """examples/char_rnn.py's step (an LSTM, hidden 128, over 32 steps): its loop is a
+    compiled function of its own whichever tier runs the entry, so the loop's lines are
+    not counted as interpreted, and its body's work counts once a step; the entry stays
+    in the Python tier."""
+    from flowjit.backends.cpu.backend import _work_seconds
+    k = fj.Variable(np.zeros((32 + 128, 4 * 128), np.float32))
+    b = fj.Variable(np.zeros(4 * 128, np.float32))
+
+    def step(x):
+        with fj.GradientTape() as tape:
+            out, _ = fj.nn.lstm(x, k, b)
+            loss = fj.reduce_sum(out)
+        return tape.gradient(loss, [k, b])
+    works, shares = [], []
+    for t in (32, 64):      # traced afresh: the length's traced size is the estimate's
+        c, _ = fj.jit(step)._lookup((np.zeros((32, t, 32), np.float32),), {})
+        works.append([_work_seconds(s.program) for s in c.stages])
+        shares += [s.exe.python_share for s in c.stages]
+    for w32, w64 in zip(*works):
+        assert 1.8 * w32 < w64 < 2.2 * w32, works
+    assert all(0.0 < s < fj.config.entry_overhead_share for s in shares), shares
+
+
 def test_tracer_misuse_is_a_clear_error():
     f = fj.jit(lambda x: x.numpy())
     with pytest.raises(TypeError, match="traced"):

@@ -405,30 +405,40 @@ def estimate_python_share(prog, n_lines):
     interpretation ~1.5 us a line; loops ~1 ns an element; BLAS ~100 GFLOP/s (one core
     of a 2020s x86 runs OpenBLAS's sgemm at 130-190, two at 180-300: at the 20 GFLOP/s
     this once assumed, an MLP step's share came out at 2% where it measured 10%)."""
+    overhead = n_lines * PY_STEP_SECONDS
+    return overhead / (overhead + _work_seconds(prog))
+
+
+def _work_seconds(prog):
+    """The estimated run time of a program's kernels, products and opaque ops; a scan's
+    body counts once per step (its traced length), a cond's or a while's bodies once."""
     from ...ir.shapes import hint
+
+    def size(shape):
+        n = 1
+        for d in shape:
+            n *= max(hint(d), 1)
+        return n
     work = 0.0
     g = prog.graph
     for s in prog.steps:
         if s.kind == "loop":
-            n = 1
-            for d in s.group.shape:
-                n *= max(hint(d), 1)
-            work += n * 1e-9
+            work += size(s.group.shape) * 1e-9
         elif s.kind == "matmul":
             node = g.nodes[s.node]
             a = g.nodes[node.inputs[0]]
             k = a.shape[-2] if node.attrs["transpose_a"] else a.shape[-1]
-            n = 2 * hint(k)
-            for d in node.shape:
-                n *= max(hint(d), 1)
-            work += n * 1e-11
+            work += 2 * max(hint(k), 1) * size(node.shape) * 1e-11
         elif s.kind == "opaque":
-            n = 1
-            for d in g.nodes[s.node].shape:
-                n *= max(hint(d), 1)
-            work += n * 2e-9
-    overhead = n_lines * PY_STEP_SECONDS
-    return overhead / (overhead + work)
+            node = g.nodes[s.node]
+            bodies = s.body or []
+            if node.op == "scan":
+                work += max(hint(node.attrs["length"]), 1) * sum(_work_seconds(b) for b in bodies)
+            elif bodies:
+                work += sum(_work_seconds(b) for b in bodies)
+            else:
+                work += size(node.shape) * 2e-9
+    return work
 
 
 def compile_program(prog):
@@ -442,8 +452,8 @@ def compile_program(prog):
     exe = CpuExecutable(prog, ename, names, src, code.kernels, code.err_codes, code.inplace,
                         code.source(ename), code.n_sites, code.threaded)
     exe.loop_names = code.loop_names(ename)
-    # (a loop's lines counted once, as when they were the entry's own)
-    n_lines = len(code.lines) + sum(len(loop.lines) - 1 for loop in code.loops)
-    exe.python_share = estimate_python_share(prog, n_lines)
+    # (a loop over steps is a function of its own, compiled whichever tier runs the
+    # entry: its lines are not what compiling the entry would save)
+    exe.python_share = estimate_python_share(prog, len(code.lines))
     exe.parallel = code.parallel
     return exe
