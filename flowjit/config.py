@@ -13,8 +13,9 @@ class _Config:
         # this share of a call (a big training step is dominated by its kernels and BLAS,
         # so compiling its entry would cost seconds and save nothing measurable; a
         # compiled entry also allocates its buffers afresh every call, where the Python
-        # tier reuses them). An MLP step (784-256-128-10, batch 128; estimated 7-8%) ran
-        # 10% faster on one thread with its entry compiled; an autoencoder's (2%), 5%.
+        # tier reuses them). With its entry compiled, an MLP step (784-256-128-10, batch
+        # 128; estimated 7-8%) ran 10% faster on one thread, an autoencoder step
+        # (estimated 2%) 5% faster.
         self.entry_overhead_share = float(os.environ.get("FLOWJIT_ENTRY_OVERHEAD_SHARE", "0.05"))
         # Where that compile runs: True (the default) in a child process while the
         # Python tier goes on (backends/cpu/background.py); False in this process, at
