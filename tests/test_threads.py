@@ -168,6 +168,39 @@ def test_blas_count_restored_when_a_step_raises(fresh_threads):
     assert blas.get_threads() == before and T.state["depth"] == 0
 
 
+def test_a_training_steps_forward_and_backward_share_one_setup(fresh_threads, monkeypatch):
+    """A jitted training step runs its forward and backward programs under one setup of
+    the threads (the step's own begin/end; theirs only count): OpenBLAS's count is read
+    once a step, not once a program, and is back when the step returns."""
+    if blas.get_threads() is None:
+        pytest.skip("OpenBLAS's thread count cannot be read")
+    rng = np.random.default_rng(1)
+    w = fj.Variable(rng.standard_normal((64, 32)).astype(np.float32))
+    x = rng.standard_normal((48, 64)).astype(np.float32)
+
+    @fj.jit
+    def step(x):
+        with fj.GradientTape() as tape:
+            loss = fj.reduce_sum(fj.square(fj.matmul(x, w)))
+        w.assign_sub(0.001 * tape.gradient(loss, w))
+        return loss
+    for _ in range(3):       # past the first calls' tiers
+        step(x)
+    c, _ = step._lookup((x,), {})
+    assert c.bwd is not None and (c.exe.parallel or c.bwd.exe.parallel)
+    reads = []
+    real = blas.get_threads
+    monkeypatch.setattr(blas, "get_threads", lambda: reads.append(1) or real())
+    before = real()
+    w0 = w.numpy().astype(np.float64)
+    loss = float(step(x))
+    assert len(reads) == 1
+    assert real() == before and T.state["depth"] == 0 and T._held.depth == 0
+    np.testing.assert_allclose(loss, ((x.astype(np.float64) @ w0) ** 2).sum(), rtol=1e-4)
+    want = w0 - 0.001 * 2 * x.astype(np.float64).T @ (x.astype(np.float64) @ w0)
+    np.testing.assert_allclose(w.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_steps_in_two_python_threads(fresh_threads):
     """Steps running at once share one setup: same bits as alone, and OpenBLAS's count
     comes back when the last one ends."""

@@ -341,6 +341,18 @@ class CpuExecutable:
         S.bump("calls_compiled_tier")
         return self._parallel(self.entry, args)
 
+    def begin_group(self):
+        """Before this program and those that run next in the same call (a training
+        step's backward, runs_next): one setup of the threads for all of them, where any
+        has parallel work (their own begin/end then only count). True when it began;
+        the caller then calls end_group."""
+        if self.parallel or any(e.parallel for e, _ in self.runs_next):
+            threads.begin()
+            return True
+        return False
+
+    end_group = staticmethod(threads.end)
+
     def _parallel(self, fn, args):
         """fn(*args); with parallel work, on as many threads as the machine has free now
         and with OpenBLAS single-threaded meanwhile (threads.py)."""

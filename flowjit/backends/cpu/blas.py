@@ -225,12 +225,21 @@ def start():
 def get_threads():
     """The thread count of the OpenBLAS the GEMMs call (what OPENBLAS_NUM_THREADS and
     threadpoolctl set), or None where it cannot be read."""
-    return int(state["get"]()) if start() and state["get"] is not None else None
+    get = state["get"]          # (set once started: a step reads it twice a call)
+    if get is None:
+        if not start() or state["get"] is None:
+            return None
+        get = state["get"]
+    return int(get())
 
 
 def set_threads(n):
-    if start() and state["set"] is not None:
-        state["set"](int(n))
+    set_count = state["set"]
+    if set_count is None:
+        if not start() or state["set"] is None:
+            return
+        set_count = state["set"]
+    set_count(int(n))
 
 
 @intrinsic

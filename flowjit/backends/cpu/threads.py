@@ -40,6 +40,10 @@ AGREE = 3
 state = {"next": 0.0, "size": None, "now": None, "recent": [], "asked": None, "depth": 0,
          "user": None}
 _lock = threading.RLock()
+# how deep this thread is in begin/end pairs: only the outermost pair sets up (a
+# training step's forward and backward run inside the step's own pair, and a setup
+# costs ~4 us: the lock, reading OpenBLAS's count and setting it twice)
+_held = threading.local()
 
 
 def _after_fork():
@@ -47,6 +51,7 @@ def _after_fork():
     its steps in flight: configure again."""
     global _lock
     _lock = threading.RLock()
+    _held.depth = 0
     state.update(size=None, now=None, recent=[], asked=None, depth=0)
 
 
@@ -128,7 +133,11 @@ def begin():
     and run the GEMMs' OpenBLAS on one thread until the matching end(). Steps running at
     once in several Python threads share one setup: the first begin makes it and the
     last end restores OpenBLAS's count, so no step sees another's count of 1 as the
-    user's."""
+    user's. Inside another pair of the same thread it only counts."""
+    depth = getattr(_held, "depth", 0)
+    _held.depth = depth + 1
+    if depth:
+        return
     with _lock:
         state["depth"] += 1
         if state["depth"] > 1:
@@ -154,6 +163,12 @@ def begin():
 def end():
     """After the step (also when it raised): the last one out gives OpenBLAS the user's
     count back."""
+    depth = getattr(_held, "depth", 0)
+    if depth <= 0:                       # begin was interrupted before it counted
+        return
+    _held.depth = depth - 1
+    if depth > 1:
+        return
     with _lock:
         if state["depth"] <= 0:          # begin was interrupted before it counted
             return
