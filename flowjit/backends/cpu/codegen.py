@@ -1672,14 +1672,24 @@ def _copied_view(g, grp, buf):
     return view
 
 
+def _narrow(n, ta):
+    """Whether a 2-D float32 product a^T @ b with at most narrow_ir.MOST_COLUMNS columns
+    (a weight gradient x^T @ dz) goes to ngemm, which reads x in place (narrow_ir.py).
+    By the traced sizes: ngemm leaves a call with more columns to gemm."""
+    from . import narrow_ir, packed
+    return ta and len(n.shape) == 2 and n.dtype is D.float32 and hint(n.shape[1]) <= narrow_ir.MOST_COLUMNS \
+        and packed.available()
+
+
 def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):
     """A matmul's lines; `into`: a 2-D float buffer the product is added to instead;
     `untranspose_b`: buf names a transposed copy of the right operand, read as it is."""
     a, b = (g.nodes[i] for i in n.inputs)
     out = buf(n.id)
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"] and not untranspose_b
+    fn = "ngemm" if _narrow(n, ta) else "gemm"
     if into is not None:
-        return [f"gemm({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
+        return [f"{fn}({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
     lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if _packed_once(a, b, n, ta):
         from .packed import PANEL
@@ -1692,7 +1702,7 @@ def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):
         return lines
     if len(n.shape) == 2 and n.dtype.is_floating:
         # one helper for the four transposes (np.bool_: not a literal, so not compiled per flag)
-        lines.append(f"gemm({buf(a.id)}, {buf(b.id)}, {out}, np.bool_({ta}), np.bool_({tb}), np.bool_(False))")
+        lines.append(f"{fn}({buf(a.id)}, {buf(b.id)}, {out}, np.bool_({ta}), np.bool_({tb}), np.bool_(False))")
         return lines
     batch = n.shape[:-2]
     nb = prod_src(batch)

@@ -16,7 +16,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from . import forked, packed_ir, scheduler
+from . import forked, narrow_ir, packed_ir, scheduler
 
 
 def _geometry():
@@ -75,7 +75,8 @@ def start():
             engine = ll.create_mcjit_compiler(ll.parse_assembly(""), tm)
             engine.add_object_file(ll.ObjectFileRef.from_data(obj))
             engine.finalize_object()
-            for name in (packed_ir.PACK_NAME, packed_ir.GEMM_NAME, packed_ir.PANEL_NAME, packed_ir.PACKING_NAME):
+            for name in (packed_ir.PACK_NAME, packed_ir.GEMM_NAME, packed_ir.PANEL_NAME, packed_ir.PACKING_NAME,
+                         narrow_ir.NAME):
                 address = engine.get_function_address(name)
                 if not address:
                     raise RuntimeError(f"{name} missing from the packed products' machine code")
@@ -148,14 +149,16 @@ def _machine_code(tm):
 
 def _cache_path(tm):
     """cache_dir()/packed/<key>.o, or None where the disk cache is off or unsafe. The
-    key covers what the machine code depends on: packed_ir.py (which writes the IR),
-    the module's parameters, the CPU and its features, LLVM's and llvmlite's versions."""
+    key covers what the machine code depends on: packed_ir.py and narrow_ir.py (which
+    write the IR), the module's parameters, the CPU and its features, LLVM's and
+    llvmlite's versions."""
     from ... import runtime_config as cfg
     if not cfg.disk_cache_enabled():
         return None
     h = hashlib.sha1()
-    with open(packed_ir.__file__, "rb") as f:
-        h.update(f.read())
+    for module in (packed_ir, narrow_ir):
+        with open(module.__file__, "rb") as f:
+            h.update(f.read())
     for part in (GEOMETRY, BLOCK_MACS, scheduler.RUN_SYMBOL, scheduler.SIZE_SYMBOL, ll.get_host_cpu_name(),
                  ll.get_host_cpu_features().flatten(), tm.triple, ll.llvm_version_info, llvmlite.__version__):
         h.update(repr(part).encode() + b"\0")
@@ -292,3 +295,22 @@ def pack_pgemm_call(typingctx, a, w, transposed, scratch, out, addend, bias, acc
         return _call(builder, packed_ir.PACKING_NAME, lir.IntType(32),
                      av[:5] + wv[:5] + [tr] + sv[:4] + ov[:5] + dv[:5] + bv[:2] + [flag])
     return types.int32(a, w, transposed, scratch, out, addend, bias, acc), codegen
+
+
+@intrinsic
+def narrow_call(typingctx, a, b, out, ta, tb, acc):
+    """out = op(a) @ op(b) (out += ... with acc) through flowjit_narrow (narrow_ir.py): 0
+    when done, 1 when the shapes do not make the product, narrow_ir.NOT_HERE when it is
+    not a product that module does (then gemm_call does it). 2-D float32, any strides."""
+    if not start():
+        raise TypingError(f"narrow_call: {state['why']}")
+    if not all(_float32_array(t, 2) for t in (a, b, out)):
+        raise TypingError(f"narrow_call: three 2-D float32 arrays, got {a}, {b}, {out}")
+
+    def codegen(context, builder, sig, args):
+        values = []
+        for i in range(3):
+            values += _unpack(context, builder, sig.args[i], args[i])
+        values += [context.cast(builder, v, t, types.int64) for t, v in zip(sig.args[3:], args[3:])]
+        return _call(builder, narrow_ir.NAME, lir.IntType(32), values)
+    return types.int32(a, b, out, ta, tb, acc), codegen

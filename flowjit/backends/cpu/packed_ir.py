@@ -494,7 +494,7 @@ def _panel(mod, g):
 
 def module(run, size, macs, g):
     """The IR module defining flowjit_pack_b, flowjit_packed_panel, flowjit_task_pgemm,
-    flowjit_pgemm and flowjit_pack_pgemm (with its task) for
+    flowjit_pgemm, flowjit_pack_pgemm (with its task) and flowjit_narrow (narrow_ir.py) for
     tiles of geometry g; the last runs blocks through the pool's run/size functions
     named here."""
     mod = ir.Module(name="flowjit_packed")
@@ -507,4 +507,6 @@ def module(run, size, macs, g):
     task = _task(mod, fma, g)
     _gemm(mod, task, run_fn, size_fn, macs, g)
     _packing_gemm(mod, _packing_task(mod, task, pack_some), run_fn, size_fn, macs, g)
+    from . import narrow_ir      # (which takes its helpers from here)
+    narrow_ir.add_to(mod, fma, g, run_fn, size_fn, macs)
     return str(mod)

@@ -15,7 +15,8 @@ from numba.extending import intrinsic, overload
 from ... import runtime_config as cfg
 from . import gemm_ir, packed_ir
 from .blas import gemm_call, start as _start_blas
-from .packed import pack_call, pack_pgemm_call, panel_call, pgemm_call
+from .narrow_ir import NOT_HERE
+from .packed import narrow_call, pack_call, pack_pgemm_call, panel_call, pgemm_call
 
 _start_blas()      # the symbols the GEMMs below link against, before they compile or load
 # (the packed products' symbols are registered by loader.start_packed_for, only in
@@ -44,6 +45,19 @@ def gemm(a, b, out, ta, tb, acc):
     status = gemm_call(a, b, out, ta, tb, acc)
     if status == 1:
         # (Numba passes run-time values as the exception's further arguments)
+        raise ValueError(GEMM_SHAPES, a.shape, b.shape, out.shape)
+    if status != 0:
+        raise MemoryError(GEMM_MEMORY)
+
+
+@njit(cache=True, error_model="numpy")
+def ngemm(a, b, out, ta, tb, acc):
+    """gemm for float32 products with few output columns: a weight gradient x^T @ dz
+    through flowjit_narrow (narrow_ir.py), what that does not take through gemm."""
+    status = narrow_call(a, b, out, ta, tb, acc)
+    if status == NOT_HERE:
+        status = gemm_call(a, b, out, ta, tb, acc)
+    if status == 1:
         raise ValueError(GEMM_SHAPES, a.shape, b.shape, out.shape)
     if status != 0:
         raise MemoryError(GEMM_MEMORY)
@@ -99,6 +113,7 @@ def _starts_packed_before_loading(dispatcher):
 _starts_packed_before_loading(pack_weight)
 _starts_packed_before_loading(pgemm)
 _starts_packed_before_loading(pack_pgemm)
+_starts_packed_before_loading(ngemm)
 
 
 # pgemm's bias when there is none, in direct calls (a generated loop passes an empty array

@@ -34,7 +34,7 @@ from ...runtime import stats as S
 from . import forked, loader, pool, runtime_lib, threads
 
 # runtime_lib helpers entries call by name
-HELPERS = ("gemm", "bmm", "bmm_loop", "pack_weight", "pgemm", "pack_pgemm")
+HELPERS = ("gemm", "ngemm", "bmm", "bmm_loop", "pack_weight", "pgemm", "pack_pgemm")
 DATA_DEPENDENT = {"while", "cond"}          # ops whose Python-tier control flow reads values
 # compile cost in source characters (on 2 cores, a kernel took about 0.1 s plus 1 s per
 # 6000 characters of its source, a helper 0.1-0.2 s)
