@@ -34,7 +34,8 @@ def _check(c, want):
 def test_products_match_numpy(rng, M, K, N, acc):
     x = rng.standard_normal((K, M)).astype(np.float32)
     dz = rng.standard_normal((K, N)).astype(np.float32)
-    c = rng.standard_normal((M, N)).astype(np.float32)
+    # without acc, C's old values (NaN here) are never read
+    c = rng.standard_normal((M, N)).astype(np.float32) if acc else np.full((M, N), np.nan, np.float32)
     c0 = c.astype(np.float64)
     ngemm(x, dz, c, T, F, np.bool_(acc))
     want = x.T.astype(np.float64) @ dz
