@@ -111,13 +111,15 @@ def test_the_bits_do_not_depend_on_the_threads(rng):
         np.testing.assert_array_equal(c, outs[0])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_jitted_weight_gradient_calls_it_for_float32(rng, tier, dtype):
+@pytest.mark.parametrize("dtype,rows", [(np.float32, 137), (np.float64, 137), (np.float32, 37)])
+def test_a_jitted_weight_gradient_calls_it_for_float32(rng, tier, dtype, rows):
     # a softmax regression's gradient: dW = x^T @ dz, 10 columns, through ngemm in
-    # float32 only (float64 stays with BLAS); against NumPy and the eager result
-    x = rng.standard_normal((37, 50)).astype(dtype)
-    w = (0.1 * rng.standard_normal((50, 10))).astype(dtype)
-    y = np.eye(10, dtype=dtype)[rng.integers(0, 10, 37)]
+    # float32 only (float64 stays with BLAS) and from codegen.NARROW_MIN_MACS
+    # multiply-adds (137 x 100 x 10, not 37 x 100 x 10); against NumPy and the eager result
+    from flowjit.backends.cpu.codegen import NARROW_MIN_MACS
+    x = rng.standard_normal((rows, 100)).astype(dtype)
+    w = (0.1 * rng.standard_normal((100, 10))).astype(dtype)
+    y = np.eye(10, dtype=dtype)[rng.integers(0, 10, rows)]
 
     def grad(x, w, y):
         with fj.GradientTape() as tape:
@@ -135,10 +137,10 @@ def test_a_jitted_weight_gradient_calls_it_for_float32(rng, tier, dtype):
     if tier == "compiled":
         report = fj.jit(grad).inspect(x, w, y)
         src = report.forward_source + (report.backward_source or "")
-        assert ("ngemm(" in src) == (dtype is np.float32), src
+        assert ("ngemm(" in src) == (dtype is np.float32 and rows * 100 * 10 >= NARROW_MIN_MACS), src
     # the same compiled code for a weight of 20 columns: ngemm leaves that one to BLAS
-    w20 = (0.1 * rng.standard_normal((50, 20))).astype(dtype)
-    y20 = np.eye(20, dtype=dtype)[rng.integers(0, 20, 37)]
+    w20 = (0.1 * rng.standard_normal((100, 20))).astype(dtype)
+    y20 = np.eye(20, dtype=dtype)[rng.integers(0, 20, rows)]
     z = x.astype(np.float64) @ w20
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)

@@ -1672,13 +1672,23 @@ def _copied_view(g, grp, buf):
     return view
 
 
-def _narrow(n, ta):
+# the fewest multiply-adds for which a narrow product goes to ngemm: it saves about a
+# third of OpenBLAS's time (784x100 @ 100x10: 12.7 against 20.1 us), but a process's
+# first ngemm needs the packed module (0.2-0.3 s to compile on a cold cache, beside the
+# kernels compiling): mlp_digits' 128x64 @ 64x10 gradients would save under 1 us a
+# step, and its cold run went from 0.64 to 1.0 s
+NARROW_MIN_MACS = 1 << 17
+
+
+def _narrow(a, n, ta):
     """Whether a 2-D float32 product a^T @ b with at most narrow_ir.MOST_COLUMNS columns
     (a weight gradient x^T @ dz) goes to ngemm, which reads x in place (narrow_ir.py).
     By the traced sizes: ngemm leaves a call with more columns to gemm."""
     from . import narrow_ir, packed
-    return ta and len(n.shape) == 2 and n.dtype is D.float32 and hint(n.shape[1]) <= narrow_ir.MOST_COLUMNS \
-        and packed.available()
+    if not (ta and len(n.shape) == 2 and len(a.shape) == 2 and n.dtype is D.float32):
+        return False
+    rows, cols, inner = hint(n.shape[0]), hint(n.shape[1]), hint(a.shape[0])
+    return cols <= narrow_ir.MOST_COLUMNS and rows * cols * inner >= NARROW_MIN_MACS and packed.available()
 
 
 def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):
@@ -1687,7 +1697,7 @@ def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):
     a, b = (g.nodes[i] for i in n.inputs)
     out = buf(n.id)
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"] and not untranspose_b
-    fn = "ngemm" if _narrow(n, ta) else "gemm"
+    fn = "ngemm" if _narrow(a, n, ta) else "gemm"
     if into is not None:
         return [f"{fn}({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
     lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
