@@ -24,7 +24,7 @@ from ..runtime.interrupts import deferred_interrupts, reraise_interrupt
 from . import device as _device
 from .custom_op import kernel_error
 from .pytree import flatten, unflatten
-from .tensor import DeviceTensor, Tensor, TraceContext, active_tapes, current_trace, node_of, to_numpy
+from .tensor import DeviceTensor, Tensor, TraceContext, node_of, to_numpy, tracing_or_recording
 
 
 class _Dyn:
@@ -222,6 +222,14 @@ class Compiled:
                        and self.bwd is None and not self.copy_out[0])
         if self.bwd is not None and hasattr(self.exe, "runs_next") and not self.exe.runs_next:
             self.exe.runs_next.append((self.bwd.exe, self._backward_args))
+        # a training step's forward and backward share one setup of the backend's
+        # threads, where it has them (begin_group: the CPU's costs ~3 us)
+        self.begin_group = getattr(self.exe, "begin_group", None) if self.bwd is not None else None
+        # what compiled code takes for the variables' own buffers (the host's are
+        # C-contiguous already: only a 0-d one is viewed as shape (1,))
+        self.variable_arguments = getattr(self.memory, "variable_arguments", self.memory.arguments)
+        if split is not None:
+            self._combined_at = _combined_positions(joint, split)
 
     def _backward_args(self, fwd_args, fwd_outs):
         """The backward's arguments after the forward ran on fwd_args and returned
@@ -233,10 +241,8 @@ class Compiled:
         return self.bwd.extended(list(fwd_args[:n]) + residuals, dry=True)
 
     def run(self, arrays):
-        # a training step's forward and backward share one setup of the backend's
-        # threads, where it has them (begin_group: the CPU's costs ~4 us)
-        begin = self.bwd is not None and getattr(self.exe, "begin_group", None)
-        if not (begin and begin()):
+        begin = self.begin_group
+        if begin is None or not begin():
             return self._run_atomic(arrays)
         try:
             return self._run_atomic(arrays)
@@ -256,7 +262,7 @@ class Compiled:
             if kind != "CPU" or devices.anything_placed_off_host():
                 for v in self.variables:
                     v._place(kind)
-            args.extend(self.memory.arguments([v._buf for v in self.variables]))
+            args.extend(self.variable_arguments([v._buf for v in self.variables]))
         outs = self.fwd(args)
         if self.single:
             return self.wrap(outs[0], self.rank0_out[0])
@@ -281,7 +287,7 @@ class Compiled:
         for var, v, copy in zip(self.effect_vars, effects, self.effect_copy):
             if copy:
                 var._write(v, copy=True)
-        return unflatten(self.out_struct, res)
+        return res[0] if self.out_struct == "*" else unflatten(self.out_struct, res)
 
     def _combine(self, args, outs):
         """(program outputs, variable updates) from the forward (and backward) runs."""
@@ -290,23 +296,34 @@ class Compiled:
             values = list(outs[:n_out])
             effects = outs[n_out:]
         else:
-            sp = self.split
-            nf = len(sp.fwd_outputs)
-            residuals = list(outs[nf:nf + len(sp.saved)])
-            fwd_eff = outs[nf + len(sp.saved):]
-            bouts = self.bwd(args + residuals)
-            nb = len(sp.bwd_outputs)
-            values = [None] * n_out
-            for k, v in zip(sp.fwd_outputs, outs[:nf]):
-                values[k] = v
-            for k, v in zip(sp.bwd_outputs, bouts[:nb]):
-                values[k] = v
-            effects = [None] * len(self.joint.effects)
-            for k, v in zip(sp.fwd_effects, fwd_eff):
-                effects[k] = v
-            for k, v in zip(sp.bwd_effects, bouts[nb:]):
-                effects[k] = v
+            nf, ns = len(self.split.fwd_outputs), len(self.split.saved)
+            bouts = self.bwd(args + list(outs[nf:nf + ns]))
+            both = (*outs, *bouts, None)
+            value_at, effect_at = self._combined_at
+            values = [both[i] for i in value_at]
+            effects = [both[i] for i in effect_at]
         return values, effects
+
+
+def _combined_positions(joint, split):
+    """(for each output of the joint program, for each of its effects): the position of
+    its value in (*forward outputs, *backward outputs, None), where the forward returns
+    its outputs, the residuals, then its effects and the backward its outputs, then its
+    effects (None: neither program returns it)."""
+    n_fwd = len(split.fwd_outputs) + len(split.saved) + len(split.fwd_effects)
+    nb = len(split.bwd_outputs)
+    none = n_fwd + nb + len(split.bwd_effects)
+    values = [none] * len(joint.outputs)
+    for i, k in enumerate(split.fwd_outputs):
+        values[k] = i
+    for i, k in enumerate(split.bwd_outputs):
+        values[k] = n_fwd + i
+    effects = [none] * len(joint.effects)
+    for i, k in enumerate(split.fwd_effects):
+        effects[k] = len(split.fwd_outputs) + len(split.saved) + i
+    for i, k in enumerate(split.bwd_effects):
+        effects[k] = n_fwd + nb + i
+    return values, effects
 
 
 def _shares_state(g, nid, in_place):
@@ -343,10 +360,9 @@ class JitFunction:
         return bound.args, bound.kwargs, static
 
     def __call__(self, *args, **kwargs):
-        if current_trace() is not None:       # called inside another trace: inline it
-            return self.fn(*args, **kwargs)
-        if any(t._recording for t in active_tapes()):
-            # an eager tape is recording: run the ops eagerly so it can differentiate them
+        if tracing_or_recording():
+            # inside another trace: inline it; an eager tape recording: run the ops
+            # eagerly so it can differentiate them
             return self.fn(*args, **kwargs)
         if not kwargs:
             # fast path: every argument a positional array or eager Tensor

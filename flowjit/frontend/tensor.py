@@ -448,6 +448,16 @@ def apply_op(name, inputs, attrs=None, src=None):
     return out
 
 
+def tracing_or_recording():
+    """Whether a trace is open or an eager tape records on this thread (one read of the
+    thread's state: a jitted call asks on every call)."""
+    stack = getattr(_state, "stack", None)
+    if stack:
+        return True
+    tapes = getattr(_state, "tapes", None)
+    return bool(tapes) and any(t._recording for t in tapes)
+
+
 def active_tapes():
     tapes = getattr(_state, "tapes", None)
     if tapes is None:

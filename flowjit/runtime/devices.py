@@ -12,6 +12,8 @@ call runs the same way on every device.
   host arrays (uploaded if the memory is not the host's), `DeviceArray`s (used in
   place, or downloaded by the host), or buffers of this memory (a variable's);
 - `constants(host_arrays)`: the graph's constants, placed once per program;
+- `variable_arguments(bufs)` (optional; else `arguments`): the same for variables'
+  own buffers, which the memory made itself;
 - `copy(buf)`: a new buffer with the same contents (an output that must not alias).
 A backend with memory of its own adds its module to MEMORY (its `Memory` class)."""
 import importlib
@@ -51,6 +53,10 @@ class HostMemory:
         return [_host_argument(a) for a in values]
 
     constants = arguments
+
+    def variable_arguments(self, bufs):
+        # a variable's buffer is C-contiguous (upload, store): only a 0-d one needs a view
+        return [b if b.ndim else b.reshape(1) for b in bufs]
 
     def copy(self, buf):
         return buf.copy()

@@ -356,7 +356,7 @@ class CpuExecutable:
     def _parallel(self, fn, args):
         """fn(*args); with parallel work, on as many threads as the machine has free now
         and with OpenBLAS single-threaded meanwhile (threads.py)."""
-        if not self.parallel:
+        if not self.parallel or threads.held():
             return fn(*args)
         try:
             threads.begin()

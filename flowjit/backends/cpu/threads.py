@@ -128,6 +128,11 @@ def _sample(size):
     return min(current, recent[-1])
 
 
+def held():
+    """Whether this thread is inside a begin/end pair (a step's programs then skip theirs)."""
+    return getattr(_held, "depth", 0) > 0
+
+
 def begin():
     """Before a step with parallel work: set the pool up for the machine as it is now
     and run the GEMMs' OpenBLAS on one thread until the matching end(). Steps running at
