@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,3 +53,16 @@ def tier(request):
     fj.config.tier = request.param
     yield request.param
     fj.config.tier = old
+
+
+def run_in_the_other_geometry(test_file, deselect, cwd):
+    """Run test_file's tests but those matching `deselect` (a -k expression) in a process
+    made to use the packed products' vectors this CPU does not pick (AVX2's where it has
+    AVX-512, AVX-512's otherwise: LLVM splits its 16-float vectors on an AVX2 CPU)."""
+    from flowjit.backends.cpu import packed
+    other = 8 if packed.GEOMETRY.width == 16 else 16
+    env = dict(os.environ, FLOWJIT_PACKED_WIDTH=str(other))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                        test_file, "-k", f"not ({deselect})"],
+                       env=env, capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]

@@ -4,14 +4,12 @@ strided and transposed operands, adding into the output, the products it leaves 
 BLAS, the same bits whichever threads ran the blocks, and a jitted gradient calling
 it. The tests run with this CPU's geometry, and once more in a process made to use the
 other one."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import flowjit as fj
+from conftest import run_in_the_other_geometry
 from flowjit.backends.cpu import narrow_ir, packed, scheduler
 from flowjit.backends.cpu.runtime_lib import ngemm
 
@@ -151,9 +149,4 @@ def test_a_jitted_weight_gradient_calls_it_for_float32(rng, tier, dtype, rows):
 def test_the_other_geometry_in_a_process_of_its_own(tmp_path):
     # this file's tests with the vectors this CPU does not pick (AVX2's where it has
     # AVX-512: tiles of one vector of 8 rows)
-    other = 8 if packed.GEOMETRY.width == 16 else 16
-    env = dict(os.environ, FLOWJIT_PACKED_WIDTH=str(other))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                        __file__, "-k", "not other_geometry and not jitted"],
-                       env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    run_in_the_other_geometry(__file__, "other_geometry or jitted", tmp_path)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import flowjit as fj
+from conftest import run_in_the_other_geometry
 from flowjit.backends.cpu import packed, scheduler
 from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_pgemm, pack_weight, pgemm
 
@@ -225,14 +226,8 @@ def test_a_product_with_many_rows_runs_packed_and_matches_numpy(rng, tier, tr):
 
 
 def test_the_other_geometry_in_a_process_of_its_own(tmp_path):
-    # this file's tests with the tiles this CPU does not pick (AVX2's where it has
-    # AVX-512, AVX-512's otherwise: LLVM splits its 16-float vectors on an AVX2 CPU)
-    other = 8 if packed.GEOMETRY.width == 16 else 16
-    env = dict(os.environ, FLOWJIT_PACKED_WIDTH=str(other))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                        __file__, "-k", "not other_geometry and not rnn_loop"],
-                       env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    # this file's tests with the tiles this CPU does not pick
+    run_in_the_other_geometry(__file__, "other_geometry or rnn_loop", tmp_path)
 
 
 def test_the_geometry_is_the_one_asked_for():

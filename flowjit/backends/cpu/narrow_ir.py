@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from .packed_ir import BLOCKS_PER_THREAD, F32, FP, I32, I64, I8P, _c, _for, _max, _min, _splat
+from .packed_ir import BLOCKS_PER_THREAD, F32, FP, I32, I64, I8P, _c, _carry, _for, _max, _min, _splat
 
 NAME, TASK_NAME = "flowjit_narrow", "flowjit_task_narrow"
 MOST_COLUMNS = 16
@@ -43,31 +43,6 @@ class Tiles:
     @property
     def vec(self):
         return ir.VectorType(F32, self.width)
-
-
-def _carry(b, lo, hi, init, body):
-    """for i in range(lo, hi): values = body(i, values), from init; the values after."""
-    pre = b.block
-    fn = pre.function
-    head, loop, done = (fn.append_basic_block() for _ in range(3))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64)
-    i.add_incoming(lo, pre)
-    phis = []
-    for v in init:
-        p = b.phi(v.type)
-        p.add_incoming(v, pre)
-        phis.append(p)
-    b.cbranch(b.icmp_signed("<", i, hi), loop, done)
-    b.position_at_end(loop)
-    new = body(i, phis)
-    for p, v in zip(phis, new):
-        p.add_incoming(v, b.block)
-    i.add_incoming(b.add(i, _c(1)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
-    return phis
 
 
 def _tile(b, t, fma, f, i0, vecs, rows, out, abuf):

@@ -218,33 +218,43 @@ def _k_loop(b, g, fma, arow, as1, bp, p, K, mr, lo, hi, unroll, start):
     multiple of it); A[r, k] at arow[r] + k * as1 (+ k where as1 is None). Returns the
     accumulators after the loop."""
     VP = g.vec.as_pointer()
-    fn = b.block.function
-    head, body, done = (fn.append_basic_block() for _ in range(3))
-    begin = b.block
+
+    def trip(k, phis):
+        accs = list(phis)
+        for u in range(unroll):
+            ku = b.add(k, _c(u))
+            q = b.gep(bp, [b.mul(b.add(b.mul(p, K), ku), _c(g.panel))])
+            b0 = b.load(b.bitcast(q, VP), align=4)
+            b1 = b.load(b.bitcast(b.gep(q, [_c(g.width)]), VP), align=4)
+            for r in range(mr):
+                av = _splat(b, g, b.load(b.gep(arow[r], [ku if as1 is None else b.mul(ku, as1)])))
+                accs[2 * r] = b.call(fma, [av, b0, accs[2 * r]])
+                accs[2 * r + 1] = b.call(fma, [av, b1, accs[2 * r + 1]])
+        return accs
+    return _carry(b, lo, hi, start, trip, unroll)
+
+
+def _carry(b, lo, hi, init, body, step=1):
+    """for i in range(lo, hi, step): values = body(i, values), from init (the values
+    live in phis, as accumulators should); the values after the loop."""
+    pre = b.block
+    fn = pre.function
+    head, loop, done = (fn.append_basic_block() for _ in range(3))
     b.branch(head)
     b.position_at_end(head)
-    k = b.phi(I64)
-    k.add_incoming(lo, begin)
+    i = b.phi(I64)
+    i.add_incoming(lo, pre)
     phis = []
-    for v0 in start:
-        v = b.phi(g.vec)
-        v.add_incoming(v0, begin)
-        phis.append(v)
-    b.cbranch(b.icmp_signed("<", k, hi), body, done)
-    b.position_at_end(body)
-    accs = list(phis)
-    for u in range(unroll):
-        ku = b.add(k, _c(u))
-        q = b.gep(bp, [b.mul(b.add(b.mul(p, K), ku), _c(g.panel))])
-        b0 = b.load(b.bitcast(q, VP), align=4)
-        b1 = b.load(b.bitcast(b.gep(q, [_c(g.width)]), VP), align=4)
-        for r in range(mr):
-            av = _splat(b, g, b.load(b.gep(arow[r], [ku if as1 is None else b.mul(ku, as1)])))
-            accs[2 * r] = b.call(fma, [av, b0, accs[2 * r]])
-            accs[2 * r + 1] = b.call(fma, [av, b1, accs[2 * r + 1]])
-    for phi, v in zip(phis, accs):
-        phi.add_incoming(v, b.block)
-    k.add_incoming(b.add(k, _c(unroll)), b.block)
+    for v in init:
+        p = b.phi(v.type)
+        p.add_incoming(v, pre)
+        phis.append(p)
+    b.cbranch(b.icmp_signed("<", i, hi), loop, done)
+    b.position_at_end(loop)
+    new = body(i, phis)
+    for p, v in zip(phis, new):
+        p.add_incoming(v, b.block)
+    i.add_incoming(b.add(i, _c(step)), b.block)
     b.branch(head)
     b.position_at_end(done)
     return phis
