@@ -165,7 +165,7 @@ def test_blas_count_restored_when_a_step_raises(fresh_threads):
     before = blas.get_threads()
     with pytest.raises(fj.errors.InvalidArgumentError):
         bad(a, np.array([70], np.int32))
-    assert blas.get_threads() == before and T.state["depth"] == 0
+    assert blas.get_threads() == before and T.state["depth"] == 0 and not T.held()
 
 
 def test_a_training_steps_forward_and_backward_share_one_setup(fresh_threads, monkeypatch):
@@ -195,7 +195,7 @@ def test_a_training_steps_forward_and_backward_share_one_setup(fresh_threads, mo
     w0 = w.numpy().astype(np.float64)
     loss = float(step(x))
     assert len(reads) == 1
-    assert real() == before and T.state["depth"] == 0 and T._held.depth == 0
+    assert real() == before and T.state["depth"] == 0 and not T.held()
     np.testing.assert_allclose(loss, ((x.astype(np.float64) @ w0) ** 2).sum(), rtol=1e-4)
     want = w0 - 0.001 * 2 * x.astype(np.float64).T @ (x.astype(np.float64) @ w0)
     np.testing.assert_allclose(w.numpy(), want, rtol=1e-4, atol=1e-5)

@@ -341,17 +341,14 @@ class CpuExecutable:
         S.bump("calls_compiled_tier")
         return self._parallel(self.entry, args)
 
-    def begin_group(self):
-        """Before this program and those that run next in the same call (a training
-        step's backward, runs_next): one setup of the threads for all of them, where any
-        has parallel work (their own begin/end then only count). True when it began;
-        the caller then calls end_group."""
+    def thread_group(self):
+        """(begin, end) to call around this program and those that run next in the same
+        call (a training step's backward, runs_next), where any has parallel work: one
+        setup of the threads for all of them (their own begin/end then only count);
+        None where none has."""
         if self.parallel or any(e.parallel for e, _ in self.runs_next):
-            threads.begin()
-            return True
-        return False
-
-    end_group = staticmethod(threads.end)
+            return threads.begin, threads.end
+        return None
 
     def _parallel(self, fn, args):
         """fn(*args); with parallel work, on as many threads as the machine has free now

@@ -42,7 +42,7 @@ state = {"next": 0.0, "size": None, "now": None, "recent": [], "asked": None, "d
 _lock = threading.RLock()
 # how deep this thread is in begin/end pairs: only the outermost pair sets up (a
 # training step's forward and backward run inside the step's own pair, and a setup
-# costs ~4 us: the lock, reading OpenBLAS's count and setting it twice)
+# costs 3-4 us: the lock, reading OpenBLAS's count and setting it twice)
 _held = threading.local()
 
 
