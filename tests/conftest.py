@@ -66,3 +66,21 @@ def run_in_the_other_geometry(test_file, deselect, cwd):
                         test_file, "-k", f"not ({deselect})"],
                        env=env, capture_output=True, text=True, cwd=cwd, timeout=600)
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def on_every_thread_setting(compute):
+    """compute()'s results on one pool thread, on two (the worker helping, then paused so
+    the caller runs every block) and on four: for the tests that the bits do not depend
+    on the threads."""
+    from flowjit.backends.cpu import scheduler
+    saved = (scheduler.size(), scheduler.helpers())
+    outs = []
+    try:
+        for size, helping, paused in ((1, 0, False), (2, 1, False), (2, 1, True), (4, 3, False)):
+            scheduler.configure(size, helping)
+            scheduler.set_test_hooks(paused=paused)
+            outs.append(compute())
+    finally:
+        scheduler.set_test_hooks(paused=False)
+        scheduler.configure(*saved)
+    return outs

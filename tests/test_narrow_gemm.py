@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import flowjit as fj
-from conftest import run_in_the_other_geometry
-from flowjit.backends.cpu import narrow_ir, packed, scheduler
+from conftest import on_every_thread_setting, run_in_the_other_geometry
+from flowjit.backends.cpu import narrow_ir, packed
 from flowjit.backends.cpu.runtime_lib import ngemm
 
 pytestmark = pytest.mark.skipif(not packed.start(), reason="no packed products here")
@@ -92,18 +92,12 @@ def test_the_bits_do_not_depend_on_the_threads(rng):
     # on two threads, blocks the caller runs alone (worker paused), four threads' blocks
     x = rng.standard_normal((300, 1000)).astype(np.float32)
     dz = rng.standard_normal((300, 10)).astype(np.float32)
-    saved = (scheduler.size(), scheduler.helpers())
-    outs = []
-    try:
-        for size, helping, paused in ((1, 0, False), (2, 1, False), (2, 1, True), (4, 3, False)):
-            scheduler.configure(size, helping)
-            scheduler.set_test_hooks(paused=paused)
-            c = np.empty((1000, 10), np.float32)
-            ngemm(x, dz, c, T, F, F)
-            outs.append(c)
-    finally:
-        scheduler.set_test_hooks(paused=False)
-        scheduler.configure(*saved)
+
+    def product():
+        c = np.empty((1000, 10), np.float32)
+        ngemm(x, dz, c, T, F, F)
+        return c
+    outs = on_every_thread_setting(product)
     _check(outs[0], x.T.astype(np.float64) @ dz)
     for c in outs[1:]:
         np.testing.assert_array_equal(c, outs[0])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import flowjit as fj
-from conftest import run_in_the_other_geometry
+from conftest import on_every_thread_setting, run_in_the_other_geometry
 from flowjit.backends.cpu import packed, scheduler
 from flowjit.backends.cpu.runtime_lib import NO_BIAS, pack_pgemm, pack_weight, pgemm
 
@@ -143,18 +143,12 @@ def test_the_bits_do_not_depend_on_the_threads(rng):
     # one block, blocks on two threads, and blocks the caller runs alone (worker paused)
     a = rng.standard_normal((64, 256)).astype(np.float32)
     p = pack_weight(rng.standard_normal((256, 1024)).astype(np.float32), np.bool_(False))
-    saved = (scheduler.size(), scheduler.helpers())
-    outs = []
-    try:
-        for size, helping, paused in ((1, 0, False), (2, 1, False), (2, 1, True), (4, 3, False)):
-            scheduler.configure(size, helping)
-            scheduler.set_test_hooks(paused=paused)
-            c = np.empty((64, 1024), np.float32)
-            pgemm(a, p, c, c, NO_BIAS, np.bool_(False))
-            outs.append(c)
-    finally:
-        scheduler.set_test_hooks(paused=False)
-        scheduler.configure(*saved)
+
+    def product():
+        c = np.empty((64, 1024), np.float32)
+        pgemm(a, p, c, c, NO_BIAS, np.bool_(False))
+        return c
+    outs = on_every_thread_setting(product)
     for c in outs[1:]:
         np.testing.assert_array_equal(c, outs[0])
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from .packed_ir import BLOCKS_PER_THREAD, F32, FP, I32, I64, I8P, _c, _carry, _for, _max, _min, _splat
+from .packed_ir import F32, FP, I32, I64, I8P, _c, _carry, _for, _min, _run_blocks, _splat
 
 NAME, TASK_NAME = "flowjit_narrow", "flowjit_task_narrow"
 MOST_COLUMNS = 16
@@ -117,8 +117,8 @@ def _write_tile(b, t, out, c, at, cs0, cs1, rows, cols, acc):
 
 
 def _task(mod, t, fma):
-    """The block task: C's rows lo..hi. Record: [A, A's stride along k, K, padded dz,
-    its row length, N, C, cs0, cs1, acc, lo, hi, unused]."""
+    """The block task: C's rows in tiles lo..hi. Record: [A, A's stride along k, K,
+    padded dz, its row length, N, C, cs0, cs1, acc, M, lo, hi]."""
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I8P]), TASK_NAME)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     rec = b.bitcast(fn.args[0], I64.as_pointer())
@@ -129,8 +129,8 @@ def _task(mod, t, fma):
     abuf.align = 64
     f = [b.inttoptr(r[0], FP), r[1], r[2], b.inttoptr(r[3], FP), r[4], r[5], b.inttoptr(r[6], FP), r[7], r[8],
          b.icmp_signed("!=", r[9], _c(0))]
-    lo, hi = r[10], r[11]
     w, step = t.width, t.c_vecs * t.width
+    lo, hi = b.mul(r[11], _c(step)), _min(b, r[10], b.mul(r[12], _c(step)))     # tiles -> rows
     n_full = b.sdiv(b.sub(hi, lo), _c(step))
     _for(b, _c(0), n_full, lambda i: _tile(b, t, fma, f, b.add(lo, b.mul(i, _c(step))), t.c_vecs, None, out, abuf))
     rest = b.add(lo, b.mul(n_full, _c(step)))
@@ -180,29 +180,11 @@ def _narrow(mod, t, task, run, size, macs):
         _for(b, _c(0), K, fill)
     bs = b.select(as_is, bp, copy)
     bw = b.select(as_is, sb_k, bw)
-    # blocks of whole tiles for the pool: one per `macs` multiply-adds, at most
-    # BLOCKS_PER_THREAD a pool thread, one where the pool has one thread
+    # blocks of whole tiles for the pool, one where the pool has one thread
     unit = _c(t.c_vecs * t.width)
-    units = b.sdiv(b.add(M, b.sub(unit, _c(1))), unit)
-    threads = b.call(size, [])
-    most = b.select(b.icmp_signed("<=", threads, _c(1)), _c(1), b.mul(threads, _c(BLOCKS_PER_THREAD)))
-    blocks = _max(b, _min(b, _min(b, most, b.sdiv(b.mul(b.mul(M, N), K), _c(macs))), units), _c(1))
-    per = b.mul(b.sdiv(b.add(units, b.sub(blocks, _c(1))), blocks), unit)
-    blocks = b.sdiv(b.add(M, b.sub(per, _c(1))), per)
-    recs = b.alloca(I64, b.mul(blocks, _c(RECORD)))
-    head = [b.ptrtoint(a, I64), sa_k, K, b.ptrtoint(bs, I64), bw, N, b.ptrtoint(c, I64), cs0, cs1, acc]
-
-    def record(i):
-        lo = b.mul(i, per)
-        for j, v in enumerate(head + [lo, _min(b, M, b.add(lo, per)), _c(0)]):
-            b.store(v, b.gep(recs, [b.add(b.mul(i, _c(RECORD)), _c(j))]))
-    _for(b, _c(0), blocks, record)
-    recp = b.bitcast(recs, I8P)
-    with b.if_else(b.icmp_signed("==", blocks, _c(1))) as (one, many):
-        with one:
-            b.call(task, [recp])
-        with many:
-            b.call(run, [b.trunc(blocks, I32), b.bitcast(task, I8P), recp, ir.Constant(I32, RECORD * 8)])
+    head = [b.ptrtoint(a, I64), sa_k, K, b.ptrtoint(bs, I64), bw, N, b.ptrtoint(c, I64), cs0, cs1, acc, M]
+    _run_blocks(b, task, run, size, macs, b.sdiv(b.add(M, b.sub(unit, _c(1))), unit), b.mul(b.mul(M, N), K),
+                head, [], RECORD, alone=True)
     b.ret(ir.Constant(I32, 0))
 
 

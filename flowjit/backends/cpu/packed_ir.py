@@ -405,22 +405,25 @@ def _shapes_bad(b, g, ar, ac, panels, pk, pw, cr, cc, dr, dc, nbias):
     return b.or_(bad, b.and_(b.icmp_signed("!=", nbias, _c(0)), b.icmp_signed("!=", nbias, cc)))
 
 
-def _run_blocks(b, task, run, size, macs, g, panels, cr, cc, pk, head, tail, record):
-    """Cut the panels into blocks (at most BLOCKS_PER_THREAD per pool thread, one per
-    `macs` multiply-adds) and run `task` on each block's record: head, the block's
-    first and last panel, tail."""
-    work = b.mul(b.mul(cr, cc), _max(b, pk, _c(1)))
-    most = b.mul(b.call(size, []), _c(BLOCKS_PER_THREAD))
-    blocks = _min(b, _min(b, most, b.sdiv(work, _c(macs))), panels)
+def _run_blocks(b, task, run, size, macs, units, work, head, tail, record, alone=False):
+    """Cut `units` (panels, tiles of rows) into blocks (at most BLOCKS_PER_THREAD per
+    pool thread, one per `macs` of the `work` multiply-adds; with `alone`, one block
+    where the pool has one thread) and run `task` on each block's record: head, the
+    block's first and last unit, tail."""
+    threads = b.call(size, [])
+    most = b.mul(threads, _c(BLOCKS_PER_THREAD))
+    if alone:
+        most = b.select(b.icmp_signed("<=", threads, _c(1)), _c(1), most)
+    blocks = _min(b, _min(b, most, b.sdiv(work, _c(macs))), units)
     blocks = _max(b, blocks, _c(1))
-    step = b.sdiv(b.add(panels, b.sub(blocks, _c(1))), blocks)
-    blocks = b.sdiv(b.add(panels, b.sub(step, _c(1))), step)
+    step = b.sdiv(b.add(units, b.sub(blocks, _c(1))), blocks)
+    blocks = b.sdiv(b.add(units, b.sub(step, _c(1))), step)
     recs = b.alloca(I64, b.mul(blocks, _c(record)))
 
     def fill(i):
         base = b.mul(i, _c(record))
         lo = b.mul(i, step)
-        for j, v in enumerate(head + [lo, _min(b, panels, b.add(lo, step))] + tail):
+        for j, v in enumerate(head + [lo, _min(b, units, b.add(lo, step))] + tail):
             b.store(v, b.gep(recs, [b.add(base, _c(j))]))
     _for(b, _c(0), blocks, fill)
     recp = b.bitcast(recs, I8P)
@@ -447,7 +450,7 @@ def _gemm(mod, task, run, size, macs, g):
         b.ret(ir.Constant(I32, 0))
     head = [b.ptrtoint(a, I64), as0, as1, cr, pk, b.ptrtoint(bp, I64), cc, b.ptrtoint(c, I64), cs0, cs1, acc]
     tail = [b.ptrtoint(d, I64), ds0, ds1, b.ptrtoint(bias, I64), nbias]
-    _run_blocks(b, task, run, size, macs, g, panels, cr, cc, pk, head, tail, RECORD)
+    _run_blocks(b, task, run, size, macs, panels, b.mul(b.mul(cr, cc), _max(b, pk, _c(1))), head, tail, RECORD)
     b.ret(ir.Constant(I32, 0))
 
 
@@ -491,7 +494,8 @@ def _packing_gemm(mod, task, run, size, macs, g):
     head = [b.ptrtoint(a, I64), as0, as1, cr, pk, b.ptrtoint(bp, I64), cc, b.ptrtoint(c, I64), cs0, cs1, acc]
     tail = [b.ptrtoint(d, I64), ds0, ds1, b.ptrtoint(bias, I64), nbias,
             b.ptrtoint(w, I64), wr, wc, ws0, ws1, tr, panels]
-    _run_blocks(b, task, run, size, macs, g, panels, cr, cc, pk, head, tail, PACKING_RECORD)
+    _run_blocks(b, task, run, size, macs, panels, b.mul(b.mul(cr, cc), _max(b, pk, _c(1))), head, tail,
+                PACKING_RECORD)
     b.ret(ir.Constant(I32, 0))
 
 
