@@ -228,3 +228,30 @@ def test_big_fused_loops_ask_for_wide_vectors_where_the_cpu_has_them():
         src = f.inspect(a, a).forward_source
         assert "# fused loop" in src
         assert ("wide_vectors()" in src) == wide, n
+
+
+def test_a_loop_bodys_math_kernel_asks_for_wide_vectors_from_fewer_elements():
+    """A scan body's kernel runs once a step: from WIDE_MATH_MIN elements one calling
+    tanh gets 512-bit vectors where the CPU has them, one of products and sums does not,
+    and neither does the same tanh kernel outside a loop (below WIDE_MIN)."""
+    from flowjit.backends.cpu import codegen
+    rows, cols = 128, codegen.WIDE_MATH_MIN // 128
+    assert rows * cols < codegen.WIDE_MIN
+    rng = np.random.default_rng(0)
+    c0 = rng.standard_normal((rows, cols)).astype(np.float32)
+    xs = rng.standard_normal((2, rows, cols)).astype(np.float32)
+
+    def looped(body):
+        return fj.jit(lambda c, x: fj.scan(lambda c, x: (body(c, x), c), c, x)[0])
+    math = looped(lambda c, x: fj.tanh(c * x + 1.0))
+    plain = looped(lambda c, x: c * x + 1.0)
+    once = fj.jit(lambda c, x: fj.tanh(c * x[0] + 1.0))
+    want = c0.astype(np.float64)
+    for x in xs:
+        want = np.tanh(want * x + 1.0)
+    np.testing.assert_allclose(math(c0, xs).numpy(), want, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(plain(c0, xs).numpy(), (c0 * xs[0] + 1.0) * xs[1] + 1.0, rtol=1e-6, atol=1e-6)
+    for f, wide in ((math, S.WIDE_VECTORS), (plain, False), (once, False)):
+        src = f.inspect(c0, xs).forward_source
+        assert "# fused loop" in src
+        assert ("wide_vectors()" in src) == wide, src
