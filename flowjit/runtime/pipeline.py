@@ -9,6 +9,7 @@ from ..config import config
 from ..passes.simplify import simplify
 from ..passes.fusion import fuse
 from ..passes.partition import partition
+from ..passes.updates import products_into_updates
 
 BACKENDS = {"CPU": "flowjit.backends.cpu.backend", "GPU": "flowjit.backends.cuda.backend"}
 
@@ -37,14 +38,14 @@ def build(graph, device=None):
     g = simplify(graph)
     split = partition(g)
     if split is None:
-        prog = fuse(g)
+        prog = fuse(products_into_updates(g))
         return g, [stage(prog, "function")], None
     fwd = simplify(split.forward)
     # simplify may renumber; residual outputs keep their positions in fwd.outputs
     fprog = fuse(fwd)
     fprog.allow_inplace = False     # the backward reads the variables' old values
     bwd = simplify(split.backward)
-    bprog = fuse(bwd)
+    bprog = fuse(products_into_updates(bwd))
     return g, [stage(fprog, "forward"), stage(bprog, "backward")], split
 
 
