@@ -58,6 +58,11 @@ class Graph:
         for n in self.nodes:
             n.shape = tuple(d.norm() if isinstance(d, Sym) else d for d in n.shape)
 
+    def kept(self):
+        """The nodes read from outside the graph: outputs, both sides of each effect
+        (variable and new value), and nodes kept for their side effects."""
+        return set(self.outputs) | {x for e in self.effects for x in e} | set(self.keep)
+
     def users(self):
         out = {n.id: [] for n in self.nodes}
         for n in self.nodes:

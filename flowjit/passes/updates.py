@@ -42,7 +42,7 @@ def products_into_updates(g):
     read nowhere else) rewritten as `W + a' @ b'`, the factor (negated for -) applied to
     whichever of a and b has fewer elements; g itself when there is none."""
     users = g.users()
-    kept = set(g.outputs) | {x for e in g.effects for x in e} | set(g.keep)
+    kept = g.kept()
     found = {v: f for _, v in g.effects if v not in g.outputs
              for f in [_scaled_product(g, users, kept, v)] if f is not None}
     if not found:

@@ -1086,7 +1086,7 @@ def _products_into_updates(prog, alias, buf, alloc):
     90 us more on one thread than the GEMM adding into the weight."""
     g = prog.graph
     users = g.users()
-    kept = set(g.outputs) | {x for e in g.effects for x in e} | set(g.keep)
+    kept = g.kept()
     products = {s.node for s in prog.steps if s.kind == "matmul"}
     out = {}
     for s in prog.steps:
@@ -1145,7 +1145,7 @@ def _folded_biases(prog, n, body, alias):
     packed = _packed_weights(body, nc + nx)
     seqs = _added_to_sequences(body, nc, range(nx), _accumulations(body, nc, ""))
     users, b_users = g.users(), bg.users()
-    kept = set(g.outputs) | {x for e in g.effects for x in e} | set(g.keep)
+    kept = g.kept()
     producer = {o: s for s in prog.steps for o in s.outputs()}
     out = {}
     for m, (k, add) in seqs.items():
@@ -1194,7 +1194,7 @@ def _owned_sequences(prog, n, alias):
     g = prog.graph
     users = g.users()
     producer = {o: s for s in prog.steps for o in s.outputs()}
-    kept = set(g.outputs) | {x for e in g.effects for x in e} | set(g.keep)
+    kept = g.kept()
     nc = n.attrs["n_carry"]
     out = set()
     for k in range(n.attrs["n_xs"]):
@@ -1583,7 +1583,7 @@ def _placements(prog, alias):
     gradient (256 KB a step)."""
     g = prog.graph
     users = g.users()
-    kept = set(g.outputs) | {x for e in g.effects for x in e} | set(g.keep)
+    kept = g.kept()
     stored = {s: step.group for step in prog.steps if step.kind == "loop" for s in step.group.stores}
     out = {}
     for step in prog.steps:
