@@ -21,7 +21,8 @@ def test_elementwise_chain_and_reduction_is_one_fused_loop(rng):
     assert info.steps == ["loop"]
     assert info.num_fused_loops == 1
     assert "reduce_sum" in info.fusion_groups
-    assert info.forward_source.count("for i0 in range") >= 1
+    # one loop over the elements (a blocked float32 sum counts within its block: j0)
+    assert "for i0 in range" in info.forward_source or "for j0 in range" in info.forward_source
     z = np.maximum(np.abs(x * y + 1) - y, 0.5) * x
     assert_close(f(x, y), np.sum(np.exp(-z * z)), rtol=1e-5)
     assert "fused loop" in str(info)

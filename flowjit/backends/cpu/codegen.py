@@ -528,11 +528,16 @@ class LoopKernel:
                        f"np.uint64(min(row_hi, row_lo + (b0 + 1) * {SUM_BLOCK}))):"]), inner + "    "
         rng = "prange" if (par and c == 0) else "range"
         if self.blocked and c == self.C - 1:
-            # (prange takes unit steps only: count blocks, not their starts)
+            # (prange takes unit steps only: count blocks, not their starts.) The index is
+            # the block's start plus a count from 0: from `range(start, stop)` LLVM could
+            # not tell the index is never negative, kept Numba's wraparound test and
+            # vectorised the loads as gathers (the autoencoder's loss, 256x784: 360 ->
+            # 150 us on one thread)
+            body = inner + "    "
             return ([f"{depth}for b{c} in {rng}((n{c} + {SUM_BLOCK - 1}) // {SUM_BLOCK}):"]
                     + self._init_block_partials(inner)
-                    + [f"{inner}for {self.ivar[c]} in range(b{c} * {SUM_BLOCK}, "
-                       f"min(n{c}, (b{c} + 1) * {SUM_BLOCK})):"]), inner + "    "
+                    + [f"{inner}for j{c} in range(min({SUM_BLOCK}, n{c} - b{c} * {SUM_BLOCK})):",
+                       f"{body}{self.ivar[c]} = b{c} * {SUM_BLOCK} + j{c}"]), body
         return [f"{depth}for {self.ivar[c]} in {rng}(n{c}):"], inner
 
     def _accumulate(self, ind):
