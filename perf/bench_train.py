@@ -81,10 +81,10 @@ def median_step_times(calls, rounds, min_block, settle_s=0.0, block_s=0.0, warm_
     pairs. The last is about how many cores an implementation kept busy (spinning
     thread pools included); it shows, e.g., that `--threads 1` does not cap XLA.
 
-    The implementations take turns, `rounds` times: each runs untimed steps for
-    `settle_s` seconds (at least one), then timed steps for `block_s` seconds (at least
-    `min_block`, at most `max_block`). Taking turns keeps the ratios fair when the load
-    on a shared machine drifts. The settle time is there because each library has its
+    The implementations take turns, `rounds` times, each round starting with the next
+    one: each runs untimed steps for `settle_s` seconds (at least one), then timed steps
+    for `block_s` seconds (at least `min_block`, at most `max_block`). Taking turns keeps
+    the ratios fair when the load on a shared machine drifts. The settle time is there because each library has its
     own thread pool (NumPy's OpenBLAS, the SciPy OpenBLAS that flowjit's Numba code
     calls, Numba's threads, torch's OpenMP, XLA's) and an idle OpenBLAS pool keeps
     spinning for up to ~0.1 s after its last call: on a 2-core machine the next
@@ -100,8 +100,11 @@ def median_step_times(calls, rounds, min_block, settle_s=0.0, block_s=0.0, warm_
             break
     times = {name: [] for name, _ in calls}
     cpu = {name: 0.0 for name, _ in calls}
-    for _ in range(rounds):
-        for name, fn in calls:
+    for r in range(rounds):
+        # each round starts one implementation further on, so none always runs right
+        # after the same other one (whose thread pool may still be spinning down: in a
+        # fixed order flowjit's default always followed JAX's turn)
+        for name, fn in calls[r % len(calls):] + calls[:r % len(calls)]:
             t_end = now() + settle_s
             fn()
             while now() < t_end:
