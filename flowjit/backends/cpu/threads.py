@@ -87,15 +87,23 @@ def _kernel_runnable():
 
 
 def _my_runnable():
-    """The ids of this process's threads that are running or runnable."""
+    """The ids of this process's threads that are running or runnable. Read with
+    os.open/os.read: a process that also runs JAX or torch has 15-20 threads, and
+    Python's buffered open() made a sample cost 0.46 ms there (0.25 ms so)."""
     out = set()
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                stat = f.read()
+            fd = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
         except OSError:          # the thread ended meanwhile
             continue
-        if stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"R":
+        try:
+            stat = os.read(fd, 512)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        end = stat.rfind(b")")
+        if stat[end + 2:end + 3] == b"R":
             out.add(tid)
     return out
 
