@@ -84,11 +84,12 @@ def median_step_times(calls, rounds, min_block, settle_s=0.0, block_s=0.0, warm_
     The implementations take turns, `rounds` times, each round starting with the next
     one: each runs untimed steps for `settle_s` seconds (at least one), then timed steps
     for `block_s` seconds (at least `min_block`, at most `max_block`). Taking turns keeps
-    the ratios fair when the load on a shared machine drifts. The settle time is there because each library has its
-    own thread pool (NumPy's OpenBLAS, the SciPy OpenBLAS that flowjit's Numba code
-    calls, Numba's threads, torch's OpenMP, XLA's) and an idle OpenBLAS pool keeps
-    spinning for up to ~0.1 s after its last call: on a 2-core machine the next
-    library's threads would then wait for a core, and that is not its step time.
+    the ratios fair when the load on a shared machine drifts. The settle time is there
+    because each library has its own thread pool (NumPy's OpenBLAS, the SciPy OpenBLAS
+    that flowjit's Numba code calls, Numba's threads, torch's OpenMP, XLA's) and an idle
+    OpenBLAS pool keeps spinning for up to ~0.1 s after its last call: on a 2-core
+    machine the next library's threads would then wait for a core, and that is not its
+    step time.
     Before all that, `warm_s` seconds of untimed turns: right after set-up (compiles,
     the baselines' first calls) every step runs slower for a while."""
     now = time.perf_counter
