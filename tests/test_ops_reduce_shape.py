@@ -1,4 +1,6 @@
 """Reductions, shape ops, matmul and indexing: eager against NumPy, jit against eager."""
+import re
+
 import numpy as np
 import pytest
 
@@ -60,7 +62,7 @@ def test_a_blocked_sum_over_rows_loads_its_rows_contiguously(rng):
     tasks = [v for k, v in ns.items() if k.startswith("k_") and k.endswith("_task")]
     assert len(tasks) == 1
     ir = tasks[0].inspect_llvm()
-    assert "<8 x float>" in ir or "<16 x float>" in ir        # vectorised ...
+    assert re.search(r"<\d+ x float>", ir)                     # vectorised ...
     assert "gather" not in ir                                    # ... with plain loads
 
 
