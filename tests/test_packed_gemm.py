@@ -185,9 +185,9 @@ def test_an_rnn_loop_packs_its_weights_once_and_matches_numpy(rng, tier, T, owne
     assert src.count("pgemm(") == 2, src
 
 
-def _product_and_gradients(rng, M, K, N, tr):
+def _product_and_gradients(rng, M, K, N, tr, part="forward_source"):
     """x @ op(w) (M x K, K x N) and its gradients under fj.jit against NumPy's; returns
-    the forward's generated source."""
+    the forward's generated source (or `part` of the inspection)."""
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = rng.standard_normal((N, K) if tr else (K, N)).astype(np.float32)
     g = rng.standard_normal((M, N)).astype(np.float32)
@@ -206,7 +206,7 @@ def _product_and_gradients(rng, M, K, N, tr):
     np.testing.assert_allclose(dx.numpy(), g.astype(np.float64) @ w64.T, rtol=1e-4, atol=1e-3)
     dw64 = x.astype(np.float64).T @ g.astype(np.float64)
     np.testing.assert_allclose(dw.numpy(), dw64.T if tr else dw64, rtol=1e-4, atol=1e-3)
-    return f.inspect(x, w, g).forward_source
+    return getattr(f.inspect(x, w, g), part)
 
 
 @pytest.mark.parametrize("tr", [False, True])
@@ -447,3 +447,18 @@ def test_a_training_products_weight_is_packed_by_its_blocks(rng, tier, tr):
     src = _product_and_gradients(rng, M, K, N, tr)
     packs = M * K * N >= codegen.PACK_MIN_MACS and packed.GEOMETRY.width == 16
     assert ("pack_pgemm(" in src) == packs, src
+
+
+@pytest.mark.parametrize("tr", [False, True])
+def test_a_weight_gradient_reads_its_input_transposed_from_the_packed_product(rng, tier, tr):
+    # dW = x^T @ g with a batch of at most codegen.PACK_MAX_INNER_TRANSPOSED_A rows runs
+    # on the packed product, x read in place through its transpose, on a CPU with
+    # AVX-512's tiles; with more rows (an RNN's steps stacked) OpenBLAS keeps it
+    import re
+    from flowjit.backends.cpu import codegen
+    wide = packed.GEOMETRY.width == 16
+    for batch, packs in ((220, wide), (codegen.PACK_MAX_INNER_TRANSPOSED_A + 9, False)):
+        K, N = 600, 2 * PANEL + 3          # dW is K x N: 600 x 67 (or 35), inner `batch`
+        assert K * N * batch >= codegen.PACK_MIN_MACS
+        src = _product_and_gradients(rng, batch, K, N, tr, "backward_source")
+        assert bool(re.search(r"pack_pgemm\(\w+\.T, ", src)) == packs, src

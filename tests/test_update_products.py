@@ -71,6 +71,38 @@ def test_an_sgd_step_adds_the_product_into_the_weight(how):
     assert not re.search(rf"k_\w+\([^\n]*\b{arg}\b", src), src
 
 
+def test_a_product_big_enough_to_pack_adds_into_the_weight_from_the_packed_product():
+    """A layer whose gradient is a packed product (codegen.PACK_MIN_MACS multiply-adds,
+    the input read transposed, AVX-512's tiles): SGD's update is that product adding
+    into the variable's buffer, with NumPy's values."""
+    from flowjit.backends.cpu import codegen, packed
+    x, y, w0 = _layer(2, n_in=256, n_out=2 * packed.PANEL, batch=260)
+    assert x.shape[0] * w0.size >= codegen.PACK_MIN_MACS
+    lr = 0.5
+    w = fj.Variable(w0)
+
+    @fj.jit
+    def step(x, y):
+        with fj.GradientTape() as tape:
+            loss = _loss(x, y, w)
+        w.assign_sub(lr * tape.gradient(loss, w))
+        return loss
+
+    want = w0
+    for _ in range(3):
+        loss, want, _ = _numpy_step(x, y, want, lr)
+        np.testing.assert_allclose(float(step(x, y)), loss, rtol=1e-5)
+        np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6)
+    src = step.inspect(x, y).backward_source
+    into = re.findall(r"pack_pgemm\(\w+\.T, [^\n]*, (a\d+), \1, np\.zeros\(0, np\.float32\), np\.bool_\(True\)\)",
+                      src)
+    if packed.available() and packed.GEOMETRY.width == 16:
+        assert len(into) == 1, src
+        assert not re.search(rf"\bk_[0-9a-f]+\([^\n]*\b{into[0]}\b", src), src
+    else:
+        assert not into and len(_gemms_into(src, r"a\d+")) == 1, src
+
+
 def test_a_gradient_read_elsewhere_is_left_alone():
     """The step returns the gradient too: the product is read twice, so it is computed
     once and the update stays an elementwise pass."""

@@ -1305,21 +1305,32 @@ PACKED_MIN_ROWS = 2048
 # stay on OpenBLAS: there the pack cost more than it saved.
 PACK_TRAINING_PRODUCTS = True
 PACK_MIN_MACS = 1 << 22
+# A weight gradient x^T @ dz (the left operand read transposed) takes the same small-
+# product path while its inner size (the batch) is at most this. The kernel reads a tile
+# of x^T's rows as one short run of x's row per k, and OpenBLAS's blocks each pack their
+# shared operand again. Zen 4 VM, one call at a time in turns (s37/wgrad_rule.py): the
+# autoencoder's four (batch 256) 0.86-0.97x OpenBLAS's time on two threads, 0.88-0.93x
+# on one, 0.84-0.92x with the caller alone on a pool of two (OpenBLAS's two blocks then
+# cost 1-4% more than its one call: the packed product's blocks pack nothing twice); the
+# MLP's (batch 128) 0.90-0.92x; 256x1024 @ 1024x256 0.88-0.93x. An LSTM's, with 3200 rows
+# of steps, 1.00-1.06x: left to OpenBLAS.
+PACK_MAX_INNER_TRANSPOSED_A = 1024
 
 
 def _packed_once(a, b, n, ta):
     """Whether a 2-D product packs its right operand for this one call and runs on the
-    packed products: float32, the left operand read as it is, and either many rows
-    (PACKED_MIN_ROWS) and enough columns for a few panels per pool thread, or, on a CPU
-    with AVX-512, PACK_MIN_MACS multiply-adds and at least two panels."""
+    packed products: float32, and either many rows (PACKED_MIN_ROWS) and enough columns
+    for a few panels per pool thread, or, on a CPU with AVX-512, PACK_MIN_MACS multiply-
+    adds and at least two panels. A left operand read transposed (`ta`) only on the
+    second path, with an inner size of at most PACK_MAX_INNER_TRANSPOSED_A."""
     from . import packed
-    if len(n.shape) != 2 or n.dtype is not D.float32 or ta or len(b.shape) != 2:
+    if len(n.shape) != 2 or n.dtype is not D.float32 or len(b.shape) != 2:
         return False
     rows, cols = (hint(d) for d in n.shape)
-    inner = hint(a.shape[1])
-    if inner > PACK_MAX_ROWS:
+    inner = hint(a.shape[0] if ta else a.shape[1])
+    if inner > (PACK_MAX_INNER_TRANSPOSED_A if ta else PACK_MAX_ROWS):
         return False
-    tall = rows >= PACKED_MIN_ROWS and cols >= 16 * packed.PANEL
+    tall = not ta and rows >= PACKED_MIN_ROWS and cols >= 16 * packed.PANEL
     small = PACK_TRAINING_PRODUCTS and packed.GEOMETRY.width == 16 and cols >= 2 * packed.PANEL \
         and rows * cols * inner >= PACK_MIN_MACS
     return (tall or small) and packed.available()
@@ -1744,18 +1755,20 @@ def _matmul_lines(g, n, buf, alloc, into=None, untranspose_b=False):
     out = buf(n.id)
     ta, tb = n.attrs["transpose_a"], n.attrs["transpose_b"] and not untranspose_b
     fn = "ngemm" if _narrow(a, n, ta) else "gemm"
-    if into is not None:
-        return [f"{fn}({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
-    lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if _packed_once(a, b, n, ta):
         from .packed import PANEL
         # the packed copy of the weight, in a buffer of its own allocation site (the
         # Python tier reuses it from call to call)
-        scratch = alloc(f"(({dim_src(n.shape[1])} + {PANEL - 1}) // {PANEL}, {dim_src(a.shape[1])}, {PANEL})",
-                        "np.float32")
-        lines.append(f"pack_pgemm({buf(a.id)}, {buf(b.id)}, np.bool_({tb}), {scratch}, {out}, {out}, "
-                     f"{NO_BIAS_SRC}, np.bool_(False))")
-        return lines
+        scratch = alloc(f"(({dim_src(n.shape[1])} + {PANEL - 1}) // {PANEL}, "
+                        f"{dim_src(a.shape[0] if ta else a.shape[1])}, {PANEL})", "np.float32")
+        left = buf(a.id) + (".T" if ta else "")
+        target, adding = (into, True) if into is not None else (out, False)
+        lines = [] if into is not None else [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
+        return lines + [f"pack_pgemm({left}, {buf(b.id)}, np.bool_({tb}), {scratch}, {target}, {target}, "
+                        f"{NO_BIAS_SRC}, np.bool_({adding}))"]
+    if into is not None:
+        return [f"{fn}({buf(a.id)}, {buf(b.id)}, {into}, np.bool_({ta}), np.bool_({tb}), np.bool_(True))"]
+    lines = [f"{out} = {alloc(shape_src(n.shape), npt(n.dtype))}"]
     if len(n.shape) == 2 and n.dtype.is_floating:
         # one helper for the four transposes (np.bool_: not a literal, so not compiled per flag)
         lines.append(f"{fn}({buf(a.id)}, {buf(b.id)}, {out}, np.bool_({ta}), np.bool_({tb}), np.bool_(False))")
