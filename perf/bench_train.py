@@ -151,13 +151,48 @@ def timed_steps(cfg, calls):
     rounds = 3 if cfg.quick else 5
     min_steps = max(cfg.steps, 20)
     settings = cfg.flowjit_settings or []
+    own = dict(calls).get("flowjit")
     calls = _with_settings(calls, settings)
     t, n, cores = median_step_times(calls, rounds=rounds, min_block=-(-min_steps // rounds),
                                     settle_s=0.1 if cfg.quick else 0.15,
                                     block_s=0.1 if cfg.quick else 0.3,
                                     warm_s=0.2 if cfg.quick else 0.5)
     cfg.setting_times = {label: t.pop(f"flowjit ({label})") for label, _ in settings}
+    if own is not None and ("one", 1) in settings:
+        cfg.setting_times["paired"] = paired_ratios(own, _under_threads(own, 1), t["flowjit"],
+                                                    seconds=1.5 if cfg.quick else 4.0)
     return t, n, cores
+
+
+def paired_ratios(default, one, step_s, seconds, min_pairs=8, turn_s=0.02):
+    """[default's step time / one thread's] for pairs of short turns, one right after
+    the other (which goes first alternating), for `seconds` (at least `min_pairs`
+    pairs). Beside busy processes a turn's steps depend on how the scheduler shares the
+    cores just then, and that drifts within a second: the long turns of
+    median_step_times then leave a ratio of two settings that do the same work at
+    0.7-1.3 from one run to the next, where two turns a few milliseconds apart see the
+    same luck. A turn is about `turn_s` of steps (at least one) after one untimed step:
+    a changed thread setting samples the machine on its first step (threads.begin), a
+    cost the default pays once per 50 ms in a run, not on every step."""
+    per_turn = max(1, min(8, int(turn_s / max(step_s, 1e-6))))
+
+    def turn(fn):
+        fn()
+        ts = []
+        for _ in range(per_turn):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+    out = []
+    t_end = time.perf_counter() + seconds
+    while len(out) < min_pairs or time.perf_counter() < t_end:
+        if len(out) % 2:
+            o, d = turn(one), turn(default)
+        else:
+            d, o = turn(default), turn(one)
+        out.append(d / o)
+    return out
 
 
 def _with_settings(calls, settings):

@@ -105,12 +105,32 @@ def _ratio(a, b):
     return "-" if not (a and b) else f"{a / b:.2f}"
 
 
+def paired(passes, name):
+    """(median, 2.5th and 97.5th percentiles of the median over resamples, pair count)
+    of the default-over-one-thread ratios of every pass's paired turns
+    (bench_train.paired_ratios), or None."""
+    import numpy as np
+    r = np.array([x for rows in passes if name in rows for x in rows[name].settings.get("paired", [])])
+    if not r.size:
+        return None
+    rng = np.random.default_rng(0)
+    boot = np.median(rng.choice(r, (2000, r.size)), axis=1)
+    return float(np.median(r)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)), int(r.size)
+
+
+def _paired_cell(p):
+    return "-" if p is None else f"{p[0]:.3f} ({p[1]:.3f}-{p[2]:.3f}, {p[3]})"
+
+
 def table(quiet, passes, k):
     """Two tables: medians of steps, then means (a run's time per step, which counts
-    the time slices the busy processes take; see common.StepTime)."""
+    the time slices the busy processes take; see common.StepTime). The last column,
+    the same in both, is the median ratio of the default to one thread over short
+    paired turns, with its 95% interval and the number of pairs."""
     cells, out = {"median": [], "mean": []}, []
     for name, q in quiet.items():
         got = {}
+        pr = paired(passes, name)
         for stat, of in (("median", _median_of), ("mean", _mean_of)):
             c = of(passes, name, lambda r: r.flowjit_s)
             b = of(passes, name, lambda r: r.baseline_s)
@@ -119,14 +139,15 @@ def table(quiet, passes, k):
             qf = q.flowjit_s if stat == "median" else getattr(q.flowjit_s, "mean", None)
             qb = q.baseline_s if stat == "median" else getattr(q.baseline_s, "mean", None)
             cells[stat].append([name, _ms(qf), _ms(qb), _ratio(qb, qf), _ms(c), _ms(b),
-                                _ratio(b, c), _ms(a), _ms(o), _ratio(c, o)])
+                                _ratio(b, c), _ms(a), _ms(o), _ratio(c, o), _paired_cell(pr)])
             got[stat] = dict(quiet_flowjit_s=qf, quiet_baseline_s=qb, contended_flowjit_s=c,
                              contended_baseline_s=b, contended_all_threads_s=a,
                              contended_one_thread_s=o)
-        out.append(dict(name=name, **got["median"], mean={k2: v and float(v) for k2, v in got["mean"].items()}))
+        out.append(dict(name=name, **got["median"], mean={k2: v and float(v) for k2, v in got["mean"].items()},
+                        paired_default_over_one=pr and dict(zip(("median", "low", "high", "pairs"), pr))))
     head = ["benchmark", "quiet flowjit", "quiet baseline", "quiet ratio",
             f"K={k} flowjit", f"K={k} baseline", f"K={k} ratio", f"K={k} all threads",
-            f"K={k} 1 thread", "flowjit / 1 thread"]
+            f"K={k} 1 thread", "flowjit / 1 thread", "paired turns: flowjit / 1 thread"]
     text = []
     for stat in ("median", "mean"):
         rows = cells[stat]

@@ -219,7 +219,9 @@ def _contended(args, cfg, tmp_cache, saved_cache_env, t_start):
     print(f"\nflowjit training benchmarks, quiet and beside {args.contend} busy processes "
           f"(at least {cfg.steps} steps a pass; ratio = baseline/flowjit; flowjit / 1 thread "
           f"<= 1 means the default was no slower than one fixed thread; the median of "
-          f"steps misses the time slices the busy processes take, the mean counts them)")
+          f"steps misses the time slices the busy processes take, the mean counts them; "
+          f"paired turns: the median over pairs of short turns of the two, one right after "
+          f"the other, with its 95% interval and the pair count)")
     print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {thread_info()}\n")
     print(text)
     if cfg.skipped:
