@@ -147,7 +147,8 @@ def timed_steps(cfg, calls):
     contended mode), the flowjit step also takes its turns under each of those thread
     settings, between the others' turns: their times go to `cfg.setting_times` {label:
     StepTime}, so a setting is compared with the default under the same minutes of the
-    busy processes' luck."""
+    busy processes' luck; with a ("one", 1) setting, `cfg.setting_times["paired"]` then
+    holds the default-over-one-thread ratios of short paired turns (paired_ratios)."""
     rounds = 3 if cfg.quick else 5
     min_steps = max(cfg.steps, 20)
     settings = cfg.flowjit_settings or []

@@ -27,6 +27,15 @@ def _numpy_step(x, y, w, lr):
     return np.mean((h - y) ** 2), w - lr * g, g
 
 
+def _three_steps_match_numpy(step, x, y, w, w0, lr):
+    """Three calls of `step` against _numpy_step's: the losses, and `w` after each."""
+    want = w0
+    for _ in range(3):
+        loss, want, _ = _numpy_step(x, y, want, lr)
+        np.testing.assert_allclose(float(step(x, y)), loss, rtol=1e-5)
+        np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
 def _loss(x, y, w):
     return fj.reduce_mean(fj.square(fj.tanh(fj.matmul(x, w)) - y))
 
@@ -57,11 +66,7 @@ def test_an_sgd_step_adds_the_product_into_the_weight(how):
             w.assign_add(g * -lr)
         return loss
 
-    want = w0
-    for k in range(3):
-        loss, want, _ = _numpy_step(x, y, want, lr)
-        np.testing.assert_allclose(float(step(x, y)), loss, rtol=1e-5)
-        np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6)
+    _three_steps_match_numpy(step, x, y, w, w0, lr)
     src = step.inspect(x, y).backward_source
     update = [line for line in src.splitlines() if "gemm(" in line and "np.bool_(True))" in line]
     assert len(update) == 1, src
@@ -88,11 +93,7 @@ def test_a_product_big_enough_to_pack_adds_into_the_weight_from_the_packed_produ
         w.assign_sub(lr * tape.gradient(loss, w))
         return loss
 
-    want = w0
-    for _ in range(3):
-        loss, want, _ = _numpy_step(x, y, want, lr)
-        np.testing.assert_allclose(float(step(x, y)), loss, rtol=1e-5)
-        np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6)
+    _three_steps_match_numpy(step, x, y, w, w0, lr)
     src = step.inspect(x, y).backward_source
     into = re.findall(r"pack_pgemm\(\w+\.T, [^\n]*, (a\d+), \1, np\.zeros\(0, np\.float32\), np\.bool_\(True\)\)",
                       src)
