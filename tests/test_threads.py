@@ -276,14 +276,23 @@ def test_two_callers_at_once(fresh_threads):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 def test_a_forked_child_runs_steps(fresh_threads):
+    """...and samples the machine from its own threads' files, not the parent's."""
     f, a, b = _step()
     want = _numpy(f(a, b))
+    proc = os.path.isdir("/proc/self/task")
+    if proc:
+        with T._fds_lock:
+            T._my_runnable()           # the parent's thread files, open
     pid = os.fork()
     if pid == 0:                       # the child: none of the parent's workers exist
         code = 1
         try:
+            parents = [p for p in T._fds if p.startswith("/proc/self/task/")]
+            T.state["next"] = 0.0
             got = _numpy(f(a, b))
             code = 0 if all(np.array_equal(p, q) for p, q in zip(got, want)) else 2
+            if proc and (parents or T.others_runnable() is None):
+                code = 3
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -312,15 +321,61 @@ def test_numpy_blas_leaves_a_compile_process_a_core_and_gets_its_count_back(monk
         set_threads(before)
 
 
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="no /proc")
+
+
+@needs_proc
+def test_a_sample_reads_the_pool_workers_by_their_ids(fresh_threads):
+    """The workers note their kernel thread ids, so a sample on a quiet machine reads
+    only their states and this thread's (not every thread of the process)."""
+    import time
+    S.configure(2, 1)
+    deadline = time.monotonic() + 5
+    while S.worker_tids() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tids = S.worker_tids()
+    if tids is None:
+        pytest.skip("this libc has no gettid: the workers' ids are not known")
+    assert tids and set(map(str, tids)) <= set(os.listdir("/proc/self/task"))
+    assert str(threading.get_native_id()) in T._pool_runnable()
+    assert T._pool_runnable() <= {str(threading.get_native_id())} | set(map(str, tids))
+
+
+@needs_proc
+def test_a_thread_that_ended_leaves_no_file_open():
+    """The /proc files a sample reads stay open between samples; a thread that ended
+    has its file closed at the next read of every thread."""
+    gate = threading.Event()
+    t = threading.Thread(target=gate.wait)
+    t.start()
+    path = f"/proc/self/task/{t.native_id}/stat"
+    with T._fds_lock:
+        T._my_runnable()
+    assert path in T._fds
+    gate.set()
+    t.join()
+    with T._fds_lock:
+        T._my_runnable()
+    assert path not in T._fds
+
+
 def test_a_worker_going_to_sleep_during_a_sample_is_not_another_process(monkeypatch):
     """Our threads are read before and after the kernel's runnable count: a worker that
     was runnable in the first read and asleep in the second is still ours, so a quiet
-    machine does not look busy (it dropped a step to one thread for 150 ms before)."""
-    reads = iter([{"101", "102"}, {"101"}])
-    monkeypatch.setattr(T, "_my_runnable", lambda: next(reads))
+    machine does not look busy (it dropped a step to one thread for 150 ms before).
+    The pool's threads are read first; the process's other threads only when a
+    runnable thread is left unexplained."""
+    pool = iter([{"101", "102"}, {"101"}])
+    every = iter([])                          # not read: the pool explains the count
+    monkeypatch.setattr(T, "_pool_runnable", lambda: next(pool))
+    monkeypatch.setattr(T, "_my_runnable", lambda: next(every))
     monkeypatch.setattr(T, "_kernel_runnable", lambda: 2)
     assert T.others_runnable() == 0
-    reads = iter([{"101"}, {"101"}])
+    pool = iter([{"101"}, {"101"}])
+    every = iter([{"101", "103"}, {"101"}])   # a thread of ours outside the pool
+    assert T.others_runnable() == 0
+    pool = iter([{"101"}, {"101"}])
+    every = iter([{"101"}, {"101"}])
     assert T.others_runnable() == 1          # a thread of another process
     if os.path.exists("/proc/loadavg"):
         monkeypatch.undo()

@@ -30,6 +30,9 @@ a short while (yielding its core to anyone else who wants it on every poll), the
 sleeps on a condition variable until the next job. A second caller (another Python
 thread, or a Numba prange thread) that finds the pool busy runs its blocks itself.
 
+Each worker notes its kernel thread id (@tids), so that threads.py's samples of the
+machine read only the workers' states.
+
 Test hooks (ctl words): `paused` keeps workers from taking blocks (the caller runs
 everything), `delay_us` makes a worker sleep before it takes blocks.
 """
@@ -39,6 +42,7 @@ import threading
 
 import llvmlite.binding as ll
 
+MAX_LISTED = 256             # workers whose kernel thread ids are noted (@tids's length)
 MAX_BLOCKS = 65535           # the block count and the next block share 16 bits each
 IDLE_POLLS = 400             # polls (each a sched_yield) before an idle worker sleeps
                              # (one not helping now sleeps at once)
@@ -51,6 +55,8 @@ _IR = r"""
 @job = global [3 x i64] zeroinitializer, align 64
 @ctl = global [8 x i64] zeroinitializer, align 64
 @mtx = global [128 x i8] zeroinitializer, align 64
+@tids = global [256 x i64] zeroinitializer, align 64
+@gettid = global i64 0, align 8
 @cnd = global [128 x i8] zeroinitializer, align 64
 
 declare i32 @flowjit_sys_lock(ptr)
@@ -209,9 +215,23 @@ define i64 @flowjit_pool_size() {
 define ptr @flowjit_pool_worker(ptr %arg) {
 entry:
   %idx = ptrtoint ptr %arg to i64
+  ; note this thread's kernel id, so that threads.py reads only its workers' states
+  %gt = load atomic i64, ptr @gettid monotonic, align 8
+  %known = icmp ne i64 %gt, 0
+  %listed = icmp ult i64 %idx, 256
+  %note = and i1 %known, %listed
+  br i1 %note, label %tid, label %start
+tid:
+  %gtp = inttoptr i64 %gt to ptr
+  %t32 = call i32 %gtp()
+  %t = sext i32 %t32 to i64
+  %tp = getelementptr [256 x i64], ptr @tids, i64 0, i64 %idx
+  store atomic i64 %t, ptr %tp seq_cst, align 8
+  br label %start
+start:
   br label %top
 top:
-  %polls = phi i64 [0, %entry], [0, %helped], [%p1, %poll], [0, %woke]
+  %polls = phi i64 [0, %start], [0, %helped], [%p1, %poll], [0, %woke]
   %can = call i1 @has_work(i64 %idx)
   br i1 %can, label %delay, label %idle
 delay:
@@ -317,7 +337,13 @@ def start():
             engine = ll.create_mcjit_compiler(mod, tm)
             engine.finalize_object()
             state["addr"] = {name: engine.get_global_value_address(name)
-                             for name in ("ctl", "mtx", "cnd", "word", "done")}
+                             for name in ("ctl", "mtx", "cnd", "word", "done", "tids", "gettid")}
+            # glibc 2.30+; without it the workers' ids stay unknown (threads.py then
+            # reads every thread of the process)
+            gettid = getattr(libc, "gettid", None)
+            if gettid is not None:
+                ctypes.c_int64.from_address(state["addr"]["gettid"]).value = \
+                    ctypes.cast(gettid, ctypes.c_void_p).value
             state["run"] = engine.get_function_address(RUN_SYMBOL)
             state["worker"] = engine.get_function_address("flowjit_pool_worker")
             state["wake"] = ctypes.CFUNCTYPE(None)(engine.get_function_address("flowjit_pool_wake"))
@@ -348,6 +374,7 @@ def _after_fork():
         ctl[i] = 0
     word = ctypes.c_int64.from_address(state["addr"]["word"])
     word.value = ((word.value >> 32) + 1) << 32
+    ctypes.memset(state["addr"]["tids"], 0, 8 * MAX_LISTED)
     _init_sync(state["libc"])
 
 
@@ -380,6 +407,16 @@ def helpers():
 
 def size():
     return int(_ctl_array()[SIZE]) if state["engine"] is not None else 1
+
+
+def worker_tids():
+    """The kernel thread ids of the pool's workers, or None while one is not known
+    (not started yet, past MAX_LISTED, or no gettid in this libc)."""
+    n = state["workers"] if state["engine"] is not None else 0
+    if n > MAX_LISTED:
+        return None
+    tids = list((ctypes.c_int64 * MAX_LISTED).from_address(state["addr"]["tids"])[:n]) if n else []
+    return None if 0 in tids else tids
 
 
 def set_test_hooks(paused=None, delay_us=None):

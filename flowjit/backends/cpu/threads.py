@@ -49,10 +49,12 @@ _held = threading.local()
 def _after_fork():
     """A forked child starts without the parent's workers (scheduler.py) and without
     its steps in flight: configure again."""
-    global _lock
+    global _lock, _fds_lock
     _lock = threading.RLock()
     _held.depth = 0
     state.update(size=None, now=None, recent=[], asked=None, depth=0)
+    _fds_lock = threading.Lock()
+    _forget_fds()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -70,42 +72,86 @@ def others_runnable():
     tell (not Linux). Our own threads are read just before and just after the kernel's
     count, and one runnable in either read is ours: a worker going to sleep between the
     two reads would otherwise count as another process's, and a quiet machine would
-    look busy for a moment."""
+    look busy for a moment. First only this thread and the pool's workers are read
+    (microseconds); the process's other threads only when those leave some runnable
+    thread unexplained (a process with JAX or torch loaded has 15-20 threads, and
+    reading them all cost 0.37 ms a sample: 0.7% of a step at one every INTERVAL)."""
     try:
-        before = _my_runnable()
-        running = _kernel_runnable()
-        mine = len(before | _my_runnable())
+        with _fds_lock:
+            for own in (_pool_runnable, _my_runnable):
+                before = own()
+                running = _kernel_runnable()
+                others = running - len(before | own())
+                if others <= 0:
+                    return 0
+            return others
     except (OSError, ValueError, IndexError):
         return None
-    return max(running - mine, 0)
 
 
 def _kernel_runnable():
     """The kernel's count of runnable threads, all processes (/proc/loadavg)."""
-    with open("/proc/loadavg", "rb") as f:
-        return int(f.read().split()[3].split(b"/")[0])
+    return int(_read(_stat_fd("/proc/loadavg")).split()[3].split(b"/")[0])
 
 
-def _my_runnable():
-    """The ids of this process's threads that are running or runnable. Read with
-    os.open/os.read: a process that also runs JAX or torch has 15-20 threads, and
-    Python's buffered open() made a sample cost 0.46 ms there (0.14 ms so)."""
+# /proc files kept open (a read from offset 0 gives the current state): path -> fd.
+# A forked child drops the parent's: a task's file stays bound to the parent's thread.
+_fds = {}
+_fds_lock = threading.Lock()
+
+
+def _stat_fd(path):
+    fd = _fds.get(path)
+    if fd is None:
+        fd = _fds[path] = os.open(path, os.O_RDONLY)
+    return fd
+
+
+def _read(fd):
+    return os.pread(fd, 512, 0)
+
+
+def _runnable(tids):
+    """Those of the thread ids (str) whose thread is running or runnable."""
     out = set()
-    for tid in os.listdir("/proc/self/task"):
+    for tid in tids:
+        path = f"/proc/self/task/{tid}/stat"
         try:
-            fd = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
+            stat = _read(_stat_fd(path))
         except OSError:          # the thread ended meanwhile
+            fd = _fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
             continue
-        try:
-            stat = os.read(fd, 512)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
         end = stat.rfind(b")")
         if stat[end + 2:end + 3] == b"R":
             out.add(tid)
     return out
+
+
+def _pool_runnable():
+    """This thread and the pool's runnable workers (this process's every runnable
+    thread where the workers' ids are not known)."""
+    tids = scheduler.worker_tids()
+    if tids is None:
+        return _my_runnable()
+    return {str(threading.get_native_id())} | _runnable(str(t) for t in tids)
+
+
+def _my_runnable():
+    """The ids of this process's threads that are running or runnable."""
+    tids = os.listdir("/proc/self/task")
+    _forget_fds(keep={f"/proc/self/task/{t}/stat" for t in tids} | {"/proc/loadavg"})
+    return _runnable(tids)
+
+
+def _forget_fds(keep=()):
+    """Close the kept files, but those in `keep` (threads that ended leave theirs)."""
+    for path in [p for p in _fds if p not in keep]:
+        try:
+            os.close(_fds.pop(path))
+        except OSError:
+            pass
 
 
 def _apply(size, working):
