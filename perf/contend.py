@@ -58,6 +58,7 @@ def _run(benches, cfg):
         for r in bench(cfg):
             if r.flowjit_s and r.baseline_s:          # rows with a baseline to compare
                 r.settings = dict(cfg.setting_times)
+                r.bench = bench.__name__
                 rows[r.name] = r
     return rows
 
@@ -158,4 +159,40 @@ def table(quiet, passes, k):
                  for r in [head] + rows]
         lines.insert(1, "-+-".join("-" * w for w in widths))
         text.append(f"{stat} step times:\n" + "\n".join(lines))
+    text.append(verdicts(quiet, passes, k))
     return "\n\n".join(text), out
+
+
+def _peer(name):
+    return name.rsplit(" vs ", 1)[-1]
+
+
+def verdicts(quiet, passes, k):
+    """One line a benchmark: flowjit against the fastest peer beside the K busy
+    processes, by the mean step (a run's wall time is steps x the mean, so it is the
+    throughput a user gets; it counts the steps a descheduled thread stalls, which the
+    median leaves out) with the median beside it; then the default against one thread
+    from the paired turns."""
+    groups = {}
+    for name, q in quiet.items():
+        groups.setdefault(getattr(q, "bench", name), []).append(name)
+    lines = [f"verdicts beside {k} busy processes (target: flowjit's mean step no longer than "
+             f"the fastest peer's; the default no slower than one thread):"]
+    for bench, names in groups.items():
+        cells = []
+        for stat, of in (("mean", _mean_of), ("median", _median_of)):
+            c = of(passes, names[0], lambda r: r.flowjit_s)
+            peers = [(of(passes, n, lambda r: r.baseline_s), _peer(n)) for n in names]
+            peers = [p for p in peers if p[0]]
+            if not (c and peers):
+                continue
+            best, who = min(peers)
+            mark = (" ok" if best >= c else " MISS") if stat == "mean" else ""
+            cells.append(f"by {stat} {best / c:.2f}x the fastest peer ({who}){mark}")
+        pr = paired(passes, names[0])
+        if pr is not None:
+            med, low, high, _ = pr
+            how = "ok" if low <= 1.0 else f"{(low - 1) * 100:.1f}-{(high - 1) * 100:.1f}% slower"
+            cells.append(f"default / one thread {med:.3f} ({low:.3f}-{high:.3f}) {how}")
+        lines.append(f"- {bench.removeprefix('bench_')}: " + "; ".join(cells))
+    return "\n".join(lines)
