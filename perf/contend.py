@@ -12,7 +12,8 @@ never be slower than). Baselines (NumPy, and PyTorch / JAX where installed) take
 turns in the same round-robin (bench_train.timed_steps), so every figure of a row comes
 from the same minutes of the busy processes' luck. After each row's turns, the default
 and one thread alternate in short turns for a few seconds (bench_train.paired_ratios):
-the ratio of two turns a few milliseconds apart, where the long turns' luck differs. The busy processes are plain Python
+the ratio of two turns a few milliseconds apart, where the long turns' luck differs.
+The tables end with a verdict line a benchmark (`verdicts`). The busy processes are plain Python
 loops with a deadline of their own (they stop even if this process dies) and are
 killed at the end."""
 import statistics

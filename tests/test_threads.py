@@ -359,6 +359,23 @@ def test_a_thread_that_ended_leaves_no_file_open():
     assert path not in T._fds
 
 
+@needs_proc
+def test_samples_keep_few_files_open_and_drop_them_after_a_bad_read(monkeypatch):
+    """At most MAX_KEPT /proc files stay open (the rest are opened for each read); a
+    read that cannot be parsed (a kept descriptor the program closed and reused, say)
+    closes them all, so the next sample opens them afresh."""
+    monkeypatch.setattr(T, "MAX_KEPT", 1)
+    with T._fds_lock:
+        T._forget_fds()
+        assert str(threading.get_native_id()) in T._my_runnable()
+        assert len(T._fds) <= 1
+    monkeypatch.setattr(T, "_kernel_runnable", lambda: int(b"garbage"))
+    assert T.others_runnable() is None
+    assert not T._fds
+    monkeypatch.undo()
+    assert T.others_runnable() is not None
+
+
 def test_a_worker_going_to_sleep_during_a_sample_is_not_another_process(monkeypatch):
     """Our threads are read before and after the kernel's runnable count: a worker that
     was runnable in the first read and asleep in the second is still ours, so a quiet

@@ -86,28 +86,34 @@ def others_runnable():
                     return 0
             return others
     except (OSError, ValueError, IndexError):
+        with _fds_lock:
+            _forget_fds()        # (a kept descriptor the program closed and reused)
         return None
 
 
 def _kernel_runnable():
     """The kernel's count of runnable threads, all processes (/proc/loadavg)."""
-    return int(_read(_stat_fd("/proc/loadavg")).split()[3].split(b"/")[0])
+    return int(_read("/proc/loadavg").split()[3].split(b"/")[0])
 
 
-# /proc files kept open (a read from offset 0 gives the current state): path -> fd.
-# A forked child drops the parent's: a task's file stays bound to the parent's thread.
+# /proc files kept open (a read from offset 0 gives the current state), at most
+# MAX_KEPT: path -> fd. A forked child drops the parent's: a task's file stays bound to
+# the parent's thread.
+MAX_KEPT = 64
 _fds = {}
 _fds_lock = threading.Lock()
 
 
-def _stat_fd(path):
+def _read(path):
     fd = _fds.get(path)
     if fd is None:
-        fd = _fds[path] = os.open(path, os.O_RDONLY)
-    return fd
-
-
-def _read(fd):
+        fd = os.open(path, os.O_RDONLY)
+        if len(_fds) >= MAX_KEPT:
+            try:
+                return os.pread(fd, 512, 0)
+            finally:
+                os.close(fd)
+        _fds[path] = fd
     return os.pread(fd, 512, 0)
 
 
@@ -117,7 +123,7 @@ def _runnable(tids):
     for tid in tids:
         path = f"/proc/self/task/{tid}/stat"
         try:
-            stat = _read(_stat_fd(path))
+            stat = _read(path)
         except OSError:          # the thread ended meanwhile
             fd = _fds.pop(path, None)
             if fd is not None:
