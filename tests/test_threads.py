@@ -354,6 +354,10 @@ def test_a_thread_that_ended_leaves_no_file_open():
     assert path in T._fds
     gate.set()
     t.join()
+    import time
+    deadline = time.monotonic() + 5     # (join returns before the kernel's task is gone)
+    while os.path.exists(os.path.dirname(path)) and time.monotonic() < deadline:
+        time.sleep(0.01)
     with T._fds_lock:
         T._my_runnable()
     assert path not in T._fds
